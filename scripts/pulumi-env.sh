@@ -1,0 +1,24 @@
+# Sourced (never run) by the Makefile, .ci/run and the tests: puts the cached engine and the project's
+# virtualenv on PATH and sets offline defaults. Every variable below is only a default: set it yourself
+# (a Pulumi Cloud or S3 backend in PULUMI_BACKEND_URL, your own PULUMI_CONFIG_PASSPHRASE or
+# PULUMI_CONFIG_PASSPHRASE_FILE) and it is kept.
+THORBIS_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")/.." && pwd)
+THORBIS_PULUMI_VERSION=$(sed -n 's/^pulumi==\([0-9][0-9.]*\).*/\1/p' "$THORBIS_ROOT/requirements.txt")
+THORBIS_PULUMI_CACHE=${THORBIS_PULUMI_CACHE:-$HOME/.cache/thorbis-db/pulumi}
+THORBIS_STATE_DIR=${THORBIS_STATE_DIR:-$THORBIS_ROOT/.state}
+export THORBIS_ROOT THORBIS_PULUMI_VERSION THORBIS_PULUMI_CACHE THORBIS_STATE_DIR
+
+export PATH="$THORBIS_PULUMI_CACHE/v$THORBIS_PULUMI_VERSION/bin:$THORBIS_ROOT/.venv/bin:$PATH"
+export PULUMI_SKIP_UPDATE_CHECK=${PULUMI_SKIP_UPDATE_CHECK:-true}
+export PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION=${PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION:-true}
+export PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK=${PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK:-true}
+export PULUMI_HOME=${PULUMI_HOME:-$THORBIS_STATE_DIR/pulumi-home}
+export PULUMI_BACKEND_URL=${PULUMI_BACKEND_URL:-file://$THORBIS_STATE_DIR/backend}
+# The passphrase secrets provider, with a published passphrase for dev and test stacks only:
+# staging and prod stacks must be created with a passphrase (or provider) of their own.
+if [ -z "${PULUMI_CONFIG_PASSPHRASE+set}" ] && [ -z "${PULUMI_CONFIG_PASSPHRASE_FILE:-}" ]; then
+    export PULUMI_CONFIG_PASSPHRASE=thorbis-dev-only
+fi
+case "$PULUMI_BACKEND_URL" in
+    file://*) mkdir -p "${PULUMI_BACKEND_URL#file://}" ;;
+esac
