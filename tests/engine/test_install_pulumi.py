@@ -17,6 +17,12 @@ PINNED = next(
 )
 
 
+def path_without_engine() -> str:
+    """PATH minus the project's engine cache, wherever THORBIS_PULUMI_CACHE put it."""
+    cache = os.environ["THORBIS_PULUMI_CACHE"]
+    return os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if not p.startswith(cache))
+
+
 def run(env: dict[str, str], script: Path = SCRIPT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=600)
 
@@ -87,7 +93,7 @@ def test_a_proxy_that_refuses_leaves_the_previous_cache_untouched(tmp_path: Path
         "GOMODCACHE": str(tmp_path / "empty-modcache"),
         "GOFLAGS": "-mod=mod",
     }
-    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if "thorbis-db/pulumi" not in p)
+    env["PATH"] = path_without_engine()
     result = run(env)
     assert result.returncode != 0
     assert "ERROR" in result.stderr and "proxy" in result.stderr
@@ -99,9 +105,10 @@ def test_an_unserved_sdk_pin_names_the_version_to_pin_instead(tmp_path: Path) ->
     clone = tmp_path / "clone"
     (clone / "scripts").mkdir(parents=True)
     shutil.copy(SCRIPT, clone / "scripts" / "install-pulumi")
+    shutil.copytree(ROOT / "tools", clone / "tools")
     (clone / "requirements.txt").write_text("pulumi==3.272.0\n")
     env = {**os.environ, "THORBIS_PULUMI_CACHE": str(tmp_path / "cache")}
-    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if "thorbis-db/pulumi" not in p)
+    env["PATH"] = path_without_engine()
     result = run(env, clone / "scripts" / "install-pulumi")
     assert result.returncode != 0
     assert "pulumi v3.272.0 has no pkg/v3 and sdk/v3 tags" in result.stderr
