@@ -31,21 +31,7 @@ def bare_path(tmp_path: Path, *tools: str) -> str:
     """A PATH holding only the basic tools the script needs, plus those named."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
-    basics = [
-        "bash",
-        "sed",
-        "grep",
-        "tr",
-        "date",
-        "mktemp",
-        "dirname",
-        "cat",
-        "rm",
-        "mkdir",
-        "sort",
-        "tail",
-        "comm",
-    ]
+    basics = "bash sed grep tr date mktemp dirname cat rm mkdir sort tail comm sha256sum cut".split()  # noqa: SIM905
     for tool in (*basics, *tools):
         found = shutil.which(tool)
         assert found, tool
