@@ -1,0 +1,11 @@
+"""thorbis-db: load the stack's config, build the platform, build the database, export outputs."""
+
+from pathlib import Path
+
+from components.outputs import export_outputs
+from components.platform import build_platform
+from config import load_settings
+
+settings = load_settings(Path(__file__).parent)
+platform = build_platform("thorbis", settings)
+export_outputs(settings, platform.connection)

@@ -1,0 +1,7 @@
+# PostgreSQL with the extensions thorbis-db preloads or installs (pg_cron, pg_partman, hypopg).
+ARG BASE_IMAGE=postgres:15
+FROM ${BASE_IMAGE}
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+      "postgresql-${PG_MAJOR}-cron" "postgresql-${PG_MAJOR}-partman" "postgresql-${PG_MAJOR}-hypopg" \
+ && rm -rf /var/lib/apt/lists/*

@@ -1,0 +1,240 @@
+"""thorbisdb:local:PgBouncer — transaction pooling in front of the primary.
+
+Application users are looked up with `auth_query` through a SECURITY DEFINER function, so no password
+file of theirs exists on disk; `auth_file` holds PgBouncer's own auth user only.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import psycopg
+import pulumi
+from psycopg import sql
+from pydantic import Field
+
+from components.kind import Kind, ProviderError, Spec
+from components.platform.local import postgres_files as pg
+from components.platform.local import process
+from components.resource import declared_outputs, provider_inputs
+
+TOKEN = "thorbisdb:local:PgBouncer"
+SECRETS = frozenset({"superuserPassword", "authPassword"})
+AUTH_ROLE = "pgbouncer_auth"
+AUTH_SCHEMA = "pgbouncer"
+
+#: Spec fields that are PgBouncer settings, with their names in pgbouncer.ini / SHOW CONFIG.
+POOL_SETTINGS = {
+    "maxClientConn": "max_client_conn",
+    "defaultPoolSize": "default_pool_size",
+    "reservePoolSize": "reserve_pool_size",
+    "reservePoolTimeout": "reserve_pool_timeout",
+    "maxDbConnections": "max_db_connections",
+    "poolMode": "pool_mode",
+}
+
+
+class PgBouncerSpec(Spec):
+    state_dir: str = Field(description="Directory of pgbouncer.ini, userlist.txt, its log and pidfile.")
+    port: int = Field(ge=1024, le=65535, description="Port PgBouncer listens on (127.0.0.1).")
+    primary_port: int = Field(ge=1024, le=65535, description="Port of the primary on 127.0.0.1.")
+    database: str = Field(description="The application database, where the auth lookup function lives.")
+    superuser_password: str = Field(min_length=1, description="Password of `postgres`, to install the lookup.")
+    auth_password: str = Field(min_length=1, description="Password of PgBouncer's auth user (secret).")
+    max_client_conn: int = Field(default=1000, ge=1)
+    default_pool_size: int = Field(default=25, ge=1)
+    reserve_pool_size: int = Field(default=5, ge=0)
+    reserve_pool_timeout: int = Field(default=3, ge=0)
+    max_db_connections: int = Field(default=0, ge=0)
+    pool_mode: Literal["transaction", "session"] = "transaction"
+
+
+def files(spec: PgBouncerSpec) -> tuple[Path, Path, Path]:
+    base = Path(spec.state_dir)
+    return base / "pgbouncer.ini", base / "userlist.txt", base / "pgbouncer.pid"
+
+
+def ini_text(spec: PgBouncerSpec) -> str:
+    _, userlist, pidfile = files(spec)
+    base = Path(spec.state_dir)
+    values = spec.model_dump(by_alias=True)
+    settings = {
+        "listen_addr": "127.0.0.1",
+        "listen_port": str(spec.port),
+        "unix_socket_dir": str(base),
+        "auth_type": "scram-sha-256",
+        "auth_file": str(userlist),
+        "auth_user": AUTH_ROLE,
+        "auth_query": f"SELECT usename, passwd FROM {AUTH_SCHEMA}.get_auth($1)",
+        "admin_users": AUTH_ROLE,
+        "stats_users": AUTH_ROLE,
+        "ignore_startup_parameters": "extra_float_digits",
+        "pidfile": str(pidfile),
+        "logfile": str(base / "pgbouncer.log"),
+        **{name: str(values[key]) for key, name in POOL_SETTINGS.items()},
+    }
+    return "\n".join(
+        [
+            "; Managed by thorbis-db: edits are overwritten by the next `pulumi up`.",
+            "[databases]",
+            f"* = host=127.0.0.1 port={spec.primary_port}",
+            "[pgbouncer]",
+            *(f"{name} = {value}" for name, value in settings.items()),
+            "",
+        ]
+    )
+
+
+def install_auth_lookup(spec: PgBouncerSpec) -> None:
+    """The auth role, and a SECURITY DEFINER lookup that only it may call, in the app database."""
+    with pg.connect(spec.primary_port, spec.superuser_password, dbname=spec.database) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (AUTH_ROLE,)).fetchone()
+        conn.execute(
+            sql.SQL("{} ROLE {} WITH LOGIN PASSWORD {}").format(
+                sql.SQL("ALTER" if exists else "CREATE"),
+                sql.Identifier(AUTH_ROLE),
+                sql.Literal(spec.auth_password),
+            )
+        )
+        ids = {"schema": sql.Identifier(AUTH_SCHEMA), "role": sql.Identifier(AUTH_ROLE)}
+        for statement in (
+            "CREATE SCHEMA IF NOT EXISTS {schema}",
+            "REVOKE ALL ON SCHEMA {schema} FROM PUBLIC",
+            "GRANT USAGE ON SCHEMA {schema} TO {role}",
+            """CREATE OR REPLACE FUNCTION {schema}.get_auth(p_usename text)
+               RETURNS TABLE (usename name, passwd text)
+               LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ''
+               AS $$ SELECT s.usename, s.passwd FROM pg_catalog.pg_shadow s
+                     WHERE s.usename = p_usename AND NOT s.usesuper $$""",
+            "REVOKE ALL ON FUNCTION {schema}.get_auth(text) FROM PUBLIC",
+            "GRANT EXECUTE ON FUNCTION {schema}.get_auth(text) TO {role}",
+        ):
+            conn.execute(sql.SQL(statement).format(**ids))
+
+
+def admin_console(spec: PgBouncerSpec, port: int | None = None) -> psycopg.Connection:
+    """PgBouncer's admin console speaks the simple query protocol only: a client-side cursor."""
+    return psycopg.connect(
+        host="127.0.0.1",
+        port=port or spec.port,
+        dbname="pgbouncer",
+        user=AUTH_ROLE,
+        password=spec.auth_password,
+        autocommit=True,
+        connect_timeout=5,
+        cursor_factory=psycopg.ClientCursor,
+        prepare_threshold=None,
+    )
+
+
+def start(spec: PgBouncerSpec) -> None:
+    ini, _, pidfile = files(spec)
+    if process.read_pid(pidfile) is None:
+        pidfile.unlink(missing_ok=True)
+        process.run(process.as_service_user(["pgbouncer", "-d", "-q", str(ini)]), f"pgbouncer -d {ini}")
+        process.wait_until(lambda: process.port_open(spec.port), 30, f"PgBouncer on port {spec.port}")
+
+
+def stop(spec: PgBouncerSpec) -> None:
+    _, _, pidfile = files(spec)
+    if (pid := process.read_pid(pidfile)) is not None:
+        process.terminate(pid, "PgBouncer")
+
+
+class PgBouncerKind(Kind[PgBouncerSpec]):
+    token = TOKEN
+    spec_type = PgBouncerSpec
+    replace_on = frozenset({"stateDir"})
+    secret_properties = SECRETS
+
+    def create(self, spec: PgBouncerSpec) -> tuple[str, dict[str, Any]]:
+        ini, userlist, _ = files(spec)
+        process.make_private_dir(Path(spec.state_dir))
+        install_auth_lookup(spec)
+        process.write_private_file(userlist, f'"{AUTH_ROLE}" "{spec.auth_password}"\n')
+        process.write_private_file(ini, ini_text(spec))
+        start(spec)
+        return str(ini), self.status(spec)
+
+    def status(self, spec: PgBouncerSpec, port: int | None = None) -> dict[str, Any]:
+        _, _, pidfile = files(spec)
+        if process.read_pid(pidfile) is None:
+            return {"running": False}
+        try:
+            with admin_console(spec, port) as console:
+                rows = console.execute("SHOW CONFIG").fetchall()
+        except psycopg.Error:
+            return {"running": False}
+        live = {row[0]: row[1] for row in rows}
+        observed: dict[str, Any] = {"running": True, "port": int(live.get("listen_port", spec.port))}
+        for key, name in POOL_SETTINGS.items():
+            value = live.get(name)
+            observed[key] = int(value) if value is not None and value.isdigit() else value
+        return observed
+
+    def observe(self, resource_id: str, spec: PgBouncerSpec) -> dict[str, Any] | None:
+        if not Path(resource_id).exists():
+            return None
+        return self.status(spec)
+
+    def drifted(self, old_state: dict[str, Any], spec: PgBouncerSpec) -> list[str]:
+        return [] if old_state.get("running", True) else ["running"]
+
+    def update(self, resource_id: str, old: dict[str, Any], spec: PgBouncerSpec) -> dict[str, Any]:
+        ini, userlist, pidfile = files(spec)
+        install_auth_lookup(spec)
+        process.write_private_file(userlist, f'"{AUTH_ROLE}" "{spec.auth_password}"\n')
+        process.write_private_file(ini, ini_text(spec))
+        pid = process.read_pid(pidfile)
+        if pid is not None and int(old.get("port", spec.port)) != spec.port:
+            stop(spec)  # listen_port takes a restart
+        elif pid is not None:
+            os.kill(pid, signal.SIGHUP)  # reload pgbouncer.ini, undoing SETs made by hand
+            wanted = spec.model_dump(by_alias=True)
+            process.wait_until(
+                lambda: all(self.status(spec).get(key) == wanted[key] for key in POOL_SETTINGS),
+                10,
+                "PgBouncer reload",
+            )
+        start(spec)
+        return self.status(spec)
+
+    def delete(self, resource_id: str, spec: PgBouncerSpec) -> None:
+        stop(spec)
+        if process.port_open(spec.primary_port):
+            try:
+                with pg.connect(spec.primary_port, spec.superuser_password, dbname=spec.database) as conn:
+                    conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(AUTH_SCHEMA)))
+                    conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(AUTH_ROLE)))
+            except (ProviderError, psycopg.Error):
+                pass  # the primary is going too; nothing of the pooler's is worth keeping
+        process.remove_tree(Path(spec.state_dir))
+
+
+@dataclass
+class PgBouncerArgs:
+    state_dir: pulumi.Input[str]
+    port: pulumi.Input[int]
+    primary_port: pulumi.Input[int]
+    database: pulumi.Input[str]
+    superuser_password: pulumi.Input[str]
+    auth_password: pulumi.Input[str]
+    max_client_conn: pulumi.Input[int] = 1000
+    default_pool_size: pulumi.Input[int] = 25
+    reserve_pool_size: pulumi.Input[int] = 5
+    reserve_pool_timeout: pulumi.Input[int] = 3
+    max_db_connections: pulumi.Input[int] = 0
+    pool_mode: pulumi.Input[str] = "transaction"
+
+
+class PgBouncer(pulumi.CustomResource):
+    """PgBouncer in transaction mode in front of the local primary."""
+
+    running: pulumi.Output[bool]
+
+    def __init__(self, name: str, args: PgBouncerArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(TOKEN, name, {**provider_inputs(args, SECRETS), **declared_outputs("running")}, opts)

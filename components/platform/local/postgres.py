@@ -1,0 +1,154 @@
+"""thorbisdb:local:PostgresServer — the primary: initdb (checksums, SCRAM), our settings, pg_ctl."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+from psycopg import sql
+from pydantic import Field
+
+from components.kind import Kind, ProviderError, Spec
+from components.platform.local import postgres_files as pg
+from components.platform.local import process
+from components.resource import declared_outputs, provider_inputs
+
+TOKEN = "thorbisdb:local:PostgresServer"
+SECRETS = frozenset({"superuserPassword", "replicationPassword"})
+REPLICATION_ROLE = "replicator"
+
+
+class PostgresServerSpec(Spec):
+    state_dir: str = Field(description="Directory of this server: data/, run/ (socket) and postgres.log.")
+    port: int = Field(ge=1024, le=65535, description="Port on 127.0.0.1.")
+    database: str = Field(description="The application database, created if missing.")
+    superuser_password: str = Field(min_length=1, description="Password of `postgres` (secret).")
+    replication_password: str = Field(min_length=1, description="Password of `replicator` (secret).")
+    settings: dict[str, str] = Field(default_factory=dict, description="postgresql.conf settings we manage.")
+    allow_data_loss: bool = Field(default=False, description="Whether delete may remove the data directory.")
+
+
+def server_settings(spec: PostgresServerSpec) -> dict[str, str]:
+    server = pg.ServerDir(Path(spec.state_dir))
+    return {
+        **spec.settings,
+        "listen_addresses": "127.0.0.1",
+        "port": str(spec.port),
+        "unix_socket_directories": str(server.socket_dir),
+    }
+
+
+class PostgresServerKind(Kind[PostgresServerSpec]):
+    token = TOKEN
+    spec_type = PostgresServerSpec
+    replace_on = frozenset({"stateDir", "database"})
+    secret_properties = SECRETS
+
+    def create(self, spec: PostgresServerSpec) -> tuple[str, dict[str, Any]]:
+        server = pg.ServerDir(Path(spec.state_dir))
+        if not server.initialised():  # an existing data directory is adopted, never overwritten
+            pg.initdb(server, spec.superuser_password)
+        pg.write_config(server, server_settings(spec))
+        pg.start(server)
+        self.bootstrap(spec, spec.superuser_password)
+        return str(server.data), self.observed(spec)
+
+    def bootstrap(self, spec: PostgresServerSpec, current_password: str) -> None:
+        """Passwords, the replication role and the application database, made to match the spec."""
+        with pg.connect(spec.port, current_password) as conn:
+            conn.execute(sql.SQL("ALTER ROLE postgres PASSWORD {}").format(sql.Literal(spec.superuser_password)))
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (REPLICATION_ROLE,)).fetchone()
+            verb = sql.SQL("ALTER" if exists else "CREATE")
+            conn.execute(
+                sql.SQL("{} ROLE {} WITH REPLICATION LOGIN PASSWORD {}").format(
+                    verb, sql.Identifier(REPLICATION_ROLE), sql.Literal(spec.replication_password)
+                )
+            )
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (spec.database,)).fetchone():
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(spec.database)))
+
+    def observed(self, spec: PostgresServerSpec) -> dict[str, Any]:
+        server = pg.ServerDir(Path(spec.state_dir))
+        running = server.postmaster_pid() is not None and pg.answering(spec.port, spec.superuser_password)
+        if not running:
+            return {"running": False}
+        with pg.connect(spec.port, spec.superuser_password) as conn:
+            version = conn.execute("SHOW server_version").fetchone()
+            checksums = conn.execute("SHOW data_checksums").fetchone()
+            return {
+                "running": True,
+                "settings": pg.live_settings(conn, spec.settings),
+                "serverVersion": version[0] if version else "",
+                "dataChecksums": bool(checksums and checksums[0] == "on"),
+            }
+
+    def observe(self, resource_id: str, spec: PostgresServerSpec) -> dict[str, Any] | None:
+        if not pg.ServerDir(Path(spec.state_dir)).initialised():
+            return None
+        return self.observed(spec)
+
+    def drifted(self, old_state: dict[str, Any], spec: PostgresServerSpec) -> list[str]:
+        return [] if old_state.get("running", True) else ["running"]
+
+    def update(self, resource_id: str, old: dict[str, Any], spec: PostgresServerSpec) -> dict[str, Any]:
+        server = pg.ServerDir(Path(spec.state_dir))
+        pg.write_config(server, server_settings(spec))
+        old_port, old_password = (
+            int(old.get("port", spec.port)),
+            old.get("superuserPassword", spec.superuser_password),
+        )
+        if server.postmaster_pid() is None:
+            pg.start(server)
+            old_port = spec.port
+        else:
+            with pg.connect(old_port, old_password) as conn:
+                drifted = [
+                    name for name, value in (old.get("settings") or {}).items() if value != spec.settings.get(name)
+                ]
+                pg.reset_overrides(conn, drifted)
+                pg.apply_settings(conn, server)
+        process.wait_until(lambda: server.postmaster_pid() is not None, 60, f"PostgreSQL in {server.data}")
+        self.bootstrap(spec, old_password if pg.answering(spec.port, old_password) else spec.superuser_password)
+        return self.observed(spec)
+
+    def delete(self, resource_id: str, spec: PostgresServerSpec) -> None:
+        if not spec.allow_data_loss:
+            raise ProviderError(
+                f"refusing to delete the PostgreSQL data in {spec.state_dir}: this stack does not allow data loss. "
+                "Back it up, then `pulumi config set thorbis:allowDataLoss true`, `pulumi up`, and destroy again"
+            )
+        server = pg.ServerDir(Path(spec.state_dir))
+        pg.stop(server)
+        process.remove_tree(server.base)
+
+
+@dataclass
+class PostgresServerArgs:
+    state_dir: pulumi.Input[str]
+    port: pulumi.Input[int]
+    database: pulumi.Input[str]
+    superuser_password: pulumi.Input[str]
+    replication_password: pulumi.Input[str]
+    settings: pulumi.Input[dict[str, str]] = field(default_factory=dict)
+    allow_data_loss: pulumi.Input[bool] = False
+
+
+class PostgresServer(pulumi.CustomResource):
+    """The primary PostgreSQL server of a local stack."""
+
+    running: pulumi.Output[bool]
+    server_version: pulumi.Output[str]
+    port: pulumi.Output[int]
+
+    def __init__(self, name: str, args: PostgresServerArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(
+            TOKEN,
+            name,
+            {
+                **provider_inputs(args, SECRETS),
+                **declared_outputs("running", "serverVersion", "dataChecksums"),
+            },
+            opts,
+        )

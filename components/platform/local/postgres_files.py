@@ -1,0 +1,196 @@
+"""A PostgreSQL data directory on this host: its layout, configuration files and pg_ctl."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from components.kind import ProviderError
+from components.platform.local import process
+
+MANAGED_CONF = "thorbis.conf"
+HBA = """# Managed by thorbis-db. Passwords only (SCRAM), loopback only.
+local   all          all                          scram-sha-256
+host    all          all          127.0.0.1/32    scram-sha-256
+host    replication  replicator   127.0.0.1/32    scram-sha-256
+"""
+
+
+@dataclass(frozen=True)
+class ServerDir:
+    """Where one server keeps its files: <base>/data, <base>/run (socket), <base>/postgres.log."""
+
+    base: Path
+
+    @property
+    def data(self) -> Path:
+        return self.base / "data"
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.base / "run"
+
+    @property
+    def log(self) -> Path:
+        return self.base / "postgres.log"
+
+    def initialised(self) -> bool:
+        return (self.data / "PG_VERSION").exists()
+
+    def postmaster_pid(self) -> int | None:
+        return process.read_pid(self.data / "postmaster.pid")
+
+
+def conf_value(value: str) -> str:
+    """A value as postgresql.conf wants it: numbers bare, everything else single-quoted."""
+    if re.fullmatch(r"-?\d+(\.\d+)?", value):
+        return value
+    return "'" + value.replace("'", "''") + "'"
+
+
+def write_config(server: ServerDir, settings: dict[str, str]) -> bool:
+    """Write our settings file and pg_hba.conf; return whether anything changed."""
+    lines = ["# Managed by thorbis-db: edits are overwritten by the next `pulumi up`."]
+    lines += [f"{name} = {conf_value(value)}" for name, value in sorted(settings.items())]
+    changed = process.write_private_file(server.data / MANAGED_CONF, "\n".join(lines) + "\n")
+    changed |= process.write_private_file(server.data / "pg_hba.conf", HBA)
+    main_conf = server.data / "postgresql.conf"
+    include = f"include_if_exists = '{MANAGED_CONF}'\n"
+    if include not in main_conf.read_text():
+        with main_conf.open("a") as conf:
+            conf.write(include)
+        changed = True
+    return changed
+
+
+def initdb(server: ServerDir, superuser_password: str) -> None:
+    process.make_private_dir(server.base)
+    process.make_private_dir(server.socket_dir)
+    password_file = server.base / ".initdb-password"
+    process.write_private_file(password_file, superuser_password + "\n")
+    try:
+        process.run(
+            process.as_service_user(
+                [
+                    process.pg_tool("initdb"),
+                    "--pgdata",
+                    str(server.data),
+                    "--data-checksums",
+                    "--auth=scram-sha-256",
+                    "--username=postgres",
+                    f"--pwfile={password_file}",
+                    "--encoding=UTF8",
+                    "--locale=C.UTF-8",
+                ]
+            ),
+            f"initdb of {server.data}",
+        )
+    finally:
+        password_file.unlink(missing_ok=True)
+
+
+def pg_ctl(server: ServerDir, action: str, *options: str, timeout: float = 120) -> None:
+    argv = [
+        process.pg_tool("pg_ctl"),
+        action,
+        "-D",
+        str(server.data),
+        "-w",
+        "-t",
+        str(int(timeout)),
+        *options,
+    ]
+    if action in ("start", "restart"):
+        argv += ["-l", str(server.log)]
+    process.run(process.as_service_user(argv), f"pg_ctl {action} of {server.data}", timeout=timeout + 30)
+
+
+def start(server: ServerDir) -> None:
+    if server.postmaster_pid() is None:
+        (server.data / "postmaster.pid").unlink(missing_ok=True)  # left by a crash
+        process.make_private_dir(server.socket_dir)
+        pg_ctl(server, "start")
+
+
+def stop(server: ServerDir) -> None:
+    if server.postmaster_pid() is not None:
+        pg_ctl(server, "stop", "-m", "fast")
+
+
+def connect(port: int, password: str, dbname: str = "postgres", user: str = "postgres") -> psycopg.Connection:
+    try:
+        return psycopg.connect(
+            host="127.0.0.1",
+            port=port,
+            user=user,
+            password=password,
+            dbname=dbname,
+            connect_timeout=5,
+            autocommit=True,
+        )
+    except psycopg.OperationalError as error:
+        raise ProviderError(f"cannot connect to PostgreSQL on 127.0.0.1:{port} as {user}: {error}") from error
+
+
+def answering(port: int, password: str) -> bool:
+    try:
+        with connect(port, password) as conn:
+            conn.execute("SELECT 1")
+        return True
+    except ProviderError:
+        return False
+
+
+_UNIT = re.compile(r"^\s*(-?\d+)\s*(B|kB|MB|GB|TB|us|ms|s|min|h|d)?\s*$")
+_FACTORS = {
+    "B": 1 / 1024,
+    "kB": 1,
+    "MB": 1024,
+    "GB": 1024**2,
+    "TB": 1024**3,
+    "us": 0.001,
+    "ms": 1,
+    "s": 1000,
+    "min": 60_000,
+    "h": 3_600_000,
+    "d": 86_400_000,
+}
+
+
+def normalised(value: str) -> str:
+    """A setting in one canonical form, so '1GB' and '1024MB' compare equal."""
+    match = _UNIT.match(value)
+    if match and match.group(2):
+        return repr(int(match.group(1)) * _FACTORS[match.group(2)])
+    return value.strip().strip("'").lower()
+
+
+def live_settings(conn: psycopg.Connection, wanted: dict[str, str]) -> dict[str, str]:
+    """The server's values of the settings we manage, reported as the wanted text where equivalent."""
+    live: dict[str, str] = {}
+    for name, value in wanted.items():
+        row = conn.execute("SELECT current_setting(%s, true)", (name,)).fetchone()
+        current = "" if row is None or row[0] is None else str(row[0])
+        live[name] = value if normalised(current) == normalised(value) else current
+    return live
+
+
+def reset_overrides(conn: psycopg.Connection, names: list[str]) -> None:
+    """Undo ALTER SYSTEM made by hand for settings we manage (postgresql.auto.conf wins over ours)."""
+    for name in names:
+        conn.execute(sql.SQL("ALTER SYSTEM RESET {}").format(sql.Identifier(name)))
+
+
+def apply_settings(conn: psycopg.Connection, server: ServerDir) -> None:
+    """Reload; restart when a changed setting needs it (port, shared_buffers, ...)."""
+    conn.execute("SELECT pg_reload_conf()")
+    time.sleep(0.5)  # backends take the reloaded file at their next command, pending_restart with it
+    pending = conn.execute("SELECT count(*) FROM pg_settings WHERE pending_restart").fetchone()
+    if pending and pending[0]:
+        conn.close()
+        pg_ctl(server, "restart", "-m", "fast")

@@ -1,0 +1,170 @@
+"""thorbisdb:local:Redis — a password-protected Redis on 127.0.0.1, persistence on or off per stack."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pulumi
+import redis
+from pydantic import Field, field_validator
+
+from components.kind import Kind, ProviderError, Spec
+from components.platform.local import process
+from components.resource import declared_outputs, provider_inputs
+
+TOKEN = "thorbisdb:local:Redis"
+SECRETS = frozenset({"password"})
+EvictionPolicy = Literal[
+    "noeviction",
+    "allkeys-lru",
+    "allkeys-lfu",
+    "allkeys-random",
+    "volatile-lru",
+    "volatile-lfu",
+    "volatile-random",
+    "volatile-ttl",
+]
+_MEMORY = re.compile(r"^(\d+)\s*(b|k|kb|m|mb|g|gb)?$", re.IGNORECASE)
+_FACTORS = {"": 1, "b": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3, "gb": 1024**3}
+
+
+def memory_bytes(value: str) -> int:
+    match = _MEMORY.match(value.strip())
+    if not match:
+        raise ValueError(f"{value!r} is not a Redis memory size such as 256mb or 1gb")
+    return int(match.group(1)) * _FACTORS[(match.group(2) or "").lower()]
+
+
+class RedisSpec(Spec):
+    state_dir: str = Field(description="Directory of redis.conf, its data, log and pidfile.")
+    port: int = Field(ge=1024, le=65535, description="Port on 127.0.0.1.")
+    password: str = Field(min_length=1, description="requirepass (secret).")
+    maxmemory: str = Field(default="256mb", description="Memory limit, in Redis units.")
+    maxmemory_policy: EvictionPolicy = Field(default="allkeys-lru", description="Eviction policy.")
+    persistence: bool = Field(default=False, description="Append-only file and snapshots on or off.")
+    allow_data_loss: bool = Field(default=False, description="Whether delete may remove persisted data.")
+
+    @field_validator("maxmemory")
+    @classmethod
+    def maxmemory_is_a_size(cls, value: str) -> str:
+        memory_bytes(value)
+        return value
+
+
+def conf_text(spec: RedisSpec) -> str:
+    base = Path(spec.state_dir)
+    lines = {
+        "bind": "127.0.0.1",
+        "port": str(spec.port),
+        "protected-mode": "yes",
+        "daemonize": "yes",
+        "dir": str(base),
+        "pidfile": str(base / "redis.pid"),
+        "logfile": str(base / "redis.log"),
+        "requirepass": '"' + spec.password.replace("\\", "\\\\").replace('"', '\\"') + '"',
+        "maxmemory": spec.maxmemory,
+        "maxmemory-policy": spec.maxmemory_policy,
+        "appendonly": "yes" if spec.persistence else "no",
+        "save": '"3600 1 300 100 60 10000"' if spec.persistence else '""',
+    }
+    return "# Managed by thorbis-db.\n" + "".join(f"{key} {value}\n" for key, value in lines.items())
+
+
+def client(spec: RedisSpec, port: int | None = None) -> redis.Redis:
+    return redis.Redis(host="127.0.0.1", port=port or spec.port, password=spec.password, socket_timeout=5)
+
+
+class RedisKind(Kind[RedisSpec]):
+    token = TOKEN
+    spec_type = RedisSpec
+    replace_on = frozenset({"stateDir"})
+    secret_properties = SECRETS
+
+    def create(self, spec: RedisSpec) -> tuple[str, dict[str, Any]]:
+        conf = Path(spec.state_dir) / "redis.conf"
+        Path(spec.state_dir).mkdir(parents=True, exist_ok=True)
+        Path(spec.state_dir).chmod(0o700)
+        process.write_private_file(conf, conf_text(spec))
+        self.start(spec)
+        return str(conf), self.status(spec)
+
+    def start(self, spec: RedisSpec) -> None:
+        if process.read_pid(Path(spec.state_dir) / "redis.pid") is None:
+            process.run(["redis-server", str(Path(spec.state_dir) / "redis.conf")], "redis-server")
+            process.wait_until(lambda: self.status(spec)["running"], 30, f"Redis on port {spec.port}")
+
+    def status(self, spec: RedisSpec, port: int | None = None) -> dict[str, Any]:
+        if process.read_pid(Path(spec.state_dir) / "redis.pid") is None:
+            return {"running": False}
+        try:
+            with client(spec, port) as connection:
+                connection.ping()
+                live = connection.config_get("maxmemory", "maxmemory-policy", "appendonly", "port")
+        except redis.RedisError:
+            return {"running": False}
+        return {
+            "running": True,
+            "port": int(live["port"]),
+            "maxmemory": spec.maxmemory
+            if memory_bytes(spec.maxmemory) == int(live["maxmemory"])
+            else live["maxmemory"],
+            "maxmemoryPolicy": live["maxmemory-policy"],
+            "persistence": live["appendonly"] == "yes",
+        }
+
+    def observe(self, resource_id: str, spec: RedisSpec) -> dict[str, Any] | None:
+        if not Path(resource_id).exists():
+            return None
+        return self.status(spec)
+
+    def drifted(self, old_state: dict[str, Any], spec: RedisSpec) -> list[str]:
+        return [] if old_state.get("running", True) else ["running"]
+
+    def update(self, resource_id: str, old: dict[str, Any], spec: RedisSpec) -> dict[str, Any]:
+        process.write_private_file(Path(resource_id), conf_text(spec))
+        old_port, old_password = int(old.get("port", spec.port)), old.get("password", spec.password)
+        if self.status(spec.model_copy(update={"password": old_password}), old_port)["running"]:
+            with redis.Redis(host="127.0.0.1", port=old_port, password=old_password, socket_timeout=5) as live:
+                if old_port != spec.port:
+                    live.shutdown(save=spec.persistence, nosave=not spec.persistence)
+                else:
+                    live.config_set("maxmemory", str(memory_bytes(spec.maxmemory)))
+                    live.config_set("maxmemory-policy", spec.maxmemory_policy)
+                    live.config_set("appendonly", "yes" if spec.persistence else "no")
+                    live.config_set("requirepass", spec.password)
+        self.start(spec)
+        return self.status(spec)
+
+    def delete(self, resource_id: str, spec: RedisSpec) -> None:
+        if spec.persistence and not spec.allow_data_loss:
+            raise ProviderError(
+                f"refusing to delete the persisted Redis data in {spec.state_dir}: this stack does not allow data "
+                "loss. `pulumi config set thorbis:allowDataLoss true`, `pulumi up`, and destroy again"
+            )
+        pidfile = Path(spec.state_dir) / "redis.pid"
+        if (pid := process.read_pid(pidfile)) is not None:
+            process.terminate(pid, "Redis")
+        process.remove_tree(Path(spec.state_dir))
+
+
+@dataclass
+class RedisArgs:
+    state_dir: pulumi.Input[str]
+    port: pulumi.Input[int]
+    password: pulumi.Input[str]
+    maxmemory: pulumi.Input[str] = "256mb"
+    maxmemory_policy: pulumi.Input[str] = "allkeys-lru"
+    persistence: pulumi.Input[bool] = False
+    allow_data_loss: pulumi.Input[bool] = False
+
+
+class Redis(pulumi.CustomResource):
+    """Redis with requirepass, for caches keyed by company (see the review's caching section)."""
+
+    running: pulumi.Output[bool]
+
+    def __init__(self, name: str, args: RedisArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(TOKEN, name, {**provider_inputs(args, SECRETS), **declared_outputs("running")}, opts)

@@ -1,0 +1,186 @@
+"""thorbisdb:local:PostgresReplica — a hot standby streaming from the primary through its own slot."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pulumi
+from pydantic import Field, field_validator
+
+from components.kind import Kind, ProviderError, Spec
+from components.platform.local import postgres_files as pg
+from components.platform.local import process
+from components.platform.local.postgres import REPLICATION_ROLE
+from components.resource import declared_outputs, provider_inputs
+
+TOKEN = "thorbisdb:local:PostgresReplica"
+SECRETS = frozenset({"superuserPassword", "replicationPassword"})
+
+
+class PostgresReplicaSpec(Spec):
+    state_dir: str = Field(description="Directory of this replica: data/, run/ and postgres.log.")
+    port: int = Field(ge=1024, le=65535, description="Port of the replica on 127.0.0.1.")
+    primary_port: int = Field(ge=1024, le=65535, description="Port of the primary on 127.0.0.1.")
+    slot_name: str = Field(description="Physical replication slot on the primary, one per replica.")
+    superuser_password: str = Field(min_length=1, description="Password of `postgres` (secret).")
+    replication_password: str = Field(min_length=1, description="Password of `replicator` (secret).")
+    settings: dict[str, str] = Field(default_factory=dict, description="postgresql.conf settings we manage.")
+
+    @field_validator("slot_name")
+    @classmethod
+    def slot_name_is_valid(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z0-9_]{1,63}", value):
+            raise ValueError("a slot name is 1-63 characters of a-z, 0-9 and _")
+        return value
+
+
+def replica_settings(spec: PostgresReplicaSpec) -> dict[str, str]:
+    server = pg.ServerDir(Path(spec.state_dir))
+    return {
+        **spec.settings,
+        "listen_addresses": "127.0.0.1",
+        "port": str(spec.port),
+        "unix_socket_directories": str(server.socket_dir),
+        "hot_standby": "on",
+        "primary_slot_name": spec.slot_name,
+        "primary_conninfo": (
+            f"host=127.0.0.1 port={spec.primary_port} user={REPLICATION_ROLE} "
+            f"passfile={server.base / '.pgpass'} application_name={spec.slot_name}"
+        ),
+    }
+
+
+def write_passfile(spec: PostgresReplicaSpec) -> Path:
+    passfile = Path(spec.state_dir) / ".pgpass"
+    escaped = spec.replication_password.replace("\\", "\\\\").replace(":", "\\:")
+    process.write_private_file(passfile, f"127.0.0.1:{spec.primary_port}:*:{REPLICATION_ROLE}:{escaped}\n")
+    return passfile
+
+
+def drop_slot(spec: PostgresReplicaSpec) -> None:
+    with pg.connect(spec.primary_port, spec.superuser_password) as conn:
+        conn.execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s AND NOT active",
+            (spec.slot_name,),
+        )
+
+
+def base_backup(spec: PostgresReplicaSpec) -> None:
+    server = pg.ServerDir(Path(spec.state_dir))
+    process.make_private_dir(server.base)
+    passfile = write_passfile(spec)
+    drop_slot(spec)  # a slot left by an earlier replica of the same name would hold WAL forever
+    process.run(
+        process.as_service_user(
+            [
+                process.pg_tool("pg_basebackup"),
+                f"--dbname=host=127.0.0.1 port={spec.primary_port} user={REPLICATION_ROLE} passfile={passfile}",
+                f"--pgdata={server.data}",
+                "--write-recovery-conf",
+                "--wal-method=stream",
+                "--checkpoint=fast",
+                "--create-slot",
+                f"--slot={spec.slot_name}",
+            ]
+        ),
+        f"pg_basebackup from 127.0.0.1:{spec.primary_port} into {server.data}",
+        timeout=600,
+    )
+    # -R wrote standby.signal and a primary_conninfo into postgresql.auto.conf, which would override
+    # ours in thorbis.conf: keep the signal, drop those lines.
+    auto_conf = server.data / "postgresql.auto.conf"
+    kept = [
+        line
+        for line in auto_conf.read_text().splitlines()
+        if not line.startswith(("primary_conninfo", "primary_slot_name"))
+    ]
+    process.write_private_file(auto_conf, "\n".join(kept) + "\n")
+
+
+class PostgresReplicaKind(Kind[PostgresReplicaSpec]):
+    token = TOKEN
+    spec_type = PostgresReplicaSpec
+    replace_on = frozenset({"stateDir", "slotName", "primaryPort"})
+    secret_properties = SECRETS
+
+    def create(self, spec: PostgresReplicaSpec) -> tuple[str, dict[str, Any]]:
+        server = pg.ServerDir(Path(spec.state_dir))
+        if not server.initialised():
+            base_backup(spec)
+        write_passfile(spec)
+        pg.write_config(server, replica_settings(spec))
+        pg.start(server)
+        process.wait_until(lambda: self.status(spec)["streaming"], 60, f"replica {spec.slot_name} to stream")
+        return str(server.data), self.status(spec)
+
+    def status(self, spec: PostgresReplicaSpec) -> dict[str, Any]:
+        server = pg.ServerDir(Path(spec.state_dir))
+        if server.postmaster_pid() is None or not pg.answering(spec.port, spec.superuser_password):
+            return {"running": False, "streaming": False}
+        with pg.connect(spec.port, spec.superuser_password) as conn:
+            recovery = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+            receiver = conn.execute("SELECT status FROM pg_stat_wal_receiver").fetchone()
+            return {
+                "running": True,
+                "streaming": bool(recovery and recovery[0] and receiver and receiver[0] == "streaming"),
+                "settings": pg.live_settings(conn, spec.settings),
+            }
+
+    def observe(self, resource_id: str, spec: PostgresReplicaSpec) -> dict[str, Any] | None:
+        if not pg.ServerDir(Path(spec.state_dir)).initialised():
+            return None
+        return self.status(spec)
+
+    def drifted(self, old_state: dict[str, Any], spec: PostgresReplicaSpec) -> list[str]:
+        return [key for key in ("running", "streaming") if not old_state.get(key, True)]
+
+    def update(self, resource_id: str, old: dict[str, Any], spec: PostgresReplicaSpec) -> dict[str, Any]:
+        server = pg.ServerDir(Path(spec.state_dir))
+        write_passfile(spec)
+        pg.write_config(server, replica_settings(spec))
+        if server.postmaster_pid() is None:
+            pg.start(server)
+        else:
+            old_port = int(old.get("port", spec.port))
+            try:
+                with pg.connect(old_port, spec.superuser_password) as conn:
+                    pg.apply_settings(conn, server)
+            except (ProviderError, psycopg.Error):
+                pg.pg_ctl(server, "restart", "-m", "fast")
+        process.wait_until(lambda: self.status(spec)["streaming"], 60, f"replica {spec.slot_name} to stream")
+        return self.status(spec)
+
+    def delete(self, resource_id: str, spec: PostgresReplicaSpec) -> None:
+        """A replica holds a copy only: its directory goes, and so does its slot on the primary."""
+        server = pg.ServerDir(Path(spec.state_dir))
+        pg.stop(server)
+        if process.port_open(spec.primary_port):
+            drop_slot(spec)
+        process.remove_tree(server.base)
+
+
+@dataclass
+class PostgresReplicaArgs:
+    state_dir: pulumi.Input[str]
+    port: pulumi.Input[int]
+    primary_port: pulumi.Input[int]
+    slot_name: pulumi.Input[str]
+    superuser_password: pulumi.Input[str]
+    replication_password: pulumi.Input[str]
+    settings: pulumi.Input[dict[str, str]] = field(default_factory=dict)
+
+
+class PostgresReplica(pulumi.CustomResource):
+    """A streaming hot standby of the local primary."""
+
+    running: pulumi.Output[bool]
+    streaming: pulumi.Output[bool]
+
+    def __init__(self, name: str, args: PostgresReplicaArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(
+            TOKEN, name, {**provider_inputs(args, SECRETS), **declared_outputs("running", "streaming")}, opts
+        )

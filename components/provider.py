@@ -1,0 +1,215 @@
+"""The `thorbisdb` provider plugin: Pulumi's resource protocol, served for every Kind of this project.
+
+The engine starts it as `provider/pulumi-resource-thorbisdb`. Each request is routed by its type token
+to the Kind that owns it (every Kind subclass under components/ registers itself by existing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import pkgutil
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from pulumi.provider.experimental.property_value import Computed, PropertyValue
+from pulumi.provider.experimental.provider import (
+    CheckFailure,
+    CheckRequest,
+    CheckResponse,
+    CreateRequest,
+    CreateResponse,
+    DeleteRequest,
+    DiffRequest,
+    DiffResponse,
+    PropertyDiff,
+    PropertyDiffKind,
+    Provider,
+    ReadRequest,
+    ReadResponse,
+    UpdateRequest,
+    UpdateResponse,
+)
+from pulumi.provider.experimental.server import main as serve
+from pulumi.runtime.rpc import UNKNOWN
+from pydantic import ValidationError
+
+import components
+from components.kind import Kind, ProviderError, Spec
+
+VERSION = "0.1.0"
+T = TypeVar("T")
+
+
+def plain(value: PropertyValue) -> Any:
+    """A PropertyValue as plain Python: mappings, lists, str, bool, int/float; UNKNOWN when computed."""
+    raw = value.value
+    if isinstance(raw, Computed) or raw == UNKNOWN:
+        return UNKNOWN
+    if isinstance(raw, Mapping):
+        return {key: plain(item) for key, item in raw.items()}
+    if isinstance(raw, Sequence) and not isinstance(raw, str):
+        return [plain(item) for item in raw]
+    if isinstance(raw, float) and raw.is_integer():
+        return int(raw)
+    return raw
+
+
+def plain_map(values: Mapping[str, PropertyValue]) -> dict[str, Any]:
+    return {key: plain(value) for key, value in values.items()}
+
+
+def property_value(value: Any, secret: bool = False) -> PropertyValue:
+    if isinstance(value, PropertyValue):
+        return value
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return PropertyValue(value, is_secret=secret)
+    if isinstance(value, int | float):
+        return PropertyValue(float(value), is_secret=secret)
+    if isinstance(value, Mapping):
+        return PropertyValue({str(k): property_value(v) for k, v in value.items()}, is_secret=secret)
+    if isinstance(value, Sequence):
+        return PropertyValue([property_value(v) for v in value], is_secret=secret)
+    raise TypeError(f"cannot send a {type(value).__name__} to the engine")
+
+
+def contains_unknown(value: Any) -> bool:
+    if value == UNKNOWN:
+        return True
+    if isinstance(value, dict):
+        return any(contains_unknown(v) for v in value.values())
+    if isinstance(value, list):
+        return any(contains_unknown(v) for v in value)
+    return False
+
+
+def all_kinds() -> dict[str, Kind[Any]]:
+    """Every Kind defined under components/, by token (importing each module registers its kinds)."""
+    for module in pkgutil.walk_packages(components.__path__, prefix="components."):
+        importlib.import_module(module.name)
+    found: dict[str, Kind[Any]] = {}
+    pending: list[type[Kind[Any]]] = list(Kind.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if "token" in vars(cls):
+            found[cls.token] = cls()
+    return found
+
+
+def spec_fields(kind: Kind[Any]) -> list[str]:
+    """The wire names (camelCase) of a kind's inputs."""
+    return [field.alias or name for name, field in kind.spec_type.model_fields.items()]
+
+
+def describe(error: ValidationError) -> list[CheckFailure]:
+    return [
+        CheckFailure(".".join(str(part) for part in problem["loc"]), problem["msg"])
+        for problem in error.errors(include_url=False)
+    ]
+
+
+class ThorbisProvider(Provider):
+    def __init__(self, kinds: dict[str, Kind[Any]]) -> None:
+        self.kinds = kinds
+
+    def kind_of(self, qualified_type: str) -> Kind[Any]:
+        token = qualified_type.rsplit("$", 1)[-1]  # the URN's type carries its parents' types before `$`
+        if token not in self.kinds:
+            raise ProviderError(f"thorbisdb has no resource type {token}; known: {', '.join(sorted(self.kinds))}")
+        return self.kinds[token]
+
+    def outputs(self, kind: Kind[Any], values: dict[str, Any]) -> dict[str, PropertyValue]:
+        return {key: property_value(value, key in kind.secret_properties) for key, value in values.items()}
+
+    def inputs_of(self, kind: Kind[Any], state: dict[str, Any]) -> dict[str, Any]:
+        return {key: state[key] for key in spec_fields(kind) if key in state}
+
+    async def run(self, work: Callable[[], T]) -> T:
+        """Kinds block on servers and subprocesses: run them off the gRPC event loop."""
+        return await asyncio.to_thread(work)
+
+    async def check(self, request: CheckRequest) -> CheckResponse:
+        kind = self.kind_of(request.type)
+        news = plain_map(request.new_inputs)
+        if contains_unknown(news):
+            return CheckResponse(inputs=request.new_inputs)
+        try:
+            spec: Spec = kind.parse(news)
+        except ValidationError as error:
+            return CheckResponse(failures=describe(error))
+        return CheckResponse(inputs=self.outputs(kind, spec.model_dump(by_alias=True, mode="json")))
+
+    async def diff(self, request: DiffRequest) -> DiffResponse:
+        kind = self.kind_of(request.type)
+        old, new = plain_map(request.old_state), plain_map(request.new_inputs)
+        changed = [
+            key for key in spec_fields(kind) if key not in request.ignore_changes and old.get(key) != new.get(key)
+        ]
+        if not contains_unknown(new):
+            drift = await self.run(lambda: kind.drifted(old, kind.parse(new)))
+            changed += [key for key in drift if key not in changed]
+        replaces = [key for key in changed if key in kind.replace_on]
+        detail = {
+            key: PropertyDiff(
+                PropertyDiffKind.UPDATE_REPLACE if key in replaces else PropertyDiffKind.UPDATE,
+                input_diff=False,
+            )
+            for key in changed
+        }
+        return DiffResponse(
+            changes=bool(changed),
+            replaces=replaces,
+            diffs=changed,
+            detailed_diff=detail,
+            delete_before_replace=kind.delete_before_replace,
+        )
+
+    async def create(self, request: CreateRequest) -> CreateResponse:
+        kind = self.kind_of(request.type)
+        inputs = plain_map(request.properties)
+        if request.preview:
+            known = {} if contains_unknown(inputs) else kind.preview_outputs(kind.parse(inputs))
+            return CreateResponse(properties={**request.properties, **self.outputs(kind, known)})
+        resource_id, produced = await self.run(lambda: kind.create(kind.parse(inputs)))
+        return CreateResponse(resource_id=resource_id, properties=self.outputs(kind, {**inputs, **produced}))
+
+    async def read(self, request: ReadRequest) -> ReadResponse:
+        kind = self.kind_of(request.type)
+        state = plain_map(request.properties)
+        if not state:
+            raise ProviderError(
+                f"{request.type} cannot be imported by id: declare it in the program and run `pulumi up`, "
+                "which adopts what already exists"
+            )
+        spec = kind.parse(self.inputs_of(kind, state))
+        observed = await self.run(lambda: kind.observe(request.resource_id, spec))
+        if observed is None:
+            return ReadResponse()
+        return ReadResponse(
+            resource_id=request.resource_id,
+            properties=self.outputs(kind, {**state, **observed}),
+            inputs=request.inputs,
+        )
+
+    async def update(self, request: UpdateRequest) -> UpdateResponse:
+        kind = self.kind_of(request.type)
+        olds, news = plain_map(request.olds), plain_map(request.news)
+        if request.preview:
+            return UpdateResponse(properties={**request.olds, **request.news})
+        produced = await self.run(lambda: kind.update(request.resource_id, olds, kind.parse(news)))
+        return UpdateResponse(properties=self.outputs(kind, {**olds, **news, **produced}))
+
+    async def delete(self, request: DeleteRequest) -> None:
+        kind = self.kind_of(request.type)
+        spec = kind.parse(self.inputs_of(kind, plain_map(request.properties)))
+        await self.run(lambda: kind.delete(request.resource_id, spec))
+
+
+def main() -> None:
+    serve(sys.argv[1:], VERSION, ThorbisProvider(all_kinds()))
+
+
+if __name__ == "__main__":
+    main()

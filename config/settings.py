@@ -1,0 +1,431 @@
+"""The typed spec of one stack's `thorbis:` configuration, with every key's default and allowed values.
+
+Keys are camelCase in `Pulumi.<stack>.yaml` and snake_case attributes here. Each field carries its
+documentation (`description`, ending with its default) and, under `json_schema_extra["allowed"]`, the
+allowed values in words, which `config.translate` puts into error messages. Rules that involve more
+than one key (prod rules, required secrets, port clashes) live in `config.rules`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    SecretStr,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
+
+NAMESPACE = "thorbis"
+"""The Pulumi config namespace of this project: every key is `thorbis:<name>`."""
+
+PROD_STACK = "prod"
+MIN_PASSWORD_LENGTH = 12
+GUC_NAME_PATTERN = r"^[a-z_][a-z0-9_.]*$"
+Platform = Literal["local", "docker", "external"]
+
+
+@dataclass(frozen=True)
+class SettingsContext:
+    """What validation needs besides the config values: passed as pydantic's validation context."""
+
+    stack: str
+    project_root: Path
+
+
+def _context(info: ValidationInfo) -> SettingsContext:
+    if not isinstance(info.context, SettingsContext):
+        raise TypeError("stack settings are validated with a SettingsContext: build them with parse_settings()")
+    return info.context
+
+
+def setting(default: Any, doc: str, allowed: str, *, validate_default: bool = False) -> Any:
+    """A documented config field: `doc` says what it is (and its default), `allowed` what values pass."""
+    return Field(
+        default,
+        description=doc,
+        json_schema_extra={"allowed": allowed},
+        validate_default=validate_default,
+    )
+
+
+def section(doc: str) -> Any:
+    """A config object: a mapping whose keys all have defaults of their own."""
+    return setting({}, f"{doc} Default: every key at its default.", "a mapping", validate_default=True)
+
+
+# --- value types -------------------------------------------------------------------------------------
+
+
+def _no_bool(value: object) -> object:
+    # pydantic's lax int takes true/false as 1/0; a boolean where a number belongs is a mistake
+    if isinstance(value, bool):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    return value
+
+
+def _flag(value: object) -> object:
+    # Pulumi passes top-level booleans as the strings "true"/"false"; pydantic's lax bool would also
+    # take "yes", "on", 1, ... which YAML users do not mean for these keys
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if isinstance(value, bool):
+        return value
+    raise PydanticCustomError("bool_type", "Input should be a valid boolean")
+
+
+def _number_as_text(value: object) -> object:
+    # `sharedBuffers: 128` in YAML arrives as a JSON number; PostgreSQL reads a bare number too
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+# GUCs that have a key of their own: setting them in `settings` too would leave two sources of truth
+DEDICATED_GUCS: Mapping[str, str] = MappingProxyType(
+    {
+        "port": "port",
+        "max_connections": "maxConnections",
+        "shared_buffers": "sharedBuffers",
+        "work_mem": "workMem",
+        "maintenance_work_mem": "maintenanceWorkMem",
+        "effective_cache_size": "effectiveCacheSize",
+    }
+)
+
+
+def _own_key_guc(name: str) -> str:
+    if name in DEDICATED_GUCS:
+        raise PydanticCustomError(
+            "thorbis_dedicated_guc",
+            "{name} has a key of its own: set thorbis:postgres.{key} instead",
+            {"name": name, "key": DEDICATED_GUCS[name]},
+        )
+    return name
+
+
+def _guc_value(value: object) -> object:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, dict | list) or value is None:
+        raise PydanticCustomError("thorbis_guc_value", "a GUC value must be a string or a number")
+    return _number_as_text(value)
+
+
+def _frozen(settings: Mapping[str, str]) -> Mapping[str, str]:
+    return MappingProxyType(dict(settings))
+
+
+def _plain(settings: Mapping[str, str]) -> dict[str, str]:
+    return dict(settings)
+
+
+def _long_enough(secret: SecretStr) -> SecretStr:
+    if len(secret.get_secret_value()) < MIN_PASSWORD_LENGTH:
+        raise PydanticCustomError(
+            "thorbis_secret_short",
+            "must be at least {minimum} characters long; choose a longer one",
+            {"minimum": MIN_PASSWORD_LENGTH},
+        )
+    return secret
+
+
+def _postgres_url(secret: SecretStr) -> SecretStr:
+    parts = urlsplit(secret.get_secret_value())
+    if parts.scheme not in ("postgres", "postgresql") or not parts.hostname:
+        raise PydanticCustomError(
+            "thorbis_dsn",
+            "must be a postgres:// or postgresql:// URL with a host, "
+            "e.g. postgresql://user:password@db.example.com:5432/thorbis",
+        )
+    return secret
+
+
+Int = Annotated[int, BeforeValidator(_no_bool)]
+Flag = Annotated[bool, BeforeValidator(_flag)]
+Port = Annotated[Int, Field(ge=1024, le=65535)]
+PgMemory = Annotated[str, BeforeValidator(_number_as_text), StringConstraints(pattern=r"^\d+(kB|MB|GB|TB)?$")]
+PgDuration = Annotated[str, BeforeValidator(_number_as_text), StringConstraints(pattern=r"^\d+(us|ms|s|min|h|d)?$")]
+RedisMemory = Annotated[str, BeforeValidator(_number_as_text), StringConstraints(pattern=r"(?i)^\d+(k|kb|m|mb|g|gb)?$")]
+Identifier = Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_]{0,62}$")]
+GucName = Annotated[str, StringConstraints(pattern=GUC_NAME_PATTERN), AfterValidator(_own_key_guc)]
+GucValue = Annotated[str, BeforeValidator(_guc_value)]
+GucSettings = Annotated[Mapping[GucName, GucValue], AfterValidator(_frozen), PlainSerializer(_plain)]
+ImageRef = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-zA-Z0-9_.\-/:@]*$")]
+Password = Annotated[SecretStr, AfterValidator(_long_enough)]
+PostgresUrl = Annotated[SecretStr, AfterValidator(_postgres_url)]
+
+PORT_ALLOWED = "an integer port from 1024 to 65535"
+PG_MEMORY_ALLOWED = "a PostgreSQL memory size: digits with an optional unit kB, MB, GB or TB, e.g. 128MB"
+
+
+class Spec(BaseModel):
+    """Base of every config object: immutable, camelCase keys, unknown keys rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        validate_by_alias=True,
+        validate_by_name=True,
+        frozen=True,
+        extra="forbid",
+        # our messages come from `.errors()`; pydantic's own text must never print a value (secrets)
+        hide_input_in_errors=True,
+    )
+
+
+# --- sections ----------------------------------------------------------------------------------------
+
+
+class PostgresSpec(Spec):
+    """`thorbis:postgres`: the primary PostgreSQL server."""
+
+    port: Port = setting(5432, "TCP port of the primary. Default 5432.", PORT_ALLOWED)
+    database: Identifier = setting(
+        "thorbis",
+        "Name of the application database. Default thorbis.",
+        "a lower-case PostgreSQL identifier: [a-z_] then up to 62 of [a-z0-9_]",
+    )
+    max_connections: Annotated[Int, Field(ge=10, le=10000)] = setting(
+        200, "max_connections of every server. Default 200.", "an integer from 10 to 10000"
+    )
+    shared_buffers: PgMemory = setting("128MB", "shared_buffers. Default 128MB.", PG_MEMORY_ALLOWED)
+    work_mem: PgMemory = setting("4MB", "work_mem. Default 4MB.", PG_MEMORY_ALLOWED)
+    maintenance_work_mem: PgMemory = setting("64MB", "maintenance_work_mem. Default 64MB.", PG_MEMORY_ALLOWED)
+    effective_cache_size: PgMemory = setting("512MB", "effective_cache_size. Default 512MB.", PG_MEMORY_ALLOWED)
+    settings: GucSettings = setting(
+        {},
+        "Further postgresql.conf settings, GUC name to value, applied to every server. Default {}.",
+        "a mapping of GUC names (matching ^[a-z_][a-z0-9_.]*$) to string or number values",
+        validate_default=True,
+    )
+
+
+class ReplicasSpec(Spec):
+    """`thorbis:replicas`: streaming replicas of the primary."""
+
+    count: Annotated[Int, Field(ge=0)] = setting(
+        0, "Number of streaming replicas; at least 1 on prod. Default 0.", "an integer >= 0"
+    )
+    base_port: Port | None = setting(
+        None,
+        "Port of replica 0; replica i listens on basePort + i. Default thorbis:postgres.port + 1.",
+        PORT_ALLOWED,
+    )
+
+
+class PgBouncerSpec(Spec):
+    """`thorbis:pgbouncer`: the connection pooler in front of the primary."""
+
+    port: Port = setting(6432, "TCP port of PgBouncer. Default 6432.", PORT_ALLOWED)
+    max_client_conn: Annotated[Int, Field(ge=1)] = setting(1000, "max_client_conn. Default 1000.", "an integer >= 1")
+    default_pool_size: Annotated[Int, Field(ge=1)] = setting(
+        25, "default_pool_size, per database and user. Default 25.", "an integer >= 1"
+    )
+    reserve_pool_size: Annotated[Int, Field(ge=0)] = setting(5, "reserve_pool_size. Default 5.", "an integer >= 0")
+    reserve_pool_timeout: Annotated[Int, Field(ge=0)] = setting(
+        3, "reserve_pool_timeout in seconds. Default 3.", "an integer number of seconds >= 0"
+    )
+    max_db_connections: Annotated[Int, Field(ge=0)] = setting(
+        0, "max_db_connections; 0 means unlimited. Default 0.", "an integer >= 0 (0 = unlimited)"
+    )
+    pool_mode: Literal["transaction", "session"] = setting(
+        "transaction", "pool_mode. Default transaction.", 'one of "transaction", "session"'
+    )
+
+
+class RedisSpec(Spec):
+    """`thorbis:redis`: the cache."""
+
+    port: Port = setting(6379, "TCP port of Redis. Default 6379.", PORT_ALLOWED)
+    maxmemory: RedisMemory = setting(
+        "256mb",
+        "maxmemory. Default 256mb.",
+        "a Redis memory size: digits with an optional unit k, kb, m, mb, g or gb, e.g. 256mb",
+    )
+    maxmemory_policy: Literal[
+        "noeviction",
+        "allkeys-lru",
+        "allkeys-lfu",
+        "allkeys-random",
+        "volatile-lru",
+        "volatile-lfu",
+        "volatile-random",
+        "volatile-ttl",
+    ] = setting(
+        "allkeys-lru",
+        "maxmemory-policy. Default allkeys-lru.",
+        'one of "noeviction", "allkeys-lru", "allkeys-lfu", "allkeys-random", "volatile-lru", '
+        '"volatile-lfu", "volatile-random", "volatile-ttl"',
+    )
+    persistence: Flag = setting(False, "Keep data across restarts (append-only file). Default false.", "true or false")
+
+
+class DockerSpec(Spec):
+    """`thorbis:docker`: used on platform docker only, ignored elsewhere."""
+
+    network: Annotated[str, StringConstraints(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")] = setting(
+        None,
+        "Docker network the containers join. Default thorbis-<stack>.",
+        "a Docker network name: [a-zA-Z0-9] then [a-zA-Z0-9_.-]",
+        validate_default=True,
+    )
+    postgres_image: ImageRef = setting(
+        "postgres:15", "Image of primary and replicas. Default postgres:15.", "a Docker image reference"
+    )
+    pgbouncer_image: ImageRef = setting(
+        "edoburu/pgbouncer:latest",
+        "Image of PgBouncer. Default edoburu/pgbouncer:latest.",
+        "a Docker image reference",
+    )
+    redis_image: ImageRef = setting("redis:7", "Image of Redis. Default redis:7.", "a Docker image reference")
+
+    @field_validator("network", mode="before")
+    @classmethod
+    def _default_network(cls, value: object, info: ValidationInfo) -> object:
+        return f"thorbis-{_context(info).stack}" if value is None else value
+
+
+# --- the whole stack ---------------------------------------------------------------------------------
+
+SECRET_ALLOWED = f"a secret string of at least {MIN_PASSWORD_LENGTH} characters"
+
+
+class StackSettings(Spec):
+    """Everything under `thorbis:` for one stack, validated; build it with `parse_settings`."""
+
+    stack: str = Field(description="Name of the Pulumi stack; not a config key.")
+    platform: Platform = setting(
+        "local",
+        "Where the servers run: local processes, Docker containers, or an external server. Default local.",
+        'one of "local", "docker", "external"',
+    )
+    state_dir: Path = setting(
+        None,
+        "Directory where local servers keep their data, relative to the project root unless absolute. "
+        "Default .state/stacks/<stack>.",
+        "a non-empty directory path",
+        validate_default=True,
+    )
+    allow_data_loss: Flag = setting(
+        False, "Allow changes that drop or recreate data; never on prod. Default false.", "true or false"
+    )
+    lock_timeout: PgDuration = setting(
+        "5s",
+        "lock_timeout of schema changes. Default 5s.",
+        "a PostgreSQL duration: digits with an optional unit us, ms, s, min, h or d, e.g. 5s or 500ms",
+    )
+    postgres: PostgresSpec = section("The primary PostgreSQL server (PostgresSpec).")
+    replicas: ReplicasSpec = section("Streaming replicas of the primary (ReplicasSpec).")
+    pgbouncer: PgBouncerSpec = section("The PgBouncer pooler (PgBouncerSpec).")
+    redis: RedisSpec = section("The Redis cache (RedisSpec).")
+    docker: DockerSpec = section("Docker settings, used on platform docker only (DockerSpec).")
+    postgres_password: Password | None = setting(
+        None,
+        "Password of the postgres superuser; required on local and docker. Secret; default unset.",
+        SECRET_ALLOWED,
+    )
+    replication_password: Password | None = setting(
+        None,
+        "Password of the replication role; required on local and docker. Secret; default unset.",
+        SECRET_ALLOWED,
+    )
+    pgbouncer_auth_password: Password | None = setting(
+        None,
+        "Password of PgBouncer's auth_user; required on local and docker. Secret; default unset.",
+        SECRET_ALLOWED,
+    )
+    redis_password: Password | None = setting(
+        None,
+        "Password of Redis; required on local and docker, optional on external. Secret; default unset.",
+        SECRET_ALLOWED,
+    )
+    external_dsn: PostgresUrl | None = setting(
+        None,
+        "URL of the server, postgres://...; required on platform external, ignored elsewhere. Secret; default unset.",
+        "a secret postgres:// or postgresql:// URL",
+    )
+
+    @field_validator("state_dir", mode="before")
+    @classmethod
+    def _resolve_state_dir(cls, value: object, info: ValidationInfo) -> object:
+        context = _context(info)
+        if value is None:
+            value = Path(".state") / "stacks" / context.stack
+        if isinstance(value, str) and not value.strip():
+            raise PydanticCustomError("thorbis_empty_path", "must not be empty; give a directory path")
+        if not isinstance(value, str | Path):
+            return value  # pydantic reports the wrong type
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (context.project_root / path).resolve()
+
+    @property
+    def is_prod(self) -> bool:
+        """True on the production stack, where data loss is never allowed and replicas are required."""
+        return self.stack == PROD_STACK
+
+    @property
+    def replica_ports(self) -> list[int]:
+        """Port of each replica, in order: basePort + i (basePort defaults to postgres.port + 1)."""
+        base = self.replicas.base_port if self.replicas.base_port is not None else self.postgres.port + 1
+        return [base + index for index in range(self.replicas.count)]
+
+    @property
+    def all_ports(self) -> dict[str, int]:
+        """Every port the stack's servers listen on, by the config key that sets it."""
+        ports = {f"{NAMESPACE}:postgres.port": self.postgres.port}
+        ports.update({replica_port_key(i): port for i, port in enumerate(self.replica_ports)})
+        ports[f"{NAMESPACE}:pgbouncer.port"] = self.pgbouncer.port
+        ports[f"{NAMESPACE}:redis.port"] = self.redis.port
+        return ports
+
+
+def replica_port_key(index: int) -> str:
+    """How replica `index`'s port is named in messages: the key that sets it, plus the offset."""
+    return f"{NAMESPACE}:replicas.basePort+{index}"
+
+
+def attribute_of(key: str) -> str:
+    """The StackSettings attribute of a top-level config key: `postgresPassword` -> `postgres_password`."""
+    for name, info in StackSettings.model_fields.items():
+        if info.alias == key:
+            return name
+    raise KeyError(f"{key} is not a key of {NAMESPACE}: (allowed: {', '.join(CONFIG_KEYS)})")
+
+
+def _field_alias(name: str) -> str:
+    alias = StackSettings.model_fields[name].alias
+    return alias if alias is not None else name
+
+
+def _is_section(name: str) -> bool:
+    annotation = StackSettings.model_fields[name].annotation
+    return isinstance(annotation, type) and issubclass(annotation, Spec)
+
+
+CONFIG_KEYS: tuple[str, ...] = tuple(_field_alias(name) for name in StackSettings.model_fields if name != "stack")
+"""Every key allowed under `thorbis:`, as written in the stack file."""
+OBJECT_KEYS: frozenset[str] = frozenset(_field_alias(n) for n in StackSettings.model_fields if _is_section(n))
+"""Keys whose value is a mapping (Pulumi passes them as JSON strings)."""
+SERVER_PASSWORD_KEYS: tuple[str, ...] = (
+    "postgresPassword",
+    "replicationPassword",
+    "pgbouncerAuthPassword",
+    "redisPassword",
+)
+"""Secrets the servers need on platforms local and docker."""
+SECRET_KEYS: frozenset[str] = frozenset({*SERVER_PASSWORD_KEYS, "externalDsn"})
+"""Keys that must be set with `pulumi config set --secret`."""
