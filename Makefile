@@ -5,7 +5,7 @@ ENV := source scripts/pulumi-env.sh &&
 STACK ?= dev
 PYTEST_ARGS ?=
 
-.PHONY: setup deps engine test lint
+.PHONY: setup deps engine up preview destroy test lint
 
 deps:
 	@scripts/install-deps
@@ -14,6 +14,16 @@ engine: deps
 	@scripts/install-pulumi
 
 setup: engine
+
+up: setup
+	@$(ENV) pulumi stack select --create $(STACK) --non-interactive && pulumi up --yes --non-interactive --stack $(STACK)
+	@$(ENV) scripts/connect-info $(STACK)
+
+preview: setup
+	@$(ENV) pulumi stack select --create $(STACK) --non-interactive && pulumi preview --diff --stack $(STACK)
+
+destroy: setup
+	@$(ENV) pulumi destroy --yes --non-interactive --stack $(STACK)
 
 test: setup
 	@$(ENV) python -m pytest $(PYTEST_ARGS)

@@ -27,6 +27,7 @@ from config import (
     load_settings,
     parse_settings,
 )
+from config.settings import SettingsContext
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD_KEYS = ("postgresPassword", "replicationPassword", "pgbouncerAuthPassword", "redisPassword")
@@ -361,6 +362,7 @@ BAD = [
         ('["jit"]', "mapping"),
     ),
     Bad("replica-count", {"replicas": {"count": -1}}, "thorbis:replicas.count", ("= -1:", ">= 0")),
+    Bad("replica-count-bool", {"replicas": {"count": True}}, "thorbis:replicas.count", ("= true:", "integer >= 0")),
     Bad("replica-count-text", {"replicas": {"count": "two"}}, "thorbis:replicas.count", ('"two"', "integer")),
     Bad(
         "replica-base-port",
@@ -669,6 +671,15 @@ def test_secrets_are_never_in_messages_or_tracebacks(values: dict[str, object], 
     assert "tiny-secret" not in text
     assert "<secret>" in text
     assert error.__cause__ is None and error.__context__ is None
+
+
+def test_pydantic_text_never_prints_a_value_either() -> None:
+    # the models used directly, outside parse_settings: pydantic's own message must not hold the secret
+    context = SettingsContext(stack="dev", project_root=ROOT)
+    with pytest.raises(ValidationError) as caught:
+        StackSettings.model_validate({"stack": "dev", "postgresPassword": "tiny-secret"}, context=context)
+    assert "tiny-secret" not in str(caught.value)
+    assert caught.value.errors()[0]["loc"] == ("postgresPassword",)
 
 
 def test_a_mapping_stored_as_secret_is_not_shown() -> None:
