@@ -6,6 +6,8 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import pulumi
+
 SECRET_SHOWN_AS = "<secret>"
 _MAX_VALUE_CHARS = 80
 
@@ -38,7 +40,7 @@ def show_value(value: object, *, secret: bool = False) -> str:
     return text
 
 
-class ConfigError(Exception):
+class ConfigError(pulumi.RunError):
     """The configuration of a stack is invalid; `str(error)` lists every problem, one per line."""
 
     def __init__(self, stack: str, problems: Sequence[Problem]) -> None:

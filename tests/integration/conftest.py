@@ -1,0 +1,133 @@
+"""Real servers for the integration tests: made and removed through their own Kinds, on free ports, in
+directories the `postgres` OS user can reach (never the dev stack's ports or state)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from components.platform.local import postgres_files as pg
+from components.platform.local.postgres import PostgresServerKind, PostgresServerSpec
+from tests.support import free_port, reachable_state_dir
+
+SUPERUSER_PASSWORD = "it-Super'user:0123"  # a quote and a colon: quoting and .pgpass escaping are exercised
+REPLICATION_PASSWORD = "it-Replic:ation\\0123"
+DATABASE = "thorbis_it"
+#: What components.platform.local.postgres_settings gives a dev stack, small enough for a test host.
+SETTINGS = {
+    "shared_preload_libraries": "pg_cron,pg_stat_statements",
+    "cron.database_name": DATABASE,
+    "wal_level": "replica",
+    "max_wal_senders": "10",
+    "max_replication_slots": "10",
+    "hot_standby": "on",
+    "password_encryption": "scram-sha-256",
+    "max_connections": "100",
+    "shared_buffers": "128MB",
+    "work_mem": "4MB",
+    "maintenance_work_mem": "64MB",
+}
+
+
+def eventually(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll until `condition` holds; fail the test saying what never happened."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+def primary_spec(state_dir: Path, port: int, **changes: Any) -> PostgresServerSpec:
+    spec = PostgresServerSpec(
+        state_dir=str(state_dir),
+        port=port,
+        database=DATABASE,
+        superuser_password=SUPERUSER_PASSWORD,
+        replication_password=REPLICATION_PASSWORD,
+        settings=SETTINGS,
+    )
+    return spec.model_copy(update=changes)
+
+
+@dataclass(frozen=True)
+class Primary:
+    """A running primary made by PostgresServerKind.create, with what the engine would have recorded."""
+
+    kind: PostgresServerKind
+    spec: PostgresServerSpec
+    resource_id: str
+    outputs: dict[str, Any]
+
+    @property
+    def base(self) -> Path:
+        return Path(self.spec.state_dir)
+
+    @property
+    def server(self) -> pg.ServerDir:
+        return pg.ServerDir(self.base)
+
+    @property
+    def port(self) -> int:
+        return self.spec.port
+
+    @property
+    def dsn(self) -> str:
+        return psycopg.conninfo.make_conninfo(
+            host="127.0.0.1", port=self.port, user="postgres", password=SUPERUSER_PASSWORD, dbname=DATABASE
+        )
+
+    def state(self, observed: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The state Pulumi keeps: inputs, then outputs (those of a refresh when given)."""
+        return {**self.spec.model_dump(by_alias=True), **self.outputs, **(observed or {})}
+
+    def connect(self, dbname: str = DATABASE) -> psycopg.Connection[tuple[Any, ...]]:
+        return psycopg.connect(
+            host="127.0.0.1",
+            port=self.port,
+            user="postgres",
+            password=SUPERUSER_PASSWORD,
+            dbname=dbname,
+            autocommit=True,
+            connect_timeout=5,
+        )
+
+    def scalar(self, query: str, params: tuple[Any, ...] = (), dbname: str = DATABASE) -> Any:
+        with self.connect(dbname) as conn:
+            row = conn.execute(query, params).fetchone()
+        assert row is not None, query
+        return row[0]
+
+
+@contextmanager
+def running_primary() -> Iterator[Primary]:
+    """A new primary; removed with allow_data_loss whatever the test did to it."""
+    with reachable_state_dir() as base:
+        spec = primary_spec(base / "postgres-primary", free_port())
+        kind = PostgresServerKind()
+        resource_id, outputs = kind.create(spec)
+        try:
+            yield Primary(kind, spec, resource_id, outputs)
+        finally:
+            kind.delete(resource_id, spec.model_copy(update={"allow_data_loss": True}))
+
+
+@pytest.fixture(scope="module")
+def primary() -> Iterator[Primary]:
+    """A primary shared by a module's tests, which must leave its settings and process as they found them."""
+    with running_primary() as server:
+        yield server
+
+
+@pytest.fixture
+def own_primary() -> Iterator[Primary]:
+    """A primary of one test's own, for tests that restart, kill, reconfigure or delete it."""
+    with running_primary() as server:
+        yield server

@@ -1,0 +1,368 @@
+"""The docker platform under Pulumi mocks: the resource graph it declares and the connection it hands on.
+
+No Docker engine runs here. Every registration goes to a recording mock; the tests read the recorded
+graph (type, name, inputs, parent, dependencies) and the component's `connection` output.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pytest
+from pulumi.runtime.mocks import MockCallArgs, MockMonitor, MockResourceArgs
+from pulumi.runtime.rpc import is_rpc_secret, unwrap_rpc_secret
+
+from components.connection import ConnectionSpec, Endpoint
+from components.platform.docker import DockerPlatform
+from config import StackSettings, parse_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = ROOT / "components" / "platform" / "docker" / "postgres.Dockerfile"
+STACK = "staging"
+NETWORK = "thorbis-staging"  # the default network: thorbis-<stack>
+POSTGRES_IMAGE = "postgres:16"  # not the default, so the build arg is seen to follow the config
+PRIMARY_PORT, REPLICA_BASE_PORT, PGBOUNCER_PORT, REDIS_PORT = 15432, 15500, 16432, 16379
+PASSWORDS = {
+    "postgresPassword": "Admin-Secret-0123456789",
+    "replicationPassword": "Replica-Secret-0123456789",
+    "pgbouncerAuthPassword": "Bouncer-Secret-0123456789",
+    "redisPassword": "Redis-Secret-0123456789",
+}
+PGDATA = "/var/lib/postgresql/data"
+HOST = "127.0.0.1"
+
+COMPONENT = "thorbis:platform:Docker"
+NETWORK_TYPE = "docker:index/network:Network"
+IMAGE_TYPE = "docker:index/image:Image"
+REMOTE_IMAGE_TYPE = "docker:index/remoteImage:RemoteImage"
+VOLUME_TYPE = "docker:index/volume:Volume"
+CONTAINER_TYPE = "docker:index/container:Container"
+
+# pulumi.runtime.test is untyped; this names the shape it has (a test body in, a runnable test out)
+run_with_mocks: Callable[[Callable[[], pulumi.Output[None]]], Callable[[], None]] = pulumi.runtime.test
+
+
+def stack_settings(replicas: int) -> StackSettings:
+    """Staging on platform docker, every port set, the four passwords stored as secrets."""
+    values: dict[str, object] = {
+        "platform": "docker",
+        "postgres": {"port": PRIMARY_PORT},
+        "replicas": {"count": replicas, "basePort": REPLICA_BASE_PORT},
+        "pgbouncer": {"port": PGBOUNCER_PORT},
+        "redis": {"port": REDIS_PORT},
+        "docker": {"postgresImage": POSTGRES_IMAGE},
+        **PASSWORDS,
+    }
+    raw = {f"thorbis:{key}": v if isinstance(v, str) else json.dumps(v) for key, v in values.items()}
+    return parse_settings(STACK, raw, {f"thorbis:{key}" for key in PASSWORDS}, ROOT)
+
+
+# --- recording the graph -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Created:
+    """One `new_resource` call: what the program asked the engine to create."""
+
+    type: str
+    name: str
+    inputs: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """Where a registration sits in the graph: its URN, its parent's, and every URN it depends on."""
+
+    urn: str
+    parent: str
+    dependencies: frozenset[str]
+
+
+class RecordingMocks(pulumi.runtime.Mocks):
+    """Echoes inputs as outputs (plus the image id a pull would report) and records every call."""
+
+    def __init__(self) -> None:
+        self.created: list[Created] = []
+
+    def new_resource(self, args: MockResourceArgs) -> tuple[str | None, dict[Any, Any]]:
+        self.created.append(Created(args.typ, args.name, dict(args.inputs)))
+        outputs = dict(args.inputs)
+        if args.typ == REMOTE_IMAGE_TYPE:
+            outputs["imageId"] = f"sha256:{args.name}"
+        return f"{args.name}-id", outputs
+
+    def call(self, args: MockCallArgs) -> tuple[dict[Any, Any], list[tuple[str, str]] | None]:
+        raise AssertionError(f"the docker platform calls no provider function, yet called {args.token}")
+
+
+class WiringMonitor(MockMonitor):
+    """The mock monitor, also keeping each registration's parent and dependencies (new_resource sees neither)."""
+
+    def __init__(self, mocks: RecordingMocks) -> None:
+        super().__init__(mocks)
+        self.wiring: dict[str, Wiring] = {}
+
+    def RegisterResource(self, request: Any) -> Any:
+        urn = self.make_urn(request.parent, request.type, request.name)
+        self.wiring[request.name] = Wiring(urn, request.parent, frozenset(request.dependencies))
+        return super().RegisterResource(request)  # type: ignore[no-untyped-call]  # pulumi leaves it untyped
+
+
+@dataclass
+class Deployment:
+    """What one run of DockerPlatform declared, and the connection it resolved to."""
+
+    created: list[Created]
+    wiring: dict[str, Wiring]
+    connection: ConnectionSpec
+    connection_is_secret: bool
+    names: dict[str, Created] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.names = {resource.name: resource for resource in self.created}
+        assert len(self.names) == len(self.created), "two resources share a name"
+
+    def of_type(self, type_token: str) -> list[Created]:
+        return [resource for resource in self.created if resource.type == type_token]
+
+    @property
+    def containers(self) -> dict[str, Created]:
+        """Containers by their Docker name (the `name` input), not their Pulumi name."""
+        return {str(c.inputs["name"]): c for c in self.of_type(CONTAINER_TYPE)}
+
+
+def deploy(settings: StackSettings) -> Deployment:
+    mocks = RecordingMocks()
+    monitor = WiringMonitor(mocks)
+    pulumi.runtime.set_mocks(mocks, project="thorbis-db", stack=STACK, preview=False, monitor=monitor)
+    seen: dict[str, Any] = {}
+
+    def program() -> pulumi.Output[None]:
+        platform = DockerPlatform("thorbis", settings)
+
+        async def observe() -> None:
+            seen["connection"] = await platform.connection.future()
+            seen["secret"] = await platform.connection.is_secret()
+
+        return pulumi.Output.from_input(observe())
+
+    run_with_mocks(program)()  # returns once every registration has been answered
+    return Deployment(mocks.created, monitor.wiring, seen["connection"], seen["secret"])
+
+
+@pytest.fixture(scope="module")
+def staging() -> Deployment:
+    return deploy(stack_settings(replicas=2))
+
+
+def env_list(container: Created) -> list[str]:
+    """The container's `envs`, which must arrive as a secret (the whole list, since it holds passwords)."""
+    envs = container.inputs["envs"]
+    assert is_rpc_secret(envs), f"envs of {container.name} are not secret"
+    value = unwrap_rpc_secret(envs)
+    assert isinstance(value, list)
+    return [str(item) for item in value]
+
+
+def command_of(container: Created) -> list[str]:
+    return [str(part) for part in container.inputs.get("command") or []]
+
+
+def replica_names(count: int) -> list[str]:
+    return [f"{NETWORK}-replica-{index}" for index in range(count)]
+
+
+# --- the graph -----------------------------------------------------------------------------------------
+
+
+def test_every_resource_is_a_child_of_the_component(staging: Deployment) -> None:
+    [component] = [c for c in staging.created if c.type == COMPONENT]
+    component_urn = staging.wiring[component.name].urn
+    children = [c for c in staging.created if c.type != COMPONENT]
+    assert children
+    assert {c.name: staging.wiring[c.name].parent for c in children} == {c.name: component_urn for c in children}
+
+
+def test_one_network_that_every_container_joins(staging: Deployment) -> None:
+    [network] = staging.of_type(NETWORK_TYPE)
+    assert network.inputs["name"] == NETWORK
+    for name, container in staging.containers.items():
+        assert container.inputs["networksAdvanced"] == [{"name": NETWORK}], name
+
+
+def test_postgres_image_is_built_from_our_dockerfile_on_the_configured_base(staging: Deployment) -> None:
+    [image] = staging.of_type(IMAGE_TYPE)
+    build = image.inputs["build"]
+    assert Path(build["dockerfile"]) == DOCKERFILE
+    assert DOCKERFILE.is_file()
+    assert Path(build["context"]) == DOCKERFILE.parent
+    assert build["args"] == {"BASE_IMAGE": POSTGRES_IMAGE}
+    assert image.inputs["skipPush"] is True
+    postgres_servers = [NETWORK + "-primary", *replica_names(2)]
+    for name in postgres_servers:
+        assert staging.containers[name].inputs["image"] == image.inputs["imageName"], name
+
+
+def test_pgbouncer_and_redis_images_are_pulled(staging: Deployment) -> None:
+    pulled = {str(image.inputs["name"]): image for image in staging.of_type(REMOTE_IMAGE_TYPE)}
+    assert set(pulled) == {"edoburu/pgbouncer:latest", "redis:7"}
+    for image_name, container in (("edoburu/pgbouncer:latest", "pgbouncer"), ("redis:7", "redis")):
+        expected_id = f"sha256:{pulled[image_name].name}"  # the id RecordingMocks reports for the pull
+        assert staging.containers[f"{NETWORK}-{container}"].inputs["image"] == expected_id
+
+
+def test_a_volume_per_postgres_server_and_one_for_redis(staging: Deployment) -> None:
+    volumes = sorted(str(volume.inputs["name"]) for volume in staging.of_type(VOLUME_TYPE))
+    servers = [f"{NETWORK}-primary", *replica_names(2)]
+    assert volumes == sorted([*servers, f"{NETWORK}-redis"])
+    for server in servers:
+        mounts = staging.containers[server].inputs["volumes"]
+        assert mounts == [{"volumeName": server, "containerPath": PGDATA}], server
+    assert staging.containers[f"{NETWORK}-redis"].inputs["volumes"] == [
+        {"volumeName": f"{NETWORK}-redis", "containerPath": "/data"}
+    ]
+
+
+def test_containers_are_primary_replicas_pgbouncer_and_redis(staging: Deployment) -> None:
+    expected = {f"{NETWORK}-primary", *replica_names(2), f"{NETWORK}-pgbouncer", f"{NETWORK}-redis"}
+    assert set(staging.containers) == expected
+    assert len(staging.of_type(CONTAINER_TYPE)) == len(expected)
+
+
+@pytest.mark.parametrize(
+    ("container", "internal", "external"),
+    [
+        ("primary", 5432, PRIMARY_PORT),
+        ("replica-0", 5432, REPLICA_BASE_PORT),
+        ("replica-1", 5432, REPLICA_BASE_PORT + 1),
+        ("pgbouncer", 5432, PGBOUNCER_PORT),
+        ("redis", 6379, REDIS_PORT),
+    ],
+)
+def test_container_has_a_healthcheck_and_publishes_its_port_on_loopback_only(
+    staging: Deployment, container: str, internal: int, external: int
+) -> None:
+    inputs = staging.containers[f"{NETWORK}-{container}"].inputs
+    published = [(port.get("ip"), int(port["internal"]), int(port["external"])) for port in inputs["ports"]]
+    assert published == [(HOST, internal, external)]
+    check = inputs["healthcheck"]
+    assert check["tests"][0] == "CMD-SHELL"
+    assert check["tests"][1].strip()
+    assert int(check["retries"]) >= 1
+    assert inputs["restart"] == "unless-stopped"
+
+
+def test_replicas_clone_the_primary_into_their_own_slot_after_it(staging: Deployment) -> None:
+    primary_urn = staging.wiring["thorbis-primary"].urn
+    for index, name in enumerate(replica_names(2)):
+        replica = staging.containers[name]
+        assert primary_urn in staging.wiring[replica.name].dependencies, f"{name} does not depend on the primary"
+        script = command_of(replica)[-1]
+        clone = re.search(r"pg_basebackup ([^;]*)", script)
+        assert clone is not None, f"{name} does not run pg_basebackup: {script}"
+        args = shlex.split(clone.group(1))
+        option = {flag: args[args.index(flag) + 1] for flag in ("-h", "-U", "-S")}
+        assert option == {"-h": f"{NETWORK}-primary", "-U": "replicator", "-S": f"replica_{index}"}
+        assert {"-R", "-C"} <= set(args)  # writes its standby config, creates its slot
+        assert "wal_level=replica" in script  # a standby needs the primary's settings too
+        assert "PGPASSWORD=" + PASSWORDS["replicationPassword"] in env_list(replica)
+
+
+def test_primary_preloads_pg_cron_and_streams_wal(staging: Deployment) -> None:
+    command = command_of(staging.containers[f"{NETWORK}-primary"])
+    assert command[0] == "postgres"
+    settings = {command[i + 1] for i, part in enumerate(command[:-1]) if part == "-c"}
+    assert "shared_preload_libraries=pg_cron,pg_stat_statements" in settings
+    assert "wal_level=replica" in settings
+
+
+def test_primary_uploads_the_init_script_that_creates_the_roles(staging: Deployment) -> None:
+    [upload] = staging.containers[f"{NETWORK}-primary"].inputs["uploads"]
+    assert upload["file"].startswith("/docker-entrypoint-initdb.d/")
+    assert upload["executable"] is True
+    script = upload["content"]
+    assert "CREATE ROLE replicator WITH REPLICATION LOGIN" in script
+    assert "CREATE ROLE pgbouncer_auth WITH LOGIN" in script
+    assert not any(password in script for password in PASSWORDS.values())
+
+
+# --- secrets -------------------------------------------------------------------------------------------
+
+
+def test_no_password_outside_container_envs(staging: Deployment) -> None:
+    for resource in staging.created:
+        shown = {key: value for key, value in resource.inputs.items() if key != "envs"}
+        text = json.dumps(shown, default=str)
+        leaked = [key for key, password in PASSWORDS.items() if password in text]
+        assert not leaked, f"{resource.name} has {leaked} outside its envs"
+    for name, container in staging.containers.items():
+        in_command_or_name = " ".join([*command_of(container), name])
+        assert not any(password in in_command_or_name for password in PASSWORDS.values()), name
+
+
+@pytest.mark.parametrize(
+    ("container", "expected"),
+    [
+        (
+            "primary",
+            {
+                "POSTGRES_PASSWORD": "postgresPassword",
+                "REPLICATION_PASSWORD": "replicationPassword",
+                "PGBOUNCER_AUTH_PASSWORD": "pgbouncerAuthPassword",
+            },
+        ),
+        ("replica-0", {"PGPASSWORD": "replicationPassword"}),
+        ("replica-1", {"PGPASSWORD": "replicationPassword"}),
+        ("pgbouncer", {"DB_PASSWORD": "pgbouncerAuthPassword"}),
+        ("redis", {"REDIS_PASSWORD": "redisPassword", "REDISCLI_AUTH": "redisPassword"}),
+    ],
+)
+def test_passwords_reach_containers_through_secret_envs(
+    staging: Deployment, container: str, expected: dict[str, str]
+) -> None:
+    envs = env_list(staging.containers[f"{NETWORK}-{container}"])
+    with_password = {
+        entry.partition("=")[0]: key for entry in envs for key, pw in PASSWORDS.items() if entry.endswith("=" + pw)
+    }
+    assert with_password == expected
+    for variable, key in expected.items():
+        assert f"{variable}={PASSWORDS[key]}" in envs
+
+
+# --- the connection ------------------------------------------------------------------------------------
+
+
+def test_connection_describes_the_containers_and_is_secret(staging: Deployment) -> None:
+    assert staging.connection == ConnectionSpec(
+        platform="docker",
+        primary=Endpoint(HOST, PRIMARY_PORT),
+        database="thorbis",
+        admin_user="postgres",
+        admin_password=PASSWORDS["postgresPassword"],
+        pooler=Endpoint(HOST, PGBOUNCER_PORT),
+        replicas=(Endpoint(HOST, REPLICA_BASE_PORT), Endpoint(HOST, REPLICA_BASE_PORT + 1)),
+        redis=Endpoint(HOST, REDIS_PORT),
+        redis_password=PASSWORDS["redisPassword"],
+    )
+    assert staging.connection_is_secret
+
+
+# --- without replicas ----------------------------------------------------------------------------------
+
+
+def test_no_replicas_means_no_replica_containers_or_volumes() -> None:
+    deployment = deploy(stack_settings(replicas=0))
+    assert set(deployment.containers) == {f"{NETWORK}-primary", f"{NETWORK}-pgbouncer", f"{NETWORK}-redis"}
+    volumes = {str(volume.inputs["name"]) for volume in deployment.of_type(VOLUME_TYPE)}
+    assert volumes == {f"{NETWORK}-primary", f"{NETWORK}-redis"}
+    assert not any("pg_basebackup" in " ".join(command_of(c)) for c in deployment.containers.values())
+    assert deployment.connection.replicas == ()
+    assert deployment.connection.primary == Endpoint(HOST, PRIMARY_PORT)
+    assert deployment.connection_is_secret
