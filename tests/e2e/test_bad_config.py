@@ -55,7 +55,7 @@ def stack_with(project: Path, name: str, values: dict[str, str], state_dir: Path
 
 
 def declared_types(stack: auto.Stack) -> set[str]:
-    return {resource["type"] for resource in stack.export_stack().deployment.get("resources") or []}
+    return {resource["type"] for resource in (stack.export_stack().deployment or {}).get("resources") or []}
 
 
 def refused(stack: auto.Stack) -> str:
