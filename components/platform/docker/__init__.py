@@ -203,9 +203,11 @@ class DockerPlatform(pulumi.ComponentResource):
             docker.VolumeArgs(name=f"{network}-replica-{index}"),
             pulumi.ResourceOptions(parent=self),
         )
+        backup = f'pg_basebackup -h {network}-primary -U replicator -D "$PGDATA" -R -X stream -S replica_{index}'
+        # A retry starts from an empty directory, and reuses the slot an interrupted first try created.
         start = (
             'if [ ! -s "$PGDATA/PG_VERSION" ]; then '
-            f'until pg_basebackup -h {network}-primary -U replicator -D "$PGDATA" -R -X stream -C -S replica_{index}; '
+            f'until rm -rf "$PGDATA"/* && {{ {backup} -C || {{ rm -rf "$PGDATA"/* && {backup}; }}; }}; '
             "do sleep 2; done; fi; exec docker-entrypoint.sh " + " ".join(postgres_command(settings))
         )
         return docker.Container(
