@@ -41,6 +41,10 @@ class Kind(ABC, Generic[SpecT]):
     #: Replace by deleting first (the new object would take the same name, port or directory).
     delete_before_replace: ClassVar[bool] = True
 
+    def __init__(self) -> None:
+        #: The provider instance's own config (an explicit provider's inputs), set at Configure.
+        self.provider_config: dict[str, Any] = {}
+
     @abstractmethod
     def create(self, spec: SpecT) -> tuple[str, dict[str, Any]]:
         """Make the object; return its id and its outputs beyond the inputs."""

@@ -18,6 +18,8 @@ from pulumi.provider.experimental.provider import (
     CheckFailure,
     CheckRequest,
     CheckResponse,
+    ConfigureRequest,
+    ConfigureResponse,
     CreateRequest,
     CreateResponse,
     DeleteRequest,
@@ -113,6 +115,13 @@ def describe(error: ValidationError) -> list[CheckFailure]:
 class ThorbisProvider(Provider):
     def __init__(self, kinds: dict[str, Kind[Any]]) -> None:
         self.kinds = kinds
+
+    async def configure(self, request: ConfigureRequest) -> ConfigureResponse:
+        """An explicit provider's inputs (the database layer's connection) reach every kind it serves."""
+        config = plain_map(request.args)
+        for kind in self.kinds.values():
+            kind.provider_config = config
+        return ConfigureResponse(accept_secrets=True, supports_preview=True, accept_outputs=True, accept_resources=True)
 
     def kind_of(self, qualified_type: str) -> Kind[Any]:
         token = qualified_type.rsplit("$", 1)[-1]  # the URN's type carries its parents' types before `$`

@@ -1,0 +1,43 @@
+"""What every kind of database object shares: the target database from the provider's config, and the
+explicit provider instance through which the program declares them."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import pulumi
+from psycopg import sql
+
+from components.connection import ConnectionSpec
+from components.database.session import DatabaseTarget
+from components.kind import Kind, Spec
+
+SpecT = TypeVar("SpecT", bound=Spec)
+
+
+class DatabaseKind(Kind[SpecT]):
+    """A kind whose objects live inside the database the explicit provider's `connection` names."""
+
+    @property
+    def target(self) -> DatabaseTarget:
+        return DatabaseTarget.from_config(self.provider_config)
+
+
+def qualified(schema: str, name: str) -> sql.Identifier:
+    return sql.Identifier(schema, name)
+
+
+def database_provider(
+    name: str,
+    connection: pulumi.Output[ConnectionSpec],
+    lock_timeout: str,
+    allow_data_loss: bool,
+    opts: pulumi.ResourceOptions | None = None,
+) -> pulumi.ProviderResource:
+    """The thorbisdb provider instance that database objects are created through (connection is secret)."""
+    inputs: dict[str, Any] = {
+        "connection": pulumi.Output.secret(connection.apply(lambda spec: spec.to_property())),
+        "lockTimeout": lock_timeout,
+        "allowDataLoss": allow_data_loss,
+    }
+    return pulumi.ProviderResource("thorbisdb", name, inputs, opts)

@@ -1,0 +1,96 @@
+"""Connections to the stack's database and DDL that waits for its locks politely.
+
+Every DDL statement runs with the stack's `lock_timeout`, so it never queues for long behind a busy
+table (and never blocks the writers queued behind it); on a lock timeout it is retried with backoff.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from components.connection import ConnectionSpec
+from components.kind import ProviderError
+
+LOCK_ATTEMPTS = 6
+
+
+@dataclass(frozen=True)
+class DatabaseTarget:
+    """What every database-layer operation needs: where to connect, how long to wait for locks."""
+
+    connection: ConnectionSpec
+    lock_timeout: str = "5s"
+    allow_data_loss: bool = False
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> DatabaseTarget:
+        if "connection" not in config:
+            raise ProviderError(
+                "this thorbisdb provider has no `connection`: database resources need the explicit provider that "
+                "components/database declares"
+            )
+        return cls(
+            connection=ConnectionSpec.from_property(config["connection"]),
+            lock_timeout=str(config.get("lockTimeout", "5s")),
+            allow_data_loss=bool(config.get("allowDataLoss", False)),
+        )
+
+
+@contextmanager
+def connect(target: DatabaseTarget) -> Iterator[psycopg.Connection]:
+    spec = target.connection
+    try:
+        conn = psycopg.connect(**spec.admin_conninfo(), autocommit=True)
+    except psycopg.OperationalError as error:
+        raise ProviderError(
+            f"cannot connect to {spec.database} on {spec.primary.host}:{spec.primary.port}: {str(error).strip()}"
+        ) from error
+    with conn:
+        yield conn
+
+
+def run_ddl(
+    conn: psycopg.Connection,
+    statements: Iterable[sql.Composable],
+    lock_timeout: str,
+    *,
+    transactional: bool = True,
+    what: str = "DDL",
+) -> None:
+    """Run statements (in one transaction unless they must run outside one, like CONCURRENTLY)."""
+    batch = list(statements)
+    if not batch:
+        return
+    for attempt in range(LOCK_ATTEMPTS):
+        try:
+            if transactional:
+                with conn.transaction():
+                    conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_timeout)))
+                    for statement in batch:
+                        conn.execute(statement)
+            else:
+                conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(lock_timeout)))
+                for statement in batch:
+                    conn.execute(statement)
+            return
+        except psycopg.errors.LockNotAvailable:
+            time.sleep(min(0.25 * 2**attempt, 4.0))
+        except psycopg.Error as error:
+            statement_text = batch[0].as_string(conn) if len(batch) == 1 else f"{len(batch)} statements"
+            raise ProviderError(f"{what} failed: {str(error).strip()} (running {statement_text})") from error
+    raise ProviderError(
+        f"{what}: could not take its lock within lock_timeout {lock_timeout} in {LOCK_ATTEMPTS} attempts; "
+        "a long transaction holds the table: end it or raise thorbis:lockTimeout"
+    )
+
+
+def scalar(conn: psycopg.Connection, query: sql.Composable | str, params: tuple[Any, ...] = ()) -> Any:
+    row = conn.execute(query, params).fetchone()  # type: ignore[arg-type]
+    return None if row is None else row[0]
