@@ -65,6 +65,10 @@ class Kind(ABC, Generic[SpecT]):
         """Properties that changed behind the stack's back although the inputs did not (default: none)."""
         return []
 
+    def data_loss(self, old_inputs: dict[str, Any], spec: SpecT) -> list[str]:
+        """What going from `old_inputs` to `spec` would destroy; refused at check unless data loss is allowed."""
+        return []
+
     def preview_outputs(self, spec: SpecT) -> dict[str, Any]:
         """Outputs known before the object exists; the rest show as unknown in a preview."""
         return {}

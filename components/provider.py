@@ -148,6 +148,19 @@ class ThorbisProvider(Provider):
             spec: Spec = kind.parse(news)
         except ValidationError as error:
             return CheckResponse(failures=describe(error))
+        olds = plain_map(request.old_inputs)
+        if olds and not contains_unknown(olds) and not kind.provider_config.get("allowDataLoss", False):
+            losses = kind.data_loss(olds, spec)
+            if losses:
+                return CheckResponse(
+                    failures=[
+                        CheckFailure(
+                            request.name,
+                            f"{loss}: refused because this stack does not allow data loss (thorbis:allowDataLoss)",
+                        )
+                        for loss in losses
+                    ]
+                )
         return CheckResponse(inputs=self.outputs(kind, spec.model_dump(by_alias=True, mode="json")))
 
     async def diff(self, request: DiffRequest) -> DiffResponse:

@@ -29,9 +29,7 @@ class SchemaKind(DatabaseKind[SchemaSpec]):
 
     def observe(self, resource_id: str, spec: SchemaSpec) -> dict[str, Any] | None:
         with connect(self.target) as conn:
-            owner = scalar(
-                conn, "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = %s", (spec.name,)
-            )
+            owner = scalar(conn, "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = %s", (spec.name,))
         return None if owner is None else {"owner": owner.strip('"')}
 
     def create(self, spec: SchemaSpec) -> tuple[str, dict[str, Any]]:
@@ -41,7 +39,9 @@ class SchemaKind(DatabaseKind[SchemaSpec]):
                 conn,
                 [
                     sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(spec.name)),
-                    sql.SQL("ALTER SCHEMA {} OWNER TO {}").format(sql.Identifier(spec.name), sql.Identifier(spec.owner)),
+                    sql.SQL("ALTER SCHEMA {} OWNER TO {}").format(
+                        sql.Identifier(spec.name), sql.Identifier(spec.owner)
+                    ),
                 ],
                 self.target.lock_timeout,
                 what=f"schema {spec.name}",
@@ -61,7 +61,8 @@ class SchemaKind(DatabaseKind[SchemaSpec]):
     def delete(self, resource_id: str, spec: SchemaSpec) -> None:
         with connect(self.target) as conn:
             objects = scalar(
-                conn, "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE nspname = %s",
+                conn,
+                "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE nspname = %s",
                 (spec.name,),
             )
             if objects and not self.target.allow_data_loss:

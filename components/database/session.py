@@ -19,6 +19,8 @@ from components.connection import ConnectionSpec
 from components.kind import ProviderError
 
 LOCK_ATTEMPTS = 6
+#: A whole statement, as psycopg executes it (fragments are sql.Composable).
+Statement = sql.Composed | sql.SQL
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ def connect(target: DatabaseTarget) -> Iterator[psycopg.Connection]:
 
 def run_ddl(
     conn: psycopg.Connection,
-    statements: Iterable[sql.Composable],
+    statements: Iterable[Statement],
     lock_timeout: str,
     *,
     transactional: bool = True,
@@ -91,6 +93,6 @@ def run_ddl(
     )
 
 
-def scalar(conn: psycopg.Connection, query: sql.Composable | str, params: tuple[Any, ...] = ()) -> Any:
-    row = conn.execute(query, params).fetchone()  # type: ignore[arg-type]
+def scalar(conn: psycopg.Connection, query: Statement | str, params: tuple[Any, ...] = ()) -> Any:
+    row = conn.execute(query, params).fetchone()
     return None if row is None else row[0]
