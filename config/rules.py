@@ -10,7 +10,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from config.errors import Problem, show_value
-from config.settings import NAMESPACE, SERVER_PASSWORD_KEYS, StackSettings, attribute_of
+from config.settings import NAMESPACE, ROLE_PASSWORD_KEYS, SERVER_PASSWORD_KEYS, StackSettings, attribute_of
 
 MAX_PORT = 65535
 
@@ -59,6 +59,18 @@ def _secret_required(name: str) -> Callable[[StackSettings], list[Problem]]:
         if settings.platform == "external" or getattr(settings, attribute_of(name)) is not None:
             return []
         reason = f"required on platform {settings.platform}; set it with {_set_secret(settings.stack, name)}"
+        return [Problem(_key(name), None, reason)]
+
+    return check
+
+
+def _role_password_required(name: str) -> Callable[[StackSettings], list[Problem]]:
+    def check(settings: StackSettings) -> list[Problem]:
+        if getattr(settings, attribute_of(name)) is not None:
+            return []
+        reason = (
+            f"required on every platform (a login role's password); set it with {_set_secret(settings.stack, name)}"
+        )
         return [Problem(_key(name), None, reason)]
 
     return check
@@ -128,6 +140,7 @@ RULES: tuple[Rule, ...] = (
     Rule(frozenset({"allowDataLoss"}), _prod_keeps_data),
     Rule(frozenset({"replicas"}), _prod_has_replicas),
     *(Rule(frozenset({"platform", name}), _secret_required(name)) for name in SERVER_PASSWORD_KEYS),
+    *(Rule(frozenset({name}), _role_password_required(name)) for name in ROLE_PASSWORD_KEYS),
     Rule(frozenset({"platform", "externalDsn"}), _external_dsn_required),
     Rule(frozenset({"postgres", "replicas"}), _replicas_fit),
     Rule(_PORT_KEYS, _ports_distinct),

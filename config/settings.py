@@ -353,6 +353,18 @@ class StackSettings(Spec):
         "Password of Redis; required on local and docker, optional on external. Secret; default unset.",
         SECRET_ALLOWED,
     )
+    authenticator_password: Password | None = setting(
+        None,
+        "Password of `authenticator`, the role applications log in as (they then SET LOCAL ROLE authenticated); "
+        "required on every platform. Secret; default unset.",
+        SECRET_ALLOWED,
+    )
+    reporting_password: Password | None = setting(
+        None,
+        "Password of `reporting`, the read-only role for reports and BI tools; required on every platform. "
+        "Secret; default unset.",
+        SECRET_ALLOWED,
+    )
     external_dsn: PostgresUrl | None = setting(
         None,
         "URL of the server, postgres://...; required on platform external, ignored elsewhere. Secret; default unset.",
@@ -427,5 +439,8 @@ SERVER_PASSWORD_KEYS: tuple[str, ...] = (
     "redisPassword",
 )
 """Secrets the servers need on platforms local and docker."""
-SECRET_KEYS: frozenset[str] = frozenset({*SERVER_PASSWORD_KEYS, "externalDsn"})
+
+ROLE_PASSWORD_KEYS: tuple[str, ...] = ("authenticatorPassword", "reportingPassword")
+"""Secrets of the database's login roles, needed on every platform."""
+SECRET_KEYS: frozenset[str] = frozenset({*SERVER_PASSWORD_KEYS, *ROLE_PASSWORD_KEYS, "externalDsn"})
 """Keys that must be set with `pulumi config set --secret`."""

@@ -13,7 +13,14 @@ import pytest
 from tests.conftest import ROOT
 from tests.support import free_port, free_ports, listening, reachable_state_dir
 
-PASSWORD_KEYS = ("postgresPassword", "replicationPassword", "pgbouncerAuthPassword", "redisPassword")
+PASSWORD_KEYS = (
+    "postgresPassword",
+    "replicationPassword",
+    "pgbouncerAuthPassword",
+    "redisPassword",
+    "authenticatorPassword",
+    "reportingPassword",
+)
 
 
 @dataclass

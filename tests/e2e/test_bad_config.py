@@ -20,6 +20,8 @@ GOOD_SECRETS = {
     "replicationPassword": "a-long-enough-password-2",
     "pgbouncerAuthPassword": "a-long-enough-password-3",
     "redisPassword": "a-long-enough-password-4",
+    "authenticatorPassword": "a-long-enough-password-5",
+    "reportingPassword": "a-long-enough-password-6",
 }
 
 

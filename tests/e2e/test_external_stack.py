@@ -50,6 +50,8 @@ def test_up_checks_the_server_and_exports_where_it_is(existing_server: PostgresS
     try:
         stack.set_config("thorbis:platform", auto.ConfigValue("external"))
         stack.set_config("thorbis:externalDsn", auto.ConfigValue(dsn(existing_server), secret=True))
+        for key in ("authenticatorPassword", "reportingPassword"):
+            stack.set_config(f"thorbis:{key}", auto.ConfigValue(secrets.token_urlsafe(16), secret=True))
         result = stack.up()
         assert result.outputs["platform"].value == "external"
         assert result.outputs["port"].value == existing_server.port

@@ -31,7 +31,10 @@ from config.settings import SettingsContext
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD_KEYS = ("postgresPassword", "replicationPassword", "pgbouncerAuthPassword", "redisPassword")
-SECRET_VALUES = {name: f"{name}-Val-0123456789" for name in PASSWORD_KEYS}
+ROLE_PASSWORD_KEYS = ("authenticatorPassword", "reportingPassword")
+SECRET_VALUES = {name: f"{name}-Val-0123456789" for name in (*PASSWORD_KEYS, *ROLE_PASSWORD_KEYS)}
+ROLE_SECRETS = {name: SECRET_VALUES[name] for name in ROLE_PASSWORD_KEYS}
+ALL_PASSWORD_KEYS = (*PASSWORD_KEYS, *ROLE_PASSWORD_KEYS)
 DSN_SECRET = "postgresql://app:DsnS3cret-pass@db.example.com:5432/thorbis"
 DEV_PORTS = {55432, 55433, 56432, 56379}
 
@@ -47,7 +50,7 @@ class Stack:
 
     name: str = "dev"
     values: dict[str, object] = field(default_factory=lambda: dict(SECRET_VALUES))
-    secret: set[str] = field(default_factory=lambda: set(PASSWORD_KEYS))
+    secret: set[str] = field(default_factory=lambda: {*PASSWORD_KEYS, *ROLE_PASSWORD_KEYS})
 
     def with_values(self, **values: object) -> Stack:
         merged = {**self.values, **values}
@@ -209,7 +212,11 @@ def test_docker_config() -> None:
 
 
 def test_external_needs_only_the_dsn() -> None:
-    stack = Stack("ext", values={"platform": "external", "externalDsn": DSN_SECRET}, secret={"externalDsn"})
+    stack = Stack(
+        "ext",
+        values={"platform": "external", "externalDsn": DSN_SECRET, **ROLE_SECRETS},
+        secret={"externalDsn", *ROLE_PASSWORD_KEYS},
+    )
     settings = stack.parse()
     assert settings.platform == "external"
     assert settings.external_dsn is not None
@@ -221,7 +228,7 @@ def test_external_accepts_an_optional_redis_password() -> None:
     stack = Stack(
         "ext",
         values={"platform": "external", "externalDsn": "postgres://db.internal/thorbis", **SECRET_VALUES},
-        secret={"externalDsn", *PASSWORD_KEYS},
+        secret={"externalDsn", *PASSWORD_KEYS, *ROLE_PASSWORD_KEYS},
     )
     settings = stack.parse()
     assert settings.redis_password is not None
@@ -252,7 +259,7 @@ def test_numbers_are_taken_where_pulumi_stores_text() -> None:
 
 def test_keys_of_other_namespaces_are_ignored() -> None:
     raw = {**Stack().raw(), "aws:region": "eu-west-1", "docker:host": "unix:///var/run/docker.sock"}
-    settings = parse_settings("dev", raw, [f"thorbis:{k}" for k in PASSWORD_KEYS], ROOT)
+    settings = parse_settings("dev", raw, [f"thorbis:{k}" for k in ALL_PASSWORD_KEYS], ROOT)
     assert settings.platform == "local"
 
 
@@ -619,7 +626,7 @@ def test_all_problems_come_in_one_error() -> None:
 
 def test_a_bad_value_is_not_reported_again_by_the_rules() -> None:
     # the platform is invalid, so which secrets it needs is unknown: no "required" problems
-    error = Stack(values={"platform": "k8s"}, secret=set()).error()
+    error = Stack(values={"platform": "k8s", **ROLE_SECRETS}, secret=set(ROLE_PASSWORD_KEYS)).error()
     assert [problem.key for problem in error.problems] == ["thorbis:platform"]
 
 
@@ -741,7 +748,10 @@ def test_free_ports_pass() -> None:
 
 
 def test_external_platform_listens_on_no_host_port(busy_port: int) -> None:
-    stack = Stack(values={"platform": "external", "externalDsn": DSN_SECRET}, secret={"externalDsn"})
+    stack = Stack(
+        values={"platform": "external", "externalDsn": DSN_SECRET, **ROLE_SECRETS},
+        secret={"externalDsn", *ROLE_PASSWORD_KEYS},
+    )
     settings = stack.with_values(postgres={"port": busy_port}).parse()
     check_host_ports(settings, owned_ports=())
 
@@ -752,7 +762,7 @@ def test_external_platform_listens_on_no_host_port(busy_port: int) -> None:
 def test_load_settings_reads_the_engine_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     raw = {**Stack().with_values(replicas={"count": 1}).raw(), "aws:region": "eu-west-1"}
     monkeypatch.setenv("PULUMI_CONFIG", json.dumps(raw))
-    monkeypatch.setenv("PULUMI_CONFIG_SECRET_KEYS", json.dumps([f"thorbis:{k}" for k in PASSWORD_KEYS]))
+    monkeypatch.setenv("PULUMI_CONFIG_SECRET_KEYS", json.dumps([f"thorbis:{k}" for k in ALL_PASSWORD_KEYS]))
     monkeypatch.setattr(pulumi, "get_stack", lambda: "staging")
     settings = load_settings(tmp_path)
     assert settings.stack == "staging"
@@ -766,7 +776,7 @@ def test_load_settings_reports_plain_text_secrets(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(pulumi, "get_stack", lambda: "dev")
     with pytest.raises(ConfigError) as caught:
         load_settings(tmp_path)
-    assert len(caught.value.problems) == len(PASSWORD_KEYS)
+    assert len(caught.value.problems) == len(ALL_PASSWORD_KEYS)
     assert all("plain text" in problem.reason for problem in caught.value.problems)
 
 
@@ -783,10 +793,10 @@ def _stack_file(stack: str) -> tuple[str, dict[str, str]]:
 @pytest.mark.parametrize("stack", ["staging", "prod"])
 def test_example_stack_files_validate(stack: str) -> None:
     text, raw = _stack_file(stack)
-    assert not {f"thorbis:{name}" for name in [*PASSWORD_KEYS, "externalDsn"]} & raw.keys(), "secrets in file"
-    for name in PASSWORD_KEYS:
+    assert not {f"thorbis:{name}" for name in [*ALL_PASSWORD_KEYS, "externalDsn"]} & raw.keys(), "secrets in file"
+    for name in ALL_PASSWORD_KEYS:
         assert f"pulumi config set --secret -s {stack} thorbis:{name}" in text
-    secrets = {f"thorbis:{name}": SECRET_VALUES[name] for name in PASSWORD_KEYS}
+    secrets = {f"thorbis:{name}": SECRET_VALUES[name] for name in ALL_PASSWORD_KEYS}
     settings = parse_settings(stack, {**raw, **secrets}, secrets.keys(), ROOT)
     assert settings.allow_data_loss is False
     assert not set(settings.all_ports.values()) & DEV_PORTS
@@ -807,7 +817,7 @@ def test_prod_has_more_memory_than_staging() -> None:
 
 
 def _secrets() -> dict[str, str]:
-    return {f"thorbis:{name}": SECRET_VALUES[name] for name in PASSWORD_KEYS}
+    return {f"thorbis:{name}": SECRET_VALUES[name] for name in ALL_PASSWORD_KEYS}
 
 
 def _megabytes(size: str) -> int:

@@ -34,6 +34,8 @@ PASSWORDS = {
     "replicationPassword": "Replica-Secret-0123456789",
     "pgbouncerAuthPassword": "Bouncer-Secret-0123456789",
     "redisPassword": "Redis-Secret-0123456789",
+    "authenticatorPassword": "Authenticator-Secret-0123456789",
+    "reportingPassword": "Reporting-Secret-0123456789",
 }
 PGDATA = "/var/lib/postgresql/data"
 HOST = "127.0.0.1"
