@@ -49,7 +49,8 @@ class DatabaseTarget:
 def connect(target: DatabaseTarget) -> Iterator[psycopg.Connection]:
     spec = target.connection
     try:
-        conn = psycopg.connect(**spec.admin_conninfo(), autocommit=True)
+        # Extensions live in their own schema; DDL must resolve their types and operator classes.
+        conn = psycopg.connect(**spec.admin_conninfo(), autocommit=True, options="-c search_path=public,extensions")
     except psycopg.OperationalError as error:
         raise ProviderError(
             f"cannot connect to {spec.database} on {spec.primary.host}:{spec.primary.port}: {str(error).strip()}"

@@ -1,0 +1,59 @@
+"""Roles, schemas, extensions, privileges and functions, read from `sql/access.yaml`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import Field
+
+from components.database.model import Data
+
+ACCESS_FILE = Path(__file__).resolve().parents[2] / "sql" / "access.yaml"
+
+
+class RoleData(Data):
+    name: str
+    login: bool = False
+    inherit: bool = True
+    bypass_rls: bool = False
+    password: str | None = Field(default=None, description="The config key holding its password.")
+    member_of: list[str] = Field(default_factory=list)
+
+
+class SchemaData(Data):
+    name: str
+    owner: str
+
+
+class ExtensionData(Data):
+    name: str
+    schema_name: str | None = Field(default=None, alias="schema")
+
+
+class FunctionData(Data):
+    schema_name: str = Field(alias="schema")
+    name: str
+    arguments: str
+    returns: str
+    language: Literal["sql", "plpgsql"]
+    volatility: Literal["volatile", "stable", "immutable"]
+    security_definer: bool
+    search_path: str | None
+    execute: list[str]
+    body: str
+
+
+class AccessModel(Data):
+    owner: str
+    roles: list[RoleData]
+    schemas: list[SchemaData]
+    extensions: list[ExtensionData]
+    schema_usage: dict[str, list[str]]
+    table_privileges: dict[str, list[str]]
+    functions: list[FunctionData]
+
+
+def load_access(path: Path = ACCESS_FILE) -> AccessModel:
+    return AccessModel.model_validate(yaml.safe_load(path.read_text()))

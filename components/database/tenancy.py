@@ -1,0 +1,48 @@
+"""Row level security derived from a table's tenancy: four policies (SELECT, INSERT, UPDATE, DELETE)
+for every table, each comparing with `(select app.current_company_id())` so the planner evaluates the
+helper once per statement (an initPlan), not once per row. No policy widens access (no `OR is_public`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from components.database.model import TABLE_SCHEMA, SchemaModel, TableData
+
+CURRENT_COMPANY = "(SELECT app.current_company_id())"
+TENANT_ROLES = ["authenticated"]
+
+
+@dataclass(frozen=True)
+class PolicyPlan:
+    table: str
+    name: str
+    command: str
+    using: str | None
+    with_check: str | None
+
+
+def tenant_predicate(table: TableData, schema: SchemaModel) -> str:
+    """The condition a row of `table` must meet to belong to the caller's company."""
+    if table.tenancy == "company":
+        return f"company_id = {CURRENT_COMPANY}"
+    if table.tenancy == "self":
+        return f"id = {CURRENT_COMPANY}"
+    assert table.parent is not None, f"{table.name}: tenancy parent needs `parent`"
+    parent = schema.table(table.parent.table)
+    if parent.tenancy == "self":
+        return f"{table.parent.column} = {CURRENT_COMPANY}"
+    referenced = next(fk.ref_columns[0] for fk in table.foreign_key_constraints if fk.columns == [table.parent.column])
+    return (
+        f"EXISTS (SELECT 1 FROM {TABLE_SCHEMA}.{parent.name} p "
+        f"WHERE p.{referenced} = {table.name}.{table.parent.column} AND p.company_id = {CURRENT_COMPANY})"
+    )
+
+
+def tenant_policies(table: TableData, schema: SchemaModel) -> list[PolicyPlan]:
+    predicate = tenant_predicate(table, schema)
+    return [
+        PolicyPlan(table.name, f"{table.name}_tenant_select", "SELECT", predicate, None),
+        PolicyPlan(table.name, f"{table.name}_tenant_insert", "INSERT", None, predicate),
+        PolicyPlan(table.name, f"{table.name}_tenant_update", "UPDATE", predicate, predicate),
+        PolicyPlan(table.name, f"{table.name}_tenant_delete", "DELETE", predicate, None),
+    ]

@@ -1,0 +1,134 @@
+"""What the database layer derives from schema data: FK constraints and indexes, order, tenancy policies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from components.database.model import SchemaModel, bounded, load_schema
+from components.database.tenancy import tenant_policies, tenant_predicate
+
+SMALL = """
+tables:
+  - name: companies
+    description: tenants
+    origin: existing
+    tenancy: self
+    columns:
+      - {name: id, type: uuid, "null": false}
+    primary_key: [id]
+  - name: jobs
+    description: work
+    origin: existing
+    tenancy: company
+    columns:
+      - {name: id, type: uuid, "null": false}
+      - {name: company_id, type: uuid, "null": false, references: {table: companies, on_delete: cascade}}
+      - {name: customer_id, type: uuid, references: {table: customers}}
+      - {name: number, type: text}
+    primary_key: [id]
+    unique:
+      - {name: jobs_company_number_key, columns: [company_id, number]}
+  - name: customers
+    description: people
+    origin: existing
+    tenancy: company
+    columns:
+      - {name: id, type: uuid, "null": false}
+      - {name: company_id, type: uuid, "null": false, references: {table: companies, on_delete: cascade}}
+    primary_key: [id]
+    indexes:
+      - {name: customers_company_idx, keys: [company_id, id]}
+  - name: job_tags
+    description: link
+    origin: existing
+    tenancy: parent
+    parent: {column: job_id, table: jobs}
+    columns:
+      - {name: job_id, type: uuid, "null": false, references: {table: jobs, on_delete: cascade}}
+      - {name: tag, type: text, "null": false}
+    primary_key: [job_id, tag]
+  - name: company_notes
+    description: link to the tenant itself
+    origin: new
+    tenancy: parent
+    parent: {column: owner_company, table: companies}
+    columns:
+      - {name: id, type: uuid, "null": false}
+      - {name: owner_company, type: uuid, "null": false, references: {table: companies}}
+    primary_key: [id]
+"""
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> SchemaModel:
+    (tmp_path / "small.yaml").write_text(SMALL)
+    return load_schema(tmp_path)
+
+
+def test_every_foreign_key_gets_an_index_unless_one_already_leads_with_its_columns(model: SchemaModel) -> None:
+    jobs = model.table("jobs")
+    # company_id leads the unique (company_id, number): covered; customer_id is not
+    assert [index.keys for index in jobs.foreign_key_indexes()] == [["customer_id"]]
+    # customers.company_id leads a declared index
+    assert model.table("customers").foreign_key_indexes() == []
+    # job_tags.job_id leads the primary key
+    assert model.table("job_tags").foreign_key_indexes() == []
+    assert [i.name for i in model.table("company_notes").foreign_key_indexes()] == ["company_notes_owner_company_idx"]
+
+
+def test_foreign_keys_come_from_column_references(model: SchemaModel) -> None:
+    fks = {fk.name: fk for fk in model.table("jobs").foreign_key_constraints}
+    assert set(fks) == {"jobs_company_id_fkey", "jobs_customer_id_fkey"}
+    assert fks["jobs_company_id_fkey"].on_delete == "cascade"
+    assert fks["jobs_customer_id_fkey"].ref_table == "customers"
+    assert fks["jobs_customer_id_fkey"].ref_columns == ["id"]
+
+
+def test_tables_come_after_the_tables_they_reference(model: SchemaModel) -> None:
+    order = [table.name for table in model.in_dependency_order()]
+    assert order.index("companies") < order.index("customers") < order.index("jobs") < order.index("job_tags")
+
+
+def test_long_names_are_cut_to_63_bytes_and_stay_distinct() -> None:
+    first, second = bounded("x" * 70 + "_a"), bounded("x" * 70 + "_b")
+    assert len(first) == len(second) == 63
+    assert first != second
+    assert bounded("short_name") == "short_name"
+
+
+def test_tenant_predicates_use_the_helper_once_per_statement(model: SchemaModel) -> None:
+    assert tenant_predicate(model.table("jobs"), model) == "company_id = (SELECT app.current_company_id())"
+    assert tenant_predicate(model.table("companies"), model) == "id = (SELECT app.current_company_id())"
+    through_parent = tenant_predicate(model.table("job_tags"), model)
+    assert "FROM public.jobs p WHERE p.id = job_tags.job_id" in through_parent
+    assert "p.company_id = (SELECT app.current_company_id())" in through_parent
+    assert tenant_predicate(model.table("company_notes"), model) == "owner_company = (SELECT app.current_company_id())"
+
+
+def test_each_table_gets_four_policies_and_none_widens_access(model: SchemaModel) -> None:
+    for table in model.tables:
+        policies = tenant_policies(table, model)
+        assert [p.command for p in policies] == ["SELECT", "INSERT", "UPDATE", "DELETE"]
+        insert = policies[1]
+        assert insert.using is None and insert.with_check
+        update = policies[2]
+        assert update.using and update.with_check
+        for policy in policies:
+            assert "is_public" not in f"{policy.using} {policy.with_check}".lower()
+            assert " or " not in f"{policy.using} {policy.with_check}".lower()
+
+
+def test_a_foreign_key_cycle_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "cycle.yaml").write_text(
+        """
+tables:
+  - {name: a, description: a, origin: new, tenancy: self, primary_key: [id],
+     columns: [{name: id, type: uuid}, {name: b_id, type: uuid, references: {table: b}}]}
+  - {name: b, description: b, origin: new, tenancy: self, primary_key: [id],
+     columns: [{name: id, type: uuid}, {name: a_id, type: uuid, references: {table: a}}]}
+"""
+    )
+    with pytest.raises(ValueError, match="cycle"):
+        load_schema(tmp_path).in_dependency_order()
