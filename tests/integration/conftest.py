@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import psycopg
 import pytest
@@ -80,9 +81,8 @@ class Primary:
 
     @property
     def dsn(self) -> str:
-        return psycopg.conninfo.make_conninfo(
-            host="127.0.0.1", port=self.port, user="postgres", password=SUPERUSER_PASSWORD, dbname=DATABASE
-        )
+        """A postgresql:// URL, the form thorbis:externalDsn takes."""
+        return f"postgresql://postgres:{quote(SUPERUSER_PASSWORD, safe='')}@127.0.0.1:{self.port}/{DATABASE}"
 
     def state(self, observed: dict[str, Any] | None = None) -> dict[str, Any]:
         """The state Pulumi keeps: inputs, then outputs (those of a refresh when given)."""

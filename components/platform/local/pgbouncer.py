@@ -89,6 +89,12 @@ def ini_text(spec: PgBouncerSpec) -> str:
     )
 
 
+def userlist_text(spec: PgBouncerSpec) -> str:
+    """auth_file with PgBouncer's own auth user only; a double quote inside a field is written twice."""
+    password = spec.auth_password.replace('"', '""')
+    return f'"{AUTH_ROLE}" "{password}"\n'
+
+
 def install_auth_lookup(spec: PgBouncerSpec) -> None:
     """The auth role, and a SECURITY DEFINER lookup that only it may call, in the app database."""
     with pg.connect(spec.primary_port, spec.superuser_password, dbname=spec.database) as conn:
@@ -155,7 +161,7 @@ class PgBouncerKind(Kind[PgBouncerSpec]):
         ini, userlist, _ = files(spec)
         process.make_private_dir(Path(spec.state_dir))
         install_auth_lookup(spec)
-        process.write_private_file(userlist, f'"{AUTH_ROLE}" "{spec.auth_password}"\n')
+        process.write_private_file(userlist, userlist_text(spec))
         process.write_private_file(ini, ini_text(spec))
         start(spec)
         return str(ini), self.status(spec)
@@ -187,7 +193,7 @@ class PgBouncerKind(Kind[PgBouncerSpec]):
     def update(self, resource_id: str, old: dict[str, Any], spec: PgBouncerSpec) -> dict[str, Any]:
         ini, userlist, pidfile = files(spec)
         install_auth_lookup(spec)
-        process.write_private_file(userlist, f'"{AUTH_ROLE}" "{spec.auth_password}"\n')
+        process.write_private_file(userlist, userlist_text(spec))
         process.write_private_file(ini, ini_text(spec))
         pid = process.read_pid(pidfile)
         if pid is not None and int(old.get("port", spec.port)) != spec.port:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -110,8 +111,33 @@ def pg_ctl(server: ServerDir, action: str, *options: str, timeout: float = 120) 
     process.run(process.as_service_user(argv), f"pg_ctl {action} of {server.data}", timeout=timeout + 30)
 
 
+def lingering_pids(server: ServerDir) -> list[int]:
+    """Processes of a postmaster that died: itself until it is reaped, and its backends (their cwd is the
+    data directory). PostgreSQL will not start while its socket lock names a pid that still exists."""
+    try:
+        dead_postmaster = int((server.data / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        dead_postmaster = None
+    data = os.path.realpath(server.data)
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if int(entry.name) == dead_postmaster and (entry / "comm").read_text().strip() == "postgres":
+                found.append(dead_postmaster)
+            elif os.readlink(entry / "cwd") == data:
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
 def start(server: ServerDir) -> None:
     if server.postmaster_pid() is None:
+        process.wait_until(
+            lambda: not lingering_pids(server), 30, f"the processes a crashed PostgreSQL left in {server.data} to exit"
+        )
         (server.data / "postmaster.pid").unlink(missing_ok=True)  # left by a crash
         process.make_private_dir(server.socket_dir)
         pg_ctl(server, "start")

@@ -10,6 +10,8 @@ from typing import Any, Literal
 import pulumi
 import redis
 from pydantic import Field, field_validator
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from components.kind import Kind, ProviderError, Spec
 from components.platform.local import process
@@ -73,8 +75,15 @@ def conf_text(spec: RedisSpec) -> str:
     return "# Managed by thorbis-db.\n" + "".join(f"{key} {value}\n" for key, value in lines.items())
 
 
-def client(spec: RedisSpec, port: int | None = None) -> redis.Redis:
-    return redis.Redis(host="127.0.0.1", port=port or spec.port, password=spec.password, socket_timeout=5)
+def client(spec: RedisSpec, port: int | None = None, password: str | None = None) -> redis.Redis:
+    """One try per call: redis-py retries with backoff by default, which turns a refused password into seconds."""
+    return redis.Redis(
+        host="127.0.0.1",
+        port=port or spec.port,
+        password=password if password is not None else spec.password,
+        socket_timeout=5,
+        retry=Retry(NoBackoff(), 0),
+    )
 
 
 class RedisKind(Kind[RedisSpec]):
@@ -127,7 +136,7 @@ class RedisKind(Kind[RedisSpec]):
         process.write_private_file(Path(resource_id), conf_text(spec))
         old_port, old_password = int(old.get("port", spec.port)), old.get("password", spec.password)
         if self.status(spec.model_copy(update={"password": old_password}), old_port)["running"]:
-            with redis.Redis(host="127.0.0.1", port=old_port, password=old_password, socket_timeout=5) as live:
+            with client(spec, old_port, old_password) as live:
                 if old_port != spec.port:
                     live.shutdown(save=spec.persistence, nosave=not spec.persistence)
                 else:
