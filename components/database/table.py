@@ -382,11 +382,16 @@ class TableKind(DatabaseKind[TableSpec]):
             else:
                 statements = [create_statement(spec, relation), *rls_statements(relation)]
                 if spec.partition:  # rows outside every partition land here until maintenance makes theirs
+                    default_partition = qualified(spec.schema_name, f"{spec.name}_default")
                     statements.append(
-                        sql.SQL("CREATE TABLE {} PARTITION OF {} DEFAULT").format(
-                            qualified(spec.schema_name, f"{spec.name}_default"), relation
-                        )
+                        sql.SQL("CREATE TABLE {} PARTITION OF {} DEFAULT").format(default_partition, relation)
                     )
+                    # a partition read directly would skip the parent's policies: it gets RLS and no policy
+                    statements += rls_statements(default_partition)
+                    if spec.owner:
+                        statements.append(
+                            sql.SQL("ALTER TABLE {} OWNER TO {}").format(default_partition, sql.Identifier(spec.owner))
+                        )
                 if spec.owner:
                     statements.append(
                         sql.SQL("ALTER TABLE {} OWNER TO {}").format(relation, sql.Identifier(spec.owner))

@@ -1,0 +1,480 @@
+"""Roles, grants, default privileges and extensions against a real PostgreSQL.
+
+Each kind: create -> observe equals the declared inputs (a second `up` shows no change) -> drift made by
+hand shows in observe -> update repairs it -> delete removes it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+import pytest
+from psycopg import sql
+from pydantic import ValidationError
+
+from components.connection import ConnectionSpec, Endpoint
+from components.database.base import DatabaseKind
+from components.database.default_privileges import DefaultPrivilegesKind, DefaultPrivilegesSpec
+from components.database.extension import ExtensionKind, ExtensionSpec
+from components.database.grant import GrantKind, GrantSpec
+from components.database.role import PASSWORD_CHANGED, RoleKind, RoleSpec
+from components.kind import ProviderError, Spec
+from components.platform.local.postgres import PostgresServerKind, PostgresServerSpec
+from tests.support import free_port, reachable_state_dir
+
+DATABASE = "thorbis_access_it"
+SUPERUSER_PASSWORD = "it-Access'super:0123"
+SCHEMA = "it_app"
+KindT = TypeVar("KindT", bound=DatabaseKind[Any])
+
+
+@dataclass(frozen=True)
+class Server:
+    """The test's PostgreSQL, and the provider config an explicit thorbisdb provider would hand its kinds."""
+
+    spec: PostgresServerSpec
+
+    @property
+    def log(self) -> Path:
+        return Path(self.spec.state_dir) / "postgres.log"
+
+    def kind(self, kind_type: type[KindT]) -> KindT:
+        kind = kind_type()
+        connection = ConnectionSpec(
+            platform="local",
+            primary=Endpoint("127.0.0.1", self.spec.port),
+            database=DATABASE,
+            admin_user="postgres",
+            admin_password=SUPERUSER_PASSWORD,
+        )
+        kind.provider_config = {"connection": connection.to_property(), "lockTimeout": "5s", "allowDataLoss": False}
+        return kind
+
+    def connect(
+        self, user: str = "postgres", password: str = SUPERUSER_PASSWORD
+    ) -> psycopg.Connection[tuple[Any, ...]]:
+        return psycopg.connect(
+            host="127.0.0.1",
+            port=self.spec.port,
+            user=user,
+            password=password,
+            dbname=DATABASE,
+            autocommit=True,
+            connect_timeout=5,
+        )
+
+    def run(self, statement: str, **names: str) -> None:
+        """A change made by hand; `{name}` placeholders are filled in as identifiers."""
+        with self.connect() as conn:
+            conn.execute(sql.SQL(statement).format(**{key: sql.Identifier(value) for key, value in names.items()}))
+
+    def scalar(self, query: str, params: tuple[Any, ...] = ()) -> Any:
+        with self.connect() as conn:
+            row = conn.execute(query, params).fetchone()
+        return None if row is None else row[0]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    with reachable_state_dir() as base:
+        spec = PostgresServerSpec(
+            state_dir=str(base / "postgres"),
+            port=free_port(),
+            database=DATABASE,
+            superuser_password=SUPERUSER_PASSWORD,
+            replication_password="it-Access-replication-0123",
+            settings={
+                "shared_preload_libraries": "pg_cron,pg_stat_statements",
+                "cron.database_name": DATABASE,
+                "password_encryption": "scram-sha-256",
+                "log_statement": "all",  # a password sent in plain text would be in postgres.log
+            },
+        )
+        kind = PostgresServerKind()
+        resource_id, _ = kind.create(spec)
+        try:
+            yield Server(spec)
+        finally:
+            kind.delete(resource_id, spec.model_copy(update={"allow_data_loss": True}))
+
+
+@pytest.fixture(scope="module")
+def app(server: Server) -> str:
+    """A schema with what grants are made on: two tables, a sequence, a function no one may call yet."""
+    server.run(
+        """
+        CREATE SCHEMA {schema};
+        CREATE TABLE {schema}.jobs (id bigint PRIMARY KEY);
+        CREATE TABLE {schema}.invoices (id bigint PRIMARY KEY);
+        CREATE SEQUENCE {schema}.jobs_seq;
+        CREATE FUNCTION {schema}.current_company_id() RETURNS uuid LANGUAGE sql STABLE AS 'SELECT NULL::uuid';
+        REVOKE EXECUTE ON FUNCTION {schema}.current_company_id() FROM PUBLIC;
+        """,
+        schema=SCHEMA,
+    )
+    return SCHEMA
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:8]}"
+
+
+def make_role(server: Server, prefix: str) -> str:
+    name = unique(prefix)
+    server.run("CREATE ROLE {role} NOLOGIN", role=name)
+    return name
+
+
+def recorded(spec: Spec, *outputs: dict[str, Any] | None) -> dict[str, Any]:
+    """What Pulumi keeps for a resource: its inputs, then its outputs (those of a refresh last)."""
+    state = spec.model_dump(by_alias=True)
+    for produced in outputs:
+        state.update(produced or {})
+    return state
+
+
+def changes(spec: Spec, observed: dict[str, Any] | None) -> list[str]:
+    """The inputs a diff would show after a refresh that saw `observed`: [] when a second `up` is a no-op."""
+    assert observed is not None, "the object is gone"
+    return [key for key, value in spec.model_dump(by_alias=True).items() if observed.get(key) != value]
+
+
+# --- Role ----------------------------------------------------------------------------------------------
+
+
+def test_role_round_trip_with_attributes_and_memberships(server: Server) -> None:
+    kind = server.kind(RoleKind)
+    group = RoleSpec(name=unique("it_group"))
+    role = RoleSpec(
+        name=unique("it_user"),
+        login=True,
+        password="it-Round-trip-0123",
+        bypass_rls=True,
+        create_role=True,
+        connection_limit=5,
+        member_of=[group.name],
+    )
+    group_id, _ = kind.create(group)
+    role_id, outputs = kind.create(role)
+    assert outputs == {"adopted": False}
+    assert changes(role, kind.observe(role_id, role)) == []
+
+    server.run("ALTER ROLE {role} NOBYPASSRLS CONNECTION LIMIT 2", role=role.name)
+    server.run("REVOKE {group} FROM {role}", group=group.name, role=role.name)
+    observed = kind.observe(role_id, role)
+    assert changes(role, observed) == ["bypassRls", "connectionLimit", "memberOf"]
+
+    kind.update(role_id, recorded(role, outputs, observed), role)
+    assert changes(role, kind.observe(role_id, role)) == []
+
+    alone = role.model_copy(update={"member_of": [], "create_role": False})
+    kind.update(role_id, recorded(role, outputs), alone)
+    assert changes(alone, kind.observe(role_id, alone)) == []
+    assert server.scalar("SELECT pg_has_role(%s, %s, 'MEMBER')", (role.name, group.name)) is False
+
+    kind.delete(role_id, alone)
+    kind.delete(group_id, group)
+    assert kind.observe(role_id, alone) is None
+    assert kind.observe(group_id, group) is None
+
+
+#: A quote and a colon; and a non-ASCII one that SASLprep changes (fullwidth "word" becomes "word").
+PASSWORDS = {
+    "ascii": "it-Plain'pass:0123-" + uuid.uuid4().hex[:6],
+    "saslprep": "it-P\u00e4ss-\uff57\uff4f\uff52\uff44-" + uuid.uuid4().hex[:6],
+}
+
+
+@pytest.mark.parametrize("password", PASSWORDS.values(), ids=PASSWORDS.keys())
+def test_password_reaches_the_server_only_as_a_scram_verifier(server: Server, password: str) -> None:
+    server.run("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    kind = server.kind(RoleKind)
+    role = RoleSpec(name=unique("it_login"), login=True, password=password)
+    role_id, outputs = kind.create(role)
+    stored = server.scalar("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (role.name,))
+    assert stored.startswith("SCRAM-SHA-256$4096:")
+    with server.connect(role.name, password) as conn:  # the server accepts our verifier
+        assert conn.execute("SELECT current_user").fetchone() == (role.name,)
+    assert changes(role, kind.observe(role_id, role)) == []
+
+    server.run("ALTER ROLE {role} PASSWORD 'it-changed-by-hand'", role=role.name)
+    observed = kind.observe(role_id, role)
+    assert observed is not None and observed["password"] == PASSWORD_CHANGED
+    assert changes(role, observed) == ["password"]
+    kind.update(role_id, recorded(role, outputs, observed), role)
+    assert changes(role, kind.observe(role_id, role)) == []
+    with server.connect(role.name, password) as conn:
+        conn.execute("SELECT 1")
+
+    with server.connect() as conn:
+        statements = [query for (query,) in conn.execute("SELECT query FROM pg_stat_statements")]
+    assert any(role.name in query and "SCRAM-SHA-256$" in query for query in statements)
+    assert not any(password in query for query in statements)
+    log = server.log.read_text(errors="replace")
+    assert f'CREATE ROLE "{role.name}"' in log
+    assert password not in log
+
+    kind.delete(role_id, role)
+    assert kind.observe(role_id, role) is None
+
+
+def test_existing_roles_are_adopted_and_platform_roles_never_dropped(server: Server) -> None:
+    kind = server.kind(RoleKind)
+    platform_role = make_role(server, "it_anon")
+    spec = RoleSpec(name=platform_role, adopt_existing=True)
+    role_id, outputs = kind.create(spec)
+    assert outputs == {"adopted": True}
+    assert changes(spec, kind.observe(role_id, spec)) == []
+    kind.delete(role_id, spec)
+    assert server.scalar("SELECT count(*) FROM pg_roles WHERE rolname = %s", (platform_role,)) == 1
+
+    with pytest.raises(ProviderError, match="adoptExisting"):
+        kind.create(RoleSpec(name=unique("it_absent"), adopt_existing=True))
+
+    leftover = make_role(server, "it_leftover")  # e.g. a stack whose state was lost: adopted and converged
+    wanted = RoleSpec(name=leftover, login=True)
+    leftover_id, outputs = kind.create(wanted)
+    assert outputs == {"adopted": True}
+    assert changes(wanted, kind.observe(leftover_id, wanted)) == []
+    kind.delete(leftover_id, wanted)
+    assert kind.observe(leftover_id, wanted) is None
+
+
+def test_a_role_that_owns_objects_is_not_dropped(server: Server) -> None:
+    kind = server.kind(RoleKind)
+    spec = RoleSpec(name=unique("it_owner"))
+    role_id, _ = kind.create(spec)
+    table = unique("it_owned")
+    server.run("CREATE TABLE public.{table} (id int)", table=table)
+    server.run("ALTER TABLE public.{table} OWNER TO {role}", table=table, role=spec.name)
+    with pytest.raises(ProviderError, match=f"owns table {table}"):
+        kind.delete(role_id, spec)
+    assert kind.observe(role_id, spec) is not None
+    server.run("DROP TABLE public.{table}", table=table)
+    kind.delete(role_id, spec)
+    assert kind.observe(role_id, spec) is None
+
+
+# --- Grant ---------------------------------------------------------------------------------------------
+
+GRANT_CASES: list[tuple[dict[str, Any], str, list[str]]] = [
+    (
+        {"object_type": "table", "privileges": ["select", "INSERT"], "objects": ["jobs", "invoices"]},
+        "REVOKE INSERT ON {schema}.invoices FROM {grantee}",
+        ["SELECT"],
+    ),
+    (
+        {"object_type": "all_tables_in_schema", "privileges": ["SELECT", "UPDATE"]},
+        "REVOKE SELECT ON {schema}.jobs FROM {grantee}",
+        ["UPDATE"],
+    ),
+    ({"object_type": "schema", "privileges": ["USAGE"]}, "REVOKE USAGE ON SCHEMA {schema} FROM {grantee}", []),
+    (
+        {"object_type": "sequence", "privileges": ["USAGE", "SELECT"], "objects": ["jobs_seq"]},
+        "REVOKE USAGE ON SEQUENCE {schema}.jobs_seq FROM {grantee}",
+        ["SELECT"],
+    ),
+    (
+        {"object_type": "all_sequences_in_schema", "privileges": ["USAGE"]},
+        "REVOKE ALL ON ALL SEQUENCES IN SCHEMA {schema} FROM {grantee}",
+        [],
+    ),
+    (
+        {"object_type": "function", "privileges": ["EXECUTE"], "objects": ["current_company_id()"]},
+        "REVOKE EXECUTE ON FUNCTION {schema}.current_company_id() FROM {grantee}",
+        [],
+    ),
+    (
+        {"object_type": "all_functions_in_schema", "privileges": ["EXECUTE"], "with_grant_option": True},
+        "REVOKE GRANT OPTION FOR EXECUTE ON ALL FUNCTIONS IN SCHEMA {schema} FROM {grantee}",
+        [],
+    ),
+    (
+        {"object_type": "database", "privileges": ["CONNECT", "TEMP"]},
+        "REVOKE TEMPORARY ON DATABASE {database} FROM {grantee}",
+        ["CONNECT"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("declared", "drift", "left"), GRANT_CASES, ids=[case[0]["object_type"] for case in GRANT_CASES]
+)
+def test_grant_round_trip(server: Server, app: str, declared: dict[str, Any], drift: str, left: list[str]) -> None:
+    kind = server.kind(GrantKind)
+    grantee = make_role(server, "it_api")
+    schema = None if declared["object_type"] == "database" else app
+    spec = GrantSpec(grantee=grantee, schema_name=schema, **declared)
+    grant_id, outputs = kind.create(spec)
+    assert changes(spec, kind.observe(grant_id, spec)) == []
+
+    server.run(drift, schema=app, grantee=grantee, database=DATABASE)
+    observed = kind.observe(grant_id, spec)
+    assert observed is not None and observed["privileges"] == left
+    assert changes(spec, observed) == ["privileges"]
+
+    kind.update(grant_id, recorded(spec, outputs, observed), spec)
+    assert changes(spec, kind.observe(grant_id, spec)) == []
+
+    kind.delete(grant_id, spec)
+    observed = kind.observe(grant_id, spec)
+    assert observed is not None and observed["privileges"] == []
+    server.run("DROP ROLE {grantee}", grantee=grantee)  # fails if delete left any privilege behind
+
+
+def test_grant_update_revokes_what_is_no_longer_declared(server: Server, app: str) -> None:
+    kind = server.kind(GrantKind)
+    grantee = make_role(server, "it_api")
+    wide = GrantSpec(
+        grantee=grantee,
+        privileges=["SELECT", "INSERT"],
+        object_type="table",
+        schema_name=app,
+        objects=["jobs", "invoices"],
+    )
+    grant_id, outputs = kind.create(wide)
+    narrow = wide.model_copy(update={"privileges": ["SELECT"], "objects": ["jobs"]})
+    kind.update(grant_id, recorded(wide, outputs), narrow)
+    assert changes(narrow, kind.observe(grant_id, narrow)) == []
+
+    def has(table: str, privilege: str) -> bool:
+        return bool(server.scalar("SELECT has_table_privilege(%s, %s, %s)", (grantee, f"{app}.{table}", privilege)))
+
+    assert (has("jobs", "SELECT"), has("jobs", "INSERT"), has("invoices", "SELECT")) == (True, False, False)
+    kind.delete(grant_id, narrow)
+    server.run("DROP ROLE {grantee}", grantee=grantee)
+
+
+def test_grant_observes_a_dropped_object_and_a_dropped_grantee(server: Server, app: str) -> None:
+    kind = server.kind(GrantKind)
+    grantee = make_role(server, "it_api")
+    table = unique("it_gone")
+    server.run("CREATE TABLE {schema}.{table} (id int)", schema=app, table=table)
+    spec = GrantSpec(
+        grantee=grantee, privileges=["SELECT"], object_type="table", schema_name=app, objects=["jobs", table]
+    )
+    grant_id, _ = kind.create(spec)
+    server.run("DROP TABLE {schema}.{table}", schema=app, table=table)
+    assert changes(spec, kind.observe(grant_id, spec)) == ["objects"]
+    kind.delete(grant_id, spec)
+    server.run("DROP ROLE {grantee}", grantee=grantee)
+    assert kind.observe(grant_id, spec) is None
+
+
+def test_grant_spec_is_checked(server: Server) -> None:
+    with pytest.raises(ValidationError, match="EXECUTE cannot be granted on table"):
+        GrantSpec(grantee="x", privileges=["EXECUTE"], object_type="table", schema_name="s", objects=["t"])
+    with pytest.raises(ValidationError, match="argument types"):
+        GrantSpec(grantee="x", privileges=["EXECUTE"], object_type="function", schema_name="s", objects=["f"])
+    with pytest.raises(ValidationError, match="schemaName is required"):
+        GrantSpec(grantee="x", privileges=["USAGE"], object_type="schema")
+
+
+# --- DefaultPrivileges ---------------------------------------------------------------------------------
+
+
+def test_default_privileges_round_trip(server: Server, app: str) -> None:
+    kind = server.kind(DefaultPrivilegesKind)
+    owner, grantee = make_role(server, "it_owner"), make_role(server, "it_api")
+    server.run("GRANT USAGE, CREATE ON SCHEMA {schema} TO {owner}", schema=app, owner=owner)
+    spec = DefaultPrivilegesSpec(
+        owner=owner, schema_name=app, grantee=grantee, object_type="tables", privileges=["SELECT", "INSERT"]
+    )
+    defaults_id, outputs = kind.create(spec)
+    assert changes(spec, kind.observe(defaults_id, spec)) == []
+
+    table = unique("it_new")
+    server.run(
+        "SET ROLE {owner}; CREATE TABLE {schema}.{table} (id int); RESET ROLE", owner=owner, schema=app, table=table
+    )
+    assert server.scalar("SELECT has_table_privilege(%s, %s, 'INSERT')", (grantee, f"{app}.{table}")) is True
+
+    server.run(
+        "ALTER DEFAULT PRIVILEGES FOR ROLE {owner} IN SCHEMA {schema} REVOKE INSERT ON TABLES FROM {grantee}",
+        owner=owner,
+        schema=app,
+        grantee=grantee,
+    )
+    observed = kind.observe(defaults_id, spec)
+    assert observed is not None and observed["privileges"] == ["SELECT"]
+    assert changes(spec, observed) == ["privileges"]
+    kind.update(defaults_id, recorded(spec, outputs, observed), spec)
+    assert changes(spec, kind.observe(defaults_id, spec)) == []
+
+    read_only = spec.model_copy(update={"privileges": ["SELECT"]})
+    kind.update(defaults_id, recorded(spec, outputs), read_only)
+    assert changes(spec, kind.observe(defaults_id, spec)) == ["privileges"]  # INSERT was revoked
+
+    kind.delete(defaults_id, read_only)
+    assert server.scalar("SELECT count(*) FROM pg_default_acl WHERE defaclrole = %s::regrole", (owner,)) == 0
+    server.run(
+        "DROP TABLE {schema}.{table}; DROP OWNED BY {owner}; DROP ROLE {owner}", schema=app, table=table, owner=owner
+    )
+    server.run("DROP ROLE {grantee}", grantee=grantee)
+
+
+# --- Extension -----------------------------------------------------------------------------------------
+
+
+def test_extension_round_trip_schema_and_version(server: Server) -> None:
+    kind = server.kind(ExtensionKind)
+    home, elsewhere = unique("it_ext"), unique("it_ext")
+    server.run("CREATE SCHEMA {home}; CREATE SCHEMA {elsewhere}", home=home, elsewhere=elsewhere)
+    spec = ExtensionSpec(name="pg_trgm", schema_name=home, version="1.5")
+    extension_id, outputs = kind.create(spec)
+    assert outputs == {"adopted": False, "installedSchema": home, "installedVersion": "1.5"}
+    assert changes(spec, kind.observe(extension_id, spec)) == []
+
+    server.run("ALTER EXTENSION pg_trgm SET SCHEMA {elsewhere}", elsewhere=elsewhere)
+    observed = kind.observe(extension_id, spec)
+    assert changes(spec, observed) == ["schemaName"]
+    kind.update(extension_id, recorded(spec, outputs, observed), spec)
+    assert changes(spec, kind.observe(extension_id, spec)) == []
+
+    newer = spec.model_copy(update={"version": "1.6"})
+    assert kind.update(extension_id, recorded(spec, outputs), newer)["installedVersion"] == "1.6"
+    assert changes(newer, kind.observe(extension_id, newer)) == []
+
+    table = unique("it_docs")
+    server.run(
+        "CREATE TABLE public.{table} (body text); CREATE INDEX ON public.{table} USING gin (body {home}.gin_trgm_ops)",
+        table=table,
+        home=home,
+    )
+    with pytest.raises(ProviderError, match=r"refusing to drop extension pg_trgm: objects outside it depend on it"):
+        kind.delete(extension_id, newer)
+    assert kind.observe(extension_id, newer) is not None
+    server.run("DROP TABLE public.{table}", table=table)
+    kind.delete(extension_id, newer)
+    assert kind.observe(extension_id, newer) is None
+
+
+def test_pg_cron_picks_its_schema_and_its_jobs_are_not_dropped_with_it(server: Server) -> None:
+    kind = server.kind(ExtensionKind)
+    spec = ExtensionSpec(name="pg_cron")
+    extension_id, _ = kind.create(spec)
+    assert changes(spec, kind.observe(extension_id, spec)) == []
+    assert server.scalar("SELECT count(*) FROM pg_namespace WHERE nspname = 'cron'") == 1
+
+    server.run("SELECT cron.schedule('it-never', '0 0 1 1 *', 'SELECT 1')")
+    with pytest.raises(ProviderError, match=r"cron\.job hold rows"):
+        kind.delete(extension_id, spec)
+    server.run("SELECT cron.unschedule('it-never')")
+    kind.delete(extension_id, spec)
+    assert kind.observe(extension_id, spec) is None
+
+
+def test_a_missing_extension_is_named_with_what_to_install(server: Server) -> None:
+    kind = server.kind(ExtensionKind)
+    with pytest.raises(
+        ProviderError, match=r"extension thorbis_no_such_ext is not available.*postgresql-15-thorbis_no"
+    ):
+        kind.create(ExtensionSpec(name="thorbis_no_such_ext"))
+    with pytest.raises(ProviderError, match=r"pg_trgm has no version 9\.9"):
+        kind.create(ExtensionSpec(name="pg_trgm", version="9.9"))
+    assert kind.observe("pg_trgm", ExtensionSpec(name="pg_trgm")) is None
