@@ -8,6 +8,7 @@ It sees only the ConnectionSpec: which platform started the server is none of it
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import pulumi
 from pydantic.alias_generators import to_camel
@@ -174,7 +175,7 @@ class DatabaseLayer(pulumi.ComponentResource):
             for grantee in grantees:
                 Grant(
                     f"grant-usage-{schema_name}-{grantee}",
-                    GrantArgs(grantee=grantee, privileges=["USAGE"], object_type="schema", objects=[schema_name]),
+                    GrantArgs(grantee=grantee, privileges=["USAGE"], object_type="schema", schema_name=schema_name),
                     self.options(after),
                 )
         for grantee, privileges in self.access.table_privileges.items():
@@ -206,11 +207,11 @@ def _attribute(config_key: str) -> str:
     return "".join(f"_{c.lower()}" if c.isupper() else c for c in config_key)
 
 
-def _table_inputs(data: TableData, owner: str) -> dict[str, object]:
+def _table_inputs(data: TableData, owner: str) -> dict[str, Any]:
     dumped = data.table_spec(owner).model_dump(mode="json", by_alias=True)
     return {name: dumped[to_camel(name)] for name in TableArgs.__dataclass_fields__}
 
 
-def _index_inputs(index: IndexSpec) -> dict[str, object]:
+def _index_inputs(index: IndexSpec) -> dict[str, Any]:
     dumped = index.model_dump(mode="json", by_alias=True)
     return {name: dumped[to_camel(name)] for name in IndexArgs.__dataclass_fields__}

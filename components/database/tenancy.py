@@ -32,9 +32,11 @@ def tenant_predicate(table: TableData, schema: SchemaModel) -> str:
     if parent.tenancy == "self":
         return f"{table.parent.column} = {CURRENT_COMPANY}"
     referenced = next(fk.ref_columns[0] for fk in table.foreign_key_constraints if fk.columns == [table.parent.column])
+    # Uncorrelated on purpose: the subquery runs once per statement, and `column` can only mean the
+    # policy's own table (a correlated `child.column` would not survive renaming the table).
     return (
-        f"EXISTS (SELECT 1 FROM {TABLE_SCHEMA}.{parent.name} p "
-        f"WHERE p.{referenced} = {table.name}.{table.parent.column} AND p.company_id = {CURRENT_COMPANY})"
+        f"{table.parent.column} IN (SELECT p.{referenced} FROM {TABLE_SCHEMA}.{parent.name} p "
+        f"WHERE p.company_id = {CURRENT_COMPANY})"
     )
 
 
