@@ -2,7 +2,8 @@
 
 The password is sent as a SCRAM-SHA-256 verifier computed here, so the plain text never reaches the
 server, its log or pg_stat_statements. A role that already exists is adopted, never recreated; a role of
-the platform (`adoptExisting`: Supabase's anon, authenticated, service_role) is never dropped either.
+the platform (`adoptExisting`: Supabase's anon, authenticated, service_role) is never dropped either; on a
+plain server, where such a role is missing, it is created (and still left in place by destroy).
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ class RoleSpec(Spec):
     member_of: list[str] = Field(default_factory=list, description="Roles this role is a member of.")
     adopt_existing: bool = Field(
         default=False,
-        description="The role belongs to the platform (Supabase's anon, ...): adopted, never created or dropped.",
+        description="The role may belong to the platform (Supabase's anon, ...): adopted when it exists, created "
+        "when it does not, and never dropped, since the stack cannot tell whether others use it.",
     )
 
 
@@ -253,12 +255,6 @@ class RoleKind(DatabaseKind[RoleSpec]):
     def create(self, spec: RoleSpec) -> tuple[str, dict[str, Any]]:
         with connect(self.target) as conn:
             live = read_role(conn, spec.name)
-            if live is None and spec.adopt_existing:
-                raise ProviderError(
-                    f"role {spec.name} is declared adoptExisting (the platform makes it) but does not exist on "
-                    f"{self.target.connection.database}: create it on the platform, or declare it without "
-                    "adoptExisting so that the stack creates it"
-                )
             run_ddl(conn, role_statements(spec, live, {}), self.target.lock_timeout, what=f"role {spec.name}")
         return spec.name, {"adopted": live is not None}
 

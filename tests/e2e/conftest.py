@@ -33,6 +33,7 @@ class LiveStack:
     pgbouncer_port: int
     redis_port: int
     passwords: dict[str, str] = field(repr=False)
+    resources: int = 0  # how many the first `up` created
 
     @property
     def all_ports(self) -> list[int]:

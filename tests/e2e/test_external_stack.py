@@ -9,6 +9,7 @@ from pathlib import Path
 import psycopg
 import pulumi.automation as auto
 import pytest
+from psycopg import sql
 
 from components.platform.local.postgres import PostgresServerKind, PostgresServerSpec
 from tests.conftest import ROOT
@@ -41,6 +42,43 @@ def dsn(spec: PostgresServerSpec) -> str:
     return f"postgresql://postgres:{spec.superuser_password}@127.0.0.1:{spec.port}/{spec.database}"
 
 
+SUPABASE_ROLES = ["anon", "authenticated", "authenticator", "service_role"]
+SUPABASE_OBJECTS: dict[str, object] = {
+    "roles": SUPABASE_ROLES,
+    "auth": [("users", "supabase_admin_like")],
+    "storage": [("objects", "supabase_admin_like")],
+}
+
+
+def make_it_look_like_supabase(spec: PostgresServerSpec) -> None:
+    """Supabase's own roles and its reserved schemas, which the stack must adopt or leave alone."""
+    with psycopg.connect(dsn(spec), autocommit=True) as conn:
+        conn.execute("CREATE ROLE supabase_admin_like NOLOGIN")
+        for role in SUPABASE_ROLES:
+            conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
+        for schema in ("auth", "storage"):
+            conn.execute(sql.SQL("CREATE SCHEMA {} AUTHORIZATION supabase_admin_like").format(sql.Identifier(schema)))
+        conn.execute("CREATE TABLE auth.users (id uuid PRIMARY KEY)")
+        conn.execute("CREATE TABLE storage.objects (id uuid PRIMARY KEY)")
+        conn.execute("ALTER TABLE auth.users OWNER TO supabase_admin_like")
+        conn.execute("ALTER TABLE storage.objects OWNER TO supabase_admin_like")
+
+
+def supabase_objects(spec: PostgresServerSpec) -> dict[str, object]:
+    with psycopg.connect(dsn(spec)) as conn:
+        roles = conn.execute(
+            "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s) ORDER BY 1", (SUPABASE_ROLES,)
+        ).fetchall()
+        found: dict[str, object] = {"roles": [row[0] for row in roles]}
+        for schema in ("auth", "storage"):
+            found[schema] = conn.execute(
+                "SELECT c.relname, c.relowner::regrole::text FROM pg_class c JOIN pg_namespace n "
+                "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind = 'r' ORDER BY 1",
+                (schema,),
+            ).fetchall()
+    return found
+
+
 def test_up_checks_the_server_and_exports_where_it_is(existing_server: PostgresServerSpec, tmp_path: Path) -> None:
     stack = auto.create_stack(
         f"external-{secrets.token_hex(3)}",
@@ -49,20 +87,26 @@ def test_up_checks_the_server_and_exports_where_it_is(existing_server: PostgresS
     )
     try:
         stack.set_config("thorbis:platform", auto.ConfigValue("external"))
+        stack.set_config("thorbis:allowDataLoss", auto.ConfigValue("true"))  # so that destroy may drop tables
         stack.set_config("thorbis:externalDsn", auto.ConfigValue(dsn(existing_server), secret=True))
         for key in ("authenticatorPassword", "reportingPassword"):
             stack.set_config(f"thorbis:{key}", auto.ConfigValue(secrets.token_urlsafe(16), secret=True))
+        make_it_look_like_supabase(existing_server)
         result = stack.up()
         assert result.outputs["platform"].value == "external"
         assert result.outputs["port"].value == existing_server.port
         assert result.outputs["database"].value == "supabase_like"
         assert result.outputs["adminDsn"].secret
         assert existing_server.superuser_password not in "".join(p.read_text() for p in tmp_path.rglob("*.json"))
-        assert stack.up().summary.resource_changes == {"same": 3}
+        created = (result.summary.resource_changes or {}).get(auto.OpType.CREATE, 0)
+        assert created > 500  # the platform check plus the whole database layer
+        assert stack.up().summary.resource_changes == {"same": created}
+        assert supabase_objects(existing_server) == SUPABASE_OBJECTS
 
         stack.destroy()
         with psycopg.connect(dsn(existing_server)) as still_there:
             assert still_there.execute("SELECT 1").fetchone() == (1,)
+        assert supabase_objects(existing_server) == SUPABASE_OBJECTS  # adopted roles and auth/storage untouched
     finally:
         stack.workspace.remove_stack(stack.name, force=True)
         (ROOT / f"Pulumi.{stack.name}.yaml").unlink(missing_ok=True)

@@ -33,14 +33,12 @@ def wait_for(condition, timeout: float = 15.0) -> bool:  # type: ignore[no-untyp
     return False
 
 
-def resource_count(live_stack: LiveStack) -> int:
-    return len((live_stack.stack.export_stack().deployment or {}).get("resources") or [])
-
-
 def test_up_creates_every_server(live_stack: LiveStack) -> None:
     result = live_stack.stack.up()
     assert result.summary.result == "succeeded"
-    assert result.summary.resource_changes == {"create": resource_count(live_stack)}
+    changes = result.summary.resource_changes or {}
+    assert list(changes) == [auto.OpType.CREATE]
+    live_stack.resources = changes[auto.OpType.CREATE]
     assert all(listening(port) for port in live_stack.all_ports)
     outputs = result.outputs
     assert outputs["port"].value == live_stack.postgres_port
@@ -114,7 +112,7 @@ def test_redis_refuses_a_client_without_the_password(live_stack: LiveStack) -> N
 
 
 def test_a_second_up_changes_nothing(live_stack: LiveStack) -> None:
-    assert live_stack.stack.up().summary.resource_changes == {"same": resource_count(live_stack)}
+    assert live_stack.stack.up().summary.resource_changes == {"same": live_stack.resources}
     live_stack.stack.preview(expect_no_changes=True)
 
 
@@ -144,7 +142,6 @@ def test_a_killed_primary_is_drift_and_up_brings_it_back_with_its_data(live_stac
 
 
 def test_destroy_leaves_no_process_and_no_listening_port(live_stack: LiveStack) -> None:
-    total = resource_count(live_stack)
-    assert live_stack.stack.destroy().summary.resource_changes == {"delete": total}
+    assert live_stack.stack.destroy().summary.resource_changes == {"delete": live_stack.resources}
     assert processes_under(live_stack.state_dir) == []
     assert [port for port in live_stack.all_ports if listening(port)] == []
