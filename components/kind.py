@@ -29,6 +29,10 @@ class ProviderError(Exception):
     """An operation failed for a reason the user can act on; the message says what to do."""
 
 
+class Unreachable(ProviderError):
+    """The object cannot be read right now (its server does not answer), which is not the same as gone."""
+
+
 class Kind(ABC, Generic[SpecT]):
     """One kind of object: its token, its spec, and how to read and change the real thing."""
 

@@ -38,7 +38,7 @@ from pulumi.runtime.rpc import UNKNOWN
 from pydantic import ValidationError
 
 import components
-from components.kind import Kind, ProviderError, Spec
+from components.kind import Kind, ProviderError, Spec, Unreachable
 
 VERSION = "0.1.0"
 T = TypeVar("T")
@@ -206,7 +206,13 @@ class ThorbisProvider(Provider):
                 "which adopts what already exists"
             )
         spec = kind.parse(self.inputs_of(kind, state))
-        observed = await self.run(lambda: kind.observe(request.resource_id, spec))
+        try:
+            observed = await self.run(lambda: kind.observe(request.resource_id, spec))
+        except Unreachable as error:
+            # A server that is down (the drift `refresh` reports on the server itself) hides its objects:
+            # they are kept as recorded rather than reported gone.
+            print(f"thorbisdb: {request.name}: kept as recorded: {error}", file=sys.stderr)
+            return ReadResponse(resource_id=request.resource_id, properties=request.properties, inputs=request.inputs)
         if observed is None:
             return ReadResponse()
         return ReadResponse(

@@ -16,7 +16,7 @@ import psycopg
 from psycopg import sql
 
 from components.connection import ConnectionSpec
-from components.kind import ProviderError
+from components.kind import ProviderError, Unreachable
 
 LOCK_ATTEMPTS = 6
 #: A whole statement, as psycopg executes it (fragments are sql.Composable).
@@ -45,6 +45,10 @@ class DatabaseTarget:
         )
 
 
+class DatabaseUnreachable(Unreachable):
+    """The database does not answer: its objects cannot be read, which is not the same as gone."""
+
+
 @contextmanager
 def connect(target: DatabaseTarget) -> Iterator[psycopg.Connection]:
     spec = target.connection
@@ -52,7 +56,7 @@ def connect(target: DatabaseTarget) -> Iterator[psycopg.Connection]:
         # Extensions live in their own schema; DDL must resolve their types and operator classes.
         conn = psycopg.connect(**spec.admin_conninfo(), autocommit=True, options="-c search_path=public,extensions")
     except psycopg.OperationalError as error:
-        raise ProviderError(
+        raise DatabaseUnreachable(
             f"cannot connect to {spec.database} on {spec.primary.host}:{spec.primary.port}: {str(error).strip()}"
         ) from error
     with conn:

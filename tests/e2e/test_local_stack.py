@@ -16,7 +16,9 @@ import psycopg
 import pulumi.automation as auto
 import pytest
 import redis
+from psycopg import sql
 
+from components.database.model import load_schema
 from tests.e2e.conftest import LiveStack
 from tests.support import listening, processes_under
 
@@ -113,6 +115,34 @@ def test_redis_refuses_a_client_without_the_password(live_stack: LiveStack) -> N
 
 def test_a_second_up_changes_nothing(live_stack: LiveStack) -> None:
     assert live_stack.stack.up().summary.resource_changes == {"same": live_stack.resources}
+    live_stack.stack.preview(expect_no_changes=True)
+
+
+def test_database_drift_made_by_hand_is_previewed_and_repaired(live_stack: LiveStack) -> None:
+    jobs_index = next(index.name for index in load_schema().table("jobs").foreign_key_indexes())
+    with psycopg.connect(**live_stack.admin(), autocommit=True) as admin:  # type: ignore[arg-type]
+        admin.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier("public", jobs_index)))
+        admin.execute("ALTER TABLE public.customers DISABLE ROW LEVEL SECURITY")
+        admin.execute("ALTER POLICY invoices_tenant_select ON public.invoices USING (true)")
+
+    live_stack.stack.refresh()
+    preview = live_stack.stack.preview(diff=True)
+    assert preview.change_summary.get(auto.OpType.CREATE, 0) == 1, preview.stdout  # the dropped index
+    assert preview.change_summary.get(auto.OpType.UPDATE, 0) == 2, preview.stdout  # RLS, the policy
+    for name in (f"index-{jobs_index}", "table-customers", "policy-invoices_tenant_select"):
+        assert name in preview.stdout
+
+    live_stack.stack.up()
+    with psycopg.connect(**live_stack.admin()) as admin:  # type: ignore[arg-type]
+        assert admin.execute("SELECT to_regclass(%s) IS NOT NULL", (f"public.{jobs_index}",)).fetchone() == (True,)
+        rls = admin.execute(
+            "SELECT relrowsecurity AND relforcerowsecurity FROM pg_class WHERE oid = 'public.customers'::regclass"
+        ).fetchone()
+        assert rls == (True,)
+        policy = admin.execute(
+            "SELECT qual FROM pg_policies WHERE tablename = 'invoices' AND policyname = 'invoices_tenant_select'"
+        ).fetchone()
+        assert policy is not None and "current_company_id" in policy[0]
     live_stack.stack.preview(expect_no_changes=True)
 
 
