@@ -114,7 +114,8 @@ def test_redis_refuses_a_client_without_the_password(live_stack: LiveStack) -> N
 
 
 def test_a_second_up_changes_nothing(live_stack: LiveStack) -> None:
-    assert live_stack.stack.up().summary.resource_changes == {"same": live_stack.resources}
+    second = live_stack.stack.up(diff=True)
+    assert second.summary.resource_changes == {"same": live_stack.resources}, second.stdout[-3000:]
     live_stack.stack.preview(expect_no_changes=True)
 
 

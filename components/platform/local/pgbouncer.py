@@ -137,12 +137,31 @@ def admin_console(spec: PgBouncerSpec, port: int | None = None) -> psycopg.Conne
     )
 
 
+def status(spec: PgBouncerSpec, port: int | None = None) -> dict[str, Any]:
+    """Whether it runs and answers, and its pool settings as the admin console reports them."""
+    _, _, pidfile = files(spec)
+    if process.read_pid(pidfile) is None:
+        return {"running": False}
+    try:
+        with admin_console(spec, port) as console:
+            rows = console.execute("SHOW CONFIG").fetchall()
+    except psycopg.Error:
+        return {"running": False}
+    live = {row[0]: row[1] for row in rows}
+    observed: dict[str, Any] = {"running": True, "port": int(live.get("listen_port", spec.port))}
+    for key, name in POOL_SETTINGS.items():
+        value = live.get(name)
+        observed[key] = int(value) if value is not None and value.isdigit() else value
+    return observed
+
+
 def start(spec: PgBouncerSpec) -> None:
     ini, _, pidfile = files(spec)
     if process.read_pid(pidfile) is None:
         pidfile.unlink(missing_ok=True)
         process.run(process.as_service_user(["pgbouncer", "-d", "-q", str(ini)]), f"pgbouncer -d {ini}")
-        process.wait_until(lambda: process.port_open(spec.port), 30, f"PgBouncer on port {spec.port}")
+        # listening comes before the pidfile and the admin console: wait for all of them
+        process.wait_until(lambda: status(spec)["running"], 30, f"PgBouncer on port {spec.port}")
 
 
 def stop(spec: PgBouncerSpec) -> None:
@@ -164,28 +183,12 @@ class PgBouncerKind(Kind[PgBouncerSpec]):
         process.write_private_file(userlist, userlist_text(spec))
         process.write_private_file(ini, ini_text(spec))
         start(spec)
-        return str(ini), self.status(spec)
-
-    def status(self, spec: PgBouncerSpec, port: int | None = None) -> dict[str, Any]:
-        _, _, pidfile = files(spec)
-        if process.read_pid(pidfile) is None:
-            return {"running": False}
-        try:
-            with admin_console(spec, port) as console:
-                rows = console.execute("SHOW CONFIG").fetchall()
-        except psycopg.Error:
-            return {"running": False}
-        live = {row[0]: row[1] for row in rows}
-        observed: dict[str, Any] = {"running": True, "port": int(live.get("listen_port", spec.port))}
-        for key, name in POOL_SETTINGS.items():
-            value = live.get(name)
-            observed[key] = int(value) if value is not None and value.isdigit() else value
-        return observed
+        return str(ini), status(spec)
 
     def observe(self, resource_id: str, spec: PgBouncerSpec) -> dict[str, Any] | None:
         if not Path(resource_id).exists():
             return None
-        return self.status(spec)
+        return status(spec)
 
     def drifted(self, old_state: dict[str, Any], spec: PgBouncerSpec) -> list[str]:
         return [] if old_state.get("running", True) else ["running"]
@@ -202,12 +205,12 @@ class PgBouncerKind(Kind[PgBouncerSpec]):
             os.kill(pid, signal.SIGHUP)  # reload pgbouncer.ini, undoing SETs made by hand
             wanted = spec.model_dump(by_alias=True)
             process.wait_until(
-                lambda: all(self.status(spec).get(key) == wanted[key] for key in POOL_SETTINGS),
+                lambda: all(status(spec).get(key) == wanted[key] for key in POOL_SETTINGS),
                 10,
                 "PgBouncer reload",
             )
         start(spec)
-        return self.status(spec)
+        return status(spec)
 
     def delete(self, resource_id: str, spec: PgBouncerSpec) -> None:
         stop(spec)

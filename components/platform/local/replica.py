@@ -74,6 +74,11 @@ def base_backup(spec: PostgresReplicaSpec) -> None:
     process.make_private_dir(server.base)
     passfile = write_passfile(spec)
     drop_slot(spec)  # a slot left by an earlier replica of the same name would hold WAL forever
+    # The slot reserves WAL before the backup starts. pg_basebackup --create-slot makes it only once the
+    # backup has begun, and a checkpoint of another replica's backup in between can recycle the WAL
+    # this one needs ("requested WAL segment ... has already been removed").
+    with pg.connect(spec.primary_port, spec.superuser_password) as conn:
+        conn.execute("SELECT pg_create_physical_replication_slot(%s, true)", (spec.slot_name,))
     process.run(
         process.as_service_user(
             [
@@ -83,7 +88,6 @@ def base_backup(spec: PostgresReplicaSpec) -> None:
                 "--write-recovery-conf",
                 "--wal-method=stream",
                 "--checkpoint=fast",
-                "--create-slot",
                 f"--slot={spec.slot_name}",
             ]
         ),
