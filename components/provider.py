@@ -41,6 +41,9 @@ import components
 from components.kind import Kind, ProviderError, Spec, Unreachable
 
 VERSION = "0.1.0"
+#: The inputs an object was last made from, kept beside what `read` observes (which may not be a valid
+#: spec: a grant whose privileges were all revoked by hand), so `read` and `delete` know what was declared.
+DECLARED = "declaredInputs"
 T = TypeVar("T")
 
 
@@ -130,10 +133,18 @@ class ThorbisProvider(Provider):
         return self.kinds[token]
 
     def outputs(self, kind: Kind[Any], values: dict[str, Any]) -> dict[str, PropertyValue]:
-        return {key: property_value(value, key in kind.secret_properties) for key, value in values.items()}
+        def secret(key: str) -> bool:
+            return key in kind.secret_properties or (key == DECLARED and bool(kind.secret_properties))
 
-    def inputs_of(self, kind: Kind[Any], state: dict[str, Any]) -> dict[str, Any]:
-        return {key: state[key] for key in spec_fields(kind) if key in state}
+        return {key: property_value(value, secret(key)) for key, value in values.items()}
+
+    def declared_spec(self, kind: Kind[Any], state: dict[str, Any]) -> Spec:
+        """The spec the object was last made from (older states: its input fields)."""
+        declared = state.get(DECLARED)
+        if not isinstance(declared, dict):
+            declared = {key: state[key] for key in spec_fields(kind) if key in state}
+        spec: Spec = kind.parse(declared)
+        return spec
 
     async def run(self, work: Callable[[], T]) -> T:
         """Kinds block on servers and subprocesses: run them off the gRPC event loop."""
@@ -195,7 +206,9 @@ class ThorbisProvider(Provider):
             known = {} if contains_unknown(inputs) else kind.preview_outputs(kind.parse(inputs))
             return CreateResponse(properties={**request.properties, **self.outputs(kind, known)})
         resource_id, produced = await self.run(lambda: kind.create(kind.parse(inputs)))
-        return CreateResponse(resource_id=resource_id, properties=self.outputs(kind, {**inputs, **produced}))
+        return CreateResponse(
+            resource_id=resource_id, properties=self.outputs(kind, {**inputs, **produced, DECLARED: inputs})
+        )
 
     async def read(self, request: ReadRequest) -> ReadResponse:
         kind = self.kind_of(request.type)
@@ -205,7 +218,7 @@ class ThorbisProvider(Provider):
                 f"{request.type} cannot be imported by id: declare it in the program and run `pulumi up`, "
                 "which adopts what already exists"
             )
-        spec = kind.parse(self.inputs_of(kind, state))
+        spec = self.declared_spec(kind, state)
         try:
             observed = await self.run(lambda: kind.observe(request.resource_id, spec))
         except Unreachable as error:
@@ -227,11 +240,11 @@ class ThorbisProvider(Provider):
         if request.preview:
             return UpdateResponse(properties={**request.olds, **request.news})
         produced = await self.run(lambda: kind.update(request.resource_id, olds, kind.parse(news)))
-        return UpdateResponse(properties=self.outputs(kind, {**olds, **news, **produced}))
+        return UpdateResponse(properties=self.outputs(kind, {**olds, **news, **produced, DECLARED: news}))
 
     async def delete(self, request: DeleteRequest) -> None:
         kind = self.kind_of(request.type)
-        spec = kind.parse(self.inputs_of(kind, plain_map(request.properties)))
+        spec = self.declared_spec(kind, plain_map(request.properties))
         await self.run(lambda: kind.delete(request.resource_id, spec))
 
 

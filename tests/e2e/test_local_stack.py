@@ -50,8 +50,10 @@ def test_up_creates_every_server(live_stack: LiveStack) -> None:
 
 def test_a_row_written_on_the_primary_is_read_on_every_replica(live_stack: LiveStack) -> None:
     with psycopg.connect(**live_stack.admin(), autocommit=True) as primary:  # type: ignore[arg-type]
-        primary.execute("CREATE TABLE IF NOT EXISTS e2e_marker (note text)")
-        primary.execute("INSERT INTO e2e_marker VALUES (%s)", (MARKER,))
+        # a schema of the test's own: a table made by hand in `public` would be drift of its grants
+        primary.execute("CREATE SCHEMA IF NOT EXISTS e2e_scratch")
+        primary.execute("CREATE TABLE IF NOT EXISTS e2e_scratch.e2e_marker (note text)")
+        primary.execute("INSERT INTO e2e_scratch.e2e_marker VALUES (%s)", (MARKER,))
         streaming = primary.execute(
             "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming' ORDER BY 1"
         ).fetchall()
@@ -60,8 +62,8 @@ def test_a_row_written_on_the_primary_is_read_on_every_replica(live_stack: LiveS
         with psycopg.connect(**live_stack.admin(port), autocommit=True) as replica:  # type: ignore[arg-type]
 
             def replicated(conn: psycopg.Connection = replica) -> bool:
-                found = conn.execute("SELECT to_regclass('e2e_marker') IS NOT NULL").fetchone()
-                return bool(found and found[0]) and bool(conn.execute("SELECT 1 FROM e2e_marker").fetchone())
+                found = conn.execute("SELECT to_regclass('e2e_scratch.e2e_marker') IS NOT NULL").fetchone()
+                return bool(found and found[0]) and bool(conn.execute("SELECT 1 FROM e2e_scratch.e2e_marker").fetchone())
 
             assert wait_for(replicated), f"the row did not reach the replica on port {port}"
 
@@ -168,7 +170,7 @@ def test_a_killed_primary_is_drift_and_up_brings_it_back_with_its_data(live_stac
     repaired = live_stack.stack.up()
     assert (repaired.summary.resource_changes or {}).get(auto.OpType.UPDATE, 0) >= 1
     with psycopg.connect(**live_stack.admin()) as primary:  # type: ignore[arg-type]
-        assert primary.execute("SELECT note FROM e2e_marker").fetchall() == [(MARKER,)]
+        assert primary.execute("SELECT note FROM e2e_scratch.e2e_marker").fetchall() == [(MARKER,)]
     live_stack.stack.preview(expect_no_changes=True)
 
 

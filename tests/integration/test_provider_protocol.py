@@ -27,7 +27,7 @@ from components.platform.local.pgbouncer import PgBouncerKind
 from components.platform.local.postgres import PostgresServerKind
 from components.platform.local.redis import RedisKind
 from components.platform.local.replica import PostgresReplicaKind
-from components.provider import ThorbisProvider, plain, property_value
+from components.provider import DECLARED, ThorbisProvider, plain, property_value
 from tests.integration.conftest import DATABASE, REPLICATION_PASSWORD, SETTINGS, SUPERUSER_PASSWORD
 from tests.support import free_port, processes_under, reachable_state_dir
 
@@ -177,7 +177,8 @@ def test_preview_create_starts_nothing(provider: ThorbisProvider, state_dir: Pat
 def test_postgres_server_through_the_provider_keeps_its_secrets_secret(
     provider: ThorbisProvider, state_dir: Path
 ) -> None:
-    port, secrets = free_port(), {"superuserPassword", "replicationPassword"}
+    # the declared inputs are kept beside the observed state, and hold the passwords: secret too
+    port, secrets = free_port(), {"superuserPassword", "replicationPassword", DECLARED}
     inputs = server_inputs(state_dir, port)
     checked = run(provider.check(CheckRequest(urn(SERVER), {}, wire(inputs), b""))).inputs
     assert checked is not None
@@ -226,9 +227,9 @@ def test_redis_through_the_provider_keeps_its_password_secret(provider: ThorbisP
     created = run(provider.create(CreateRequest(urn(REDIS), checked, 60, preview=False)))
     assert created.resource_id is not None and created.properties is not None
     try:
-        assert secret_keys(created.properties) == {"password"}
+        assert secret_keys(created.properties) == {"password", DECLARED}
         read = run(provider.read(ReadRequest(urn(REDIS), created.resource_id, created.properties, checked)))
-        assert secret_keys(read.properties) == {"password"}
+        assert secret_keys(read.properties) == {"password", DECLARED}
     finally:
         run(provider.delete(DeleteRequest(urn(REDIS), created.resource_id, created.properties, 60)))
     assert not state_dir.exists()
