@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 _handed_out: set[int] = set()
@@ -36,6 +37,7 @@ def reachable_state_dir(prefix: str = "thorbis-test-") -> Iterator[Path]:
     try:
         yield path
     finally:
+        kill_processes_under(path)  # a test that failed before its destroy must not leave servers running
         subprocess.run(["rm", "-rf", str(path)], check=False)
 
 
@@ -46,7 +48,11 @@ def listening(port: int) -> bool:
 
 
 def processes_under(path: Path) -> list[str]:
-    """Command lines of live processes that mention `path` (servers started for a test)."""
+    """Command lines of live processes that mention `path` or run in it (servers started for a test)."""
+    return [cmdline for _, cmdline in live_processes_under(path)]
+
+
+def live_processes_under(path: Path) -> list[tuple[int, str]]:
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -54,8 +60,15 @@ def processes_under(path: Path) -> list[str]:
         try:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             state = (entry / "stat").read_text().split(") ", 1)[-1]
+            cwd = os.readlink(entry / "cwd")
         except OSError:
             continue
-        if str(path) in cmdline and not state.startswith("Z"):
-            found.append(cmdline.strip())
+        if (str(path) in cmdline or cwd.startswith(str(path))) and not state.startswith("Z"):
+            found.append((int(entry.name), cmdline.strip()))
     return found
+
+
+def kill_processes_under(path: Path) -> None:
+    for pid, _ in live_processes_under(path):
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 import psycopg
@@ -160,6 +161,7 @@ class IndexKind(DatabaseKind[IndexSpec]):
             self.target.lock_timeout,
             transactional=not concurrently,
             what=f"index {spec.name}",
+            before_retry=partial(self.drop, conn, spec),  # a failed CONCURRENTLY build leaves an INVALID index
         )
         if live_index(conn, spec) == (canonical(conn, spec), False):
             raise ProviderError(f"index {spec.name} was built INVALID (a duplicate row?); it is rebuilt on the next up")
@@ -190,6 +192,7 @@ class IndexKind(DatabaseKind[IndexSpec]):
                     self.target.lock_timeout,
                     transactional=False,
                     what=f"index {part_name}",
+                    before_retry=partial(self.drop, conn, part_spec),
                 )
             run_ddl(
                 conn,

@@ -1,7 +1,8 @@
 """The database layer: every object inside the stack's database, declared from `sql/` data.
 
-Roles and schemas first, then extensions and functions, then the tables in foreign-key order, each
-followed by its updated_at trigger, its four tenant policies and an index for each of its foreign keys.
+The manifest of tables first (it refuses data loss before any change), then roles and schemas, then
+extensions and functions, then the tables in foreign-key order, each followed by its updated_at trigger,
+its four tenant policies and an index for each of its foreign keys.
 It sees only the ConnectionSpec: which platform started the server is none of its business.
 """
 
@@ -21,6 +22,7 @@ from components.database.extension import Extension, ExtensionArgs
 from components.database.function import Function, FunctionArgs
 from components.database.grant import Grant, GrantArgs
 from components.database.index import Index, IndexArgs, IndexSpec
+from components.database.manifest import Manifest, ManifestArgs
 from components.database.model import TABLE_SCHEMA, TableData, bounded, load_schema
 from components.database.policy import Policy, PolicyArgs
 from components.database.role import Role, RoleArgs
@@ -52,6 +54,12 @@ class DatabaseLayer(pulumi.ComponentResource):
             settings.allow_data_loss,
             pulumi.ResourceOptions(parent=self),
         )
+        self.manifest: pulumi.Resource | None = None
+        self.manifest = Manifest(
+            f"{name}-manifest",
+            ManifestArgs(tables={t.name: {c.name: c.type for c in t.columns} for t in self.schema.tables}),
+            self.options(),
+        )
         roles = self.declare_roles()
         schemas = self.declare_schemas(roles)
         extensions = self.declare_extensions(schemas)
@@ -62,7 +70,9 @@ class DatabaseLayer(pulumi.ComponentResource):
         self.register_outputs({})
 
     def options(self, depends_on: Sequence[pulumi.Resource] = (), **extra: object) -> pulumi.ResourceOptions:
-        return pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=list(depends_on), **extra)  # type: ignore[arg-type]
+        """Every object waits for the manifest: a refused data loss stops the update before any change."""
+        after = [*depends_on, *([self.manifest] if self.manifest else [])]
+        return pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=after, **extra)  # type: ignore[arg-type]
 
     def declare_roles(self) -> list[pulumi.Resource]:
         adopt = self.settings.platform == "external"  # Supabase's own roles exist: adopt, never recreate

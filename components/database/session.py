@@ -7,7 +7,7 @@ table (and never blocks the writers queued behind it); on a lock timeout it is r
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +18,7 @@ from psycopg import sql
 from components.connection import ConnectionSpec
 from components.kind import ProviderError, Unreachable
 
-LOCK_ATTEMPTS = 6
+LOCK_ATTEMPTS = 8
 #: A whole statement, as psycopg executes it (fragments are sql.Composable).
 Statement = sql.Composed | sql.SQL
 
@@ -70,34 +70,56 @@ def run_ddl(
     *,
     transactional: bool = True,
     what: str = "DDL",
+    before_retry: Callable[[], None] | None = None,
 ) -> None:
-    """Run statements (in one transaction unless they must run outside one, like CONCURRENTLY)."""
+    """Run statements (in one transaction unless they must run outside one, like CONCURRENTLY).
+
+    A lock timeout or a deadlock (DDL of parallel resources meeting a CONCURRENTLY build) is retried
+    with backoff; outside a transaction, `before_retry` first undoes what the failed attempt left.
+    """
     batch = list(statements)
     if not batch:
         return
     for attempt in range(LOCK_ATTEMPTS):
         try:
-            if transactional:
-                with conn.transaction():
-                    conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_timeout)))
-                    for statement in batch:
-                        conn.execute(statement)
-            else:
-                conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(lock_timeout)))
-                for statement in batch:
-                    conn.execute(statement)
+            execute_batch(conn, batch, lock_timeout, transactional)
             return
-        except psycopg.errors.LockNotAvailable:
-            time.sleep(min(0.25 * 2**attempt, 4.0))
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
+            pass
+        except psycopg.errors.InternalError_ as error:
+            if not (transactional and concurrent_catalog_update(error)):
+                raise ProviderError(f"{what} failed: {str(error).strip()}") from error
         except psycopg.Error as error:
             statement_text = batch[0].as_string(conn) if len(batch) == 1 else f"{len(batch)} statements"
             raise ProviderError(f"{what} failed: {str(error).strip()} (running {statement_text})") from error
+        time.sleep(min(0.25 * 2**attempt, 4.0))
+        if before_retry is not None:
+            before_retry()
     raise ProviderError(
         f"{what}: could not take its lock within lock_timeout {lock_timeout} in {LOCK_ATTEMPTS} attempts; "
         "a long transaction holds the table: end it or raise thorbis:lockTimeout"
     )
 
 
+def execute_batch(conn: psycopg.Connection, batch: list[Statement], lock_timeout: str, transactional: bool) -> None:
+    if transactional:
+        with conn.transaction():
+            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_timeout)))
+            for statement in batch:
+                conn.execute(statement)
+    else:
+        conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(lock_timeout)))
+        for statement in batch:
+            conn.execute(statement)
+
+
+def concurrent_catalog_update(error: psycopg.Error) -> bool:
+    """Two GRANTs on one object at once (resources run in parallel): PostgreSQL fails the later one
+    instead of waiting; its transaction rolled back, so it is simply run again."""
+    return "tuple concurrently updated" in str(error)
+
+
 def scalar(conn: psycopg.Connection, query: Statement | str, params: tuple[Any, ...] = ()) -> Any:
-    row = conn.execute(query, params).fetchone()
+    # without parameters, psycopg leaves a literal '%' (as in a CHECK's regular expression) alone
+    row = conn.execute(query, params or None).fetchone()
     return None if row is None else row[0]

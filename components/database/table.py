@@ -347,6 +347,17 @@ def violations(conn: psycopg.Connection, spec: TableSpec, check: CheckSpec) -> i
     return int(scalar(conn, query) or 0)
 
 
+def column_losses(table: str, old: dict[str, str], new: dict[str, str]) -> list[str]:
+    """Columns (name -> type) that going from `old` to `new` would drop or retype."""
+    losses = [f"column {table}.{name} would be dropped" for name in old if name not in new]
+    losses += [
+        f"column {table}.{name} would change type from {old[name]} to {type_}"
+        for name, type_ in new.items()
+        if name in old and " ".join(old[name].lower().split()) != " ".join(type_.lower().split())
+    ]
+    return losses
+
+
 class TableKind(DatabaseKind[TableSpec]):
     token = TOKEN
     spec_type = TableSpec
@@ -361,14 +372,11 @@ class TableKind(DatabaseKind[TableSpec]):
         return [] if old_state.get("rowLevelSecurity", True) else ["rowLevelSecurity"]
 
     def data_loss(self, old_inputs: dict[str, Any], spec: TableSpec) -> list[str]:
-        old = {column["name"]: column for column in old_inputs.get("columns", [])}
-        new = {column.name: column for column in spec.columns}
-        losses = [f"column {spec.name}.{name} would be dropped" for name in old if name not in new]
-        losses += [
-            f"column {spec.name}.{name} would change type from {old[name]['type']} to {column.type}"
-            for name, column in new.items()
-            if name in old and " ".join(str(old[name]["type"]).lower().split()) != " ".join(column.type.lower().split())
-        ]
+        losses = column_losses(
+            spec.name,
+            {column["name"]: str(column["type"]) for column in old_inputs.get("columns", [])},
+            {column.name: column.type for column in spec.columns},
+        )
         if old_inputs.get("primaryKey", spec.primary_key) != spec.primary_key:
             losses.append(f"the primary key of {spec.name} would change")
         return losses

@@ -63,7 +63,8 @@ def test_a_row_written_on_the_primary_is_read_on_every_replica(live_stack: LiveS
 
             def replicated(conn: psycopg.Connection = replica) -> bool:
                 found = conn.execute("SELECT to_regclass('e2e_scratch.e2e_marker') IS NOT NULL").fetchone()
-                return bool(found and found[0]) and bool(conn.execute("SELECT 1 FROM e2e_scratch.e2e_marker").fetchone())
+                marked = bool(found and found[0])
+                return marked and bool(conn.execute("SELECT 1 FROM e2e_scratch.e2e_marker").fetchone())
 
             assert wait_for(replicated), f"the row did not reach the replica on port {port}"
 

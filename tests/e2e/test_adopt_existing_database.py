@@ -1,0 +1,417 @@
+"""`pulumi up` meets the review's populated database: it adopts, never recreates, and never loses data.
+
+One stack (platform local, no replica, allowDataLoss false) on a copy of the program. Its first `up` has an
+empty sql/schema: the servers, roles, schemas and extensions only. The review's "before" database
+(tests/fixtures/before_state.py) is then built on it, and the next `up` has the full schema: every existing
+table is adopted in place and completed (columns, checks, row level security, foreign-key indexes built
+CONCURRENTLY) while a writer keeps inserting rows, and the rows that were there are untouched. Then
+changes that would lose data are refused. The tests run in file order; each builds on the one before.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import secrets
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pulumi.automation as auto
+import pytest
+import yaml
+from psycopg import sql
+
+from components.database.model import load_schema
+from tests.conftest import ROOT
+from tests.e2e.conftest import PASSWORD_KEYS, LiveStack, configure
+from tests.fixtures.before_state import BeforeTable, build_before_state, fingerprint
+from tests.support import free_ports, processes_under, reachable_state_dir
+
+pytestmark = pytest.mark.e2e
+PROJECT_PARTS = ("Pulumi.yaml", "__main__.py", "components", "config", "provider", "sql")
+LOCK_TIMEOUT_SECONDS = 5  # the stack's default thorbis:lockTimeout
+WRITER_COMPANY = "a0000000-0000-4000-8000-000000000001"  # ids of tests/fixtures/before_rows.sql
+WRITER_PROPERTY = "d0000000-0000-4000-8000-000000000001"
+CREATE_INDEX = re.compile(r'CREATE (?:UNIQUE )?INDEX (CONCURRENTLY )?"?([a-z0-9_]+)"? ON', re.IGNORECASE)
+
+
+class Writer(threading.Thread):
+    """The application, busy during the migration: a customer and a job for it, in one transaction, every
+    few milliseconds, as the admin of company 1, with the stack's lock_timeout (a DDL lock that blocks it
+    longer than that is an error here)."""
+
+    def __init__(self, conninfo: dict[str, Any]) -> None:
+        super().__init__(name="writer", daemon=True)
+        self.conninfo = conninfo
+        self.ids: dict[str, list[uuid.UUID]] = {"customers": [], "jobs": []}
+        self.committed_at: list[float] = []
+        self.slowest = 0.0
+        self.errors: list[str] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        with psycopg.connect(**self.conninfo, autocommit=True) as conn:
+            conn.execute(f"SET lock_timeout = '{LOCK_TIMEOUT_SECONDS}s'")
+            while not self.halt.is_set():
+                started = time.monotonic()
+                customer, job = uuid.uuid4(), uuid.uuid4()
+                try:
+                    self.write(conn, customer, job)
+                except psycopg.Error as error:
+                    self.errors.append(f"{type(error).__name__}: {str(error).strip()}")
+                else:
+                    self.ids["customers"].append(customer)
+                    self.ids["jobs"].append(job)
+                    self.committed_at.append(time.monotonic())
+                    self.slowest = max(self.slowest, self.committed_at[-1] - started)
+                self.halt.wait(0.02)
+
+    @staticmethod
+    def write(conn: psycopg.Connection[Any], customer: uuid.UUID, job: uuid.UUID) -> None:
+        number = f"W-{customer.hex[:12]}"
+        with conn.transaction():
+            conn.execute(
+                "INSERT INTO public.customers (id, company_id, customer_number, first_name, last_name, phone) "
+                "VALUES (%s, %s, %s, 'Walk', 'In', '+15125559999')",
+                (customer, WRITER_COMPANY, number),
+            )
+            conn.execute(
+                "INSERT INTO public.jobs (id, company_id, customer_id, property_id, job_number, title) "
+                "VALUES (%s, %s, %s, %s, %s, 'Booked during the migration')",
+                (job, WRITER_COMPANY, customer, WRITER_PROPERTY, number),
+            )
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(timeout=30)
+
+    def longest_pause(self, start: float, end: float) -> float:
+        """The longest time without a commit between start and end (both counted as moments)."""
+        moments = [start, *(t for t in self.committed_at if start < t < end), end]
+        return max(later - earlier for earlier, later in itertools.pairwise(moments))
+
+
+@dataclass
+class Adoption:
+    live: LiveStack
+    project: Path
+    tables: list[BeforeTable] = field(default_factory=list)
+    oids: dict[str, int] = field(default_factory=dict)
+    fingerprints: dict[str, tuple[int, str]] = field(default_factory=dict)
+    writer_ids: dict[str, list[uuid.UUID]] = field(default_factory=dict)
+
+    @property
+    def stack(self) -> auto.Stack:
+        return self.live.stack
+
+    @property
+    def schema_dir(self) -> Path:
+        return self.project / "sql" / "schema"
+
+    def connect(self) -> psycopg.Connection[Any]:
+        conninfo: dict[str, Any] = self.live.admin()
+        return psycopg.connect(**conninfo, autocommit=True)
+
+    def table(self, name: str) -> BeforeTable:
+        return next(table for table in self.tables if table.name == name)
+
+
+def copy_program(destination: Path) -> Path:
+    """The program, with an empty sql/schema (the full one is put back by the adoption test)."""
+    destination.mkdir()
+    for part in PROJECT_PARTS:
+        source = ROOT / part
+        if source.is_dir():
+            shutil.copytree(source, destination / part, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, destination / part)
+    (destination / ".venv").symlink_to(ROOT / ".venv")
+    for schema_file in (destination / "sql" / "schema").glob("*.yaml"):
+        schema_file.unlink()
+    return destination
+
+
+@pytest.fixture(scope="module")
+def adoption(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Adoption]:
+    project = copy_program(tmp_path_factory.mktemp("adoption") / "project")
+    backend = project.parent / "backend"
+    backend.mkdir()
+    name = f"adopt-{secrets.token_hex(3)}"
+    postgres_port, replica_base, pgbouncer_port, redis_port = free_ports(4)
+    passwords = {key: secrets.token_urlsafe(18) for key in PASSWORD_KEYS}
+    with reachable_state_dir() as state_dir:
+        stack = auto.create_stack(
+            name,
+            work_dir=str(project),
+            opts=auto.LocalWorkspaceOptions(env_vars={"PULUMI_BACKEND_URL": f"file://{backend}"}),
+        )
+        configure(stack, state_dir, [postgres_port, replica_base, pgbouncer_port, redis_port], passwords, 0)
+        stack.set_config("thorbis:allowDataLoss", auto.ConfigValue("false"))
+        live = LiveStack(stack, state_dir, backend, postgres_port, [], pgbouncer_port, redis_port, passwords)
+        try:
+            yield Adoption(live, project)
+        finally:
+            tear_down(stack, state_dir)
+
+
+def tear_down(stack: auto.Stack, state_dir: Path) -> None:
+    """Data loss is not allowed on this stack (and its tables are protected): allow it, then destroy."""
+    try:
+        stack.set_config("thorbis:allowDataLoss", auto.ConfigValue("true"))
+        try:
+            stack.up()  # lifts the tables' protection
+        finally:
+            stack.destroy()
+    finally:
+        stack.workspace.remove_stack(stack.name, force=True)
+        assert processes_under(state_dir) == [], "a server of the stack outlived its destroy"
+
+
+# --- what the database holds --------------------------------------------------------------------------
+
+
+def table_oids(conn: psycopg.Connection[Any], names: list[str]) -> dict[str, int]:
+    rows = conn.execute(
+        "SELECT relname, oid::bigint FROM pg_class WHERE relnamespace = 'public'::regnamespace "
+        "AND relkind IN ('r', 'p') AND relname = ANY(%s)",
+        (names,),
+    ).fetchall()
+    return {name: oid for name, oid in rows}
+
+
+def live_columns(conn: psycopg.Connection[Any], table: str) -> dict[str, str]:
+    rows = conn.execute(
+        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+        "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped",
+        (f"public.{table}",),
+    ).fetchall()
+    return {name: type_ for name, type_ in rows}
+
+
+def column_values(conn: psycopg.Connection[Any], table: str, column: str) -> list[tuple[Any, ...]]:
+    query = sql.SQL("SELECT id, {}::text FROM {} ORDER BY id").format(
+        sql.Identifier(column), sql.Identifier("public", table)
+    )
+    return conn.execute(query).fetchall()
+
+
+def indexes_built(conn: psycopg.Connection[Any]) -> dict[str, bool]:
+    """Every index created since pg_stat_statements was reset: name -> built CONCURRENTLY."""
+    built: dict[str, bool] = {}
+    for (query,) in conn.execute(
+        "SELECT query FROM extensions.pg_stat_statements WHERE query ILIKE 'CREATE %%INDEX%%'"
+    ).fetchall():
+        if found := CREATE_INDEX.search(query):
+            built[found.group(2)] = built.get(found.group(2), False) or bool(found.group(1))
+    return built
+
+
+def table_outputs(stack: auto.Stack) -> dict[str, dict[str, Any]]:
+    resources = (stack.export_stack().deployment or {}).get("resources") or []
+    return {
+        resource["outputs"]["name"]: resource["outputs"]
+        for resource in resources
+        if resource["type"] == "thorbisdb:db:Table"
+    }
+
+
+def refusal(operation: Callable[[], object]) -> str:
+    with pytest.raises(auto.CommandError) as failure:
+        operation()
+    return str(failure.value)
+
+
+@contextmanager
+def edited_table(
+    schema_dir: Path, table: str, change: Callable[[dict[str, Any]], dict[str, Any] | None]
+) -> Iterator[None]:
+    """The copy's schema data with one table changed (or removed, when `change` returns None); put back after."""
+    for path in sorted(schema_dir.glob("*.yaml")):
+        original = path.read_text()
+        content = yaml.safe_load(original)
+        names = [entry["name"] for entry in content["tables"]]
+        if table in names:
+            break
+    else:
+        raise KeyError(f"no table {table} in {schema_dir}")
+    position = names.index(table)
+    changed = change(content["tables"][position])
+    if changed is None:
+        del content["tables"][position]
+    else:
+        content["tables"][position] = changed
+    path.write_text(yaml.safe_dump(content, sort_keys=False))
+    try:
+        yield
+    finally:
+        path.write_text(original)
+
+
+# --- the tests ----------------------------------------------------------------------------------------
+
+
+def test_the_before_database_is_built_on_a_stack_without_schema(adoption: Adoption) -> None:
+    result = adoption.stack.up()
+    assert result.summary.result == "succeeded"
+    with adoption.connect() as conn:
+        adoption.tables = build_before_state(conn)
+        names = [table.name for table in adoption.tables]
+        adoption.oids = table_oids(conn, names)
+        adoption.fingerprints = {table.name: fingerprint(conn, table) for table in adoption.tables}
+        rls = conn.execute(
+            "SELECT count(*) FILTER (WHERE relrowsecurity) FROM pg_class WHERE oid = ANY(%s::oid[])",
+            (list(adoption.oids.values()),),
+        ).fetchone()
+        checks = conn.execute(
+            "SELECT count(*) FROM pg_constraint WHERE contype = 'c' AND connamespace = 'public'::regnamespace"
+        ).fetchone()
+        fk_indexes = [index.name for table in adoption.tables for index in table.data.foreign_key_indexes()]
+        present = conn.execute(
+            "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relname = ANY(%s)",
+            (fk_indexes,),
+        ).fetchone()
+    assert len(adoption.oids) == 42
+    assert rls == (0,) and checks == (0,) and present == (0,)
+    assert sum(count for count, _ in adoption.fingerprints.values()) > 0
+    assert all(table.missing_columns for table in adoption.tables)
+
+
+def test_up_adopts_every_existing_table_while_a_writer_keeps_writing(adoption: Adoption) -> None:
+    for schema_file in (ROOT / "sql" / "schema").glob("*.yaml"):
+        shutil.copy(schema_file, adoption.schema_dir / schema_file.name)
+    with adoption.connect() as conn:
+        conn.execute("SELECT extensions.pg_stat_statements_reset()")
+    writer = Writer(adoption.live.admin())
+    writer.start()
+    try:
+        time.sleep(0.5)
+        started = time.monotonic()
+        result = adoption.stack.up()
+        ended = time.monotonic()
+        time.sleep(0.5)
+    finally:
+        writer.stop()
+    adoption.writer_ids = writer.ids
+    assert result.summary.result == "succeeded"
+    adoption.live.resources = sum((result.summary.resource_changes or {}).values())
+
+    assert writer.errors == [], f"the writer failed during the up: {writer.errors[:3]}"
+    assert len(writer.ids["jobs"]) > 20
+    assert writer.longest_pause(started, ended) < LOCK_TIMEOUT_SECONDS, "the writer was held up"
+    assert writer.slowest < LOCK_TIMEOUT_SECONDS
+
+    model = load_schema()
+    outputs = table_outputs(adoption.stack)
+    existing = {table.name for table in adoption.tables}
+    assert {name for name, out in outputs.items() if out.get("adopted")} == existing
+    assert len(outputs) == len(model.tables)
+
+    with adoption.connect() as conn:
+        assert table_oids(conn, sorted(existing)) == adoption.oids, "an existing table was recreated"
+        for table in adoption.tables:
+            added = set(table.missing_columns) - set(live_columns(conn, table.name))
+            assert added == set(), f"{table.name}: columns not added: {sorted(added)}"
+        secured = conn.execute(
+            "SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relkind IN ('r', 'p') "
+            "AND NOT (relrowsecurity AND relforcerowsecurity)"
+        ).fetchall()
+        assert secured == [], "tables without row level security (enabled and forced)"
+        not_valid = conn.execute(
+            "SELECT conrelid::regclass::text, conname FROM pg_constraint "
+            "WHERE connamespace = 'public'::regnamespace AND NOT convalidated"
+        ).fetchall()
+        assert not_valid == []
+        checks = {row[0] for row in conn.execute("SELECT conname FROM pg_constraint WHERE contype = 'c'")}
+        assert {check.name for table in model.tables for check in table.checks} <= checks
+
+        fk_indexes = {index.name: table for table in adoption.tables for index in table.data.foreign_key_indexes()}
+        valid = dict(
+            conn.execute(
+                "SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                "WHERE c.relname = ANY(%s)",
+                (list(fk_indexes),),
+            ).fetchall()
+        )
+        assert valid == dict.fromkeys(fk_indexes, True)
+        built = indexes_built(conn)
+        busy = {name for name, table in fk_indexes.items() if adoption.fingerprints[table.name][0] > 0}
+        assert busy and busy <= set(built)
+        assert sorted(name for name in busy if not built[name]) == [], "indexes built without CONCURRENTLY"
+
+        for table in adoption.tables:
+            exclude = writer.ids.get(table.name, [])
+            assert fingerprint(conn, table, exclude) == adoption.fingerprints[table.name], f"{table.name} changed"
+        for table_name, ids in writer.ids.items():
+            query = sql.SQL("SELECT count(*) FROM {} WHERE id = ANY(%s)").format(sql.Identifier("public", table_name))
+            found = conn.execute(query, (ids,)).fetchone()
+            assert found == (len(ids),)
+
+
+def test_a_second_up_changes_nothing(adoption: Adoption) -> None:
+    changes = adoption.stack.up().summary.resource_changes or {}
+    assert list(changes) == ["same"]
+    adoption.stack.preview(expect_no_changes=True)
+
+
+def without_column(name: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    return lambda table: {**table, "columns": [column for column in table["columns"] if column["name"] != name]}
+
+
+def with_column_type(name: str, type_: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    return lambda table: {
+        **table,
+        "columns": [{**column, "type": type_} if column["name"] == name else column for column in table["columns"]],
+    }
+
+
+def test_dropping_a_column_is_refused_and_the_column_keeps_its_data(adoption: Adoption) -> None:
+    table, column = "customers", "notes"
+    with adoption.connect() as conn:
+        values = column_values(conn, table, column)
+    assert any(value is not None for _, value in values)
+    with edited_table(adoption.schema_dir, table, without_column(column)):
+        previewed = refusal(adoption.stack.preview)
+        refused = refusal(adoption.stack.up)
+    for message in (previewed, refused):
+        assert f"column {table}.{column} would be dropped" in message
+        assert "thorbis:allowDataLoss" in message
+    with adoption.connect() as conn:
+        assert column_values(conn, table, column) == values
+
+
+def test_changing_a_column_type_is_refused_and_the_column_keeps_its_data(adoption: Adoption) -> None:
+    table, column = "customers", "credit_limit"
+    with adoption.connect() as conn:
+        values = column_values(conn, table, column)
+    with edited_table(adoption.schema_dir, table, with_column_type(column, "integer")):
+        previewed = refusal(adoption.stack.preview)
+        refused = refusal(adoption.stack.up)
+    for message in (previewed, refused):
+        assert f"column {table}.{column} would change type from numeric(12,2) to integer" in message
+        assert "thorbis:allowDataLoss" in message
+    with adoption.connect() as conn:
+        assert live_columns(conn, table)[column] == "numeric(12,2)"
+        assert column_values(conn, table, column) == values
+
+
+def test_removing_a_table_is_refused_before_anything_changes(adoption: Adoption) -> None:
+    """Refused by the manifest at check, so the table's policies, trigger and indexes are not deleted
+    ahead of it either (the table's `protect` alone would stop only the table, at the end)."""
+    table = adoption.table("payments")
+    with edited_table(adoption.schema_dir, table.name, lambda _: None):
+        previewed = refusal(adoption.stack.preview)
+        refused = refusal(adoption.stack.up)
+    for message in (previewed, refused):
+        assert f"table {table.name} would be dropped with its rows" in message
+        assert "thorbis:allowDataLoss" in message
+    with adoption.connect() as conn:
+        assert fingerprint(conn, table) == adoption.fingerprints[table.name]
+    adoption.stack.preview(expect_no_changes=True)

@@ -1,0 +1,314 @@
+"""Tenant isolation on a real stack: the live catalog, then every table and every operation as one
+company against another, then claims through PgBouncer's transaction pooling.
+
+One stack for the module (local platform, no replica). Two companies, A and B, get one row in every
+table (tests/e2e/rows.py synthesizes them from sql/schema); the application's path is then taken for
+real: log in as `authenticator`, set the claims for the transaction, SET LOCAL ROLE authenticated.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import pulumi.automation as auto
+import pytest
+
+from components.database.model import load_schema
+from tests.conftest import ROOT
+from tests.e2e.conftest import PASSWORD_KEYS, LiveStack, configure
+from tests.e2e.rows import (
+    Synthesizer,
+    World,
+    delete_row,
+    insert_only,
+    key_of,
+    reinsert,
+    update_row,
+    visible_keys,
+)
+from tests.support import free_ports, reachable_state_dir
+
+pytestmark = pytest.mark.e2e
+SCHEMA = load_schema()
+SYNTHESIZER = Synthesizer(SCHEMA)
+TABLES = [table.name for table in SCHEMA.in_dependency_order()]
+TENANT_POLICIES = ["DELETE", "INSERT", "SELECT", "UPDATE"]
+Conn = psycopg.Connection[Any]
+
+
+@dataclass
+class Tenants:
+    a: World
+    b: World
+
+    @property
+    def a_id(self) -> str:
+        return str(self.a[SYNTHESIZER.tenant_table.name]["id"])
+
+    @property
+    def b_id(self) -> str:
+        return str(self.b[SYNTHESIZER.tenant_table.name]["id"])
+
+
+@pytest.fixture(scope="module")
+def isolation_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
+    """tests/e2e/conftest.py's stack without replicas, up before the first test, destroyed after the last."""
+    backend = tmp_path_factory.mktemp("backend")
+    name = f"e2e-rls-{secrets.token_hex(3)}"
+    postgres_port, replica_base, pgbouncer_port, redis_port = free_ports(4)
+    passwords = {key: secrets.token_urlsafe(18) for key in PASSWORD_KEYS}
+    with reachable_state_dir() as state_dir:
+        stack = auto.create_stack(
+            name,
+            work_dir=str(ROOT),
+            opts=auto.LocalWorkspaceOptions(env_vars={"PULUMI_BACKEND_URL": f"file://{backend}"}),
+        )
+        try:
+            configure(stack, state_dir, [postgres_port, replica_base, pgbouncer_port, redis_port], passwords, 0)
+            assert stack.up().summary.result == "succeeded"
+            yield LiveStack(stack, state_dir, backend, postgres_port, [], pgbouncer_port, redis_port, passwords)
+        finally:
+            try:
+                stack.destroy()
+            finally:
+                stack.workspace.remove_stack(name, force=True)
+                (ROOT / f"Pulumi.{name}.yaml").unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def admin(isolation_stack: LiveStack) -> Iterator[Conn]:
+    """postgres, a superuser: RLS does not apply to it."""
+    with psycopg.connect(**isolation_stack.admin(), autocommit=True) as conn:  # type: ignore[arg-type]
+        yield conn
+
+
+@pytest.fixture(scope="module")
+def tenants(admin: Conn) -> Tenants:
+    with admin.transaction():
+        return Tenants(a=SYNTHESIZER.world(admin), b=SYNTHESIZER.world(admin))
+
+
+def authenticator(stack: LiveStack, port: int | None = None) -> Conn:
+    return psycopg.connect(
+        host="127.0.0.1",
+        port=port or stack.postgres_port,
+        user="authenticator",
+        password=stack.passwords["authenticatorPassword"],
+        dbname="thorbis",
+        autocommit=True,
+        prepare_threshold=None,  # no named prepared statements: PgBouncer's transaction pooling
+        connect_timeout=30,
+    )
+
+
+@pytest.fixture(scope="module")
+def app(isolation_stack: LiveStack, tenants: Tenants) -> Iterator[Conn]:
+    """What the application logs in as (directly to the server here; through the pooler at the end)."""
+    with authenticator(isolation_stack) as conn:
+        yield conn
+
+
+def claims(company: str) -> str:
+    return json.dumps({"company_id": company})
+
+
+@contextmanager
+def as_company(conn: Conn, company: str | None, rollback: bool = True) -> Iterator[Conn]:
+    """A transaction as `authenticated` with the company's claims (no claims for None)."""
+    with conn.transaction(force_rollback=rollback):
+        if company is not None:
+            conn.execute("SELECT set_config('request.jwt.claims', %s, true)", (claims(company),))
+        conn.execute("SET LOCAL ROLE authenticated")
+        yield conn
+
+
+# 1. The live catalog ----------------------------------------------------------------------------------
+
+
+def test_every_table_and_partition_has_row_level_security_enabled_and_forced(admin: Conn) -> None:
+    tables = admin.execute(
+        "SELECT c.relname, c.relrowsecurity AND c.relforcerowsecurity FROM pg_class c "
+        "WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p') ORDER BY 1"
+    ).fetchall()
+    assert {name for name, _ in tables} >= {*TABLES, "communications_default"}
+    assert [name for name, secured in tables if not secured] == []
+
+
+def test_every_table_has_exactly_its_four_tenant_policies_for_authenticated(admin: Conn) -> None:
+    """Per table, the commands of its policies that are tenant policies: permissive, for authenticated
+    only, comparing with the claims' company, USING and WITH CHECK where the command has them."""
+    rows = admin.execute(
+        "SELECT c.relname, count(p.policyname), coalesce(array_agg(p.cmd::text ORDER BY p.cmd) FILTER ("
+        "  WHERE p.roles = '{authenticated}' AND p.permissive = 'PERMISSIVE'"
+        "  AND concat_ws(' ', p.qual, p.with_check) LIKE '%app.current_company_id()%'"
+        "  AND (p.cmd IN ('SELECT', 'DELETE')) = (p.with_check IS NULL)"
+        "  AND (p.cmd = 'INSERT') = (p.qual IS NULL)), '{}') "
+        "FROM pg_class c LEFT JOIN pg_policies p ON p.schemaname = 'public' AND p.tablename = c.relname "
+        "WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p') AND NOT c.relispartition "
+        "GROUP BY c.relname ORDER BY 1"
+    ).fetchall()
+    assert sorted(name for name, _, _ in rows) == sorted(TABLES)
+    wrong = {name: (count, commands) for name, count, commands in rows if (count, commands) != (4, TENANT_POLICIES)}
+    assert wrong == {}, "tables whose policies are not exactly the four tenant ones"
+
+
+def test_partitions_have_no_policy_and_read_directly_show_no_row(admin: Conn, app: Conn, tenants: Tenants) -> None:
+    partitions = [
+        name
+        for (name,) in admin.execute(
+            "SELECT c.relname FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace AND c.relispartition "
+            "AND c.relkind IN ('r', 'p') AND NOT EXISTS (SELECT FROM pg_policy p WHERE p.polrelid = c.oid) ORDER BY 1"
+        )
+    ]
+    assert "communications_default" in partitions
+    with as_company(app, tenants.a_id):
+        for partition in partitions:
+            counted = app.execute(
+                psycopg.sql.SQL("SELECT count(*) FROM {}").format(psycopg.sql.Identifier("public", partition))
+            ).fetchone()
+            assert counted == (0,), f"{partition} read directly shows rows"
+
+
+def test_every_foreign_key_has_an_index_led_by_its_columns(admin: Conn) -> None:
+    uncovered = admin.execute(
+        "SELECT con.conrelid::regclass::text, con.conname FROM pg_constraint con "
+        "WHERE con.contype = 'f' AND con.connamespace = 'public'::regnamespace AND NOT EXISTS ("
+        "  SELECT FROM pg_index i, LATERAL (SELECT (string_to_array(i.indkey::text, ' ')::int2[])"
+        "    [1:cardinality(con.conkey)] AS leading) k"
+        "  WHERE i.indrelid = con.conrelid AND i.indpred IS NULL AND i.indisvalid"
+        "  AND k.leading @> con.conkey AND k.leading <@ con.conkey) ORDER BY 1, 2"
+    ).fetchall()
+    total = admin.execute(
+        "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND connamespace = 'public'::regnamespace"
+    )
+    assert (total.fetchone() or (0,))[0] >= sum(len(SCHEMA.table(t).foreign_key_constraints) for t in TABLES)
+    assert uncovered == []
+
+
+def test_no_index_is_invalid(admin: Conn) -> None:
+    assert admin.execute("SELECT indexrelid::regclass::text FROM pg_index WHERE NOT indisvalid").fetchall() == []
+
+
+def test_functions_in_app_have_a_fixed_search_path_and_those_reading_claims_are_security_definer(
+    admin: Conn,
+) -> None:
+    functions = admin.execute(
+        "SELECT p.proname, coalesce(p.proconfig, '{}'), p.prosecdef, p.prosrc LIKE '%request.jwt.claims%' "
+        "FROM pg_proc p WHERE p.pronamespace = 'app'::regnamespace ORDER BY 1"
+    ).fetchall()
+    assert any(reads_claims for *_, reads_claims in functions), "no function in app reads the claims"
+    unpinned = [name for name, config, _, _ in functions if not any(s.startswith("search_path=") for s in config)]
+    assert unpinned == [], "functions without a fixed search_path"
+    assert [name for name, _, definer, reads_claims in functions if reads_claims and not definer] == []
+
+
+def test_no_policy_widens_access(admin: Conn) -> None:
+    widening = admin.execute(
+        "SELECT schemaname, tablename, policyname FROM pg_policies "
+        "WHERE concat_ws(' ', qual, with_check) ILIKE ANY (ARRAY['%is_public%', '% OR %'])"
+    ).fetchall()
+    assert widening == []
+
+
+# 2. Every table, every operation, as company A --------------------------------------------------------
+
+
+@pytest.mark.parametrize("table_name", TABLES)
+def test_select_sees_the_own_row_and_none_of_the_other_company(table_name: str, app: Conn, tenants: Tenants) -> None:
+    table = SCHEMA.table(table_name)
+    for ours, theirs, company in ((tenants.a, tenants.b, tenants.a_id), (tenants.b, tenants.a, tenants.b_id)):
+        with as_company(app, company):
+            visible = visible_keys(app, table)
+        assert key_of(table, ours[table_name]) in visible
+        assert key_of(table, theirs[table_name]) not in visible
+        assert len(visible) == 1
+
+
+@pytest.mark.parametrize("table_name", TABLES)
+def test_insert_for_the_other_company_is_refused(table_name: str, app: Conn, tenants: Tenants) -> None:
+    table = SCHEMA.table(table_name)
+    theirs = SYNTHESIZER.values(table, tenants.b)
+    with (
+        as_company(app, tenants.a_id),
+        pytest.raises(psycopg.errors.InsufficientPrivilege, match="violates row-level security policy"),
+        app.transaction(),
+    ):
+        insert_only(app, table_name, theirs)
+
+
+@pytest.mark.parametrize("table_name", TABLES)
+def test_update_and_delete_of_the_other_company_touch_nothing(table_name: str, app: Conn, tenants: Tenants) -> None:
+    table = SCHEMA.table(table_name)
+    theirs = tenants.b[table_name]
+    with as_company(app, tenants.a_id):
+        assert update_row(app, table, theirs) == 0
+        assert delete_row(app, table, theirs) == 0
+        app.execute("SET LOCAL ROLE service_role")  # bypasses RLS: sees that B's row is still there
+        assert key_of(table, theirs) in visible_keys(app, table)
+
+
+@pytest.mark.parametrize("table_name", TABLES)
+def test_the_same_statements_on_the_own_rows_work(table_name: str, app: Conn, tenants: Tenants) -> None:
+    table = SCHEMA.table(table_name)
+    ours = tenants.a[table_name]
+    with as_company(app, tenants.a_id):
+        assert update_row(app, table, ours) == 1
+        fresh = SYNTHESIZER.fresh(app, table, tenants.a)
+        if fresh is None:  # one row per company (its only unique key is the company): delete, insert back
+            assert delete_row(app, table, ours) == 1
+            reinsert(app, table_name, ours)
+            assert key_of(table, ours) in visible_keys(app, table)
+        else:
+            assert delete_row(app, table, fresh) == 1
+
+
+@pytest.mark.parametrize("table_name", TABLES)
+def test_without_claims_no_row_is_visible(table_name: str, app: Conn, tenants: Tenants) -> None:
+    with as_company(app, None):
+        assert visible_keys(app, SCHEMA.table(table_name)) == set()
+
+
+# 3. Claims through PgBouncer's transaction pooling -----------------------------------------------------
+
+CLIENTS = 200
+ROUNDS = 3
+
+
+def test_claims_never_leak_between_clients_of_the_pooler(isolation_stack: LiveStack, tenants: Tenants) -> None:
+    """200 concurrent clients alternate A and B (and every tenth sets no claims) over the pool's few
+    server connections: each sees only its own company's customers, the claim-less ones none."""
+    plan: list[str | None] = [
+        None if i % 10 == 9 else (tenants.a_id if i % 2 == 0 else tenants.b_id) for i in range(CLIENTS)
+    ]
+
+    def client(company: str | None) -> list[tuple[int, set[str]]]:
+        seen: list[tuple[int, set[str]]] = []
+        with authenticator(isolation_stack, isolation_stack.pgbouncer_port) as conn:
+            for _ in range(ROUNDS):
+                with as_company(conn, company, rollback=False):
+                    row = conn.execute("SELECT pg_backend_pid()").fetchone()
+                    companies = {str(c) for (c,) in conn.execute("SELECT company_id FROM customers")}
+                seen.append((row[0] if row else 0, companies))
+        return seen
+
+    with ThreadPoolExecutor(max_workers=CLIENTS) as pool:
+        results = list(pool.map(client, plan))
+    leaks = [
+        (company, companies)
+        for company, rounds in zip(plan, results, strict=True)
+        for _, companies in rounds
+        if companies != ({company} if company else set())
+    ]
+    assert leaks == [], "clients that saw another company's rows (or any row without claims)"
+    served: dict[str | None, set[int]] = {}
+    for company, rounds in zip(plan, results, strict=True):
+        served.setdefault(company, set()).update(pid for pid, _ in rounds)
+    # the point of the test: server connections passed from A's transactions to B's and back
+    assert served[tenants.a_id] & served[tenants.b_id] & served[None]
