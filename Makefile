@@ -11,7 +11,7 @@ deps:
 	@scripts/install-deps
 
 engine: deps
-	@scripts/install-pulumi
+	@$(ENV) scripts/install-pulumi
 
 setup: engine
 

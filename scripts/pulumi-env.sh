@@ -9,6 +9,10 @@ THORBIS_STATE_DIR=${THORBIS_STATE_DIR:-$THORBIS_ROOT/.state}
 export THORBIS_ROOT THORBIS_PULUMI_VERSION THORBIS_PULUMI_CACHE THORBIS_STATE_DIR
 
 export PATH="$THORBIS_PULUMI_CACHE/v$THORBIS_PULUMI_VERSION/bin:$THORBIS_ROOT/.venv/bin:$PATH"
+# Go's official tarball installs to /usr/local/go without touching PATH (a CI shell may not have it)
+if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
+    export PATH="$PATH:/usr/local/go/bin"
+fi
 export PULUMI_SKIP_UPDATE_CHECK=${PULUMI_SKIP_UPDATE_CHECK:-true}
 export PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION=${PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION:-true}
 export PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK=${PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK:-true}

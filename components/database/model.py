@@ -164,7 +164,8 @@ class TableData(Data):
     def foreign_key_indexes(self) -> list[IndexSpec]:
         """An index for every foreign key whose columns do not already lead the PK, a unique or an index."""
         leading = [self.primary_key, *(u.columns for u in self.unique)]
-        leading += [index.keys for index in self.indexes if index.method == "btree"]
+        # a partial index does not serve the FK's lookups (a parent's delete scans for all its children)
+        leading += [index.keys for index in self.indexes if index.method == "btree" and index.where is None]
         derived: list[IndexSpec] = []
         for fk in self.foreign_key_constraints:
             if any(keys[: len(fk.columns)] == fk.columns for keys in leading):

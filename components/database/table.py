@@ -414,7 +414,7 @@ class TableKind(DatabaseKind[TableSpec]):
         dropped = sorted(declared_before - {column.name for column in spec.columns})
         with connect(self.target) as conn:
             self.converge(conn, spec, dropped)
-        return {}
+            return observed(conn, spec) or {}  # what is there now, so drift recorded by a refresh is cleared
 
     def converge(self, conn: psycopg.Connection, spec: TableSpec, dropped: list[str]) -> None:
         live = read_table(conn, spec.schema_name, spec.name)

@@ -6,6 +6,7 @@ graph (type, name, inputs, parent, dependencies) and the component's `connection
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shlex
@@ -143,6 +144,8 @@ class Deployment:
 def deploy(settings: StackSettings) -> Deployment:
     mocks = RecordingMocks()
     monitor = WiringMonitor(mocks)
+    # Pulumi's mocks run on the thread's current event loop; an earlier asyncio.run() leaves none set.
+    asyncio.set_event_loop(asyncio.new_event_loop())
     pulumi.runtime.set_mocks(mocks, project="thorbis-db", stack=STACK, preview=False, monitor=monitor)
     seen: dict[str, Any] = {}
 

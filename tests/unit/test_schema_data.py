@@ -387,3 +387,33 @@ def test_invoice_total_check_is_not_null_blind() -> None:
     assert any("total_amount = subtotal + tax_amount - discount_amount" in c["expression"] for c in table.checks)
     for column in ("subtotal", "tax_amount", "discount_amount", "total_amount"):
         assert not table.nullable(column)
+
+
+# --- query indexes -----------------------------------------------------------------------------------------
+
+INDEX_KEYS = frozenset({"name", "keys", "method", "unique", "where", "serves"})
+# The review's P2-2 list: composite, partial and trigram indexes, each tied to the query it serves.
+REVIEW_QUERY_INDEXES = frozenset(
+    {
+        "customers_company_email_idx", "customers_company_phone_idx", "customers_name_trgm_idx",
+        "jobs_company_open_scheduled_idx", "invoices_company_outstanding_due_idx",
+        "schedules_technician_upcoming_idx", "communications_thread_idx", "equipment_customer_property_idx",
+        "price_book_items_name_trgm_idx",
+    }
+)  # fmt: skip
+# Functions whose result changes between calls: PostgreSQL refuses them in an index predicate (defect 9).
+NOT_IMMUTABLE = re.compile(r"\b(now|current_date|current_timestamp|localtimestamp|clock_timestamp|random)\b", re.I)
+
+
+def test_the_reviews_query_indexes_are_declared() -> None:
+    declared = {index["name"] for table in _tables().values() for index in table.raw.get("indexes", [])}
+    assert declared >= REVIEW_QUERY_INDEXES
+
+
+@pytest.mark.parametrize("name", TABLE_NAMES)
+def test_query_indexes_name_their_query_and_keep_immutable_predicates(name: str) -> None:
+    for index in _table(name).raw.get("indexes", []):
+        assert set(index) <= INDEX_KEYS, f"{index['name']}: unknown keys {set(index) - INDEX_KEYS}"
+        assert index["name"].startswith(f"{name}_") and len(index["name"]) <= MAX_IDENTIFIER
+        assert re.search(rf"\bFROM {name}\b", index.get("serves", "")), f"{index['name']}: `serves` must query {name}"
+        assert not NOT_IMMUTABLE.search(index.get("where") or ""), f"{index['name']}: predicate must be IMMUTABLE"
