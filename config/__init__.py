@@ -5,6 +5,8 @@ from config.load import load_settings, parse_settings
 from config.ports import check_host_ports
 from config.settings import (
     DockerSpec,
+    JobsSpec,
+    PartitioningSpec,
     PgBouncerSpec,
     PostgresSpec,
     RedisSpec,
@@ -15,6 +17,8 @@ from config.settings import (
 __all__ = [
     "ConfigError",
     "DockerSpec",
+    "JobsSpec",
+    "PartitioningSpec",
     "PgBouncerSpec",
     "PostgresSpec",
     "Problem",

@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -299,6 +300,62 @@ class DockerSpec(Spec):
         return f"thorbis-{_context(info).stack}" if value is None else value
 
 
+class PartitioningSpec(Spec):
+    """`thorbis:partitioning`: pg_partman's care of the monthly partitioned tables (sql/schema `partition`)."""
+
+    premake: Annotated[Int, Field(ge=1, le=60)] = setting(
+        4, "Months of partitions made ahead of today. Default 4.", "an integer from 1 to 60"
+    )
+    retention_months: Annotated[Int, Field(ge=1)] | None = setting(
+        None,
+        "Partitions wholly older than this many months are dropped by maintenance; unset keeps every month. "
+        "Default unset.",
+        "an integer >= 1",
+    )
+
+
+CRON_SCHEDULE_ALLOWED = "a pg_cron schedule: five cron fields ('*/5 * * * *'), '@daily'-style, or '<1-59> seconds'"
+CronSchedule = Annotated[
+    str,
+    StringConstraints(pattern=r"^(@(hourly|daily|weekly|monthly|yearly|annually)|[1-5]?[0-9] seconds|(\S+ +){4}\S+)$"),
+]
+PositiveInt = Annotated[Int, Field(ge=1)]
+
+
+def _declared_jobs(project_root: Path) -> tuple[set[str], set[str]]:
+    """Job names and parameter names of sql/jobs.yaml, which the stack's config may override."""
+    content = yaml.safe_load((project_root / "sql" / "jobs.yaml").read_text())
+    return {job["name"] for job in content["jobs"]}, set(content["parameters"])
+
+
+class JobsSpec(Spec):
+    """`thorbis:jobs`: the pg_cron jobs of sql/jobs.yaml (maintenance, refresh, retention)."""
+
+    schedules: Mapping[str, CronSchedule] = setting(
+        {}, "Schedule by job name, replacing the one in sql/jobs.yaml. Default: the file's.", CRON_SCHEDULE_ALLOWED
+    )
+    parameters: Mapping[str, PositiveInt] = setting(
+        {},
+        "Values of the jobs' parameters (webhookLogRetentionDays, retentionBatchSize, ...), replacing the "
+        "defaults in sql/jobs.yaml. Default: the file's.",
+        "a mapping of parameter name to an integer >= 1",
+    )
+
+    @field_validator("schedules", "parameters", mode="after")
+    @classmethod
+    def _declared(cls, value: Mapping[str, object], info: ValidationInfo) -> Mapping[str, object]:
+        jobs, parameters = _declared_jobs(_context(info).project_root)
+        known = jobs if info.field_name == "schedules" else parameters
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise PydanticCustomError(
+                "thorbis_unknown_name",
+                "{unknown} not in sql/jobs.yaml; known: {known}",
+                {"unknown": ", ".join(unknown), "known": ", ".join(sorted(known))},
+            )
+        return value
+
+
 # --- the whole stack ---------------------------------------------------------------------------------
 
 SECRET_ALLOWED = f"a secret string of at least {MIN_PASSWORD_LENGTH} characters"
@@ -333,6 +390,8 @@ class StackSettings(Spec):
     pgbouncer: PgBouncerSpec = section("The PgBouncer pooler (PgBouncerSpec).")
     redis: RedisSpec = section("The Redis cache (RedisSpec).")
     docker: DockerSpec = section("Docker settings, used on platform docker only (DockerSpec).")
+    partitioning: PartitioningSpec = section("pg_partman's premake and retention (PartitioningSpec).")
+    jobs: JobsSpec = section("Schedules and parameters of the pg_cron jobs (JobsSpec).")
     postgres_password: Password | None = setting(
         None,
         "Password of the postgres superuser; required on local and docker. Secret; default unset.",

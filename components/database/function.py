@@ -1,10 +1,13 @@
-"""thorbisdb:db:Function — a function: signature, body, volatility, security, search_path, owner, EXECUTE.
+"""thorbisdb:db:Function — a function or procedure: signature, body, volatility, security, search_path,
+owner, EXECUTE.
 
 The live function is found by schema, name and identity arguments in pg_proc. Its signature and
 search_path are compared with how the server writes the declared ones: the declared function is made in
 pg_temp inside a rolled-back transaction and read back, so `int` and `integer` compare equal. The body
 is stored verbatim (prosrc), so it compares as text. A different signature is a different function: it
 is replaced (dropped first, RESTRICT: objects that depend on it stop the drop with a clear error).
+A procedure (`kind: procedure`) has no result, volatility or strictness; it may COMMIT between batches
+only when it is SECURITY INVOKER without a SET clause (PostgreSQL forbids transaction control otherwise).
 """
 
 from __future__ import annotations
@@ -25,14 +28,20 @@ from components.resource import declared_outputs, provider_inputs
 
 TOKEN = "thorbisdb:db:Function"
 Volatility = Literal["volatile", "stable", "immutable"]
+RoutineKind = Literal["function", "procedure"]
 _VOLATILITY: dict[str, Volatility] = {"v": "volatile", "s": "stable", "i": "immutable"}
+_ROUTINE_KIND: dict[str, RoutineKind] = {"f": "function", "p": "procedure"}
 
 
 class FunctionSpec(Spec):
     schema_name: str = Field(description="Schema of the function.")
     name: str = Field(description="Function name.")
+    kind: RoutineKind = Field(default="function", description="FUNCTION (default) or PROCEDURE (run by CALL).")
     arguments: str = Field(default="", description='Identity argument list, e.g. "" or "p_usename text".')
-    returns: str = Field(description='Return type, e.g. "uuid", "trigger", "TABLE (a int)".')
+    returns: str | None = Field(
+        default=None,
+        description='Return type of a function, e.g. "uuid", "trigger", "TABLE (a int)"; none for a procedure.',
+    )
     language: Literal["sql", "plpgsql"] = Field(default="sql", description="Language of the body.")
     body: str = Field(description="The body, stored verbatim; qualify every name when search_path is ''.")
     volatility: Volatility = Field(default="volatile", description="VOLATILE (default), STABLE or IMMUTABLE.")
@@ -54,6 +63,15 @@ class FunctionSpec(Spec):
         return value
 
     @model_validator(mode="after")
+    def procedure_has_no_function_clauses(self) -> FunctionSpec:
+        what = f"{self.kind} {self.schema_name}.{self.name}"
+        if self.kind == "function" and self.returns is None:
+            raise ValueError(f"{what}: a function needs `returns`")
+        if self.kind == "procedure" and (self.returns is not None or self.volatility != "volatile" or self.strict):
+            raise ValueError(f"{what}: a procedure has no `returns`, `volatility` or `strict`")
+        return self
+
+    @model_validator(mode="after")
     def definer_has_fixed_search_path(self) -> FunctionSpec:
         if self.security_definer and self.search_path is None:
             raise ValueError(
@@ -66,20 +84,22 @@ class FunctionSpec(Spec):
 # --- read: the live function, in the spec's shape ----------------------------------------------------
 
 FUNCTION_QUERY = """
-SELECT pg_get_function_arguments(p.oid), pg_get_function_result(p.oid), l.lanname, p.prosrc, p.provolatile,
-       p.prosecdef, p.proisstrict, p.proconfig, pg_get_userbyid(p.proowner),
+SELECT p.prokind, pg_get_function_arguments(p.oid), pg_get_function_result(p.oid), l.lanname, p.prosrc,
+       p.provolatile, p.prosecdef, p.proisstrict, p.proconfig, pg_get_userbyid(p.proowner),
        ARRAY(SELECT CASE a.grantee WHEN 0 THEN 'public' ELSE pg_get_userbyid(a.grantee) END
              FROM aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
              WHERE a.privilege_type = 'EXECUTE' AND a.grantee <> p.proowner ORDER BY 1)
 FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang
 WHERE p.pronamespace = {namespace} AND p.proname = %s AND pg_get_function_identity_arguments(p.oid) = %s
+  AND p.prokind IN ('f', 'p')
 """
 
 
 @dataclass(frozen=True)
 class LiveFunction:
+    kind: RoutineKind
     arguments: str  # pg_get_function_arguments: identity arguments plus any defaults
-    returns: str
+    returns: str | None  # None for a procedure
     language: str
     body: str
     volatility: Volatility
@@ -103,10 +123,10 @@ def read_function(conn: psycopg.Connection, namespace: sql.Composable, name: str
     row = conn.execute(query, (name, identity)).fetchone()
     if row is None:
         return None
-    arguments, returns, language, body, volatility, definer, strict, config, owner, grantees = row
+    kind, arguments, returns, language, body, volatility, definer, strict, config, owner, grantees = row
     return LiveFunction(
-        arguments, returns, language, body, _VOLATILITY[volatility], definer, strict, search_path_of(config),
-        owner, list(grantees),
+        _ROUTINE_KIND[kind], arguments, returns, language, body, _VOLATILITY[volatility], definer, strict,
+        search_path_of(config), owner, list(grantees),
     )  # fmt: skip
 
 
@@ -133,7 +153,7 @@ def canonical(conn: psycopg.Connection, spec: FunctionSpec) -> tuple[str, LiveFu
             return identity[0], live
     except psycopg.Error as error:
         raise ProviderError(
-            f"function {spec.schema_name}.{spec.name}: the spec is not a valid function: {str(error).strip()}"
+            f"{spec.kind} {spec.schema_name}.{spec.name}: the spec is not a valid {spec.kind}: {str(error).strip()}"
         ) from error
 
 
@@ -157,6 +177,7 @@ def observed(live: LiveFunction, wanted: LiveFunction, spec: FunctionSpec) -> di
     return {
         "schemaName": spec.schema_name,
         "name": spec.name,
+        "kind": live.kind,
         "arguments": declared_or_live(spec.arguments, wanted.arguments, live.arguments),
         "returns": declared_or_live(spec.returns, wanted.returns, live.returns),
         "language": live.language,
@@ -179,17 +200,22 @@ def search_path_value(search_path: str) -> sql.Composable:
     return sql.SQL(", ").join(sql.Identifier(schema) for schema in schemas) if schemas else sql.Literal("")
 
 
+def keyword(spec: FunctionSpec) -> sql.SQL:
+    return sql.SQL(spec.kind.upper())
+
+
 def create_statement(spec: FunctionSpec, function: sql.Identifier) -> Statement:
-    clauses: list[sql.Composable] = [
-        sql.SQL("LANGUAGE {}").format(sql.Identifier(spec.language)),
-        sql.SQL(spec.volatility.upper()),
-        sql.SQL("SECURITY DEFINER" if spec.security_definer else "SECURITY INVOKER"),
-        sql.SQL("STRICT" if spec.strict else "CALLED ON NULL INPUT"),
-    ]
+    clauses: list[sql.Composable] = [sql.SQL("LANGUAGE {}").format(sql.Identifier(spec.language))]
+    if spec.kind == "function":
+        clauses.append(sql.SQL(spec.volatility.upper()))
+    clauses.append(sql.SQL("SECURITY DEFINER" if spec.security_definer else "SECURITY INVOKER"))
+    if spec.kind == "function":
+        clauses.append(sql.SQL("STRICT" if spec.strict else "CALLED ON NULL INPUT"))
     if spec.search_path is not None:
         clauses.append(sql.SQL("SET search_path = {}").format(search_path_value(spec.search_path)))
-    return sql.SQL("CREATE OR REPLACE FUNCTION {}({}) RETURNS {} {} AS {}").format(
-        function, sql.SQL(spec.arguments), sql.SQL(spec.returns), sql.SQL(" ").join(clauses), sql.Literal(spec.body)
+    result = sql.SQL("RETURNS {} ").format(sql.SQL(spec.returns)) if spec.returns is not None else sql.SQL("")
+    return sql.SQL("CREATE OR REPLACE {} {}({}) {}{} AS {}").format(
+        keyword(spec), function, sql.SQL(spec.arguments), result, sql.SQL(" ").join(clauses), sql.Literal(spec.body)
     )
 
 
@@ -208,12 +234,13 @@ def privilege_statements(spec: FunctionSpec, current_grantees: list[str]) -> lis
     function = signature(spec)
     revoked = {"public", *current_grantees} - set(spec.grant_execute_to)
     statements: list[Statement] = [
-        sql.SQL("REVOKE EXECUTE ON FUNCTION {} FROM {}").format(function, role(name)) for name in sorted(revoked)
+        sql.SQL("REVOKE EXECUTE ON {} {} FROM {}").format(keyword(spec), function, role(name))
+        for name in sorted(revoked)
     ]
     if spec.grant_execute_to:
         statements.append(
-            sql.SQL("GRANT EXECUTE ON FUNCTION {} TO {}").format(
-                function, sql.SQL(", ").join(role(name) for name in spec.grant_execute_to)
+            sql.SQL("GRANT EXECUTE ON {} {} TO {}").format(
+                keyword(spec), function, sql.SQL(", ").join(role(name) for name in spec.grant_execute_to)
             )
         )
     return statements
@@ -258,12 +285,12 @@ class FunctionKind(DatabaseKind[FunctionSpec]):
     def converge(self, conn: psycopg.Connection, spec: FunctionSpec) -> None:
         """CREATE OR REPLACE, owner and EXECUTE grants in one transaction; then revoke EXECUTE from any
         role that still has it (default privileges can grant it at creation)."""
-        what = f"function {spec.schema_name}.{spec.name}"
+        what = f"{spec.kind} {spec.schema_name}.{spec.name}"
         live, _ = read_declared(conn, spec)
         statements = [create_statement(spec, qualified(spec.schema_name, spec.name))]
         if spec.owner is not None:
             statements.append(
-                sql.SQL("ALTER FUNCTION {} OWNER TO {}").format(signature(spec), sql.Identifier(spec.owner))
+                sql.SQL("ALTER {} {} OWNER TO {}").format(keyword(spec), signature(spec), sql.Identifier(spec.owner))
             )
         statements += privilege_statements(spec, live.execute_grantees if live else [])
         run_ddl(conn, statements, self.target.lock_timeout, what=what)
@@ -276,9 +303,9 @@ class FunctionKind(DatabaseKind[FunctionSpec]):
         with connect(self.target) as conn:
             run_drop(
                 conn,
-                [sql.SQL("DROP FUNCTION IF EXISTS {} RESTRICT").format(signature(spec))],
+                [sql.SQL("DROP {} IF EXISTS {} RESTRICT").format(keyword(spec), signature(spec))],
                 self.target.lock_timeout,
-                f"drop function {spec.schema_name}.{spec.name}({spec.arguments})",
+                f"drop {spec.kind} {spec.schema_name}.{spec.name}({spec.arguments})",
             )
 
 
@@ -286,8 +313,9 @@ class FunctionKind(DatabaseKind[FunctionSpec]):
 class FunctionArgs:
     schema_name: pulumi.Input[str]
     name: pulumi.Input[str]
-    returns: pulumi.Input[str]
     body: pulumi.Input[str]
+    returns: pulumi.Input[str] | None = None
+    kind: pulumi.Input[str] = "function"
     arguments: pulumi.Input[str] = ""
     language: pulumi.Input[str] = "sql"
     volatility: pulumi.Input[str] = "volatile"

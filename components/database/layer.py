@@ -17,19 +17,26 @@ from pydantic.alias_generators import to_camel
 from components.connection import ConnectionSpec
 from components.database.access import load_access
 from components.database.base import database_provider
+from components.database.cron_job import CronJob, CronJobArgs
 from components.database.default_privileges import DefaultPrivileges, DefaultPrivilegesArgs
 from components.database.extension import Extension, ExtensionArgs
 from components.database.function import Function, FunctionArgs
 from components.database.grant import Grant, GrantArgs
 from components.database.index import Index, IndexArgs, IndexSpec
 from components.database.manifest import Manifest, ManifestArgs
+from components.database.materialized_view import MaterializedView, MaterializedViewArgs
 from components.database.model import TABLE_SCHEMA, TableData, bounded, load_schema
+from components.database.operations import load_jobs, load_maintenance, load_monitoring
+from components.database.partitioning import PartitionGuard, PartitionGuardArgs, PartitionSet, PartitionSetArgs
 from components.database.policy import Policy, PolicyArgs
+from components.database.reporting import load_reporting
 from components.database.role import Role, RoleArgs
 from components.database.schema import Schema, SchemaArgs
 from components.database.table import Table, TableArgs
 from components.database.tenancy import TENANT_ROLES, tenant_policies
 from components.database.trigger import Trigger, TriggerArgs
+from components.database.view import View, ViewArgs
+from components.kind import Spec
 from config import StackSettings
 
 
@@ -60,13 +67,20 @@ class DatabaseLayer(pulumi.ComponentResource):
             ManifestArgs(tables={t.name: {c.name: c.type for c in t.columns} for t in self.schema.tables}),
             self.options(),
         )
-        roles = self.declare_roles()
-        schemas = self.declare_schemas(roles)
-        extensions = self.declare_extensions(schemas)
-        functions = self.declare_functions([*schemas, *extensions])
-        tables = self.declare_tables([*functions, *extensions])
-        self.declare_privileges([*roles, *schemas, *tables.values()])
-        self.table_count = len(tables)
+        self.roles = self.declare_roles()
+        self.schemas = self.declare_schemas(list(self.roles.values()))
+        self.extensions = self.declare_extensions(list(self.schemas.values()))
+        functions = self.declare_functions([*self.schemas.values(), *self.extensions.values()])
+        guard = PartitionGuard("partition-guard", PartitionGuardArgs(), self.options([self.schemas["app"]]))
+        self.indexes: dict[str, list[pulumi.Resource]] = {}
+        self.tables = self.declare_tables([*functions, *self.extensions.values(), guard])
+        partition_sets = self.declare_partition_sets(guard)
+        procedures = self.declare_procedures()
+        tenant_views = self.declare_reporting()
+        monitoring = self.declare_monitoring()
+        self.declare_privileges([*self.roles.values(), *self.schemas.values(), *self.tables.values(), *tenant_views])
+        self.declare_jobs(connection, [*partition_sets, *procedures, *tenant_views, *monitoring])
+        self.table_count = len(self.tables)
         self.register_outputs({})
 
     def options(self, depends_on: Sequence[pulumi.Resource] = (), **extra: object) -> pulumi.ResourceOptions:
@@ -74,7 +88,7 @@ class DatabaseLayer(pulumi.ComponentResource):
         after = [*depends_on, *([self.manifest] if self.manifest else [])]
         return pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=after, **extra)  # type: ignore[arg-type]
 
-    def declare_roles(self) -> list[pulumi.Resource]:
+    def declare_roles(self) -> dict[str, pulumi.Resource]:
         adopt = self.settings.platform == "external"  # Supabase's own roles exist: adopt, never recreate
         declared: dict[str, Role] = {}
         for role in self.access.roles:
@@ -95,23 +109,25 @@ class DatabaseLayer(pulumi.ComponentResource):
                 ),
                 self.options([declared[m] for m in role.member_of if m in declared]),
             )
-        return list(declared.values())
+        return dict(declared)
 
-    def declare_schemas(self, roles: list[pulumi.Resource]) -> list[pulumi.Resource]:
-        return [
-            Schema(f"schema-{schema.name}", SchemaArgs(name=schema.name, owner=schema.owner), self.options(roles))
+    def declare_schemas(self, roles: list[pulumi.Resource]) -> dict[str, pulumi.Resource]:
+        return {
+            schema.name: Schema(
+                f"schema-{schema.name}", SchemaArgs(name=schema.name, owner=schema.owner), self.options(roles)
+            )
             for schema in self.access.schemas
-        ]
+        }
 
-    def declare_extensions(self, schemas: list[pulumi.Resource]) -> list[pulumi.Resource]:
-        return [
-            Extension(
+    def declare_extensions(self, schemas: list[pulumi.Resource]) -> dict[str, pulumi.Resource]:
+        return {
+            extension.name: Extension(
                 f"extension-{extension.name}",
                 ExtensionArgs(name=extension.name, schema_name=extension.schema_name),
                 self.options(schemas),
             )
             for extension in self.access.extensions
-        ]
+        }
 
     def declare_functions(self, after: list[pulumi.Resource]) -> list[pulumi.Resource]:
         return [
@@ -177,8 +193,114 @@ class DatabaseLayer(pulumi.ComponentResource):
                 ),
                 self.options([table]),
             )
-        for index in [*data.declared_indexes(), *data.foreign_key_indexes()]:
+        self.indexes[data.name] = [
             Index(f"index-{index.name}", IndexArgs(**_index_inputs(index)), self.options([table]))
+            for index in [*data.declared_indexes(), *data.foreign_key_indexes()]
+        ]
+
+    def declare_partition_sets(self, guard: pulumi.Resource) -> list[pulumi.Resource]:
+        """pg_partman takes over each partitioned table once its indexes are built (it copies them)."""
+        partitioning = self.settings.partitioning
+        retention = f"{partitioning.retention_months} months" if partitioning.retention_months else None
+        return [
+            PartitionSet(
+                f"partition-set-{data.name}",
+                PartitionSetArgs(
+                    schema_name=TABLE_SCHEMA,
+                    table=data.name,
+                    control=data.partition.column,
+                    premake=partitioning.premake,
+                    retention=retention,
+                ),
+                self.options([self.tables[data.name], self.extensions["pg_partman"], guard, *self.indexes[data.name]]),
+            )
+            for data in self.schema.tables
+            if data.partition
+        ]
+
+    def declare_procedures(self) -> list[pulumi.Resource]:
+        """The retention procedures of sql/maintenance.yaml, after the tables they delete from."""
+        return [
+            Function(
+                f"procedure-{spec.schema_name}-{spec.name}",
+                FunctionArgs(**_args(FunctionArgs, spec)),
+                self.options([self.schemas[spec.schema_name], *self.tables.values()]),
+            )
+            for spec in load_maintenance().procedure_specs(self.access.owner)
+        ]
+
+    def declare_reporting(self) -> list[pulumi.Resource]:
+        """Materialized views (no RLS: readable whole by `reporting` only) and the tenant views applications
+        read them through; returns the tenant views, which the table grants of their schema cover."""
+        reporting = load_reporting()
+        owner_grant, *reader_grants = reporting.grant_specs()
+        schema = self.schemas[reporting.schema_name]
+        owner_access = Grant(
+            f"grant-{reporting.schema_name}-{owner_grant.grantee}",
+            GrantArgs(**_args(GrantArgs, owner_grant)),
+            self.options([schema, self.roles[reporting.owner]]),
+        )
+        views = [
+            MaterializedView(
+                f"materialized-view-{spec.name}",
+                MaterializedViewArgs(**_args(MaterializedViewArgs, spec)),
+                self.options([schema, owner_access, self.roles[reporting.owner], *self.tables.values()]),
+            )
+            for spec in reporting.materialized_view_specs()
+        ]
+        for grant in reader_grants:
+            Grant(
+                f"grant-{grant.schema_name}-{grant.object_type}-{grant.grantee}",
+                GrantArgs(**_args(GrantArgs, grant)),
+                self.options([*views, self.roles.get(grant.grantee, schema)]),
+            )
+        return [
+            View(f"view-{spec.schema_name}-{spec.name}", ViewArgs(**_args(ViewArgs, spec)), self.options(views))
+            for spec in reporting.tenant_view_specs()
+        ]
+
+    def declare_monitoring(self) -> list[pulumi.Resource]:
+        """Views over the server's statistics, read by `reporting`; they read pg_cron's and pg_partman's tables."""
+        monitoring = load_monitoring()
+        schema = self.schemas[monitoring.schema_name]
+        views: list[pulumi.Resource] = [
+            View(
+                f"view-{spec.schema_name}-{spec.name}",
+                ViewArgs(**_args(ViewArgs, spec)),
+                self.options([schema, *self.extensions.values()]),
+            )
+            for spec in monitoring.view_specs(self.access.owner)
+        ]
+        for reader in monitoring.readers:
+            Grant(
+                f"grant-usage-{monitoring.schema_name}-{reader}",
+                GrantArgs(
+                    grantee=reader, privileges=["USAGE"], object_type="schema", schema_name=monitoring.schema_name
+                ),
+                self.options([schema, self.roles[reader]]),
+            )
+            Grant(
+                f"grant-views-{monitoring.schema_name}-{reader}",
+                GrantArgs(
+                    grantee=reader,
+                    privileges=["SELECT"],
+                    object_type="all_tables_in_schema",
+                    schema_name=monitoring.schema_name,
+                ),
+                self.options([*views, self.roles[reader]]),
+            )
+        return views
+
+    def declare_jobs(self, connection: pulumi.Output[ConnectionSpec], after: Sequence[pulumi.Resource]) -> None:
+        """pg_cron jobs of sql/jobs.yaml with the stack's schedules and parameters, after what they run."""
+        database = connection.apply(lambda spec: spec.database)
+        jobs = load_jobs(self.settings.jobs.schedules, self.settings.jobs.parameters)
+        for job in jobs:
+            CronJob(
+                f"cron-job-{job.name}",
+                CronJobArgs(name=job.name, schedule=job.schedule, command=job.command, database=database),
+                self.options([self.extensions["pg_cron"], *after]),
+            )
 
     def declare_privileges(self, after: list[pulumi.Resource]) -> None:
         for schema_name, grantees in self.access.schema_usage.items():
@@ -220,6 +342,12 @@ def _attribute(config_key: str) -> str:
 def _table_inputs(data: TableData, owner: str) -> dict[str, Any]:
     dumped = data.table_spec(owner).model_dump(mode="json", by_alias=True)
     return {name: dumped[to_camel(name)] for name in TableArgs.__dataclass_fields__}
+
+
+def _args(args_type: Any, spec: Spec) -> dict[str, Any]:
+    """A kind's spec as the keyword arguments of its resource's Args dataclass."""
+    dumped = spec.model_dump(mode="json", by_alias=True)
+    return {name: dumped[to_camel(name)] for name in args_type.__dataclass_fields__}
 
 
 def _index_inputs(index: IndexSpec) -> dict[str, Any]:

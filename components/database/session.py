@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,7 +60,16 @@ def connect(target: DatabaseTarget) -> Iterator[psycopg.Connection]:
             f"cannot connect to {spec.database} on {spec.primary.host}:{spec.primary.port}: {str(error).strip()}"
         ) from error
     with conn:
+        yield_to_applications(conn)
         yield conn
+
+
+def yield_to_applications(conn: psycopg.Connection) -> None:
+    """In a deadlock between our DDL and the application's transactions, PostgreSQL aborts the session that
+    looks for it first: ours looks after 10 ms (the application's after the default 1 s), so the DDL is
+    the one aborted, and retried. Only superusers may set it; elsewhere the server's setting stays."""
+    with suppress(psycopg.errors.InsufficientPrivilege):
+        conn.execute("SET deadlock_timeout = '10ms'")
 
 
 def run_ddl(

@@ -8,6 +8,7 @@ Dropping a column or a table, or changing a column's type, loses data: refused u
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -190,6 +191,8 @@ def observed(conn: psycopg.Connection, spec: TableSpec) -> dict[str, Any] | None
         ],
         "owner": live.owner if spec.owner is not None else None,
         "rowLevelSecurity": live.rls_enabled and live.rls_forced,
+        # a plain table adopted under a partitioned spec shows as drift: `up` converts it online
+        "partition": spec.partition.model_dump(by_alias=True) if spec.partition and live.partitioned else None,
     }
 
 
@@ -335,7 +338,8 @@ def plan_constraints(
             plan.validate.append(alter + sql.SQL("VALIDATE CONSTRAINT {}").format(sql.Identifier(check.name)))
     for fk in spec.foreign_keys:
         if live.foreign_keys.get(fk.name) != fk:
-            replace(fk.name, foreign_key_clause(fk), fk.name in live.foreign_keys, validate=True)
+            # PostgreSQL 15 cannot add a foreign key NOT VALID to a partitioned table: it is checked at once
+            replace(fk.name, foreign_key_clause(fk), fk.name in live.foreign_keys, validate=not live.partitioned)
         elif fk.name in live.not_validated:
             plan.validate.append(alter + sql.SQL("VALIDATE CONSTRAINT {}").format(sql.Identifier(fk.name)))
 
@@ -361,7 +365,7 @@ def column_losses(table: str, old: dict[str, str], new: dict[str, str]) -> list[
 class TableKind(DatabaseKind[TableSpec]):
     token = TOKEN
     spec_type = TableSpec
-    replace_on = frozenset({"schemaName", "name", "partition"})
+    replace_on = frozenset({"schemaName", "name"})
     delete_before_replace = True
 
     def observe(self, resource_id: str, spec: TableSpec) -> dict[str, Any] | None:
@@ -419,6 +423,10 @@ class TableKind(DatabaseKind[TableSpec]):
     def converge(self, conn: psycopg.Connection, spec: TableSpec, dropped: list[str]) -> None:
         live = read_table(conn, spec.schema_name, spec.name)
         assert live is not None
+        if live.partitioned != (spec.partition is not None):
+            self.repartition(conn, spec, live)
+            live = read_table(conn, spec.schema_name, spec.name)
+            assert live is not None
         plan = plan_changes(conn, spec, live, dropped)
         if plan.data_loss and not self.target.allow_data_loss:
             raise ProviderError(
@@ -430,6 +438,25 @@ class TableKind(DatabaseKind[TableSpec]):
         run_ddl(conn, plan.statements, self.target.lock_timeout, what=name)
         for statement in plan.validate:
             run_ddl(conn, [statement], self.target.lock_timeout, what=f"{name} (validation)")
+
+    def repartition(self, conn: psycopg.Connection, spec: TableSpec, live: LiveTable) -> None:
+        """A plain table whose spec is partitioned is converted online (components/database/conversion.py);
+        the old copy is dropped once the conversion's verification (counts and checksums) has passed."""
+        from components.database.conversion import convert_to_partitioned, drop_unpartitioned  # imports this module
+
+        if live.partitioned:
+            raise ProviderError(
+                f"table {spec.schema_name}.{spec.name} is partitioned and its spec is not: turning a partitioned "
+                "table back into a plain one is not supported; declare its `partition` again"
+            )
+        result = convert_to_partitioned(conn, spec, self.target.lock_timeout)
+        if result is not None:
+            print(
+                f"thorbisdb: {spec.schema_name}.{spec.name} converted online to monthly partitions: {result.rows} "
+                f"rows verified (md5 {result.checksum}) in {len(result.partitions)} partitions",
+                file=sys.stderr,
+            )
+        drop_unpartitioned(conn, spec, self.target.lock_timeout)
 
     def report_violations(self, conn: psycopg.Connection, spec: TableSpec, live: LiveTable) -> None:
         """Rows that break a new rule are named and counted before anything changes."""

@@ -36,22 +36,27 @@ from tests.fixtures.before_state import BeforeTable, build_before_state, fingerp
 from tests.support import free_ports, processes_under, reachable_state_dir
 
 pytestmark = pytest.mark.e2e
+#: Data files of objects that read the tables (file -> its list of them), emptied with sql/schema.
+OBJECTS_ON_TABLES = {"reporting.yaml": "materialized_views", "maintenance.yaml": "procedures", "jobs.yaml": "jobs"}
 PROJECT_PARTS = ("Pulumi.yaml", "__main__.py", "components", "config", "provider", "sql")
 LOCK_TIMEOUT_SECONDS = 5  # the stack's default thorbis:lockTimeout
 WRITER_COMPANY = "a0000000-0000-4000-8000-000000000001"  # ids of tests/fixtures/before_rows.sql
 WRITER_PROPERTY = "d0000000-0000-4000-8000-000000000001"
-CREATE_INDEX = re.compile(r'CREATE (?:UNIQUE )?INDEX (CONCURRENTLY )?"?([a-z0-9_]+)"? ON', re.IGNORECASE)
+CREATE_INDEX = re.compile(
+    r'CREATE (?:UNIQUE )?INDEX (CONCURRENTLY )?"?([a-z0-9_]+)"? ON (ONLY )?"public"\."([a-z0-9_]+)"', re.IGNORECASE
+)
 
 
 class Writer(threading.Thread):
-    """The application, busy during the migration: a customer and a job for it, in one transaction, every
-    few milliseconds, as the admin of company 1, with the stack's lock_timeout (a DDL lock that blocks it
-    longer than that is an error here)."""
+    """The application, busy during the migration: a customer, a job for it and a note in communications
+    (a table converted online to monthly partitions meanwhile), in one transaction, every few milliseconds,
+    as the admin of company 1, with the stack's lock_timeout (a DDL lock that blocks it longer than that is
+    an error here)."""
 
     def __init__(self, conninfo: dict[str, Any]) -> None:
         super().__init__(name="writer", daemon=True)
         self.conninfo = conninfo
-        self.ids: dict[str, list[uuid.UUID]] = {"customers": [], "jobs": []}
+        self.ids: dict[str, list[uuid.UUID]] = {"customers": [], "jobs": [], "communications": []}
         self.committed_at: list[float] = []
         self.slowest = 0.0
         self.errors: list[str] = []
@@ -62,20 +67,21 @@ class Writer(threading.Thread):
             conn.execute(f"SET lock_timeout = '{LOCK_TIMEOUT_SECONDS}s'")
             while not self.halt.is_set():
                 started = time.monotonic()
-                customer, job = uuid.uuid4(), uuid.uuid4()
+                customer, job, note = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
                 try:
-                    self.write(conn, customer, job)
+                    self.write(conn, customer, job, note)
                 except psycopg.Error as error:
                     self.errors.append(f"{type(error).__name__}: {str(error).strip()}")
                 else:
                     self.ids["customers"].append(customer)
                     self.ids["jobs"].append(job)
+                    self.ids["communications"].append(note)
                     self.committed_at.append(time.monotonic())
                     self.slowest = max(self.slowest, self.committed_at[-1] - started)
                 self.halt.wait(0.02)
 
     @staticmethod
-    def write(conn: psycopg.Connection[Any], customer: uuid.UUID, job: uuid.UUID) -> None:
+    def write(conn: psycopg.Connection[Any], customer: uuid.UUID, job: uuid.UUID, note: uuid.UUID) -> None:
         number = f"W-{customer.hex[:12]}"
         with conn.transaction():
             conn.execute(
@@ -87,6 +93,11 @@ class Writer(threading.Thread):
                 "INSERT INTO public.jobs (id, company_id, customer_id, property_id, job_number, title) "
                 "VALUES (%s, %s, %s, %s, %s, 'Booked during the migration')",
                 (job, WRITER_COMPANY, customer, WRITER_PROPERTY, number),
+            )
+            conn.execute(
+                "INSERT INTO public.communications (id, company_id, customer_id, job_id, type, direction, body) "
+                "VALUES (%s, %s, %s, %s, 'note', 'internal', 'Booked by phone during the migration')",
+                (note, WRITER_COMPANY, customer, job),
             )
 
     def stop(self) -> None:
@@ -125,7 +136,8 @@ class Adoption:
 
 
 def copy_program(destination: Path) -> Path:
-    """The program, with an empty sql/schema (the full one is put back by the adoption test)."""
+    """The program without tables: an empty sql/schema, and no object that reads tables (all put back by
+    the adoption test)."""
     destination.mkdir()
     for part in PROJECT_PARTS:
         source = ROOT / part
@@ -136,6 +148,9 @@ def copy_program(destination: Path) -> Path:
     (destination / ".venv").symlink_to(ROOT / ".venv")
     for schema_file in (destination / "sql" / "schema").glob("*.yaml"):
         schema_file.unlink()
+    for name, objects in OBJECTS_ON_TABLES.items():  # what reads the tables waits for them too
+        content = yaml.safe_load((destination / "sql" / name).read_text())
+        (destination / "sql" / name).write_text(yaml.safe_dump({**content, objects: []}, sort_keys=False))
     return destination
 
 
@@ -203,15 +218,32 @@ def column_values(conn: psycopg.Connection[Any], table: str, column: str) -> lis
     return conn.execute(query).fetchall()
 
 
-def indexes_built(conn: psycopg.Connection[Any]) -> dict[str, bool]:
-    """Every index created since pg_stat_statements was reset: name -> built CONCURRENTLY."""
-    built: dict[str, bool] = {}
+@dataclass(frozen=True)
+class IndexBuild:
+    """One CREATE INDEX the stack ran, and on which table (a partition is named by its parent)."""
+
+    index: str
+    table: str
+    concurrently: bool
+    only: bool  # on a partitioned table's own definition: no rows read, the partitions' indexes are built apart
+
+
+def indexes_built(conn: psycopg.Connection[Any]) -> list[IndexBuild]:
+    """Every index created since pg_stat_statements was reset."""
+    parents: dict[str, str] = dict(
+        conn.execute(
+            "SELECT c.relname, p.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "JOIN pg_class p ON p.oid = i.inhparent WHERE c.relkind = 'r'"
+        ).fetchall()
+    )
+    builds = []
     for (query,) in conn.execute(
         "SELECT query FROM extensions.pg_stat_statements WHERE query ILIKE 'CREATE %%INDEX%%'"
     ).fetchall():
         if found := CREATE_INDEX.search(query):
-            built[found.group(2)] = built.get(found.group(2), False) or bool(found.group(1))
-    return built
+            table = parents.get(found.group(4)) or found.group(4)
+            builds.append(IndexBuild(found.group(2), table, bool(found.group(1)), bool(found.group(3))))
+    return builds
 
 
 def table_outputs(stack: auto.Stack) -> dict[str, dict[str, Any]]:
@@ -285,8 +317,7 @@ def test_the_before_database_is_built_on_a_stack_without_schema(adoption: Adopti
 
 
 def test_up_adopts_every_existing_table_while_a_writer_keeps_writing(adoption: Adoption) -> None:
-    for schema_file in (ROOT / "sql" / "schema").glob("*.yaml"):
-        shutil.copy(schema_file, adoption.schema_dir / schema_file.name)
+    shutil.copytree(ROOT / "sql", adoption.project / "sql", dirs_exist_ok=True)
     with adoption.connect() as conn:
         conn.execute("SELECT extensions.pg_stat_statements_reset()")
     writer = Writer(adoption.live.admin())
@@ -314,8 +345,20 @@ def test_up_adopts_every_existing_table_while_a_writer_keeps_writing(adoption: A
     assert {name for name, out in outputs.items() if out.get("adopted")} == existing
     assert len(outputs) == len(model.tables)
 
+    partitioned = {table.name for table in model.tables if table.partition}
     with adoption.connect() as conn:
-        assert table_oids(conn, sorted(existing)) == adoption.oids, "an existing table was recreated"
+        kept = {name: oid for name, oid in adoption.oids.items() if name not in partitioned}
+        assert table_oids(conn, sorted(kept)) == kept, "an existing table was recreated"
+        converted = conn.execute(
+            "SELECT c.relname, count(p.inhrelid) FROM pg_class c LEFT JOIN pg_inherits p ON p.inhparent = c.oid "
+            "WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'p' GROUP BY 1"
+        ).fetchall()
+        assert {name for name, _ in converted} == partitioned
+        assert all(partitions > 1 for _, partitions in converted), "a converted table has only its default"
+        leftovers = conn.execute(
+            "SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relname LIKE '%partitioned'"
+        ).fetchall()
+        assert leftovers == [], "the old tables are dropped once their conversion is verified"
         for table in adoption.tables:
             added = set(table.missing_columns) - set(live_columns(conn, table.name))
             assert added == set(), f"{table.name}: columns not added: {sorted(added)}"
@@ -342,9 +385,12 @@ def test_up_adopts_every_existing_table_while_a_writer_keeps_writing(adoption: A
         )
         assert valid == dict.fromkeys(fk_indexes, True)
         built = indexes_built(conn)
-        busy = {name for name, table in fk_indexes.items() if adoption.fingerprints[table.name][0] > 0}
-        assert busy and busy <= set(built)
-        assert sorted(name for name in busy if not built[name]) == [], "indexes built without CONCURRENTLY"
+        holding_rows = {name for name, (count, _) in adoption.fingerprints.items() if count > 0}
+        busy = {name for name, table in fk_indexes.items() if table.name in holding_rows}
+        assert busy and busy <= {build.index for build in built}
+        on_rows = [build for build in built if build.table in holding_rows and not build.only]
+        assert len({build.table for build in on_rows}) > 10
+        assert [build.index for build in on_rows if not build.concurrently] == [], "indexes built without CONCURRENTLY"
 
         for table in adoption.tables:
             exclude = writer.ids.get(table.name, [])

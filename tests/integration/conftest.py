@@ -25,6 +25,8 @@ DATABASE = "thorbis_it"
 SETTINGS = {
     "shared_preload_libraries": "pg_cron,pg_stat_statements",
     "cron.database_name": DATABASE,
+    "cron.use_background_workers": "on",
+    "max_worker_processes": "16",
     "wal_level": "replica",
     "max_wal_senders": "10",
     "max_replication_slots": "10",

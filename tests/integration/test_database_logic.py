@@ -200,6 +200,60 @@ def test_function_spec_refuses_definer_without_search_path_and_defaults() -> Non
         FunctionSpec.model_validate({**declared(HELPER), "arguments": "p int DEFAULT 1"})
 
 
+def test_procedure_commits_between_batches_observes_as_declared_drifts_repairs_and_deletes(
+    database: Database,
+) -> None:
+    kind = database.kind(FunctionKind)
+    spec = FunctionSpec(
+        kind="procedure",
+        schema_name="app",
+        name="stamp_notes",
+        arguments="p_batch integer",
+        language="plpgsql",
+        body="""
+        DECLARE stamped integer;
+        BEGIN
+          LOOP
+            UPDATE app.notes SET updated_at = pg_catalog.now()
+            WHERE id IN (SELECT id FROM app.notes WHERE updated_at IS NULL LIMIT p_batch);
+            GET DIAGNOSTICS stamped = ROW_COUNT;
+            EXIT WHEN stamped = 0;
+            COMMIT;
+          END LOOP;
+        END""",
+        owner="app_owner",
+        grant_execute_to=[],
+    )
+    resource_id, outputs = kind.create(spec)
+    assert outputs == {"adopted": False}
+    assert kind.observe(resource_id, spec) == declared(spec)
+    assert database.scalar("SELECT prokind FROM pg_proc WHERE oid = 'app.stamp_notes(integer)'::regprocedure") == "p"
+    assert not database.scalar("SELECT has_function_privilege('anon', 'app.stamp_notes(integer)', 'EXECUTE')")
+
+    database.execute("INSERT INTO app.notes (body) SELECT 'n' || g FROM generate_series(1, 5) g")
+    database.execute("CALL app.stamp_notes(2)")  # COMMIT inside: only outside a transaction block
+    assert database.scalar("SELECT count(*) FROM app.notes WHERE updated_at IS NULL") == 0
+    stamps = database.scalar("SELECT count(DISTINCT updated_at) FROM app.notes WHERE left(body, 1) = 'n'")
+    assert stamps == 3  # one transaction (and now()) per batch of 2
+
+    database.execute("CREATE OR REPLACE PROCEDURE app.stamp_notes(p_batch integer) LANGUAGE sql AS 'SELECT 1'")
+    drifted = kind.observe(resource_id, spec)
+    assert changes(kind, spec, drifted) == ["language", "body"]
+    kind.update(resource_id, declared(spec), spec)
+    assert kind.observe(resource_id, spec) == declared(spec)
+
+    kind.delete(resource_id, spec)
+    assert kind.observe(resource_id, spec) is None
+    kind.delete(resource_id, spec)
+
+
+def test_function_spec_refuses_function_clauses_on_a_procedure_and_a_function_without_result() -> None:
+    with pytest.raises(ValidationError, match="a procedure has no `returns`"):
+        FunctionSpec.model_validate({**declared(HELPER), "kind": "procedure"})
+    with pytest.raises(ValidationError, match="a function needs `returns`"):
+        FunctionSpec.model_validate({**declared(HELPER), "returns": None})
+
+
 # --- Trigger ----------------------------------------------------------------------------------------
 
 SET_UPDATED_AT = FunctionSpec(

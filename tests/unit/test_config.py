@@ -18,6 +18,8 @@ import config
 from config import (
     ConfigError,
     DockerSpec,
+    JobsSpec,
+    PartitioningSpec,
     PgBouncerSpec,
     PostgresSpec,
     RedisSpec,
@@ -279,7 +281,10 @@ def test_python_code_may_use_snake_case_names() -> None:
     assert ReplicasSpec(base_port=7000).base_port == 7000
 
 
-@pytest.mark.parametrize("model", [StackSettings, PostgresSpec, ReplicasSpec, PgBouncerSpec, RedisSpec, DockerSpec])
+@pytest.mark.parametrize(
+    "model",
+    [StackSettings, PostgresSpec, ReplicasSpec, PgBouncerSpec, RedisSpec, DockerSpec, PartitioningSpec, JobsSpec],
+)
 def test_every_key_is_documented_with_its_default_and_allowed_values(model: type[BaseModel]) -> None:
     for name, info in model.model_fields.items():
         if name == "stack":
@@ -320,6 +325,37 @@ BAD = [
     ),
     Bad("lock-timeout-unit", {"lockTimeout": "5sec"}, "thorbis:lockTimeout", ('"5sec"', "PostgreSQL duration")),
     Bad("state-dir-empty", {"stateDir": " "}, "thorbis:stateDir", ("must not be empty",)),
+    Bad("premake-zero", {"partitioning": {"premake": 0}}, "thorbis:partitioning.premake", ("= 0:", "1 to 60")),
+    Bad(
+        "retention-text",
+        {"partitioning": {"retentionMonths": "2 years"}},
+        "thorbis:partitioning.retentionMonths",
+        ('"2 years"', "integer >= 1"),
+    ),
+    Bad(
+        "job-unknown",
+        {"jobs": {"schedules": {"refresh-everything": "@daily"}}},
+        "thorbis:jobs.schedules",
+        ("refresh-everything not in sql/jobs.yaml", "partman-maintenance"),
+    ),
+    Bad(
+        "job-schedule",
+        {"jobs": {"schedules": {"partman-maintenance": "hourly"}}},
+        "thorbis:jobs.schedules.partman-maintenance",
+        ('"hourly"', "pg_cron schedule"),
+    ),
+    Bad(
+        "job-parameter-unknown",
+        {"jobs": {"parameters": {"keepLogsDays": 7}}},
+        "thorbis:jobs.parameters",
+        ("keepLogsDays not in sql/jobs.yaml", "webhookLogRetentionDays"),
+    ),
+    Bad(
+        "job-parameter-zero",
+        {"jobs": {"parameters": {"retentionBatchSize": 0}}},
+        "thorbis:jobs.parameters.retentionBatchSize",
+        ("= 0:", "integer >= 1"),
+    ),
     Bad("port-low", {"postgres": {"port": 80}}, "thorbis:postgres.port", ("= 80:", "1024 to 65535")),
     Bad("port-high", {"postgres": {"port": 70000}}, "thorbis:postgres.port", ("70000", "1024 to 65535")),
     Bad("port-text", {"postgres": {"port": "abc"}}, "thorbis:postgres.port", ('"abc"', "integer port")),

@@ -26,6 +26,10 @@ def postgres_settings(settings: StackSettings) -> dict[str, str]:
     return {
         "shared_preload_libraries": "pg_cron,pg_stat_statements",
         "cron.database_name": postgres.database,
+        # jobs run in background workers: pg_cron's default, a libpq connection to localhost, has no
+        # password to give our scram-only pg_hba.conf; workers for jobs come out of max_worker_processes
+        "cron.use_background_workers": "on",
+        "max_worker_processes": "16",
         "wal_level": "replica",
         "max_wal_senders": wal_senders,
         "max_replication_slots": wal_senders,
