@@ -272,23 +272,23 @@ class DatabaseLayer(pulumi.ComponentResource):
             for spec in monitoring.view_specs(self.access.owner)
         ]
         for reader in monitoring.readers:
-            Grant(
-                f"grant-usage-{monitoring.schema_name}-{reader}",
-                GrantArgs(
-                    grantee=reader, privileges=["USAGE"], object_type="schema", schema_name=monitoring.schema_name
-                ),
-                self.options([schema, self.roles[reader]]),
-            )
-            Grant(
-                f"grant-views-{monitoring.schema_name}-{reader}",
-                GrantArgs(
-                    grantee=reader,
-                    privileges=["SELECT"],
-                    object_type="all_tables_in_schema",
-                    schema_name=monitoring.schema_name,
-                ),
-                self.options([*views, self.roles[reader]]),
-            )
+            for schema_name in [monitoring.schema_name, *monitoring.reads]:
+                after = [self.roles[reader], *views, *self.extensions.values()]
+                Grant(
+                    f"grant-usage-{schema_name}-{reader}",
+                    GrantArgs(grantee=reader, privileges=["USAGE"], object_type="schema", schema_name=schema_name),
+                    self.options(after),
+                )
+                Grant(
+                    f"grant-select-{schema_name}-{reader}",
+                    GrantArgs(
+                        grantee=reader,
+                        privileges=["SELECT"],
+                        object_type="all_tables_in_schema",
+                        schema_name=schema_name,
+                    ),
+                    self.options(after),
+                )
         return views
 
     def declare_jobs(self, connection: pulumi.Output[ConnectionSpec], after: Sequence[pulumi.Resource]) -> None:

@@ -127,6 +127,7 @@ class MonitoringViewData(Data):
 class MonitoringModel(Data):
     schema_name: str = Field(alias="schema")
     readers: list[str]
+    reads: list[str] = Field(default_factory=list, description="Schemas whose tables the views read.")
     views: list[MonitoringViewData]
 
     def view_specs(self, owner: str) -> list[ViewSpec]:

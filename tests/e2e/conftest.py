@@ -104,3 +104,29 @@ def live_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
             finally:
                 stack.workspace.remove_stack(name, force=True)
                 (ROOT / f"Pulumi.{name}.yaml").unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="session")
+def database_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
+    """A stack without replicas for the tests of what is inside the database, shared by their modules:
+    up before the first, destroyed after the last."""
+    backend = tmp_path_factory.mktemp("backend")
+    name = f"e2e-db-{secrets.token_hex(3)}"
+    postgres_port, replica_base, pgbouncer_port, redis_port = free_ports(4)
+    passwords = {key: secrets.token_urlsafe(18) for key in PASSWORD_KEYS}
+    with reachable_state_dir() as state_dir:
+        stack = auto.create_stack(
+            name,
+            work_dir=str(ROOT),
+            opts=auto.LocalWorkspaceOptions(env_vars={"PULUMI_BACKEND_URL": f"file://{backend}"}),
+        )
+        try:
+            configure(stack, state_dir, [postgres_port, replica_base, pgbouncer_port, redis_port], passwords, 0)
+            assert stack.up().summary.result == "succeeded"
+            yield LiveStack(stack, state_dir, backend, postgres_port, [], pgbouncer_port, redis_port, passwords)
+        finally:
+            try:
+                stack.destroy()
+            finally:
+                stack.workspace.remove_stack(name, force=True)
+                (ROOT / f"Pulumi.{name}.yaml").unlink(missing_ok=True)

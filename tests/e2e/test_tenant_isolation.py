@@ -1,15 +1,15 @@
 """Tenant isolation on a real stack: the live catalog, then every table and every operation as one
 company against another, then claims through PgBouncer's transaction pooling.
 
-One stack for the module (local platform, no replica). Two companies, A and B, get one row in every
-table (tests/e2e/rows.py synthesizes them from sql/schema); the application's path is then taken for
-real: log in as `authenticator`, set the claims for the transaction, SET LOCAL ROLE authenticated.
+The session's database stack (tests/e2e/conftest.py: local platform, no replica). Two companies, A and
+B, get one row in every table (tests/e2e/rows.py synthesizes them from sql/schema); the application's
+path is then taken for real: log in as `authenticator`, set the claims for the transaction, SET LOCAL
+ROLE authenticated.
 """
 
 from __future__ import annotations
 
 import json
-import secrets
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -17,12 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-import pulumi.automation as auto
 import pytest
 
 from components.database.model import IndexData, load_schema
-from tests.conftest import ROOT
-from tests.e2e.conftest import PASSWORD_KEYS, LiveStack, configure
+from tests.e2e.conftest import LiveStack
 from tests.e2e.rows import (
     Synthesizer,
     World,
@@ -33,7 +31,6 @@ from tests.e2e.rows import (
     update_row,
     visible_keys,
 )
-from tests.support import free_ports, reachable_state_dir
 
 pytestmark = pytest.mark.e2e
 SCHEMA = load_schema()
@@ -58,34 +55,9 @@ class Tenants:
 
 
 @pytest.fixture(scope="module")
-def isolation_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
-    """tests/e2e/conftest.py's stack without replicas, up before the first test, destroyed after the last."""
-    backend = tmp_path_factory.mktemp("backend")
-    name = f"e2e-rls-{secrets.token_hex(3)}"
-    postgres_port, replica_base, pgbouncer_port, redis_port = free_ports(4)
-    passwords = {key: secrets.token_urlsafe(18) for key in PASSWORD_KEYS}
-    with reachable_state_dir() as state_dir:
-        stack = auto.create_stack(
-            name,
-            work_dir=str(ROOT),
-            opts=auto.LocalWorkspaceOptions(env_vars={"PULUMI_BACKEND_URL": f"file://{backend}"}),
-        )
-        try:
-            configure(stack, state_dir, [postgres_port, replica_base, pgbouncer_port, redis_port], passwords, 0)
-            assert stack.up().summary.result == "succeeded"
-            yield LiveStack(stack, state_dir, backend, postgres_port, [], pgbouncer_port, redis_port, passwords)
-        finally:
-            try:
-                stack.destroy()
-            finally:
-                stack.workspace.remove_stack(name, force=True)
-                (ROOT / f"Pulumi.{name}.yaml").unlink(missing_ok=True)
-
-
-@pytest.fixture(scope="module")
-def admin(isolation_stack: LiveStack) -> Iterator[Conn]:
+def admin(database_stack: LiveStack) -> Iterator[Conn]:
     """postgres, a superuser: RLS does not apply to it."""
-    with psycopg.connect(**isolation_stack.admin(), autocommit=True) as conn:  # type: ignore[arg-type]
+    with psycopg.connect(**database_stack.admin(), autocommit=True) as conn:  # type: ignore[arg-type]
         yield conn
 
 
@@ -109,9 +81,9 @@ def authenticator(stack: LiveStack, port: int | None = None) -> Conn:
 
 
 @pytest.fixture(scope="module")
-def app(isolation_stack: LiveStack, tenants: Tenants) -> Iterator[Conn]:
+def app(database_stack: LiveStack, tenants: Tenants) -> Iterator[Conn]:
     """What the application logs in as (directly to the server here; through the pooler at the end)."""
-    with authenticator(isolation_stack) as conn:
+    with authenticator(database_stack) as conn:
         yield conn
 
 
@@ -341,7 +313,7 @@ CLIENTS = 200
 ROUNDS = 3
 
 
-def test_claims_never_leak_between_clients_of_the_pooler(isolation_stack: LiveStack, tenants: Tenants) -> None:
+def test_claims_never_leak_between_clients_of_the_pooler(database_stack: LiveStack, tenants: Tenants) -> None:
     """200 concurrent clients alternate A and B (and every tenth sets no claims) over the pool's few
     server connections: each sees only its own company's customers, the claim-less ones none."""
     plan: list[str | None] = [
@@ -350,7 +322,7 @@ def test_claims_never_leak_between_clients_of_the_pooler(isolation_stack: LiveSt
 
     def client(company: str | None) -> list[tuple[int, set[str]]]:
         seen: list[tuple[int, set[str]]] = []
-        with authenticator(isolation_stack, isolation_stack.pgbouncer_port) as conn:
+        with authenticator(database_stack, database_stack.pgbouncer_port) as conn:
             for _ in range(ROUNDS):
                 with as_company(conn, company, rollback=False):
                     row = conn.execute("SELECT pg_backend_pid()").fetchone()
