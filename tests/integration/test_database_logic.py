@@ -8,22 +8,18 @@ import json
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 import pytest
 from pydantic import ValidationError
 
-from components.connection import ConnectionSpec, Endpoint
 from components.database.function import FunctionKind, FunctionSpec
 from components.database.policy import PolicyKind, PolicySpec
 from components.database.trigger import TriggerKind, TriggerSpec
 from components.database.view import ViewKind, ViewSpec
-from components.kind import Kind, ProviderError, Spec
-from components.platform.local.postgres import PostgresServerKind, PostgresServerSpec
-from components.provider import spec_fields
-from tests.support import free_port, reachable_state_dir
+from components.kind import ProviderError
+from tests.integration.databases import Database, changes, database_server, declared
 
 PASSWORD = "it-Logic'pass:0123"
 DATABASE = "thorbis_logic"
@@ -45,65 +41,13 @@ ALTER TABLE app.jobs ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;
 GRANT SELECT, INSERT, UPDATE, DELETE ON app.jobs TO authenticated;
 CREATE TABLE app.notes (id serial PRIMARY KEY, company_id uuid, body text, updated_at timestamptz);
 """
-KindT = TypeVar("KindT", bound=Kind[Any])
-
-
-@dataclass(frozen=True)
-class Database:
-    """The test server's application database, as the database layer's provider config names it."""
-
-    connection: ConnectionSpec
-
-    def kind(self, kind_type: type[KindT]) -> KindT:
-        kind = kind_type()
-        kind.provider_config = {
-            "connection": self.connection.to_property(),
-            "lockTimeout": "5s",
-            "allowDataLoss": False,
-        }
-        return kind
-
-    def connect(self) -> psycopg.Connection[tuple[Any, ...]]:
-        return psycopg.connect(**self.connection.admin_conninfo(), autocommit=True)
-
-    def execute(self, statement: str, params: tuple[Any, ...] = ()) -> None:
-        with self.connect() as conn:
-            conn.execute(statement, params)
-
-    def scalar(self, query: str, params: tuple[Any, ...] = ()) -> Any:
-        with self.connect() as conn:
-            row = conn.execute(query, params).fetchone()
-        assert row is not None, query
-        return row[0]
 
 
 @pytest.fixture(scope="module")
 def database() -> Iterator[Database]:
-    with reachable_state_dir() as base:
-        spec = PostgresServerSpec(
-            state_dir=str(base / "postgres"),
-            port=free_port(),
-            database=DATABASE,
-            superuser_password=PASSWORD,
-            replication_password=PASSWORD,
-        )
-        server = PostgresServerKind()
-        resource_id, _ = server.create(spec)
-        try:
-            db = Database(
-                ConnectionSpec(
-                    platform="local",
-                    primary=Endpoint("127.0.0.1", spec.port),
-                    database=DATABASE,
-                    admin_user="postgres",
-                    admin_password=PASSWORD,
-                    sslmode="disable",
-                )
-            )
-            db.execute(SCHEMA_SQL)
-            yield db
-        finally:
-            server.delete(resource_id, spec.model_copy(update={"allow_data_loss": True}))
+    with database_server(DATABASE, PASSWORD) as db:
+        db.execute(SCHEMA_SQL)
+        yield db
 
 
 HELPER = FunctionSpec(
@@ -125,23 +69,6 @@ def helper(database: Database) -> FunctionSpec:
     """app.current_company_id(): the company in this transaction's claims, NULL without them."""
     database.kind(FunctionKind).create(HELPER)
     return HELPER
-
-
-def declared(spec: Spec, **outputs: Any) -> dict[str, Any]:
-    """The inputs check() records for a spec, plus outputs a kind reports."""
-    return {**spec.model_dump(by_alias=True, mode="json"), **outputs}
-
-
-def changes(kind: Kind[Any], spec: Spec, observed: dict[str, Any] | None) -> list[str]:
-    """What the provider's diff would report after a refresh that observed `observed`."""
-    assert observed is not None, "the object is gone"
-    inputs = declared(spec)
-    state = {**inputs, **observed}
-    changed = [key for key in spec_fields(kind) if state.get(key) != inputs.get(key)]
-    return changed + [key for key in kind.drifted(state, spec) if key not in changed]
-
-
-# --- Function ---------------------------------------------------------------------------------------
 
 
 def test_function_observes_as_declared_drifts_repairs_and_deletes(database: Database, helper: FunctionSpec) -> None:

@@ -12,13 +12,11 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
 
 import psycopg
 import pytest
 from psycopg import sql
 
-from components.connection import ConnectionSpec, Endpoint
 from components.database.conversion import convert_to_partitioned, drop_unpartitioned
 from components.database.model import load_schema
 from components.database.partitioning import (
@@ -28,10 +26,8 @@ from components.database.partitioning import (
     PartitionSetSpec,
 )
 from components.database.table import ColumnSpec, PartitionSpec, TableKind, TableSpec, create_statement
-from components.kind import Kind, ProviderError, Spec
-from components.platform.local.postgres import PostgresServerKind, PostgresServerSpec
-from components.provider import spec_fields
-from tests.support import free_port, reachable_state_dir
+from components.kind import ProviderError
+from tests.integration.databases import Database, changes, database_server
 
 PASSWORD = "it-Partman'pass:0123"
 MAINT_PASSWORD = "it-maint-0123"
@@ -57,72 +53,13 @@ GRANT ALL ON ALL TABLES IN SCHEMA partman TO maint;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA partman TO maint;
 GRANT EXECUTE ON ALL PROCEDURES IN SCHEMA partman TO maint;
 """
-KindT = TypeVar("KindT", bound=Kind[Any])
-
-
-@dataclass(frozen=True)
-class Database:
-    connection: ConnectionSpec
-
-    def kind(self, kind_type: type[KindT]) -> KindT:
-        kind = kind_type()
-        kind.provider_config = {"connection": self.connection.to_property(), "lockTimeout": "2s"}
-        return kind
-
-    def connect(self, **options: Any) -> psycopg.Connection[tuple[Any, ...]]:
-        return psycopg.connect(**{**self.connection.admin_conninfo(), **options}, autocommit=True)
-
-    def execute(self, statement: str | sql.Composed, params: tuple[Any, ...] = ()) -> None:
-        with self.connect() as conn:
-            conn.execute(statement, params or None)
-
-    def scalar(self, query: str | sql.Composed, params: tuple[Any, ...] = ()) -> Any:
-        with self.connect() as conn:
-            row = conn.execute(query, params or None).fetchone()
-        assert row is not None, query
-        return row[0]
-
-    def rows(self, query: str | sql.Composed, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        with self.connect() as conn:
-            return conn.execute(query, params or None).fetchall()
 
 
 @pytest.fixture(scope="module")
 def database() -> Iterator[Database]:
-    with reachable_state_dir() as base:
-        spec = PostgresServerSpec(
-            state_dir=str(base / "postgres"),
-            port=free_port(),
-            database=DATABASE,
-            superuser_password=PASSWORD,
-            replication_password=PASSWORD,
-        )
-        server = PostgresServerKind()
-        resource_id, _ = server.create(spec)
-        try:
-            db = Database(
-                ConnectionSpec(
-                    platform="local",
-                    primary=Endpoint("127.0.0.1", spec.port),
-                    database=DATABASE,
-                    admin_user="postgres",
-                    admin_password=PASSWORD,
-                    sslmode="disable",
-                )
-            )
-            db.execute(BASE_SQL)
-            yield db
-        finally:
-            server.delete(resource_id, spec.model_copy(update={"allow_data_loss": True}))
-
-
-def changes(kind: Kind[Any], spec: Spec, observed: dict[str, Any] | None) -> list[str]:
-    """What the provider's diff would report after a refresh that observed `observed`."""
-    assert observed is not None, "the object is gone"
-    inputs = spec.model_dump(by_alias=True, mode="json")
-    state = {**inputs, **observed}
-    changed = [key for key in spec_fields(kind) if state.get(key) != inputs.get(key)]
-    return changed + [key for key in kind.drifted(state, spec) if key not in changed]
+    with database_server(DATABASE, PASSWORD) as db:
+        db.execute(BASE_SQL)
+        yield db
 
 
 def month_suffix(db: Database, offset: int) -> str:

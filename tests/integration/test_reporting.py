@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any, TypeVar
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import psycopg
@@ -27,9 +27,7 @@ import yaml
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from components.connection import ConnectionSpec, Endpoint
 from components.database.access import load_access
-from components.database.base import DatabaseKind
 from components.database.function import FunctionKind, FunctionSpec
 from components.database.grant import GrantKind, GrantSpec
 from components.database.materialized_view import MaterializedViewKind, MaterializedViewSpec
@@ -38,10 +36,8 @@ from components.database.reporting import REPORTING_FILE, ReportingModel, load_r
 from components.database.schema import SchemaKind, SchemaSpec
 from components.database.table import TableKind
 from components.database.view import ViewKind
-from components.kind import ProviderError, Spec
-from components.platform.local.postgres import PostgresServerKind, PostgresServerSpec
-from components.provider import spec_fields
-from tests.support import free_port, reachable_state_dir
+from components.kind import ProviderError
+from tests.integration.databases import Database, changes, database_server, declared
 
 DATABASE = "thorbis_reporting_it"
 PASSWORD = "it-Report'super:0123"
@@ -60,85 +56,17 @@ CREATE ROLE authenticator LOGIN NOINHERIT PASSWORD {password} IN ROLE anon, auth
 CREATE SCHEMA app AUTHORIZATION thorbis_owner;
 GRANT USAGE ON SCHEMA app TO anon, authenticated, service_role, reporting;
 """
-KindT = TypeVar("KindT", bound=DatabaseKind[Any])
 Row = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Database:
-    connection: ConnectionSpec
-
-    def kind(self, kind_type: type[KindT]) -> KindT:
-        kind = kind_type()
-        kind.provider_config = {
-            "connection": self.connection.to_property(),
-            "lockTimeout": "5s",
-            "allowDataLoss": False,
-        }
-        return kind
-
-    def connect(self, user: str = "postgres", password: str = PASSWORD) -> psycopg.Connection[tuple[Any, ...]]:
-        info = {**self.connection.admin_conninfo(), "user": user, "password": password}
-        return psycopg.connect(**info, autocommit=True)
-
-    def execute(self, statement: str | sql.Composable, params: tuple[Any, ...] | None = None) -> None:
-        with self.connect() as conn:
-            conn.execute(statement, params)  # type: ignore[arg-type]
-
-    def scalar(self, query: str, params: tuple[Any, ...] = ()) -> Any:
-        with self.connect() as conn:
-            row = conn.execute(query, params).fetchone()
-        assert row is not None, query
-        return row[0]
-
-    def rows(self, query: str | sql.Composable, params: tuple[Any, ...] = ()) -> list[Row]:
-        with self.connect() as conn, conn.cursor(row_factory=dict_row) as cursor:
-            return cursor.execute(query, params).fetchall()  # type: ignore[arg-type]
-
-
-def declared(spec: Spec, **outputs: Any) -> dict[str, Any]:
-    return {**spec.model_dump(by_alias=True, mode="json"), **outputs}
-
-
-def changes(kind: DatabaseKind[Any], spec: Spec, observed: dict[str, Any] | None) -> list[str]:
-    """What the provider's diff would report after a refresh that observed `observed`."""
-    assert observed is not None, "the object is gone"
-    inputs = declared(spec)
-    state = {**inputs, **observed}
-    changed = [key for key in spec_fields(kind) if state.get(key) != inputs.get(key)]
-    return changed + [key for key in kind.drifted(state, spec) if key not in changed]
 
 
 @pytest.fixture(scope="module")
 def database() -> Iterator[Database]:
     """A server with the stack's roles, the RLS helper and the tables the reports read (RLS forced)."""
-    with reachable_state_dir() as base:
-        spec = PostgresServerSpec(
-            state_dir=str(base / "postgres"),
-            port=free_port(),
-            database=DATABASE,
-            superuser_password=PASSWORD,
-            replication_password=PASSWORD,
-        )
-        server = PostgresServerKind()
-        resource_id, _ = server.create(spec)
-        try:
-            db = Database(
-                ConnectionSpec(
-                    platform="local",
-                    primary=Endpoint("127.0.0.1", spec.port),
-                    database=DATABASE,
-                    admin_user="postgres",
-                    admin_password=PASSWORD,
-                    sslmode="disable",
-                )
-            )
-            db.execute(sql.SQL(ROLES_SQL).format(password=sql.Literal(LOGIN_PASSWORD)))
-            make_helper(db)
-            make_tables(db)
-            yield db
-        finally:
-            server.delete(resource_id, spec.model_copy(update={"allow_data_loss": True}))
+    with database_server(DATABASE, PASSWORD) as db:
+        db.execute(sql.SQL(ROLES_SQL).format(password=sql.Literal(LOGIN_PASSWORD)))
+        make_helper(db)
+        make_tables(db)
+        yield db
 
 
 def make_helper(db: Database) -> None:
@@ -401,7 +329,7 @@ def test_reporting_data_fits_the_schema_and_the_jobs() -> None:
 def test_a_company_sees_only_its_own_figures_and_without_claims_none(database: Database, reports: Reports) -> None:
     model, seeded = reports.model, reports.seed
     for report, view in zip(model.materialized_views, model.tenant_view_specs(), strict=True):
-        whole = database.rows(select_all(sql.Identifier(model.schema_name, report.name)))
+        whole = database.dicts(select_all(sql.Identifier(model.schema_name, report.name)))
         assert {str(row["company_id"]) for row in whole} == {seeded.company_a, seeded.company_b}, report.name
         tenant_view = sql.Identifier(view.schema_name, view.name)
         for company in (seeded.company_a, seeded.company_b):
@@ -489,7 +417,7 @@ class Base:
     """Every base row, read once as the superuser, to aggregate in Python (another shape than the views)."""
 
     def __init__(self, db: Database) -> None:
-        self.tables = {name: db.rows(select_all(sql.Identifier("public", name))) for name in TABLES}
+        self.tables = {name: db.dicts(select_all(sql.Identifier("public", name))) for name in TABLES}
         self.zones = {row["id"]: ZoneInfo(row["timezone"]) for row in self.tables["companies"]}
 
     def __getitem__(self, table: str) -> list[Row]:
@@ -614,7 +542,7 @@ EXPECTED = {
 def test_figures_equal_the_aggregates_of_the_base_rows(database: Database, reports: Reports) -> None:
     base, model = Base(database), reports.model
     for report in model.materialized_views:
-        rows = database.rows(select_all(sql.Identifier(model.schema_name, report.name)))
+        rows = database.dicts(select_all(sql.Identifier(model.schema_name, report.name)))
         assert by_key(rows, *report.unique_index) == EXPECTED[report.name](base), report.name
 
 
@@ -622,20 +550,20 @@ def test_the_fan_out_job_is_counted_once(database: Database, reports: Reports) -
     """Hand-computed: J1 has two invoices (1200), five payments (800 received) and three visits, two by
     tech1; a single GROUP BY over those joins would multiply each of these figures."""
     ids = reports.seed.ids
-    rows = by_key(database.rows("SELECT * FROM reporting.mv_technician_performance"), "technician_id")
+    rows = by_key(database.dicts("SELECT * FROM reporting.mv_technician_performance"), "technician_id")
     figures = ["jobs_completed", "invoiced_amount", "collected_amount", "visits_completed", "hours_on_site"]
     figures += ["review_count", "average_rating"]
     assert [rows[(ids["tech1"],)][f] for f in figures] == [1, 1200, 800, 2, Decimal("4.00"), 2, Decimal("4.50")]
     assert [rows[(ids["tech2"],)][f] for f in figures] == [2, 1700, 800, 2, Decimal("4.50"), 1, Decimal("3.00")]
     assert [rows[(ids["tech3"],)][f] for f in figures] == [0, 0, 0, 0, 0, 0, None]
     assert (ids["manager"],) not in rows
-    customers = by_key(database.rows("SELECT * FROM reporting.mv_customer_lifetime_value"), "customer_id")
+    customers = by_key(database.dicts("SELECT * FROM reporting.mv_customer_lifetime_value"), "customer_id")
     assert (customers[(ids["cust1"],)]["invoiced_amount"], customers[(ids["cust1"],)]["collected_amount"]) == (
         1700,
         800,
     )
     assert (ids["cust3"],) not in customers  # soft-deleted
-    months = database.rows(
+    months = database.dicts(
         "SELECT month::text, invoiced_amount, collected_amount, jobs_completed FROM reporting.mv_monthly_revenue "
         "WHERE company_id = %s ORDER BY month",
         (reports.seed.company_a,),

@@ -10,15 +10,13 @@ import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 import pytest
 from psycopg import sql
 
-from components.connection import ConnectionSpec, Endpoint
 from components.database.cron_job import CronJobKind, CronJobSpec
 from components.database.function import FunctionKind
 from components.database.model import TABLE_SCHEMA, load_schema
@@ -31,10 +29,8 @@ from components.database.operations import (
 )
 from components.database.table import TableKind
 from components.database.view import ViewKind
-from components.kind import Kind, Spec
 from components.platform.local.postgres import PostgresServerKind
 from components.platform.local.replica import PostgresReplicaKind, PostgresReplicaSpec
-from components.provider import spec_fields
 from tests.integration.conftest import (
     DATABASE,
     REPLICATION_PASSWORD,
@@ -44,6 +40,7 @@ from tests.integration.conftest import (
     eventually,
     primary_spec,
 )
+from tests.integration.databases import Database, changes, declared, local_connection
 from tests.support import free_port, reachable_state_dir
 
 OWNER = "thorbis_owner"
@@ -68,38 +65,8 @@ CREATE TABLE it_deletions (table_name text, txid bigint);
 CREATE FUNCTION it_log_deletion() RETURNS trigger LANGUAGE plpgsql AS
 $$ BEGIN INSERT INTO it_deletions VALUES (TG_TABLE_NAME, txid_current()); RETURN OLD; END $$;
 """
-KindT = TypeVar("KindT", bound=Kind[Any])
 OLD = datetime.now(UTC) - timedelta(days=400)
 RECENT = datetime.now(UTC) - timedelta(days=1)
-
-
-@dataclass(frozen=True)
-class Database:
-    """The test server's database, as the database layer's provider config names it."""
-
-    connection: ConnectionSpec
-
-    def kind(self, kind_type: type[KindT]) -> KindT:
-        kind = kind_type()
-        kind.provider_config = {"connection": self.connection.to_property(), "lockTimeout": "5s"}
-        return kind
-
-    def connect(self) -> psycopg.Connection[tuple[Any, ...]]:
-        return psycopg.connect(**self.connection.admin_conninfo(), autocommit=True)
-
-    def execute(self, statement: str | sql.Composed, params: tuple[Any, ...] | None = None) -> None:
-        with self.connect() as conn:
-            conn.execute(statement, params)
-
-    def scalar(self, query: str, params: tuple[Any, ...] | None = None) -> Any:
-        with self.connect() as conn:
-            row = conn.execute(query, params).fetchone()
-        assert row is not None, query
-        return row[0]
-
-    def rows(self, query: str | sql.Composed, params: tuple[Any, ...] | None = None) -> list[dict[str, Any]]:
-        with self.connect() as conn, conn.cursor(row_factory=psycopg.rows.dict_row) as cursor:
-            return cursor.execute(query, params).fetchall()
 
 
 @pytest.fixture(scope="module")
@@ -117,16 +84,7 @@ def primary() -> Iterator[Primary]:
 
 @pytest.fixture(scope="module")
 def database(primary: Primary) -> Database:
-    db = Database(
-        ConnectionSpec(
-            platform="local",
-            primary=Endpoint("127.0.0.1", primary.port),
-            database=DATABASE,
-            admin_user="postgres",
-            admin_password=SUPERUSER_PASSWORD,
-            sslmode="disable",
-        )
-    )
+    db = Database(local_connection(primary.port, DATABASE, SUPERUSER_PASSWORD))
     db.execute(SETUP_SQL)
     db.execute(DELETE_LOG_SQL)
     schema = load_schema()
@@ -143,17 +101,6 @@ def database(primary: Primary) -> Database:
     for procedure in load_maintenance().procedure_specs(OWNER):
         procedures.create(procedure)
     return db
-
-
-def declared(spec: Spec, **outputs: Any) -> dict[str, Any]:
-    return {**spec.model_dump(by_alias=True, mode="json"), **outputs}
-
-
-def changes(kind: Kind[Any], spec: Spec, observed: dict[str, Any] | None) -> list[str]:
-    """What the provider's diff would report after a refresh that observed `observed`."""
-    assert observed is not None, "the object is gone"
-    inputs = declared(spec)
-    return [key for key in spec_fields(kind) if {**inputs, **observed}.get(key) != inputs.get(key)]
 
 
 def job(name: str, **overrides: Any) -> JobData:
@@ -250,12 +197,12 @@ def insert(conn: psycopg.Connection[Any], table: str, rows: list[dict[str, Any]]
 
 def remaining(database: Database, table: str, column: str) -> list[str]:
     query = sql.SQL("SELECT {} FROM {} ORDER BY 1").format(sql.Identifier(column), sql.Identifier(TABLE_SCHEMA, table))
-    return [row[column] for row in database.rows(query)]
+    return [row[column] for row in database.dicts(query)]
 
 
 def batches(database: Database, table: str) -> list[int]:
     """Rows deleted per transaction, in the order the transactions ran."""
-    rows = database.rows(
+    rows = database.dicts(
         "SELECT count(*) AS n FROM it_deletions WHERE table_name = %s GROUP BY txid ORDER BY txid", (table,)
     )
     return [row["n"] for row in rows]
@@ -328,7 +275,7 @@ def test_procedures_from_the_data_observe_as_declared(database: Database) -> Non
 
 
 def newest_partition(database: Database, parent: str) -> str:
-    row = database.rows("SELECT * FROM partman.show_partitions(%s, 'DESC') LIMIT 1", (parent,))[0]
+    row = database.dicts("SELECT * FROM partman.show_partitions(%s, 'DESC') LIMIT 1", (parent,))[0]
     return f"{row['partition_schemaname']}.{row['partition_tablename']}"
 
 
@@ -346,7 +293,7 @@ def test_partition_maintenance_job_premakes_what_monitoring_shows_missing(databa
     )
     database.execute("INSERT INTO public.it_events (created_at) VALUES ('2000-01-01'), (now())")  # a stray, a current
     assert missing_ahead(database) == {"public.it_events": 1}
-    assert database.rows("SELECT * FROM monitoring.default_partition_rows") == [
+    assert database.dicts("SELECT * FROM monitoring.default_partition_rows") == [
         {"default_table": "public.it_events_default", "row_count": 1}
     ]
 
@@ -358,7 +305,7 @@ def test_partition_maintenance_job_premakes_what_monitoring_shows_missing(databa
 def missing_ahead(database: Database) -> dict[str, int]:
     return {
         row["parent_table"]: row["missing"]
-        for row in database.rows("SELECT * FROM monitoring.partitions_missing_ahead")
+        for row in database.dicts("SELECT * FROM monitoring.partitions_missing_ahead")
     }
 
 
@@ -390,7 +337,7 @@ def test_vacuum_and_cron_history_jobs_run(database: Database) -> None:
 
     def vacuumed() -> set[str]:
         query = "SELECT relname FROM pg_stat_user_tables WHERE last_vacuum IS NOT NULL AND last_analyze IS NOT NULL"
-        return {row["relname"] for row in database.rows(query)}
+        return {row["relname"] for row in database.dicts(query)}
 
     eventually(lambda: set(TABLES) <= vacuumed(), 15, "VACUUM ANALYZE of every busy table")
 
@@ -419,7 +366,7 @@ def declare_views(database: Database, names: list[str]) -> list[str]:
 
 
 def view_rows(database: Database, view: str) -> list[dict[str, Any]]:
-    return database.rows(sql.SQL("SELECT * FROM {}").format(sql.Identifier("monitoring", view)))
+    return database.dicts(sql.SQL("SELECT * FROM {}").format(sql.Identifier("monitoring", view)))
 
 
 def test_every_monitoring_view_is_valid_on_this_server(database: Database) -> None:
@@ -545,7 +492,7 @@ def test_replication_lag_and_slots_show_a_streaming_replica(database: Database, 
 
 
 def last_run(database: Database, job_id: int) -> dict[str, Any] | None:
-    rows = database.rows(
+    rows = database.dicts(
         "SELECT status, return_message FROM cron.job_run_details "
         "WHERE jobid = %s AND status IN ('succeeded', 'failed') ORDER BY runid DESC LIMIT 1",
         (job_id,),

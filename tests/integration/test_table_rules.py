@@ -11,7 +11,7 @@ import pytest
 
 from components.database.table import CheckSpec, ColumnSpec, TableKind, TableSpec
 from components.kind import ProviderError
-from tests.integration.test_database_logic import Database
+from tests.integration.databases import Database
 from tests.integration.test_database_logic import database as database  # its server, as this module's fixture
 
 INVOICES = TableSpec(

@@ -1,0 +1,105 @@
+"""A real server's database as the database layer's kinds see it, for the integration tests of those kinds."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from components.connection import ConnectionSpec, Endpoint
+from components.kind import Kind, Spec
+from components.platform.local.postgres import PostgresServerKind, PostgresServerSpec
+from components.provider import spec_fields
+from tests.support import free_port, reachable_state_dir
+
+KindT = TypeVar("KindT", bound=Kind[Any])
+Query = str | sql.Composable
+
+
+@dataclass(frozen=True)
+class Database:
+    """The test server's application database, as the database layer's provider config names it."""
+
+    connection: ConnectionSpec
+
+    def kind(self, kind_type: type[KindT], lock_timeout: str = "5s") -> KindT:
+        kind = kind_type()
+        kind.provider_config = {
+            "connection": self.connection.to_property(),
+            "lockTimeout": lock_timeout,
+            "allowDataLoss": False,
+        }
+        return kind
+
+    def connect(self, user: str | None = None, password: str | None = None, **options: Any) -> psycopg.Connection:
+        """Autocommit, as the admin role unless another login is given."""
+        login = {"user": user, "password": password} if user else {}
+        return psycopg.connect(**{**self.connection.admin_conninfo(), **login, **options}, autocommit=True)
+
+    def execute(self, statement: Query, params: tuple[Any, ...] | None = None) -> None:
+        with self.connect() as conn:
+            conn.execute(statement, params or None)  # type: ignore[arg-type]
+
+    def scalar(self, query: Query, params: tuple[Any, ...] | None = None) -> Any:
+        with self.connect() as conn:
+            row = conn.execute(query, params or None).fetchone()  # type: ignore[arg-type]
+        assert row is not None, query
+        return row[0]
+
+    def rows(self, query: Query, params: tuple[Any, ...] | None = None) -> list[tuple[Any, ...]]:
+        with self.connect() as conn:
+            return conn.execute(query, params or None).fetchall()  # type: ignore[arg-type]
+
+    def dicts(self, query: Query, params: tuple[Any, ...] | None = None) -> list[dict[str, Any]]:
+        with self.connect() as conn, conn.cursor(row_factory=dict_row) as cursor:
+            return cursor.execute(query, params or None).fetchall()  # type: ignore[arg-type]
+
+
+def local_connection(port: int, database: str, password: str) -> ConnectionSpec:
+    return ConnectionSpec(
+        platform="local",
+        primary=Endpoint("127.0.0.1", port),
+        database=database,
+        admin_user="postgres",
+        admin_password=password,
+        sslmode="disable",
+    )
+
+
+@contextmanager
+def database_server(database: str, password: str, **settings: Any) -> Iterator[Database]:
+    """A PostgreSQL server of its own (made and removed through its kind) and its database."""
+    with reachable_state_dir() as base:
+        spec = PostgresServerSpec(
+            state_dir=str(base / "postgres"),
+            port=free_port(),
+            database=database,
+            superuser_password=password,
+            replication_password=password,
+            **settings,
+        )
+        server = PostgresServerKind()
+        resource_id, _ = server.create(spec)
+        try:
+            yield Database(local_connection(spec.port, database, password))
+        finally:
+            server.delete(resource_id, spec.model_copy(update={"allow_data_loss": True}))
+
+
+def declared(spec: Spec, **outputs: Any) -> dict[str, Any]:
+    """The inputs check() records for a spec, plus outputs a kind reports."""
+    return {**spec.model_dump(by_alias=True, mode="json"), **outputs}
+
+
+def changes(kind: Kind[Any], spec: Spec, observed: dict[str, Any] | None) -> list[str]:
+    """What the provider's diff would report after a refresh that observed `observed`."""
+    assert observed is not None, "the object is gone"
+    inputs = declared(spec)
+    state = {**inputs, **observed}
+    changed = [key for key in spec_fields(kind) if state.get(key) != inputs.get(key)]
+    return changed + [key for key in kind.drifted(state, spec) if key not in changed]
