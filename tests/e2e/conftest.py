@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pulumi.automation as auto
 import pytest
 
 from tests.conftest import ROOT
-from tests.support import free_port, free_ports, listening, reachable_state_dir
+from tests.support import free_port, free_ports, listening, processes_under, reachable_state_dir
 
 PASSWORD_KEYS = (
     "postgresPassword",
@@ -80,53 +81,55 @@ def consecutive_free_ports(count: int) -> list[int]:
     raise RuntimeError(f"no run of {count} free ports found")
 
 
-@pytest.fixture(scope="module")
-def live_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
-    backend = tmp_path_factory.mktemp("backend")
-    name = f"e2e-{secrets.token_hex(3)}"
-    replicas = 2
-    replica_ports = consecutive_free_ports(replicas)
-    postgres_port, pgbouncer_port, redis_port = free_ports(3)
+@contextmanager
+def throwaway_stack(
+    backend: Path,
+    prefix: str,
+    replicas: int = 0,
+    work_dir: Path = ROOT,
+    before_destroy: Callable[[auto.Stack], object] | None = None,
+) -> Iterator[LiveStack]:
+    """A stack of the program in `work_dir` on free ports, with its own backend, state directory and
+    passwords; destroyed and removed afterwards (its servers must be gone then). The caller runs `up`."""
+    name = f"{prefix}-{secrets.token_hex(3)}"
+    replica_ports = consecutive_free_ports(replicas) if replicas else []
+    postgres_port, replica_base, pgbouncer_port, redis_port = free_ports(4)
     passwords = {key: secrets.token_urlsafe(18) for key in PASSWORD_KEYS}
+    ports = [postgres_port, *(replica_ports or [replica_base]), pgbouncer_port, redis_port]
     with reachable_state_dir() as state_dir:
         stack = auto.create_stack(
             name,
-            work_dir=str(ROOT),
+            work_dir=str(work_dir),
             opts=auto.LocalWorkspaceOptions(env_vars={"PULUMI_BACKEND_URL": f"file://{backend}"}),
         )
-        configure(stack, state_dir, [postgres_port, *replica_ports, pgbouncer_port, redis_port], passwords, replicas)
         live = LiveStack(stack, state_dir, backend, postgres_port, replica_ports, pgbouncer_port, redis_port, passwords)
         try:
+            configure(stack, state_dir, ports, passwords, replicas)
             yield live
         finally:
             try:
-                stack.destroy()
+                if before_destroy is not None:
+                    before_destroy(stack)
             finally:
-                stack.workspace.remove_stack(name, force=True)
-                (ROOT / f"Pulumi.{name}.yaml").unlink(missing_ok=True)
+                try:
+                    stack.destroy()
+                finally:
+                    stack.workspace.remove_stack(name, force=True)
+                    (work_dir / f"Pulumi.{name}.yaml").unlink(missing_ok=True)
+        assert processes_under(state_dir) == [], "a server of the stack outlived its destroy"
+
+
+@pytest.fixture(scope="module")
+def live_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
+    """A stack with two replicas, for the module to bring up itself."""
+    with throwaway_stack(tmp_path_factory.mktemp("backend"), "e2e", replicas=2) as live:
+        yield live
 
 
 @pytest.fixture(scope="session")
 def database_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
     """A stack without replicas for the tests of what is inside the database, shared by their modules:
     up before the first, destroyed after the last."""
-    backend = tmp_path_factory.mktemp("backend")
-    name = f"e2e-db-{secrets.token_hex(3)}"
-    postgres_port, replica_base, pgbouncer_port, redis_port = free_ports(4)
-    passwords = {key: secrets.token_urlsafe(18) for key in PASSWORD_KEYS}
-    with reachable_state_dir() as state_dir:
-        stack = auto.create_stack(
-            name,
-            work_dir=str(ROOT),
-            opts=auto.LocalWorkspaceOptions(env_vars={"PULUMI_BACKEND_URL": f"file://{backend}"}),
-        )
-        try:
-            configure(stack, state_dir, [postgres_port, replica_base, pgbouncer_port, redis_port], passwords, 0)
-            assert stack.up().summary.result == "succeeded"
-            yield LiveStack(stack, state_dir, backend, postgres_port, [], pgbouncer_port, redis_port, passwords)
-        finally:
-            try:
-                stack.destroy()
-            finally:
-                stack.workspace.remove_stack(name, force=True)
-                (ROOT / f"Pulumi.{name}.yaml").unlink(missing_ok=True)
+    with throwaway_stack(tmp_path_factory.mktemp("backend"), "e2e-db") as live:
+        assert live.stack.up().summary.result == "succeeded"
+        yield live

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import re
-import secrets
 import shutil
 import threading
 import time
@@ -31,9 +30,8 @@ from psycopg import sql
 
 from components.database.model import load_schema
 from tests.conftest import ROOT
-from tests.e2e.conftest import PASSWORD_KEYS, LiveStack, configure
+from tests.e2e.conftest import LiveStack, throwaway_stack
 from tests.fixtures.before_state import BeforeTable, build_before_state, fingerprint
-from tests.support import free_ports, processes_under, reachable_state_dir
 
 pytestmark = pytest.mark.e2e
 #: Data files of objects that read the tables (file -> its list of them), emptied with sql/schema.
@@ -159,38 +157,15 @@ def adoption(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Adoption]:
     project = copy_program(tmp_path_factory.mktemp("adoption") / "project")
     backend = project.parent / "backend"
     backend.mkdir()
-    name = f"adopt-{secrets.token_hex(3)}"
-    postgres_port, replica_base, pgbouncer_port, redis_port = free_ports(4)
-    passwords = {key: secrets.token_urlsafe(18) for key in PASSWORD_KEYS}
-    with reachable_state_dir() as state_dir:
-        stack = auto.create_stack(
-            name,
-            work_dir=str(project),
-            opts=auto.LocalWorkspaceOptions(env_vars={"PULUMI_BACKEND_URL": f"file://{backend}"}),
-        )
-        configure(stack, state_dir, [postgres_port, replica_base, pgbouncer_port, redis_port], passwords, 0)
-        stack.set_config("thorbis:allowDataLoss", auto.ConfigValue("false"))
-        live = LiveStack(stack, state_dir, backend, postgres_port, [], pgbouncer_port, redis_port, passwords)
-        try:
-            yield Adoption(live, project)
-        finally:
-            tear_down(stack, state_dir)
+    with throwaway_stack(backend, "adopt", work_dir=project, before_destroy=allow_data_loss) as live:
+        live.stack.set_config("thorbis:allowDataLoss", auto.ConfigValue("false"))
+        yield Adoption(live, project)
 
 
-def tear_down(stack: auto.Stack, state_dir: Path) -> None:
-    """Data loss is not allowed on this stack (and its tables are protected): allow it, then destroy."""
-    try:
-        stack.set_config("thorbis:allowDataLoss", auto.ConfigValue("true"))
-        try:
-            stack.up()  # lifts the tables' protection
-        finally:
-            stack.destroy()
-    finally:
-        stack.workspace.remove_stack(stack.name, force=True)
-        assert processes_under(state_dir) == [], "a server of the stack outlived its destroy"
-
-
-# --- what the database holds --------------------------------------------------------------------------
+def allow_data_loss(stack: auto.Stack) -> None:
+    """Data loss is not allowed on this stack (and its tables are protected): allow it before the destroy."""
+    stack.set_config("thorbis:allowDataLoss", auto.ConfigValue("true"))
+    stack.up()  # lifts the tables' protection
 
 
 def table_oids(conn: psycopg.Connection[Any], names: list[str]) -> dict[str, int]:
