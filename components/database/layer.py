@@ -21,7 +21,7 @@ from components.database.cron_job import CronJob, CronJobArgs
 from components.database.default_privileges import DefaultPrivileges, DefaultPrivilegesArgs
 from components.database.extension import Extension, ExtensionArgs
 from components.database.function import Function, FunctionArgs
-from components.database.grant import Grant, GrantArgs
+from components.database.grant import Grant, GrantArgs, GrantSpec
 from components.database.index import Index, IndexArgs, IndexSpec
 from components.database.manifest import Manifest, ManifestArgs
 from components.database.materialized_view import MaterializedView, MaterializedViewArgs
@@ -249,11 +249,7 @@ class DatabaseLayer(pulumi.ComponentResource):
             for spec in reporting.materialized_view_specs()
         ]
         for grant in reader_grants:
-            Grant(
-                f"grant-{grant.schema_name}-{grant.object_type}-{grant.grantee}",
-                GrantArgs(**_args(GrantArgs, grant)),
-                self.options([*views, self.roles.get(grant.grantee, schema)]),
-            )
+            self.declare_grant(grant, [*views, self.roles.get(grant.grantee, schema)])
         return [
             View(f"view-{spec.schema_name}-{spec.name}", ViewArgs(**_args(ViewArgs, spec)), self.options(views))
             for spec in reporting.tenant_view_specs()
@@ -271,25 +267,16 @@ class DatabaseLayer(pulumi.ComponentResource):
             )
             for spec in monitoring.view_specs(self.access.owner)
         ]
-        for reader in monitoring.readers:
-            for schema_name in [monitoring.schema_name, *monitoring.reads]:
-                after = [self.roles[reader], *views, *self.extensions.values()]
-                Grant(
-                    f"grant-usage-{schema_name}-{reader}",
-                    GrantArgs(grantee=reader, privileges=["USAGE"], object_type="schema", schema_name=schema_name),
-                    self.options(after),
-                )
-                Grant(
-                    f"grant-select-{schema_name}-{reader}",
-                    GrantArgs(
-                        grantee=reader,
-                        privileges=["SELECT"],
-                        object_type="all_tables_in_schema",
-                        schema_name=schema_name,
-                    ),
-                    self.options(after),
-                )
+        for grant in monitoring.grant_specs():
+            self.declare_grant(grant, [self.roles[grant.grantee], *views, *self.extensions.values()])
         return views
+
+    def declare_grant(self, grant: GrantSpec, after: Sequence[pulumi.Resource]) -> None:
+        Grant(
+            f"grant-{grant.schema_name}-{grant.object_type}-{grant.grantee}",
+            GrantArgs(**_args(GrantArgs, grant)),
+            self.options(after),
+        )
 
     def declare_jobs(self, connection: pulumi.Output[ConnectionSpec], after: Sequence[pulumi.Resource]) -> None:
         """pg_cron jobs of sql/jobs.yaml with the stack's schedules and parameters, after what they run."""

@@ -13,6 +13,7 @@ from pydantic import Field, PositiveInt, model_validator
 
 from components.database.cron_job import CronJobSpec
 from components.database.function import FunctionSpec
+from components.database.grant import GrantSpec
 from components.database.model import Data
 from components.database.view import ViewSpec
 
@@ -127,13 +128,36 @@ class MonitoringViewData(Data):
 class MonitoringModel(Data):
     schema_name: str = Field(alias="schema")
     readers: list[str]
-    reads: list[str] = Field(default_factory=list, description="Schemas whose tables the views read.")
+    reads: dict[str, list[str]] = Field(default_factory=dict, description="Tables of other schemas the views read.")
     views: list[MonitoringViewData]
 
     def view_specs(self, owner: str) -> list[ViewSpec]:
         return [
             ViewSpec(schema_name=self.schema_name, name=view.name, query=view.query, owner=owner) for view in self.views
         ]
+
+    def grant_specs(self) -> list[GrantSpec]:
+        """USAGE on the monitoring schema and on each schema the views read; SELECT on the views and on
+        the tables they read there (named: the other tables of those schemas stay out of reach)."""
+        grants: list[GrantSpec] = []
+        for reader in self.readers:
+            grants += [
+                GrantSpec(grantee=reader, privileges=["USAGE"], object_type="schema", schema_name=schema_name)
+                for schema_name in [self.schema_name, *self.reads]
+            ]
+            grants.append(
+                GrantSpec(
+                    grantee=reader,
+                    privileges=["SELECT"],
+                    object_type="all_tables_in_schema",
+                    schema_name=self.schema_name,
+                )
+            )
+            grants += [
+                GrantSpec(grantee=reader, privileges=["SELECT"], object_type="table", schema_name=name, objects=tables)
+                for name, tables in self.reads.items()
+            ]
+        return grants
 
 
 def load_monitoring(path: Path = MONITORING_FILE) -> MonitoringModel:

@@ -34,6 +34,12 @@ def admin(database_stack: LiveStack) -> Iterator[Conn]:
         yield conn
 
 
+def test_a_refresh_finds_what_up_made_and_a_preview_then_proposes_nothing(database_stack: LiveStack) -> None:
+    """What pg_partman and the jobs create after `up` (partitions, template tables) is not drift."""
+    database_stack.stack.refresh()
+    database_stack.stack.preview(expect_no_changes=True)
+
+
 def test_every_partitioned_table_is_kept_by_pg_partman_with_months_made_ahead(admin: Conn) -> None:
     configs = dict(
         admin.execute(
