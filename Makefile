@@ -30,3 +30,25 @@ test: setup
 
 lint: deps
 	@$(ENV) ruff check . && ruff format --check . && mypy
+
+# Operating a stack (README "Operating it"): exit codes are the scripts' own.
+.PHONY: pr-preview drift verify backup dr-drill bench
+BENCH_SCALE ?= 1.5
+
+pr-preview: setup
+	@$(ENV) scripts/pr-preview $(STACK)
+
+drift: setup
+	@$(ENV) scripts/drift $(STACK)
+
+verify: setup
+	@$(ENV) scripts/verify $(STACK)
+
+backup: setup
+	@$(ENV) scripts/backup $(STACK)
+
+dr-drill: setup
+	@$(ENV) scripts/dr-drill $(STACK)
+
+bench: setup
+	@$(ENV) python -m bench.run --scale $(BENCH_SCALE)

@@ -1,7 +1,10 @@
-"""Provisioning benchmark: a full `pulumi up` from nothing, a no-change `preview` and a no-change `up`.
+"""Provisioning benchmark: a full `pulumi up` from nothing, a no-change `preview` and a no-change `up`,
+against the floor of `psql -f` applying the same DDL.
 
-Prints the resource count and the figures, and writes them to bench/results/provisioning.json. A
-benchmark, not a test: it asserts nothing about time.
+The floor: the provisioned database's schema is dumped (pg_dump --schema-only, less pg_cron, which can
+live in one database only) and applied with `psql -f` into an empty database of the same server, timed.
+Prints the resource count and the figures (and their ratios to the floor), and writes them to
+bench/results/provisioning.json. A benchmark, not a test: it asserts nothing about time.
 
     source scripts/pulumi-env.sh && python -m bench.provision [--replicas N]
 """
@@ -10,18 +13,30 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import secrets
+import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
+import psycopg
 import pulumi.automation as auto
+from psycopg import sql
 
 from tests.support import free_ports, reachable_state_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
+PROJECT_PARTS = ("Pulumi.yaml", "__main__.py", "components", "config", "provider", "sql")
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+DATABASE = "thorbis"
+FLOOR_DATABASE = "thorbis_psql_floor"
+CRON = re.compile(r"\b(pg_)?cron\b")
 PASSWORD_KEYS = (
     "postgresPassword",
     "replicationPassword",
@@ -30,9 +45,10 @@ PASSWORD_KEYS = (
     "authenticatorPassword",
     "reportingPassword",
 )
+T = TypeVar("T")
 
 
-def timed(step: str, action, figures: dict[str, float]):  # type: ignore[no-untyped-def]
+def timed(step: str, action: Callable[[], T], figures: dict[str, float]) -> T:
     started = time.perf_counter()
     result = action()
     figures[step] = round(time.perf_counter() - started, 2)
@@ -40,19 +56,74 @@ def timed(step: str, action, figures: dict[str, float]):  # type: ignore[no-unty
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--replicas", type=int, default=0)
-    args = parser.parse_args()
+def libpq_env(password: str) -> dict[str, str]:
+    return {**os.environ, "PGPASSWORD": password, "PGHOST": "127.0.0.1", "PGUSER": "postgres"}
+
+
+def psql_floor(port: int, password: str, work: Path) -> dict[str, Any]:
+    """Dump the schema of the provisioned database, then time `psql -f` of it into an empty database."""
+    env = {**libpq_env(password), "PGPORT": str(port)}
+    archive, listing, script = work / "schema.dump", work / "schema.list", work / "schema.sql"
+    subprocess.run([PG_BIN / "pg_dump", "-Fc", "--schema-only", "-f", archive, DATABASE], env=env, check=True)
+    entries = subprocess.run(
+        [PG_BIN / "pg_restore", "-l", archive], env=env, check=True, capture_output=True, text=True
+    ).stdout.splitlines()
+    # pg_cron lives in one database only: leave out the extension and what names its `cron` schema
+    kept = [entry for entry in entries if not CRON.search(entry)]
+    listing.write_text("\n".join(kept) + "\n")
+    subprocess.run([PG_BIN / "pg_restore", "-L", listing, "-f", script, archive], env=env, check=True)
+    conninfo = {"host": "127.0.0.1", "port": port, "user": "postgres", "password": password}
+    with psycopg.connect(**conninfo, dbname=DATABASE, autocommit=True) as conn:  # type: ignore[arg-type]
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(FLOOR_DATABASE)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(FLOOR_DATABASE)))
+    try:
+        started = time.perf_counter()
+        applied = subprocess.run(
+            [PG_BIN / "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", FLOOR_DATABASE, "-f", script],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if applied.returncode != 0:
+            raise RuntimeError(f"psql -f of the dumped schema failed: {applied.stderr.strip()[-800:]}")
+        seconds = round(time.perf_counter() - started, 2)
+    finally:
+        with psycopg.connect(**conninfo, dbname=DATABASE, autocommit=True) as conn:  # type: ignore[arg-type]
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(FLOOR_DATABASE)))
+    statements = sum(1 for entry in kept if entry and not entry.startswith(";"))
+    print(f"{'psql -f floor':<24} {seconds:>8.2f} s  ({statements} dump entries)", flush=True)
+    return {"seconds": seconds, "dump_entries": statements, "script_bytes": script.stat().st_size}
+
+
+def snapshot(destination: Path) -> Path:
+    """A copy of the program, so edits to the working tree during the run do not change what is measured."""
+    destination.mkdir(parents=True)
+    for part in PROJECT_PARTS:
+        source = ROOT / part
+        if source.is_dir():
+            shutil.copytree(source, destination / part, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, destination / part)
+    (destination / ".venv").symlink_to(ROOT / ".venv")
+    return destination
+
+
+def measure(replicas: int = 0) -> dict[str, Any]:
+    """Up from nothing, no-change preview and up, the psql floor, refresh, destroy, on a throwaway stack."""
     figures: dict[str, float] = {}
     name = f"bench-{secrets.token_hex(3)}"
-    with reachable_state_dir("thorbis-bench-") as state_dir, tempfile.TemporaryDirectory() as backend:
-        ports = free_ports(3 + args.replicas)
+    with reachable_state_dir("thorbis-bench-") as state_dir, tempfile.TemporaryDirectory() as tmp:
+        backend = Path(tmp) / "backend"
+        backend.mkdir()
+        project = snapshot(Path(tmp) / "project")
+        ports = free_ports(3 + replicas)
         stack = auto.create_stack(
             name,
-            work_dir=str(ROOT),
+            work_dir=str(project),
             opts=auto.LocalWorkspaceOptions(env_vars={"PULUMI_BACKEND_URL": f"file://{backend}"}),
         )
+        passwords = {key: secrets.token_urlsafe(18) for key in PASSWORD_KEYS}
         try:
             values = {
                 "thorbis:stateDir": str(state_dir),
@@ -60,24 +131,48 @@ def main() -> None:
                 "thorbis:postgres.port": str(ports[0]),
                 "thorbis:pgbouncer.port": str(ports[1]),
                 "thorbis:redis.port": str(ports[2]),
-                "thorbis:replicas.count": str(args.replicas),
+                "thorbis:replicas.count": str(replicas),
             }
+            if replicas:
+                values["thorbis:replicas.basePort"] = str(ports[3])
             stack.set_all_config({k: auto.ConfigValue(v) for k, v in values.items()}, path=True)
-            stack.set_all_config(
-                {f"thorbis:{k}": auto.ConfigValue(secrets.token_urlsafe(18), secret=True) for k in PASSWORD_KEYS}
-            )
+            stack.set_all_config({f"thorbis:{k}": auto.ConfigValue(v, secret=True) for k, v in passwords.items()})
             created = timed("up from nothing", stack.up, figures)
             timed("no-change preview", lambda: stack.preview(expect_no_changes=True), figures)
             timed("no-change up", stack.up, figures)
+            with tempfile.TemporaryDirectory(prefix="thorbis-floor-") as work:
+                try:
+                    floor = psql_floor(ports[0], passwords["postgresPassword"], Path(work))
+                except (RuntimeError, subprocess.CalledProcessError) as error:  # reported, the run goes on
+                    print(f"psql floor failed: {error}", flush=True)
+                    floor = {"seconds": None, "error": str(error)}
             timed("refresh", stack.refresh, figures)
             timed("destroy", stack.destroy, figures)
         finally:
             stack.workspace.remove_stack(name, force=True)
-            (ROOT / f"Pulumi.{name}.yaml").unlink(missing_ok=True)
-    resources = (created.summary.resource_changes or {}).get("create", 0)
+    resources = cast(dict[str, int], dict(created.summary.resource_changes or {})).get("create", 0)
     engine = subprocess.run(["pulumi", "version"], capture_output=True, text=True, check=True).stdout.strip()
-    report = {"resources": resources, "replicas": args.replicas, "pulumi": engine, "seconds": figures}
+    ratios = {
+        step: round(figures[step] / floor["seconds"], 1)
+        for step in ("up from nothing", "no-change preview", "no-change up")
+        if floor["seconds"]
+    }
     print(f"{'resources':<24} {resources:>8}")
+    return {
+        "resources": resources,
+        "replicas": replicas,
+        "pulumi": engine,
+        "seconds": figures,
+        "psql_floor": floor,
+        "ratio_to_floor": ratios,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--replicas", type=int, default=0)
+    args = parser.parse_args()
+    report = measure(args.replicas)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "provisioning.json").write_text(json.dumps(report, indent=2) + "\n")
 

@@ -4,6 +4,7 @@ from config.errors import ConfigError, Problem
 from config.load import load_settings, parse_settings
 from config.ports import check_host_ports
 from config.settings import (
+    BackupSpec,
     DockerSpec,
     JobsSpec,
     PartitioningSpec,
@@ -15,6 +16,7 @@ from config.settings import (
 )
 
 __all__ = [
+    "BackupSpec",
     "ConfigError",
     "DockerSpec",
     "JobsSpec",

@@ -356,6 +356,65 @@ class JobsSpec(Spec):
         return value
 
 
+OS_CRON_ALLOWED = "an OS cron schedule: five cron fields ('30 2 * * *') or '@daily'-style"
+OsCronSchedule = Annotated[
+    str, StringConstraints(pattern=r"^(@(hourly|daily|weekly|monthly|yearly|annually)|(\S+ +){4}\S+)$")
+]
+
+
+def _backup_directory(value: object, info: ValidationInfo) -> object:
+    if value is None:
+        return None  # the stack's <stateDir>/backups, made on first use
+    if isinstance(value, str) and not value.strip():
+        raise PydanticCustomError("thorbis_empty_path", "must not be empty; give a directory path or remove the key")
+    if not isinstance(value, str | Path):
+        return value  # pydantic reports the wrong type
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (_context(info).project_root / path).resolve()
+
+
+class BackupSpec(Spec):
+    """`thorbis:backup`: pgBackRest base backups and continuous WAL archiving of the primary (platform local).
+
+    Backups are taken by `scripts/backup STACK` (pgBackRest runs as an OS command, which pg_cron cannot
+    start): run it from the OS's cron or a systemd timer at `schedule`.
+    """
+
+    enabled: Flag = setting(
+        True,
+        "Archive WAL continuously and keep base backups with pgBackRest; used on platform local. Default true.",
+        "true or false",
+    )
+    directory: Annotated[Path | None, BeforeValidator(_backup_directory)] = setting(
+        None,
+        "The pgBackRest repository, relative to the project root unless absolute; a directory given here must "
+        "exist and be writable by the postgres OS user (a missing mount is never replaced by a local directory). "
+        "Default <stateDir>/backups, made when missing.",
+        "a non-empty directory path",
+    )
+    retention: Annotated[Int, Field(ge=1, le=100)] = setting(
+        2,
+        "Full backups kept (repo1-retention-full); WAL older than the oldest kept backup is expired. Default 2.",
+        "an integer from 1 to 100",
+    )
+    schedule: OsCronSchedule = setting(
+        "30 2 * * *",
+        "When the OS cron or systemd timer runs `scripts/backup STACK` (pg_cron cannot run pgBackRest). "
+        "Default 30 2 * * * (daily at 02:30).",
+        OS_CRON_ALLOWED,
+    )
+    restore_on_provision: Flag = setting(
+        True,
+        "When the primary's data directory is missing and the repository holds a backup of this stack, restore "
+        "it (replaying archived WAL to the latest point) instead of initialising an empty server. Default true.",
+        "true or false",
+    )
+
+    def repository(self, state_dir: Path) -> Path:
+        """Where the backups of a stack whose state lives in `state_dir` go."""
+        return self.directory if self.directory is not None else state_dir / "backups"
+
+
 # --- the whole stack ---------------------------------------------------------------------------------
 
 SECRET_ALLOWED = f"a secret string of at least {MIN_PASSWORD_LENGTH} characters"
@@ -392,6 +451,7 @@ class StackSettings(Spec):
     docker: DockerSpec = section("Docker settings, used on platform docker only (DockerSpec).")
     partitioning: PartitioningSpec = section("pg_partman's premake and retention (PartitioningSpec).")
     jobs: JobsSpec = section("Schedules and parameters of the pg_cron jobs (JobsSpec).")
+    backup: BackupSpec = section("pgBackRest backups and WAL archiving of the primary (BackupSpec).")
     postgres_password: Password | None = setting(
         None,
         "Password of the postgres superuser; required on local and docker. Secret; default unset.",

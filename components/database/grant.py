@@ -93,6 +93,11 @@ class GrantSpec(Spec):
         'argument types ("current_company_id()"); empty for schema and all_*_in_schema.',
     )
     with_grant_option: bool = Field(default=False, description="Whether the grantee may grant them on.")
+    covers: list[str] = Field(
+        default_factory=list,
+        description="all_*_in_schema only: the objects the grant must cover. A change re-runs the grant, so "
+        "objects adopted or created after it (which default privileges miss) get its privileges too.",
+    )
 
     @field_validator("privileges")
     @classmethod
@@ -106,6 +111,8 @@ class GrantSpec(Spec):
             raise ValueError(f"schemaName is required for objectType {self.object_type}")
         if self.object_type in ("table", "sequence", "function") and not self.objects:
             raise ValueError(f"objects must name at least one {self.object_type}")
+        if self.covers and not self.object_type.startswith("all_"):
+            raise ValueError(f"covers is for all_*_in_schema grants, not objectType {self.object_type}")
         if self.object_type not in NAMED_OBJECTS and self.objects:
             raise ValueError(f"objects must be empty for objectType {self.object_type} (schemaName says which)")
         if self.object_type == "function":
@@ -338,6 +345,7 @@ class GrantArgs:
     schema_name: pulumi.Input[str] | None = None
     objects: pulumi.Input[list[str]] = field(default_factory=list)
     with_grant_option: pulumi.Input[bool] = False
+    covers: pulumi.Input[list[str]] = field(default_factory=list)
 
 
 class Grant(pulumi.CustomResource):

@@ -297,6 +297,8 @@ class DatabaseLayer(pulumi.ComponentResource):
                     GrantArgs(grantee=grantee, privileges=["USAGE"], object_type="schema", schema_name=schema_name),
                     self.options(after),
                 )
+        # adopted tables and the tenant views were not created by the owner: default privileges miss them
+        covered = sorted([*self.tables, *(view.name for view in load_reporting().tenant_view_specs())])
         for grantee, privileges in self.access.table_privileges.items():
             Grant(
                 f"grant-tables-{grantee}",
@@ -305,6 +307,7 @@ class DatabaseLayer(pulumi.ComponentResource):
                     privileges=privileges,
                     object_type="all_tables_in_schema",
                     schema_name=TABLE_SCHEMA,
+                    covers=covered,
                 ),
                 self.options(after),
             )

@@ -151,6 +151,7 @@ class MonitoringModel(Data):
                     privileges=["SELECT"],
                     object_type="all_tables_in_schema",
                     schema_name=self.schema_name,
+                    covers=sorted(view.name for view in self.views),
                 )
             )
             grants += [

@@ -95,7 +95,7 @@ def run_ddl(
             return
         except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
             pass
-        except psycopg.errors.InternalError_ as error:
+        except (psycopg.errors.InternalError_, psycopg.errors.UniqueViolation) as error:
             if not (transactional and concurrent_catalog_update(error)):
                 raise ProviderError(f"{what} failed: {str(error).strip()}") from error
         except psycopg.Error as error:
@@ -123,9 +123,13 @@ def execute_batch(conn: psycopg.Connection, batch: list[Statement], lock_timeout
 
 
 def concurrent_catalog_update(error: psycopg.Error) -> bool:
-    """Two GRANTs on one object at once (resources run in parallel): PostgreSQL fails the later one
-    instead of waiting; its transaction rolled back, so it is simply run again."""
-    return "tuple concurrently updated" in str(error)
+    """Two GRANTs on one object, or two ALTER DEFAULT PRIVILEGES for one owner and schema, at once
+    (resources run in parallel): PostgreSQL fails the later one instead of waiting; its transaction
+    rolled back, so it is simply run again."""
+    constraint = getattr(error.diag, "constraint_name", None) or ""
+    return "tuple concurrently updated" in str(error) or (
+        isinstance(error, psycopg.errors.UniqueViolation) and constraint.startswith("pg_")
+    )
 
 
 def scalar(conn: psycopg.Connection, query: Statement | str, params: tuple[Any, ...] = ()) -> Any:

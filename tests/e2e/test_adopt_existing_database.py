@@ -342,6 +342,14 @@ def test_up_adopts_every_existing_table_while_a_writer_keeps_writing(adoption: A
             "AND NOT (relrowsecurity AND relforcerowsecurity)"
         ).fetchall()
         assert secured == [], "tables without row level security (enabled and forced)"
+        ungranted = conn.execute(
+            "SELECT relname FROM pg_class c WHERE relnamespace = 'public'::regnamespace AND relkind IN ('r', 'p') "
+            "AND NOT relispartition AND NOT (has_table_privilege('authenticated', c.oid, 'SELECT') "
+            "AND has_table_privilege('authenticated', c.oid, 'INSERT') "
+            "AND has_table_privilege('authenticated', c.oid, 'UPDATE') "
+            "AND has_table_privilege('authenticated', c.oid, 'DELETE'))"
+        ).fetchall()
+        assert ungranted == [], "tables the application's role may not use (adopted ones included)"
         not_valid = conn.execute(
             "SELECT conrelid::regclass::text, conname FROM pg_constraint "
             "WHERE connamespace = 'public'::regnamespace AND NOT convalidated"

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 import config
 from config import (
+    BackupSpec,
     ConfigError,
     DockerSpec,
     JobsSpec,
@@ -283,7 +284,17 @@ def test_python_code_may_use_snake_case_names() -> None:
 
 @pytest.mark.parametrize(
     "model",
-    [StackSettings, PostgresSpec, ReplicasSpec, PgBouncerSpec, RedisSpec, DockerSpec, PartitioningSpec, JobsSpec],
+    [
+        StackSettings,
+        PostgresSpec,
+        ReplicasSpec,
+        PgBouncerSpec,
+        RedisSpec,
+        DockerSpec,
+        PartitioningSpec,
+        JobsSpec,
+        BackupSpec,
+    ],
 )
 def test_every_key_is_documented_with_its_default_and_allowed_values(model: type[BaseModel]) -> None:
     for name, info in model.model_fields.items():
@@ -602,6 +613,39 @@ BAD = [
         {"replicas": {"count": 3, "basePort": 65534}},
         "thorbis:replicas.count",
         ("= 3:", "65536", "lower thorbis:replicas.basePort"),
+    ),
+    Bad("backup-enabled-word", {"backup": {"enabled": "yes"}}, "thorbis:backup.enabled", ('"yes"', "true or false")),
+    Bad("backup-directory-empty", {"backup": {"directory": " "}}, "thorbis:backup.directory", ("must not be empty",)),
+    Bad(
+        "backup-directory-type",
+        {"backup": {"directory": ["/srv/backups"]}},
+        "thorbis:backup.directory",
+        ('["/srv/backups"]', "directory path"),
+    ),
+    Bad("backup-retention-zero", {"backup": {"retention": 0}}, "thorbis:backup.retention", ("= 0:", "1 to 100")),
+    Bad(
+        "backup-retention-text",
+        {"backup": {"retention": "two"}},
+        "thorbis:backup.retention",
+        ('"two"', "integer from 1 to 100"),
+    ),
+    Bad(
+        "backup-schedule-pg-cron-seconds",
+        {"backup": {"schedule": "30 seconds"}},
+        "thorbis:backup.schedule",
+        ('"30 seconds"', "OS cron schedule"),
+    ),
+    Bad(
+        "backup-restore-word",
+        {"backup": {"restoreOnProvision": "always"}},
+        "thorbis:backup.restoreOnProvision",
+        ('"always"', "true or false"),
+    ),
+    Bad(
+        "backup-unknown-key",
+        {"backup": {"retentionFull": 3}},
+        "thorbis:backup.retentionFull",
+        ("unknown key", "did you mean retention?", "allowed keys under thorbis:backup: enabled, directory"),
     ),
 ]
 

@@ -8,13 +8,15 @@ from pathlib import Path
 import pulumi
 
 from components.connection import ConnectionSpec, Endpoint
+from components.platform.local.backup import BackupRepository, BackupRepositoryArgs
+from components.platform.local.pgbackrest import Repository, archive_command, directory_problem
 from components.platform.local.pgbouncer import PgBouncer, PgBouncerArgs
 from components.platform.local.postgres import PostgresServer, PostgresServerArgs
 from components.platform.local.process import read_pid
 from components.platform.local.redis import Redis, RedisArgs
 from components.platform.local.replica import PostgresReplica, PostgresReplicaArgs
 from components.platform.secrets import secret_of
-from config import StackSettings, check_host_ports
+from config import ConfigError, Problem, StackSettings, check_host_ports
 
 HOST = "127.0.0.1"
 
@@ -41,7 +43,41 @@ def postgres_settings(settings: StackSettings) -> dict[str, str]:
         "maintenance_work_mem": postgres.maintenance_work_mem,
         "effective_cache_size": postgres.effective_cache_size,
         **postgres.settings,
+        **archive_settings(settings),
     }
+
+
+def backup_repository(settings: StackSettings) -> Repository | None:
+    """The stack's pgBackRest repository (stanza: the stack's name), or None when backups are off."""
+    backup = settings.backup
+    if settings.platform != "local" or not backup.enabled:
+        return None
+    return Repository(
+        path=str(backup.repository(settings.state_dir)),
+        stanza=settings.stack,
+        config_dir=str(settings.state_dir / "pgbackrest"),
+        retention_full=backup.retention,
+        create_path=backup.directory is None,
+        restore_on_provision=backup.restore_on_provision,
+    )
+
+
+def archive_settings(settings: StackSettings) -> dict[str, str]:
+    """Continuous WAL archiving into the stack's repository (archive_mode takes a restart: the
+    PostgresServer kind restarts when a setting is pending_restart)."""
+    repo = backup_repository(settings)
+    if repo is None:
+        return {}
+    return {"archive_mode": "on", "archive_command": archive_command(repo)}
+
+
+def check_backup_directory(settings: StackSettings) -> None:
+    """Before any resource exists: a configured backup directory that is missing or not writable stops
+    preview and up with an error naming thorbis:backup.directory (nothing is changed)."""
+    repo = backup_repository(settings)
+    problem = directory_problem(repo) if repo is not None else None
+    if repo is not None and problem is not None:
+        raise ConfigError(settings.stack, [Problem("thorbis:backup.directory", f'"{repo.path}"', problem)])
 
 
 def ports_held(state_dir: Path) -> set[int]:
@@ -71,11 +107,13 @@ class LocalPlatform(pulumi.ComponentResource):
 
     def __init__(self, name: str, settings: StackSettings, opts: pulumi.ResourceOptions | None = None) -> None:
         check_host_ports(settings, owned_ports=ports_held(settings.state_dir))  # before any resource exists
+        check_backup_directory(settings)
         super().__init__("thorbis:platform:Local", name, None, opts)
         base = settings.state_dir
         superuser = secret_of(settings, "postgres_password")
         replication = secret_of(settings, "replication_password")
         gucs = postgres_settings(settings)
+        repository = backup_repository(settings)
         child = pulumi.ResourceOptions(parent=self)
 
         primary = PostgresServer(
@@ -88,10 +126,23 @@ class LocalPlatform(pulumi.ComponentResource):
                 replication_password=replication,
                 settings=gucs,
                 allow_data_loss=settings.allow_data_loss,
+                backup=repository.model_dump(by_alias=True) if repository else None,
             ),
             child,
         )
         after_primary = pulumi.ResourceOptions(parent=self, depends_on=[primary])
+        if repository is not None:  # archiving of the primary; backups are taken by scripts/backup
+            BackupRepository(
+                f"{name}-backups",
+                BackupRepositoryArgs(
+                    repository=repository.model_dump(by_alias=True),
+                    primary_state_dir=str(base / "postgres-primary"),
+                    port=settings.postgres.port,
+                    superuser_password=superuser,
+                    allow_data_loss=settings.allow_data_loss,
+                ),
+                after_primary,
+            )
         replicas = [
             PostgresReplica(
                 f"{name}-replica-{index}",

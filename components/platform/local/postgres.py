@@ -11,8 +11,9 @@ from psycopg import sql
 from pydantic import Field
 
 from components.kind import Kind, ProviderError, Spec
+from components.platform.local import pgbackrest, process
 from components.platform.local import postgres_files as pg
-from components.platform.local import process
+from components.platform.local.pgbackrest import Repository
 from components.resource import declared_outputs, provider_inputs
 
 TOKEN = "thorbisdb:local:PostgresServer"
@@ -28,6 +29,12 @@ class PostgresServerSpec(Spec):
     replication_password: str = Field(min_length=1, description="Password of `replicator` (secret).")
     settings: dict[str, str] = Field(default_factory=dict, description="postgresql.conf settings we manage.")
     allow_data_loss: bool = Field(default=False, description="Whether delete may remove the data directory.")
+    backup: Repository | None = Field(
+        default=None,
+        description="The pgBackRest repository the server archives WAL to (its config is written before the "
+        "server starts); a missing data directory is restored from it when it holds a backup and "
+        "restoreOnProvision is set. None: no archiving.",
+    )
 
 
 def server_settings(spec: PostgresServerSpec) -> dict[str, str]:
@@ -40,6 +47,20 @@ def server_settings(spec: PostgresServerSpec) -> dict[str, str]:
     }
 
 
+def wait_for_promotion(spec: PostgresServerSpec, timeout: float = 3600) -> None:
+    """A restored server replays the archived WAL, then promotes itself: wait until it takes writes."""
+
+    def promoted() -> bool:
+        try:
+            with pg.connect(spec.port, spec.superuser_password) as conn:
+                row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+                return row is not None and not row[0]
+        except ProviderError:
+            return False
+
+    process.wait_until(promoted, timeout, f"the restored PostgreSQL on port {spec.port} to replay its WAL")
+
+
 class PostgresServerKind(Kind[PostgresServerSpec]):
     token = TOKEN
     spec_type = PostgresServerSpec
@@ -48,12 +69,32 @@ class PostgresServerKind(Kind[PostgresServerSpec]):
 
     def create(self, spec: PostgresServerSpec) -> tuple[str, dict[str, Any]]:
         server = pg.ServerDir(Path(spec.state_dir))
+        self.write_backup_files(spec)
+        restored = False
         if not server.initialised():  # an existing data directory is adopted, never overwritten
-            pg.initdb(server, spec.superuser_password)
+            restored = self.restore_if_backed_up(spec, server)
+            if not restored:
+                pg.initdb(server, spec.superuser_password)
         pg.write_config(server, server_settings(spec))
         pg.start(server)
+        if restored:
+            wait_for_promotion(spec)
         self.bootstrap(spec, spec.superuser_password)
         return str(server.data), self.observed(spec)
+
+    def write_backup_files(self, spec: PostgresServerSpec) -> None:
+        """pgBackRest's config, before the server starts: its archive_command and a restore need it."""
+        if spec.backup is not None:
+            server = pg.ServerDir(Path(spec.state_dir))
+            pgbackrest.write_files(spec.backup, server, spec.port, spec.superuser_password)
+
+    def restore_if_backed_up(self, spec: PostgresServerSpec, server: pg.ServerDir) -> bool:
+        """Re-provisioning after a disaster: the latest backup plus every archived WAL segment, not initdb."""
+        repo = spec.backup
+        if repo is None or not repo.restore_on_provision or not pgbackrest.has_backup(repo):
+            return False
+        pgbackrest.restore(repo, server)
+        return True
 
     def bootstrap(self, spec: PostgresServerSpec, current_password: str) -> None:
         """Passwords, the replication role and the application database, made to match the spec."""
@@ -94,6 +135,7 @@ class PostgresServerKind(Kind[PostgresServerSpec]):
 
     def update(self, resource_id: str, old: dict[str, Any], spec: PostgresServerSpec) -> dict[str, Any]:
         server = pg.ServerDir(Path(spec.state_dir))
+        self.write_backup_files(spec)
         pg.write_config(server, server_settings(spec))
         old_port, old_password = (
             int(old.get("port", spec.port)),
@@ -133,6 +175,7 @@ class PostgresServerArgs:
     replication_password: pulumi.Input[str]
     settings: pulumi.Input[dict[str, str]] = field(default_factory=dict)
     allow_data_loss: pulumi.Input[bool] = False
+    backup: pulumi.Input[dict[str, Any]] | None = None
 
 
 class PostgresServer(pulumi.CustomResource):

@@ -1,0 +1,233 @@
+"""Every benchmark end to end on throwaway stacks, then the report.
+
+1. Provisioning (bench/provision.py): its own stack, from nothing, against the `psql -f` floor.
+2. Queries and connections: a stack whose program has an empty sql/schema (servers, roles, extensions
+   only); the review's before database is built on it (tests/fixtures/before_state.py) and filled
+   (bench/generate.py); the six query classes are timed; the full schema is put back and `pulumi up`
+   adopts the populated database; the classes are timed again (RLS and owner), then pgbench runs.
+Results: bench/results/results.json, REPORT.md, charts, plans/. Each stack is destroyed at the end.
+
+    source scripts/pulumi-env.sh && python -m bench.run [--scale 2] [--skip-provisioning]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pulumi.automation as auto
+import yaml
+
+from bench import connections, generate, provision, queries, report
+from tests.e2e.conftest import PASSWORD_KEYS, configure
+from tests.fixtures.before_state import build_before_state
+from tests.support import free_ports, reachable_state_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+PROJECT_PARTS = ("Pulumi.yaml", "__main__.py", "components", "config", "provider", "sql")
+#: Data files of objects that read the tables (file -> its list of them): emptied with sql/schema.
+OBJECTS_ON_TABLES = {"reporting.yaml": "materialized_views", "maintenance.yaml": "procedures", "jobs.yaml": "jobs"}
+POOL_SIZE = 10  # thorbis:pgbouncer.defaultPoolSize as tests/e2e/conftest.configure sets it
+
+
+@dataclass
+class DataStack:
+    stack: auto.Stack
+    project: Path
+    postgres_port: int
+    pgbouncer_port: int
+    passwords: dict[str, str]
+
+    def connect(self, user: str = "postgres", port: int | None = None) -> psycopg.Connection[Any]:
+        password = self.passwords["postgresPassword" if user == "postgres" else "authenticatorPassword"]
+        return psycopg.connect(
+            host="127.0.0.1",
+            port=port or self.postgres_port,
+            user=user,
+            password=password,
+            dbname="thorbis",
+            autocommit=True,
+            prepare_threshold=None,
+            connect_timeout=30,
+        )
+
+
+def copy_program(destination: Path) -> Path:
+    """The program with an empty sql/schema and nothing that reads tables (restore_schema puts them back)."""
+    destination.mkdir(parents=True)
+    for part in PROJECT_PARTS:
+        source = ROOT / part
+        if source.is_dir():
+            shutil.copytree(source, destination / part, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, destination / part)
+    (destination / ".venv").symlink_to(ROOT / ".venv")
+    for schema_file in (destination / "sql" / "schema").glob("*.yaml"):
+        schema_file.unlink()
+    for name, objects in OBJECTS_ON_TABLES.items():
+        content = yaml.safe_load((destination / "sql" / name).read_text())
+        (destination / "sql" / name).write_text(yaml.safe_dump({**content, objects: []}, sort_keys=False))
+    return destination
+
+
+def restore_schema(project: Path) -> None:
+    shutil.rmtree(project / "sql")
+    shutil.copytree(ROOT / "sql", project / "sql")
+
+
+@contextmanager
+def data_stack() -> Iterator[DataStack]:
+    with reachable_state_dir("thorbis-bench-") as state_dir, tempfile.TemporaryDirectory() as tmp:
+        project = copy_program(Path(tmp) / "project")
+        backend = Path(tmp) / "backend"
+        backend.mkdir()
+        name = f"bench-data-{secrets.token_hex(3)}"
+        ports = free_ports(4)
+        passwords = {key: secrets.token_urlsafe(18) for key in PASSWORD_KEYS}
+        stack = auto.create_stack(
+            name,
+            work_dir=str(project),
+            opts=auto.LocalWorkspaceOptions(env_vars={"PULUMI_BACKEND_URL": f"file://{backend}"}),
+        )
+        try:
+            configure(stack, state_dir, ports, passwords, 0)
+            yield DataStack(stack, project, ports[0], ports[2], passwords)
+        finally:
+            try:
+                stack.destroy()
+            finally:
+                stack.workspace.remove_stack(name, force=True)
+
+
+def step(title: str) -> float:
+    print(f"\n== {title}", flush=True)
+    return time.perf_counter()
+
+
+def vacuum_analyze(conn: psycopg.Connection[Any]) -> None:
+    """Fresh statistics and visibility maps on both sides, as a database that has been running would have."""
+    conn.execute("VACUUM (ANALYZE)")
+
+
+def query_and_connection_benchmarks(scale: float, runs: int, budget: float, seconds: int) -> dict[str, Any]:
+    plans = RESULTS / "plans"
+    shutil.rmtree(plans, ignore_errors=True)
+    out: dict[str, Any] = {}
+    with data_stack() as live:
+        started = step("up: servers, roles, extensions (empty schema)")
+        try:
+            live.stack.up()
+        except auto.CommandError as error:  # e.g. the DefaultPrivileges race on pg_default_acl: retried once
+            print(f"  first up failed, retrying once: {str(error).splitlines()[-1][:200]}", flush=True)
+            out["empty_up_retried"] = True
+            live.stack.up()
+        out["empty_up_seconds"] = round(time.perf_counter() - started, 2)
+        with live.connect() as admin:
+            step("before state and dataset")
+            build_before_state(admin)
+            dataset = generate.load(admin, scale, trust_foreign_keys=True)
+            print(f"  {dataset['total_rows']:,} rows in {dataset['load_seconds']} s", flush=True)
+            vacuum_analyze(admin)
+            company = generate.largest_company(admin)
+            params = queries.sample_params(admin, company, datetime.fromisoformat(dataset["now"]))
+            step("query classes, before (owner, explicit company filter)")
+            before = queries.run_mode(admin, "before", params, plans, runs, budget)
+        out["dataset"] = dataset
+        restore_schema(live.project)
+        started = step("up: the full schema adopts the populated database")
+        adopted = live.stack.up()
+        adoption = round(time.perf_counter() - started, 2)
+        print(f"  {adoption} s, {adopted.summary.resource_changes}", flush=True)
+        with live.connect() as admin:
+            vacuum_analyze(admin)
+            step("query classes, after")
+            with live.connect("authenticator") as app:
+                after = queries.run_mode(app, "after", params, plans, runs, budget)
+            owner = queries.run_mode(admin, "after_owner", params, plans, runs, budget)
+            settings = dict(
+                admin.execute(
+                    "SELECT name, setting FROM pg_settings WHERE name IN "
+                    "('max_connections', 'superuser_reserved_connections')"
+                ).fetchall()
+            )
+            in_use = admin.execute("SELECT count(*) FROM pg_stat_activity").fetchone()
+        out["queries"] = {
+            "company": company,
+            "runs": runs,
+            "adoption_seconds": adoption,
+            "before": before,
+            "after": after,
+            "after_owner": owner,
+            "comparison": queries.compare(before, after, owner),
+        }
+        step("connection scale (pgbench)")
+        password = live.passwords["authenticatorPassword"]
+        limit = connections.direct_capacity(
+            int(settings["max_connections"]),
+            int(settings["superuser_reserved_connections"]),
+            int(in_use[0]) if in_use else 0,
+        )
+        runs_ = connections.run_all(
+            connections.Target("pgbouncer", live.pgbouncer_port, password),
+            connections.Target("direct", live.postgres_port, password),
+            company,
+            dataset["largest_company_customers"],
+            limit,
+            seconds=seconds,
+        )
+        out["connections"] = {
+            "max_connections": int(settings["max_connections"]),
+            "pool_size": POOL_SIZE,
+            "direct_limit": limit,
+            "runs": runs_,
+        }
+        step("destroy")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", type=float, default=generate.DEFAULT_SCALE)
+    parser.add_argument("--runs", type=int, default=30, help="timed runs per query class and mode")
+    parser.add_argument("--budget", type=float, default=15.0, help="seconds per class and mode (at least 5 runs)")
+    parser.add_argument("--pgbench-seconds", type=int, default=20)
+    parser.add_argument("--skip-provisioning", action="store_true")
+    args = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {
+        "started": datetime.now(UTC).replace(microsecond=0).isoformat(),
+        "host": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs)",
+        "notes": [
+            "Before-side queries run as the owner with an explicit company filter: RLS does not exist before.",
+            "The dataset is loaded with session_replication_role = replica (per-row FK triggers skipped); "
+            "tests/integration/test_bench.py loads the same generator with every FK and CHECK enforced, and the "
+            "adopting `up` validates every new CHECK on the loaded rows.",
+        ],
+    }
+    started = time.perf_counter()
+    if not args.skip_provisioning:
+        step("provisioning")
+        results["provisioning"] = provision.measure()
+        (RESULTS / "provisioning.json").write_text(json.dumps(results["provisioning"], indent=2) + "\n")
+    results.update(query_and_connection_benchmarks(args.scale, args.runs, args.budget, args.pgbench_seconds))
+    results["total_seconds"] = round(time.perf_counter() - started, 1)
+    (RESULTS / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(f"\nreport: {report.render(results, RESULTS)} ({results['total_seconds']} s in all)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Entry points of scripts/pr-preview, scripts/drift and scripts/verify (exit codes: ops/__init__.py)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from ops import EXIT_DRIFT, EXIT_FAILED, EXIT_OK
+from ops.drift import find_drift, render_text
+from ops.preview import render_markdown, run_preview
+from ops.stack import ToolError, open_stack, read_target
+from ops.verify import render_table, verify
+
+
+def arguments(prog: str, description: str, argv: list[str], out: bool = False) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("stack", help="the stack's name (dev, staging, prod, ...)")
+    parser.add_argument("--work-dir", type=Path, default=None, help="the project directory (default: this clone)")
+    if out:
+        parser.add_argument("--out", type=Path, default=None, help="write the Markdown summary here (default: stdout)")
+    return parser.parse_args(argv)
+
+
+def pr_preview(argv: list[str]) -> int:
+    """0 no risk, 2 destructive change, 3 drift, 1 the tool (or the preview, for another reason) failed."""
+    args = arguments("pr-preview", "A pull request's summary of `pulumi preview`, in Markdown.", argv, out=True)
+    outcome = run_preview(open_stack(args.stack, args.work_dir))
+    summary = render_markdown(outcome)
+    if args.out:
+        args.out.write_text(summary)
+        print(f"pr-preview: summary of stack {args.stack} written to {args.out} (exit {outcome.exit_code})")
+    else:
+        sys.stdout.write(summary)
+    return outcome.exit_code
+
+
+def drift(argv: list[str]) -> int:
+    """0 no drift, 3 drift, 1 the tool failed."""
+    args = arguments("drift", "What differs on the live platform from what the stack recorded.", argv)
+    found = find_drift(open_stack(args.stack, args.work_dir))
+    sys.stdout.write(render_text(args.stack, found))
+    return EXIT_DRIFT if found else EXIT_OK
+
+
+def verify_stack(argv: list[str]) -> int:
+    """0 every check passed (or was skipped), 1 any failed."""
+    args = arguments("verify", "The live platform against the review's success metrics.", argv)
+    results = verify(read_target(open_stack(args.stack, args.work_dir)))
+    sys.stdout.write(render_table(results))
+    failed = [result.check for result in results if result.result == "FAIL"]
+    print(f"\nverify: {len(results) - len(failed)} of {len(results)} checks passed or skipped", end="")
+    print(f"; FAILED: {', '.join(failed)}" if failed else "")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {"pr-preview": pr_preview, "drift": drift, "verify": verify_stack}
+
+
+def main(argv: list[str] | None = None) -> int:
+    command, *rest = argv if argv is not None else sys.argv[1:]
+    try:
+        return COMMANDS[command](rest)
+    except ToolError as error:
+        print(f"{command}: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except SystemExit as exit_:  # argparse's usage errors exit 2, which means "destructive" here
+        return EXIT_OK if exit_.code in (0, None) else EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

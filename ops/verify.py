@@ -1,0 +1,230 @@
+"""The live platform against the review's success metrics: one check per metric, a table, non-zero on failure.
+
+Each check reads the live servers (the primary's catalogs and the stack's `monitoring` views, the
+replicas, PgBouncer's admin console, Redis) with the connection details of the stack's outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import psycopg
+import redis
+
+from components.platform.local.pgbouncer import AUTH_ROLE
+from ops.stack import Target
+
+Result = Literal["PASS", "FAIL", "SKIP"]
+#: A pool whose oldest waiting client has waited this long is not healthy.
+MAX_POOL_WAIT_SECONDS = 5
+#: A replica further behind than this (replay) is not keeping up.
+MAX_REPLAY_LAG_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    check: str
+    result: Result
+    detail: str
+
+
+#: What a check found: its result and a line of detail.
+Finding = tuple[Result, str]
+
+
+def verdict(ok: bool, detail: str) -> Finding:
+    return ("PASS" if ok else "FAIL"), detail
+
+
+def rows(target: Target, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    with psycopg.connect(**target.conninfo(), autocommit=True) as conn:
+        return conn.execute(query, params).fetchall()
+
+
+def listing(names: list[str], limit: int = 5) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+# --- the checks ---------------------------------------------------------------------------------------
+
+RLS_QUERY = """
+SELECT c.relname, c.relrowsecurity AND c.relforcerowsecurity
+FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p') ORDER BY 1
+"""
+
+
+def row_level_security(target: Target) -> Finding:
+    tables = rows(target, RLS_QUERY)
+    unsecured = [name for name, secured in tables if not secured]
+    detail = f"{len(tables) - len(unsecured)}/{len(tables)} public tables and partitions enabled and forced"
+    return verdict(bool(tables) and not unsecured, detail + (f"; not: {listing(unsecured)}" if unsecured else ""))
+
+
+#: A foreign key is covered by a valid, non-partial index whose leading columns are the key's columns.
+FK_INDEX_QUERY = """
+SELECT c.conrelid::regclass::text, c.conname,
+       EXISTS (SELECT 1 FROM pg_index i
+               WHERE i.indrelid = c.conrelid AND i.indisvalid AND i.indpred IS NULL
+                 AND (i.indkey::int2[])[0:cardinality(c.conkey) - 1] @> c.conkey
+                 AND (i.indkey::int2[])[0:cardinality(c.conkey) - 1] <@ c.conkey)
+FROM pg_constraint c
+WHERE c.contype = 'f' AND c.connamespace = 'public'::regnamespace AND c.conparentid = 0
+ORDER BY 1, 2
+"""
+
+
+def foreign_key_indexes(target: Target) -> Finding:
+    keys = rows(target, FK_INDEX_QUERY)
+    uncovered = [f"{table}.{name}" for table, name, covered in keys if not covered]
+    detail = f"{len(keys) - len(uncovered)}/{len(keys)} foreign keys led by a valid index"
+    return verdict(not uncovered, detail + (f"; not: {listing(uncovered)}" if uncovered else ""))
+
+
+def invalid_indexes(target: Target) -> Finding:
+    found = rows(target, "SELECT schema_name || '.' || index_name FROM monitoring.invalid_indexes ORDER BY 1")
+    names = [name for (name,) in found]
+    return verdict(not names, f"INVALID: {listing(names)}" if names else "none (monitoring.invalid_indexes)")
+
+
+REPLICATION_QUERY = """
+SELECT application_name, state, replay_lag_bytes, coalesce(replay_lag_seconds, 0)
+FROM monitoring.replication_lag ORDER BY 1
+"""
+
+
+def replicas_streaming(target: Target) -> Finding:
+    if not target.replica_ports:
+        return "SKIP", "the stack declares no replica"
+    standbys = rows(target, REPLICATION_QUERY)
+    streaming = [row for row in standbys if row[1] == "streaming"]
+    parts = [
+        f"{name}: {state}, {lag_bytes} B, {float(seconds):.3f} s behind" for name, state, lag_bytes, seconds in standbys
+    ]
+    missing = len(target.replica_ports) - len(streaming)
+    if missing > 0:
+        ports = listing([str(port) for port in target.replica_ports])
+        parts.append(f"{missing} of {len(target.replica_ports)} not streaming (replica ports {ports})")
+    slow = [row[0] for row in streaming if float(row[3]) > MAX_REPLAY_LAG_SECONDS]
+    if slow:
+        parts.append(f"more than {MAX_REPLAY_LAG_SECONDS:.0f} s behind: {listing(slow)}")
+    return verdict(missing <= 0 and not slow, "; ".join(parts))
+
+
+def pgbouncer_pools(target: Target) -> Finding:
+    if target.pooler_port is None:
+        return "SKIP", "the stack has no PgBouncer"
+    through = select_one_through_pooler(target)  # first, so the application pool exists to be shown
+    console = psycopg.connect(
+        host=target.host, port=target.pooler_port, dbname="pgbouncer", user=AUTH_ROLE,
+        password=target.pooler_auth_password, autocommit=True, connect_timeout=5,
+        cursor_factory=psycopg.ClientCursor, prepare_threshold=None,
+    )  # fmt: skip
+    with console:
+        cursor = console.execute("SHOW POOLS")
+        columns = [column.name for column in cursor.description or []]
+        pools = [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+    ours = [pool for pool in pools if pool.get("database") == target.database]
+    stuck = [
+        f"{pool['user']} ({pool['maxwait']} s)"
+        for pool in ours
+        if int(pool.get("maxwait") or 0) >= MAX_POOL_WAIT_SECONDS
+    ]
+    detail = f"{len(ours)} pool(s) on {target.database}, none waiting {MAX_POOL_WAIT_SECONDS} s or more; {through}"
+    if stuck:
+        detail = f"clients waiting: {listing(stuck)}; {through}"
+    return verdict(not stuck and through.endswith("ok"), detail)
+
+
+def select_one_through_pooler(target: Target) -> str:
+    """A query as the applications' login role, through the pooler (auth_query, pool, server)."""
+    if not target.authenticator_password:
+        return "SELECT 1 through it not tried (no thorbis:authenticatorPassword)"
+    conninfo = target.conninfo(target.pooler_port, user="authenticator", password=target.authenticator_password)
+    with psycopg.connect(**conninfo, prepare_threshold=None, autocommit=True) as conn:
+        row = conn.execute("SELECT 1").fetchone()
+    return "SELECT 1 through it as authenticator: " + ("ok" if row == (1,) else f"got {row}")
+
+
+def redis_with_auth(target: Target) -> Finding:
+    if target.redis_port is None:
+        return "SKIP", "the stack has no Redis"
+    options: dict[str, Any] = {"host": target.host, "port": target.redis_port, "socket_timeout": 5}
+    with redis.Redis(**options, password=target.redis_password) as client:
+        answered = bool(client.ping())
+    try:
+        with redis.Redis(**options) as anonymous:
+            anonymous.ping()
+        refused = False
+    except redis.AuthenticationError:
+        refused = True
+    detail = f"PING with the password: {'PONG' if answered else 'no answer'}; "
+    detail += f"without: {'refused' if refused else 'ANSWERED (no password required)'}"
+    return verdict(answered and refused, detail)
+
+
+CRON_QUERY = """
+SELECT j.jobname, last.status, last.return_message
+FROM cron.job j
+LEFT JOIN LATERAL (SELECT d.status, d.return_message FROM cron.job_run_details d
+                   WHERE d.jobid = j.jobid ORDER BY d.runid DESC LIMIT 1) last ON true
+WHERE j.active ORDER BY 1
+"""
+
+
+def cron_jobs(target: Target) -> Finding:
+    jobs = rows(target, CRON_QUERY)
+    failed = [f"{name}: {(message or '').strip()[:80]}" for name, status, message in jobs if status == "failed"]
+    ran = sum(1 for _, status, _ in jobs if status is not None)
+    detail = (
+        f"{len(jobs)} active job(s): {ran} ran, {len(failed)} of them failed last time, {len(jobs) - ran} not run yet"
+    )
+    return verdict(not failed, detail + (f"; failed: {listing(failed, 3)}" if failed else ""))
+
+
+def partitions_ahead(target: Target) -> Finding:
+    (sets,) = rows(target, "SELECT count(*) FROM partman.part_config")
+    short = rows(
+        target, "SELECT parent_table, premake, partitions_ahead FROM monitoring.partitions_missing_ahead ORDER BY 1"
+    )
+    missing = [f"{parent} ({ahead}/{premake})" for parent, premake, ahead in short]
+    detail = f"{sets[0] - len(missing)}/{sets[0]} partition sets have their premake months made ahead"
+    return verdict(not missing, detail + (f"; short: {listing(missing)}" if missing else ""))
+
+
+CHECKS: tuple[tuple[str, Callable[[Target], Finding]], ...] = (
+    ("RLS on every table", row_level_security),
+    ("FK index coverage", foreign_key_indexes),
+    ("no INVALID index", invalid_indexes),
+    ("replicas streaming", replicas_streaming),
+    ("PgBouncer pools", pgbouncer_pools),
+    ("Redis with auth", redis_with_auth),
+    ("pg_cron jobs succeeding", cron_jobs),
+    ("partitions made ahead", partitions_ahead),
+)
+
+
+def run_check(name: str, check: Callable[[Target], Finding], target: Target) -> CheckResult:
+    """A check that cannot even ask (a server down, a view missing) has failed, with the reason."""
+    try:
+        return CheckResult(name, *check(target))
+    except (psycopg.Error, redis.RedisError, OSError) as error:
+        reason = " ".join(str(error).split())[:160] or type(error).__name__
+        return CheckResult(name, "FAIL", reason)
+
+
+def verify(target: Target) -> list[CheckResult]:
+    return [run_check(name, check, target) for name, check in CHECKS]
+
+
+def render_table(results: list[CheckResult]) -> str:
+    headers = ("check", "result", "detail")
+    table = [(r.check, r.result, r.detail) for r in results]
+    widths = [max(len(cell) for cell in column) for column in zip(headers, *table, strict=False)][:2]
+    lines = [
+        f"{cells[0].ljust(widths[0])}  {cells[1].ljust(widths[1])}  {cells[2]}".rstrip()
+        for cells in (headers, ("-" * widths[0], "-" * widths[1], "-" * 6), *table)
+    ]
+    return "\n".join(lines) + "\n"

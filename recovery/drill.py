@@ -1,0 +1,419 @@
+"""`scripts/dr-drill STACK`: prove that a local stack comes back from its backups, and how fast.
+
+1. Write known data: a marker table of the drill's own, and companies and customers (real tables).
+2. Take a full backup (`scripts/backup`), then commit more rows AFTER it and wait until their WAL is
+   archived: only WAL replay can bring those back.
+3. Fingerprint the database: per-table row counts and checksums, RLS flags, policies, indexes.
+4. Destroy the platform: every server stopped as in a crash, everything under thorbis:stateDir removed
+   except the backup repository. (`pulumi destroy` would refuse: data loss is not allowed.)
+5. Re-provision from nothing with the same program and config: `pulumi up --refresh`. The primary's
+   data directory is missing and the repository holds a backup, so it is restored to the latest archived
+   WAL (thorbis:backup.restoreOnProvision); replicas are re-made from it; secrets come from the config.
+6. Compare the fingerprints, check replicas stream, secrets still log in, and `pulumi preview` is empty.
+
+Prints RTO (seconds from destruction to verified) and RPO (committed rows lost: 0 expected), writes the
+report as JSON with --report, exits 0 only when everything matched. The drill's rows are removed at the
+end unless --keep-data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pulumi.automation as auto
+import redis
+from psycopg import sql
+
+from components.kind import ProviderError
+from components.platform.local import postgres_files as pg
+from components.platform.local import process
+from config import ConfigError
+from recovery.backup import take_backup
+from recovery.stack import OpenStack, OperationError, open_stack
+
+DRILL_SCHEMA = "dr_drill"
+MARKER_TABLE = "marker"
+#: Not compared: pg_cron's run history and pg_partman's bookkeeping change on their own schedule.
+SKIPPED_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast", "cron", "partman")
+
+Fingerprint = dict[str, Any]
+
+
+@dataclass
+class Report:
+    stack: str
+    replicas_expected: int
+    backup_label: str = ""
+    backup_seconds: float = 0.0
+    rows_before_backup: int = 0
+    rows_after_backup: int = 0
+    tables_compared: int = 0
+    rows_compared: int = 0
+    mismatched_tables: list[str] = field(default_factory=list)
+    rls_equal: bool = False
+    policies_equal: bool = False
+    indexes_equal: bool = False
+    invalid_indexes: int = -1
+    replicas_streaming: int = 0
+    replicas_have_latest_row: bool = False
+    secrets_ok: bool = False
+    restored_from_backup: bool = False
+    reprovision_seconds: float = 0.0
+    rto_seconds: float = 0.0
+    rpo_rows_lost: int = -1
+    preview_changes: dict[str, int] = field(default_factory=dict)
+    removed: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.tables_compared > 0
+            and not self.mismatched_tables
+            and self.rls_equal
+            and self.policies_equal
+            and self.indexes_equal
+            and self.invalid_indexes == 0
+            and self.replicas_streaming == self.replicas_expected
+            and (self.replicas_have_latest_row or self.replicas_expected == 0)
+            and self.secrets_ok
+            and self.restored_from_backup
+            and self.rpo_rows_lost == 0
+            and not self.preview_changes
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+
+# --- known data ----------------------------------------------------------------------------------------
+
+
+def write_known_data(conn: psycopg.Connection, tag: str, phase: str, first_id: int, rows: int) -> set[int]:
+    """Marker rows, and companies with customers (real tables, RLS and all), committed."""
+    marker = sql.Identifier(DRILL_SCHEMA, MARKER_TABLE)
+    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(DRILL_SCHEMA)))
+    conn.execute(
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} (id bigint PRIMARY KEY, phase text NOT NULL, payload text NOT NULL, "
+            "written_at timestamptz NOT NULL DEFAULT clock_timestamp())"
+        ).format(marker)
+    )
+    ids = set(range(first_id, first_id + rows))
+    with conn.transaction():
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (id, phase, payload) "
+                "SELECT g, %s, md5(%s::text || g) FROM generate_series(%s::bigint, %s::bigint) g"
+            ).format(marker),
+            (phase, tag, first_id, first_id + rows - 1),
+        )
+        for index in range(max(1, rows // 100)):
+            slug = f"dr-drill-{tag}-{phase}-{index}"
+            row = conn.execute(
+                sql.SQL("INSERT INTO {} (name, slug) VALUES (%s, %s) RETURNING id").format(
+                    sql.Identifier("public", "companies")
+                ),
+                (f"DR drill {tag} {phase} {index}", slug),
+            ).fetchone()
+            assert row is not None
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO {} (company_id, company_name) SELECT %s, %s::text || g FROM generate_series(1, 10) g"
+                ).format(sql.Identifier("public", "customers")),
+                (row[0], f"drill customer {index}-"),
+            )
+    return ids
+
+
+def remove_known_data(conn: psycopg.Connection, tag: str) -> None:
+    conn.execute(
+        sql.SQL("DELETE FROM {} WHERE slug LIKE %s").format(sql.Identifier("public", "companies")),
+        (f"dr-drill-{tag}-%",),
+    )
+    conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(DRILL_SCHEMA)))
+
+
+def switch_and_wait_archived(conn: psycopg.Connection, timeout: float = 120) -> str:
+    """Close the current WAL segment and wait until the archiver has pushed it (or fail)."""
+    row = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()
+    segment = str(row[0]) if row else ""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = conn.execute("SELECT last_archived_wal, last_failed_wal FROM pg_stat_archiver").fetchone()
+        if status and status[0] and status[0] >= segment:
+            return segment
+        time.sleep(0.2)
+    raise OperationError(f"WAL segment {segment} was not archived within {timeout:.0f} s (see pg_stat_archiver)")
+
+
+# --- fingerprints ---------------------------------------------------------------------------------------
+
+
+def user_tables(conn: psycopg.Connection) -> list[tuple[str, str]]:
+    rows = conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relkind = 'r' AND n.nspname <> ALL(%s) AND n.nspname NOT LIKE 'pg_temp%%' ORDER BY 1, 2",
+        (list(SKIPPED_SCHEMAS),),
+    ).fetchall()
+    return [(str(schema), str(table)) for schema, table in rows]
+
+
+def fingerprint(conn: psycopg.Connection) -> Fingerprint:
+    """What must be identical after the restore: rows (count and checksum per table), RLS, policies, indexes."""
+    tables: dict[str, list[Any]] = {}
+    for schema, table in user_tables(conn):
+        row = conn.execute(
+            sql.SQL(
+                "SELECT count(*), coalesce(md5(string_agg(t::text, E'\\n' ORDER BY t::text)), '') FROM {} AS t"
+            ).format(sql.Identifier(schema, table))
+        ).fetchone()
+        tables[f"{schema}.{table}"] = [int(row[0]), str(row[1])] if row else [0, ""]
+    rls = conn.execute(
+        "SELECT n.nspname || '.' || c.relname, c.relrowsecurity, c.relforcerowsecurity FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p') AND n.nspname <> ALL(%s) "
+        "ORDER BY 1",
+        (list(SKIPPED_SCHEMAS),),
+    ).fetchall()
+    policies = conn.execute(
+        "SELECT schemaname, tablename, policyname, cmd, coalesce(qual, ''), coalesce(with_check, '') "
+        "FROM pg_policies ORDER BY 1, 2, 3"
+    ).fetchall()
+    indexes = conn.execute(
+        "SELECT schemaname, indexname, indexdef FROM pg_indexes WHERE schemaname <> ALL(%s) ORDER BY 1, 2",
+        (list(SKIPPED_SCHEMAS),),
+    ).fetchall()
+    invalid = conn.execute("SELECT count(*) FROM pg_index WHERE NOT indisvalid").fetchone()
+    return {
+        "tables": tables,
+        "rls": [list(row) for row in rls],
+        "policies": [list(row) for row in policies],
+        "indexes": [list(row) for row in indexes],
+        "invalid_indexes": int(invalid[0]) if invalid else -1,
+    }
+
+
+def marker_ids(conn: psycopg.Connection) -> set[int]:
+    """The marker rows there are (none when the table is missing: a server initialised empty)."""
+    exists = conn.execute("SELECT to_regclass(%s)", (f"{DRILL_SCHEMA}.{MARKER_TABLE}",)).fetchone()
+    if not exists or exists[0] is None:
+        return set()
+    rows = conn.execute(sql.SQL("SELECT id FROM {}").format(sql.Identifier(DRILL_SCHEMA, MARKER_TABLE))).fetchall()
+    return {int(row[0]) for row in rows}
+
+
+# --- destruction and re-provisioning --------------------------------------------------------------------
+
+
+def destroy_platform(opened: OpenStack) -> list[str]:
+    """Every server of the stack stopped as in a crash, and everything under its state directory removed
+    except the backup repository (which lives on storage that survives the machine)."""
+    state_dir = opened.settings.state_dir
+    for data in sorted(state_dir.glob("postgres-*/data")):
+        server = pg.ServerDir(data.parent)
+        if server.postmaster_pid() is not None:
+            pg.pg_ctl(server, "stop", "-m", "immediate")
+    for pidfile in (state_dir / "pgbouncer" / "pgbouncer.pid", state_dir / "redis" / "redis.pid"):
+        pid = process.read_pid(pidfile)
+        if pid is not None:
+            process.terminate(pid, str(pidfile.parent.name))
+    repository = Path(opened.repository.path).resolve()
+    removed = []
+    for child in sorted(state_dir.iterdir()):
+        if repository == child.resolve() or repository.is_relative_to(child.resolve()):
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+        removed.append(child.name)
+    held = [port for port in opened.settings.all_ports.values() if process.port_open(port)]
+    if held:
+        raise OperationError(f"ports {held} still answer after the platform was destroyed")
+    return removed
+
+
+def reprovision(opened: OpenStack) -> auto.UpResult:
+    """The same program and config, from nothing: refresh forgets the servers that are gone, up makes them."""
+    try:
+        return opened.stack.up(refresh=True)
+    except auto.CommandError as error:
+        raise OperationError(f"`pulumi up --refresh` failed while re-provisioning:\n{error}") from error
+
+
+def replicas_streaming(conn: psycopg.Connection) -> int:
+    row = conn.execute("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def replicas_have(opened: OpenStack, latest_id: int) -> bool:
+    query = sql.SQL("SELECT 1 FROM {} WHERE id = %s").format(sql.Identifier(DRILL_SCHEMA, MARKER_TABLE))
+    for port in opened.settings.replica_ports:
+        deadline = time.monotonic() + 30
+        with opened.admin(port) as replica:
+            while replica.execute(query, (latest_id,)).fetchone() is None:
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.2)
+    return True
+
+
+def secrets_work(opened: OpenStack) -> bool:
+    """The login roles' and Redis's passwords from the stack's config open the re-provisioned platform."""
+    settings = opened.settings
+    try:
+        for role, secret in (
+            ("authenticator", settings.authenticator_password),
+            ("reporting", settings.reporting_password),
+        ):
+            if secret is None:
+                return False
+            with psycopg.connect(
+                host="127.0.0.1",
+                port=settings.pgbouncer.port,
+                user=role,
+                password=secret.get_secret_value(),
+                dbname=settings.postgres.database,
+                connect_timeout=5,
+                prepare_threshold=None,
+            ) as conn:
+                conn.execute("SELECT 1")
+        password = settings.redis_password.get_secret_value() if settings.redis_password else None
+        with redis.Redis(port=settings.redis.port, password=password, socket_timeout=5) as cache:
+            return bool(cache.ping())
+    except (psycopg.Error, redis.RedisError):
+        return False
+
+
+def changes_of(preview: auto.PreviewResult) -> dict[str, int]:
+    """What `pulumi preview` would do, by operation, leaving out the unchanged."""
+    named = {str(getattr(kind, "value", kind)): count for kind, count in preview.change_summary.items()}
+    return {kind: count for kind, count in named.items() if kind != "same" and count}
+
+
+def timeline(conn: psycopg.Connection) -> int:
+    row = conn.execute("SELECT timeline_id FROM pg_control_checkpoint()").fetchone()
+    return int(row[0]) if row else 0
+
+
+# --- the drill ------------------------------------------------------------------------------------------
+
+
+def say(message: str) -> None:
+    print(f"dr-drill: {message}", flush=True)
+
+
+def run_drill(opened: OpenStack, rows: int, keep_data: bool) -> Report:
+    settings = opened.settings
+    report = Report(stack=settings.stack, replicas_expected=settings.replicas.count)
+    tag = secrets.token_hex(3)
+    with opened.admin() as conn:
+        before_ids = write_known_data(conn, tag, "before", 1, rows)
+        report.rows_before_backup = len(before_ids)
+    say(f"wrote {rows} marker rows and {max(1, rows // 100)} companies with customers; taking a full backup")
+    backup = take_backup(opened, "full")
+    report.backup_label, report.backup_seconds = backup.label, backup.seconds
+    say(f"backup {backup.label} in {backup.seconds} s; committing rows after it")
+    with opened.admin() as conn:
+        after_ids = write_known_data(conn, tag, "after", rows + 1, max(1, rows // 10))
+        report.rows_after_backup = len(after_ids)
+        segment = switch_and_wait_archived(conn)
+        before = fingerprint(conn)
+        timeline_before = timeline(conn)
+    say(f"WAL up to {segment} archived; {len(before['tables'])} tables fingerprinted. Destroying the platform")
+
+    disaster = time.monotonic()
+    report.removed = destroy_platform(opened)
+    say(f"destroyed: servers stopped, removed {', '.join(report.removed)} (kept the repository); pulumi up")
+    started = time.monotonic()
+    reprovision(opened)
+    report.reprovision_seconds = round(time.monotonic() - started, 1)
+    say(f"re-provisioned in {report.reprovision_seconds} s; comparing")
+
+    latest = max(after_ids)
+    with opened.admin() as conn:
+        after = fingerprint(conn)
+        found = marker_ids(conn)
+        report.replicas_streaming = replicas_streaming(conn)
+        # a restore ends its recovery on a new timeline; an empty initdb would have no marker table
+        report.restored_from_backup = timeline(conn) > timeline_before and bool(found)
+    report.replicas_have_latest_row = replicas_have(opened, latest)
+    report.rto_seconds = round(time.monotonic() - disaster, 1)
+    report.rpo_rows_lost = len((before_ids | after_ids) - found)
+    report.tables_compared = len(before["tables"])
+    report.rows_compared = sum(count for count, _ in before["tables"].values())
+    report.mismatched_tables = sorted(
+        name
+        for name in before["tables"].keys() | after["tables"].keys()
+        if before["tables"].get(name) != after["tables"].get(name)
+    )
+    report.rls_equal = before["rls"] == after["rls"]
+    report.policies_equal = before["policies"] == after["policies"]
+    report.indexes_equal = before["indexes"] == after["indexes"]
+    report.invalid_indexes = after["invalid_indexes"]
+    report.secrets_ok = secrets_work(opened)
+    say("verified; previewing")
+    report.preview_changes = changes_of(opened.stack.preview())
+    if not keep_data:
+        with opened.admin() as conn:
+            remove_known_data(conn, tag)
+    return report
+
+
+def print_report(report: Report) -> None:
+    lines = [
+        f"DR drill of stack '{report.stack}': {'PASSED' if report.ok else 'FAILED'}",
+        f"  backup                 {report.backup_label} ({report.backup_seconds} s)",
+        f"  tables compared        {report.tables_compared} ({report.rows_compared} rows), "
+        f"mismatched: {', '.join(report.mismatched_tables) or 'none'}",
+        f"  RLS / policies / index {report.rls_equal} / {report.policies_equal} / {report.indexes_equal} "
+        f"(invalid indexes: {report.invalid_indexes})",
+        f"  replicas streaming     {report.replicas_streaming} of {report.replicas_expected} "
+        f"(latest row on each: {report.replicas_have_latest_row})",
+        f"  secrets from config    {'work' if report.secrets_ok else 'FAIL'}",
+        f"  preview afterwards     {report.preview_changes or 'no changes'}",
+        f"  RTO                    {report.rto_seconds} s "
+        f"(destruction to verified; pulumi up {report.reprovision_seconds} s)",
+        f"  RPO                    {report.rpo_rows_lost} committed rows lost "
+        f"({report.rows_after_backup} committed after the backup, restored by WAL replay)",
+    ]
+    print("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/dr-drill", description="Disaster-recovery drill of a local stack.")
+    parser.add_argument("stack", help="the Pulumi stack, e.g. dev")
+    parser.add_argument("--rows", type=int, default=1000, help="marker rows written before the backup (default 1000)")
+    parser.add_argument("--report", type=Path, help="also write the report here, as JSON")
+    parser.add_argument("--keep-data", action="store_true", help="leave the drill's rows in the database")
+    parser.add_argument("--allow-prod", action="store_true", help="run on prod too (it stops every server)")
+    args = parser.parse_args(argv)
+    try:
+        opened = open_stack(args.stack)
+        if opened.settings.is_prod and not args.allow_prod:
+            raise OperationError("the drill stops and wipes every server of the stack: on prod, pass --allow-prod")
+        if not opened.settings.backup.restore_on_provision:
+            raise OperationError(
+                f"stack '{args.stack}': thorbis:backup.restoreOnProvision is false, so `pulumi up` would not "
+                "restore the backup; set it to true for the drill"
+            )
+        report = run_drill(opened, args.rows, args.keep_data)
+    except (OperationError, ConfigError, ProviderError, psycopg.Error) as error:
+        print(f"dr-drill: {error}", file=sys.stderr)
+        return 2
+    print_report(report)
+    if args.report:
+        args.report.write_text(json.dumps(report.as_json(), indent=2) + "\n")
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""A stack of this project, opened through the Automation API, with its validated settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pulumi.automation as auto
+
+from components.platform.local import backup_repository
+from components.platform.local.pgbackrest import Repository
+from config import StackSettings, parse_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class OperationError(Exception):
+    """What an operator must fix before the script can run; the message says what and where."""
+
+
+@dataclass(frozen=True)
+class OpenStack:
+    stack: auto.Stack
+    settings: StackSettings
+    repository: Repository
+
+    def admin(self, port: int | None = None, dbname: str | None = None) -> psycopg.Connection:
+        password = self.settings.postgres_password
+        return psycopg.connect(
+            host="127.0.0.1",
+            port=port or self.settings.postgres.port,
+            user="postgres",
+            password=password.get_secret_value() if password else None,
+            dbname=dbname or self.settings.postgres.database,
+            autocommit=True,
+            connect_timeout=5,
+        )
+
+
+def open_stack(name: str) -> OpenStack:
+    """The stack `name` of the project in this clone, its config validated as `pulumi up` would."""
+    stack = auto.select_stack(name, work_dir=str(ROOT))
+    config = stack.get_all_config()
+    raw = {key: value.value for key, value in config.items()}
+    secret_keys = {key for key, value in config.items() if value.secret}
+    settings = parse_settings(name, raw, secret_keys, ROOT)
+    repository = backup_repository(settings)
+    if repository is None:
+        raise OperationError(
+            f"stack '{name}': backups are off (platform {settings.platform}, thorbis:backup.enabled "
+            f"{str(settings.backup.enabled).lower()}); backups need platform local and thorbis:backup.enabled true"
+        )
+    return OpenStack(stack, settings, repository)

@@ -1,0 +1,185 @@
+"""scripts/verify, scripts/pr-preview and scripts/drift on a real stack, run as a reviewer or operator would.
+
+One throwaway stack with one replica (its own, not the shared database stack: a replica is stopped here).
+The tests run in file order, each on the state the one before left: a fresh stack verifies; an unchanged
+one previews with no change; changes made by hand behind its back are drift and fail verification; a
+program that drops a column previews as destructive; `refresh` and `up` repair it all.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pulumi.automation as auto
+import pytest
+from psycopg import sql
+
+from components.database.model import load_schema
+from components.platform.local import process
+from ops import EXIT_DESTRUCTIVE, EXIT_DRIFT, EXIT_FAILED, EXIT_OK
+from tests.conftest import ROOT
+from tests.e2e.conftest import PASSWORD_KEYS, LiveStack, configure, consecutive_free_ports
+from tests.e2e.test_adopt_existing_database import copy_program, edited_table, without_column
+from tests.support import free_ports, reachable_state_dir
+
+pytestmark = pytest.mark.e2e
+JOBS_INDEX = next(index.name for index in load_schema().table("jobs").foreign_key_indexes())
+
+
+@dataclass
+class Run:
+    code: int
+    output: str
+    seconds: float
+
+
+@pytest.fixture(scope="module")
+def ops_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
+    backend = tmp_path_factory.mktemp("backend")
+    name = f"e2e-ops-{secrets.token_hex(3)}"
+    replica_ports = consecutive_free_ports(1)
+    postgres_port, pgbouncer_port, redis_port = free_ports(3)
+    passwords = {key: secrets.token_urlsafe(18) for key in PASSWORD_KEYS}
+    with reachable_state_dir() as state_dir:
+        stack = auto.create_stack(
+            name,
+            work_dir=str(ROOT),
+            opts=auto.LocalWorkspaceOptions(env_vars={"PULUMI_BACKEND_URL": f"file://{backend}"}),
+        )
+        configure(stack, state_dir, [postgres_port, *replica_ports, pgbouncer_port, redis_port], passwords, 1)
+        live = LiveStack(stack, state_dir, backend, postgres_port, replica_ports, pgbouncer_port, redis_port, passwords)
+        try:
+            assert stack.up().summary.result == "succeeded"
+            yield live
+        finally:
+            try:
+                stack.destroy()
+            finally:
+                stack.workspace.remove_stack(name, force=True)
+                (ROOT / f"Pulumi.{name}.yaml").unlink(missing_ok=True)
+
+
+def script(live: LiveStack, name: str, *args: str) -> Run:
+    """bash scripts/<name> STACK ..., with the tests' environment (scripts/pulumi-env.sh) and the stack's backend."""
+    env = {**os.environ, "PULUMI_BACKEND_URL": f"file://{live.backend}"}
+    started = time.monotonic()
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / name), live.stack.name, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        check=False,
+    )
+    output = done.stdout + done.stderr
+    for password in live.passwords.values():
+        assert password not in output, f"scripts/{name} printed a password"
+    return Run(done.returncode, output, time.monotonic() - started)
+
+
+def admin(live: LiveStack) -> psycopg.Connection[Any]:
+    conninfo: dict[str, Any] = live.admin()
+    return psycopg.connect(**conninfo, autocommit=True)
+
+
+def check_row(output: str, check: str) -> str:
+    return next(line for line in output.splitlines() if line.startswith(check))
+
+
+def test_verify_passes_on_a_fresh_stack(ops_stack: LiveStack) -> None:
+    run = script(ops_stack, "verify")
+    assert run.code == EXIT_OK, run.output
+    assert check_row(run.output, "replicas streaming").split()[2] == "PASS"
+    assert "replica_0: streaming" in run.output
+    assert "FAIL" not in run.output
+
+
+def test_pr_preview_of_an_unchanged_stack_says_no_changes(ops_stack: LiveStack, tmp_path: Path) -> None:
+    summary = tmp_path / "summary.md"
+    run = script(ops_stack, "pr-preview", "--out", str(summary))
+    assert run.code == EXIT_OK, run.output + summary.read_text()
+    text = summary.read_text()
+    assert text.splitlines()[0] == f"## thorbis-db preview of stack `{ops_stack.stack.name}`: no risk found"
+    assert "**No changes**" in text and "Drift" not in text and "Destructive" not in text
+
+
+def change_behind_the_stacks_back(live: LiveStack) -> None:
+    with admin(live) as conn:
+        conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier("public", JOBS_INDEX)))
+        conn.execute("ALTER TABLE public.customers DISABLE ROW LEVEL SECURITY")
+        conn.execute("ALTER POLICY invoices_tenant_select ON public.invoices USING (true)")
+    console = psycopg.connect(
+        host="127.0.0.1", port=live.pgbouncer_port, dbname="pgbouncer", user="pgbouncer_auth",
+        password=live.passwords["pgbouncerAuthPassword"], autocommit=True, cursor_factory=psycopg.ClientCursor,
+        prepare_threshold=None,
+    )  # fmt: skip
+    with console:
+        console.execute("SET default_pool_size = 7")
+    replica_data = live.state_dir / "postgres-replica-0" / "data"
+    stop = [process.pg_tool("pg_ctl"), "stop", "-D", str(replica_data), "-m", "fast", "-w"]
+    process.run(process.as_service_user(stop), "pg_ctl stop of the replica")
+
+
+def test_drift_made_by_hand_is_reported_with_exit_3(ops_stack: LiveStack) -> None:
+    change_behind_the_stacks_back(ops_stack)
+    run = script(ops_stack, "drift")
+    assert run.code == EXIT_DRIFT, run.output
+    rows = run.output.splitlines()
+    for name, property_ in [
+        (f"index-{JOBS_INDEX}", "(the object)"),
+        ("table-customers", "rowLevelSecurity"),
+        ("policy-invoices_tenant_select", "using"),
+        ("thorbis-replica-0", "streaming"),
+        ("thorbis-pgbouncer", "defaultPoolSize"),
+    ]:
+        assert any(name in row and property_ in row for row in rows), f"{name} {property_} not in:\n{run.output}"
+    pool_row = next(row for row in rows if "defaultPoolSize" in row)
+    assert pool_row.split()[-2:] == ["10", "7"]
+
+
+def test_verify_fails_naming_the_failed_checks(ops_stack: LiveStack) -> None:
+    run = script(ops_stack, "verify")
+    assert run.code == EXIT_FAILED, run.output
+    for check in ("replicas streaming", "FK index coverage", "RLS on every table"):
+        assert check_row(run.output, check).split()[len(check.split())] == "FAIL", run.output
+    assert "0 of 1 not streaming" not in run.output and "1 of 1 not streaming" in run.output
+    assert f"jobs.{JOBS_INDEX.removesuffix('_idx')}_fkey" in run.output
+    assert "FAILED: RLS on every table, FK index coverage, replicas streaming" in run.output
+
+
+def test_a_destructive_change_is_said_at_the_top_with_exit_2(
+    ops_stack: LiveStack, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    project = copy_program(tmp_path_factory.mktemp("ops-program") / "project")
+    shutil.copytree(ROOT / "sql", project / "sql", dirs_exist_ok=True)  # the whole schema, not copy_program's none
+    shutil.copy(ROOT / f"Pulumi.{ops_stack.stack.name}.yaml", project)
+    backend = auto.LocalWorkspaceOptions(env_vars={"PULUMI_BACKEND_URL": f"file://{ops_stack.backend}"})
+    copy = auto.select_stack(ops_stack.stack.name, work_dir=str(project), opts=backend)
+    copy.set_config("thorbis:allowDataLoss", auto.ConfigValue("false"))  # in the copy's stack file only
+    summary = project / "summary.md"
+    with edited_table(project / "sql" / "schema", "customers", without_column("notes")):
+        run = script(ops_stack, "pr-preview", "--work-dir", str(project), "--out", str(summary))
+    text = summary.read_text()
+    assert run.code == EXIT_DESTRUCTIVE, run.output + text  # destructive wins over the drift still there
+    top = text.split("### ", 1)[0]
+    assert text.splitlines()[0].endswith(": destructive change")
+    assert "column customers.notes would be dropped (refused: thorbis:allowDataLoss is false)" in top
+    assert top.index("Destructive change") < top.index("**Drift**")
+
+
+def test_refresh_and_up_repair_and_verify_passes_again(ops_stack: LiveStack) -> None:
+    ops_stack.stack.refresh()
+    assert ops_stack.stack.up().summary.result == "succeeded"
+    drift = script(ops_stack, "drift")
+    assert drift.code == EXIT_OK, drift.output
+    run = script(ops_stack, "verify")
+    assert run.code == EXIT_OK, run.output

@@ -1,0 +1,62 @@
+"""thorbis:backup: defaults, where the repository goes, and the primary's archiving settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from components.platform.local import archive_settings, backup_repository, check_backup_directory, postgres_settings
+from config import ConfigError
+from tests.unit.test_config import ROOT, Stack
+
+
+def test_backups_are_on_by_default_under_the_state_dir() -> None:
+    settings = Stack().parse()
+    assert settings.backup.enabled is True
+    assert settings.backup.directory is None
+    assert (settings.backup.retention, settings.backup.schedule) == (2, "30 2 * * *")
+    assert settings.backup.restore_on_provision is True
+    repo = backup_repository(settings)
+    assert repo is not None
+    assert Path(repo.path) == ROOT / ".state" / "stacks" / "dev" / "backups"
+    assert (repo.stanza, repo.retention_full, repo.create_path) == ("dev", 2, True)
+    assert Path(repo.config_dir) == settings.state_dir / "pgbackrest"
+
+
+def test_a_relative_directory_is_taken_from_the_project_root(tmp_path: Path) -> None:
+    settings = Stack().with_values(backup={"directory": "vault/dev", "retention": 5}).parse(project_root=tmp_path)
+    assert settings.backup.directory == tmp_path.resolve() / "vault" / "dev"
+    repo = backup_repository(settings)
+    assert repo is not None and repo.create_path is False and repo.retention_full == 5
+
+
+def test_the_primary_archives_with_pgbackrest_only_when_backups_are_on() -> None:
+    settings = Stack().parse()
+    gucs = postgres_settings(settings)
+    assert gucs["archive_mode"] == "on"
+    assert gucs["archive_command"] == (
+        f"pgbackrest --config-path={settings.state_dir / 'pgbackrest'} --stanza=dev archive-push %p"
+    )
+    off = Stack().with_values(backup={"enabled": False}).parse()
+    assert "archive_mode" not in postgres_settings(off) and backup_repository(off) is None
+
+
+def test_other_platforms_do_not_archive_with_the_local_repository() -> None:
+    settings = Stack().with_values(platform="docker").parse()
+    assert archive_settings(settings) == {}
+
+
+def test_a_configured_directory_that_is_missing_stops_the_program_naming_the_key(tmp_path: Path) -> None:
+    missing = tmp_path / "not-mounted"
+    settings = Stack().with_values(backup={"directory": str(missing)}).parse()
+    with pytest.raises(ConfigError) as caught:
+        check_backup_directory(settings)
+    line = str(caught.value)
+    assert line.startswith(f"stack 'dev': thorbis:backup.directory = \"{missing}\": ")
+    assert "does not exist" in line
+    assert not missing.exists()
+
+
+def test_the_default_directory_need_not_exist_yet() -> None:
+    check_backup_directory(Stack().with_values(stateDir="/nonexistent/thorbis/dev").parse())
