@@ -16,7 +16,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import subprocess
 import tempfile
 import time
@@ -28,11 +27,10 @@ import psycopg
 import pulumi.automation as auto
 from psycopg import sql
 
-from tests.support import free_ports, reachable_state_dir
+from tests.support import copy_project, free_ports, reachable_state_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-PROJECT_PARTS = ("Pulumi.yaml", "__main__.py", "components", "config", "provider", "sql")
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 DATABASE = "thorbis"
 FLOOR_DATABASE = "thorbis_psql_floor"
@@ -96,19 +94,6 @@ def psql_floor(port: int, password: str, work: Path) -> dict[str, Any]:
     return {"seconds": seconds, "dump_entries": statements, "script_bytes": script.stat().st_size}
 
 
-def snapshot(destination: Path) -> Path:
-    """A copy of the program, so edits to the working tree during the run do not change what is measured."""
-    destination.mkdir(parents=True)
-    for part in PROJECT_PARTS:
-        source = ROOT / part
-        if source.is_dir():
-            shutil.copytree(source, destination / part, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(source, destination / part)
-    (destination / ".venv").symlink_to(ROOT / ".venv")
-    return destination
-
-
 def measure(replicas: int = 0) -> dict[str, Any]:
     """Up from nothing, no-change preview and up, the psql floor, refresh, destroy, on a throwaway stack."""
     figures: dict[str, float] = {}
@@ -116,7 +101,7 @@ def measure(replicas: int = 0) -> dict[str, Any]:
     with reachable_state_dir("thorbis-bench-") as state_dir, tempfile.TemporaryDirectory() as tmp:
         backend = Path(tmp) / "backend"
         backend.mkdir()
-        project = snapshot(Path(tmp) / "project")
+        project = copy_project(Path(tmp) / "project")
         ports = free_ports(3 + replicas)
         stack = auto.create_stack(
             name,

@@ -29,18 +29,14 @@ from typing import Any
 
 import psycopg
 import pulumi.automation as auto
-import yaml
 
 from bench import connections, generate, provision, queries, report
 from tests.e2e.conftest import PASSWORD_KEYS, configure
 from tests.fixtures.before_state import build_before_state
-from tests.support import free_ports, reachable_state_dir
+from tests.support import copy_project_without_tables, free_ports, reachable_state_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-PROJECT_PARTS = ("Pulumi.yaml", "__main__.py", "components", "config", "provider", "sql")
-#: Data files of objects that read the tables (file -> its list of them): emptied with sql/schema.
-OBJECTS_ON_TABLES = {"reporting.yaml": "materialized_views", "maintenance.yaml": "procedures", "jobs.yaml": "jobs"}
 POOL_SIZE = 10  # thorbis:pgbouncer.defaultPoolSize as tests/e2e/conftest.configure sets it
 
 
@@ -66,24 +62,6 @@ class DataStack:
         )
 
 
-def copy_program(destination: Path) -> Path:
-    """The program with an empty sql/schema and nothing that reads tables (restore_schema puts them back)."""
-    destination.mkdir(parents=True)
-    for part in PROJECT_PARTS:
-        source = ROOT / part
-        if source.is_dir():
-            shutil.copytree(source, destination / part, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(source, destination / part)
-    (destination / ".venv").symlink_to(ROOT / ".venv")
-    for schema_file in (destination / "sql" / "schema").glob("*.yaml"):
-        schema_file.unlink()
-    for name, objects in OBJECTS_ON_TABLES.items():
-        content = yaml.safe_load((destination / "sql" / name).read_text())
-        (destination / "sql" / name).write_text(yaml.safe_dump({**content, objects: []}, sort_keys=False))
-    return destination
-
-
 def restore_schema(project: Path) -> None:
     shutil.rmtree(project / "sql")
     shutil.copytree(ROOT / "sql", project / "sql")
@@ -92,7 +70,7 @@ def restore_schema(project: Path) -> None:
 @contextmanager
 def data_stack() -> Iterator[DataStack]:
     with reachable_state_dir("thorbis-bench-") as state_dir, tempfile.TemporaryDirectory() as tmp:
-        project = copy_program(Path(tmp) / "project")
+        project = copy_project_without_tables(Path(tmp) / "project")
         backend = Path(tmp) / "backend"
         backend.mkdir()
         name = f"bench-data-{secrets.token_hex(3)}"

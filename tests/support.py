@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -10,6 +11,8 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+
+import yaml
 
 _handed_out: set[int] = set()
 
@@ -72,3 +75,36 @@ def kill_processes_under(path: Path) -> None:
     for pid, _ in live_processes_under(path):
         with suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+#: What a copy of the program needs to run as its own Pulumi project.
+PROJECT_PARTS = ("Pulumi.yaml", "__main__.py", "components", "config", "provider", "sql")
+#: Data files of objects that read the tables (file -> its list of them): emptied with sql/schema.
+OBJECTS_ON_TABLES = {"reporting.yaml": "materialized_views", "maintenance.yaml": "procedures", "jobs.yaml": "jobs"}
+
+
+def copy_project(destination: Path, parts: tuple[str, ...] = PROJECT_PARTS) -> Path:
+    """A copy of the program (sharing the virtualenv), so a test or a benchmark can change its data, or
+    use stack names of ours, without touching the working tree."""
+    destination.mkdir(parents=True)
+    for part in parts:
+        source = PROJECT_ROOT / part
+        if source.is_dir():
+            shutil.copytree(source, destination / part, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, destination / part)
+    (destination / ".venv").symlink_to(PROJECT_ROOT / ".venv")
+    return destination
+
+
+def copy_project_without_tables(destination: Path) -> Path:
+    """The program with an empty sql/schema and nothing that reads tables: servers, roles, schemas and
+    extensions only (copy sql/ back to declare the rest)."""
+    copy_project(destination)
+    for schema_file in (destination / "sql" / "schema").glob("*.yaml"):
+        schema_file.unlink()
+    for name, objects in OBJECTS_ON_TABLES.items():
+        content = yaml.safe_load((destination / "sql" / name).read_text())
+        (destination / "sql" / name).write_text(yaml.safe_dump({**content, objects: []}, sort_keys=False))
+    return destination

@@ -32,11 +32,9 @@ from components.database.model import load_schema
 from tests.conftest import ROOT
 from tests.e2e.conftest import LiveStack, throwaway_stack
 from tests.fixtures.before_state import BeforeTable, build_before_state, fingerprint
+from tests.support import copy_project_without_tables
 
 pytestmark = pytest.mark.e2e
-#: Data files of objects that read the tables (file -> its list of them), emptied with sql/schema.
-OBJECTS_ON_TABLES = {"reporting.yaml": "materialized_views", "maintenance.yaml": "procedures", "jobs.yaml": "jobs"}
-PROJECT_PARTS = ("Pulumi.yaml", "__main__.py", "components", "config", "provider", "sql")
 LOCK_TIMEOUT_SECONDS = 5  # the stack's default thorbis:lockTimeout
 WRITER_COMPANY = "a0000000-0000-4000-8000-000000000001"  # ids of tests/fixtures/before_rows.sql
 WRITER_PROPERTY = "d0000000-0000-4000-8000-000000000001"
@@ -133,28 +131,9 @@ class Adoption:
         return next(table for table in self.tables if table.name == name)
 
 
-def copy_program(destination: Path) -> Path:
-    """The program without tables: an empty sql/schema, and no object that reads tables (all put back by
-    the adoption test)."""
-    destination.mkdir()
-    for part in PROJECT_PARTS:
-        source = ROOT / part
-        if source.is_dir():
-            shutil.copytree(source, destination / part, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(source, destination / part)
-    (destination / ".venv").symlink_to(ROOT / ".venv")
-    for schema_file in (destination / "sql" / "schema").glob("*.yaml"):
-        schema_file.unlink()
-    for name, objects in OBJECTS_ON_TABLES.items():  # what reads the tables waits for them too
-        content = yaml.safe_load((destination / "sql" / name).read_text())
-        (destination / "sql" / name).write_text(yaml.safe_dump({**content, objects: []}, sort_keys=False))
-    return destination
-
-
 @pytest.fixture(scope="module")
 def adoption(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Adoption]:
-    project = copy_program(tmp_path_factory.mktemp("adoption") / "project")
+    project = copy_project_without_tables(tmp_path_factory.mktemp("adoption") / "project")
     backend = project.parent / "backend"
     backend.mkdir()
     with throwaway_stack(backend, "adopt", work_dir=project, before_destroy=allow_data_loss) as live:

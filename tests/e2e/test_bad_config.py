@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,8 +9,7 @@ from pathlib import Path
 import pulumi.automation as auto
 import pytest
 
-from tests.conftest import ROOT
-from tests.support import free_ports
+from tests.support import copy_project, free_ports
 
 pytestmark = pytest.mark.e2e
 PROJECT_PARTS = ("Pulumi.yaml", "__main__.py", "components", "config", "provider")
@@ -28,16 +26,7 @@ GOOD_SECRETS = {
 @pytest.fixture
 def project(tmp_path: Path) -> Iterator[Path]:
     """A copy of the program (so stacks named like ours do not touch the committed Pulumi.<stack>.yaml)."""
-    copy = tmp_path / "project"
-    copy.mkdir()
-    for part in PROJECT_PARTS:
-        source = ROOT / part
-        if source.is_dir():
-            shutil.copytree(source, copy / part, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(source, copy / part)
-    (copy / ".venv").symlink_to(ROOT / ".venv")
-    yield copy
+    yield copy_project(tmp_path / "project", parts=PROJECT_PARTS)
 
 
 def stack_with(project: Path, name: str, values: dict[str, str], state_dir: Path) -> auto.Stack:

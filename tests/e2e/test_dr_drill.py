@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,40 +14,19 @@ import pulumi.automation as auto
 import pytest
 
 from tests.conftest import ROOT
-from tests.e2e.conftest import PASSWORD_KEYS, LiveStack, configure, consecutive_free_ports
-from tests.support import free_ports, processes_under, reachable_state_dir
+from tests.e2e.conftest import LiveStack, throwaway_stack
+from tests.support import processes_under
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def drill_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
-    backend = tmp_path_factory.mktemp("backend")
-    name = f"e2e-dr-{secrets.token_hex(3)}"
-    replica_ports = consecutive_free_ports(1)
-    postgres_port, pgbouncer_port, redis_port = free_ports(3)
-    passwords = {key: secrets.token_urlsafe(18) for key in PASSWORD_KEYS}
-    with reachable_state_dir() as state_dir:
-        stack = auto.create_stack(
-            name,
-            work_dir=str(ROOT),
-            opts=auto.LocalWorkspaceOptions(env_vars={"PULUMI_BACKEND_URL": f"file://{backend}"}),
-        )
-        ports = [postgres_port, *replica_ports, pgbouncer_port, redis_port]
-        try:
-            configure(stack, state_dir, ports, passwords, 1)
-            started = time.monotonic()
-            assert stack.up().summary.result == "succeeded"
-            print(f"\nfirst up: {time.monotonic() - started:.0f} s")
-            yield LiveStack(
-                stack, state_dir, backend, postgres_port, replica_ports, pgbouncer_port, redis_port, passwords
-            )
-        finally:
-            try:
-                stack.destroy()
-            finally:
-                stack.workspace.remove_stack(name, force=True)
-                (ROOT / f"Pulumi.{name}.yaml").unlink(missing_ok=True)
+    with throwaway_stack(tmp_path_factory.mktemp("backend"), "e2e-dr", replicas=1) as live:
+        started = time.monotonic()
+        assert live.stack.up().summary.result == "succeeded"
+        print(f"\nfirst up: {time.monotonic() - started:.0f} s")
+        yield live
 
 
 def script(live: LiveStack, *argv: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:

@@ -9,7 +9,6 @@ program that drops a column previews as destructive; `refresh` and `up` repair i
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import subprocess
 import time
@@ -27,9 +26,9 @@ from components.database.model import load_schema
 from components.platform.local import process
 from ops import EXIT_DESTRUCTIVE, EXIT_DRIFT, EXIT_FAILED, EXIT_OK
 from tests.conftest import ROOT
-from tests.e2e.conftest import PASSWORD_KEYS, LiveStack, configure, consecutive_free_ports
-from tests.e2e.test_adopt_existing_database import copy_program, edited_table, without_column
-from tests.support import free_ports, reachable_state_dir
+from tests.e2e.conftest import LiveStack, throwaway_stack
+from tests.e2e.test_adopt_existing_database import edited_table, without_column
+from tests.support import copy_project
 
 pytestmark = pytest.mark.e2e
 JOBS_INDEX = next(index.name for index in load_schema().table("jobs").foreign_key_indexes())
@@ -44,28 +43,9 @@ class Run:
 
 @pytest.fixture(scope="module")
 def ops_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
-    backend = tmp_path_factory.mktemp("backend")
-    name = f"e2e-ops-{secrets.token_hex(3)}"
-    replica_ports = consecutive_free_ports(1)
-    postgres_port, pgbouncer_port, redis_port = free_ports(3)
-    passwords = {key: secrets.token_urlsafe(18) for key in PASSWORD_KEYS}
-    with reachable_state_dir() as state_dir:
-        stack = auto.create_stack(
-            name,
-            work_dir=str(ROOT),
-            opts=auto.LocalWorkspaceOptions(env_vars={"PULUMI_BACKEND_URL": f"file://{backend}"}),
-        )
-        configure(stack, state_dir, [postgres_port, *replica_ports, pgbouncer_port, redis_port], passwords, 1)
-        live = LiveStack(stack, state_dir, backend, postgres_port, replica_ports, pgbouncer_port, redis_port, passwords)
-        try:
-            assert stack.up().summary.result == "succeeded"
-            yield live
-        finally:
-            try:
-                stack.destroy()
-            finally:
-                stack.workspace.remove_stack(name, force=True)
-                (ROOT / f"Pulumi.{name}.yaml").unlink(missing_ok=True)
+    with throwaway_stack(tmp_path_factory.mktemp("backend"), "e2e-ops", replicas=1) as live:
+        assert live.stack.up().summary.result == "succeeded"
+        yield live
 
 
 def script(live: LiveStack, name: str, *args: str) -> Run:
@@ -159,8 +139,7 @@ def test_verify_fails_naming_the_failed_checks(ops_stack: LiveStack) -> None:
 def test_a_destructive_change_is_said_at_the_top_with_exit_2(
     ops_stack: LiveStack, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    project = copy_program(tmp_path_factory.mktemp("ops-program") / "project")
-    shutil.copytree(ROOT / "sql", project / "sql", dirs_exist_ok=True)  # the whole schema, not copy_program's none
+    project = copy_project(tmp_path_factory.mktemp("ops-program") / "project")
     shutil.copy(ROOT / f"Pulumi.{ops_stack.stack.name}.yaml", project)
     backend = auto.LocalWorkspaceOptions(env_vars={"PULUMI_BACKEND_URL": f"file://{ops_stack.backend}"})
     copy = auto.select_stack(ops_stack.stack.name, work_dir=str(project), opts=backend)
