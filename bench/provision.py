@@ -58,6 +58,17 @@ def libpq_env(password: str) -> dict[str, str]:
     return {**os.environ, "PGPASSWORD": password, "PGHOST": "127.0.0.1", "PGUSER": "postgres"}
 
 
+def views_reading_cron(conninfo: dict[str, Any]) -> set[str]:
+    """Names of the views outside `cron` whose query reads one of pg_cron's tables."""
+    with psycopg.connect(**conninfo, dbname=DATABASE) as conn:
+        rows = conn.execute(
+            "SELECT DISTINCT v.relname FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid "
+            "JOIN pg_class v ON v.oid = r.ev_class JOIN pg_class t ON t.oid = d.refobjid "
+            "WHERE t.relnamespace = 'cron'::regnamespace AND v.relnamespace <> 'cron'::regnamespace"
+        ).fetchall()
+    return {name for (name,) in rows}
+
+
 def psql_floor(port: int, password: str, work: Path) -> dict[str, Any]:
     """Dump the schema of the provisioned database, then time `psql -f` of it into an empty database."""
     env = {**libpq_env(password), "PGPORT": str(port)}
@@ -66,11 +77,17 @@ def psql_floor(port: int, password: str, work: Path) -> dict[str, Any]:
     entries = subprocess.run(
         [PG_BIN / "pg_restore", "-l", archive], env=env, check=True, capture_output=True, text=True
     ).stdout.splitlines()
-    # pg_cron lives in one database only: leave out the extension and what names its `cron` schema
-    kept = [entry for entry in entries if not CRON.search(entry)]
+    conninfo = {"host": "127.0.0.1", "port": port, "user": "postgres", "password": password}
+    # pg_cron lives in one database only: leave out the extension, what names its `cron` schema, and the
+    # views that read its tables
+    cron_readers = views_reading_cron(conninfo)
+    kept = [
+        entry
+        for entry in entries
+        if not CRON.search(entry) and not any(f" {view} " in f"{entry} " for view in cron_readers)
+    ]
     listing.write_text("\n".join(kept) + "\n")
     subprocess.run([PG_BIN / "pg_restore", "-L", listing, "-f", script, archive], env=env, check=True)
-    conninfo = {"host": "127.0.0.1", "port": port, "user": "postgres", "password": password}
     with psycopg.connect(**conninfo, dbname=DATABASE, autocommit=True) as conn:  # type: ignore[arg-type]
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(FLOOR_DATABASE)))
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(FLOOR_DATABASE)))

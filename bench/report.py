@@ -66,7 +66,11 @@ def provisioning_table(provisioning: dict[str, Any]) -> str:
     lines = ["| Step | Seconds | x psql -f floor |", "|---|---|---|"]
     for step, value in seconds.items():
         lines.append(f"| {step} | {value:.2f} | {fmt(ratios.get(step), 1) if step in ratios else ''} |")
-    lines.append(f"| psql -f of the dumped schema (floor) | {fmt(floor)} | 1.0 |")
+    if floor is None:
+        error = str(provisioning.get("psql_floor", {}).get("error", "not measured")).splitlines()[0]
+        lines.append(f"| psql -f of the dumped schema (floor) | not measured: {error} | |")
+    else:
+        lines.append(f"| psql -f of the dumped schema (floor) | {fmt(floor)} | 1.0 |")
     return "\n".join(lines)
 
 
