@@ -140,12 +140,19 @@ def test_partitions_have_no_policy_and_read_directly_show_no_row(admin: Conn, ap
         )
     ]
     assert "communications_default" in partitions
+    granted = 0
     with as_company(app, tenants.a_id):
         for partition in partitions:
-            counted = app.execute(
-                psycopg.sql.SQL("SELECT count(*) FROM {}").format(psycopg.sql.Identifier("public", partition))
-            ).fetchone()
+            try:
+                with app.transaction():
+                    counted = app.execute(
+                        psycopg.sql.SQL("SELECT count(*) FROM {}").format(psycopg.sql.Identifier("public", partition))
+                    ).fetchone()
+            except psycopg.errors.InsufficientPrivilege:
+                continue  # made later by maintenance, with no privilege of its own: nothing shows either
+            granted += 1
             assert counted == (0,), f"{partition} read directly shows rows"
+    assert granted > 0, "no partition the application may read: row level security was not put to the test"
 
 
 def test_every_foreign_key_has_an_index_led_by_its_columns(admin: Conn) -> None:
