@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
+import psycopg
 import pulumi
 from psycopg import sql
 
 from components.connection import ConnectionSpec
-from components.database.session import DatabaseTarget
+from components.database.session import DatabaseTarget, Statement
 from components.kind import Kind, Spec
 
 SpecT = TypeVar("SpecT", bound=Spec)
@@ -41,3 +42,21 @@ def database_provider(
         "allowDataLoss": allow_data_loss,
     }
     return pulumi.ProviderResource("thorbisdb", name, inputs, opts)
+
+
+def copied_grants(
+    conn: psycopg.Connection, source: sql.Identifier, target: sql.Identifier | None = None
+) -> list[Statement]:
+    """The grants on `source` (but its owner's), as statements that give them on `target`: a relation
+    that replaces it, or `source` itself once dropped and made again."""
+    rows = conn.execute(
+        "SELECT a.privilege_type, CASE a.grantee WHEN 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END "
+        "FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = to_regclass(%s) AND a.grantee <> c.relowner",
+        (source.as_string(conn),),
+    ).fetchall()
+    return [
+        sql.SQL("GRANT {} ON {} TO {}").format(
+            sql.SQL(privilege), target or source, sql.Identifier(grantee) if grantee else sql.SQL("PUBLIC")
+        )
+        for privilege, grantee in rows
+    ]

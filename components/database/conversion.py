@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
-from components.database.base import qualified
+from components.database.base import copied_grants, qualified
 from components.database.index import definition_tail
 from components.database.model import bounded
 from components.database.session import Statement, run_ddl, scalar
@@ -357,16 +357,7 @@ def copied_objects(conn: psycopg.Connection, conversion: Conversion) -> list[Sta
             if target not in definition:
                 raise ProviderError(f"converting {names.table}: cannot re-target trigger {definition}")
             statements.append(sql.SQL(definition.replace(target, f" ON {building.as_string(conn)} ", 1)))
-        for grantee, privilege in conn.execute(
-            "SELECT CASE a.grantee WHEN 0 THEN 'public' ELSE pg_get_userbyid(a.grantee) END, a.privilege_type "
-            "FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = to_regclass(%s) AND a.grantee <> c.relowner",
-            (relation,),
-        ).fetchall():
-            statements.append(
-                sql.SQL("GRANT {} ON {} TO {}").format(
-                    sql.SQL(privilege), building, sql.SQL("PUBLIC") if grantee == "public" else sql.Identifier(grantee)
-                )
-            )
+        statements += copied_grants(conn, old, building)
     return statements
 
 

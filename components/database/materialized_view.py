@@ -21,7 +21,7 @@ import pulumi
 from psycopg import sql
 from pydantic import Field
 
-from components.database.base import DatabaseKind, qualified
+from components.database.base import DatabaseKind, copied_grants, qualified
 from components.database.function import run_drop
 from components.database.model import bounded
 from components.database.session import Statement, connect, run_ddl, scalar
@@ -171,24 +171,6 @@ def dependent_views(conn: psycopg.Connection, spec: MaterializedViewSpec) -> lis
     ]
 
 
-def grant_statements(conn: psycopg.Connection, relation: sql.Identifier) -> list[Statement]:
-    """The relation's current grants (but its owner's), as statements that give them again once remade."""
-    rows = conn.execute(
-        "SELECT a.privilege_type, CASE a.grantee WHEN 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END "
-        "FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = to_regclass(%s) AND a.grantee <> c.relowner",
-        (relation.as_string(conn),),
-    ).fetchall()
-    return [
-        sql.SQL("GRANT {} ON {} TO {}").format(
-            sql.SQL(privilege), relation, sql.Identifier(grantee) if grantee else sql.SQL("PUBLIC")
-        )
-        for privilege, grantee in rows
-    ]
-
-
-# --- render: the DDL ---------------------------------------------------------------------------------
-
-
 def index_statement(spec: MaterializedViewSpec) -> Statement:
     return sql.SQL("CREATE UNIQUE INDEX {} ON {} ({})").format(
         sql.Identifier(spec.index_name),
@@ -298,9 +280,9 @@ class MaterializedViewKind(DatabaseKind[MaterializedViewSpec]):
         relation = qualified(spec.schema_name, spec.name)
         statements: list[Statement] = [sql.SQL("DROP VIEW {} RESTRICT").format(view.relation) for view in dependents]
         statements += [sql.SQL("DROP MATERIALIZED VIEW {} RESTRICT").format(relation), *create_statements(spec)]
-        statements += grant_statements(conn, relation)
+        statements += copied_grants(conn, relation)
         for view in dependents:
-            statements += remake_statements(view) + grant_statements(conn, view.relation)
+            statements += remake_statements(view) + copied_grants(conn, view.relation)
         try:
             run_drop(conn, statements, self.target.lock_timeout, what)
         except ProviderError as error:

@@ -16,7 +16,7 @@ import pulumi
 from psycopg import sql
 from pydantic import Field
 
-from components.database.base import DatabaseKind, qualified
+from components.database.base import DatabaseKind, copied_grants, qualified
 from components.database.function import run_drop
 from components.database.session import Statement, connect, run_ddl
 from components.kind import ProviderError, Spec
@@ -117,22 +117,6 @@ def owner_statements(spec: ViewSpec) -> list[Statement]:
     ]
 
 
-def grant_statements(conn: psycopg.Connection, spec: ViewSpec) -> list[Statement]:
-    """The view's current grants, as statements that give them again to a recreated view."""
-    relation = qualified(spec.schema_name, spec.name)
-    rows = conn.execute(
-        "SELECT a.privilege_type, CASE a.grantee WHEN 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END "
-        "FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = to_regclass(%s) AND a.grantee <> c.relowner",
-        (relation.as_string(conn),),
-    ).fetchall()
-    return [
-        sql.SQL("GRANT {} ON {} TO {}").format(
-            sql.SQL(privilege), relation, sql.Identifier(grantee) if grantee else sql.SQL("PUBLIC")
-        )
-        for privilege, grantee in rows
-    ]
-
-
 class ViewKind(DatabaseKind[ViewSpec]):
     token = TOKEN
     spec_type = ViewSpec
@@ -162,9 +146,10 @@ class ViewKind(DatabaseKind[ViewSpec]):
             if not isinstance(error.__cause__, psycopg.errors.InvalidTableDefinition):
                 raise
             # its columns change, which CREATE OR REPLACE cannot do: made again in one transaction
-            drop = sql.SQL("DROP VIEW {} RESTRICT").format(qualified(spec.schema_name, spec.name))
+            relation = qualified(spec.schema_name, spec.name)
+            drop = sql.SQL("DROP VIEW {} RESTRICT").format(relation)
             statements = [drop, create_statement(spec, replace=False), *owner_statements(spec)]
-            run_drop(conn, statements + grant_statements(conn, spec), self.target.lock_timeout, what)
+            run_drop(conn, statements + copied_grants(conn, relation), self.target.lock_timeout, what)
 
     def delete(self, resource_id: str, spec: ViewSpec) -> None:
         with connect(self.target) as conn:
