@@ -22,7 +22,7 @@ from components.database.default_privileges import DefaultPrivileges, DefaultPri
 from components.database.extension import Extension, ExtensionArgs
 from components.database.function import Function, FunctionArgs
 from components.database.grant import Grant, GrantArgs, GrantSpec
-from components.database.index import Index, IndexArgs, IndexSpec
+from components.database.index import Index, IndexArgs
 from components.database.manifest import Manifest, ManifestArgs
 from components.database.materialized_view import MaterializedView, MaterializedViewArgs
 from components.database.model import TABLE_SCHEMA, TableData, bounded, load_schema
@@ -54,6 +54,7 @@ class DatabaseLayer(pulumi.ComponentResource):
         self.settings = settings
         self.access = load_access()
         self.schema = load_schema()
+        self.reporting = load_reporting()
         self.provider = database_provider(
             f"{name}-provider",
             connection,
@@ -157,7 +158,7 @@ class DatabaseLayer(pulumi.ComponentResource):
             referenced = [tables[fk.ref_table] for fk in data.foreign_key_constraints if fk.ref_table in tables]
             table = Table(
                 f"table-{data.name}",
-                TableArgs(**_table_inputs(data, self.access.owner)),
+                TableArgs(**_args(TableArgs, data.table_spec(self.access.owner))),
                 self.options([*after, *referenced], protect=not self.settings.allow_data_loss),
             )
             tables[data.name] = table
@@ -194,7 +195,7 @@ class DatabaseLayer(pulumi.ComponentResource):
                 self.options([table]),
             )
         self.indexes[data.name] = [
-            Index(f"index-{index.name}", IndexArgs(**_index_inputs(index)), self.options([table]))
+            Index(f"index-{index.name}", IndexArgs(**_args(IndexArgs, index)), self.options([table]))
             for index in [*data.declared_indexes(), *data.foreign_key_indexes()]
         ]
 
@@ -232,7 +233,7 @@ class DatabaseLayer(pulumi.ComponentResource):
     def declare_reporting(self) -> list[pulumi.Resource]:
         """Materialized views (no RLS: readable whole by `reporting` only) and the tenant views applications
         read them through; returns the tenant views, which the table grants of their schema cover."""
-        reporting = load_reporting()
+        reporting = self.reporting
         owner_grant, *reader_grants = reporting.grant_specs()
         schema = self.schemas[reporting.schema_name]
         owner_access = Grant(
@@ -298,7 +299,7 @@ class DatabaseLayer(pulumi.ComponentResource):
                     self.options(after),
                 )
         # adopted tables and the tenant views were not created by the owner: default privileges miss them
-        covered = sorted([*self.tables, *(view.name for view in load_reporting().tenant_view_specs())])
+        covered = sorted([*self.tables, *(view.name for view in self.reporting.tenant_view_specs())])
         for grantee, privileges in self.access.table_privileges.items():
             Grant(
                 f"grant-tables-{grantee}",
@@ -329,17 +330,7 @@ def _attribute(config_key: str) -> str:
     return "".join(f"_{c.lower()}" if c.isupper() else c for c in config_key)
 
 
-def _table_inputs(data: TableData, owner: str) -> dict[str, Any]:
-    dumped = data.table_spec(owner).model_dump(mode="json", by_alias=True)
-    return {name: dumped[to_camel(name)] for name in TableArgs.__dataclass_fields__}
-
-
 def _args(args_type: Any, spec: Spec) -> dict[str, Any]:
     """A kind's spec as the keyword arguments of its resource's Args dataclass."""
     dumped = spec.model_dump(mode="json", by_alias=True)
     return {name: dumped[to_camel(name)] for name in args_type.__dataclass_fields__}
-
-
-def _index_inputs(index: IndexSpec) -> dict[str, Any]:
-    dumped = index.model_dump(mode="json", by_alias=True)
-    return {name: dumped[to_camel(name)] for name in IndexArgs.__dataclass_fields__}
