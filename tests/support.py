@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -15,17 +16,42 @@ from pathlib import Path
 import yaml
 
 _handed_out: set[int] = set()
+_random = random.Random()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel hands ports in this range to outgoing connections (clients of the servers under test)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now, never the same twice in one test run."""
+    """A TCP port free on 127.0.0.1 now, never the same twice in one test run.
+
+    Chosen below the ephemeral range: a port the kernel picked with bind(0) is in that range, and any
+    client connection opened before the server starts may take it (a CI run lost a stack that way).
+    """
+    low, _ = _ephemeral_range()
+    ceiling = low - 2 if low > 12000 else 65000
     while True:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = int(probe.getsockname()[1])
-        if port not in _handed_out and port + 1 not in _handed_out:
+        port = _random.randrange(10000, ceiling)
+        if port in _handed_out or port + 1 in _handed_out or port - 1 in _handed_out:
+            continue
+        if _bindable(port):
             _handed_out.add(port)
             return port
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return not listening(port)
 
 
 def free_ports(count: int) -> list[int]:

@@ -35,7 +35,7 @@ from psycopg import sql
 from components.database.base import copied_grants, qualified
 from components.database.index import definition_tail
 from components.database.model import bounded
-from components.database.session import Statement, run_ddl, scalar
+from components.database.session import Deferred, Statement, run_ddl, scalar
 from components.database.table import LiveTable, TableSpec, create_statement, read_table, rls_statements
 from components.kind import ProviderError
 
@@ -267,7 +267,7 @@ def build_statements(conn: psycopg.Connection, conversion: Conversion) -> list[S
     building = names.relation(names.building)
     temporary_uniques = [u.model_copy(update={"name": bounded(f"{u.name}_new")}) for u in spec.uniques]
     shape = spec.model_copy(update={"uniques": temporary_uniques})
-    owner = sql.Identifier(spec.owner or conversion.live.owner)
+    owner = owner_of(conversion)
     statements: list[Statement] = [create_statement(shape, building), *rls_statements(building)]
     statements.append(sql.SQL("ALTER TABLE {} OWNER TO {}").format(building, owner))
     months = conn.execute(
@@ -288,15 +288,21 @@ def build_statements(conn: psycopg.Connection, conversion: Conversion) -> list[S
     default = names.relation(default_name(names.table))
     statements.append(sql.SQL("CREATE TABLE {} PARTITION OF {} DEFAULT").format(default, building))
     for name in [*conversion.partitions, default_name(names.table)]:
-        statements.append(
-            sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY, OWNER TO {}").format(
-                names.relation(name), owner
-            )
-        )
+        statements.append(partition_security(names.relation(name), owner))
     statements += copied_objects(conn, conversion)
     if spec.comment:
         statements.append(sql.SQL("COMMENT ON TABLE {} IS {}").format(building, sql.Literal(spec.comment)))
     return statements
+
+
+def owner_of(conversion: Conversion) -> sql.Identifier:
+    return sql.Identifier(conversion.spec.owner or conversion.live.owner)
+
+
+def partition_security(partition: sql.Identifier, owner: sql.Identifier) -> Statement:
+    return sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY, OWNER TO {}").format(
+        partition, owner
+    )
 
 
 def copied_objects(conn: psycopg.Connection, conversion: Conversion) -> list[Statement]:
@@ -537,7 +543,7 @@ def dependent_views(conn: psycopg.Connection, names: Names) -> list[View]:
 
 def swap_statements(
     conn: psycopg.Connection, conversion: Conversion, rows: int, checksum: str, views: list[View]
-) -> list[Statement]:
+) -> list[Statement | Deferred]:
     names = conversion.names
     old, building = names.relation(names.table), names.relation(names.building)
     statements: list[Statement] = [
@@ -545,6 +551,8 @@ def swap_statements(
         sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(building),
         sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(names.mirror), old),
     ]
+    steps: list[Statement | Deferred] = [*statements, lambda locked: stray_row_statements(locked, conversion)]
+    statements = []
     statements += [  # free the index names (primary key and uniques included) for the new table
         sql.SQL("ALTER INDEX {} RENAME TO {}").format(names.relation(index), sql.Identifier(kept_index(index)))
         for index in conversion.old_indexes
@@ -597,7 +605,65 @@ def swap_statements(
         sql.SQL("DROP TABLE {}").format(names.relation(names.log)),
         sql.SQL("DROP FUNCTION {}()").format(names.relation(names.capture)),
     ]
-    return statements
+    return [*steps, *statements]
+
+
+STRAY_MONTHS_QUERY = """
+SELECT DISTINCT m, m + interval '1 month', to_char(m, 'YYYY_MM') FROM (
+  SELECT date_trunc('month', {column})::timestamptz AS m FROM ONLY {default}
+  WHERE {column} < date_trunc('month', now()) + ({premake} + 1) * interval '1 month'
+) months ORDER BY m
+"""
+
+
+def stray_row_statements(conn: psycopg.Connection, conversion: Conversion) -> list[Statement]:
+    """Rows a write moved, during the conversion, into a month the copy had no partition for (an UPDATE of
+    the date, a back-dated INSERT) wait in its default partition: under the swap's lock each such month
+    gets its partition and its rows, triggers off (they were applied when the row was written). Rows
+    beyond the premade window stay in the default partition, as pg_partman leaves them."""
+    spec, names = conversion.spec, conversion.names
+    assert spec.partition is not None
+    column, default = sql.Identifier(spec.partition.column), names.relation(default_name(names.table))
+    months = conn.execute(
+        sql.SQL(STRAY_MONTHS_QUERY).format(column=column, default=default, premake=sql.Literal(conversion.premake))
+    ).fetchall()
+    if not months:
+        return []
+    building, owner = names.relation(names.building), owner_of(conversion)
+    columns = sql.SQL(", ").join(sql.Identifier(c) for c in conversion.columns)
+    statements: list[Statement] = [
+        sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(building, default),
+        sql.SQL("ALTER TABLE {} DISABLE TRIGGER USER").format(default),
+    ]
+    for start, end, suffix in months:
+        name = partition_name(names.table, suffix)
+        part = names.relation(name)
+        statements += [
+            sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
+                part, building, sql.Literal(start), sql.Literal(end)
+            ),
+            partition_security(part, owner),
+            sql.SQL("ALTER TABLE {} DISABLE TRIGGER USER").format(part),
+            sql.SQL(
+                "WITH moved AS (DELETE FROM {default} WHERE {column} >= {start} AND {column} < {end} "
+                "RETURNING {columns}) INSERT INTO {part} ({columns}) SELECT {columns} FROM moved"
+            ).format(
+                default=default,
+                column=column,
+                start=sql.Literal(start),
+                end=sql.Literal(end),
+                columns=columns,
+                part=part,
+            ),
+            sql.SQL("ALTER TABLE {} ENABLE TRIGGER USER").format(part),
+        ]
+        if name not in conversion.partitions:
+            conversion.partitions.append(name)
+    return [
+        *statements,
+        sql.SQL("ALTER TABLE {} ENABLE TRIGGER USER").format(default),
+        sql.SQL("ALTER TABLE {} ATTACH PARTITION {} DEFAULT").format(building, default),
+    ]
 
 
 def kept_index(index: str) -> str:

@@ -21,6 +21,9 @@ from components.kind import ProviderError, Unreachable
 LOCK_ATTEMPTS = 8
 #: A whole statement, as psycopg executes it (fragments are sql.Composable).
 Statement = sql.Composed | sql.SQL
+#: Statements decided inside the batch's transaction, after the locks taken before it (what they read
+#: cannot change before the commit).
+Deferred = Callable[[psycopg.Connection], Iterable[Statement]]
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,7 @@ def yield_to_applications(conn: psycopg.Connection) -> None:
 
 def run_ddl(
     conn: psycopg.Connection,
-    statements: Iterable[Statement],
+    statements: Iterable[Statement | Deferred],
     lock_timeout: str,
     *,
     transactional: bool = True,
@@ -99,7 +102,8 @@ def run_ddl(
             if not (transactional and concurrent_catalog_update(error)):
                 raise ProviderError(f"{what} failed: {str(error).strip()}") from error
         except psycopg.Error as error:
-            statement_text = batch[0].as_string(conn) if len(batch) == 1 else f"{len(batch)} statements"
+            only = batch[0] if len(batch) == 1 else None
+            statement_text = only.as_string(conn) if isinstance(only, sql.Composable) else f"{len(batch)} statements"
             raise ProviderError(f"{what} failed: {str(error).strip()} (running {statement_text})") from error
         time.sleep(min(0.25 * 2**attempt, 4.0))
         if before_retry is not None:
@@ -110,16 +114,25 @@ def run_ddl(
     )
 
 
-def execute_batch(conn: psycopg.Connection, batch: list[Statement], lock_timeout: str, transactional: bool) -> None:
+def execute_batch(
+    conn: psycopg.Connection, batch: list[Statement | Deferred], lock_timeout: str, transactional: bool
+) -> None:
     if transactional:
         with conn.transaction():
             conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_timeout)))
-            for statement in batch:
-                conn.execute(statement)
+            execute_all(conn, batch)
     else:
         conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(lock_timeout)))
-        for statement in batch:
-            conn.execute(statement)
+        execute_all(conn, batch)
+
+
+def execute_all(conn: psycopg.Connection, batch: list[Statement | Deferred]) -> None:
+    for step in batch:
+        if isinstance(step, sql.Composable):
+            conn.execute(step)
+        else:
+            for statement in step(conn):
+                conn.execute(statement)
 
 
 def concurrent_catalog_update(error: psycopg.Error) -> bool:

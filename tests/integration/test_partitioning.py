@@ -369,18 +369,23 @@ def test_conversion_refuses_what_would_keep_pointing_at_the_old_table(database: 
     database.execute("DROP TABLE public.notes_child, public.notes_plain")
 
 
-@pytest.mark.xfail(
-    reason="known defect (issue 6 stays open): a row an UPDATE moves during the conversion into a month that "
-    "had no partition (e.g. 2001-03 -> 2001-04) is replayed into the default partition, not a new month's",
-    strict=False,
-)
 def test_online_conversion_under_a_writer_loses_and_duplicates_nothing(database: Database) -> None:
     db = database
     spec = communications_spec()
     make_plain_table(db, spec)
     db.execute("CREATE TABLE public.baseline AS SELECT * FROM public.communications")
-    ids = [row[0] for row in db.rows("SELECT id FROM public.communications ORDER BY id LIMIT 300")]
-    deleted, updated_early, updated_late = ids[:50], ids[50:150], ids[150:300]
+    # rows of 2001-03 that an UPDATE moves 40 days on, into 2001-04, a month the copy has no partition for
+    strays = [
+        row[0] for row in db.rows("SELECT id FROM public.communications WHERE created_at < '2002-01-01' LIMIT 20")
+    ]
+    others = [
+        row[0]
+        for row in db.rows(
+            "SELECT id FROM public.communications WHERE created_at >= '2002-01-01' ORDER BY id LIMIT 280"
+        )
+    ]
+    ids = strays + others
+    deleted, updated_early, updated_late = others[:50], strays + others[50:130], others[130:280]
 
     def during(phase: str) -> None:
         """Changes to old rows while the copy is made: captured, replayed, then mirrored."""
@@ -439,12 +444,23 @@ def test_online_conversion_under_a_writer_loses_and_duplicates_nothing(database:
         "SELECT bool_and(tableoid = 'public.communications_p2001_03'::regclass) FROM public.communications "
         "WHERE created_at < '2001-04-01'"
     )
+    assert db.rows(
+        "SELECT tableoid::regclass::text, count(*) FROM public.communications "
+        "WHERE created_at >= '2001-04-01' AND created_at < '2002-01-01' GROUP BY 1"
+    ) == [("communications_p2001_04", len(strays))]
     in_default = db.scalar("SELECT count(*) FROM ONLY public.communications_default")
     assert in_default == db.scalar("SELECT count(*) FROM public.communications WHERE created_at >= '2099-01-01'")
     assert in_default >= ROWS // 400
     assert not [name for name in result.partitions if name.startswith("communications_p2099")]
+    assert "communications_p2001_04" in result.partitions
     made = partitions(db, "communications")
     assert {name: state for name, state in made.items() if state != (True, True, OWNER)} == {}
+    # the partitions that held the strays have the table's trigger once, enabled, as every other one
+    assert db.rows(
+        "SELECT DISTINCT array_agg(t.tgname::text || ':' || t.tgenabled::text ORDER BY t.tgname) FROM pg_inherits i "
+        "JOIN pg_trigger t ON t.tgrelid = i.inhrelid AND NOT t.tgisinternal "
+        "WHERE i.inhparent = 'public.communications'::regclass GROUP BY i.inhrelid"
+    ) == [(["communications_set_updated_at:O"],)]
 
     # the new table carries the old one's names: primary key, index, policy, trigger, grant, view
     assert db.scalar("SELECT to_regclass('public.communications_pkey')::text") == "communications_pkey"
