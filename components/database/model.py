@@ -7,12 +7,11 @@ No table is special-cased here: everything a table needs is in its data (see sql
 from __future__ import annotations
 
 import hashlib
-from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from components.database.index import IndexSpec
 from components.database.table import CheckSpec, ColumnSpec, ForeignKeySpec, PartitionSpec, TableSpec, UniqueSpec
@@ -20,6 +19,7 @@ from components.database.table import CheckSpec, ColumnSpec, ForeignKeySpec, Par
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "sql" / "schema"
 TABLE_SCHEMA = "public"
 MAX_NAME = 63
+TENANT_COLUMN = "company_id"
 
 
 class Data(BaseModel):
@@ -96,6 +96,9 @@ class TableData(Data):
     checks: list[CheckData] = Field(default_factory=list)
     foreign_keys: list[ForeignKeyData] = Field(default_factory=list)
     indexes: list[IndexData] = Field(default_factory=list)
+    # Set by SchemaModel, which sees every table: the company tables, and whether one of them points here.
+    _company_tables: frozenset[str] = PrivateAttr(default=frozenset())
+    _referenced_in_company: bool = PrivateAttr(default=False)
 
     def column(self, name: str) -> ColumnData:
         return next(column for column in self.columns if column.name == name)
@@ -104,17 +107,56 @@ class TableData(Data):
     def has_updated_at(self) -> bool:
         return any(column.name == "updated_at" for column in self.columns)
 
-    @cached_property
+    def within_company(self, reference: Reference) -> bool:
+        """A company table's reference to another company table's row: the row must be of the same company."""
+        return self.tenancy == "company" and reference.table in self._company_tables and reference.column == "id"
+
+    def references_within_company(self) -> list[tuple[str, str]]:
+        """(column, table) of every reference that must name a row of the row's own company: between
+        company tables (held by the composite FK), and from a parent-tenancy table to a company table
+        other than its parent (it has no company_id for a key: held by its write policies)."""
+        found: list[tuple[str, str]] = []
+        for column in self.columns:
+            reference = column.references
+            if reference is None or reference.column != "id" or reference.table not in self._company_tables:
+                continue
+            if self.tenancy == "company" or (
+                self.tenancy == "parent" and self.parent is not None and column.name != self.parent.column
+            ):
+                found.append((column.name, reference.table))
+        return found
+
+    def column_foreign_key(self, column: ColumnData, reference: Reference) -> ForeignKeySpec:
+        """The FK a column's `references` makes. Between company tables it is (company_id, column) ->
+        (company_id, id): a row can never point at another company's row (a single-column FK would let
+        company A attach its job to B's customer, which B's delete would then cascade into)."""
+        same_company = self.within_company(reference)
+        return ForeignKeySpec(
+            name=bounded(f"{self.name}_{column.name}_fkey"),
+            columns=[TENANT_COLUMN, column.name] if same_company else [column.name],
+            ref_schema=TABLE_SCHEMA,
+            ref_table=reference.table,
+            ref_columns=[TENANT_COLUMN, reference.column] if same_company else [reference.column],
+            on_delete=reference.on_delete,
+            set_null=[column.name] if same_company and reference.on_delete == "set null" else [],
+        )
+
+    @property
+    def tenant_key(self) -> UniqueSpec | None:
+        """(company_id, id), unique, for the same-company foreign keys that point at this table."""
+        if not self._referenced_in_company:
+            return None
+        return UniqueSpec(name=bounded(f"{self.name}_tenant_key"), columns=[TENANT_COLUMN, "id"])
+
+    @property
+    def unique_constraints(self) -> list[UniqueSpec]:
+        declared = [UniqueSpec(name=u.name, columns=u.columns) for u in self.unique]
+        return declared + ([self.tenant_key] if self.tenant_key else [])
+
+    @property
     def foreign_key_constraints(self) -> list[ForeignKeySpec]:
         inline = [
-            ForeignKeySpec(
-                name=bounded(f"{self.name}_{column.name}_fkey"),
-                columns=[column.name],
-                ref_schema=TABLE_SCHEMA,
-                ref_table=column.references.table,
-                ref_columns=[column.references.column],
-                on_delete=column.references.on_delete,
-            )
+            self.column_foreign_key(column, column.references)
             for column in self.columns
             if column.references is not None
         ]
@@ -140,7 +182,7 @@ class TableData(Data):
                 ColumnSpec(name=c.name, type=c.type, nullable=c.nullable, default=c.default) for c in self.columns
             ],
             primary_key=self.primary_key,
-            uniques=[UniqueSpec(name=u.name, columns=u.columns) for u in self.unique],
+            uniques=self.unique_constraints,
             checks=[CheckSpec(name=c.name, expression=c.expression) for c in self.checks],
             foreign_keys=self.foreign_key_constraints,
             partition=PartitionSpec(column=self.partition.column) if self.partition else None,
@@ -163,11 +205,12 @@ class TableData(Data):
 
     def foreign_key_indexes(self) -> list[IndexSpec]:
         """An index for every foreign key whose columns do not already lead the PK, a unique or an index."""
-        leading = [self.primary_key, *(u.columns for u in self.unique)]
+        leading = [self.primary_key, *(u.columns for u in self.unique_constraints)]
         # a partial index does not serve the FK's lookups (a parent's delete scans for all its children)
         leading += [index.keys for index in self.indexes if index.method == "btree" and index.where is None]
         derived: list[IndexSpec] = []
-        for fk in self.foreign_key_constraints:
+        # the longest first: (company_id, customer_id) serves company_id's FK, which then needs no index
+        for fk in sorted(self.foreign_key_constraints, key=lambda fk: -len(fk.columns)):
             if any(keys[: len(fk.columns)] == fk.columns for keys in leading):
                 continue
             leading.append(fk.columns)
@@ -192,6 +235,19 @@ def bounded(name: str) -> str:
 
 class SchemaModel(Data):
     tables: list[TableData]
+
+    def model_post_init(self, context: object, /) -> None:
+        company_tables = frozenset(table.name for table in self.tables if table.tenancy == "company")
+        for table in self.tables:
+            table._company_tables = company_tables
+        targets = {
+            column.references.table
+            for table in self.tables
+            for column in table.columns
+            if column.references is not None and table.within_company(column.references)
+        }
+        for table in self.tables:
+            table._referenced_in_company = table.name in targets
 
     def table(self, name: str) -> TableData:
         return next(table for table in self.tables if table.name == name)

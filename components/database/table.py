@@ -51,6 +51,9 @@ class ForeignKeySpec(Spec):
     ref_table: str
     ref_columns: list[str]
     on_delete: OnDelete = "no action"
+    set_null: list[str] = Field(
+        default_factory=list, description="With on_delete `set null`: the columns it nulls (default: all)."
+    )
 
 
 class PartitionSpec(Spec):
@@ -85,7 +88,9 @@ SELECT c.conname, c.contype, c.convalidated, pg_get_constraintdef(c.oid),
        fn.nspname, ft.relname,
        ARRAY(SELECT attname FROM unnest(c.confkey) WITH ORDINALITY k(n, i)
              JOIN pg_attribute ON attrelid = c.confrelid AND attnum = k.n ORDER BY k.i),
-       c.confdeltype
+       c.confdeltype,
+       ARRAY(SELECT attname FROM unnest(c.confdelsetcols) WITH ORDINALITY k(n, i)
+             JOIN pg_attribute ON attrelid = c.conrelid AND attnum = k.n ORDER BY k.i)
 FROM pg_constraint c
 LEFT JOIN pg_class ft ON ft.oid = c.confrelid LEFT JOIN pg_namespace fn ON fn.oid = ft.relnamespace
 WHERE c.conrelid = %s::regclass AND c.contype IN ('p', 'u', 'c', 'f') ORDER BY c.conname
@@ -120,7 +125,7 @@ def read_table(conn: psycopg.Connection, schema: str, name: str) -> LiveTable | 
         for col, typ, nullable, default in conn.execute(COLUMNS_QUERY, (relation,))
     }
     table = LiveTable(columns, [], {}, {}, {}, [], row[0], row[1], row[2].strip('"'), row[3])
-    for conname, contype, validated, definition, keys, fschema, ftable, fkeys, deltype in conn.execute(
+    for conname, contype, validated, definition, keys, fschema, ftable, fkeys, deltype, set_null in conn.execute(
         CONSTRAINTS_QUERY, (relation,)
     ):
         if not validated:
@@ -139,6 +144,7 @@ def read_table(conn: psycopg.Connection, schema: str, name: str) -> LiveTable | 
                 ref_table=ftable,
                 ref_columns=list(fkeys),
                 on_delete=_DELETE_RULES[deltype],  # type: ignore[arg-type]
+                set_null=list(set_null),
             )
     return table
 
@@ -213,12 +219,14 @@ def columns_list(names: list[str]) -> sql.Composable:
 
 
 def foreign_key_clause(fk: ForeignKeySpec) -> sql.Composable:
-    return sql.SQL("CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} ({}) ON DELETE {}").format(
+    nulled = sql.SQL(" ({})").format(columns_list(fk.set_null)) if fk.set_null else sql.SQL("")
+    return sql.SQL("CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} ({}) ON DELETE {}{}").format(
         sql.Identifier(fk.name),
         columns_list(fk.columns),
         qualified(fk.ref_schema, fk.ref_table),
         columns_list(fk.ref_columns),
         sql.SQL(fk.on_delete.upper()),
+        nulled,
     )
 
 
@@ -265,6 +273,7 @@ class Plan:
 
     statements: list[Statement] = field(default_factory=list)
     validate: list[Statement] = field(default_factory=list)
+    concurrent_indexes: list[UniqueSpec] = field(default_factory=list)  # built first, outside a transaction
     data_loss: list[str] = field(default_factory=list)
 
 
@@ -329,7 +338,16 @@ def plan_constraints(
     if live.primary_key != spec.primary_key:
         plan.data_loss.append(f"primary key changes from {live.primary_key} to {spec.primary_key}")
     for unique in spec.uniques:
-        if live.uniques.get(unique.name) != unique:
+        if unique.name not in live.uniques and not live.partitioned:
+            # its index is built CONCURRENTLY first (Plan.concurrent_indexes), so writers are never blocked
+            plan.concurrent_indexes.append(unique)
+            plan.statements.append(
+                alter
+                + sql.SQL("ADD CONSTRAINT {} UNIQUE USING INDEX {}").format(
+                    sql.Identifier(unique.name), sql.Identifier(unique.name)
+                )
+            )
+        elif live.uniques.get(unique.name) != unique:
             replace(unique.name, unique_clause(unique), unique.name in live.uniques, validate=False)
     for check in spec.checks:
         if live.checks.get(check.name) != wanted_checks.get(check.name):
@@ -347,6 +365,20 @@ def plan_constraints(
 def violations(conn: psycopg.Connection, spec: TableSpec, check: CheckSpec) -> int:
     query = sql.SQL("SELECT count(*) FROM {} WHERE NOT ({})").format(
         qualified(spec.schema_name, spec.name), sql.SQL(check.expression)
+    )
+    return int(scalar(conn, query) or 0)
+
+
+def orphans(conn: psycopg.Connection, spec: TableSpec, fk: ForeignKeySpec) -> int:
+    """Rows whose key (all of its columns set) has no row to point at: a foreign key would refuse them."""
+    pairs = list(zip(fk.columns, fk.ref_columns, strict=True))
+    query = sql.SQL("SELECT count(*) FROM {} t WHERE {} AND NOT EXISTS (SELECT FROM {} r WHERE {})").format(
+        qualified(spec.schema_name, spec.name),
+        sql.SQL(" AND ").join(sql.SQL("t.{} IS NOT NULL").format(sql.Identifier(c)) for c in fk.columns),
+        qualified(fk.ref_schema, fk.ref_table),
+        sql.SQL(" AND ").join(
+            sql.SQL("r.{} = t.{}").format(sql.Identifier(ref), sql.Identifier(column)) for column, ref in pairs
+        ),
     )
     return int(scalar(conn, query) or 0)
 
@@ -435,9 +467,28 @@ class TableKind(DatabaseKind[TableSpec]):
             )
         self.report_violations(conn, spec, live)
         name = f"table {spec.schema_name}.{spec.name}"
+        for unique in plan.concurrent_indexes:
+            self.build_unique_index(conn, spec, unique)
         run_ddl(conn, plan.statements, self.target.lock_timeout, what=name)
         for statement in plan.validate:
             run_ddl(conn, [statement], self.target.lock_timeout, what=f"{name} (validation)")
+
+    def build_unique_index(self, conn: psycopg.Connection, spec: TableSpec, unique: UniqueSpec) -> None:
+        """The index a new unique constraint of a live table will use, built without blocking writes.
+        One of the same name without its constraint is what an interrupted build left: made again."""
+        index = qualified(spec.schema_name, unique.name)
+        drop = sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(index)
+        build = sql.SQL("CREATE UNIQUE INDEX CONCURRENTLY {} ON {} ({})").format(
+            sql.Identifier(unique.name), qualified(spec.schema_name, spec.name), columns_list(unique.columns)
+        )
+        run_ddl(
+            conn,
+            [drop, build],
+            self.target.lock_timeout,
+            transactional=False,
+            what=f"unique index {spec.schema_name}.{unique.name}",
+            before_retry=lambda: run_ddl(conn, [drop], self.target.lock_timeout, transactional=False),
+        )
 
     def repartition(self, conn: psycopg.Connection, spec: TableSpec, live: LiveTable) -> None:
         """A plain table whose spec is partitioned is converted online (components/database/conversion.py);
@@ -465,6 +516,14 @@ class TableKind(DatabaseKind[TableSpec]):
             for check in spec.checks
             if (check.name not in live.checks or check.name in live.not_validated)
             and (count := violations(conn, spec, check))
+        }
+        broken |= {  # as between companies: a row of one company that points at another company's row
+            fk.name: count
+            for fk in spec.foreign_keys
+            if (live.foreign_keys.get(fk.name) != fk or fk.name in live.not_validated)
+            and all(column in live.columns for column in fk.columns)  # a column added now holds no value yet
+            and read_table(conn, fk.ref_schema, fk.ref_table) is not None
+            and (count := orphans(conn, spec, fk))
         }
         if broken:
             listing = ", ".join(f"{name}: {count} row(s)" for name, count in broken.items())

@@ -40,11 +40,25 @@ def tenant_predicate(table: TableData, schema: SchemaModel) -> str:
     )
 
 
+def write_predicate(table: TableData) -> str:
+    """What a written row must also meet: a parent-tenancy table has no company_id for a composite key, so
+    its other references (job_tags.tag_id) must name rows of the caller's company (a foreign key ignores RLS)."""
+    if table.tenancy != "parent":
+        return ""
+    checks = []
+    for column, target in table.references_within_company():
+        own = f"{column} IN (SELECT r.id FROM {TABLE_SCHEMA}.{target} r WHERE r.company_id = {CURRENT_COMPANY})"
+        # a NULL reference names nobody: allowed (coalesce, not OR: no policy here has an OR that could widen it)
+        checks.append(own if not table.column(column).nullable else f"coalesce({own}, true)")
+    return "".join(f" AND {check}" for check in checks)
+
+
 def tenant_policies(table: TableData, schema: SchemaModel) -> list[PolicyPlan]:
     predicate = tenant_predicate(table, schema)
+    written = predicate + write_predicate(table)
     return [
         PolicyPlan(table.name, f"{table.name}_tenant_select", "SELECT", predicate, None),
-        PolicyPlan(table.name, f"{table.name}_tenant_insert", "INSERT", None, predicate),
-        PolicyPlan(table.name, f"{table.name}_tenant_update", "UPDATE", predicate, predicate),
+        PolicyPlan(table.name, f"{table.name}_tenant_insert", "INSERT", None, written),
+        PolicyPlan(table.name, f"{table.name}_tenant_update", "UPDATE", predicate, written),
         PolicyPlan(table.name, f"{table.name}_tenant_delete", "DELETE", predicate, None),
     ]

@@ -22,7 +22,7 @@ import yaml
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from components.database.model import TABLE_SCHEMA, ColumnData, SchemaModel, TableData
+from components.database.model import TABLE_SCHEMA, TENANT_COLUMN, ColumnData, SchemaModel, TableData
 from components.database.table import ForeignKeySpec
 
 OVERRIDES = Path(__file__).with_name("row_overrides.yaml")
@@ -204,7 +204,8 @@ class Synthesizer:
         would otherwise repeat the world's row; None when that key is the company alone (one row each)."""
         values = self.values(table, world)
         for key in [table.primary_key, *(unique.columns for unique in table.unique)]:
-            candidates = [fk for fk in table.foreign_key_constraints if set(fk.columns) & set(key)]
+            # a new parent changes the key only through the FK's own column, never the company
+            candidates = [fk for fk in table.foreign_key_constraints if set(fk.columns) & (set(key) - {TENANT_COLUMN})]
             for fk in sorted(candidates, key=lambda fk: -len(fk.columns)):
                 if not self.repeats(table, key, values, world[table.name]):
                     break

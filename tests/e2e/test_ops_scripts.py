@@ -31,7 +31,8 @@ from tests.e2e.test_adopt_existing_database import edited_table, without_column
 from tests.support import copy_project
 
 pytestmark = pytest.mark.e2e
-JOBS_INDEX = next(index.name for index in load_schema().table("jobs").foreign_key_indexes())
+JOBS_INDEX = next(index for index in load_schema().table("jobs").foreign_key_indexes())
+JOBS_FK = next(fk.name for fk in load_schema().table("jobs").foreign_key_constraints if fk.columns == JOBS_INDEX.keys)
 
 
 @dataclass
@@ -94,7 +95,7 @@ def test_pr_preview_of_an_unchanged_stack_says_no_changes(ops_stack: LiveStack, 
 
 def change_behind_the_stacks_back(live: LiveStack) -> None:
     with admin(live) as conn:
-        conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier("public", JOBS_INDEX)))
+        conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier("public", JOBS_INDEX.name)))
         conn.execute("ALTER TABLE public.customers DISABLE ROW LEVEL SECURITY")
         conn.execute("ALTER POLICY invoices_tenant_select ON public.invoices USING (true)")
     console = psycopg.connect(
@@ -115,7 +116,7 @@ def test_drift_made_by_hand_is_reported_with_exit_3(ops_stack: LiveStack) -> Non
     assert run.code == EXIT_DRIFT, run.output
     rows = run.output.splitlines()
     for name, property_ in [
-        (f"index-{JOBS_INDEX}", "(the object)"),
+        (f"index-{JOBS_INDEX.name}", "(the object)"),
         ("table-customers", "rowLevelSecurity"),
         ("policy-invoices_tenant_select", "using"),
         ("thorbis-replica-0", "streaming"),
@@ -132,7 +133,7 @@ def test_verify_fails_naming_the_failed_checks(ops_stack: LiveStack) -> None:
     for check in ("replicas streaming", "FK index coverage", "RLS on every table"):
         assert check_row(run.output, check).split()[len(check.split())] == "FAIL", run.output
     assert "0 of 1 not streaming" not in run.output and "1 of 1 not streaming" in run.output
-    assert f"jobs.{JOBS_INDEX.removesuffix('_idx')}_fkey" in run.output
+    assert f"jobs.{JOBS_FK}" in run.output
     assert "FAILED: RLS on every table, FK index coverage, replicas streaming" in run.output
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from components.database.model import IndexData, load_schema
 from tests.e2e.conftest import LiveStack
@@ -28,8 +29,10 @@ from tests.e2e.rows import (
     insert_only,
     key_of,
     reinsert,
+    relation,
     update_row,
     visible_keys,
+    where_key,
 )
 
 pytestmark = pytest.mark.e2e
@@ -280,6 +283,37 @@ def test_insert_for_the_other_company_is_refused(table_name: str, app: Conn, ten
         app.transaction(),
     ):
         insert_only(app, table_name, theirs)
+
+
+SAME_COMPANY_REFERENCES = [
+    (table.name, column, target) for table in SCHEMA.tables for column, target in table.references_within_company()
+]
+#: What else a row must change to point at another row of its own table (a rule ties the two together).
+POINTING_ALSO = {("price_book_categories", "parent_id"): "path = extensions.text2ltree('parent.' || path::text)"}
+
+
+@pytest.mark.parametrize(
+    ("table_name", "column", "target"), SAME_COMPANY_REFERENCES, ids=[f"{t}.{c}" for t, c, _ in SAME_COMPANY_REFERENCES]
+)
+def test_a_row_can_point_at_its_own_companys_rows_only(
+    table_name: str, column: str, target: str, app: Conn, tenants: Tenants
+) -> None:
+    """A foreign key ignores RLS: the (company_id, id) key stops A's row pointing at B's (whose delete would
+    then cascade into A's data, or be blocked by it); on a table without company_id, its write policies."""
+    table = SCHEMA.table(table_name)
+    condition, key = where_key(table, tenants.a[table_name])
+    also = sql.SQL(", " + POINTING_ALSO[(table_name, column)]) if (table_name, column) in POINTING_ALSO else sql.SQL("")
+    point = sql.SQL("UPDATE {} SET {} = %s{} WHERE {}").format(
+        relation(table_name), sql.Identifier(column), also, condition
+    )
+    with as_company(app, tenants.a_id):
+        if target != table_name:  # a row pointing at itself may be refused by its own rules
+            assert app.execute(point, [str(tenants.a[target]["id"]), *key]).rowcount == 1
+        refused = (
+            psycopg.errors.ForeignKeyViolation if table.tenancy == "company" else psycopg.errors.InsufficientPrivilege
+        )
+        with pytest.raises(refused), app.transaction():
+            app.execute(point, [str(tenants.b[target]["id"]), *key])
 
 
 @pytest.mark.parametrize("table_name", TABLES)

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from components.database.table import CheckSpec, ColumnSpec, TableKind, TableSpec
+from components.database.table import CheckSpec, ColumnSpec, ForeignKeySpec, TableKind, TableSpec, UniqueSpec
 from components.kind import ProviderError
 from tests.integration.databases import Database
 from tests.integration.test_database_logic import database as database  # its server, as this module's fixture
@@ -99,3 +99,94 @@ def test_a_rule_dropped_or_left_not_valid_by_hand_is_drift_that_update_repairs(
     invoices.update(INVOICES.name, observed, wanted)
     assert checks_of(database) == dict.fromkeys((rule.name for rule in RULES), True)
     assert (invoices.observe("", wanted) or {})["checks"] == wanted.model_dump(by_alias=True)["checks"]
+
+
+# --- references that must stay within a company ------------------------------------------------------
+
+A, B = "a0000000-0000-4000-8000-000000000001", "b0000000-0000-4000-8000-000000000002"
+
+
+def tenant_tables() -> tuple[TableSpec, TableSpec]:
+    """rule_customers and rule_jobs as the schema model derives them: the job's customer is of its company."""
+    columns = [ColumnSpec(name="id", type="uuid", nullable=False), ColumnSpec(name="company_id", type="uuid")]
+    customers = TableSpec(
+        schema_name="app",
+        name="rule_customers",
+        columns=columns,
+        primary_key=["id"],
+        uniques=[UniqueSpec(name="rule_customers_tenant_key", columns=["company_id", "id"])],
+    )
+    jobs = TableSpec(
+        schema_name="app",
+        name="rule_jobs",
+        columns=[*columns, ColumnSpec(name="customer_id", type="uuid")],
+        primary_key=["id"],
+        foreign_keys=[
+            ForeignKeySpec(
+                name="rule_jobs_customer_id_fkey",
+                columns=["company_id", "customer_id"],
+                ref_schema="app",
+                ref_table="rule_customers",
+                ref_columns=["company_id", "id"],
+                on_delete="set null",
+                set_null=["customer_id"],
+            )
+        ],
+    )
+    return customers, jobs
+
+
+@pytest.fixture
+def populated_with_a_cross_company_reference(database: Database) -> Iterator[TableKind]:
+    """As an existing database has them: a single-column FK, and one of A's jobs on B's customer."""
+    database.execute(
+        "CREATE TABLE app.rule_customers (id uuid PRIMARY KEY, company_id uuid);"
+        "CREATE TABLE app.rule_jobs (id uuid PRIMARY KEY, company_id uuid, customer_id uuid "
+        "CONSTRAINT rule_jobs_customer_id_fkey REFERENCES app.rule_customers ON DELETE SET NULL)"
+    )
+    database.execute(
+        "INSERT INTO app.rule_customers VALUES ('c0000000-0000-4000-8000-00000000000a', %s), "
+        "('c0000000-0000-4000-8000-00000000000b', %s)",
+        (A, B),
+    )
+    database.execute(
+        "INSERT INTO app.rule_jobs VALUES ('e0000000-0000-4000-8000-000000000001', %s, "
+        "'c0000000-0000-4000-8000-00000000000a'), ('e0000000-0000-4000-8000-000000000002', %s, "
+        "'c0000000-0000-4000-8000-00000000000b')",
+        (A, A),
+    )
+    try:
+        yield database.kind(TableKind)
+    finally:
+        database.execute("DROP TABLE IF EXISTS app.rule_jobs, app.rule_customers")
+
+
+def test_a_row_pointing_at_another_companys_row_is_reported_then_the_key_holds_within_the_company(
+    database: Database, populated_with_a_cross_company_reference: TableKind
+) -> None:
+    kind = populated_with_a_cross_company_reference
+    customers, jobs = tenant_tables()
+    kind.update(customers.name, {}, customers)  # the unique (company_id, id), built concurrently
+    assert database.rows(
+        "SELECT c.contype, i.indisvalid FROM pg_constraint c JOIN pg_index i ON i.indexrelid = c.conindid "
+        "WHERE c.conname = 'rule_customers_tenant_key'"
+    ) == [("u", True)]
+    with pytest.raises(ProviderError, match=r"rule_jobs_customer_id_fkey: 1 row\(s\).*nothing was changed"):
+        kind.update(jobs.name, {}, jobs)
+    assert database.scalar(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'rule_jobs_customer_id_fkey'"
+    ) == ("FOREIGN KEY (customer_id) REFERENCES app.rule_customers(id) ON DELETE SET NULL")
+
+    database.execute("UPDATE app.rule_jobs SET customer_id = NULL WHERE id = 'e0000000-0000-4000-8000-000000000002'")
+    kind.update(jobs.name, {}, jobs)
+    assert (kind.observe("", jobs) or {})["foreignKeys"] == jobs.model_dump(by_alias=True)["foreignKeys"]
+    with pytest.raises(psycopg.errors.ForeignKeyViolation):
+        database.execute(
+            "UPDATE app.rule_jobs SET customer_id = 'c0000000-0000-4000-8000-00000000000b' "
+            "WHERE id = 'e0000000-0000-4000-8000-000000000001'"
+        )
+    database.execute("DELETE FROM app.rule_customers WHERE id = 'c0000000-0000-4000-8000-00000000000a'")
+    assert database.rows("SELECT company_id::text, customer_id FROM app.rule_jobs ORDER BY id") == [
+        (A, None),  # the delete nulls the reference only: the job stays its company's
+        (A, None),
+    ]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from components.database.model import SchemaModel, bounded, load_schema
-from components.database.tenancy import tenant_policies, tenant_predicate
+from components.database.tenancy import tenant_policies, tenant_predicate, write_predicate
 
 SMALL = """
 tables:
@@ -69,8 +69,8 @@ def model(tmp_path: Path) -> SchemaModel:
 
 def test_every_foreign_key_gets_an_index_unless_one_already_leads_with_its_columns(model: SchemaModel) -> None:
     jobs = model.table("jobs")
-    # company_id leads the unique (company_id, number): covered; customer_id is not
-    assert [index.keys for index in jobs.foreign_key_indexes()] == [["customer_id"]]
+    # the same-company FK (company_id, customer_id) is not covered; company_id's is, by two keys
+    assert [index.keys for index in jobs.foreign_key_indexes()] == [["company_id", "customer_id"]]
     # customers.company_id leads a declared index
     assert model.table("customers").foreign_key_indexes() == []
     # job_tags.job_id leads the primary key
@@ -83,7 +83,32 @@ def test_foreign_keys_come_from_column_references(model: SchemaModel) -> None:
     assert set(fks) == {"jobs_company_id_fkey", "jobs_customer_id_fkey"}
     assert fks["jobs_company_id_fkey"].on_delete == "cascade"
     assert fks["jobs_customer_id_fkey"].ref_table == "customers"
-    assert fks["jobs_customer_id_fkey"].ref_columns == ["id"]
+    assert fks["jobs_company_id_fkey"].columns == ["company_id"]
+
+
+def test_a_reference_between_company_tables_stays_within_the_company(model: SchemaModel) -> None:
+    customer = next(fk for fk in model.table("jobs").foreign_key_constraints if fk.name == "jobs_customer_id_fkey")
+    assert (customer.columns, customer.ref_columns) == (["company_id", "customer_id"], ["company_id", "id"])
+    assert customer.set_null == []
+    # the referenced table gets the unique (company_id, id) the FK needs; an unreferenced one does not
+    assert [u.columns for u in model.table("customers").unique_constraints if u.name == "customers_tenant_key"] == [
+        ["company_id", "id"]
+    ]
+    assert model.table("jobs").tenant_key is None
+    # a link table (no company_id) and a reference to the tenant itself keep single-column keys
+    assert [fk.columns for fk in model.table("job_tags").foreign_key_constraints] == [["job_id"]]
+    assert [fk.columns for fk in model.table("company_notes").foreign_key_constraints] == [["owner_company"]]
+
+
+def test_set_null_between_company_tables_nulls_the_reference_only() -> None:
+    assigned = next(
+        fk for fk in load_schema().table("jobs").foreign_key_constraints if fk.name == "jobs_assigned_to_fkey"
+    )
+    assert (assigned.columns, assigned.on_delete, assigned.set_null) == (
+        ["company_id", "assigned_to"],
+        "set null",
+        ["assigned_to"],
+    )
 
 
 def test_tables_come_after_the_tables_they_reference(model: SchemaModel) -> None:
@@ -133,3 +158,16 @@ tables:
     )
     with pytest.raises(ValueError, match="cycle"):
         load_schema(tmp_path).in_dependency_order()
+
+
+def test_a_link_table_writes_only_references_to_its_own_companys_rows() -> None:
+    schema = load_schema()
+    job_tags = schema.table("job_tags")
+    assert job_tags.references_within_company() == [("tag_id", "tags"), ("added_by", "users")]
+    insert, update = tenant_policies(job_tags, schema)[1:3]
+    own_tag = "tag_id IN (SELECT r.id FROM public.tags r WHERE r.company_id = (SELECT app.current_company_id()))"
+    own_user = f"coalesce({own_tag.replace('tag_id', 'added_by').replace('tags', 'users')}, true)"  # nullable
+    assert own_user in (insert.with_check or "")
+    assert own_tag in (insert.with_check or "") and own_tag in (update.with_check or "")
+    assert own_tag not in (update.using or "")  # reading is decided by the parent row alone
+    assert write_predicate(schema.table("jobs")) == ""  # a company table's composite keys hold it
