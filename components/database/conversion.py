@@ -546,14 +546,13 @@ def swap_statements(
 ) -> list[Statement | Deferred]:
     names = conversion.names
     old, building = names.relation(names.table), names.relation(names.building)
-    statements: list[Statement] = [
+    locked: list[Statement | Deferred] = [
         sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(old),
         sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(building),
         sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(names.mirror), old),
+        lambda conn_locked: stray_row_statements(conn_locked, conversion),
     ]
-    steps: list[Statement | Deferred] = [*statements, lambda locked: stray_row_statements(locked, conversion)]
-    statements = []
-    statements += [  # free the index names (primary key and uniques included) for the new table
+    statements: list[Statement] = [  # free the index names (primary key and uniques included) for the new table
         sql.SQL("ALTER INDEX {} RENAME TO {}").format(names.relation(index), sql.Identifier(kept_index(index)))
         for index in conversion.old_indexes
     ]
@@ -605,7 +604,7 @@ def swap_statements(
         sql.SQL("DROP TABLE {}").format(names.relation(names.log)),
         sql.SQL("DROP FUNCTION {}()").format(names.relation(names.capture)),
     ]
-    return [*steps, *statements]
+    return [*locked, *statements]
 
 
 STRAY_MONTHS_QUERY = """
