@@ -4,6 +4,7 @@ directories the `postgres` OS user can reach (never the dev stack's ports or sta
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import pytest
 
 from components.platform.local import postgres_files as pg
 from components.platform.local.postgres import PostgresServerKind, PostgresServerSpec
+from components.platform.local.replica import PostgresReplicaKind, PostgresReplicaSpec
 from tests.support import free_port, reachable_state_dir
 
 SUPERUSER_PASSWORD = "it-Super'user:0123"  # a quote and a colon: quoting and .pgpass escaping are exercised
@@ -119,6 +121,42 @@ def running_primary() -> Iterator[Primary]:
             yield Primary(kind, spec, resource_id, outputs)
         finally:
             kind.delete(resource_id, spec.model_copy(update={"allow_data_loss": True}))
+
+
+@dataclass(frozen=True)
+class Replica:
+    kind: PostgresReplicaKind
+    spec: PostgresReplicaSpec
+    resource_id: str
+    outputs: dict[str, Any]
+
+    @property
+    def base(self) -> Path:
+        return Path(self.spec.state_dir)
+
+    def connect(self) -> psycopg.Connection[tuple[Any, ...]]:
+        return pg.connect(self.spec.port, SUPERUSER_PASSWORD, dbname=DATABASE)
+
+
+@contextmanager
+def running_replica(primary: Primary) -> Iterator[Replica]:
+    """A streaming replica of `primary` through a slot of its own, removed afterwards."""
+    with reachable_state_dir() as base:
+        spec = PostgresReplicaSpec(
+            state_dir=str(base / "postgres-replica"),
+            port=free_port(),
+            primary_port=primary.port,
+            slot_name=f"it_replica_{uuid.uuid4().hex[:8]}",
+            superuser_password=SUPERUSER_PASSWORD,
+            replication_password=REPLICATION_PASSWORD,
+            settings=SETTINGS,
+        )
+        kind = PostgresReplicaKind()
+        resource_id, outputs = kind.create(spec)
+        try:
+            yield Replica(kind, spec, resource_id, outputs)
+        finally:
+            kind.delete(resource_id, spec)
 
 
 @pytest.fixture(scope="module")

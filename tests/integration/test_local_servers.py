@@ -22,18 +22,18 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from components.kind import ProviderError, Spec
-from components.platform.local import postgres_files as pg
 from components.platform.local import process
 from components.platform.local.pgbouncer import AUTH_ROLE, AUTH_SCHEMA, PgBouncerKind, PgBouncerSpec, admin_console
 from components.platform.local.redis import RedisKind, RedisSpec, memory_bytes
-from components.platform.local.replica import PostgresReplicaKind, PostgresReplicaSpec
 from tests.integration.conftest import (
     DATABASE,
     REPLICATION_PASSWORD,
     SETTINGS,
     SUPERUSER_PASSWORD,
     Primary,
+    Replica,
     eventually,
+    running_replica,
 )
 from tests.support import free_port, listening, processes_under, reachable_state_dir
 
@@ -179,41 +179,6 @@ def test_delete_keeps_data_unless_allowed_then_leaves_nothing(own_primary: Prima
 
 
 # --- PostgresReplica ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Replica:
-    kind: PostgresReplicaKind
-    spec: PostgresReplicaSpec
-    resource_id: str
-    outputs: dict[str, Any]
-
-    @property
-    def base(self) -> Path:
-        return Path(self.spec.state_dir)
-
-    def connect(self) -> psycopg.Connection[tuple[Any, ...]]:
-        return pg.connect(self.spec.port, SUPERUSER_PASSWORD, dbname=DATABASE)
-
-
-@contextmanager
-def running_replica(primary: Primary) -> Iterator[Replica]:
-    with reachable_state_dir() as base:
-        spec = PostgresReplicaSpec(
-            state_dir=str(base / "postgres-replica"),
-            port=free_port(),
-            primary_port=primary.port,
-            slot_name=f"it_replica_{uuid.uuid4().hex[:8]}",
-            superuser_password=SUPERUSER_PASSWORD,
-            replication_password=REPLICATION_PASSWORD,
-            settings=SETTINGS,
-        )
-        kind = PostgresReplicaKind()
-        resource_id, outputs = kind.create(spec)
-        try:
-            yield Replica(kind, spec, resource_id, outputs)
-        finally:
-            kind.delete(resource_id, spec)
 
 
 @pytest.fixture

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,19 +27,14 @@ from components.database.operations import (
 )
 from components.database.table import TableKind
 from components.database.view import ViewKind
-from components.platform.local.postgres import PostgresServerKind
-from components.platform.local.replica import PostgresReplicaKind, PostgresReplicaSpec
 from tests.integration.conftest import (
     DATABASE,
-    REPLICATION_PASSWORD,
-    SETTINGS,
     SUPERUSER_PASSWORD,
     Primary,
     eventually,
-    primary_spec,
+    running_replica,
 )
 from tests.integration.databases import Database, changes, declared, local_connection
-from tests.support import free_port, reachable_state_dir
 
 OWNER = "thorbis_owner"
 #: The tables the procedures and jobs touch, made from the schema data (their foreign keys left out:
@@ -67,19 +60,6 @@ $$ BEGIN INSERT INTO it_deletions VALUES (TG_TABLE_NAME, txid_current()); RETURN
 """
 OLD = datetime.now(UTC) - timedelta(days=400)
 RECENT = datetime.now(UTC) - timedelta(days=1)
-
-
-@pytest.fixture(scope="module")
-def primary() -> Iterator[Primary]:
-    """This module's own primary (conftest's, with pg_cron's jobs in background workers)."""
-    with reachable_state_dir() as base:
-        spec = primary_spec(base / "postgres-primary", free_port(), settings=SETTINGS)
-        kind = PostgresServerKind()
-        resource_id, outputs = kind.create(spec)
-        try:
-            yield Primary(kind, spec, resource_id, outputs)
-        finally:
-            kind.delete(resource_id, spec.model_copy(update={"allow_data_loss": True}))
 
 
 @pytest.fixture(scope="module")
@@ -448,30 +428,10 @@ def test_invalid_indexes_shows_a_failed_concurrent_build(database: Database) -> 
     assert view_rows(database, "invalid_indexes") == []
 
 
-@contextmanager
-def streaming_replica(primary: Primary) -> Iterator[PostgresReplicaSpec]:
-    with reachable_state_dir() as base:
-        spec = PostgresReplicaSpec(
-            state_dir=str(base / "postgres-replica"),
-            port=free_port(),
-            primary_port=primary.port,
-            slot_name="it_monitoring_replica",
-            superuser_password=SUPERUSER_PASSWORD,
-            replication_password=REPLICATION_PASSWORD,
-            settings=SETTINGS,
-        )
-        kind = PostgresReplicaKind()
-        resource_id, _ = kind.create(spec)
-        try:
-            yield spec
-        finally:
-            kind.delete(resource_id, spec)
-
-
 def test_replication_lag_and_slots_show_a_streaming_replica(database: Database, primary: Primary) -> None:
     declare_views(database, ["replication_lag", "replication_slots"])
     assert view_rows(database, "replication_lag") == []
-    with streaming_replica(primary):
+    with running_replica(primary) as replica:
         eventually(lambda: len(view_rows(database, "replication_lag")) == 1, 30, "the replica streaming")
         database.execute("CREATE TABLE public.it_replicated AS SELECT generate_series(1, 1000) AS n")
 
@@ -484,8 +444,8 @@ def test_replication_lag_and_slots_show_a_streaming_replica(database: Database, 
         assert row["send_lag_bytes"] == 0
         assert row["replay_lag_seconds"] is None or 0 <= row["replay_lag_seconds"] < 30
         slots = {slot["slot_name"]: slot for slot in view_rows(database, "replication_slots")}
-        assert slots["it_monitoring_replica"]["active"] is True
-        assert slots["it_monitoring_replica"]["retained_bytes"] >= 0
+        assert slots[replica.spec.slot_name]["active"] is True
+        assert slots[replica.spec.slot_name]["retained_bytes"] >= 0
 
 
 # --- pg_cron runs a job -------------------------------------------------------------------------------
