@@ -8,6 +8,7 @@ from typing import Literal
 import yaml
 from pydantic import Field
 
+from components.database.function import FunctionSpec
 from components.database.model import Data
 
 ACCESS_FILE = Path(__file__).resolve().parents[2] / "sql" / "access.yaml"
@@ -43,6 +44,21 @@ class FunctionData(Data):
     search_path: str | None
     execute: list[str]
     body: str
+
+    def function_spec(self, owner: str) -> FunctionSpec:
+        return FunctionSpec(
+            schema_name=self.schema_name,
+            name=self.name,
+            arguments=self.arguments,
+            returns=self.returns,
+            language=self.language,
+            body=self.body,
+            volatility=self.volatility,
+            security_definer=self.security_definer,
+            search_path=self.search_path,
+            owner=owner,
+            grant_execute_to=self.execute,
+        )
 
 
 class AccessModel(Data):

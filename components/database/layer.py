@@ -134,19 +134,7 @@ class DatabaseLayer(pulumi.ComponentResource):
         return [
             Function(
                 f"function-{function.schema_name}-{function.name}",
-                FunctionArgs(
-                    schema_name=function.schema_name,
-                    name=function.name,
-                    arguments=function.arguments,
-                    returns=function.returns,
-                    language=function.language,
-                    body=function.body,
-                    volatility=function.volatility,
-                    security_definer=function.security_definer,
-                    search_path=function.search_path,
-                    owner=self.access.owner,
-                    grant_execute_to=function.execute,
-                ),
+                FunctionArgs(**_args(FunctionArgs, function.function_spec(self.access.owner))),
                 self.options(after),
             )
             for function in self.access.functions

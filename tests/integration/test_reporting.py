@@ -28,7 +28,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from components.database.access import load_access
-from components.database.function import FunctionKind, FunctionSpec
+from components.database.function import FunctionKind
 from components.database.grant import GrantKind, GrantSpec
 from components.database.materialized_view import MaterializedViewKind, MaterializedViewSpec
 from components.database.model import load_schema
@@ -71,21 +71,7 @@ def database() -> Iterator[Database]:
 
 def make_helper(db: Database) -> None:
     helper = next(f for f in load_access().functions if f.name == "current_company_id")
-    db.kind(FunctionKind).create(
-        FunctionSpec(
-            schema_name=helper.schema_name,
-            name=helper.name,
-            arguments=helper.arguments,
-            returns=helper.returns,
-            language=helper.language,
-            body=helper.body,
-            volatility=helper.volatility,
-            security_definer=helper.security_definer,
-            search_path=helper.search_path,
-            owner=OWNER,
-            grant_execute_to=helper.execute,
-        )
-    )
+    db.kind(FunctionKind).create(helper.function_spec(OWNER))
 
 
 def make_tables(db: Database) -> None:
