@@ -369,6 +369,10 @@ def violations(conn: psycopg.Connection, spec: TableSpec, check: CheckSpec) -> i
     return int(scalar(conn, query) or 0)
 
 
+def relation_exists(conn: psycopg.Connection, relation: sql.Identifier) -> bool:
+    return bool(scalar(conn, "SELECT to_regclass(%s) IS NOT NULL", (relation.as_string(conn),)))
+
+
 def orphans(conn: psycopg.Connection, spec: TableSpec, fk: ForeignKeySpec) -> int:
     """Rows whose key (all of its columns set) has no row to point at: a foreign key would refuse them."""
     pairs = list(zip(fk.columns, fk.ref_columns, strict=True))
@@ -522,7 +526,7 @@ class TableKind(DatabaseKind[TableSpec]):
             for fk in spec.foreign_keys
             if (live.foreign_keys.get(fk.name) != fk or fk.name in live.not_validated)
             and all(column in live.columns for column in fk.columns)  # a column added now holds no value yet
-            and read_table(conn, fk.ref_schema, fk.ref_table) is not None
+            and relation_exists(conn, qualified(fk.ref_schema, fk.ref_table))
             and (count := orphans(conn, spec, fk))
         }
         if broken:
