@@ -107,24 +107,25 @@ class TableData(Data):
     def has_updated_at(self) -> bool:
         return any(column.name == "updated_at" for column in self.columns)
 
+    def names_company_row(self, reference: Reference) -> bool:
+        return reference.table in self._company_tables and reference.column == "id"
+
     def within_company(self, reference: Reference) -> bool:
         """A company table's reference to another company table's row: the row must be of the same company."""
-        return self.tenancy == "company" and reference.table in self._company_tables and reference.column == "id"
+        return self.tenancy == "company" and self.names_company_row(reference)
 
     def references_within_company(self) -> list[tuple[str, str]]:
         """(column, table) of every reference that must name a row of the row's own company: between
         company tables (held by the composite FK), and from a parent-tenancy table to a company table
         other than its parent (it has no company_id for a key: held by its write policies)."""
-        found: list[tuple[str, str]] = []
-        for column in self.columns:
-            reference = column.references
-            if reference is None or reference.column != "id" or reference.table not in self._company_tables:
-                continue
-            if self.tenancy == "company" or (
-                self.tenancy == "parent" and self.parent is not None and column.name != self.parent.column
-            ):
-                found.append((column.name, reference.table))
-        return found
+        own_parent = self.parent.column if self.tenancy == "parent" and self.parent else None
+        return [
+            (column.name, column.references.table)
+            for column in self.columns
+            if column.references is not None
+            and self.names_company_row(column.references)
+            and (self.tenancy == "company" or (own_parent is not None and column.name != own_parent))
+        ]
 
     def column_foreign_key(self, column: ColumnData, reference: Reference) -> ForeignKeySpec:
         """The FK a column's `references` makes. Between company tables it is (company_id, column) ->
