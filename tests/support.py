@@ -16,16 +16,15 @@ from pathlib import Path
 import yaml
 
 _handed_out: set[int] = set()
-_random = random.Random()
+_random = random.Random()  # its own: a test plugin that seeds `random` would make every run pick the same ports
 
 
-def _ephemeral_range() -> tuple[int, int]:
-    """The kernel hands ports in this range to outgoing connections (clients of the servers under test)."""
+def _ephemeral_floor() -> int:
+    """The kernel hands ports from here up to outgoing connections (clients of the servers under test)."""
     try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def free_port() -> int:
@@ -34,8 +33,8 @@ def free_port() -> int:
     Chosen below the ephemeral range: a port the kernel picked with bind(0) is in that range, and any
     client connection opened before the server starts may take it (a CI run lost a stack that way).
     """
-    low, _ = _ephemeral_range()
-    ceiling = low - 2 if low > 12000 else 65000
+    floor = _ephemeral_floor()
+    ceiling = floor - 2 if floor > 12000 else 65000
     while True:
         port = _random.randrange(10000, ceiling)
         if port in _handed_out or port + 1 in _handed_out or port - 1 in _handed_out:
