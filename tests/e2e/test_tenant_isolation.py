@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from components.database.model import IndexData, load_schema
+from components.database.model import IndexData, bounded, load_schema
 from tests.e2e.conftest import LiveStack
 from tests.e2e.rows import (
     Synthesizer,
@@ -301,19 +301,24 @@ def test_a_row_can_point_at_its_own_companys_rows_only(
     """A foreign key ignores RLS: the (company_id, id) key stops A's row pointing at B's (whose delete would
     then cascade into A's data, or be blocked by it); on a table without company_id, its write policies."""
     table = SCHEMA.table(table_name)
-    condition, key = where_key(table, tenants.a[table_name])
     also = sql.SQL(", " + POINTING_ALSO[(table_name, column)]) if (table_name, column) in POINTING_ALSO else sql.SQL("")
-    point = sql.SQL("UPDATE {} SET {} = %s{} WHERE {}").format(
-        relation(table_name), sql.Identifier(column), also, condition
-    )
     with as_company(app, tenants.a_id):
+        # a new row where the table allows one: no other row points at it (votes_v2 pins its message's chat)
+        mine = SYNTHESIZER.fresh(app, table, tenants.a) or tenants.a[table_name]
+        condition, key = where_key(table, mine)
+        point = sql.SQL("UPDATE {} SET {} = %s{} WHERE {}").format(
+            relation(table_name), sql.Identifier(column), also, condition
+        )
         if target != table_name:  # a row pointing at itself may be refused by its own rules
-            assert app.execute(point, [str(tenants.a[target]["id"]), *key]).rowcount == 1
+            own = mine.get(column) or tenants.a[target]["id"]  # the fresh row's own parent keeps its keys unique
+            assert app.execute(point, [str(own), *key]).rowcount == 1
         refused = (
             psycopg.errors.ForeignKeyViolation if table.tenancy == "company" else psycopg.errors.InsufficientPrivilege
         )
-        with pytest.raises(refused), app.transaction():
+        with pytest.raises(refused) as error, app.transaction():
             app.execute(point, [str(tenants.b[target]["id"]), *key])
+    if table.tenancy == "company":  # refused by this reference's own key, not another that happens to hold
+        assert error.value.diag.constraint_name == bounded(f"{table_name}_{column}_fkey")
 
 
 @pytest.mark.parametrize("table_name", TABLES)
