@@ -120,7 +120,7 @@ def convert_to_partitioned(
     run_ddl(conn, build_statements(conn, conversion), lock_timeout, what=f"conversion of {names.table}: build")
     run_ddl(conn, capture_statements(conn, names), lock_timeout, what=f"conversion of {names.table}: capture")
     phase("capturing")
-    copy_rows(conn, conversion, batch_pages)
+    copy_rows(conn, conversion, batch_pages, lock_timeout)
     phase("copied")
     while replay(conn, conversion, batch=5000) >= 1000:  # catch up while writers run freely
         pass
@@ -406,7 +406,7 @@ def capture_statements(conn: psycopg.Connection, names: Names) -> list[Statement
     ]
 
 
-def copy_rows(conn: psycopg.Connection, conversion: Conversion, batch_pages: int) -> None:
+def copy_rows(conn: psycopg.Connection, conversion: Conversion, batch_pages: int, lock_timeout: str) -> None:
     """Every row, a range of pages per transaction (rows moved meanwhile are in the log)."""
     names = conversion.names
     old = names.relation(names.table)
@@ -419,11 +419,19 @@ def copy_rows(conn: psycopg.Connection, conversion: Conversion, batch_pages: int
         or 0
     )
     columns = sql.SQL(", ").join(sql.Identifier(c) for c in conversion.columns)
-    statement = sql.SQL(
-        "INSERT INTO {} ({}) SELECT {} FROM ONLY {} WHERE ctid >= %s::tid AND ctid < %s::tid ON CONFLICT DO NOTHING"
-    ).format(names.relation(names.building), columns, columns, old)
     for start in range(0, pages + 1, batch_pages):
-        conn.execute(statement, (f"({start},0)", f"({start + batch_pages},0)"))
+        batch = sql.SQL(
+            "INSERT INTO {} ({}) SELECT {} FROM ONLY {} WHERE ctid >= {}::tid AND ctid < {}::tid ON CONFLICT DO NOTHING"
+        ).format(
+            names.relation(names.building),
+            columns,
+            columns,
+            old,
+            sql.Literal(f"({start},0)"),
+            sql.Literal(f"({start + batch_pages},0)"),
+        )
+        # its foreign-key checks lock referenced rows while other tables' DDL runs: a deadlock is retried
+        run_ddl(conn, [batch], lock_timeout, what=f"conversion of {names.table}: copy")
 
 
 def replay_statements(conn: psycopg.Connection, conversion: Conversion, upto: int | None) -> list[Statement]:
