@@ -61,6 +61,23 @@ def wait_for_promotion(spec: PostgresServerSpec, timeout: float = 3600) -> None:
     process.wait_until(promoted, timeout, f"the restored PostgreSQL on port {spec.port} to replay its WAL")
 
 
+def ensure_roles_and_database(
+    port: int, current_password: str, superuser_password: str, replication_password: str, database: str
+) -> None:
+    """Passwords, the replication role and the application database of a primary, made to match."""
+    with pg.connect(port, current_password) as conn:
+        conn.execute(sql.SQL("ALTER ROLE postgres PASSWORD {}").format(sql.Literal(superuser_password)))
+        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (REPLICATION_ROLE,)).fetchone()
+        verb = sql.SQL("ALTER" if exists else "CREATE")
+        conn.execute(
+            sql.SQL("{} ROLE {} WITH REPLICATION LOGIN PASSWORD {}").format(
+                verb, sql.Identifier(REPLICATION_ROLE), sql.Literal(replication_password)
+            )
+        )
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+
+
 class PostgresServerKind(Kind[PostgresServerSpec]):
     token = TOKEN
     spec_type = PostgresServerSpec
@@ -97,18 +114,9 @@ class PostgresServerKind(Kind[PostgresServerSpec]):
         return True
 
     def bootstrap(self, spec: PostgresServerSpec, current_password: str) -> None:
-        """Passwords, the replication role and the application database, made to match the spec."""
-        with pg.connect(spec.port, current_password) as conn:
-            conn.execute(sql.SQL("ALTER ROLE postgres PASSWORD {}").format(sql.Literal(spec.superuser_password)))
-            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (REPLICATION_ROLE,)).fetchone()
-            verb = sql.SQL("ALTER" if exists else "CREATE")
-            conn.execute(
-                sql.SQL("{} ROLE {} WITH REPLICATION LOGIN PASSWORD {}").format(
-                    verb, sql.Identifier(REPLICATION_ROLE), sql.Literal(spec.replication_password)
-                )
-            )
-            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (spec.database,)).fetchone():
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(spec.database)))
+        ensure_roles_and_database(
+            spec.port, current_password, spec.superuser_password, spec.replication_password, spec.database
+        )
 
     def observed(self, spec: PostgresServerSpec) -> dict[str, Any]:
         server = pg.ServerDir(Path(spec.state_dir))

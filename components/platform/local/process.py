@@ -64,6 +64,27 @@ def run(
     return result
 
 
+def spawn(argv: Sequence[str], log: Path, cwd: Path) -> int:
+    """Start a server that does not daemonize itself, as the service user, detached from us (a session
+    of its own, output to `log`); return its pid, which is the server's own (no runuser in between)."""
+    service = pwd.getpwnam(SERVICE_USER) if running_as_root() else None
+    with log.open("ab") as output:
+        child = subprocess.Popen(
+            list(argv),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            user=service.pw_uid if service else None,
+            group=service.pw_gid if service else None,
+            extra_groups=[] if service else None,
+            env={**os.environ, "HOME": service.pw_dir} if service else None,
+        )
+    give_to_service_user(log)
+    return child.pid
+
+
 def give_to_service_user(path: Path) -> None:
     if running_as_root():
         user = pwd.getpwnam(SERVICE_USER)

@@ -1,0 +1,202 @@
+"""thorbisdb:local:PatroniCluster — what the nodes of one Patroni cluster share: Patroni's dynamic
+configuration in etcd (timings, synchronous mode, pg_rewind, postgresql.conf settings).
+
+It is written into etcd before the first node starts, so the cluster is bootstrapped with it. Later it
+is changed through a member's REST API (`PUT /config`); a setting that takes a restart is then rolled
+through the nodes one at a time, replicas first and the leader last. The cluster declares no leader:
+whichever node holds the lock is the one restarted last.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import pulumi
+from pydantic import Field
+
+from components.kind import Kind, ProviderError, Spec, Unreachable
+from components.platform.local import postgres_files as pg
+from components.platform.local import process
+from components.platform.local.ha import etcd, http, patroni
+from components.platform.local.ha.patroni import Member
+from components.resource import declared_outputs, provider_inputs
+
+TOKEN = "thorbisdb:local:PatroniCluster"
+SECRETS = frozenset({"superuserPassword"})
+#: A replica further behind than this (bytes of WAL) is never promoted (asynchronous mode only).
+MAXIMUM_LAG_ON_FAILOVER = 1024 * 1024
+#: Time a restarted node may take to come back before the rolling restart stops with an error.
+RESTART_TIMEOUT_SECONDS = 300
+
+
+class PatroniClusterSpec(Spec):
+    scope: str = Field(pattern=r"^[a-z0-9-]{1,63}$", description="The cluster's name in etcd.")
+    etcd_ports: list[int] = Field(min_length=1, description="Client ports of the etcd members.")
+    members: list[Member] = Field(min_length=1, description="The nodes, for the REST API and restarts.")
+    superuser_password: str = Field(min_length=1, description="Password of `postgres` and of the REST API.")
+    synchronous: bool = Field(description="Synchronous mode: a commit is acknowledged once a standby has it.")
+    ttl: int = Field(ge=20, description="Seconds a leader lock lives without renewal.")
+    loop_wait: int = Field(ge=1, description="Seconds between two runs of each node's Patroni loop.")
+    retry_timeout: int = Field(ge=3, description="Seconds etcd and PostgreSQL calls are retried.")
+    settings: dict[str, str] = Field(default_factory=dict, description="postgresql.conf of every member.")
+
+
+def config_key(scope: str) -> str:
+    return f"{patroni.NAMESPACE}{scope}/config"
+
+
+def dynamic_configuration(spec: PatroniClusterSpec) -> dict[str, Any]:
+    return {
+        "ttl": spec.ttl,
+        "loop_wait": spec.loop_wait,
+        "retry_timeout": spec.retry_timeout,
+        "maximum_lag_on_failover": MAXIMUM_LAG_ON_FAILOVER,
+        "synchronous_mode": spec.synchronous,
+        "synchronous_mode_strict": False,
+        # A crashed primary: in synchronous mode its standby holds every acknowledged commit, so it is
+        # promoted at once; otherwise the primary is restarted in place (crash recovery loses nothing).
+        "primary_start_timeout": 0 if spec.synchronous else 300,
+        "postgresql": {"use_pg_rewind": True, "use_slots": True, "parameters": dict(spec.settings)},
+    }
+
+
+def as_inputs(document: dict[str, Any]) -> dict[str, Any]:
+    """A dynamic configuration read back, in the spec's shape (what `refresh` compares)."""
+    postgresql = document.get("postgresql") or {}
+    return {
+        "synchronous": bool(document.get("synchronous_mode", False)),
+        "ttl": document.get("ttl"),
+        "loopWait": document.get("loop_wait"),
+        "retryTimeout": document.get("retry_timeout"),
+        "settings": {str(k): str(v) for k, v in (postgresql.get("parameters") or {}).items()},
+    }
+
+
+def healthy_etcd(spec: PatroniClusterSpec) -> int:
+    port = next((p for p in spec.etcd_ports if etcd.healthy(p)), None)
+    if port is None:
+        raise Unreachable(f"no etcd member of {spec.scope} answers with quorum (client ports {spec.etcd_ports})")
+    return port
+
+
+def stored_configuration(spec: PatroniClusterSpec) -> dict[str, Any] | None:
+    raw = etcd.get(healthy_etcd(spec), config_key(spec.scope))
+    return json.loads(raw) if raw else None
+
+
+def answering_members(spec: PatroniClusterSpec) -> list[Member]:
+    return [member for member in spec.members if patroni.running(member.rest_port)]
+
+
+def write_configuration(spec: PatroniClusterSpec) -> None:
+    """Through a running member (Patroni applies it to every node), else straight into etcd."""
+    document = dynamic_configuration(spec)
+    auth = (patroni.REST_USER, spec.superuser_password)
+    for member in answering_members(spec):
+        code, body = http.call(member.rest_port, "/config", "PUT", document, timeout=10, auth=auth)
+        if code == 200:
+            return
+        raise ProviderError(f"Patroni on {member.name} refused the configuration: {code} {body}")
+    etcd.put(healthy_etcd(spec), config_key(spec.scope), json.dumps(document, separators=(",", ":")))
+
+
+def settings_applied(member: Member, spec: PatroniClusterSpec) -> tuple[bool, bool]:
+    """Whether the member's PostgreSQL has taken every setting (live, or pending a restart), and whether
+    it waits for a restart."""
+    with pg.connect(member.port, spec.superuser_password) as conn:
+        live = pg.live_settings(conn, spec.settings)
+        pending = {row[0] for row in conn.execute("SELECT name FROM pg_settings WHERE pending_restart")}
+    taken = all(live[name] == value or name in pending for name, value in spec.settings.items())
+    return taken, bool(pending)
+
+
+def wait_applied(member: Member, spec: PatroniClusterSpec) -> bool:
+    """Wait until Patroni's loop on the member has written and reloaded the configuration; return
+    whether the member needs a restart."""
+    found: dict[str, bool] = {}
+
+    def taken() -> bool:
+        try:
+            found["taken"], found["restart"] = settings_applied(member, spec)
+        except (ProviderError, psycopg.Error):
+            return False
+        return found["taken"]
+
+    process.wait_until(taken, 3 * spec.loop_wait + 30, f"node {member.name} to take the new configuration")
+    return found["restart"]
+
+
+def restart(member: Member, spec: PatroniClusterSpec) -> None:
+    auth = (patroni.REST_USER, spec.superuser_password)
+    code, body = http.call(member.rest_port, "/restart", "POST", {}, timeout=RESTART_TIMEOUT_SECONDS, auth=auth)
+    if code != 200:
+        raise ProviderError(f"Patroni could not restart {member.name}: {code} {body}")
+    process.wait_until(
+        lambda: patroni.running(member.rest_port), RESTART_TIMEOUT_SECONDS, f"node {member.name} to run again"
+    )
+
+
+def rolling_restart(spec: PatroniClusterSpec) -> list[str]:
+    """Restart the members that wait for one, one at a time, the leader last; return their names."""
+    members = answering_members(spec)
+    leader = patroni.leader_of(patroni.cluster_status([m.rest_port for m in members]))
+    leader_name = leader.get("name") if leader else None
+    pending = [member for member in members if wait_applied(member, spec)]
+    ordered = sorted(pending, key=lambda member: member.name == leader_name)
+    for member in ordered:
+        restart(member, spec)
+    return [member.name for member in ordered]
+
+
+class PatroniClusterKind(Kind[PatroniClusterSpec]):
+    token = TOKEN
+    spec_type = PatroniClusterSpec
+    replace_on = frozenset({"scope"})
+    secret_properties = SECRETS
+
+    def create(self, spec: PatroniClusterSpec) -> tuple[str, dict[str, Any]]:
+        return spec.scope, self.apply(spec)
+
+    def apply(self, spec: PatroniClusterSpec) -> dict[str, Any]:
+        if stored_configuration(spec) != dynamic_configuration(spec):
+            write_configuration(spec)
+        return {"restarted": rolling_restart(spec)}
+
+    def observe(self, resource_id: str, spec: PatroniClusterSpec) -> dict[str, Any] | None:
+        stored = stored_configuration(spec)
+        return None if stored is None else as_inputs(stored)
+
+    def update(self, resource_id: str, old: dict[str, Any], spec: PatroniClusterSpec) -> dict[str, Any]:
+        return self.apply(spec)
+
+    def delete(self, resource_id: str, spec: PatroniClusterSpec) -> None:
+        try:
+            port = healthy_etcd(spec)
+        except Unreachable:
+            return  # etcd is gone with the stack: so is the configuration
+        etcd.delete_prefix(port, f"{patroni.NAMESPACE}{spec.scope}/")
+
+
+@dataclass
+class PatroniClusterArgs:
+    scope: pulumi.Input[str]
+    etcd_ports: pulumi.Input[list[int]]
+    members: pulumi.Input[list[dict[str, Any]]]
+    superuser_password: pulumi.Input[str]
+    synchronous: pulumi.Input[bool]
+    ttl: pulumi.Input[int]
+    loop_wait: pulumi.Input[int]
+    retry_timeout: pulumi.Input[int]
+    settings: pulumi.Input[dict[str, str]]
+
+
+class PatroniCluster(pulumi.CustomResource):
+    """Patroni's dynamic configuration of the stack's cluster, rolled through its nodes."""
+
+    restarted: pulumi.Output[list[str]]
+
+    def __init__(self, name: str, args: PatroniClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(TOKEN, name, {**provider_inputs(args, SECRETS), **declared_outputs("restarted")}, opts)

@@ -1,0 +1,209 @@
+"""thorbisdb:local:EtcdMember — one member of the etcd cluster Patroni keeps its leader lock in.
+
+Members are started as they are declared (`--initial-cluster-state new`, all at once by the first `up`);
+a member added to a running cluster is first announced to it (`member add`) and started as `existing`,
+a removed one is taken out (`member remove`) before it stops, so quorum is counted on the right members.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pulumi
+from pydantic import Field
+
+from components.kind import Kind, ProviderError, Spec
+from components.platform.local import process
+from components.platform.local.ha import http
+from components.resource import declared_outputs, provider_inputs
+
+TOKEN = "thorbisdb:local:EtcdMember"
+
+
+class Peer(Spec):
+    """A member of the cluster as every member's command line names it."""
+
+    name: str
+    client_port: int
+    peer_port: int
+
+
+class EtcdMemberSpec(Spec):
+    state_dir: str = Field(description="Directory of this member: data/, etcd.log and etcd.pid.")
+    name: str = Field(pattern=r"^[a-z0-9-]{1,63}$", description="The member's name in the cluster.")
+    client_port: int = Field(ge=1024, le=65535, description="Port of the client API on 127.0.0.1.")
+    peer_port: int = Field(ge=1024, le=65535, description="Port of the peer (raft) traffic on 127.0.0.1.")
+    cluster_token: str = Field(min_length=1, description="Token of the cluster, so members of two never mix.")
+    peers: list[Peer] = Field(min_length=1, description="Every member of the cluster, this one included.")
+
+
+def url(port: int) -> str:
+    return f"http://{http.HOST}:{port}"
+
+
+def files(spec: EtcdMemberSpec) -> tuple[Path, Path, Path]:
+    base = Path(spec.state_dir)
+    return base / "data", base / "etcd.log", base / "etcd.pid"
+
+
+def command(spec: EtcdMemberSpec, state: str) -> list[str]:
+    data, _, _ = files(spec)
+    cluster = ",".join(f"{peer.name}={url(peer.peer_port)}" for peer in spec.peers)
+    return [
+        "etcd",
+        f"--name={spec.name}",
+        f"--data-dir={data}",
+        f"--listen-client-urls={url(spec.client_port)}",
+        f"--advertise-client-urls={url(spec.client_port)}",
+        f"--listen-peer-urls={url(spec.peer_port)}",
+        f"--initial-advertise-peer-urls={url(spec.peer_port)}",
+        f"--initial-cluster={cluster}",
+        f"--initial-cluster-state={state}",
+        f"--initial-cluster-token={spec.cluster_token}",
+        "--logger=zap",
+        "--log-level=warn",
+    ]
+
+
+def healthy(client_port: int) -> bool:
+    """The member answers and is part of a cluster with quorum (etcd's /health)."""
+    try:
+        status, body = http.call(client_port, "/health", timeout=2)
+    except ProviderError:
+        return False
+    return status == 200 and isinstance(body, dict) and body.get("health") == "true"
+
+
+def member_list(client_port: int) -> list[dict[str, Any]]:
+    _, body = http.call(client_port, "/v3/cluster/member/list", "POST", {})
+    return list((body or {}).get("members", []))
+
+
+def running_peer(spec: EtcdMemberSpec) -> int | None:
+    """The client port of another member that is healthy now, if any."""
+    return next((p.client_port for p in spec.peers if p.name != spec.name and healthy(p.client_port)), None)
+
+
+def join_state(spec: EtcdMemberSpec) -> str:
+    """`existing` when the cluster already runs without this member: announce it first; `new` otherwise."""
+    data, _, _ = files(spec)
+    peer = running_peer(spec)
+    if (data / "member").exists() or peer is None:
+        return "new"  # a member with data ignores the flag; a cluster of none is being born
+    if not any(
+        member.get("name") == spec.name or url(spec.peer_port) in member.get("peerURLs", [])
+        for member in member_list(peer)
+    ):
+        http.call(peer, "/v3/cluster/member/add", "POST", {"peerURLs": [url(spec.peer_port)]})
+    return "existing"
+
+
+def start(spec: EtcdMemberSpec, timeout: float = 60) -> None:
+    _, log, pidfile = files(spec)
+    if process.read_pid(pidfile) is None:
+        process.make_private_dir(Path(spec.state_dir))
+        pid = process.spawn(command(spec, join_state(spec)), log, Path(spec.state_dir))
+        process.write_private_file(pidfile, f"{pid}\n")
+    # healthy only once a quorum of members runs: the first `up` starts them side by side
+    process.wait_until(lambda: healthy(spec.client_port), timeout, f"etcd member {spec.name} to join a quorum")
+
+
+def stop(spec: EtcdMemberSpec) -> None:
+    _, _, pidfile = files(spec)
+    if (pid := process.read_pid(pidfile)) is not None:
+        process.terminate(pid, f"etcd member {spec.name}")
+
+
+def leave(spec: EtcdMemberSpec) -> None:
+    """Take this member out of the cluster's membership while the others still have quorum."""
+    peer = running_peer(spec)
+    if peer is None:
+        return
+    for member in member_list(peer):
+        if member.get("name") == spec.name:
+            http.call(peer, "/v3/cluster/member/remove", "POST", {"ID": member["ID"]})
+
+
+def status(spec: EtcdMemberSpec) -> dict[str, Any]:
+    _, _, pidfile = files(spec)
+    running = process.read_pid(pidfile) is not None
+    return {"running": running, "healthy": running and healthy(spec.client_port)}
+
+
+def encoded(text: str) -> str:
+    """Keys and values travel base64-encoded through the v3 gateway."""
+    return base64.b64encode(text.encode()).decode()
+
+
+def kv(client_port: int, action: str, body: dict[str, str]) -> Any:
+    code, answer = http.call(client_port, f"/v3/kv/{action}", "POST", body)
+    if code != 200:
+        raise ProviderError(f"etcd refused {action} of {body}: {answer}")
+    return answer
+
+
+def put(client_port: int, key: str, value: str) -> None:
+    kv(client_port, "put", {"key": encoded(key), "value": encoded(value)})
+
+
+def delete_prefix(client_port: int, prefix: str) -> None:
+    end = prefix[:-1] + chr(ord(prefix[-1]) + 1)  # the range of every key that starts with the prefix
+    kv(client_port, "deleterange", {"key": encoded(prefix), "range_end": encoded(end)})
+
+
+def get(client_port: int, key: str) -> str | None:
+    body = kv(client_port, "range", {"key": encoded(key)})
+    found = (body or {}).get("kvs") or []
+    return base64.b64decode(found[0].get("value", "")).decode() if found else None
+
+
+class EtcdMemberKind(Kind[EtcdMemberSpec]):
+    token = TOKEN
+    spec_type = EtcdMemberSpec
+    replace_on = frozenset({"stateDir", "name", "clientPort", "peerPort", "clusterToken"})
+
+    def create(self, spec: EtcdMemberSpec) -> tuple[str, dict[str, Any]]:
+        start(spec)
+        return f"{spec.cluster_token}/{spec.name}", status(spec)
+
+    def observe(self, resource_id: str, spec: EtcdMemberSpec) -> dict[str, Any] | None:
+        data, _, _ = files(spec)
+        return status(spec) if data.exists() else None
+
+    def drifted(self, old_state: dict[str, Any], spec: EtcdMemberSpec) -> list[str]:
+        return [key for key in ("running", "healthy") if old_state.get(key) is False]
+
+    def update(self, resource_id: str, old: dict[str, Any], spec: EtcdMemberSpec) -> dict[str, Any]:
+        # the member list only matters to a member's first start; a stopped member is started again
+        start(spec)
+        return status(spec)
+
+    def delete(self, resource_id: str, spec: EtcdMemberSpec) -> None:
+        with contextlib.suppress(ProviderError):  # the whole cluster is going (destroy): no quorum to keep
+            leave(spec)
+        stop(spec)
+        process.remove_tree(Path(spec.state_dir))
+
+
+@dataclass
+class EtcdMemberArgs:
+    state_dir: pulumi.Input[str]
+    name: pulumi.Input[str]
+    client_port: pulumi.Input[int]
+    peer_port: pulumi.Input[int]
+    cluster_token: pulumi.Input[str]
+    peers: pulumi.Input[list[dict[str, Any]]]
+
+
+class EtcdMember(pulumi.CustomResource):
+    """One member of the stack's etcd cluster."""
+
+    running: pulumi.Output[bool]
+    healthy: pulumi.Output[bool]
+
+    def __init__(self, name: str, args: EtcdMemberArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(TOKEN, name, {**provider_inputs(args), **declared_outputs("running", "healthy")}, opts)

@@ -1,0 +1,161 @@
+"""thorbisdb:local:HaRouter — HAProxy in front of the Patroni nodes: a write endpoint that reaches the
+current leader and a read endpoint that reaches the streaming replicas.
+
+Each node is checked through Patroni's REST API (`GET /primary` answers 200 on the leader only, `GET
+/replica` on a running replica), so the route follows the leader lock in etcd, never a guess from
+PostgreSQL itself; a node marked down has its sessions cut, so no client stays on a demoted primary.
+Reads fall back to the leader when no replica is up. PgBouncer's pools point at these endpoints.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pulumi
+from pydantic import Field
+
+from components.kind import Kind, ProviderError, Spec
+from components.platform.local import process
+from components.platform.local.ha import http
+from components.platform.local.ha.patroni import Member
+from components.resource import declared_outputs, provider_inputs
+
+TOKEN = "thorbisdb:local:HaRouter"
+#: Checks every second (twice a second while a server changes state): a failover is routed within ~1 s.
+CHECKS = "inter 1s fastinter 500ms downinter 1s fall 2 rise 1 on-marked-down shutdown-sessions"
+
+
+class HaRouterSpec(Spec):
+    state_dir: str = Field(description="Directory of haproxy.cfg, its pidfile and admin socket.")
+    write_port: int = Field(ge=1024, le=65535, description="Port of the write endpoint (the leader) on 127.0.0.1.")
+    read_port: int = Field(ge=1024, le=65535, description="Port of the read endpoint (the replicas) on 127.0.0.1.")
+    members: list[Member] = Field(min_length=1, description="The Patroni nodes: PostgreSQL and REST API ports.")
+
+
+def files(spec: HaRouterSpec) -> tuple[Path, Path, Path]:
+    base = Path(spec.state_dir)
+    return base / "haproxy.cfg", base / "haproxy.pid", base / "haproxy.sock"
+
+
+def config_text(spec: HaRouterSpec) -> str:
+    _, pidfile, socket = files(spec)
+
+    def server(name: str, member: Member, options: str) -> str:
+        return f"    server {name} {http.HOST}:{member.port} {options}"
+
+    checked = [server(m.name, m, f"check port {m.rest_port}") for m in spec.members]
+    # a replica-less cluster still serves reads: from the leader, whose state mirrors the write check
+    leader_fallback = [server(f"{m.name}-leader", m, f"backup track write/{m.name}") for m in spec.members]
+    return "\n".join(
+        [
+            "# Managed by thorbis-db: edits are overwritten by the next `pulumi up`.",
+            "global",
+            "    maxconn 4096",
+            f"    pidfile {pidfile}",
+            f"    stats socket {socket} mode 600 level admin",
+            "defaults",
+            "    mode tcp",
+            "    timeout connect 3s",
+            "    timeout client 30m",
+            "    timeout server 30m",
+            "    timeout check 2s",
+            f"    default-server {CHECKS}",
+            "listen write",
+            f"    bind {http.HOST}:{spec.write_port}",
+            "    option httpchk OPTIONS /primary",  # the status alone: Patroni sends no body
+            "    http-check expect status 200",
+            *checked,
+            "listen read",
+            f"    bind {http.HOST}:{spec.read_port}",
+            "    balance roundrobin",
+            "    option httpchk OPTIONS /replica",
+            "    http-check expect status 200",
+            *checked,
+            *leader_fallback,
+            "",
+        ]
+    )
+
+
+def haproxy() -> str:
+    found = shutil.which("haproxy") or ("/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None)
+    if found is None:
+        raise ProviderError("haproxy is not installed: run scripts/install-deps")
+    return found
+
+
+def start(spec: HaRouterSpec) -> None:
+    """Start HAProxy, or reload it when it runs (the old process finishes its sessions, `-sf`)."""
+    config, pidfile, _ = files(spec)
+    process.run([haproxy(), "-c", "-q", "-f", str(config)], f"haproxy -c -f {config}")
+    old = process.read_pid(pidfile)
+    argv = [haproxy(), "-D", "-f", str(config), "-p", str(pidfile), *(["-sf", str(old)] if old else [])]
+    process.run(process.as_service_user(argv), f"haproxy -D -f {config}")
+    process.wait_until(
+        lambda: process.port_open(spec.write_port) and process.port_open(spec.read_port),
+        30,
+        f"HAProxy on ports {spec.write_port} and {spec.read_port}",
+    )
+
+
+def stop(spec: HaRouterSpec) -> None:
+    _, pidfile, _ = files(spec)
+    if (pid := process.read_pid(pidfile)) is not None:
+        process.terminate(pid, "HAProxy")
+
+
+def status(spec: HaRouterSpec) -> dict[str, Any]:
+    _, pidfile, _ = files(spec)
+    running = process.read_pid(pidfile) is not None
+    return {"running": running and process.port_open(spec.write_port) and process.port_open(spec.read_port)}
+
+
+class HaRouterKind(Kind[HaRouterSpec]):
+    token = TOKEN
+    spec_type = HaRouterSpec
+    replace_on = frozenset({"stateDir"})
+
+    def create(self, spec: HaRouterSpec) -> tuple[str, dict[str, Any]]:
+        config, _, _ = files(spec)
+        process.make_private_dir(Path(spec.state_dir))
+        process.write_private_file(config, config_text(spec))
+        start(spec)
+        return str(config), status(spec)
+
+    def observe(self, resource_id: str, spec: HaRouterSpec) -> dict[str, Any] | None:
+        return status(spec) if Path(resource_id).exists() else None
+
+    def drifted(self, old_state: dict[str, Any], spec: HaRouterSpec) -> list[str]:
+        return [] if old_state.get("running", True) else ["running"]
+
+    def update(self, resource_id: str, old: dict[str, Any], spec: HaRouterSpec) -> dict[str, Any]:
+        config, _, _ = files(spec)
+        process.write_private_file(config, config_text(spec))
+        if old.get("writePort") != spec.write_port or old.get("readPort") != spec.read_port:
+            stop(spec)  # -sf hands sockets over only on the same ports
+        start(spec)
+        return status(spec)
+
+    def delete(self, resource_id: str, spec: HaRouterSpec) -> None:
+        stop(spec)
+        process.remove_tree(Path(spec.state_dir))
+
+
+@dataclass
+class HaRouterArgs:
+    state_dir: pulumi.Input[str]
+    write_port: pulumi.Input[int]
+    read_port: pulumi.Input[int]
+    members: pulumi.Input[list[dict[str, Any]]]
+
+
+class HaRouter(pulumi.CustomResource):
+    """HAProxy routing the write endpoint to the Patroni leader and the read endpoint to its replicas."""
+
+    running: pulumi.Output[bool]
+
+    def __init__(self, name: str, args: HaRouterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(TOKEN, name, {**provider_inputs(args), **declared_outputs("running")}, opts)

@@ -1,0 +1,162 @@
+"""thorbisdb:local:PatroniNode — one PostgreSQL node of the stack's Patroni cluster.
+
+The node's role is not declared: Patroni elects the leader, and `role` is an output that a failover
+changes without any input changing (a `preview` after it shows nothing to do). The first node to win
+the initialize race runs initdb (checksums, SCRAM); the others copy it with pg_basebackup and stream
+through a replication slot Patroni keeps on the leader; an old leader rejoins through pg_rewind.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pulumi
+from pydantic import Field
+
+from components.kind import Kind, ProviderError, Spec
+from components.platform.local import process
+from components.platform.local.ha import http, patroni
+from components.platform.local.postgres import ensure_roles_and_database
+from components.resource import declared_outputs, provider_inputs
+
+TOKEN = "thorbisdb:local:PatroniNode"
+SECRETS = frozenset({"superuserPassword", "replicationPassword"})
+OUTPUTS = ("running", "role", "timeline")
+#: initdb or a base backup of a large database happen inside a node's first start.
+START_TIMEOUT_SECONDS = 1800
+SWITCHOVER_TIMEOUT_SECONDS = 60
+
+
+class PatroniNodeSpec(Spec):
+    state_dir: str = Field(description="Directory of the node: data/, run/, patroni.yml and its logs.")
+    scope: str = Field(pattern=r"^[a-z0-9-]{1,63}$", description="The cluster the node belongs to.")
+    name: str = Field(pattern=r"^[a-z0-9-]{1,63}$", description="The node's name in the cluster.")
+    port: int = Field(ge=1024, le=65535, description="Port of its PostgreSQL on 127.0.0.1.")
+    rest_port: int = Field(ge=1024, le=65535, description="Port of its Patroni REST API on 127.0.0.1.")
+    etcd_ports: list[int] = Field(min_length=1, description="Client ports of the etcd members.")
+    database: str = Field(description="The application database, made by the node that bootstraps.")
+    superuser_password: str = Field(min_length=1, description="Password of `postgres` (secret).")
+    replication_password: str = Field(min_length=1, description="Password of `replicator` (secret).")
+    allow_data_loss: bool = Field(default=False, description="Whether delete may remove the only copy.")
+
+
+def node_config(spec: PatroniNodeSpec) -> patroni.NodeConfig:
+    return patroni.NodeConfig(
+        base=Path(spec.state_dir),
+        scope=spec.scope,
+        name=spec.name,
+        port=spec.port,
+        rest_port=spec.rest_port,
+        etcd_ports=tuple(spec.etcd_ports),
+        superuser_password=spec.superuser_password,
+        replication_password=spec.replication_password,
+    )
+
+
+def status(spec: PatroniNodeSpec) -> dict[str, Any]:
+    member = patroni.member_status(spec.rest_port) if patroni.supervisor_pid(Path(spec.state_dir)) else None
+    if member is None:
+        return {"running": False, "role": None, "timeline": None}
+    return {
+        "running": member.get("state") == "running",
+        "role": "leader" if member.get("role") in ("master", "primary") else member.get("role"),
+        "timeline": member.get("timeline"),
+    }
+
+
+def wait_running(spec: PatroniNodeSpec) -> None:
+    process.wait_until(
+        lambda: patroni.running(spec.rest_port), START_TIMEOUT_SECONDS, f"Patroni node {spec.name} to run"
+    )
+
+
+def others_running(spec: PatroniNodeSpec) -> list[dict[str, Any]]:
+    cluster = patroni.cluster_status([spec.rest_port])
+    return [m for m in (cluster or {}).get("members", []) if m.get("name") != spec.name and m.get("state") == "running"]
+
+
+def hand_over_leadership(spec: PatroniNodeSpec) -> None:
+    """A leader that is being removed first hands its lock to a running replica (a planned switchover)."""
+    if status(spec)["role"] != "leader" or not others_running(spec):
+        return
+    auth = (patroni.REST_USER, spec.superuser_password)
+    code, body = http.call(
+        spec.rest_port, "/switchover", "POST", {"leader": spec.name}, timeout=SWITCHOVER_TIMEOUT_SECONDS, auth=auth
+    )
+    if code != 200:
+        raise ProviderError(f"Patroni could not hand {spec.name}'s leadership over before removing it: {body}")
+
+
+class PatroniNodeKind(Kind[PatroniNodeSpec]):
+    token = TOKEN
+    spec_type = PatroniNodeSpec
+    replace_on = frozenset({"stateDir", "scope", "name", "port", "restPort"})
+    secret_properties = SECRETS
+
+    def create(self, spec: PatroniNodeSpec) -> tuple[str, dict[str, Any]]:
+        patroni.write_files(node_config(spec))
+        patroni.start(Path(spec.state_dir))
+        wait_running(spec)
+        self.ensure_database(spec)
+        return spec.name, status(spec)
+
+    def ensure_database(self, spec: PatroniNodeSpec) -> None:
+        """Passwords and the application database, made on whichever node leads (they then stream)."""
+        if status(spec)["role"] == "leader":
+            password = spec.superuser_password
+            ensure_roles_and_database(spec.port, password, password, spec.replication_password, spec.database)
+
+    def observe(self, resource_id: str, spec: PatroniNodeSpec) -> dict[str, Any] | None:
+        if not patroni.NodeFiles(Path(spec.state_dir)).server.initialised():
+            return None
+        return status(spec)
+
+    def drifted(self, old_state: dict[str, Any], spec: PatroniNodeSpec) -> list[str]:
+        return [] if old_state.get("running", True) else ["running"]
+
+    def update(self, resource_id: str, old: dict[str, Any], spec: PatroniNodeSpec) -> dict[str, Any]:
+        base = Path(spec.state_dir)
+        if patroni.write_files(node_config(spec)):
+            patroni.reload(base)
+        patroni.start(base)
+        wait_running(spec)
+        self.ensure_database(spec)
+        return status(spec)
+
+    def delete(self, resource_id: str, spec: PatroniNodeSpec) -> None:
+        base = Path(spec.state_dir)
+        if not spec.allow_data_loss and not others_running(spec):
+            raise ProviderError(
+                f"refusing to delete Patroni node {spec.name}: no other node of {spec.scope} runs, so its data "
+                "directory holds the only copy and this stack does not allow data loss "
+                "(thorbis:allowDataLoss). Back it up first"
+            )
+        hand_over_leadership(spec)
+        patroni.stop(base)
+        process.remove_tree(base)
+
+
+@dataclass
+class PatroniNodeArgs:
+    state_dir: pulumi.Input[str]
+    scope: pulumi.Input[str]
+    name: pulumi.Input[str]
+    port: pulumi.Input[int]
+    rest_port: pulumi.Input[int]
+    etcd_ports: pulumi.Input[list[int]]
+    database: pulumi.Input[str]
+    superuser_password: pulumi.Input[str]
+    replication_password: pulumi.Input[str]
+    allow_data_loss: pulumi.Input[bool] = False
+
+
+class PatroniNode(pulumi.CustomResource):
+    """A PostgreSQL node of the stack's Patroni cluster; which node leads is Patroni's to decide."""
+
+    running: pulumi.Output[bool]
+    role: pulumi.Output[str]
+
+    def __init__(self, name: str, args: PatroniNodeArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(TOKEN, name, {**provider_inputs(args, SECRETS), **declared_outputs(*OUTPUTS)}, opts)
