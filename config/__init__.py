@@ -6,6 +6,7 @@ from config.ports import check_host_ports
 from config.settings import (
     BackupSpec,
     DockerSpec,
+    HaSpec,
     JobsSpec,
     PartitioningSpec,
     PgBouncerSpec,
@@ -19,6 +20,7 @@ __all__ = [
     "BackupSpec",
     "ConfigError",
     "DockerSpec",
+    "HaSpec",
     "JobsSpec",
     "PartitioningSpec",
     "PgBouncerSpec",

@@ -134,7 +134,54 @@ def _pool_fits_postgres(settings: StackSettings) -> list[Problem]:
     return problems
 
 
-_PORT_KEYS = frozenset({"postgres", "replicas", "pgbouncer", "redis"})
+def _ha_is_local(settings: StackSettings) -> list[Problem]:
+    if not settings.ha.enabled or settings.platform == "local":
+        return []
+    reason = f'is built on platform local only; set {_key("ha.mode")} to "off" on platform {settings.platform}'
+    return [Problem(_key("ha.mode"), show_value(settings.ha.mode), reason)]
+
+
+def _ha_has_a_standby(settings: StackSettings) -> list[Problem]:
+    if not settings.ha.enabled or settings.replicas.count >= 1:
+        return []
+    reason = f"{_key('ha')} needs a node to fail over to: set {_key('replicas.count')} >= 1"
+    return [Problem(_key("replicas.count"), show_value(settings.replicas.count), reason)]
+
+
+def _ha_timings(settings: StackSettings) -> list[Problem]:
+    ha = settings.ha
+    if not ha.enabled or ha.loop_wait + 2 * ha.retry_timeout <= ha.ttl:
+        return []
+    reason = (
+        f"loopWait + 2 x retryTimeout = {ha.loop_wait + 2 * ha.retry_timeout} is more than ttl = {ha.ttl}: a "
+        "leader could lose its lock while it still retries (Patroni's rule); raise ttl or lower the others"
+    )
+    return [Problem(_key("ha.ttl"), show_value(ha.ttl), reason)]
+
+
+def _ha_without_archiving(settings: StackSettings) -> list[Problem]:
+    if not settings.ha.enabled or not settings.backup.enabled:
+        return []
+    reason = (
+        f"WAL archiving from whichever node leads is not built yet: set it to false with {_key('ha')} "
+        "(synchronous replication keeps every commit on two nodes; take pg_dump backups meanwhile)"
+    )
+    return [Problem(_key("backup.enabled"), "true", reason)]
+
+
+def _ha_ports_fit(settings: StackSettings) -> list[Problem]:
+    if not settings.ha.enabled:
+        return []
+    too_high = [
+        (key, port) for key, port in settings.all_ports.items() if key.startswith(_key("ha.")) and port > MAX_PORT
+    ]
+    return [
+        Problem(key.split("+", 1)[0], show_value(port), f"gives port {port} ({key}), above {MAX_PORT}; lower it")
+        for key, port in too_high[:1]
+    ]
+
+
+_PORT_KEYS = frozenset({"postgres", "replicas", "pgbouncer", "redis", "ha"})
 
 RULES: tuple[Rule, ...] = (
     Rule(frozenset({"allowDataLoss"}), _prod_keeps_data),
@@ -145,5 +192,10 @@ RULES: tuple[Rule, ...] = (
     Rule(frozenset({"postgres", "replicas"}), _replicas_fit),
     Rule(_PORT_KEYS, _ports_distinct),
     Rule(frozenset({"postgres", "pgbouncer"}), _pool_fits_postgres),
+    Rule(frozenset({"platform", "ha"}), _ha_is_local),
+    Rule(frozenset({"replicas", "ha"}), _ha_has_a_standby),
+    Rule(frozenset({"ha"}), _ha_timings),
+    Rule(frozenset({"ha", "backup"}), _ha_without_archiving),
+    Rule(frozenset({"postgres", "replicas", "ha"}), _ha_ports_fit),
 )
 """Every cross-key rule, in the order their problems are listed."""

@@ -415,6 +415,79 @@ class BackupSpec(Spec):
         return self.directory if self.directory is not None else state_dir / "backups"
 
 
+class HaSpec(Spec):
+    """`thorbis:ha`: high availability on platform local: the primary and the replicas become the nodes of one
+    Patroni cluster whose leader lock lives in etcd; HAProxy routes the write endpoint (thorbis:postgres.port)
+    to whichever node leads and the read endpoint (readPort) to the streaming replicas. Failover is automatic.
+
+    Ports: node i listens on basePort + 2i (PostgreSQL) and basePort + 2i + 1 (Patroni's REST API); etcd
+    member j on etcdBasePort + 2j (clients) and etcdBasePort + 2j + 1 (peers).
+    """
+
+    mode: Literal["off", "patroni"] = setting(
+        "off",
+        "off: a primary and replicas, failover by hand; patroni: automatic failover. Default off.",
+        'one of "off", "patroni"',
+    )
+    synchronous: Flag = setting(
+        True,
+        "Patroni's synchronous mode: a commit returns once a standby has it, and only that standby is promoted, "
+        "so a failover loses no acknowledged commit (RPO 0); costs a round trip per commit. With no standby "
+        "left, writes go on unprotected rather than stop. Default true.",
+        "true or false",
+    )
+    etcd_members: Annotated[Int, Field(ge=1, le=7)] = setting(
+        3,
+        "Members of the etcd cluster (one per machine in production); an odd number: 3 survive the loss of 1, "
+        "5 of 2. Default 3.",
+        "an odd integer from 1 to 7",
+    )
+    base_port: Port | None = setting(
+        None,
+        "First port of the nodes (PostgreSQL and REST API each). Default thorbis:postgres.port + 10.",
+        PORT_ALLOWED,
+    )
+    etcd_base_port: Port | None = setting(
+        None, "First port of the etcd members (client and peer each). Default thorbis:postgres.port + 40.", PORT_ALLOWED
+    )
+    read_port: Port | None = setting(
+        None,
+        "Port of the read endpoint (the streaming replicas; the leader when none runs). "
+        "Default thorbis:postgres.port + 1.",
+        PORT_ALLOWED,
+    )
+    ttl: Annotated[Int, Field(ge=20, le=600)] = setting(
+        20,
+        "Seconds a leader lock lives without renewal: how long a node that vanished whole keeps its lock before "
+        "a failover. Default 20 (Patroni's minimum).",
+        "an integer from 20 to 600",
+    )
+    loop_wait: Annotated[Int, Field(ge=1, le=60)] = setting(
+        2, "Seconds between two runs of each node's Patroni loop. Default 2.", "an integer from 1 to 60"
+    )
+    retry_timeout: Annotated[Int, Field(ge=3, le=300)] = setting(
+        8,
+        "Seconds etcd and PostgreSQL calls are retried before a leader demotes itself; loopWait + 2 x "
+        "retryTimeout must not exceed ttl. Default 8.",
+        "an integer from 3 to 300",
+    )
+
+    @field_validator("etcd_members", mode="after")
+    @classmethod
+    def _odd(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise PydanticCustomError(
+                "thorbis_even_quorum",
+                "{value} members tolerate no more failures than {fewer}: use an odd number",
+                {"value": value, "fewer": value - 1},
+            )
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "off"
+
+
 # --- the whole stack ---------------------------------------------------------------------------------
 
 SECRET_ALLOWED = f"a secret string of at least {MIN_PASSWORD_LENGTH} characters"
@@ -452,6 +525,7 @@ class StackSettings(Spec):
     partitioning: PartitioningSpec = section("pg_partman's premake and retention (PartitioningSpec).")
     jobs: JobsSpec = section("Schedules and parameters of the pg_cron jobs (JobsSpec).")
     backup: BackupSpec = section("pgBackRest backups and WAL archiving of the primary (BackupSpec).")
+    ha: HaSpec = section("High availability: Patroni, etcd and HAProxy on platform local (HaSpec).")
     postgres_password: Password | None = setting(
         None,
         "Password of the postgres superuser; required on local and docker. Secret; default unset.",
@@ -515,13 +589,60 @@ class StackSettings(Spec):
         return [base + index for index in range(self.replicas.count)]
 
     @property
+    def ha_nodes(self) -> list[HaNode]:
+        """The Patroni nodes when ha is on: the primary and each replica of the stack."""
+        if not self.ha.enabled:
+            return []
+        base = self.ha.base_port if self.ha.base_port is not None else self.postgres.port + 10
+        return [HaNode(f"node-{i}", base + 2 * i, base + 2 * i + 1) for i in range(self.replicas.count + 1)]
+
+    @property
+    def etcd_peers(self) -> list[EtcdPeer]:
+        """The etcd members when ha is on."""
+        if not self.ha.enabled:
+            return []
+        base = self.ha.etcd_base_port if self.ha.etcd_base_port is not None else self.postgres.port + 40
+        return [EtcdPeer(f"etcd-{j}", base + 2 * j, base + 2 * j + 1) for j in range(self.ha.etcd_members)]
+
+    @property
+    def ha_read_port(self) -> int:
+        return self.ha.read_port if self.ha.read_port is not None else self.postgres.port + 1
+
+    @property
     def all_ports(self) -> dict[str, int]:
         """Every port the stack's servers listen on, by the config key that sets it."""
         ports = {f"{NAMESPACE}:postgres.port": self.postgres.port}
-        ports.update({replica_port_key(i): port for i, port in enumerate(self.replica_ports)})
+        if self.ha.enabled:
+            ports[f"{NAMESPACE}:ha.readPort"] = self.ha_read_port
+            for i, node in enumerate(self.ha_nodes):
+                ports[f"{NAMESPACE}:ha.basePort+{2 * i}"] = node.port
+                ports[f"{NAMESPACE}:ha.basePort+{2 * i + 1}"] = node.rest_port
+            for j, peer in enumerate(self.etcd_peers):
+                ports[f"{NAMESPACE}:ha.etcdBasePort+{2 * j}"] = peer.client_port
+                ports[f"{NAMESPACE}:ha.etcdBasePort+{2 * j + 1}"] = peer.peer_port
+        else:
+            ports.update({replica_port_key(i): port for i, port in enumerate(self.replica_ports)})
         ports[f"{NAMESPACE}:pgbouncer.port"] = self.pgbouncer.port
         ports[f"{NAMESPACE}:redis.port"] = self.redis.port
         return ports
+
+
+@dataclass(frozen=True)
+class HaNode:
+    """A Patroni node of the stack: its name, PostgreSQL port and REST API port."""
+
+    name: str
+    port: int
+    rest_port: int
+
+
+@dataclass(frozen=True)
+class EtcdPeer:
+    """An etcd member of the stack: its name, client port and peer port."""
+
+    name: str
+    client_port: int
+    peer_port: int
 
 
 def replica_port_key(index: int) -> str:

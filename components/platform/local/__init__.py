@@ -9,6 +9,7 @@ import pulumi
 
 from components.connection import ConnectionSpec, Endpoint
 from components.platform.local.backup import BackupRepository, BackupRepositoryArgs
+from components.platform.local.ha.declare import declare_ha_cluster
 from components.platform.local.pgbackrest import Repository, archive_command, directory_problem
 from components.platform.local.pgbouncer import PgBouncer, PgBouncerArgs
 from components.platform.local.postgres import PostgresServer, PostgresServerArgs
@@ -80,6 +81,16 @@ def check_backup_directory(settings: StackSettings) -> None:
         raise ConfigError(settings.stack, [Problem("thorbis:backup.directory", f'"{repo.path}"', problem)])
 
 
+def ha_port_files(state_dir: Path) -> list[tuple[Path, Path, str]]:
+    """Pidfile, the file that names its ports, and their pattern, of each HA process of a stack."""
+    listen = r"127\.0\.0\.1:(\d+)"
+    return [
+        (state_dir / "haproxy" / "haproxy.pid", state_dir / "haproxy" / "haproxy.cfg", listen),
+        *((node / "patroni.pid", node / "patroni.yml", listen) for node in state_dir.glob("ha-node-*")),
+        *((member / "etcd.pid", member / "etcd.args", listen) for member in state_dir.glob("etcd-*")),
+    ]
+
+
 def ports_held(state_dir: Path) -> set[int]:
     """Ports that this stack's own running servers listen on (so they do not count as taken)."""
     held: set[int] = set()
@@ -94,10 +105,16 @@ def ports_held(state_dir: Path) -> set[int]:
             r"listen_port = (\d+)",
         ),
         (state_dir / "redis" / "redis.pid", state_dir / "redis" / "redis.conf", r"^port (\d+)"),
+        *ha_port_files(state_dir),
     ):
         if read_pid(pidfile) is not None and conf.exists():
             held.update(int(port) for port in re.findall(pattern, conf.read_text(), re.MULTILINE))
     return held
+
+
+def read_ports(settings: StackSettings) -> list[int]:
+    """Where reads go: each replica; with ha, the router's read endpoint (whichever nodes replicate)."""
+    return [settings.ha_read_port] if settings.ha.enabled else settings.replica_ports
 
 
 class LocalPlatform(pulumi.ComponentResource):
@@ -113,9 +130,76 @@ class LocalPlatform(pulumi.ComponentResource):
         superuser = secret_of(settings, "postgres_password")
         replication = secret_of(settings, "replication_password")
         gucs = postgres_settings(settings)
-        repository = backup_repository(settings)
         child = pulumi.ResourceOptions(parent=self)
 
+        if settings.ha.enabled:
+            write_endpoint: pulumi.CustomResource = declare_ha_cluster(
+                name, settings, self, superuser, replication, gucs
+            )
+            replicas: list[pulumi.CustomResource] = []
+        else:
+            write_endpoint, replicas = self.primary_and_replicas(name, settings, superuser, replication, gucs)
+        after_primary = pulumi.ResourceOptions(parent=self, depends_on=[write_endpoint])
+        pooler = PgBouncer(
+            f"{name}-pgbouncer",
+            PgBouncerArgs(
+                state_dir=str(base / "pgbouncer"),
+                port=settings.pgbouncer.port,
+                primary_port=settings.postgres.port,
+                database=settings.postgres.database,
+                superuser_password=superuser,
+                auth_password=secret_of(settings, "pgbouncer_auth_password"),
+                max_client_conn=settings.pgbouncer.max_client_conn,
+                default_pool_size=settings.pgbouncer.default_pool_size,
+                reserve_pool_size=settings.pgbouncer.reserve_pool_size,
+                reserve_pool_timeout=settings.pgbouncer.reserve_pool_timeout,
+                max_db_connections=settings.pgbouncer.max_db_connections,
+                pool_mode=settings.pgbouncer.pool_mode,
+            ),
+            after_primary,
+        )
+        redis_password = secret_of(settings, "redis_password")
+        cache = Redis(
+            f"{name}-redis",
+            RedisArgs(
+                state_dir=str(base / "redis"),
+                port=settings.redis.port,
+                password=redis_password,
+                maxmemory=settings.redis.maxmemory,
+                maxmemory_policy=settings.redis.maxmemory_policy,
+                persistence=settings.redis.persistence,
+                allow_data_loss=settings.allow_data_loss,
+            ),
+            child,
+        )
+        ready = [write_endpoint.id, pooler.id, cache.id, *(replica.id for replica in replicas)]
+        self.connection = pulumi.Output.all(superuser, redis_password, *ready).apply(
+            lambda values: ConnectionSpec(
+                platform="local",
+                primary=Endpoint(HOST, settings.postgres.port),
+                database=settings.postgres.database,
+                admin_user="postgres",
+                admin_password=values[0],
+                pooler=Endpoint(HOST, settings.pgbouncer.port),
+                replicas=tuple(Endpoint(HOST, port) for port in read_ports(settings)),
+                redis=Endpoint(HOST, settings.redis.port),
+                redis_password=values[1],
+            )
+        )
+        self.register_outputs({})
+
+    def primary_and_replicas(
+        self,
+        name: str,
+        settings: StackSettings,
+        superuser: pulumi.Output[str],
+        replication: pulumi.Output[str],
+        gucs: dict[str, str],
+    ) -> tuple[PostgresServer, list[pulumi.CustomResource]]:
+        """Without ha: the primary (archiving to the backup repository) and its streaming replicas."""
+        base = settings.state_dir
+        repository = backup_repository(settings)
+        child = pulumi.ResourceOptions(parent=self)
         primary = PostgresServer(
             f"{name}-primary",
             PostgresServerArgs(
@@ -159,50 +243,4 @@ class LocalPlatform(pulumi.ComponentResource):
             )
             for index, port in enumerate(settings.replica_ports)
         ]
-        pooler = PgBouncer(
-            f"{name}-pgbouncer",
-            PgBouncerArgs(
-                state_dir=str(base / "pgbouncer"),
-                port=settings.pgbouncer.port,
-                primary_port=settings.postgres.port,
-                database=settings.postgres.database,
-                superuser_password=superuser,
-                auth_password=secret_of(settings, "pgbouncer_auth_password"),
-                max_client_conn=settings.pgbouncer.max_client_conn,
-                default_pool_size=settings.pgbouncer.default_pool_size,
-                reserve_pool_size=settings.pgbouncer.reserve_pool_size,
-                reserve_pool_timeout=settings.pgbouncer.reserve_pool_timeout,
-                max_db_connections=settings.pgbouncer.max_db_connections,
-                pool_mode=settings.pgbouncer.pool_mode,
-            ),
-            after_primary,
-        )
-        redis_password = secret_of(settings, "redis_password")
-        cache = Redis(
-            f"{name}-redis",
-            RedisArgs(
-                state_dir=str(base / "redis"),
-                port=settings.redis.port,
-                password=redis_password,
-                maxmemory=settings.redis.maxmemory,
-                maxmemory_policy=settings.redis.maxmemory_policy,
-                persistence=settings.redis.persistence,
-                allow_data_loss=settings.allow_data_loss,
-            ),
-            child,
-        )
-        ready = [primary.id, pooler.id, cache.id, *(replica.id for replica in replicas)]
-        self.connection = pulumi.Output.all(superuser, redis_password, *ready).apply(
-            lambda values: ConnectionSpec(
-                platform="local",
-                primary=Endpoint(HOST, settings.postgres.port),
-                database=settings.postgres.database,
-                admin_user="postgres",
-                admin_password=values[0],
-                pooler=Endpoint(HOST, settings.pgbouncer.port),
-                replicas=tuple(Endpoint(HOST, port) for port in settings.replica_ports),
-                redis=Endpoint(HOST, settings.redis.port),
-                redis_password=values[1],
-            )
-        )
-        self.register_outputs({})
+        return primary, list(replicas)

@@ -50,6 +50,11 @@ def files(spec: EtcdMemberSpec) -> tuple[Path, Path, Path]:
     return base / "data", base / "etcd.log", base / "etcd.pid"
 
 
+def args_file(spec: EtcdMemberSpec) -> Path:
+    """The command line the member was started with (which ports a running stack holds)."""
+    return Path(spec.state_dir) / "etcd.args"
+
+
 def command(spec: EtcdMemberSpec, state: str) -> list[str]:
     data, _, _ = files(spec)
     cluster = ",".join(f"{peer.name}={url(peer.peer_port)}" for peer in spec.peers)
@@ -106,7 +111,9 @@ def start(spec: EtcdMemberSpec, timeout: float = 60) -> None:
     _, log, pidfile = files(spec)
     if process.read_pid(pidfile) is None:
         process.make_private_dir(Path(spec.state_dir))
-        pid = process.spawn(command(spec, join_state(spec)), log, Path(spec.state_dir))
+        argv = command(spec, join_state(spec))
+        process.write_private_file(args_file(spec), "\n".join(argv) + "\n")
+        pid = process.spawn(argv, log, Path(spec.state_dir))
         process.write_private_file(pidfile, f"{pid}\n")
     # healthy only once a quorum of members runs: the first `up` starts them side by side
     process.wait_until(lambda: healthy(spec.client_port), timeout, f"etcd member {spec.name} to join a quorum")

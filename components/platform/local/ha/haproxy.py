@@ -9,7 +9,9 @@ Reads fall back to the leader when no replica is up. PgBouncer's pools point at 
 
 from __future__ import annotations
 
+import csv
 import shutil
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,7 @@ def files(spec: HaRouterSpec) -> tuple[Path, Path, Path]:
 
 
 def config_text(spec: HaRouterSpec) -> str:
-    _, pidfile, socket = files(spec)
+    _, pidfile, admin = files(spec)
 
     def server(name: str, member: Member, options: str) -> str:
         return f"    server {name} {http.HOST}:{member.port} {options}"
@@ -55,7 +57,7 @@ def config_text(spec: HaRouterSpec) -> str:
             "global",
             "    maxconn 4096",
             f"    pidfile {pidfile}",
-            f"    stats socket {socket} mode 600 level admin",
+            f"    stats socket {admin} mode 600 level admin",
             "defaults",
             "    mode tcp",
             "    timeout connect 3s",
@@ -99,6 +101,36 @@ def start(spec: HaRouterSpec) -> None:
         30,
         f"HAProxy on ports {spec.write_port} and {spec.read_port}",
     )
+    process.wait_until(lambda: len(routed_leaders(spec)) == 1, 60, "the write endpoint to reach the Patroni leader")
+
+
+def server_states(spec: HaRouterSpec) -> dict[tuple[str, str], str]:
+    """Each (proxy, server)'s status (UP, DOWN, ...) from HAProxy's admin socket (`show stat`)."""
+    _, _, admin = files(spec)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+            connection.settimeout(2)
+            connection.connect(str(admin))
+            connection.sendall(b"show stat\n")
+            raw = b"".join(iter(lambda: connection.recv(65536), b""))
+    except OSError:
+        return {}
+    table = list(csv.reader(raw.decode().lstrip("# ").splitlines()))
+    if not table:
+        return {}
+    header = table[0]
+    proxy, server, state = header.index("pxname"), header.index("svname"), header.index("status")
+    return {(row[proxy], row[server]): row[state] for row in table[1:] if len(row) > state}
+
+
+def routed_leaders(spec: HaRouterSpec) -> list[str]:
+    """The nodes the write endpoint sends connections to now: one, once a leader is elected and checked."""
+    members = {member.name for member in spec.members}
+    return [
+        name
+        for (proxy, name), state in server_states(spec).items()
+        if proxy == "write" and name in members and state == "UP"
+    ]
 
 
 def stop(spec: HaRouterSpec) -> None:

@@ -1,0 +1,95 @@
+"""The HA cluster of a local stack as resources: etcd members, Patroni's shared configuration, the nodes,
+and the router whose write endpoint (thorbis:postgres.port) everything else connects through."""
+
+from __future__ import annotations
+
+import re
+
+import pulumi
+
+from components.platform.local.ha.cluster import PatroniCluster, PatroniClusterArgs
+from components.platform.local.ha.etcd import EtcdMember, EtcdMemberArgs
+from components.platform.local.ha.haproxy import HaRouter, HaRouterArgs
+from components.platform.local.ha.node import PatroniNode, PatroniNodeArgs
+from config import StackSettings
+
+
+def scope_of(settings: StackSettings) -> str:
+    """The cluster's name in etcd (and the etcd cluster's token): the stack's name, made safe."""
+    return ("thorbis-" + re.sub(r"[^a-z0-9-]", "-", settings.stack.lower()))[:63]
+
+
+def declare_ha_cluster(
+    name: str,
+    settings: StackSettings,
+    parent: pulumi.Resource,
+    superuser: pulumi.Output[str],
+    replication: pulumi.Output[str],
+    gucs: dict[str, str],
+) -> HaRouter:
+    """Declare the cluster; return the router, ready once the write endpoint reaches a leader."""
+    base, scope = settings.state_dir, scope_of(settings)
+    child = pulumi.ResourceOptions(parent=parent)
+    peers = [{"name": p.name, "clientPort": p.client_port, "peerPort": p.peer_port} for p in settings.etcd_peers]
+    etcd_ports = [p.client_port for p in settings.etcd_peers]
+    members = [{"name": n.name, "port": n.port, "restPort": n.rest_port} for n in settings.ha_nodes]
+    etcd = [
+        EtcdMember(
+            f"{name}-{peer.name}",
+            EtcdMemberArgs(
+                state_dir=str(base / peer.name),
+                name=peer.name,
+                client_port=peer.client_port,
+                peer_port=peer.peer_port,
+                cluster_token=scope,
+                peers=peers,
+            ),
+            child,
+        )
+        for peer in settings.etcd_peers
+    ]
+    ha = settings.ha
+    cluster = PatroniCluster(
+        f"{name}-patroni",
+        PatroniClusterArgs(
+            scope=scope,
+            etcd_ports=etcd_ports,
+            members=members,
+            superuser_password=superuser,
+            synchronous=ha.synchronous,
+            ttl=ha.ttl,
+            loop_wait=ha.loop_wait,
+            retry_timeout=ha.retry_timeout,
+            settings=gucs,
+        ),
+        pulumi.ResourceOptions(parent=parent, depends_on=etcd),
+    )
+    nodes = [
+        PatroniNode(
+            f"{name}-{node.name}",
+            PatroniNodeArgs(
+                state_dir=str(base / f"ha-{node.name}"),
+                scope=scope,
+                name=node.name,
+                port=node.port,
+                rest_port=node.rest_port,
+                etcd_ports=etcd_ports,
+                database=settings.postgres.database,
+                superuser_password=superuser,
+                replication_password=replication,
+                allow_data_loss=settings.allow_data_loss,
+            ),
+            pulumi.ResourceOptions(parent=parent, depends_on=[cluster]),
+        )
+        for node in settings.ha_nodes
+    ]
+    return HaRouter(
+        f"{name}-router",
+        HaRouterArgs(
+            state_dir=str(base / "haproxy"),
+            write_port=settings.postgres.port,
+            read_port=settings.ha_read_port,
+            members=members,
+        ),
+        pulumi.ResourceOptions(parent=parent, depends_on=nodes),
+    )

@@ -1,0 +1,185 @@
+"""Automatic failover on a real stack with thorbis:ha on: two Patroni nodes in synchronous mode, three etcd
+members, HAProxy and PgBouncer in front, the whole schema inside.
+
+One stack serves every test of the module, in order: each fault leaves the cluster healthy for the next.
+The application writes through PgBouncer the whole time; each fault is injected at a deterministic point
+(after acknowledged commits, then waiting until the killed processes are gone). After each: writes
+resumed through the same DSN, every acknowledged commit is on the leader, never two writable primaries,
+and the stack has nothing to change.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from components.platform.local import process
+from components.platform.local.ha import etcd
+from tests.e2e.conftest import LiveStack, throwaway_stack
+from tests.e2e.ha import (
+    NODES,
+    RESUME_TIMEOUT_SECONDS,
+    HaStack,
+    PrimaryWatch,
+    Writer,
+    application,
+    committed_ids,
+    configure_ha,
+    kill_and_wait,
+    patroni_of,
+    postmaster_of,
+    prepare_probe,
+    reset_probe,
+    running,
+    whole_node,
+)
+from tests.e2e.rows import key_of, visible_keys
+from tests.e2e.test_tenant_isolation import SCHEMA, SYNTHESIZER, TABLES, as_company
+
+pytestmark = pytest.mark.e2e
+COMMITS_BEFORE_FAULT = 50
+COMMITS_AFTER_RESUME = 50
+
+
+@pytest.fixture(scope="module")
+def ha(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HaStack]:
+    with throwaway_stack(tmp_path_factory.mktemp("backend"), "e2e-ha", replicas=NODES - 1) as live:
+        ports = configure_ha(live.stack)
+        started = time.monotonic()
+        assert live.stack.up().summary.result == "succeeded"
+        print(f"\nHA stack up in {time.monotonic() - started:.1f} s")
+        stack = HaStack(live, ports)
+        stack.wait_for_members()
+        prepare_probe(stack)
+        yield stack
+
+
+def no_changes(live: LiveStack) -> None:
+    """A refresh then an update change nothing, whichever node leads; then a plain preview is empty."""
+    result = live.stack.up(refresh=True)
+    changed = {op: count for op, count in (result.summary.resource_changes or {}).items() if op != "same"}
+    assert changed == {}, f"`up --refresh` after the fault changed {changed}"
+    live.stack.preview(expect_no_changes=True)
+
+
+def survive(ha: HaStack, fault: Callable[[Path], list[int]], what: str) -> tuple[str, Writer]:
+    """Kill processes of the leader's node while the application writes; return the old leader."""
+    reset_probe(ha)
+    old_leader = ha.leader()
+    writer, watch = Writer(application(ha)), PrimaryWatch(ha)
+    with running(writer, watch):
+        writer.wait_commits(COMMITS_BEFORE_FAULT)
+        kill_and_wait(fault(ha.node_dir(old_leader)))
+        process.wait_until(lambda: writer.resumed is not None, RESUME_TIMEOUT_SECONDS, "writes to resume")
+        writer.wait_commits(COMMITS_AFTER_RESUME)
+    leader = ha.leader()
+    print(
+        f"\n{what}: writes through PgBouncer stopped for {writer.outage_seconds:.2f} s; "
+        f"leader {old_leader} -> {leader}; {len(writer.acknowledged)} commits acknowledged; "
+        f"{watch.rounds} rounds of the two-primaries watch"
+    )
+    assert watch.double_primary_rounds == [], f"two writable primaries at once: {watch.double_primary_rounds[:3]}"
+    lost = set(writer.acknowledged) - committed_ids(ha, ha.node_ports[leader])
+    assert lost == set(), f"{len(lost)} acknowledged commits are not on the leader {leader}"
+    return old_leader, writer
+
+
+def test_a_killed_postmaster_of_the_leader_fails_over_and_the_old_leader_rejoins_as_a_replica(ha: HaStack) -> None:
+    old_leader, _ = survive(ha, lambda node: [postmaster_of(node)], "kill -9 of the leader's postmaster")
+    assert ha.leader() != old_leader, "synchronous mode promotes the standby at once (primary_start_timeout 0)"
+    ha.wait_for_members()
+    rejoined = {m["name"]: m["role"] for m in ha.cluster()["members"]}
+    assert rejoined[old_leader] in ("replica", "sync_standby"), rejoined
+    no_changes(ha.live)
+
+
+def test_a_killed_patroni_of_the_leader_fences_its_postgres_and_writes_resume(ha: HaStack) -> None:
+    # The supervisor stops the orphaned PostgreSQL at once and starts Patroni again, which finds its lock
+    # still alive (ttl) or lost: either way exactly one node takes writes, and no acknowledged commit is lost.
+    survive(ha, lambda node: [patroni_of(node)], "kill -9 of the leader's Patroni")
+    ha.wait_for_members()
+    no_changes(ha.live)
+
+
+def test_a_leader_node_lost_whole_fails_over_and_up_brings_it_back_as_a_replica(ha: HaStack) -> None:
+    old_leader, _ = survive(ha, whole_node, "kill -9 of the leader's supervisor, Patroni and postmaster")
+    new_leader = ha.leader()
+    assert new_leader != old_leader
+    result = ha.live.stack.up(refresh=True)  # the node's processes are drift: `up` starts them again
+    assert result.summary.result == "succeeded"
+    ha.wait_for_members()
+    roles = {m["name"]: m["role"] for m in ha.cluster()["members"]}
+    assert roles[new_leader] == "leader", f"`up` must not move the leadership back: {roles}"
+    assert roles[old_leader] in ("replica", "sync_standby"), roles
+    no_changes(ha.live)
+
+
+def etcd_pid(ha: HaStack, index: int) -> int:
+    pid = process.read_pid(ha.live.state_dir / f"etcd-{index}" / "etcd.pid")
+    assert pid is not None
+    return pid
+
+
+def test_losing_one_etcd_member_of_three_stops_nothing(ha: HaStack) -> None:
+    reset_probe(ha)
+    leader = ha.leader()
+    writer = Writer(application(ha))
+    with running(writer):
+        writer.wait_commits(COMMITS_BEFORE_FAULT)
+        kill_and_wait([etcd_pid(ha, 0)])
+        # the leader renews its lock every loop: commits across two ttl show that it kept it
+        deadline = time.monotonic() + 2 * 20
+        while time.monotonic() < deadline:
+            writer.wait_commits(20)
+    assert writer.errors == [], writer.errors[:3]
+    assert ha.leader() == leader
+    assert etcd.healthy(ha.ports.etcd_client(1)) and etcd.healthy(ha.ports.etcd_client(2))
+
+
+def test_losing_two_etcd_members_stops_writes_without_a_failover_and_they_resume_when_etcd_returns(
+    ha: HaStack,
+) -> None:
+    reset_probe(ha)
+    leader = ha.leader()
+    writer, watch = Writer(application(ha)), PrimaryWatch(ha)
+    with running(writer, watch):
+        writer.wait_commits(COMMITS_BEFORE_FAULT)
+        kill_and_wait([etcd_pid(ha, 1)])  # member 0 is still down from the test before
+        # Without quorum the leader cannot renew its lock: it demotes itself after retryTimeout, and no
+        # other node may promote (it cannot take a lock either). Watch for a whole ttl past the demotion.
+        process.wait_until(lambda: writer.first_failure is not None, 60, "the leader to stop taking writes")
+        watched_from = watch.rounds
+        time.sleep(20 + 2 * 2)  # ttl + 2 loops (the stack's defaults): any failover would have happened
+        assert watch.rounds > watched_from
+        assert writer.resumed is None, "writes went on without an etcd quorum"
+        assert ha.live.stack.up(refresh=True).summary.result == "succeeded"  # etcd members are started again
+        process.wait_until(lambda: writer.resumed is not None, RESUME_TIMEOUT_SECONDS, "writes to resume")
+        writer.wait_commits(COMMITS_AFTER_RESUME)
+    assert watch.double_primary_rounds == []
+    new_leader = ha.leader()
+    lost = set(writer.acknowledged) - committed_ids(ha, ha.node_ports[new_leader])
+    assert lost == set()
+    print(f"\netcd quorum lost for {writer.outage_seconds:.1f} s; leader {leader} -> {new_leader}")
+    ha.wait_for_members()
+    no_changes(ha.live)
+
+
+def test_tenant_isolation_holds_through_pgbouncer_on_the_leader_after_the_faults(ha: HaStack) -> None:
+    """Every table, through the application's path: each company sees its own row and not the other's."""
+    with psycopg.connect(**ha.admin(ha.live.postgres_port), autocommit=True) as admin, admin.transaction():
+        a, b = SYNTHESIZER.world(admin), SYNTHESIZER.world(admin)
+    tenant = SYNTHESIZER.tenant_table.name
+    wrong = []
+    with psycopg.connect(**application(ha), autocommit=True, prepare_threshold=None) as app:
+        for name in TABLES:
+            table = SCHEMA.table(name)
+            for ours in (a, b):
+                with as_company(app, str(ours[tenant]["id"])):
+                    visible = visible_keys(app, table)
+                if visible != {key_of(table, ours[name])}:
+                    wrong.append(name)
+    assert wrong == [], f"tables where a company does not see exactly its own row: {sorted(set(wrong))}"
