@@ -225,6 +225,11 @@ def prepare_probe(ha: HaStack) -> None:
             conn.execute(statement)
 
 
+def drop_probe(ha: HaStack) -> None:
+    with psycopg.connect(**ha.admin(ha.live.postgres_port), autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {PROBE_SCHEMA} CASCADE")
+
+
 def reset_probe(ha: HaStack) -> None:
     with psycopg.connect(**ha.admin(ha.live.postgres_port), autocommit=True) as conn:
         conn.execute(f"TRUNCATE {PROBE_SCHEMA}.commits")

@@ -29,6 +29,7 @@ from tests.e2e.ha import (
     application,
     committed_ids,
     configure_ha,
+    drop_probe,
     kill_and_wait,
     patroni_of,
     postmaster_of,
@@ -55,7 +56,10 @@ def ha(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HaStack]:
         stack = HaStack(live, ports)
         stack.wait_for_members()
         prepare_probe(stack)
-        yield stack
+        try:
+            yield stack
+        finally:
+            drop_probe(stack)  # the stack's roles are dropped by destroy only when nothing else names them
 
 
 def no_changes(live: LiveStack) -> None:

@@ -66,23 +66,31 @@ def run(
 
 def spawn(argv: Sequence[str], log: Path, cwd: Path) -> int:
     """Start a server that does not daemonize itself, as the service user, detached from us (a session
-    of its own, output to `log`); return its pid, which is the server's own (no runuser in between)."""
+    of its own, output to `log`); return its pid, which is the server's own: setpriv execs it (runuser
+    would stay its parent), and no Python code runs between fork and exec (the provider's gRPC threads
+    do not survive a fork)."""
     service = pwd.getpwnam(SERVICE_USER) if running_as_root() else None
+    prefix = ["setpriv", f"--reuid={service.pw_uid}", f"--regid={service.pw_gid}", "--init-groups"] if service else []
     with log.open("ab") as output:
         child = subprocess.Popen(
-            list(argv),
+            [*prefix, *argv],
             cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            user=service.pw_uid if service else None,
-            group=service.pw_gid if service else None,
-            extra_groups=[] if service else None,
             env={**os.environ, "HOME": service.pw_dir} if service else None,
         )
     give_to_service_user(log)
     return child.pid
+
+
+def last_lines(log: Path, count: int = 3) -> str:
+    """The end of a server's log, for an error message."""
+    try:
+        return " / ".join(log.read_text(errors="replace").strip().splitlines()[-count:])
+    except OSError:
+        return "(no log)"
 
 
 def give_to_service_user(path: Path) -> None:

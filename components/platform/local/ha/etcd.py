@@ -116,7 +116,10 @@ def start(spec: EtcdMemberSpec, timeout: float = 60) -> None:
         pid = process.spawn(argv, log, Path(spec.state_dir))
         process.write_private_file(pidfile, f"{pid}\n")
     # healthy only once a quorum of members runs: the first `up` starts them side by side
-    process.wait_until(lambda: healthy(spec.client_port), timeout, f"etcd member {spec.name} to join a quorum")
+    try:
+        process.wait_until(lambda: healthy(spec.client_port), timeout, f"etcd member {spec.name} to join a quorum")
+    except ProviderError as error:
+        raise ProviderError(f"{error}; the end of {log}: {process.last_lines(log)}") from error
 
 
 def stop(spec: EtcdMemberSpec) -> None:
