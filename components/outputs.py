@@ -21,6 +21,8 @@ def export_outputs(settings: StackSettings, connection: pulumi.Output[Connection
     pulumi.export("poolerPort", pulumi.Output.unsecret(connection.apply(lambda c: c.pooler.port if c.pooler else None)))
     pulumi.export("replicaPorts", pulumi.Output.unsecret(connection.apply(lambda c: [r.port for r in c.replicas])))
     pulumi.export("redisPort", pulumi.Output.unsecret(connection.apply(lambda c: c.redis.port if c.redis else None)))
+    pulumi.export("haRestPorts", [node.rest_port for node in settings.ha_nodes])
+    pulumi.export("etcdPorts", [peer.client_port for peer in settings.etcd_peers])
     pulumi.export("adminPassword", pulumi.Output.secret(connection.apply(lambda c: c.admin_password)))
     pulumi.export("redisPassword", pulumi.Output.secret(connection.apply(lambda c: c.redis_password)))
     pulumi.export(

@@ -52,6 +52,8 @@ class Target:
     redis_password: str | None = field(default=None, repr=False)
     pooler_auth_password: str | None = field(default=None, repr=False)
     authenticator_password: str | None = field(default=None, repr=False)
+    ha_rest_ports: tuple[int, ...] = ()
+    etcd_ports: tuple[int, ...] = ()
 
     def conninfo(self, port: int | None = None, **extra: Any) -> dict[str, Any]:
         """psycopg.connect keywords for the admin user on the primary (or another port)."""
@@ -92,4 +94,6 @@ def read_target(stack: auto.Stack) -> Target:
         redis_password=outputs.get("redisPassword"),
         pooler_auth_password=optional_config(stack, "thorbis:pgbouncerAuthPassword"),
         authenticator_password=optional_config(stack, "thorbis:authenticatorPassword"),
+        ha_rest_ports=tuple(int(port) for port in outputs.get("haRestPorts") or []),
+        etcd_ports=tuple(int(port) for port in outputs.get("etcdPorts") or []),
     )

@@ -1,7 +1,8 @@
 """The live platform against the review's success metrics: one check per metric, a table, non-zero on failure.
 
 Each check reads the live servers (the primary's catalogs and the stack's `monitoring` views, the
-replicas, PgBouncer's admin console, Redis) with the connection details of the stack's outputs.
+replicas, Patroni's REST API and etcd when thorbis:ha is on, PgBouncer's admin console, Redis) with the
+connection details of the stack's outputs.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any, Literal
 import psycopg
 import redis
 
+from components.kind import ProviderError
+from components.platform.local.ha import etcd, patroni
 from components.platform.local.pgbouncer import AUTH_ROLE
 from ops.stack import Target
 
@@ -194,11 +197,64 @@ def partitions_ahead(target: Target) -> Finding:
     return verdict(not missing, detail + (f"; short: {listing(missing)}" if missing else ""))
 
 
+def ha_members(target: Target) -> Finding:
+    """Patroni's view: one leader, every member running or streaming, each replica's lag."""
+    if not target.ha_rest_ports:
+        return "SKIP", "thorbis:ha is off"
+    cluster = patroni.cluster_status(list(target.ha_rest_ports))
+    if cluster is None:
+        return "FAIL", f"no Patroni REST API answers (ports {listing([str(p) for p in target.ha_rest_ports])})"
+    members = cluster.get("members", [])
+    leaders = [m["name"] for m in members if m.get("role") == "leader"]
+    parts = [
+        f"{m['name']}: {m.get('role')}, {m.get('state')}, timeline {m.get('timeline')}"
+        + (f", lag {m.get('lag')} B" if m.get("role") != "leader" else "")
+        for m in members
+    ]
+    down = [m["name"] for m in members if m.get("state") not in ("running", "streaming")]
+    missing = len(target.ha_rest_ports) - len(members)
+    if missing > 0:
+        parts.append(f"{missing} of {len(target.ha_rest_ports)} nodes not in the cluster")
+    detail = f"leader {', '.join(leaders) or 'NONE'}; " + "; ".join(parts)
+    return verdict(len(leaders) == 1 and not down and missing <= 0, detail)
+
+
+def ha_synchronous_standby(target: Target) -> Finding:
+    if not target.ha_rest_ports:
+        return "SKIP", "thorbis:ha is off"
+    cluster = patroni.cluster_status(list(target.ha_rest_ports)) or {}
+    config = next((c for p in target.ha_rest_ports if (c := patroni.dynamic_configuration(p)) is not None), None)
+    if config is None:
+        return "FAIL", "no Patroni REST API answers"
+    if not config.get("synchronous_mode"):
+        return "PASS", "asynchronous mode (thorbis:ha.synchronous false): a failover may lose the last commits"
+    standbys = [m["name"] for m in cluster.get("members", []) if m.get("role") == "sync_standby"]
+    detail = (
+        f"synchronous standby: {', '.join(standbys)}" if standbys else "no synchronous standby: commits unprotected"
+    )
+    return verdict(bool(standbys), detail)
+
+
+def etcd_health(target: Target) -> Finding:
+    if not target.etcd_ports:
+        return "SKIP", "thorbis:ha is off"
+    healthy = [port for port in target.etcd_ports if etcd.healthy(port)]
+    detail = f"{len(healthy)}/{len(target.etcd_ports)} etcd members healthy"
+    if len(healthy) < len(target.etcd_ports):
+        down = [str(port) for port in target.etcd_ports if port not in healthy]
+        quorum = len(healthy) > len(target.etcd_ports) // 2
+        detail += f" (down: client ports {listing(down)}); quorum {'kept' if quorum else 'LOST: no failover possible'}"
+    return verdict(len(healthy) == len(target.etcd_ports), detail)
+
+
 CHECKS: tuple[tuple[str, Callable[[Target], Finding]], ...] = (
     ("RLS on every table", row_level_security),
     ("FK index coverage", foreign_key_indexes),
     ("no INVALID index", invalid_indexes),
     ("replicas streaming", replicas_streaming),
+    ("HA leader and members", ha_members),
+    ("HA synchronous standby", ha_synchronous_standby),
+    ("etcd health", etcd_health),
     ("PgBouncer pools", pgbouncer_pools),
     ("Redis with auth", redis_with_auth),
     ("pg_cron jobs succeeding", cron_jobs),
@@ -210,7 +266,7 @@ def run_check(name: str, check: Callable[[Target], Finding], target: Target) -> 
     """A check that cannot even ask (a server down, a view missing) has failed, with the reason."""
     try:
         return CheckResult(name, *check(target))
-    except (psycopg.Error, redis.RedisError, OSError) as error:
+    except (psycopg.Error, redis.RedisError, OSError, ProviderError) as error:
         reason = " ".join(str(error).split())[:160] or type(error).__name__
         return CheckResult(name, "FAIL", reason)
 

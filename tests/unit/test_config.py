@@ -19,6 +19,7 @@ from config import (
     BackupSpec,
     ConfigError,
     DockerSpec,
+    HaSpec,
     JobsSpec,
     PartitioningSpec,
     PgBouncerSpec,
@@ -254,6 +255,31 @@ def test_replica_ports_follow_the_postgres_port_by_default() -> None:
     assert settings.replica_ports == [55433, 55434]
 
 
+def test_ha_nodes_and_etcd_members_have_ports_of_their_own() -> None:
+    settings = (
+        Stack()
+        .with_values(postgres={"port": 40000}, replicas={"count": 2}, ha={"mode": "patroni"}, backup={"enabled": False})
+        .parse()
+    )
+    assert [(n.name, n.port, n.rest_port) for n in settings.ha_nodes] == [
+        ("node-0", 40010, 40011),
+        ("node-1", 40012, 40013),
+        ("node-2", 40014, 40015),
+    ]
+    assert [(p.client_port, p.peer_port) for p in settings.etcd_peers] == [
+        (40040, 40041),
+        (40042, 40043),
+        (40044, 40045),
+    ]
+    assert settings.ha_read_port == 40001
+    assert set(settings.all_ports.values()) == {40000, 40001, *range(40010, 40016), *range(40040, 40046), 6432, 6379}
+
+
+def test_ha_is_off_by_default() -> None:
+    settings = Stack().parse()
+    assert settings.ha.mode == "off" and settings.ha_nodes == [] and settings.etcd_peers == []
+
+
 def test_numbers_are_taken_where_pulumi_stores_text() -> None:
     settings = Stack().with_values(postgres={"port": "5440", "sharedBuffers": 16384}).parse()
     assert settings.postgres.port == 5440
@@ -294,6 +320,7 @@ def test_python_code_may_use_snake_case_names() -> None:
         PartitioningSpec,
         JobsSpec,
         BackupSpec,
+        HaSpec,
     ],
 )
 def test_every_key_is_documented_with_its_default_and_allowed_values(model: type[BaseModel]) -> None:
@@ -641,6 +668,32 @@ BAD = [
         "thorbis:backup.restoreOnProvision",
         ('"always"', "true or false"),
     ),
+    Bad("ha-mode", {"ha": {"mode": "on"}}, "thorbis:ha.mode", ('"on"', 'one of "off", "patroni"')),
+    Bad("ha-even-etcd", {"ha": {"mode": "patroni", "etcdMembers": 2}}, "thorbis:ha.etcdMembers", ("odd number",)),
+    Bad(
+        "ha-on-docker",
+        {"platform": "docker", "replicas": {"count": 1}, "ha": {"mode": "patroni"}, "backup": {"enabled": False}},
+        "thorbis:ha.mode",
+        ("platform local only", "platform docker"),
+    ),
+    Bad(
+        "ha-without-a-standby",
+        {"ha": {"mode": "patroni"}, "backup": {"enabled": False}},
+        "thorbis:replicas.count",
+        ("needs a node to fail over to",),
+    ),
+    Bad(
+        "ha-timings",
+        {"replicas": {"count": 1}, "ha": {"mode": "patroni", "loopWait": 10}, "backup": {"enabled": False}},
+        "thorbis:ha.ttl",
+        ("loopWait + 2 x retryTimeout = 26 is more than ttl = 20",),
+    ),
+    Bad(
+        "ha-with-archiving",
+        {"replicas": {"count": 1}, "ha": {"mode": "patroni"}},
+        "thorbis:backup.enabled",
+        ("not built yet",),
+    ),
     Bad(
         "backup-unknown-key",
         {"backup": {"retentionFull": 3}},
@@ -882,6 +935,7 @@ def test_example_stack_files_validate(stack: str) -> None:
     assert not set(settings.all_ports.values()) & DEV_PORTS
     if stack == "staging":
         assert len(settings.replica_ports) == 1
+        assert settings.ha.mode == "patroni" and settings.ha.synchronous
     else:
         assert settings.is_prod
         assert len(settings.replica_ports) == 2

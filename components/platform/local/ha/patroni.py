@@ -206,6 +206,15 @@ def cluster_status(rest_ports: list[int]) -> dict[str, Any] | None:
     return None
 
 
+def dynamic_configuration(rest_port: int) -> dict[str, Any] | None:
+    """GET /config: the cluster's dynamic configuration as the node knows it."""
+    try:
+        code, body = http.call(rest_port, "/config", timeout=2)
+    except ProviderError:
+        return None
+    return body if code == 200 and isinstance(body, dict) else None
+
+
 def leader_of(cluster: dict[str, Any] | None) -> dict[str, Any] | None:
     members = (cluster or {}).get("members", [])
     return next((m for m in members if m.get("role") == "leader"), None)
