@@ -85,7 +85,7 @@ def in_parallel(actions: list[Callable[[], object]]) -> None:
 
 
 def build(base: Path) -> Cluster:
-    password, scope = secrets.token_urlsafe(18), "bench-ha"
+    password, replication, scope = secrets.token_urlsafe(18), secrets.token_urlsafe(18), "bench-ha"
     peers = [etcd.Peer(name=f"etcd-{j}", client_port=free_port(), peer_port=free_port()) for j in range(3)]
     members = [patroni.Member(name=f"node-{i}", port=free_port(), rest_port=free_port()) for i in range(2)]
     etcd_ports = [peer.client_port for peer in peers]
@@ -126,7 +126,7 @@ def build(base: Path) -> Cluster:
             etcd_ports=etcd_ports,
             database="postgres",
             superuser_password=password,
-            replication_password=secrets.token_urlsafe(18),
+            replication_password=replication,
             allow_data_loss=True,
         )
         for m in members
@@ -181,15 +181,15 @@ def failover(cluster: Cluster, fault: Callable[[Path], list[int]]) -> dict[str, 
     with running(writer):
         writer.wait_commits(100)
         kill_and_wait(fault(Path(leader.state_dir)))
-        process.wait_until(lambda: writer.resumed is not None, 120, "writes to resume")
-        writer.wait_commits(100)
+        fault_at = time.monotonic()
+        writer.wait_commits(100, timeout=120)
     new_leader = cluster.leader()
     with psycopg.connect(**{**cluster.conninfo(), "port": new_leader.port}, autocommit=True) as conn:
         have = {row[0] for row in conn.execute("SELECT id FROM ha_probe.commits")}
     PatroniNodeKind().update(leader.name, {}, leader)  # a node lost whole is started again, as `up` does
     process.wait_until(cluster.settled, 120, "the old leader to rejoin")
     return {
-        "outage_s": round(writer.outage_seconds or 0.0, 2),
+        "outage_s": round(writer.outage_after(fault_at), 2),
         "acknowledged": len(writer.acknowledged),
         "lost": len(set(writer.acknowledged) - have),
         "leader_changed": new_leader.name != leader.name,

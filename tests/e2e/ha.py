@@ -3,6 +3,7 @@ for two writable primaries, and the fault points (each kill waits until the proc
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import threading
@@ -125,13 +126,16 @@ def whole_node(node_dir: Path) -> list[int]:
 @dataclass
 class Writer:
     """The application: commits one row per transaction through PgBouncer as `authenticator`, and
-    remembers every commit the server acknowledged and when writes stopped and resumed."""
+    remembers every commit the server acknowledged, and when.
+
+    Writes that stop do not always fail: PgBouncer holds a client's query while it has no server to send
+    it to (query_wait_timeout), so an outage is measured as the gap between acknowledged commits.
+    """
 
     conninfo: dict[str, Any]
     acknowledged: list[int] = field(default_factory=list)
+    acknowledged_at: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
-    first_failure: float | None = None
-    resumed: float | None = None
     stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
@@ -144,12 +148,9 @@ class Writer:
                     conn = psycopg.connect(**self.conninfo, autocommit=True, prepare_threshold=None)
                 conn.execute(f"INSERT INTO {PROBE_SCHEMA}.commits (id) VALUES (%s)", (next_id,))
                 self.acknowledged.append(next_id)
-                if self.first_failure is not None and self.resumed is None:
-                    self.resumed = time.monotonic()
+                self.acknowledged_at.append(time.monotonic())
             except psycopg.Error as error:
                 self.errors.append(str(error).splitlines()[0] if str(error) else type(error).__name__)
-                if self.first_failure is None:
-                    self.first_failure = time.monotonic()
                 if conn is not None:
                     conn.close()
                 conn = None
@@ -161,11 +162,19 @@ class Writer:
         target = len(self.acknowledged) + count
         process.wait_until(lambda: len(self.acknowledged) >= target, timeout, f"{count} more acknowledged commits")
 
-    @property
-    def outage_seconds(self) -> float | None:
-        if self.first_failure is None or self.resumed is None:
-            return None
-        return self.resumed - self.first_failure
+    def committed_after(self, moment: float) -> bool:
+        return bool(self.acknowledged_at) and self.acknowledged_at[-1] > moment
+
+    def stalled_for(self, seconds: float) -> bool:
+        """No commit acknowledged in the last `seconds`."""
+        return not self.acknowledged_at or time.monotonic() - self.acknowledged_at[-1] > seconds
+
+    def outage_after(self, moment: float) -> float:
+        """The longest time without an acknowledged commit, from the last one before `moment` on."""
+        times = self.acknowledged_at
+        first = next((i for i, at in enumerate(times) if at > moment), len(times))
+        window = times[max(first - 1, 0) :]
+        return max((later - earlier for earlier, later in itertools.pairwise(window)), default=0.0)
 
 
 @dataclass

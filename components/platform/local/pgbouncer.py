@@ -73,6 +73,9 @@ def ini_text(spec: PgBouncerSpec) -> str:
         "admin_users": AUTH_ROLE,
         "stats_users": AUTH_ROLE,
         "ignore_startup_parameters": "extra_float_digits",
+        # a failed server login is retried after this many seconds (default 15): after a failover, or a
+        # restart of the primary, clients wait for the server, not for this timer
+        "server_login_retry": "1",
         "pidfile": str(pidfile),
         "logfile": str(base / "pgbouncer.log"),
         **{name: str(values[key]) for key, name in POOL_SETTINGS.items()},

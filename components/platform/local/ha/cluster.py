@@ -63,15 +63,16 @@ def dynamic_configuration(spec: PatroniClusterSpec) -> dict[str, Any]:
     }
 
 
-def as_inputs(document: dict[str, Any]) -> dict[str, Any]:
-    """A dynamic configuration read back, in the spec's shape (what `refresh` compares)."""
-    postgresql = document.get("postgresql") or {}
+def as_inputs(document: dict[str, Any], spec: PatroniClusterSpec) -> dict[str, Any]:
+    """A dynamic configuration read back, in the spec's shape (what `refresh` compares): the settings we
+    manage only, as the non-HA server reports them (Patroni adds its defaults of others when it bootstraps)."""
+    parameters = (document.get("postgresql") or {}).get("parameters") or {}
     return {
         "synchronous": bool(document.get("synchronous_mode", False)),
         "ttl": document.get("ttl"),
         "loopWait": document.get("loop_wait"),
         "retryTimeout": document.get("retry_timeout"),
-        "settings": {str(k): str(v) for k, v in (postgresql.get("parameters") or {}).items()},
+        "settings": {name: str(parameters[name]) for name in spec.settings if name in parameters},
     }
 
 
@@ -158,19 +159,19 @@ class PatroniClusterKind(Kind[PatroniClusterSpec]):
     secret_properties = SECRETS
 
     def create(self, spec: PatroniClusterSpec) -> tuple[str, dict[str, Any]]:
-        return spec.scope, self.apply(spec)
-
-    def apply(self, spec: PatroniClusterSpec) -> dict[str, Any]:
-        if stored_configuration(spec) != dynamic_configuration(spec):
+        stored = stored_configuration(spec)  # an existing cluster of the same name is adopted
+        wanted = dynamic_configuration(spec)
+        if stored is None or as_inputs(stored, spec) != as_inputs(wanted, spec):
             write_configuration(spec)
-        return {"restarted": rolling_restart(spec)}
+        return spec.scope, {"restarted": rolling_restart(spec)}
 
     def observe(self, resource_id: str, spec: PatroniClusterSpec) -> dict[str, Any] | None:
         stored = stored_configuration(spec)
-        return None if stored is None else as_inputs(stored)
+        return None if stored is None else as_inputs(stored, spec)
 
     def update(self, resource_id: str, old: dict[str, Any], spec: PatroniClusterSpec) -> dict[str, Any]:
-        return self.apply(spec)
+        write_configuration(spec)  # the whole document: a setting no longer declared goes too
+        return {"restarted": rolling_restart(spec)}
 
     def delete(self, resource_id: str, spec: PatroniClusterSpec) -> None:
         try:
