@@ -23,6 +23,8 @@ from tests.e2e.conftest import LiveStack, consecutive_free_ports
 from tests.support import free_port
 
 NODES = 2
+#: Ports are kept for one node more than the stack starts with, which a test adds and removes.
+SPARE_NODES = 1
 ETCD_MEMBERS = 3
 PROBE_SCHEMA = "ha_probe"
 #: How long a writer may wait for the cluster to take writes again before the test fails.
@@ -44,7 +46,9 @@ class HaPorts:
 
 
 def configure_ha(stack: auto.Stack, synchronous: bool = True) -> HaPorts:
-    ports = HaPorts(consecutive_free_ports(2 * NODES + 2)[0], consecutive_free_ports(2 * ETCD_MEMBERS)[0], free_port())
+    ports = HaPorts(
+        consecutive_free_ports(2 * (NODES + SPARE_NODES))[0], consecutive_free_ports(2 * ETCD_MEMBERS)[0], free_port()
+    )
     values = {
         "thorbis:ha.mode": "patroni",
         "thorbis:ha.synchronous": "true" if synchronous else "false",
@@ -62,17 +66,18 @@ def configure_ha(stack: auto.Stack, synchronous: bool = True) -> HaPorts:
 class HaStack:
     live: LiveStack
     ports: HaPorts
+    nodes: int = NODES
 
     def node_dir(self, name: str) -> Path:
         return self.live.state_dir / f"ha-{name}"
 
     @property
     def rest_ports(self) -> list[int]:
-        return [self.ports.node(i)[1] for i in range(NODES)]
+        return [self.ports.node(i)[1] for i in range(self.nodes)]
 
     @property
     def node_ports(self) -> dict[str, int]:
-        return {f"node-{i}": self.ports.node(i)[0] for i in range(NODES)}
+        return {f"node-{i}": self.ports.node(i)[0] for i in range(self.nodes)}
 
     def cluster(self) -> dict[str, Any]:
         found = patroni.cluster_status(self.rest_ports)
@@ -90,7 +95,7 @@ class HaStack:
         def settled() -> bool:
             members = (patroni.cluster_status(self.rest_ports) or {}).get("members", [])
             running = [m for m in members if m.get("state") in ("running", "streaming")]
-            return len(running) == NODES and sum(m.get("role") == "leader" for m in members) == 1
+            return len(running) == self.nodes and sum(m.get("role") == "leader" for m in members) == 1
 
         process.wait_until(settled, timeout, "every HA node to run, one of them leading")
 

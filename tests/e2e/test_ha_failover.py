@@ -15,10 +15,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
+import pulumi.automation as auto
 import pytest
 
 from components.platform.local import process
 from components.platform.local.ha import etcd
+from ops.stack import read_target
+from ops.verify import verify
 from tests.e2e.conftest import LiveStack, throwaway_stack
 from tests.e2e.ha import (
     NODES,
@@ -171,6 +174,59 @@ def test_losing_two_etcd_members_stops_writes_without_a_failover_and_they_resume
     )
     ha.wait_for_members()
     no_changes(ha.live)
+
+
+def test_a_setting_that_takes_a_restart_is_rolled_through_the_nodes_the_leader_last(ha: HaStack) -> None:
+    reset_probe(ha)
+    leader = ha.leader()
+    writer = Writer(application(ha))
+    with running(writer):
+        writer.wait_commits(COMMITS_BEFORE_FAULT)
+        ha.live.stack.set_config("thorbis:postgres.sharedBuffers", auto.ConfigValue("160MB"), path=True)
+        result = ha.live.stack.up()
+        writer.wait_commits(COMMITS_AFTER_RESUME)
+    updated = {op: n for op, n in (result.summary.resource_changes or {}).items() if op != "same"}
+    assert updated == {"update": 1}, f"only Patroni's dynamic configuration changes: {updated}"
+    resources = (ha.live.stack.export_stack().deployment or {}).get("resources", [])
+    cluster = next(r for r in resources if r["type"] == "thorbisdb:local:PatroniCluster")
+    assert cluster["outputs"]["restarted"][-1] == leader, f"the leader restarts last: {cluster['outputs']['restarted']}"
+    assert len(cluster["outputs"]["restarted"]) == NODES
+    assert ha.leader() == leader, "a rolling restart keeps the leader"
+    for name, port in ha.node_ports.items():
+        with psycopg.connect(**ha.admin(port), autocommit=True) as conn:
+            assert conn.execute("SHOW shared_buffers").fetchone() == ("160MB",), name
+    print(
+        f"\nrolling restart ({' then '.join(cluster['outputs']['restarted'])}): writes stopped for "
+        f"{writer.outage_after(0):.2f} s at most"
+    )
+    ha.live.stack.preview(expect_no_changes=True)
+
+
+def test_a_node_is_added_and_removed_by_a_plain_up(ha: HaStack) -> None:
+    leader = ha.leader()
+    ha.live.stack.set_config("thorbis:replicas.count", auto.ConfigValue(str(NODES)), path=True)
+    added = ha.live.stack.up()
+    assert (added.summary.resource_changes or {}).get(auto.OpType.CREATE) == 1
+    ha.nodes = NODES + 1
+    ha.wait_for_members()
+    roles = {m["name"]: m["role"] for m in ha.cluster()["members"]}
+    assert roles[leader] == "leader" and roles[f"node-{NODES}"] in ("replica", "sync_standby"), roles
+    ha.live.stack.set_config("thorbis:replicas.count", auto.ConfigValue(str(NODES - 1)), path=True)
+    removed = ha.live.stack.up()
+    assert (removed.summary.resource_changes or {}).get(auto.OpType.DELETE) == 1
+    ha.nodes = NODES
+    ha.wait_for_members()
+    assert f"node-{NODES}" not in {m["name"] for m in ha.cluster()["members"]}
+    assert not ha.node_dir(f"node-{NODES}").exists()
+    no_changes(ha.live)
+
+
+def test_verify_reports_the_cluster(ha: HaStack) -> None:
+    results = {r.check: r for r in verify(read_target(ha.live.stack))}
+    for check in ("HA leader and members", "HA synchronous standby", "etcd health", "replicas streaming"):
+        assert results[check].result == "PASS", results[check]
+    assert f"leader {ha.leader()}" in results["HA leader and members"].detail
+    assert "3/3 etcd members healthy" in results["etcd health"].detail
 
 
 def test_tenant_isolation_holds_through_pgbouncer_on_the_leader_after_the_faults(ha: HaStack) -> None:
