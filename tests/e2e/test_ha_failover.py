@@ -216,7 +216,7 @@ def test_a_node_is_added_and_removed_by_a_plain_up(ha: HaStack) -> None:
     assert (removed.summary.resource_changes or {}).get(auto.OpType.DELETE) == 1
     ha.nodes = NODES
     ha.wait_for_members()
-    assert f"node-{NODES}" not in {m["name"] for m in ha.cluster()["members"]}
+    assert f"node-{NODES}" not in {m["name"] for m in ha.cluster()["members"]}, "its member key is deleted"
     assert not ha.node_dir(f"node-{NODES}").exists()
     no_changes(ha.live)
 

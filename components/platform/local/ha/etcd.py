@@ -160,6 +160,10 @@ def put(client_port: int, key: str, value: str) -> None:
     kv(client_port, "put", {"key": encoded(key), "value": encoded(value)})
 
 
+def delete(client_port: int, key: str) -> None:
+    kv(client_port, "deleterange", {"key": encoded(key)})
+
+
 def delete_prefix(client_port: int, prefix: str) -> None:
     end = prefix[:-1] + chr(ord(prefix[-1]) + 1)  # the range of every key that starts with the prefix
     kv(client_port, "deleterange", {"key": encoded(prefix), "range_end": encoded(end)})

@@ -8,6 +8,9 @@ through a replication slot Patroni keeps on the leader; an old leader rejoins th
 
 from __future__ import annotations
 
+import contextlib
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,7 @@ from pydantic import Field
 
 from components.kind import Kind, ProviderError, Spec
 from components.platform.local import process
-from components.platform.local.ha import http, patroni
+from components.platform.local.ha import etcd, http, patroni
 from components.platform.local.postgres import ensure_roles_and_database
 from components.resource import declared_outputs, provider_inputs
 
@@ -39,7 +42,7 @@ class PatroniNodeSpec(Spec):
     database: str = Field(description="The application database, made by the node that bootstraps.")
     superuser_password: str = Field(min_length=1, description="Password of `postgres` (secret).")
     replication_password: str = Field(min_length=1, description="Password of `replicator` (secret).")
-    allow_data_loss: bool = Field(default=False, description="Whether delete may remove the only copy.")
+    allow_data_loss: bool = Field(default=False, description="Whether delete may remove the data directory.")
 
 
 def node_config(spec: PatroniNodeSpec) -> patroni.NodeConfig:
@@ -78,15 +81,29 @@ def others_running(spec: PatroniNodeSpec) -> list[dict[str, Any]]:
 
 
 def hand_over_leadership(spec: PatroniNodeSpec) -> None:
-    """A leader that is being removed first hands its lock to a running replica (a planned switchover)."""
+    """A leader that is being removed first hands its lock to a running replica (a planned switchover).
+    Best effort: when no replica can take it (the whole cluster is going), stopping the leader is enough."""
     if status(spec)["role"] != "leader" or not others_running(spec):
         return
     auth = (patroni.REST_USER, spec.superuser_password)
-    code, body = http.call(
-        spec.rest_port, "/switchover", "POST", {"leader": spec.name}, timeout=SWITCHOVER_TIMEOUT_SECONDS, auth=auth
-    )
-    if code != 200:
-        raise ProviderError(f"Patroni could not hand {spec.name}'s leadership over before removing it: {body}")
+    with contextlib.suppress(ProviderError):
+        http.call(spec.rest_port, "/switchover", "POST", {"leader": spec.name}, SWITCHOVER_TIMEOUT_SECONDS, auth)
+
+
+def forget_member(spec: PatroniNodeSpec) -> None:
+    """Remove the node's member key from etcd now, rather than when its ttl runs out: the leader then
+    drops its replication slot, and the cluster no longer lists it."""
+    for port in spec.etcd_ports:
+        with contextlib.suppress(ProviderError):
+            etcd.delete(port, f"{patroni.NAMESPACE}{spec.scope}/members/{spec.name}")
+            return
+
+
+def set_aside(base: Path) -> Path:
+    """Keep a removed node's data beside the stack's directories (data loss is not allowed)."""
+    aside = base.with_name(f"removed-{base.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    base.rename(aside)
+    return aside
 
 
 class PatroniNodeKind(Kind[PatroniNodeSpec]):
@@ -126,16 +143,17 @@ class PatroniNodeKind(Kind[PatroniNodeSpec]):
         return status(spec)
 
     def delete(self, resource_id: str, spec: PatroniNodeSpec) -> None:
+        """The node leaves the cluster (a leader hands over first); its directory is deleted when the stack
+        allows data loss, and set aside otherwise (it may be the last copy: destroy deletes every node)."""
         base = Path(spec.state_dir)
-        if not spec.allow_data_loss and not others_running(spec):
-            raise ProviderError(
-                f"refusing to delete Patroni node {spec.name}: no other node of {spec.scope} runs, so its data "
-                "directory holds the only copy and this stack does not allow data loss "
-                "(thorbis:allowDataLoss). Back it up first"
-            )
         hand_over_leadership(spec)
         patroni.stop(base)
-        process.remove_tree(base)
+        forget_member(spec)
+        if spec.allow_data_loss:
+            process.remove_tree(base)
+        elif base.exists():
+            aside = set_aside(base)
+            print(f"thorbisdb: {spec.name}'s data directory was kept in {aside}", file=sys.stderr)
 
 
 @dataclass
