@@ -19,6 +19,7 @@ import pulumi
 from pydantic import Field
 
 from components.kind import Kind, ProviderError, Spec
+from components.platform.local import postgres_files as pg
 from components.platform.local import process
 from components.platform.local.ha import etcd, http, patroni
 from components.platform.local.postgres import ensure_roles_and_database
@@ -119,11 +120,14 @@ class PatroniNodeKind(Kind[PatroniNodeSpec]):
         self.ensure_database(spec)
         return spec.name, status(spec)
 
-    def ensure_database(self, spec: PatroniNodeSpec) -> None:
+    def ensure_database(self, spec: PatroniNodeSpec, current_password: str | None = None) -> None:
         """Passwords and the application database, made on whichever node leads (they then stream)."""
-        if status(spec)["role"] == "leader":
-            password = spec.superuser_password
-            ensure_roles_and_database(spec.port, password, password, spec.replication_password, spec.database)
+        if status(spec)["role"] != "leader":
+            return
+        current = current_password or spec.superuser_password
+        if not pg.answering(spec.port, current):
+            current = spec.superuser_password  # already changed (by another node's update)
+        ensure_roles_and_database(spec.port, current, spec.superuser_password, spec.replication_password, spec.database)
 
     def observe(self, resource_id: str, spec: PatroniNodeSpec) -> dict[str, Any] | None:
         if not patroni.NodeFiles(Path(spec.state_dir)).server.initialised():
@@ -139,7 +143,7 @@ class PatroniNodeKind(Kind[PatroniNodeSpec]):
             patroni.reload(base)
         patroni.start(base)
         wait_running(spec)
-        self.ensure_database(spec)
+        self.ensure_database(spec, old.get("superuserPassword"))
         return status(spec)
 
     def delete(self, resource_id: str, spec: PatroniNodeSpec) -> None:
