@@ -84,7 +84,7 @@ def declare_ha_cluster(
         for node in settings.ha_nodes
     ]
     return HaRouter(
-        f"{name}-router",
+        f"{name}-haproxy",
         HaRouterArgs(
             state_dir=str(base / "haproxy"),
             write_port=settings.postgres.port,
