@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import secrets
 import statistics
 import threading
@@ -208,7 +209,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="failovers per kind of fault")
     parser.add_argument("--commits", type=int, default=2000, help="commits per latency measurement")
     args = parser.parse_args()
-    results: dict[str, Any] = {"when": time.strftime("%Y-%m-%d %H:%M"), "ttl_s": 20, "loop_wait_s": 2}
+    results: dict[str, Any] = {
+        "when": time.strftime("%Y-%m-%d %H:%M"),
+        "ttl_s": 20,
+        "loop_wait_s": 2,
+        "load_average_before": [round(x, 1) for x in os.getloadavg()],  # figures of a busy machine are noisy
+    }
     with reachable_state_dir("thorbis-bench-ha-") as base:
         cluster = build(base)
         results["latency_synchronous"] = commit_latencies(cluster, args.commits)
@@ -219,6 +225,7 @@ def main() -> None:
         results["latency_asynchronous"] = commit_latencies(cluster, args.commits)
         for node in cluster.nodes:
             patroni.stop(Path(node.state_dir))
+    results["load_average_after"] = [round(x, 1) for x in os.getloadavg()]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "ha.json").write_text(json.dumps(results, indent=2) + "\n")
     print(report(results))
