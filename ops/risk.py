@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from components.database.manifest import ManifestKind
-from components.database.table import TableKind
+from components.database.kinds.manifest import ManifestKind
+from components.database.kinds.table import TableKind
 from ops.events import Change
 from ops.sql_preview import parse
 

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from psycopg import sql
 
-from components.database import index, policy, table
+from components.database.kinds import index, policy, table
 from components.kind import Spec
 from ops.events import Change
 

@@ -15,27 +15,28 @@ import pulumi
 from pydantic.alias_generators import to_camel
 
 from components.connection import ConnectionSpec
-from components.database.access import load_access
 from components.database.base import database_provider
-from components.database.cron_job import CronJob, CronJobArgs
-from components.database.default_privileges import DefaultPrivileges, DefaultPrivilegesArgs
-from components.database.extension import Extension, ExtensionArgs
-from components.database.function import Function, FunctionArgs
-from components.database.grant import Grant, GrantArgs, GrantSpec
-from components.database.index import Index, IndexArgs
-from components.database.manifest import Manifest, ManifestArgs
-from components.database.materialized_view import MaterializedView, MaterializedViewArgs
-from components.database.model import TABLE_SCHEMA, TableData, bounded, load_schema
-from components.database.operations import load_jobs, load_maintenance, load_monitoring
-from components.database.partitioning import PartitionGuard, PartitionGuardArgs, PartitionSet, PartitionSetArgs
-from components.database.policy import Policy, PolicyArgs
-from components.database.reporting import load_reporting
-from components.database.role import Role, RoleArgs
-from components.database.schema import Schema, SchemaArgs
-from components.database.table import Table, TableArgs
-from components.database.tenancy import TENANT_ROLES, tenant_policies
-from components.database.trigger import Trigger, TriggerArgs
-from components.database.view import View, ViewArgs
+from components.database.declared.access import load_access
+from components.database.declared.model import TABLE_SCHEMA, TableData, bounded, load_schema
+from components.database.declared.operations import load_jobs, load_maintenance, load_monitoring
+from components.database.declared.reporting import load_reporting
+from components.database.declared.tenancy import TENANT_ROLES, tenant_policies
+from components.database.kinds.cron_job import CronJob, CronJobArgs
+from components.database.kinds.default_privileges import DefaultPrivileges, DefaultPrivilegesArgs
+from components.database.kinds.extension import Extension, ExtensionArgs
+from components.database.kinds.function import Function, FunctionArgs
+from components.database.kinds.grant import Grant, GrantArgs, GrantSpec
+from components.database.kinds.index import Index, IndexArgs
+from components.database.kinds.manifest import Manifest, ManifestArgs
+from components.database.kinds.materialized_view import MaterializedView, MaterializedViewArgs
+from components.database.kinds.partition_guard import PartitionGuard, PartitionGuardArgs
+from components.database.kinds.partition_set import PartitionSet, PartitionSetArgs
+from components.database.kinds.policy import Policy, PolicyArgs
+from components.database.kinds.role import Role, RoleArgs
+from components.database.kinds.schema import Schema, SchemaArgs
+from components.database.kinds.table import Table, TableArgs
+from components.database.kinds.trigger import Trigger, TriggerArgs
+from components.database.kinds.view import View, ViewArgs
 from components.kind import Spec
 from config import StackSettings
 

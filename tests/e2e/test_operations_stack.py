@@ -12,9 +12,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from components.database.model import load_schema
-from components.database.operations import load_jobs, load_monitoring
-from components.database.reporting import load_reporting
+from components.database.declared.model import load_schema
+from components.database.declared.operations import load_jobs, load_monitoring
+from components.database.declared.reporting import load_reporting
 from tests.e2e.conftest import LiveStack
 
 pytestmark = pytest.mark.e2e

@@ -19,10 +19,10 @@ from pydantic import ValidationError
 
 from components.connection import ConnectionSpec, Endpoint
 from components.database.base import DatabaseKind
-from components.database.default_privileges import DefaultPrivilegesKind, DefaultPrivilegesSpec
-from components.database.extension import ExtensionKind, ExtensionSpec
-from components.database.grant import GrantKind, GrantSpec
-from components.database.role import PASSWORD_CHANGED, RoleKind, RoleSpec
+from components.database.kinds.default_privileges import DefaultPrivilegesKind, DefaultPrivilegesSpec
+from components.database.kinds.extension import ExtensionKind, ExtensionSpec
+from components.database.kinds.grant import GrantKind, GrantSpec
+from components.database.kinds.role import PASSWORD_CHANGED, RoleKind, RoleSpec
 from components.kind import ProviderError, Spec
 from components.platform.local.postgres import PostgresServerKind, PostgresServerSpec
 from tests.support import free_port, reachable_state_dir

@@ -14,10 +14,10 @@ import psycopg
 import pytest
 from pydantic import ValidationError
 
-from components.database.function import FunctionKind, FunctionSpec
-from components.database.policy import PolicyKind, PolicySpec
-from components.database.trigger import TriggerKind, TriggerSpec
-from components.database.view import ViewKind, ViewSpec
+from components.database.kinds.function import FunctionKind, FunctionSpec
+from components.database.kinds.policy import PolicyKind, PolicySpec
+from components.database.kinds.trigger import TriggerKind, TriggerSpec
+from components.database.kinds.view import ViewKind, ViewSpec
 from components.kind import ProviderError
 from tests.integration.databases import Database, changes, database_server, declared
 

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from components.kind import ProviderError
-from components.platform.external import (
+from components.platform.external.postgres import (
     MINIMUM_VERSION_NUM,
     REQUIRED_EXTENSIONS,
     ExternalPostgresKind,

@@ -18,14 +18,10 @@ import pytest
 from psycopg import sql
 
 from components.database.conversion import convert_to_partitioned, drop_unpartitioned
-from components.database.model import load_schema
-from components.database.partitioning import (
-    PartitionGuardKind,
-    PartitionGuardSpec,
-    PartitionSetKind,
-    PartitionSetSpec,
-)
-from components.database.table import ColumnSpec, PartitionSpec, TableKind, TableSpec, create_statement
+from components.database.declared.model import load_schema
+from components.database.kinds.partition_guard import PartitionGuardKind, PartitionGuardSpec
+from components.database.kinds.partition_set import PartitionSetKind, PartitionSetSpec
+from components.database.kinds.table import ColumnSpec, PartitionSpec, TableKind, TableSpec, create_statement
 from components.kind import ProviderError
 from tests.integration.databases import Database, changes, database_server
 

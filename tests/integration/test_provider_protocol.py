@@ -21,7 +21,7 @@ from pulumi.provider.experimental.provider import (
 )
 
 from components.kind import Kind, ProviderError
-from components.platform.external import ExternalPostgresKind
+from components.platform.external.postgres import ExternalPostgresKind
 from components.platform.local import postgres, redis
 from components.platform.local.pgbouncer import PgBouncerKind
 from components.platform.local.postgres import PostgresServerKind

@@ -27,15 +27,15 @@ import yaml
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from components.database.access import load_access
-from components.database.function import FunctionKind
-from components.database.grant import GrantKind, GrantSpec
-from components.database.materialized_view import MaterializedViewKind, MaterializedViewSpec
-from components.database.model import load_schema
-from components.database.reporting import REPORTING_FILE, ReportingModel, load_reporting
-from components.database.schema import SchemaKind, SchemaSpec
-from components.database.table import TableKind
-from components.database.view import ViewKind
+from components.database.declared.access import load_access
+from components.database.declared.model import load_schema
+from components.database.declared.reporting import REPORTING_FILE, ReportingModel, load_reporting
+from components.database.kinds.function import FunctionKind
+from components.database.kinds.grant import GrantKind, GrantSpec
+from components.database.kinds.materialized_view import MaterializedViewKind, MaterializedViewSpec
+from components.database.kinds.schema import SchemaKind, SchemaSpec
+from components.database.kinds.table import TableKind
+from components.database.kinds.view import ViewKind
 from components.kind import ProviderError
 from tests.integration.databases import Database, changes, database_server, declared
 

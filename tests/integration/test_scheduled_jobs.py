@@ -15,18 +15,18 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from components.database.cron_job import CronJobKind, CronJobSpec
-from components.database.function import FunctionKind
-from components.database.model import TABLE_SCHEMA, load_schema
-from components.database.operations import (
+from components.database.declared.model import TABLE_SCHEMA, load_schema
+from components.database.declared.operations import (
     JobData,
     cron_job_spec,
     load_jobs,
     load_maintenance,
     load_monitoring,
 )
-from components.database.table import TableKind
-from components.database.view import ViewKind
+from components.database.kinds.cron_job import CronJobKind, CronJobSpec
+from components.database.kinds.function import FunctionKind
+from components.database.kinds.table import TableKind
+from components.database.kinds.view import ViewKind
 from tests.integration.conftest import (
     DATABASE,
     SUPERUSER_PASSWORD,

@@ -13,10 +13,11 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from components.database.index import IndexSpec
-from components.database.table import CheckSpec, ColumnSpec, ForeignKeySpec, PartitionSpec, TableSpec, UniqueSpec
+from components.database.declared import SQL_DIR
+from components.database.kinds.index import IndexSpec
+from components.database.kinds.table import CheckSpec, ColumnSpec, ForeignKeySpec, PartitionSpec, TableSpec, UniqueSpec
 
-SCHEMA_DIR = Path(__file__).resolve().parents[2] / "sql" / "schema"
+SCHEMA_DIR = SQL_DIR / "schema"
 TABLE_SCHEMA = "public"
 MAX_NAME = 63
 TENANT_COLUMN = "company_id"

@@ -15,14 +15,14 @@ from psycopg import sql
 from pydantic import Field, field_validator, model_validator
 
 from components.database.base import DatabaseKind
-from components.database.grant import check_privileges, grantee_sql, normalise_privileges, role_oid
+from components.database.kinds.grant import check_privileges, grantee_sql, normalise_privileges, role_oid
 from components.database.session import Statement, connect, run_ddl, scalar
 from components.kind import ProviderError, Spec
 from components.resource import provider_inputs
 
 TOKEN = "thorbisdb:db:DefaultPrivileges"
 ObjectType = Literal["tables", "sequences", "functions"]
-#: object type -> (privilege family of components.database.grant, pg_default_acl.defaclobjtype)
+#: object type -> (privilege family of components.database.kinds.grant, pg_default_acl.defaclobjtype)
 OBJECT_TYPES = {"tables": ("table", "r"), "sequences": ("sequence", "S"), "functions": ("function", "f")}
 DEFAULT_ACL_QUERY = """
 SELECT a.privilege_type FROM pg_default_acl d CROSS JOIN LATERAL aclexplode(d.defaclacl) a

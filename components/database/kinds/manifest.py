@@ -16,7 +16,7 @@ import pulumi
 from pydantic import Field
 
 from components.database.base import DatabaseKind
-from components.database.table import column_losses
+from components.database.kinds.table import column_losses
 from components.kind import Spec
 from components.resource import provider_inputs
 

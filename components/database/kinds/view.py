@@ -17,7 +17,7 @@ from psycopg import sql
 from pydantic import Field
 
 from components.database.base import DatabaseKind, copied_grants, qualified
-from components.database.function import run_drop
+from components.database.kinds.function import run_drop
 from components.database.session import Statement, connect, run_ddl
 from components.kind import ProviderError, Spec
 from components.resource import declared_outputs, provider_inputs

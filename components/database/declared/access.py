@@ -8,10 +8,11 @@ from typing import Literal
 import yaml
 from pydantic import Field
 
-from components.database.function import FunctionSpec
-from components.database.model import Data
+from components.database.declared import SQL_DIR
+from components.database.declared.model import Data
+from components.database.kinds.function import FunctionSpec
 
-ACCESS_FILE = Path(__file__).resolve().parents[2] / "sql" / "access.yaml"
+ACCESS_FILE = SQL_DIR / "access.yaml"
 
 
 class RoleData(Data):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from components.database.model import TABLE_SCHEMA, SchemaModel, TableData
+from components.database.declared.model import TABLE_SCHEMA, SchemaModel, TableData
 
 CURRENT_COMPANY = "(SELECT app.current_company_id())"
 TENANT_ROLES = ["authenticated"]

@@ -22,8 +22,8 @@ from psycopg import sql
 from pydantic import Field
 
 from components.database.base import DatabaseKind, copied_grants, qualified
-from components.database.function import run_drop
-from components.database.model import bounded
+from components.database.declared.model import bounded
+from components.database.kinds.function import run_drop
 from components.database.session import Statement, connect, run_ddl, scalar
 from components.kind import ProviderError, Spec
 from components.resource import declared_outputs, provider_inputs
