@@ -23,7 +23,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from components.database.declared.model import TABLE_SCHEMA, TENANT_COLUMN, ColumnData, SchemaModel, TableData
-from components.database.kinds.table import ForeignKeySpec
+from components.database.table_shape import ForeignKeySpec
 
 OVERRIDES = Path(__file__).with_name("row_overrides.yaml")
 IN_LIST = re.compile(r"^\s*(\w+)\s+IN\s*\(([^()]*)\)\s*$", re.IGNORECASE)

@@ -21,7 +21,8 @@ from components.database.conversion import convert_to_partitioned, drop_unpartit
 from components.database.declared.model import load_schema
 from components.database.kinds.partition_guard import PartitionGuardKind, PartitionGuardSpec
 from components.database.kinds.partition_set import PartitionSetKind, PartitionSetSpec
-from components.database.kinds.table import ColumnSpec, PartitionSpec, TableKind, TableSpec, create_statement
+from components.database.kinds.table import TableKind
+from components.database.table_shape import ColumnSpec, PartitionSpec, TableSpec, create_statement
 from components.kind import ProviderError
 from tests.integration.databases import Database, changes, database_server
 

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from components.database.kinds.table import CheckSpec, ColumnSpec, ForeignKeySpec, TableKind, TableSpec, UniqueSpec
+from components.database.kinds.table import TableKind
+from components.database.table_shape import CheckSpec, ColumnSpec, ForeignKeySpec, TableSpec, UniqueSpec
 from components.kind import ProviderError
 from tests.integration.databases import Database
 from tests.integration.test_database_logic import database as database  # its server, as this module's fixture

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from components.database.declared.model import SchemaModel, bounded, load_schema
+from components.database.base import bounded
+from components.database.declared.model import SchemaModel, load_schema
 from components.database.declared.tenancy import tenant_policies, tenant_predicate, write_predicate
 
 SMALL = """

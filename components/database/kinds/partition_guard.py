@@ -13,18 +13,16 @@ owner. A failure fails the DDL, so a partition without RLS is never committed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import psycopg
-import pulumi
 from psycopg import sql
 from pydantic import Field
 
 from components.database.base import DatabaseKind, qualified
-from components.database.session import Statement, connect, run_ddl
-from components.kind import Spec
-from components.resource import declared_outputs, provider_inputs
+from components.database.ddl import Operation, shared
+from components.database.session import Statement, connect
+from components.kind import Expect, Observed, Replace, Spec, Status
 
 TOKEN = "thorbisdb:db:PartitionGuard"
 
@@ -56,12 +54,25 @@ def secure_statements(unsecured: list[tuple[str, str, str]]) -> list[Statement]:
 class PartitionGuardSpec(Spec):
     schema_name: str = Field(default="app", description="Schema of the event trigger's function (ours, never `auth`).")
     function_name: str = Field(default="secure_new_partitions", description="Name of the event trigger function.")
-    name: str = Field(default="thorbis_secure_new_partitions", description="Name of the event trigger.")
+    name: Replace[str] = Field(default="thorbis_secure_new_partitions", description="Name of the event trigger.")
     watched_schemas: list[str] = Field(
         default_factory=lambda: ["public"], description="Partitions of tables in these schemas are secured."
     )
 
 
+class PartitionGuardStatus(Status):
+    enabled: Annotated[bool | None, Expect(True)] = Field(
+        default=None, description="The event trigger fires at ddl_command_end (false: disabled or changed by hand)."
+    )
+    current: Annotated[bool | None, Expect(True)] = Field(
+        default=None, description="Its function is the stack's (false: replaced by hand)."
+    )
+    unsecured_partitions: Annotated[int | None, Expect(0)] = Field(
+        default=None, description="Partitions in the watched schemas without forced RLS or their parent's owner."
+    )
+
+
+SECURED = PartitionGuardStatus(enabled=True, current=True, unsecured_partitions=0)
 GUARD_BODY = """
 DECLARE
   command record;
@@ -96,22 +107,24 @@ def guard_body(conn: psycopg.Connection, spec: PartitionGuardSpec) -> str:
     return GUARD_BODY.replace("{watched}", watched.as_string(conn))
 
 
-def guard_statements(conn: psycopg.Connection, spec: PartitionGuardSpec) -> list[Statement]:
+def guard_operations(conn: psycopg.Connection, spec: PartitionGuardSpec) -> list[Operation]:
     function = qualified(spec.schema_name, spec.function_name)
-    return [
-        sql.SQL(
-            "CREATE OR REPLACE FUNCTION {}() RETURNS event_trigger LANGUAGE plpgsql SET search_path = '' AS {}"
-        ).format(function, sql.Literal(guard_body(conn, spec))),
-        sql.SQL("REVOKE ALL ON FUNCTION {}() FROM PUBLIC").format(function),
-        sql.SQL("DROP EVENT TRIGGER IF EXISTS {}").format(sql.Identifier(spec.name)),
-        sql.SQL(
-            "CREATE EVENT TRIGGER {} ON ddl_command_end WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE') "
-            "EXECUTE FUNCTION {}()"
-        ).format(sql.Identifier(spec.name), function),
-    ]
+    return shared(
+        [
+            sql.SQL(
+                "CREATE OR REPLACE FUNCTION {}() RETURNS event_trigger LANGUAGE plpgsql SET search_path = '' AS {}"
+            ).format(function, sql.Literal(guard_body(conn, spec))),
+            sql.SQL("REVOKE ALL ON FUNCTION {}() FROM PUBLIC").format(function),
+            sql.SQL("DROP EVENT TRIGGER IF EXISTS {}").format(sql.Identifier(spec.name)),
+            sql.SQL(
+                "CREATE EVENT TRIGGER {} ON ddl_command_end WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE') "
+                "EXECUTE FUNCTION {}()"
+            ).format(sql.Identifier(spec.name), function),
+        ]
+    )
 
 
-def read_guard(conn: psycopg.Connection, spec: PartitionGuardSpec) -> dict[str, Any] | None:
+def read_guard(conn: psycopg.Connection, spec: PartitionGuardSpec) -> Observed[PartitionGuardStatus] | None:
     row = conn.execute(
         "SELECT e.evtenabled <> 'D', e.evtevent = 'ddl_command_end', p.prosrc, "
         "e.evtfoid = to_regprocedure(%s) FROM pg_event_trigger e JOIN pg_proc p ON p.oid = e.evtfoid "
@@ -121,74 +134,44 @@ def read_guard(conn: psycopg.Connection, spec: PartitionGuardSpec) -> dict[str, 
     if row is None:
         return None
     enabled, on_end, source, same_function = row
-    return {
-        **spec.model_dump(by_alias=True),
-        "enabled": bool(enabled and on_end),
-        "current": bool(same_function and source == guard_body(conn, spec)),
-        "unsecuredPartitions": len(unsecured_partitions(conn, spec.watched_schemas)),
-    }
+    status = PartitionGuardStatus(
+        enabled=bool(enabled and on_end),
+        current=bool(same_function and source == guard_body(conn, spec)),
+        unsecured_partitions=len(unsecured_partitions(conn, spec.watched_schemas)),
+    )
+    return Observed(spec.model_dump(by_alias=True), status)
 
 
-class PartitionGuardKind(DatabaseKind[PartitionGuardSpec]):
+class PartitionGuardKind(DatabaseKind[PartitionGuardSpec, PartitionGuardStatus]):
     token = TOKEN
     spec_type = PartitionGuardSpec
-    replace_on = frozenset({"name"})
+    status_type = PartitionGuardStatus
 
-    def observe(self, resource_id: str, spec: PartitionGuardSpec) -> dict[str, Any] | None:
+    def observe(self, resource_id: str, spec: PartitionGuardSpec) -> Observed[PartitionGuardStatus] | None:
         with connect(self.target) as conn:
             return read_guard(conn, spec)
 
-    def drifted(self, old_state: dict[str, Any], spec: PartitionGuardSpec) -> list[str]:
-        drift = [key for key in ("enabled", "current") if not old_state.get(key, True)]
-        return drift + (["unsecuredPartitions"] if old_state.get("unsecuredPartitions", 0) else [])
+    def preview_status(self, spec: PartitionGuardSpec) -> PartitionGuardStatus:
+        return SECURED
 
-    def preview_outputs(self, spec: PartitionGuardSpec) -> dict[str, Any]:
-        return {"enabled": True, "current": True, "unsecuredPartitions": 0}
-
-    def create(self, spec: PartitionGuardSpec) -> tuple[str, dict[str, Any]]:
+    def create(self, spec: PartitionGuardSpec) -> tuple[str, PartitionGuardStatus]:
         return spec.name, self.converge(spec)
 
-    def update(self, resource_id: str, old: dict[str, Any], spec: PartitionGuardSpec) -> dict[str, Any]:
+    def update(self, resource_id: str, old: dict[str, Any], spec: PartitionGuardSpec) -> PartitionGuardStatus:
         return self.converge(spec)
 
-    def converge(self, spec: PartitionGuardSpec) -> dict[str, Any]:
+    def converge(self, spec: PartitionGuardSpec) -> PartitionGuardStatus:
         with connect(self.target) as conn:
-            run_ddl(conn, guard_statements(conn, spec), self.target.lock_timeout, what=f"event trigger {spec.name}")
+            self.apply(conn, guard_operations(conn, spec), what=f"event trigger {spec.name}")
             # partitions made before the guard existed are secured once, here
             unsecured = unsecured_partitions(conn, spec.watched_schemas)
-            run_ddl(conn, secure_statements(unsecured), self.target.lock_timeout, what="secure partitions")
-            return {"enabled": True, "current": True, "unsecuredPartitions": 0}
+            self.apply(conn, shared(secure_statements(unsecured)), what="secure partitions")
+            return SECURED
 
     def delete(self, resource_id: str, spec: PartitionGuardSpec) -> None:
+        drop = [
+            sql.SQL("DROP EVENT TRIGGER IF EXISTS {}").format(sql.Identifier(spec.name)),
+            sql.SQL("DROP FUNCTION IF EXISTS {}()").format(qualified(spec.schema_name, spec.function_name)),
+        ]
         with connect(self.target) as conn:
-            run_ddl(
-                conn,
-                [
-                    sql.SQL("DROP EVENT TRIGGER IF EXISTS {}").format(sql.Identifier(spec.name)),
-                    sql.SQL("DROP FUNCTION IF EXISTS {}()").format(qualified(spec.schema_name, spec.function_name)),
-                ],
-                self.target.lock_timeout,
-                what=f"drop event trigger {spec.name}",
-            )
-
-
-@dataclass
-class PartitionGuardArgs:
-    schema_name: pulumi.Input[str] = "app"
-    function_name: pulumi.Input[str] = "secure_new_partitions"
-    name: pulumi.Input[str] = "thorbis_secure_new_partitions"
-    watched_schemas: pulumi.Input[list[str]] = field(default_factory=lambda: ["public"])
-
-
-class PartitionGuard(pulumi.CustomResource):
-    enabled: pulumi.Output[bool]
-    current: pulumi.Output[bool]
-    unsecured_partitions: pulumi.Output[int]
-
-    def __init__(self, name: str, args: PartitionGuardArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(
-            TOKEN,
-            name,
-            {**provider_inputs(args), **declared_outputs("enabled", "current", "unsecuredPartitions")},
-            opts,
-        )
+            self.apply(conn, shared(drop), what=f"drop event trigger {spec.name}")

@@ -16,18 +16,17 @@ month exists already, create_parent returns early without a default: one is made
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import psycopg
-import pulumi
 from psycopg import sql
 from pydantic import Field
 
 from components.database.base import DatabaseKind, qualified
+from components.database.ddl import Operation, shared
 from components.database.kinds.partition_guard import secure_statements, unsecured_partitions
-from components.database.session import Statement, connect, run_ddl, scalar
-from components.kind import ProviderError, Spec
-from components.resource import declared_outputs, provider_inputs
+from components.database.session import Statement, connect, scalar
+from components.kind import Expect, Observed, ProviderError, Replace, Spec, Status
 
 TOKEN = "thorbisdb:db:PartitionSet"
 #: pg_partman's word for each interval the schema data allows.
@@ -35,16 +34,28 @@ PARTMAN_INTERVALS = {"month": "monthly"}
 
 
 class PartitionSetSpec(Spec):
-    schema_name: str = Field(description="Schema of the partitioned table.")
-    table: str = Field(description="The partitioned table (PARTITION BY RANGE on `control`).")
-    control: str = Field(description="The partition key column (a timestamptz, timestamp or date).")
-    interval: Literal["month"] = Field(default="month", description="One partition per month.")
+    schema_name: Replace[str] = Field(description="Schema of the partitioned table.")
+    table: Replace[str] = Field(description="The partitioned table (PARTITION BY RANGE on `control`).")
+    control: Replace[str] = Field(description="The partition key column (a timestamptz, timestamp or date).")
+    interval: Replace[Literal["month"]] = Field(default="month", description="One partition per month.")
     premake: int = Field(default=4, ge=1, description="Future partitions kept made ahead (and past ones at set-up).")
     retention: str | None = Field(
         default=None, description="Partitions older than this interval are dropped by maintenance; None keeps all."
     )
     retention_keep_table: bool = Field(
         default=False, description="Detach expired partitions instead of dropping them (default: drop)."
+    )
+
+
+class PartitionSetStatus(Status):
+    infinite_time_partitions: Annotated[bool | None, Expect(True)] = Field(
+        default=None, description="Partitions keep coming when no row arrives (always set by the stack)."
+    )
+    ignore_default_data: Annotated[bool | None, Expect(True)] = Field(
+        default=None, description="A stray row in the default partition does not stall maintenance (always set)."
+    )
+    partition_interval: str | None = Field(
+        default=None, description="pg_partman's interval of the set, as it keeps it."
     )
 
 
@@ -73,6 +84,7 @@ def parent_name(spec: PartitionSetSpec) -> str:
 @dataclass(frozen=True)
 class LiveConfig:
     control: str
+    interval: str
     monthly: bool
     premake: int
     retention: str | None
@@ -84,7 +96,7 @@ class LiveConfig:
 
 def read_config(conn: psycopg.Connection, schema: str, spec: PartitionSetSpec) -> LiveConfig | None:
     query = sql.SQL(
-        "SELECT control, partition_interval::interval = interval '1 month', premake, retention, "
+        "SELECT control, partition_interval, partition_interval::interval = interval '1 month', premake, retention, "
         "(retention IS NULL AND {wanted}::text IS NULL) OR retention::interval = {wanted}::interval, "
         "retention_keep_table, infinite_time_partitions, ignore_default_data "
         "FROM {config} WHERE parent_table = {parent}"
@@ -97,19 +109,27 @@ def read_config(conn: psycopg.Connection, schema: str, spec: PartitionSetSpec) -
     return None if row is None else LiveConfig(*row)
 
 
-def observed_config(live: LiveConfig, spec: PartitionSetSpec) -> dict[str, Any]:
-    """The live config in the spec's shape: the declared words wherever the server means the same."""
-    return {
+def config_status(live: LiveConfig) -> PartitionSetStatus:
+    return PartitionSetStatus(
+        infinite_time_partitions=live.infinite_time_partitions,
+        ignore_default_data=live.ignore_default_data,
+        partition_interval=live.interval,
+    )
+
+
+def observed_config(live: LiveConfig, spec: PartitionSetSpec) -> Observed[PartitionSetStatus]:
+    """The live config in the spec's shape: the declared words wherever the server means the same (an
+    interval that is not a month has no word in the spec: none, and the status says which it is)."""
+    inputs = {
         "schemaName": spec.schema_name,
         "table": spec.table,
         "control": live.control,
-        "interval": spec.interval if live.monthly else "<not monthly>",
+        "interval": spec.interval if live.monthly else None,
         "premake": live.premake,
         "retention": spec.retention if live.retention_matches else live.retention,
         "retentionKeepTable": live.retention_keep_table,
-        "infiniteTimePartitions": live.infinite_time_partitions,
-        "ignoreDefaultData": live.ignore_default_data,
     }
+    return Observed(inputs, config_status(live))
 
 
 def ensure_range_partitioned(conn: psycopg.Connection, spec: PartitionSetSpec) -> None:
@@ -218,85 +238,59 @@ def check_retention(conn: psycopg.Connection, spec: PartitionSetSpec) -> None:
         ) from error
 
 
-class PartitionSetKind(DatabaseKind[PartitionSetSpec]):
+def forget_operations(conn: psycopg.Connection, schema: str, spec: PartitionSetSpec) -> list[Operation]:
+    """The set's part_config row, and pg_partman's own template table when it holds no row."""
+    config = qualified(schema, "part_config")
+    template = scalar(
+        conn, sql.SQL("SELECT template_table FROM {} WHERE parent_table = %s").format(config), (parent_name(spec),)
+    )
+    statements: list[Statement] = [
+        sql.SQL("DELETE FROM {} WHERE parent_table = {}").format(config, sql.Literal(parent_name(spec)))
+    ]
+    template_schema, _, template_table = str(template or "").partition(".")
+    if template_schema == schema and template_table:  # partman's own empty template: no data in it
+        template_relation = qualified(template_schema, template_table)
+        if not scalar(conn, sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(template_relation)):
+            statements.append(sql.SQL("DROP TABLE IF EXISTS {}").format(template_relation))
+    return shared(statements)
+
+
+class PartitionSetKind(DatabaseKind[PartitionSetSpec, PartitionSetStatus]):
     token = TOKEN
     spec_type = PartitionSetSpec
-    replace_on = frozenset({"schemaName", "table", "control", "interval"})
+    status_type = PartitionSetStatus
 
-    def observe(self, resource_id: str, spec: PartitionSetSpec) -> dict[str, Any] | None:
+    def observe(self, resource_id: str, spec: PartitionSetSpec) -> Observed[PartitionSetStatus] | None:
         with connect(self.target) as conn:
             live = read_config(conn, partman_schema(conn), spec)
         return None if live is None else observed_config(live, spec)
 
-    def drifted(self, old_state: dict[str, Any], spec: PartitionSetSpec) -> list[str]:
-        return [key for key in ("infiniteTimePartitions", "ignoreDefaultData") if not old_state.get(key, True)]
+    def preview_status(self, spec: PartitionSetSpec) -> PartitionSetStatus:
+        return PartitionSetStatus(infinite_time_partitions=True, ignore_default_data=True)
 
-    def preview_outputs(self, spec: PartitionSetSpec) -> dict[str, Any]:
-        return {"infiniteTimePartitions": True, "ignoreDefaultData": True}
-
-    def create(self, spec: PartitionSetSpec) -> tuple[str, dict[str, Any]]:
+    def create(self, spec: PartitionSetSpec) -> tuple[str, PartitionSetStatus]:
         return parent_name(spec), self.converge(spec)
 
-    def update(self, resource_id: str, old: dict[str, Any], spec: PartitionSetSpec) -> dict[str, Any]:
+    def update(self, resource_id: str, old: dict[str, Any], spec: PartitionSetSpec) -> PartitionSetStatus:
         return self.converge(spec)
 
-    def converge(self, spec: PartitionSetSpec) -> dict[str, Any]:
+    def converge(self, spec: PartitionSetSpec) -> PartitionSetStatus:
         what = f"partition set {parent_name(spec)}"
         with connect(self.target) as conn:
             schema = partman_schema(conn)
             ensure_range_partitioned(conn, spec)
             check_retention(conn, spec)
             statements = [] if read_config(conn, schema, spec) else register_statements(conn, schema, spec)
-            run_ddl(conn, [*statements, config_statement(schema, spec)], self.target.lock_timeout, what=what)
+            self.apply(conn, shared([*statements, config_statement(schema, spec)]), what=what)
             # the partitions create_parent made (and its new default) get RLS and the owner even before the guard
-            run_ddl(conn, secure_statements(unsecured_partitions(conn, [spec.schema_name])), self.target.lock_timeout)
+            unsecured = unsecured_partitions(conn, [spec.schema_name])
+            self.apply(conn, shared(secure_statements(unsecured)), what=f"{what}: secure partitions")
             live = read_config(conn, schema, spec)
         assert live is not None
-        return {"infiniteTimePartitions": live.infinite_time_partitions, "ignoreDefaultData": live.ignore_default_data}
+        return config_status(live)
 
     def delete(self, resource_id: str, spec: PartitionSetSpec) -> None:
         """Forget the set in pg_partman; every partition and row stays (and the Table still owns them)."""
         with connect(self.target) as conn:
-            schema = partman_schema(conn)
-            template = scalar(
-                conn,
-                sql.SQL("SELECT template_table FROM {} WHERE parent_table = %s").format(
-                    qualified(schema, "part_config")
-                ),
-                (parent_name(spec),),
-            )
-            statements: list[Statement] = [
-                sql.SQL("DELETE FROM {} WHERE parent_table = {}").format(
-                    qualified(schema, "part_config"), sql.Literal(parent_name(spec))
-                )
-            ]
-            template_schema, _, template_table = str(template or "").partition(".")
-            if template_schema == schema and template_table:  # partman's own empty template: no data in it
-                template_relation = qualified(template_schema, template_table)
-                if not scalar(conn, sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(template_relation)):
-                    statements.append(sql.SQL("DROP TABLE IF EXISTS {}").format(template_relation))
-            run_ddl(conn, statements, self.target.lock_timeout, what=f"forget partition set {parent_name(spec)}")
-
-
-@dataclass
-class PartitionSetArgs:
-    schema_name: pulumi.Input[str]
-    table: pulumi.Input[str]
-    control: pulumi.Input[str]
-    interval: pulumi.Input[str] = "month"
-    premake: pulumi.Input[int] = 4
-    retention: pulumi.Input[str] | None = None
-    retention_keep_table: pulumi.Input[bool] = False
-
-
-class PartitionSet(pulumi.CustomResource):
-    infinite_time_partitions: pulumi.Output[bool]
-    ignore_default_data: pulumi.Output[bool]
-
-    def __init__(self, name: str, args: PartitionSetArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(
-            TOKEN,
-            name,
-            {**provider_inputs(args), **declared_outputs("infiniteTimePartitions", "ignoreDefaultData")},
-            opts,
-        )
+            operations = forget_operations(conn, partman_schema(conn), spec)
+            self.apply(conn, operations, what=f"forget partition set {parent_name(spec)}")

@@ -2,61 +2,60 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-import pulumi
 from psycopg import sql
 from pydantic import Field
 
 from components.database.base import DatabaseKind
-from components.database.session import connect, run_ddl, scalar
-from components.kind import ProviderError, Spec
-from components.resource import declared_outputs, provider_inputs
+from components.database.ddl import Operation, shared
+from components.database.session import Statement, connect, scalar
+from components.kind import Observed, ProviderError, Replace, Spec, Status
 
 TOKEN = "thorbisdb:db:Schema"
 
 
 class SchemaSpec(Spec):
-    name: str = Field(description="Schema name.")
+    name: Replace[str] = Field(description="Schema name.")
     owner: str = Field(description="Role that owns the schema.")
 
 
-class SchemaKind(DatabaseKind[SchemaSpec]):
+class SchemaStatus(Status):
+    adopted: bool | None = Field(default=None, description="The schema existed before the stack declared it.")
+
+
+def owner_statement(spec: SchemaSpec) -> Statement:
+    return sql.SQL("ALTER SCHEMA {} OWNER TO {}").format(sql.Identifier(spec.name), sql.Identifier(spec.owner))
+
+
+def create_operations(spec: SchemaSpec) -> list[Operation]:
+    return shared([sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(spec.name)), owner_statement(spec)])
+
+
+def drop_operations(spec: SchemaSpec) -> list[Operation]:
+    return shared([sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(spec.name))])
+
+
+class SchemaKind(DatabaseKind[SchemaSpec, SchemaStatus]):
     token = TOKEN
     spec_type = SchemaSpec
-    replace_on = frozenset({"name"})
+    status_type = SchemaStatus
 
-    def observe(self, resource_id: str, spec: SchemaSpec) -> dict[str, Any] | None:
+    def observe(self, resource_id: str, spec: SchemaSpec) -> Observed[SchemaStatus] | None:
         with connect(self.target) as conn:
             owner = scalar(conn, "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = %s", (spec.name,))
-        return None if owner is None else {"owner": owner.strip('"')}
+        return None if owner is None else Observed({"owner": owner.strip('"')}, SchemaStatus())
 
-    def create(self, spec: SchemaSpec) -> tuple[str, dict[str, Any]]:
+    def create(self, spec: SchemaSpec) -> tuple[str, SchemaStatus]:
         existed = self.observe(spec.name, spec) is not None
         with connect(self.target) as conn:
-            run_ddl(
-                conn,
-                [
-                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(spec.name)),
-                    sql.SQL("ALTER SCHEMA {} OWNER TO {}").format(
-                        sql.Identifier(spec.name), sql.Identifier(spec.owner)
-                    ),
-                ],
-                self.target.lock_timeout,
-                what=f"schema {spec.name}",
-            )
-        return spec.name, {"adopted": existed}
+            self.apply(conn, create_operations(spec), what=f"schema {spec.name}")
+        return spec.name, SchemaStatus(adopted=existed)
 
-    def update(self, resource_id: str, old: dict[str, Any], spec: SchemaSpec) -> dict[str, Any]:
+    def update(self, resource_id: str, old: dict[str, Any], spec: SchemaSpec) -> SchemaStatus:
         with connect(self.target) as conn:
-            run_ddl(
-                conn,
-                [sql.SQL("ALTER SCHEMA {} OWNER TO {}").format(sql.Identifier(spec.name), sql.Identifier(spec.owner))],
-                self.target.lock_timeout,
-                what=f"schema {spec.name}",
-            )
-        return {}
+            self.apply(conn, shared([owner_statement(spec)]), what=f"schema {spec.name}")
+        return SchemaStatus()
 
     def delete(self, resource_id: str, spec: SchemaSpec) -> None:
         with connect(self.target) as conn:
@@ -70,20 +69,4 @@ class SchemaKind(DatabaseKind[SchemaSpec]):
                     f"refusing to drop schema {spec.name}: it still holds {objects} relations; "
                     "set thorbis:allowDataLoss true to drop them with it"
                 )
-            run_ddl(
-                conn,
-                [sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(spec.name))],
-                self.target.lock_timeout,
-                what=f"drop schema {spec.name}",
-            )
-
-
-@dataclass
-class SchemaArgs:
-    name: pulumi.Input[str]
-    owner: pulumi.Input[str]
-
-
-class Schema(pulumi.CustomResource):
-    def __init__(self, name: str, args: SchemaArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(TOKEN, name, {**provider_inputs(args), **declared_outputs("adopted")}, opts)
+            self.apply(conn, drop_operations(spec), what=f"drop schema {spec.name}")

@@ -6,8 +6,9 @@ import pulumi
 from psycopg.conninfo import conninfo_to_dict
 
 from components.connection import ConnectionSpec, Endpoint
-from components.platform.external.postgres import ExternalPostgres, ExternalPostgresArgs
+from components.platform.external.postgres import ExternalPostgresKind
 from components.platform.secrets import secret_of
+from components.resource import declare
 from config import StackSettings
 
 
@@ -31,8 +32,6 @@ class ExternalPlatform(pulumi.ComponentResource):
     def __init__(self, name: str, settings: StackSettings, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("thorbis:platform:External", name, None, opts)
         dsn = secret_of(settings, "external_dsn")
-        server = ExternalPostgres(
-            f"{name}-postgres", ExternalPostgresArgs(dsn=dsn), pulumi.ResourceOptions(parent=self)
-        )
+        server = declare(ExternalPostgresKind, f"{name}-postgres", {"dsn": dsn}, pulumi.ResourceOptions(parent=self))
         self.connection = pulumi.Output.all(dsn, server.id).apply(lambda values: connection_from_dsn(values[0]))
         self.register_outputs({})

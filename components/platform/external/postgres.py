@@ -2,31 +2,33 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import psycopg
-import pulumi
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field
 
-from components.kind import Kind, ProviderError, Spec
-from components.resource import declared_outputs, provider_inputs
+from components.kind import Expect, Kind, Observed, ProviderError, Secret, Spec, Status
 
 TOKEN = "thorbisdb:external:Postgres"
-SECRETS = frozenset({"dsn"})
 #: Extensions the database layer installs; the server must offer each one.
 REQUIRED_EXTENSIONS = ("pg_trgm", "ltree", "hypopg", "pg_cron", "pg_stat_statements", "pgcrypto", "uuid-ossp")
 MINIMUM_VERSION_NUM = 150000
 
 
 class ExternalPostgresSpec(Spec):
-    dsn: str = Field(description="postgresql:// URL of the server (secret).")
+    dsn: Secret[str] = Field(description="postgresql:// URL of the server (secret).")
     required_extensions: list[str] = Field(default_factory=lambda: list(REQUIRED_EXTENSIONS))
     minimum_version_num: int = Field(default=MINIMUM_VERSION_NUM, description="server_version_num at least.")
 
 
-def inspect(spec: ExternalPostgresSpec) -> dict[str, Any]:
+class ExternalPostgresStatus(Status):
+    server_version: str | None = Field(default=None, description="SHOW server_version.")
+    server_version_num: int | None = Field(default=None, description="SHOW server_version_num.")
+    reachable: Annotated[bool | None, Expect(True)] = Field(default=None, description="The server answers the DSN.")
+
+
+def inspect(spec: ExternalPostgresSpec) -> ExternalPostgresStatus:
     """Check the server is reachable, recent enough and offers every extension we need."""
     try:
         with psycopg.connect(spec.dsn, connect_timeout=10) as conn:
@@ -46,52 +48,28 @@ def inspect(spec: ExternalPostgresSpec) -> dict[str, Any]:
             f"the external PostgreSQL lacks the extension(s) {', '.join(missing)}: install them on the server "
             "(on Supabase: Database > Extensions) and run `pulumi up` again"
         )
-    return {"serverVersion": version, "serverVersionNum": version_num, "reachable": True}
+    return ExternalPostgresStatus(server_version=version, server_version_num=version_num, reachable=True)
 
 
-class ExternalPostgresKind(Kind[ExternalPostgresSpec]):
+class ExternalPostgresKind(Kind[ExternalPostgresSpec, ExternalPostgresStatus]):
     """An existing server: checked, never created, changed or deleted."""
 
     token = TOKEN
     spec_type = ExternalPostgresSpec
-    secret_properties = SECRETS
+    status_type = ExternalPostgresStatus
 
-    def create(self, spec: ExternalPostgresSpec) -> tuple[str, dict[str, Any]]:
+    def create(self, spec: ExternalPostgresSpec) -> tuple[str, ExternalPostgresStatus]:
         params = conninfo_to_dict(spec.dsn)
         return f"{params.get('host')}:{params.get('port', 5432)}/{params.get('dbname')}", inspect(spec)
 
-    def observe(self, resource_id: str, spec: ExternalPostgresSpec) -> dict[str, Any] | None:
+    def observe(self, resource_id: str, spec: ExternalPostgresSpec) -> Observed[ExternalPostgresStatus] | None:
         try:
-            return inspect(spec)
+            return Observed({}, inspect(spec))
         except ProviderError:
-            return {"reachable": False}
+            return Observed({}, ExternalPostgresStatus(reachable=False))
 
-    def drifted(self, old_state: dict[str, Any], spec: ExternalPostgresSpec) -> list[str]:
-        return [] if old_state.get("reachable", True) else ["reachable"]
-
-    def update(self, resource_id: str, old: dict[str, Any], spec: ExternalPostgresSpec) -> dict[str, Any]:
+    def update(self, resource_id: str, old: dict[str, Any], spec: ExternalPostgresSpec) -> ExternalPostgresStatus:
         return inspect(spec)
 
     def delete(self, resource_id: str, spec: ExternalPostgresSpec) -> None:
         """The server is not ours: forgetting it is all that delete does."""
-
-
-@dataclass
-class ExternalPostgresArgs:
-    dsn: pulumi.Input[str]
-    required_extensions: pulumi.Input[list[str]] = field(default_factory=lambda: list(REQUIRED_EXTENSIONS))
-
-
-class ExternalPostgres(pulumi.CustomResource):
-    server_version: pulumi.Output[str]
-
-    def __init__(self, name: str, args: ExternalPostgresArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(
-            TOKEN,
-            name,
-            {
-                **provider_inputs(args, SECRETS),
-                **declared_outputs("serverVersion", "serverVersionNum", "reachable"),
-            },
-            opts,
-        )

@@ -8,14 +8,15 @@ from pathlib import Path
 import pulumi
 
 from components.connection import ConnectionSpec, Endpoint
-from components.platform.local.backup import BackupRepository, BackupRepositoryArgs
+from components.platform.local.backup import BackupRepositoryKind
 from components.platform.local.pgbackrest import Repository, archive_command, directory_problem
-from components.platform.local.pgbouncer import PgBouncer, PgBouncerArgs
-from components.platform.local.postgres import PostgresServer, PostgresServerArgs
+from components.platform.local.pgbouncer import PgBouncerKind
+from components.platform.local.postgres import PostgresServerKind
 from components.platform.local.process import read_pid
-from components.platform.local.redis import Redis, RedisArgs
-from components.platform.local.replica import PostgresReplica, PostgresReplicaArgs
+from components.platform.local.redis import RedisKind
+from components.platform.local.replica import PostgresReplicaKind
 from components.platform.secrets import secret_of
+from components.resource import declare
 from config import ConfigError, Problem, StackSettings, check_host_ports
 
 HOST = "127.0.0.1"
@@ -116,79 +117,81 @@ class LocalPlatform(pulumi.ComponentResource):
         repository = backup_repository(settings)
         child = pulumi.ResourceOptions(parent=self)
 
-        primary = PostgresServer(
+        primary = declare(
+            PostgresServerKind,
             f"{name}-primary",
-            PostgresServerArgs(
-                state_dir=str(base / "postgres-primary"),
-                port=settings.postgres.port,
-                database=settings.postgres.database,
-                superuser_password=superuser,
-                replication_password=replication,
-                settings=gucs,
-                allow_data_loss=settings.allow_data_loss,
-                backup=repository.model_dump(by_alias=True) if repository else None,
-            ),
+            {
+                "state_dir": str(base / "postgres-primary"),
+                "port": settings.postgres.port,
+                "database": settings.postgres.database,
+                "superuser_password": superuser,
+                "replication_password": replication,
+                "settings": gucs,
+                "allow_data_loss": settings.allow_data_loss,
+                "backup": repository,
+            },
             child,
         )
         after_primary = pulumi.ResourceOptions(parent=self, depends_on=[primary])
         if repository is not None:  # archiving of the primary; backups are taken by scripts/backup
-            BackupRepository(
-                f"{name}-backups",
-                BackupRepositoryArgs(
-                    repository=repository.model_dump(by_alias=True),
-                    primary_state_dir=str(base / "postgres-primary"),
-                    port=settings.postgres.port,
-                    superuser_password=superuser,
-                    allow_data_loss=settings.allow_data_loss,
-                ),
-                after_primary,
-            )
+            backups = {
+                "repository": repository,
+                "primary_state_dir": str(base / "postgres-primary"),
+                "port": settings.postgres.port,
+                "superuser_password": superuser,
+                "allow_data_loss": settings.allow_data_loss,
+            }
+            declare(BackupRepositoryKind, f"{name}-backups", backups, after_primary)
         replicas = [
-            PostgresReplica(
+            declare(
+                PostgresReplicaKind,
                 f"{name}-replica-{index}",
-                PostgresReplicaArgs(
-                    state_dir=str(base / f"postgres-replica-{index}"),
-                    port=port,
-                    primary_port=settings.postgres.port,
-                    slot_name=f"replica_{index}",
-                    superuser_password=superuser,
-                    replication_password=replication,
-                    settings=gucs,
-                ),
+                {
+                    "state_dir": str(base / f"postgres-replica-{index}"),
+                    "port": port,
+                    "primary_port": settings.postgres.port,
+                    "slot_name": f"replica_{index}",
+                    "superuser_password": superuser,
+                    "replication_password": replication,
+                    "settings": gucs,
+                },
                 after_primary,
             )
             for index, port in enumerate(settings.replica_ports)
         ]
-        pooler = PgBouncer(
+        pgbouncer = settings.pgbouncer
+        pooler = declare(
+            PgBouncerKind,
             f"{name}-pgbouncer",
-            PgBouncerArgs(
-                state_dir=str(base / "pgbouncer"),
-                port=settings.pgbouncer.port,
-                primary_port=settings.postgres.port,
-                database=settings.postgres.database,
-                superuser_password=superuser,
-                auth_password=secret_of(settings, "pgbouncer_auth_password"),
-                max_client_conn=settings.pgbouncer.max_client_conn,
-                default_pool_size=settings.pgbouncer.default_pool_size,
-                reserve_pool_size=settings.pgbouncer.reserve_pool_size,
-                reserve_pool_timeout=settings.pgbouncer.reserve_pool_timeout,
-                max_db_connections=settings.pgbouncer.max_db_connections,
-                pool_mode=settings.pgbouncer.pool_mode,
-            ),
+            {
+                "state_dir": str(base / "pgbouncer"),
+                "port": pgbouncer.port,
+                "primary_port": settings.postgres.port,
+                "database": settings.postgres.database,
+                "superuser_password": superuser,
+                "auth_password": secret_of(settings, "pgbouncer_auth_password"),
+                "max_client_conn": pgbouncer.max_client_conn,
+                "default_pool_size": pgbouncer.default_pool_size,
+                "reserve_pool_size": pgbouncer.reserve_pool_size,
+                "reserve_pool_timeout": pgbouncer.reserve_pool_timeout,
+                "max_db_connections": pgbouncer.max_db_connections,
+                "pool_mode": pgbouncer.pool_mode,
+            },
             after_primary,
         )
         redis_password = secret_of(settings, "redis_password")
-        cache = Redis(
+        cache = declare(
+            RedisKind,
             f"{name}-redis",
-            RedisArgs(
-                state_dir=str(base / "redis"),
-                port=settings.redis.port,
-                password=redis_password,
-                maxmemory=settings.redis.maxmemory,
-                maxmemory_policy=settings.redis.maxmemory_policy,
-                persistence=settings.redis.persistence,
-                allow_data_loss=settings.allow_data_loss,
-            ),
+            {
+                "state_dir": str(base / "redis"),
+                "port": settings.redis.port,
+                "password": redis_password,
+                "maxmemory": settings.redis.maxmemory,
+                "maxmemory_policy": settings.redis.maxmemory_policy,
+                "persistence": settings.redis.persistence,
+                "allow_data_loss": settings.allow_data_loss,
+            },
             child,
         )
         ready = [primary.id, pooler.id, cache.id, *(replica.id for replica in replicas)]
