@@ -92,9 +92,11 @@ def test_sql_of_new_indexes_policies_and_tables_comes_from_the_kinds_renderers()
     ]
     create_table = planned_sql(changes["table-customer_badges"]) or []
     assert create_table[0].startswith('CREATE TABLE "public"."customer_badges" (')
-    assert create_table[1:] == [
+    assert create_table[1:] == [  # every statement the create runs, its owner and comment included
         'ALTER TABLE "public"."customer_badges" ENABLE ROW LEVEL SECURITY',
         'ALTER TABLE "public"."customer_badges" FORCE ROW LEVEL SECURITY',
+        'ALTER TABLE "public"."customer_badges" OWNER TO "thorbis_owner"',
+        'COMMENT ON TABLE "public"."customer_badges" IS \'A badge a customer earned.\'',
     ]
     assert planned_sql(changes["table-customers"]) == [
         'ALTER TABLE "public"."customers" ADD COLUMN "loyalty_tier" text',
