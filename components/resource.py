@@ -26,7 +26,7 @@ def wire_inputs(kind: KindType, inputs: Spec | Mapping[str, Any]) -> dict[str, A
     if isinstance(inputs, Spec):
         if not isinstance(inputs, kind.spec_type):
             raise TypeError(f"{kind.token} takes a {kind.spec_type.__name__}, not a {type(inputs).__name__}")
-        values: dict[str, Any] = dict(inputs)
+        values = fields_of(inputs)
     else:
         values = dict(inputs)
         checked(kind, values)
@@ -38,6 +38,11 @@ def wire_inputs(kind: KindType, inputs: Spec | Mapping[str, Any]) -> dict[str, A
         plain = value if isinstance(value, pulumi.Output) else to_jsonable_python(value, by_alias=True)
         wired[key] = pulumi.Output.secret(plain) if key in secrets and plain is not None else plain
     return wired
+
+
+def fields_of(spec: Spec) -> dict[str, Any]:
+    """A spec's fields by their Python names (not dict(spec): a field may be called `keys`)."""
+    return {name: getattr(spec, name) for name in type(spec).model_fields}
 
 
 def checked(kind: KindType, values: dict[str, Any]) -> None:
@@ -52,9 +57,13 @@ def checked(kind: KindType, values: dict[str, Any]) -> None:
     if any(isinstance(value, pulumi.Output) for value in values.values()):
         return  # the provider's check validates them once they are known
     try:
-        values.update(dict(kind.spec_type.model_validate(values)))
+        values.update(fields_of(kind.spec_type.model_validate(values)))
     except ValidationError as error:
-        raise ValueError(f"{kind.token}: {error}") from error
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in problem['loc'])}: {problem['msg']}"
+            for problem in error.errors(include_url=False)
+        )
+        raise ValueError(f"{kind.token}: {problems}") from error
 
 
 class KindResource(pulumi.CustomResource):

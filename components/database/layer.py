@@ -35,7 +35,7 @@ from components.database.kinds.schema import SchemaKind, SchemaSpec
 from components.database.kinds.table import TableKind
 from components.database.kinds.trigger import TriggerKind
 from components.database.kinds.view import ViewKind
-from components.resource import declare
+from components.resource import declare, fields_of
 from config import StackSettings
 
 
@@ -118,7 +118,7 @@ class DatabaseLayer(pulumi.ComponentResource):
             declared[role.name] = declare(
                 RoleKind,
                 f"role-{role.name}",
-                {**dict(role.role_spec(adopt)), "password": password},
+                {**fields_of(role.role_spec(adopt)), "password": password},
                 self.options([declared[m] for m in role.member_of if m in declared]),
             )
         return declared
