@@ -128,6 +128,8 @@ class Kind(ABC, Generic[SpecT, StatusT]):
     status_type: ClassVar[type[Status]] = NoStatus
     #: Replace by deleting first (the new object would take the same name, port or directory).
     delete_before_replace: ClassVar[bool] = True
+    #: What deleting (or replacing) an object loses that exists nowhere else; `{name}` is its resource name.
+    deleting_loses: ClassVar[str | None] = None
 
     def __init__(self) -> None:
         #: The provider instance's own config (an explicit provider's inputs), set at Configure.

@@ -177,9 +177,9 @@ def test_every_object_the_layer_declares_is_a_valid_spec_of_its_kind() -> None:
 
     made = registered(program)
     schema = load_schema()
-    kinds = {typ for typ, _ in made.values()}
-    assert kinds - {"thorbis:database:Layer", "pulumi:providers:thorbisdb"} == {kind.token for kind in registry.KINDS
-                                                                               if kind.token.startswith("thorbisdb:db:")}  # fmt: skip
+    database_kinds = {kind.token for kind in registry.KINDS if kind.token.startswith("thorbisdb:db:")}
+    component_and_provider = {"thorbis:database:Layer", "pulumi:providers:thorbisdb"}
+    assert {typ for typ, _ in made.values()} - component_and_provider == database_kinds
     for name, (typ, inputs) in made.items():
         kind = registry.kind_of(typ)
         if kind is None:

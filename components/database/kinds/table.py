@@ -306,6 +306,7 @@ class TableKind(DatabaseKind[TableSpec, TableStatus]):
     token = TOKEN
     spec_type = TableSpec
     status_type = TableStatus
+    deleting_loses = "table {name} would be dropped with its rows"
 
     def observe(self, resource_id: str, spec: TableSpec) -> Observed[TableStatus] | None:
         with connect(self.target) as conn:

@@ -69,6 +69,7 @@ class PostgresServerKind(Kind[PostgresServerSpec, PostgresServerStatus]):
     token = TOKEN
     spec_type = PostgresServerSpec
     status_type = PostgresServerStatus
+    deleting_loses = "the primary {name} and its data directory would be deleted"
 
     def create(self, spec: PostgresServerSpec) -> tuple[str, Observed[PostgresServerStatus]]:
         server = pg.ServerDir(Path(spec.state_dir))

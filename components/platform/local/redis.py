@@ -92,6 +92,7 @@ class RedisKind(Kind[RedisSpec, RedisStatus]):
     token = TOKEN
     spec_type = RedisSpec
     status_type = RedisStatus
+    deleting_loses = "the Redis server {name} and its data would be deleted"
 
     def create(self, spec: RedisSpec) -> tuple[str, Observed[RedisStatus]]:
         conf = Path(spec.state_dir) / "redis.conf"
