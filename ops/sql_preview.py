@@ -1,9 +1,9 @@
 """The SQL a planned change would run, where it is known without the server.
 
-Each kind plans its changes as typed operations (components/database/ddl.py); `DatabaseKind.planned`
-gives those a change takes without reading the live catalog, and they are rendered here exactly as the
-apply executes them. What depends on the live catalog (an ALTER POLICY or a DROP and CREATE, the ALTER
-TABLE steps of a changed constraint) is decided at apply time: None here.
+Each kind plans its changes as typed operations (components/database/ddl.py); its `planned_create`,
+`planned_update` and `planned_delete` give those a change takes without reading the live catalog, and they
+are rendered here exactly as the apply executes them. What depends on the live catalog (an ALTER POLICY or
+a DROP and CREATE, the ALTER TABLE steps of a changed constraint) is decided at apply time: None here.
 """
 
 from __future__ import annotations
@@ -29,12 +29,14 @@ def parse(spec_type: type[SpecT], inputs: dict[str, Any]) -> SpecT:
 
 def planned_operations(kind: DatabaseKind[Any, Any], change: Change) -> list[Operation] | None:
     """A replacement is the old object's drop, then the new one's creation."""
-    old = parse(kind.spec_type, change.old_inputs) if change.op in DELETE or change.op == "update" else None
-    new = parse(kind.spec_type, change.new_inputs) if change.op in CREATE or change.op == "update" else None
     if change.op == "update":
-        return kind.planned(old, new)
-    steps = [kind.planned(old, None) if old else [], kind.planned(None, new) if new else []]
-    if any(step is None for step in steps):
+        return kind.planned_update(parse(kind.spec_type, change.old_inputs), parse(kind.spec_type, change.new_inputs))
+    steps: list[list[Operation] | None] = []
+    if change.op in DELETE:
+        steps.append(kind.planned_delete(parse(kind.spec_type, change.old_inputs)))
+    if change.op in CREATE:
+        steps.append(kind.planned_create(parse(kind.spec_type, change.new_inputs)))
+    if not steps or any(step is None for step in steps):
         return None
     return [operation for step in steps for operation in step or []]
 

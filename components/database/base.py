@@ -28,9 +28,16 @@ class DatabaseKind(Kind[SpecT, StatusT]):
         """Run a plan with the stack's lock_timeout (components/database/ddl.py)."""
         apply(conn, operations, self.target.lock_timeout, what)
 
-    def planned(self, old: SpecT | None, new: SpecT | None) -> list[Operation] | None:
-        """The operations of going from `old` to `new` (None: created, or deleted) where they are known without
-        the server, as the PR preview shows them; None where the live catalog decides (the default)."""
+    # What a change runs where it is known without the server, as the PR preview shows it: the same
+    # operations the apply runs. None (the default) where the live catalog decides.
+
+    def planned_create(self, spec: SpecT) -> list[Operation] | None:
+        return None
+
+    def planned_update(self, old: SpecT, new: SpecT) -> list[Operation] | None:
+        return None
+
+    def planned_delete(self, spec: SpecT) -> list[Operation] | None:
         return None
 
 

@@ -157,14 +157,13 @@ class IndexKind(DatabaseKind[IndexSpec, IndexStatus]):
             status = IndexStatus(valid=valid, as_declared=definition == canonical(conn, spec), definition=definition)
             return Observed({}, status)
 
-    def planned(self, old: IndexSpec | None, new: IndexSpec | None) -> list[Operation] | None:
+    def planned_create(self, spec: IndexSpec) -> list[Operation] | None:
         """As on a table that holds rows (an empty one gets a plain CREATE INDEX; a partitioned one ON ONLY
         the parent, then each partition's, attached)."""
-        if old is not None and new is not None:
-            return None
-        if new is not None:
-            return [create_operation(new, concurrently=True)]
-        return [drop_operation(old, concurrently=True)] if old is not None else []
+        return [create_operation(spec, concurrently=True)]
+
+    def planned_delete(self, spec: IndexSpec) -> list[Operation] | None:
+        return [drop_operation(spec, concurrently=True)]
 
     def create(self, spec: IndexSpec) -> tuple[str, IndexStatus]:
         return f"{spec.schema_name}.{spec.name}", self.update("", {}, spec)

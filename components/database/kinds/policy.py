@@ -199,10 +199,11 @@ class PolicyKind(DatabaseKind[PolicySpec, PolicyStatus]):
         with connect(self.target) as conn:
             return observed(conn, spec)
 
-    def planned(self, old: PolicySpec | None, new: PolicySpec | None) -> list[Operation] | None:
-        if old is not None and new is not None:
-            return None  # an ALTER POLICY, or a DROP and CREATE: the live policy decides
-        return drop_operations(old) if old is not None else create_operations(new) if new is not None else []
+    def planned_create(self, spec: PolicySpec) -> list[Operation] | None:
+        return create_operations(spec)  # a change is an ALTER POLICY, or a DROP and CREATE: the live one decides
+
+    def planned_delete(self, spec: PolicySpec) -> list[Operation] | None:
+        return drop_operations(spec)
 
     def create(self, spec: PolicySpec) -> tuple[str, PolicyStatus]:
         with connect(self.target) as conn:

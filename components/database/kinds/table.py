@@ -322,12 +322,14 @@ class TableKind(DatabaseKind[TableSpec, TableStatus]):
             losses.append(f"the primary key of {spec.name} would change")
         return losses
 
-    def planned(self, old: TableSpec | None, new: TableSpec | None) -> list[Operation] | None:
-        if old is None and new is not None:
-            return create_operations(new)
-        if new is None and old is not None:
-            return drop_operations(old)
-        return None if old is None or new is None else column_operations(old, new)
+    def planned_create(self, spec: TableSpec) -> list[Operation] | None:
+        return create_operations(spec)  # as when nothing of its name exists (an existing table is adopted)
+
+    def planned_update(self, old: TableSpec, new: TableSpec) -> list[Operation] | None:
+        return column_operations(old, new)
+
+    def planned_delete(self, spec: TableSpec) -> list[Operation] | None:
+        return drop_operations(spec)
 
     def create(self, spec: TableSpec) -> tuple[str, TableStatus]:
         with connect(self.target) as conn:
