@@ -89,10 +89,11 @@ def observed(conn: psycopg.Connection, spec: TableSpec) -> Observed[TableStatus]
         for check in spec.checks
     ]
     foreign_keys = [
-        as_observed(fk, live.foreign_keys.get(fk.name), live.foreign_keys.get(fk.name) == fk,
-                    fk.name not in live.not_validated)
+        as_observed(
+            fk, live.foreign_keys.get(fk.name), live.foreign_keys.get(fk.name) == fk, fk.name not in live.not_validated
+        )
         for fk in spec.foreign_keys
-    ]  # fmt: skip
+    ]
     uniques = [as_observed(u, live.uniques.get(u.name), live.uniques.get(u.name) == u, True) for u in spec.uniques]
     declared_constraints = {check.name for check in spec.checks} | {fk.name for fk in spec.foreign_keys}
     inputs = {
