@@ -10,22 +10,18 @@ whichever node holds the lock is the one restarted last.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-import pulumi
 from pydantic import Field
 
-from components.kind import Kind, ProviderError, Spec, Unreachable
+from components.kind import Kind, Observed, ProviderError, Replace, Secret, Spec, Status, Unreachable
 from components.platform.local import postgres_files as pg
 from components.platform.local import process
 from components.platform.local.ha import etcd, http, patroni
 from components.platform.local.ha.patroni import Member
-from components.resource import declared_outputs, provider_inputs
 
 TOKEN = "thorbisdb:local:PatroniCluster"
-SECRETS = frozenset({"superuserPassword"})
 #: A replica further behind than this (bytes of WAL) is never promoted (asynchronous mode only).
 MAXIMUM_LAG_ON_FAILOVER = 1024 * 1024
 #: Time a restarted node may take to come back before the rolling restart stops with an error.
@@ -33,15 +29,21 @@ RESTART_TIMEOUT_SECONDS = 300
 
 
 class PatroniClusterSpec(Spec):
-    scope: str = Field(pattern=r"^[a-z0-9-]{1,63}$", description="The cluster's name in etcd.")
+    scope: Replace[str] = Field(pattern=r"^[a-z0-9-]{1,63}$", description="The cluster's name in etcd.")
     etcd_ports: list[int] = Field(min_length=1, description="Client ports of the etcd members.")
     members: list[Member] = Field(min_length=1, description="The nodes, for the REST API and restarts.")
-    superuser_password: str = Field(min_length=1, description="Password of `postgres` and of the REST API.")
+    superuser_password: Secret[str] = Field(min_length=1, description="Password of `postgres` and the REST API.")
     synchronous: bool = Field(description="Synchronous mode: a commit is acknowledged once a standby has it.")
     ttl: int = Field(ge=20, description="Seconds a leader lock lives without renewal.")
     loop_wait: int = Field(ge=1, description="Seconds between two runs of each node's Patroni loop.")
     retry_timeout: int = Field(ge=3, description="Seconds etcd and PostgreSQL calls are retried.")
     settings: dict[str, str] = Field(default_factory=dict, description="postgresql.conf of every member.")
+
+
+class PatroniClusterStatus(Status):
+    restarted: list[str] | None = Field(
+        default=None, description="The nodes the last change restarted, in their order (the leader last)."
+    )
 
 
 def config_key(scope: str) -> str:
@@ -152,26 +154,25 @@ def rolling_restart(spec: PatroniClusterSpec) -> list[str]:
     return [member.name for member in ordered]
 
 
-class PatroniClusterKind(Kind[PatroniClusterSpec]):
+class PatroniClusterKind(Kind[PatroniClusterSpec, PatroniClusterStatus]):
     token = TOKEN
     spec_type = PatroniClusterSpec
-    replace_on = frozenset({"scope"})
-    secret_properties = SECRETS
+    status_type = PatroniClusterStatus
 
-    def create(self, spec: PatroniClusterSpec) -> tuple[str, dict[str, Any]]:
+    def create(self, spec: PatroniClusterSpec) -> tuple[str, PatroniClusterStatus]:
         stored = stored_configuration(spec)  # an existing cluster of the same name is adopted
         wanted = dynamic_configuration(spec)
         if stored is None or as_inputs(stored, spec) != as_inputs(wanted, spec):
             write_configuration(spec)
-        return spec.scope, {"restarted": rolling_restart(spec)}
+        return spec.scope, PatroniClusterStatus(restarted=rolling_restart(spec))
 
-    def observe(self, resource_id: str, spec: PatroniClusterSpec) -> dict[str, Any] | None:
+    def observe(self, resource_id: str, spec: PatroniClusterSpec) -> Observed[PatroniClusterStatus] | None:
         stored = stored_configuration(spec)
-        return None if stored is None else as_inputs(stored, spec)
+        return None if stored is None else Observed(as_inputs(stored, spec), PatroniClusterStatus())
 
-    def update(self, resource_id: str, old: dict[str, Any], spec: PatroniClusterSpec) -> dict[str, Any]:
+    def update(self, resource_id: str, old: dict[str, Any], spec: PatroniClusterSpec) -> PatroniClusterStatus:
         write_configuration(spec)  # the whole document: a setting no longer declared goes too
-        return {"restarted": rolling_restart(spec)}
+        return PatroniClusterStatus(restarted=rolling_restart(spec))
 
     def delete(self, resource_id: str, spec: PatroniClusterSpec) -> None:
         try:
@@ -179,25 +180,3 @@ class PatroniClusterKind(Kind[PatroniClusterSpec]):
         except Unreachable:
             return  # etcd is gone with the stack: so is the configuration
         etcd.delete_prefix(port, f"{patroni.NAMESPACE}{spec.scope}/")
-
-
-@dataclass
-class PatroniClusterArgs:
-    scope: pulumi.Input[str]
-    etcd_ports: pulumi.Input[list[int]]
-    members: pulumi.Input[list[dict[str, Any]]]
-    superuser_password: pulumi.Input[str]
-    synchronous: pulumi.Input[bool]
-    ttl: pulumi.Input[int]
-    loop_wait: pulumi.Input[int]
-    retry_timeout: pulumi.Input[int]
-    settings: pulumi.Input[dict[str, str]]
-
-
-class PatroniCluster(pulumi.CustomResource):
-    """Patroni's dynamic configuration of the stack's cluster, rolled through its nodes."""
-
-    restarted: pulumi.Output[list[str]]
-
-    def __init__(self, name: str, args: PatroniClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(TOKEN, name, {**provider_inputs(args, SECRETS), **declared_outputs("restarted")}, opts)

@@ -7,10 +7,11 @@ import re
 
 import pulumi
 
-from components.platform.local.ha.cluster import PatroniCluster, PatroniClusterArgs
-from components.platform.local.ha.etcd import EtcdMember, EtcdMemberArgs
-from components.platform.local.ha.haproxy import HaRouter, HaRouterArgs
-from components.platform.local.ha.node import PatroniNode, PatroniNodeArgs
+from components.platform.local.ha.cluster import PatroniClusterKind
+from components.platform.local.ha.etcd import EtcdMemberKind
+from components.platform.local.ha.haproxy import HaRouterKind
+from components.platform.local.ha.node import PatroniNodeKind
+from components.resource import KindResource, declare
 from config import StackSettings
 
 
@@ -26,70 +27,68 @@ def declare_ha_cluster(
     superuser: pulumi.Output[str],
     replication: pulumi.Output[str],
     gucs: dict[str, str],
-) -> HaRouter:
+) -> KindResource:
     """Declare the cluster; return the router, ready once the write endpoint reaches a leader."""
-    base, scope = settings.state_dir, scope_of(settings)
-    child = pulumi.ResourceOptions(parent=parent)
-    peers = [{"name": p.name, "clientPort": p.client_port, "peerPort": p.peer_port} for p in settings.etcd_peers]
+    base, scope, ha = settings.state_dir, scope_of(settings), settings.ha
+    peers = [{"name": p.name, "client_port": p.client_port, "peer_port": p.peer_port} for p in settings.etcd_peers]
     etcd_ports = [p.client_port for p in settings.etcd_peers]
-    members = [{"name": n.name, "port": n.port, "restPort": n.rest_port} for n in settings.ha_nodes]
+    members = [{"name": n.name, "port": n.port, "rest_port": n.rest_port} for n in settings.ha_nodes]
     etcd = [
-        EtcdMember(
+        declare(
+            EtcdMemberKind,
             f"{name}-{peer.name}",
-            EtcdMemberArgs(
-                state_dir=str(base / peer.name),
-                name=peer.name,
-                client_port=peer.client_port,
-                peer_port=peer.peer_port,
-                cluster_token=scope,
-                peers=peers,
-            ),
-            child,
+            {
+                "state_dir": str(base / peer.name),
+                "name": peer.name,
+                "client_port": peer.client_port,
+                "peer_port": peer.peer_port,
+                "cluster_token": scope,
+                "peers": peers,
+            },
+            pulumi.ResourceOptions(parent=parent),
         )
         for peer in settings.etcd_peers
     ]
-    ha = settings.ha
-    cluster = PatroniCluster(
+    cluster = declare(
+        PatroniClusterKind,
         f"{name}-patroni",
-        PatroniClusterArgs(
-            scope=scope,
-            etcd_ports=etcd_ports,
-            members=members,
-            superuser_password=superuser,
-            synchronous=ha.synchronous,
-            ttl=ha.ttl,
-            loop_wait=ha.loop_wait,
-            retry_timeout=ha.retry_timeout,
-            settings=gucs,
-        ),
+        {
+            "scope": scope,
+            "etcd_ports": etcd_ports,
+            "members": members,
+            "superuser_password": superuser,
+            "synchronous": ha.synchronous,
+            "ttl": ha.ttl,
+            "loop_wait": ha.loop_wait,
+            "retry_timeout": ha.retry_timeout,
+            "settings": gucs,
+        },
         pulumi.ResourceOptions(parent=parent, depends_on=etcd),
     )
     nodes = [
-        PatroniNode(
+        declare(
+            PatroniNodeKind,
             f"{name}-{node.name}",
-            PatroniNodeArgs(
-                state_dir=str(base / f"ha-{node.name}"),
-                scope=scope,
-                name=node.name,
-                port=node.port,
-                rest_port=node.rest_port,
-                etcd_ports=etcd_ports,
-                database=settings.postgres.database,
-                superuser_password=superuser,
-                replication_password=replication,
-                allow_data_loss=settings.allow_data_loss,
-            ),
+            {
+                "state_dir": str(base / f"ha-{node.name}"),
+                "scope": scope,
+                "name": node.name,
+                "port": node.port,
+                "rest_port": node.rest_port,
+                "etcd_ports": etcd_ports,
+                "database": settings.postgres.database,
+                "superuser_password": superuser,
+                "replication_password": replication,
+                "allow_data_loss": settings.allow_data_loss,
+            },
             pulumi.ResourceOptions(parent=parent, depends_on=[cluster]),
         )
         for node in settings.ha_nodes
     ]
-    return HaRouter(
-        f"{name}-haproxy",
-        HaRouterArgs(
-            state_dir=str(base / "haproxy"),
-            write_port=settings.postgres.port,
-            read_port=settings.ha_read_port,
-            members=members,
-        ),
-        pulumi.ResourceOptions(parent=parent, depends_on=nodes),
-    )
+    router = {
+        "state_dir": str(base / "haproxy"),
+        "write_port": settings.postgres.port,
+        "read_port": settings.ha_read_port,
+        "members": members,
+    }
+    return declare(HaRouterKind, f"{name}-haproxy", router, pulumi.ResourceOptions(parent=parent, depends_on=nodes))

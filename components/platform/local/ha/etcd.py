@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import base64
 import contextlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-import pulumi
 from pydantic import Field
 
-from components.kind import Kind, ProviderError, Spec
+from components.kind import Expect, Kind, Observed, ProviderError, Replace, Spec, Status
 from components.platform.local import process
 from components.platform.local.ha import http
-from components.resource import declared_outputs, provider_inputs
 
 TOKEN = "thorbisdb:local:EtcdMember"
 
@@ -33,12 +30,21 @@ class Peer(Spec):
 
 
 class EtcdMemberSpec(Spec):
-    state_dir: str = Field(description="Directory of this member: data/, etcd.log and etcd.pid.")
-    name: str = Field(pattern=r"^[a-z0-9-]{1,63}$", description="The member's name in the cluster.")
-    client_port: int = Field(ge=1024, le=65535, description="Port of the client API on 127.0.0.1.")
-    peer_port: int = Field(ge=1024, le=65535, description="Port of the peer (raft) traffic on 127.0.0.1.")
-    cluster_token: str = Field(min_length=1, description="Token of the cluster, so members of two never mix.")
+    state_dir: Replace[str] = Field(description="Directory of this member: data/, etcd.log and etcd.pid.")
+    name: Replace[str] = Field(pattern=r"^[a-z0-9-]{1,63}$", description="The member's name in the cluster.")
+    client_port: Replace[int] = Field(ge=1024, le=65535, description="Port of the client API on 127.0.0.1.")
+    peer_port: Replace[int] = Field(ge=1024, le=65535, description="Port of the peer (raft) traffic on 127.0.0.1.")
+    cluster_token: Replace[str] = Field(min_length=1, description="Token of the cluster, so two never mix.")
     peers: list[Peer] = Field(min_length=1, description="Every member of the cluster, this one included.")
+
+
+class EtcdMemberStatus(Status):
+    running: Annotated[bool | None, Expect(True)] = Field(
+        default=None, description="The member's process runs (false: `up` starts it)."
+    )
+    healthy: Annotated[bool | None, Expect(True)] = Field(
+        default=None, description="It answers /health as part of a cluster with quorum."
+    )
 
 
 def url(port: int) -> str:
@@ -138,10 +144,10 @@ def leave(spec: EtcdMemberSpec) -> None:
             http.call(peer, "/v3/cluster/member/remove", "POST", {"ID": member["ID"]})
 
 
-def status(spec: EtcdMemberSpec) -> dict[str, Any]:
+def status(spec: EtcdMemberSpec) -> EtcdMemberStatus:
     _, _, pidfile = files(spec)
     running = process.read_pid(pidfile) is not None
-    return {"running": running, "healthy": running and healthy(spec.client_port)}
+    return EtcdMemberStatus(running=running, healthy=running and healthy(spec.client_port))
 
 
 def encoded(text: str) -> str:
@@ -175,23 +181,20 @@ def get(client_port: int, key: str) -> str | None:
     return base64.b64decode(found[0].get("value", "")).decode() if found else None
 
 
-class EtcdMemberKind(Kind[EtcdMemberSpec]):
+class EtcdMemberKind(Kind[EtcdMemberSpec, EtcdMemberStatus]):
     token = TOKEN
     spec_type = EtcdMemberSpec
-    replace_on = frozenset({"stateDir", "name", "clientPort", "peerPort", "clusterToken"})
+    status_type = EtcdMemberStatus
 
-    def create(self, spec: EtcdMemberSpec) -> tuple[str, dict[str, Any]]:
+    def create(self, spec: EtcdMemberSpec) -> tuple[str, EtcdMemberStatus]:
         start(spec)
         return f"{spec.cluster_token}/{spec.name}", status(spec)
 
-    def observe(self, resource_id: str, spec: EtcdMemberSpec) -> dict[str, Any] | None:
+    def observe(self, resource_id: str, spec: EtcdMemberSpec) -> Observed[EtcdMemberStatus] | None:
         data, _, _ = files(spec)
-        return status(spec) if data.exists() else None
+        return Observed({}, status(spec)) if data.exists() else None
 
-    def drifted(self, old_state: dict[str, Any], spec: EtcdMemberSpec) -> list[str]:
-        return [key for key in ("running", "healthy") if old_state.get(key) is False]
-
-    def update(self, resource_id: str, old: dict[str, Any], spec: EtcdMemberSpec) -> dict[str, Any]:
+    def update(self, resource_id: str, old: dict[str, Any], spec: EtcdMemberSpec) -> EtcdMemberStatus:
         # the member list only matters to a member's first start; a stopped member is started again
         start(spec)
         return status(spec)
@@ -201,23 +204,3 @@ class EtcdMemberKind(Kind[EtcdMemberSpec]):
             leave(spec)
         stop(spec)
         process.remove_tree(Path(spec.state_dir))
-
-
-@dataclass
-class EtcdMemberArgs:
-    state_dir: pulumi.Input[str]
-    name: pulumi.Input[str]
-    client_port: pulumi.Input[int]
-    peer_port: pulumi.Input[int]
-    cluster_token: pulumi.Input[str]
-    peers: pulumi.Input[list[dict[str, Any]]]
-
-
-class EtcdMember(pulumi.CustomResource):
-    """One member of the stack's etcd cluster."""
-
-    running: pulumi.Output[bool]
-    healthy: pulumi.Output[bool]
-
-    def __init__(self, name: str, args: EtcdMemberArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(TOKEN, name, {**provider_inputs(args), **declared_outputs("running", "healthy")}, opts)

@@ -12,18 +12,15 @@ from __future__ import annotations
 import csv
 import shutil
 import socket
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-import pulumi
 from pydantic import Field
 
-from components.kind import Kind, ProviderError, Spec
+from components.kind import Expect, Kind, Observed, ProviderError, Replace, Spec, Status
 from components.platform.local import process
 from components.platform.local.ha import http
 from components.platform.local.ha.patroni import Member
-from components.resource import declared_outputs, provider_inputs
 
 TOKEN = "thorbisdb:local:HaRouter"
 #: Checks every second (twice a second while a server changes state): a failover is routed within ~1 s.
@@ -31,10 +28,16 @@ CHECKS = "inter 1s fastinter 500ms downinter 1s fall 2 rise 1 on-marked-down shu
 
 
 class HaRouterSpec(Spec):
-    state_dir: str = Field(description="Directory of haproxy.cfg, its pidfile and admin socket.")
+    state_dir: Replace[str] = Field(description="Directory of haproxy.cfg, its pidfile and admin socket.")
     write_port: int = Field(ge=1024, le=65535, description="Port of the write endpoint (the leader) on 127.0.0.1.")
     read_port: int = Field(ge=1024, le=65535, description="Port of the read endpoint (the replicas) on 127.0.0.1.")
     members: list[Member] = Field(min_length=1, description="The Patroni nodes: PostgreSQL and REST API ports.")
+
+
+class HaRouterStatus(Status):
+    running: Annotated[bool | None, Expect(True)] = Field(
+        default=None, description="HAProxy runs and listens on both endpoints (false: `up` starts it)."
+    )
 
 
 def files(spec: HaRouterSpec) -> tuple[Path, Path, Path]:
@@ -139,31 +142,28 @@ def stop(spec: HaRouterSpec) -> None:
         process.terminate(pid, "HAProxy")
 
 
-def status(spec: HaRouterSpec) -> dict[str, Any]:
+def status(spec: HaRouterSpec) -> HaRouterStatus:
     _, pidfile, _ = files(spec)
     running = process.read_pid(pidfile) is not None
-    return {"running": running and process.port_open(spec.write_port) and process.port_open(spec.read_port)}
+    return HaRouterStatus(running=running and process.port_open(spec.write_port) and process.port_open(spec.read_port))
 
 
-class HaRouterKind(Kind[HaRouterSpec]):
+class HaRouterKind(Kind[HaRouterSpec, HaRouterStatus]):
     token = TOKEN
     spec_type = HaRouterSpec
-    replace_on = frozenset({"stateDir"})
+    status_type = HaRouterStatus
 
-    def create(self, spec: HaRouterSpec) -> tuple[str, dict[str, Any]]:
+    def create(self, spec: HaRouterSpec) -> tuple[str, HaRouterStatus]:
         config, _, _ = files(spec)
         process.make_private_dir(Path(spec.state_dir))
         process.write_private_file(config, config_text(spec))
         start(spec)
         return str(config), status(spec)
 
-    def observe(self, resource_id: str, spec: HaRouterSpec) -> dict[str, Any] | None:
-        return status(spec) if Path(resource_id).exists() else None
+    def observe(self, resource_id: str, spec: HaRouterSpec) -> Observed[HaRouterStatus] | None:
+        return Observed({}, status(spec)) if Path(resource_id).exists() else None
 
-    def drifted(self, old_state: dict[str, Any], spec: HaRouterSpec) -> list[str]:
-        return [] if old_state.get("running", True) else ["running"]
-
-    def update(self, resource_id: str, old: dict[str, Any], spec: HaRouterSpec) -> dict[str, Any]:
+    def update(self, resource_id: str, old: dict[str, Any], spec: HaRouterSpec) -> HaRouterStatus:
         config, _, _ = files(spec)
         process.write_private_file(config, config_text(spec))
         if old.get("writePort") != spec.write_port or old.get("readPort") != spec.read_port:
@@ -174,20 +174,3 @@ class HaRouterKind(Kind[HaRouterSpec]):
     def delete(self, resource_id: str, spec: HaRouterSpec) -> None:
         stop(spec)
         process.remove_tree(Path(spec.state_dir))
-
-
-@dataclass
-class HaRouterArgs:
-    state_dir: pulumi.Input[str]
-    write_port: pulumi.Input[int]
-    read_port: pulumi.Input[int]
-    members: pulumi.Input[list[dict[str, Any]]]
-
-
-class HaRouter(pulumi.CustomResource):
-    """HAProxy routing the write endpoint to the Patroni leader and the read endpoint to its replicas."""
-
-    running: pulumi.Output[bool]
-
-    def __init__(self, name: str, args: HaRouterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(TOKEN, name, {**provider_inputs(args), **declared_outputs("running")}, opts)

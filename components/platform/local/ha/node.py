@@ -11,39 +11,44 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-import pulumi
 from pydantic import Field
 
-from components.kind import Kind, ProviderError, Spec
+from components.kind import Expect, Kind, Observed, ProviderError, Replace, Secret, Spec, Status
 from components.platform.local import postgres_files as pg
 from components.platform.local import process
 from components.platform.local.ha import etcd, http, patroni
 from components.platform.local.postgres import ensure_roles_and_database
-from components.resource import declared_outputs, provider_inputs
 
 TOKEN = "thorbisdb:local:PatroniNode"
-SECRETS = frozenset({"superuserPassword", "replicationPassword"})
-OUTPUTS = ("running", "role", "timeline")
 #: initdb or a base backup of a large database happen inside a node's first start.
 START_TIMEOUT_SECONDS = 1800
 SWITCHOVER_TIMEOUT_SECONDS = 60
 
 
 class PatroniNodeSpec(Spec):
-    state_dir: str = Field(description="Directory of the node: data/, run/, patroni.yml and its logs.")
-    scope: str = Field(pattern=r"^[a-z0-9-]{1,63}$", description="The cluster the node belongs to.")
-    name: str = Field(pattern=r"^[a-z0-9-]{1,63}$", description="The node's name in the cluster.")
-    port: int = Field(ge=1024, le=65535, description="Port of its PostgreSQL on 127.0.0.1.")
-    rest_port: int = Field(ge=1024, le=65535, description="Port of its Patroni REST API on 127.0.0.1.")
+    state_dir: Replace[str] = Field(description="Directory of the node: data/, run/, patroni.yml and its logs.")
+    scope: Replace[str] = Field(pattern=r"^[a-z0-9-]{1,63}$", description="The cluster the node belongs to.")
+    name: Replace[str] = Field(pattern=r"^[a-z0-9-]{1,63}$", description="The node's name in the cluster.")
+    port: Replace[int] = Field(ge=1024, le=65535, description="Port of its PostgreSQL on 127.0.0.1.")
+    rest_port: Replace[int] = Field(ge=1024, le=65535, description="Port of its Patroni REST API on 127.0.0.1.")
     etcd_ports: list[int] = Field(min_length=1, description="Client ports of the etcd members.")
     database: str = Field(description="The application database, made by the node that bootstraps.")
-    superuser_password: str = Field(min_length=1, description="Password of `postgres` (secret).")
-    replication_password: str = Field(min_length=1, description="Password of `replicator` (secret).")
+    superuser_password: Secret[str] = Field(min_length=1, description="Password of `postgres` (secret).")
+    replication_password: Secret[str] = Field(min_length=1, description="Password of `replicator` (secret).")
     allow_data_loss: bool = Field(default=False, description="Whether delete may remove the data directory.")
+
+
+class PatroniNodeStatus(Status):
+    running: Annotated[bool | None, Expect(True)] = Field(
+        default=None, description="Its supervisor, Patroni and PostgreSQL run (false: `up` starts them)."
+    )
+    role: str | None = Field(
+        default=None, description="leader, sync_standby or replica: Patroni's to decide, never drift."
+    )
+    timeline: int | None = Field(default=None, description="PostgreSQL's timeline: each promotion starts one.")
 
 
 def node_config(spec: PatroniNodeSpec) -> patroni.NodeConfig:
@@ -59,15 +64,15 @@ def node_config(spec: PatroniNodeSpec) -> patroni.NodeConfig:
     )
 
 
-def status(spec: PatroniNodeSpec) -> dict[str, Any]:
+def status(spec: PatroniNodeSpec) -> PatroniNodeStatus:
     member = patroni.member_status(spec.rest_port) if patroni.supervisor_pid(Path(spec.state_dir)) else None
     if member is None:
-        return {"running": False, "role": None, "timeline": None}
-    return {
-        "running": member.get("state") == "running",
-        "role": "leader" if member.get("role") in ("master", "primary") else member.get("role"),
-        "timeline": member.get("timeline"),
-    }
+        return PatroniNodeStatus(running=False)
+    return PatroniNodeStatus(
+        running=member.get("state") == "running",
+        role="leader" if member.get("role") in ("master", "primary") else member.get("role"),
+        timeline=member.get("timeline"),
+    )
 
 
 def wait_running(spec: PatroniNodeSpec) -> None:
@@ -84,7 +89,7 @@ def others_running(spec: PatroniNodeSpec) -> list[dict[str, Any]]:
 def hand_over_leadership(spec: PatroniNodeSpec) -> None:
     """A leader that is being removed first hands its lock to a running replica (a planned switchover).
     Best effort: when no replica can take it (the whole cluster is going), stopping the leader is enough."""
-    if status(spec)["role"] != "leader" or not others_running(spec):
+    if status(spec).role != "leader" or not others_running(spec):
         return
     auth = (patroni.REST_USER, spec.superuser_password)
     with contextlib.suppress(ProviderError):
@@ -107,13 +112,12 @@ def set_aside(base: Path) -> Path:
     return aside
 
 
-class PatroniNodeKind(Kind[PatroniNodeSpec]):
+class PatroniNodeKind(Kind[PatroniNodeSpec, PatroniNodeStatus]):
     token = TOKEN
     spec_type = PatroniNodeSpec
-    replace_on = frozenset({"stateDir", "scope", "name", "port", "restPort"})
-    secret_properties = SECRETS
+    status_type = PatroniNodeStatus
 
-    def create(self, spec: PatroniNodeSpec) -> tuple[str, dict[str, Any]]:
+    def create(self, spec: PatroniNodeSpec) -> tuple[str, PatroniNodeStatus]:
         patroni.write_files(node_config(spec))
         patroni.start(Path(spec.state_dir))
         wait_running(spec)
@@ -122,22 +126,19 @@ class PatroniNodeKind(Kind[PatroniNodeSpec]):
 
     def ensure_database(self, spec: PatroniNodeSpec, current_password: str | None = None) -> None:
         """Passwords and the application database, made on whichever node leads (they then stream)."""
-        if status(spec)["role"] != "leader":
+        if status(spec).role != "leader":
             return
         current = current_password or spec.superuser_password
         if not pg.answering(spec.port, current):
             current = spec.superuser_password  # already changed (by another node's update)
         ensure_roles_and_database(spec.port, current, spec.superuser_password, spec.replication_password, spec.database)
 
-    def observe(self, resource_id: str, spec: PatroniNodeSpec) -> dict[str, Any] | None:
+    def observe(self, resource_id: str, spec: PatroniNodeSpec) -> Observed[PatroniNodeStatus] | None:
         if not patroni.NodeFiles(Path(spec.state_dir)).server.initialised():
             return None
-        return status(spec)
+        return Observed({}, status(spec))
 
-    def drifted(self, old_state: dict[str, Any], spec: PatroniNodeSpec) -> list[str]:
-        return [] if old_state.get("running", True) else ["running"]
-
-    def update(self, resource_id: str, old: dict[str, Any], spec: PatroniNodeSpec) -> dict[str, Any]:
+    def update(self, resource_id: str, old: dict[str, Any], spec: PatroniNodeSpec) -> PatroniNodeStatus:
         base = Path(spec.state_dir)
         if patroni.write_files(node_config(spec)):
             patroni.reload(base)
@@ -158,27 +159,3 @@ class PatroniNodeKind(Kind[PatroniNodeSpec]):
         elif base.exists():
             aside = set_aside(base)
             print(f"thorbisdb: {spec.name}'s data directory was kept in {aside}", file=sys.stderr)
-
-
-@dataclass
-class PatroniNodeArgs:
-    state_dir: pulumi.Input[str]
-    scope: pulumi.Input[str]
-    name: pulumi.Input[str]
-    port: pulumi.Input[int]
-    rest_port: pulumi.Input[int]
-    etcd_ports: pulumi.Input[list[int]]
-    database: pulumi.Input[str]
-    superuser_password: pulumi.Input[str]
-    replication_password: pulumi.Input[str]
-    allow_data_loss: pulumi.Input[bool] = False
-
-
-class PatroniNode(pulumi.CustomResource):
-    """A PostgreSQL node of the stack's Patroni cluster; which node leads is Patroni's to decide."""
-
-    running: pulumi.Output[bool]
-    role: pulumi.Output[str]
-
-    def __init__(self, name: str, args: PatroniNodeArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(TOKEN, name, {**provider_inputs(args, SECRETS), **declared_outputs(*OUTPUTS)}, opts)
