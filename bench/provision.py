@@ -27,7 +27,7 @@ import psycopg
 import pulumi.automation as auto
 from psycopg import sql
 
-from tests.support import copy_project, free_ports, reachable_state_dir
+from testbed.support import copy_project, free_ports, reachable_state_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"

@@ -2,7 +2,7 @@
 
 1. Provisioning (bench/provision.py): its own stack, from nothing, against the `psql -f` floor.
 2. Queries and connections: a stack whose program has an empty sql/schema (servers, roles, extensions
-   only); the review's before database is built on it (tests/fixtures/before_state.py) and filled
+   only); the review's before database is built on it (testbed/before_state.py) and filled
    (bench/generate.py); the six query classes are timed; the full schema is put back and `pulumi up`
    adopts the populated database; the classes are timed again (RLS and owner), then pgbench runs.
 Results: bench/results/results.json, REPORT.md, charts, plans/. Each stack is destroyed at the end.
@@ -32,8 +32,8 @@ import pulumi.automation as auto
 
 from bench import connections, generate, provision, queries, report
 from tests.e2e.conftest import PASSWORD_KEYS, configure
-from tests.fixtures.before_state import build_before_state
-from tests.support import copy_project_without_tables, free_ports, reachable_state_dir
+from testbed.before_state import build_before_state
+from testbed.support import copy_project_without_tables, free_ports, reachable_state_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"

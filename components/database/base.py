@@ -28,6 +28,19 @@ def qualified(schema: str, name: str) -> sql.Identifier:
     return sql.Identifier(schema, name)
 
 
+def default_partition_name(table: str) -> str:
+    """pg_partman's name for the default partition (check_name_length(table, '_default')): the Table kind
+    makes it under this name, so that pg_partman finds it and a conversion swaps it."""
+    return f"{table[: 63 - len('_default')]}_default"
+
+
+def partition_name(table: str, suffix: str) -> str:
+    """pg_partman's name for a child (check_name_length(table, suffix, true)): `<table>_p<YYYY_MM>`."""
+    if len(table) + len(suffix) >= 61:
+        return f"{table[: 61 - len(suffix)]}_p{suffix}"
+    return f"{table}_p{suffix}"
+
+
 def database_provider(
     name: str,
     connection: pulumi.Output[ConnectionSpec],
@@ -37,7 +50,7 @@ def database_provider(
 ) -> pulumi.ProviderResource:
     """The thorbisdb provider instance that database objects are created through (connection is secret)."""
     inputs: dict[str, Any] = {
-        "connection": pulumi.Output.secret(connection.apply(lambda spec: spec.to_property())),
+        "connection": pulumi.Output.secret(connection.apply(lambda spec: spec.model_dump(mode="json"))),
         "lockTimeout": lock_timeout,
         "allowDataLoss": allow_data_loss,
     }

@@ -26,7 +26,7 @@ from components.database.index import Index, IndexArgs
 from components.database.manifest import Manifest, ManifestArgs
 from components.database.materialized_view import MaterializedView, MaterializedViewArgs
 from components.database.model import TABLE_SCHEMA, TableData, bounded, load_schema
-from components.database.operations import load_jobs, load_maintenance, load_monitoring
+from components.database.operations import load_maintenance, load_monitoring
 from components.database.partitioning import PartitionGuard, PartitionGuardArgs, PartitionSet, PartitionSetArgs
 from components.database.policy import Policy, PolicyArgs
 from components.database.reporting import load_reporting
@@ -38,6 +38,7 @@ from components.database.trigger import Trigger, TriggerArgs
 from components.database.view import View, ViewArgs
 from components.kind import Spec
 from config import StackSettings
+from config.settings import attribute_of
 
 
 class DatabaseLayer(pulumi.ComponentResource):
@@ -68,7 +69,7 @@ class DatabaseLayer(pulumi.ComponentResource):
             ManifestArgs(tables={t.name: {c.name: c.type for c in t.columns} for t in self.schema.tables}),
             self.options(),
         )
-        self.roles = self.declare_roles()
+        self.roles = self.declare_roles(connection)
         self.schemas = self.declare_schemas(list(self.roles.values()))
         self.extensions = self.declare_extensions(list(self.schemas.values()))
         functions = self.declare_functions([*self.schemas.values(), *self.extensions.values()])
@@ -89,13 +90,13 @@ class DatabaseLayer(pulumi.ComponentResource):
         after = [*depends_on, *([self.manifest] if self.manifest else [])]
         return pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=after, **extra)  # type: ignore[arg-type]
 
-    def declare_roles(self) -> dict[str, pulumi.Resource]:
-        adopt = self.settings.platform == "external"  # Supabase's own roles exist: adopt, never recreate
+    def declare_roles(self, connection: pulumi.Output[ConnectionSpec]) -> dict[str, pulumi.Resource]:
+        adopt = pulumi.Output.unsecret(connection.apply(lambda spec: spec.platform_owns_roles))
         declared: dict[str, Role] = {}
         for role in self.access.roles:
             password = None
             if role.password:
-                secret = getattr(self.settings, _attribute(role.password))
+                secret = getattr(self.settings, attribute_of(role.password))
                 password = pulumi.Output.secret(secret.get_secret_value()) if secret else None
             declared[role.name] = Role(
                 f"role-{role.name}",
@@ -270,8 +271,7 @@ class DatabaseLayer(pulumi.ComponentResource):
     def declare_jobs(self, connection: pulumi.Output[ConnectionSpec], after: Sequence[pulumi.Resource]) -> None:
         """pg_cron jobs of sql/jobs.yaml with the stack's schedules and parameters, after what they run."""
         database = connection.apply(lambda spec: spec.database)
-        jobs = load_jobs(self.settings.jobs.schedules, self.settings.jobs.parameters)
-        for job in jobs:
+        for job in self.settings.jobs.resolved():
             CronJob(
                 f"cron-job-{job.name}",
                 CronJobArgs(name=job.name, schedule=job.schedule, command=job.command, database=database),
@@ -311,11 +311,6 @@ class DatabaseLayer(pulumi.ComponentResource):
                 ),
                 self.options(after),
             )
-
-
-def _attribute(config_key: str) -> str:
-    """The settings attribute of a config key: authenticatorPassword -> authenticator_password."""
-    return "".join(f"_{c.lower()}" if c.isupper() else c for c in config_key)
 
 
 def _args(args_type: Any, spec: Spec) -> dict[str, Any]:

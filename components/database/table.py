@@ -17,7 +17,7 @@ import pulumi
 from psycopg import sql
 from pydantic import Field
 
-from components.database.base import DatabaseKind, qualified
+from components.database.base import DatabaseKind, default_partition_name, qualified
 from components.database.session import Statement, connect, run_ddl, scalar
 from components.kind import ProviderError, Spec
 from components.resource import declared_outputs, provider_inputs
@@ -430,7 +430,7 @@ class TableKind(DatabaseKind[TableSpec]):
             else:
                 statements = [create_statement(spec, relation), *rls_statements(relation)]
                 if spec.partition:  # rows outside every partition land here until maintenance makes theirs
-                    default_partition = qualified(spec.schema_name, f"{spec.name}_default")
+                    default_partition = qualified(spec.schema_name, default_partition_name(spec.name))
                     statements.append(
                         sql.SQL("CREATE TABLE {} PARTITION OF {} DEFAULT").format(default_partition, relation)
                     )

@@ -9,7 +9,7 @@ from pathlib import Path
 import pulumi.automation as auto
 import pytest
 
-from tests.support import copy_project, free_ports
+from testbed.support import copy_project, free_ports
 
 pytestmark = pytest.mark.e2e
 PROJECT_PARTS = ("Pulumi.yaml", "__main__.py", "components", "config", "provider")

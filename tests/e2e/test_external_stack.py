@@ -13,7 +13,7 @@ from psycopg import sql
 
 from components.platform.local.postgres import PostgresServerKind, PostgresServerSpec
 from tests.conftest import ROOT
-from tests.support import free_port, reachable_state_dir
+from testbed.support import free_port, reachable_state_dir
 
 pytestmark = pytest.mark.e2e
 

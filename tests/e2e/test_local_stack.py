@@ -19,8 +19,8 @@ import redis
 from psycopg import sql
 
 from components.database.model import load_schema
-from tests.e2e.conftest import LiveStack
-from tests.support import listening, processes_under
+from testbed.stacks import LiveStack
+from testbed.support import listening, processes_under
 
 pytestmark = pytest.mark.e2e
 MARKER = "written on the primary"

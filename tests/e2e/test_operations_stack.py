@@ -13,13 +13,14 @@ import pytest
 from psycopg import sql
 
 from components.database.model import load_schema
-from components.database.operations import load_jobs, load_monitoring
+from components.database.operations import load_monitoring
+from config.jobs import read_jobs
 from components.database.reporting import load_reporting
-from tests.e2e.conftest import LiveStack
+from testbed.stacks import LiveStack
 
 pytestmark = pytest.mark.e2e
 PARTITIONED = [table.name for table in load_schema().tables if table.partition]
-JOBS = load_jobs()
+JOBS = read_jobs().resolved({}, {})
 PREMAKE = 4  # thorbis:partitioning.premake's default, which this stack keeps
 Conn = psycopg.Connection[Any]
 

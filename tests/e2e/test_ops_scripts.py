@@ -26,9 +26,9 @@ from components.database.model import load_schema
 from components.platform.local import process
 from ops import EXIT_DESTRUCTIVE, EXIT_DRIFT, EXIT_FAILED, EXIT_OK
 from tests.conftest import ROOT
-from tests.e2e.conftest import LiveStack, throwaway_stack
+from testbed.stacks import LiveStack, throwaway_stack
 from tests.e2e.test_adopt_existing_database import edited_table, without_column
-from tests.support import copy_project
+from testbed.support import copy_project
 
 pytestmark = pytest.mark.e2e
 JOBS_INDEX = next(index for index in load_schema().table("jobs").foreign_key_indexes())

@@ -21,7 +21,7 @@ import pytest
 from psycopg import sql
 
 from components.database.model import IndexData, bounded, load_schema
-from tests.e2e.conftest import LiveStack
+from testbed.stacks import LiveStack
 from tests.e2e.rows import (
     Synthesizer,
     World,

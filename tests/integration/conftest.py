@@ -18,7 +18,7 @@ import pytest
 from components.platform.local import postgres_files as pg
 from components.platform.local.postgres import PostgresServerKind, PostgresServerSpec
 from components.platform.local.replica import PostgresReplicaKind, PostgresReplicaSpec
-from tests.support import free_port, reachable_state_dir
+from testbed.support import free_port, reachable_state_dir
 
 SUPERUSER_PASSWORD = "it-Super'user:0123"  # a quote and a colon: quoting and .pgpass escaping are exercised
 REPLICATION_PASSWORD = "it-Replic:ation\\0123"

@@ -21,7 +21,7 @@ from components.platform.local.backup import BackupRepositoryKind, BackupReposit
 from components.platform.local.pgbackrest import Repository
 from components.platform.local.postgres import PostgresServerKind, wait_for_promotion
 from tests.integration.conftest import SETTINGS, SUPERUSER_PASSWORD, Primary, eventually, primary_spec
-from tests.support import free_port, reachable_state_dir
+from testbed.support import free_port, reachable_state_dir
 
 STANZA = "it-backup"
 

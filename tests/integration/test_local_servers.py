@@ -35,7 +35,7 @@ from tests.integration.conftest import (
     eventually,
     running_replica,
 )
-from tests.support import free_port, listening, processes_under, reachable_state_dir
+from testbed.support import free_port, listening, processes_under, reachable_state_dir
 
 AUTH_PASSWORD = 'it-"bouncer" pass:0123'  # a double quote: userlist.txt must escape it
 REDIS_PASSWORD = 'it-re"dis\\ pass word'  # quote, backslash and space: redis.conf must quote them

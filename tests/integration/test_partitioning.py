@@ -171,7 +171,7 @@ def test_partitions_made_by_maintenance_as_another_role_get_forced_rls(events: D
     kind = db.kind(PartitionSetKind)
     more = EVENTS_SET.model_copy(update={"premake": 5})
     kind.update("public.events", {}, more)
-    with psycopg.connect(**{**db.connection.admin_conninfo(), "user": "maint", "password": MAINT_PASSWORD}) as maint:
+    with psycopg.connect(**{**db.connection.conninfo(), "user": "maint", "password": MAINT_PASSWORD}) as maint:
         assert maint.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone() == (False,)
         maint.execute("SELECT partman.run_maintenance(p_parent_table := 'public.events', p_jobmon := false)")
         maint.execute(  # and a partition made by hand

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -11,6 +11,7 @@ from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field
 
 from components.connection import ConnectionSpec, Endpoint
+from components.database.access import load_access
 from components.kind import Kind, ProviderError, Spec
 from components.platform.secrets import secret_of
 from components.resource import declared_outputs, provider_inputs
@@ -18,14 +19,17 @@ from config import StackSettings
 
 TOKEN = "thorbisdb:external:Postgres"
 SECRETS = frozenset({"dsn"})
-#: Extensions the database layer installs; the server must offer each one.
-REQUIRED_EXTENSIONS = ("pg_trgm", "ltree", "hypopg", "pg_cron", "pg_stat_statements", "pgcrypto", "uuid-ossp")
 MINIMUM_VERSION_NUM = 150000
+
+
+def required_extensions() -> list[str]:
+    """The extensions the database layer installs (sql/access.yaml): the server must offer each one."""
+    return [extension.name for extension in load_access().extensions]
 
 
 class ExternalPostgresSpec(Spec):
     dsn: str = Field(description="postgresql:// URL of the server (secret).")
-    required_extensions: list[str] = Field(default_factory=lambda: list(REQUIRED_EXTENSIONS))
+    required_extensions: list[str] = Field(description="Extensions the server must offer.")
     minimum_version_num: int = Field(default=MINIMUM_VERSION_NUM, description="server_version_num at least.")
 
 
@@ -82,7 +86,7 @@ class ExternalPostgresKind(Kind[ExternalPostgresSpec]):
 @dataclass
 class ExternalPostgresArgs:
     dsn: pulumi.Input[str]
-    required_extensions: pulumi.Input[list[str]] = field(default_factory=lambda: list(REQUIRED_EXTENSIONS))
+    required_extensions: pulumi.Input[list[str]]
 
 
 class ExternalPostgres(pulumi.CustomResource):
@@ -104,11 +108,12 @@ def connection_from_dsn(dsn: str) -> ConnectionSpec:
     params = conninfo_to_dict(dsn)
     return ConnectionSpec(
         platform="external",
-        primary=Endpoint(str(params.get("host", "localhost")), int(str(params.get("port") or 5432))),
+        primary=Endpoint(host=str(params.get("host", "localhost")), port=int(str(params.get("port") or 5432))),
         database=str(params.get("dbname", "postgres")),
         admin_user=str(params.get("user", "postgres")),
         admin_password=str(params.get("password", "")),
         sslmode=str(params.get("sslmode", "prefer")),
+        platform_owns_roles=True,  # Supabase's anon, authenticated, ... exist already: adopt, never drop
     )
 
 
@@ -121,7 +126,9 @@ class ExternalPlatform(pulumi.ComponentResource):
         super().__init__("thorbis:platform:External", name, None, opts)
         dsn = secret_of(settings, "external_dsn")
         server = ExternalPostgres(
-            f"{name}-postgres", ExternalPostgresArgs(dsn=dsn), pulumi.ResourceOptions(parent=self)
+            f"{name}-postgres",
+            ExternalPostgresArgs(dsn=dsn, required_extensions=required_extensions()),
+            pulumi.ResourceOptions(parent=self),
         )
         self.connection = pulumi.Output.all(dsn, server.id).apply(lambda values: connection_from_dsn(values[0]))
         self.register_outputs({})

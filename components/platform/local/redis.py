@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pulumi
 import redis
@@ -13,22 +13,14 @@ from pydantic import Field, field_validator
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from components.connection import LOOPBACK
 from components.kind import Kind, ProviderError, Spec
 from components.platform.local import process
 from components.resource import declared_outputs, provider_inputs
+from config.settings import EvictionPolicy
 
 TOKEN = "thorbisdb:local:Redis"
 SECRETS = frozenset({"password"})
-EvictionPolicy = Literal[
-    "noeviction",
-    "allkeys-lru",
-    "allkeys-lfu",
-    "allkeys-random",
-    "volatile-lru",
-    "volatile-lfu",
-    "volatile-random",
-    "volatile-ttl",
-]
 _MEMORY = re.compile(r"^(\d+)\s*(b|k|kb|m|mb|g|gb)?$", re.IGNORECASE)
 _FACTORS = {"": 1, "b": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3, "gb": 1024**3}
 
@@ -59,7 +51,7 @@ class RedisSpec(Spec):
 def conf_text(spec: RedisSpec) -> str:
     base = Path(spec.state_dir)
     lines = {
-        "bind": "127.0.0.1",
+        "bind": LOOPBACK,
         "port": str(spec.port),
         "protected-mode": "yes",
         "daemonize": "yes",
@@ -78,7 +70,7 @@ def conf_text(spec: RedisSpec) -> str:
 def client(spec: RedisSpec, port: int | None = None, password: str | None = None) -> redis.Redis:
     """One try per call: redis-py retries with backoff by default, which turns a refused password into seconds."""
     return redis.Redis(
-        host="127.0.0.1",
+        host=LOOPBACK,
         port=port or spec.port,
         password=password if password is not None else spec.password,
         socket_timeout=5,

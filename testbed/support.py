@@ -1,4 +1,4 @@
-"""Helpers the tests share: free ports, a state directory the postgres OS user can reach, processes."""
+"""Free ports, a state directory the postgres OS user can reach, processes, copies of the program."""
 
 from __future__ import annotations
 
