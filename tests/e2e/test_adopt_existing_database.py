@@ -29,10 +29,10 @@ import yaml
 from psycopg import sql
 
 from components.database.model import load_schema
-from tests.conftest import ROOT
-from testbed.stacks import LiveStack, throwaway_stack
 from testbed.before_state import BeforeTable, build_before_state, fingerprint
+from testbed.stacks import LiveStack, throwaway_stack
 from testbed.support import copy_project_without_tables
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.e2e
 LOCK_TIMEOUT_SECONDS = 5  # the stack's default thorbis:lockTimeout

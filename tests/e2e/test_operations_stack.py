@@ -14,8 +14,8 @@ from psycopg import sql
 
 from components.database.model import load_schema
 from components.database.operations import load_monitoring
-from config.jobs import read_jobs
 from components.database.reporting import load_reporting
+from config.jobs import read_jobs
 from testbed.stacks import LiveStack
 
 pytestmark = pytest.mark.e2e

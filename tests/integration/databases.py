@@ -12,9 +12,9 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from components.connection import ConnectionSpec, Endpoint
-from components.platform.local.postgres_files import SUPERUSER
 from components.kind import Kind, Spec
 from components.platform.local.postgres import PostgresServerKind, PostgresServerSpec
+from components.platform.local.postgres_files import SUPERUSER
 from components.provider import spec_fields
 from testbed.support import free_port, reachable_state_dir
 

@@ -20,8 +20,8 @@ from components.platform.local import postgres_files as pg
 from components.platform.local.backup import BackupRepositoryKind, BackupRepositorySpec
 from components.platform.local.pgbackrest import Repository
 from components.platform.local.postgres import PostgresServerKind, wait_for_promotion
-from tests.integration.conftest import SETTINGS, SUPERUSER_PASSWORD, Primary, eventually, primary_spec
 from testbed.support import free_port, reachable_state_dir
+from tests.integration.conftest import SETTINGS, SUPERUSER_PASSWORD, Primary, eventually, primary_spec
 
 STANZA = "it-backup"
 

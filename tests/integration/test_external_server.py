@@ -15,8 +15,8 @@ from components.platform.external import (
     inspect,
     required_extensions,
 )
-from tests.integration.conftest import DATABASE, Primary
 from testbed.support import free_port
+from tests.integration.conftest import DATABASE, Primary
 
 UNREACHABLE_PASSWORD = "it-Never-Shown-0123"
 

@@ -25,6 +25,7 @@ from components.kind import ProviderError, Spec
 from components.platform.local import process
 from components.platform.local.pgbouncer import AUTH_ROLE, AUTH_SCHEMA, PgBouncerKind, PgBouncerSpec, admin_console
 from components.platform.local.redis import RedisKind, RedisSpec, memory_bytes
+from testbed.support import free_port, listening, processes_under, reachable_state_dir
 from tests.integration.conftest import (
     DATABASE,
     REPLICATION_PASSWORD,
@@ -35,7 +36,6 @@ from tests.integration.conftest import (
     eventually,
     running_replica,
 )
-from testbed.support import free_port, listening, processes_under, reachable_state_dir
 
 AUTH_PASSWORD = 'it-"bouncer" pass:0123'  # a double quote: userlist.txt must escape it
 REDIS_PASSWORD = 'it-re"dis\\ pass word'  # quote, backslash and space: redis.conf must quote them

@@ -150,6 +150,19 @@ def test_registration_premakes_and_takes_over_our_default_partition(events: Data
     assert set(partitions(db, "events")) == set(made)
 
 
+def test_a_long_named_table_gets_its_default_partition_under_pg_partmans_name(database: Database) -> None:
+    """The Table kind, the PartitionSet kind and the conversion name the default partition alike: as
+    pg_partman's check_name_length does, which cuts the table's name to fit the suffix into 63 bytes."""
+    name = "events_of_a_tenant_with_a_name_long_enough_to_be_cut_by_partman"[:60]
+    database.kind(TableKind).create(EVENTS.model_copy(update={"name": name}))
+    try:
+        expected = database.scalar("SELECT partman.check_name_length(%s, '_default')", (name,))
+        assert expected != f"{name}_default"[:63]  # PostgreSQL's own truncation would name it otherwise
+        assert set(partitions(database, name)) == {expected}
+    finally:
+        database.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier("public", name)))
+
+
 def test_part_config_drift_is_seen_and_repaired(events: Database) -> None:
     db = events
     kind = db.kind(PartitionSetKind)
