@@ -347,7 +347,8 @@ class JobsSettings(Settings):
         "defaults in sql/jobs.yaml. Default: the file's.",
         "a mapping of parameter name to an integer >= 1",
     )
-    _declared: JobsFile = PrivateAttr()
+    #: Where the settings were validated: sql/jobs.yaml is read from there once, when first needed.
+    _context: SettingsContext = PrivateAttr()
 
     @field_validator("schedules", "parameters", mode="after")
     @classmethod
@@ -364,13 +365,13 @@ class JobsSettings(Settings):
         return value
 
     @model_validator(mode="after")
-    def _keep_declared(self, info: ValidationInfo) -> JobsSettings:
-        self._declared = _context(info).declared_jobs
+    def _keep_context(self, info: ValidationInfo) -> JobsSettings:
+        self._context = _context(info)
         return self
 
     def resolved(self) -> list[JobData]:
         """The jobs of sql/jobs.yaml with this stack's schedules and parameters."""
-        return self._declared.resolved(self.schedules, self.parameters)
+        return self._context.declared_jobs.resolved(self.schedules, self.parameters)
 
 
 OS_CRON_ALLOWED = "an OS cron schedule: five cron fields ('30 2 * * *') or '@daily'-style"
