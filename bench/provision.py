@@ -30,8 +30,7 @@ from ops.stack import read_connection
 from testbed.stacks import throwaway_stack
 from testbed.support import copy_project
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
+RESULTS = Path(__file__).resolve().parent / "results"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 FLOOR_DATABASE = "thorbis_psql_floor"
 CRON = re.compile(r"\b(pg_)?cron\b")

@@ -35,10 +35,9 @@ from components.connection import ConnectionSpec
 from ops.stack import read_connection
 from testbed.before_state import build_before_state
 from testbed.stacks import LiveStack, throwaway_stack
-from testbed.support import copy_project_without_tables
+from testbed.support import PROJECT_ROOT, copy_project_without_tables
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
+RESULTS = Path(__file__).resolve().parent / "results"
 POOL_SIZE = 10  # thorbis:pgbouncer.defaultPoolSize as testbed.stacks.configure sets it
 #: The applications' login role (sql/access.yaml) and the config key of its password.
 APPLICATION_LOGIN, APPLICATION_PASSWORD_KEY = "authenticator", "authenticatorPassword"
@@ -76,7 +75,7 @@ class DataStack:
 
 def restore_schema(project: Path) -> None:
     shutil.rmtree(project / "sql")
-    shutil.copytree(ROOT / "sql", project / "sql")
+    shutil.copytree(PROJECT_ROOT / "sql", project / "sql")
 
 
 @contextmanager

@@ -11,7 +11,6 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, PositiveInt, model_validator
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 JOBS_FILE = Path("sql") / "jobs.yaml"
 """Where the jobs are declared, relative to the project root."""
 #: `{name}` in a job's command: a parameter (camelCase, as a config key).
@@ -62,5 +61,5 @@ class JobsFile(BaseModel):
         ]
 
 
-def read_jobs(project_root: Path = PROJECT_ROOT) -> JobsFile:
+def read_jobs(project_root: Path) -> JobsFile:
     return JobsFile.model_validate(yaml.safe_load((project_root / JOBS_FILE).read_text()))

@@ -41,7 +41,7 @@ NAMESPACE = "thorbis"
 PROD_STACK = "prod"
 MIN_PASSWORD_LENGTH = 12
 GUC_NAME_PATTERN = r"^[a-z_][a-z0-9_.]*$"
-Platform = Literal["local", "docker", "external"]
+PlatformName = Literal["local", "docker", "external"]
 PoolMode = Literal["transaction", "session"]
 """PgBouncer's pool_mode values we support (statement mode breaks transactions)."""
 EvictionPolicy = Literal[
@@ -442,10 +442,10 @@ class StackSettings(Settings):
     """Everything under `thorbis:` for one stack, validated; build it with `parse_settings`."""
 
     stack: str = Field(description="Name of the Pulumi stack; not a config key.")
-    platform: Platform = setting(
+    platform: PlatformName = setting(
         "local",
         "Where the servers run: local processes, Docker containers, or an external server. Default local.",
-        one_of(Platform),
+        one_of(PlatformName),
     )
     state_dir: Path = setting(
         None,

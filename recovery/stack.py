@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import psycopg
 import pulumi.automation as auto
@@ -12,9 +11,7 @@ from components.connection import ConnectionSpec, Endpoint
 from components.platform.local import backup_repository
 from components.platform.local.pgbackrest import Repository
 from config import StackSettings, parse_settings
-from ops.stack import ToolError, read_connection
-
-ROOT = Path(__file__).resolve().parents[1]
+from ops.stack import ROOT, ToolError, read_connection
 
 
 class OperationError(Exception):

@@ -11,6 +11,7 @@ import pulumi.automation as auto
 import pytest
 from psycopg import sql
 
+from components.connection import LOOPBACK
 from components.outputs import CONNECTION, connection_of
 from components.platform.local.postgres import PostgresServerKind, PostgresServerSpec
 from testbed.support import free_port, reachable_state_dir
@@ -40,7 +41,7 @@ def existing_server() -> Iterator[PostgresServerSpec]:
 
 
 def dsn(spec: PostgresServerSpec) -> str:
-    return f"postgresql://postgres:{spec.superuser_password}@127.0.0.1:{spec.port}/{spec.database}"
+    return f"postgresql://postgres:{spec.superuser_password}@{LOOPBACK}:{spec.port}/{spec.database}"
 
 
 SUPABASE_ROLES = ["anon", "authenticated", "authenticator", "service_role"]

@@ -18,7 +18,7 @@ import pytest
 import redis
 from psycopg import sql
 
-from components.connection import Endpoint
+from components.connection import LOOPBACK, Endpoint
 from components.database.model import load_schema
 from components.outputs import CONNECTION, connection_of
 from testbed.stacks import LiveStack
@@ -94,7 +94,7 @@ def test_300_clients_through_pgbouncer_while_the_server_sees_at_most_the_pool(li
 
         def client(_: int) -> int:
             with psycopg.connect(
-                host="127.0.0.1",
+                host=LOOPBACK,
                 port=live_stack.pgbouncer_port,
                 user="e2e_app",
                 password="e2e-app-password-1",

@@ -17,10 +17,11 @@ from components.database.operations import load_monitoring
 from components.database.reporting import load_reporting
 from config.jobs import read_jobs
 from testbed.stacks import LiveStack
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.e2e
 PARTITIONED = [table.name for table in load_schema().tables if table.partition]
-JOBS = read_jobs().resolved({}, {})
+JOBS = read_jobs(ROOT).resolved({}, {})
 PREMAKE = 4  # thorbis:partitioning.premake's default, which this stack keeps
 Conn = psycopg.Connection[Any]
 

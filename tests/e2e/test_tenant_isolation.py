@@ -20,6 +20,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from components.connection import LOOPBACK
 from components.database.model import IndexData, bounded, load_schema
 from testbed.stacks import LiveStack
 from tests.e2e.rows import (
@@ -72,7 +73,7 @@ def tenants(admin: Conn) -> Tenants:
 
 def authenticator(stack: LiveStack, port: int | None = None) -> Conn:
     return psycopg.connect(
-        host="127.0.0.1",
+        host=LOOPBACK,
         port=port or stack.postgres_port,
         user="authenticator",
         password=stack.passwords["authenticatorPassword"],

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from components.connection import LOOPBACK
 from components.kind import ProviderError
 from components.platform.external import (
     MINIMUM_VERSION_NUM,
@@ -61,18 +62,18 @@ def test_a_server_older_than_the_minimum_is_refused(primary: Primary) -> None:
 
 def test_an_unreachable_server_is_a_quick_clear_error_without_its_password() -> None:
     port = free_port()  # nothing listens there
-    spec = checked(f"postgresql://app:{UNREACHABLE_PASSWORD}@127.0.0.1:{port}/{DATABASE}")
+    spec = checked(f"postgresql://app:{UNREACHABLE_PASSWORD}@{LOOPBACK}:{port}/{DATABASE}")
     started = time.monotonic()
     message = refusal(spec)
     assert time.monotonic() - started < 15
-    assert message.startswith("cannot reach the external PostgreSQL at 127.0.0.1")
+    assert message.startswith(f"cannot reach the external PostgreSQL at {LOOPBACK}")
     assert str(port) in message
     assert UNREACHABLE_PASSWORD not in message
 
 
 def test_a_wrong_password_is_a_clear_error_without_the_password(primary: Primary) -> None:
     wrong = "it-Wrong-Pass-0123"
-    message = refusal(checked(f"postgresql://postgres:{wrong}@127.0.0.1:{primary.port}/{DATABASE}"))
+    message = refusal(checked(f"postgresql://postgres:{wrong}@{LOOPBACK}:{primary.port}/{DATABASE}"))
     assert "password authentication failed" in message
     assert wrong not in message
 
@@ -80,13 +81,13 @@ def test_a_wrong_password_is_a_clear_error_without_the_password(primary: Primary
 def test_kind_adopts_observes_and_forgets_without_touching_the_server(primary: Primary) -> None:
     kind, spec = ExternalPostgresKind(), checked(primary.dsn)
     resource_id, outputs = kind.create(spec)
-    assert resource_id == f"127.0.0.1:{primary.port}/{DATABASE}"
+    assert resource_id == f"{LOOPBACK}:{primary.port}/{DATABASE}"
     assert outputs["reachable"] is True
     assert kind.observe(resource_id, spec) == outputs
     assert kind.update(resource_id, {**spec.model_dump(by_alias=True), **outputs}, spec) == outputs
     assert kind.drifted(outputs, spec) == []
 
-    gone = spec.model_copy(update={"dsn": f"postgresql://postgres@127.0.0.1:{free_port()}/{DATABASE}"})
+    gone = spec.model_copy(update={"dsn": f"postgresql://postgres@{LOOPBACK}:{free_port()}/{DATABASE}"})
     observed = kind.observe(resource_id, gone)
     assert observed == {"reachable": False}
     assert kind.drifted(observed, gone) == ["reachable"]

@@ -22,6 +22,7 @@ from components.database.operations import cron_job_spec, load_maintenance, load
 from components.database.table import TableKind
 from components.database.view import ViewKind
 from config.jobs import JobData, read_jobs
+from tests.conftest import ROOT
 from tests.integration.conftest import (
     DATABASE,
     SUPERUSER_PASSWORD,
@@ -80,7 +81,7 @@ def database(primary: Primary) -> Database:
 
 def job(name: str, **overrides: Any) -> JobData:
     """One job of sql/jobs.yaml, with its parameters resolved (overrides as the stack's config gives them)."""
-    return next(job for job in read_jobs().resolved({}, overrides) if job.name == name)
+    return next(job for job in read_jobs(ROOT).resolved({}, overrides) if job.name == name)
 
 
 def run(database: Database, command: str) -> None:
@@ -129,7 +130,7 @@ def test_cron_job_creates_observes_drifts_repairs_and_deletes(database: Database
 
 def test_every_job_of_the_data_is_accepted_by_pg_cron(database: Database) -> None:
     kind = database.kind(CronJobKind)
-    specs = [cron_job_spec(job, DATABASE) for job in read_jobs().resolved({}, {})]
+    specs = [cron_job_spec(job, DATABASE) for job in read_jobs(ROOT).resolved({}, {})]
     try:
         for spec in specs:
             resource_id, _ = kind.create(spec)
@@ -144,7 +145,7 @@ def test_every_job_of_the_data_is_accepted_by_pg_cron(database: Database) -> Non
 
 def test_job_schedules_and_parameters_come_from_config() -> None:
     """(Names the file does not have are refused by config: tests/unit/test_config.py, job-* cases.)"""
-    resolved = read_jobs().resolved({"purge-webhook-logs": "0 1 * * *"}, {"webhookLogRetentionDays": 7})
+    resolved = read_jobs(ROOT).resolved({"purge-webhook-logs": "0 1 * * *"}, {"webhookLogRetentionDays": 7})
     jobs = {job.name: job for job in resolved}
     assert jobs["purge-webhook-logs"].schedule == "0 1 * * *"
     assert re.fullmatch(r"CALL app\.purge_webhook_logs\(7, \d+\)", jobs["purge-webhook-logs"].command)
@@ -281,7 +282,7 @@ def missing_ahead(database: Database) -> dict[str, int]:
 
 
 def test_refresh_jobs_refresh_the_reporting_views_concurrently(database: Database) -> None:
-    refreshes = [job for job in read_jobs().jobs if job.name.startswith("refresh-")]
+    refreshes = [job for job in read_jobs(ROOT).jobs if job.name.startswith("refresh-")]
     assert len(refreshes) == 3
     for refresh in refreshes:  # stand-ins for the views sql/reporting.yaml declares, with their unique index
         match = re.fullmatch(r"REFRESH MATERIALIZED VIEW CONCURRENTLY (\w+)\.(\w+)", refresh.command)

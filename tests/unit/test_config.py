@@ -32,8 +32,8 @@ from config import (
     parse_settings,
 )
 from config.settings import SettingsContext
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 PASSWORD_KEYS = ("postgresPassword", "replicationPassword", "pgbouncerAuthPassword", "redisPassword")
 ROLE_PASSWORD_KEYS = ("authenticatorPassword", "reportingPassword")
 SECRET_VALUES = {name: f"{name}-Val-0123456789" for name in (*PASSWORD_KEYS, *ROLE_PASSWORD_KEYS)}

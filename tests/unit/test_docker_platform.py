@@ -22,9 +22,9 @@ from components.connection import LOOPBACK, ConnectionSpec, Endpoint
 from components.platform.docker import DockerPlatform, init_script
 from components.platform.local.pgbouncer import auth_lookup_statements, auth_role_statement
 from config import StackSettings, parse_settings
+from tests.conftest import ROOT
 from tests.unit.mocks import Created, Wiring, record
 
-ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "components" / "platform" / "docker" / "postgres.Dockerfile"
 STACK = "staging"
 NETWORK = "thorbis-staging"  # the default network: thorbis-<stack>

@@ -4,7 +4,6 @@ alone (never from the platform's name), and the external platform checks every e
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -15,9 +14,9 @@ from components.database.access import load_access
 from components.database.layer import DatabaseLayer
 from components.platform.external import ExternalPlatform
 from config import PASSWORD_KEYS, StackSettings, parse_settings
+from tests.conftest import ROOT
 from tests.unit.mocks import Created, record
 
-ROOT = Path(__file__).resolve().parents[2]
 ROLE_TYPE = "thorbisdb:db:Role"
 EXTERNAL_TYPE = "thorbisdb:external:Postgres"
 EXTERNAL_DSN = "postgresql://admin:External-Secret-0123@db.example.com:5432/thorbis"
@@ -69,7 +68,9 @@ def test_the_external_platform_checks_every_extension_the_layer_installs_and_own
         platform = ExternalPlatform("thorbis", settings_of("external"))
 
         async def observe() -> None:
-            seen["connection"] = await platform.connection.future()
+            found = await platform.connection.future()
+            assert found is not None
+            seen["connection"] = found
 
         return pulumi.Output.from_input(observe())
 
