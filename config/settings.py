@@ -81,12 +81,19 @@ def _context(info: ValidationInfo) -> SettingsContext:
     return info.context
 
 
-def setting(default: Any, doc: str, allowed: str, *, validate_default: bool = False) -> Any:
-    """A documented config field: `doc` says what it is (and its default), `allowed` what values pass."""
+#: Whose secret a key is: the servers' (local and docker), a login role's (sql/access.yaml), or the DSN.
+SecretOf = Literal["server", "role", "dsn"]
+
+
+def setting(
+    default: Any, doc: str, allowed: str, *, validate_default: bool = False, secret: SecretOf | None = None
+) -> Any:
+    """A documented config field: `doc` says what it is (and its default), `allowed` what values pass;
+    `secret` marks a key that must be set with `pulumi config set --secret`."""
     return Field(
         default,
         description=doc,
-        json_schema_extra={"allowed": allowed},
+        json_schema_extra={"allowed": allowed, **({"secret": secret} if secret else {})},
         validate_default=validate_default,
     )
 
@@ -474,38 +481,45 @@ class StackSettings(Settings):
         None,
         "Password of the postgres superuser; required on local and docker. Secret; default unset.",
         SECRET_ALLOWED,
+        secret="server",
     )
     replication_password: Password | None = setting(
         None,
         "Password of the replication role; required on local and docker. Secret; default unset.",
         SECRET_ALLOWED,
+        secret="server",
     )
     pgbouncer_auth_password: Password | None = setting(
         None,
         "Password of PgBouncer's auth_user; required on local and docker. Secret; default unset.",
         SECRET_ALLOWED,
+        secret="server",
     )
     redis_password: Password | None = setting(
         None,
         "Password of Redis; required on local and docker, optional on external. Secret; default unset.",
         SECRET_ALLOWED,
+        secret="server",
     )
     authenticator_password: Password | None = setting(
         None,
         "Password of `authenticator`, the role applications log in as (they then SET LOCAL ROLE authenticated); "
         "required on every platform. Secret; default unset.",
         SECRET_ALLOWED,
+        secret="role",
     )
     reporting_password: Password | None = setting(
         None,
         "Password of `reporting`, the read-only role for reports and BI tools; required on every platform. "
         "Secret; default unset.",
         SECRET_ALLOWED,
+        secret="role",
     )
     external_dsn: PostgresUrl | None = setting(
         None,
         "URL of the server, postgres://...; required on platform external, ignored elsewhere. Secret; default unset.",
         "a secret postgres:// or postgresql:// URL",
+        secret="dsn",
     )
 
     @field_validator("state_dir", mode="before")
@@ -569,17 +583,21 @@ CONFIG_KEYS: tuple[str, ...] = tuple(_field_alias(name) for name in StackSetting
 """Every key allowed under `thorbis:`, as written in the stack file."""
 OBJECT_KEYS: frozenset[str] = frozenset(_field_alias(n) for n in StackSettings.model_fields if _is_section(n))
 """Keys whose value is a mapping (Pulumi passes them as JSON strings)."""
-SERVER_PASSWORD_KEYS: tuple[str, ...] = (
-    "postgresPassword",
-    "replicationPassword",
-    "pgbouncerAuthPassword",
-    "redisPassword",
-)
-"""Secrets the servers need on platforms local and docker."""
 
-ROLE_PASSWORD_KEYS: tuple[str, ...] = ("authenticatorPassword", "reportingPassword")
-"""Secrets of the database's login roles, needed on every platform."""
+
+def _secret_keys(*of: SecretOf) -> tuple[str, ...]:
+    """The keys whose field is marked as a secret of `of`, in declaration order."""
+    marked = {name: (info.json_schema_extra or {}) for name, info in StackSettings.model_fields.items()}
+    return tuple(
+        _field_alias(name) for name, extra in marked.items() if isinstance(extra, dict) and extra.get("secret") in of
+    )
+
+
+SERVER_PASSWORD_KEYS: tuple[str, ...] = _secret_keys("server")
+"""Secrets the servers need on platforms local and docker."""
+ROLE_PASSWORD_KEYS: tuple[str, ...] = _secret_keys("role")
+"""Secrets of the database's login roles (sql/access.yaml names them), needed on every platform."""
 PASSWORD_KEYS: tuple[str, ...] = (*SERVER_PASSWORD_KEYS, *ROLE_PASSWORD_KEYS)
 """Every password a stack on platform local or docker is given."""
-SECRET_KEYS: frozenset[str] = frozenset({*PASSWORD_KEYS, "externalDsn"})
+SECRET_KEYS: frozenset[str] = frozenset(_secret_keys("server", "role", "dsn"))
 """Keys that must be set with `pulumi config set --secret`."""

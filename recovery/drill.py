@@ -33,10 +33,12 @@ import pulumi.automation as auto
 import redis
 from psycopg import sql
 
+from components.database.access import load_access
 from components.kind import ProviderError
 from components.platform.local import postgres_files as pg
 from components.platform.local import process
 from config import ConfigError
+from config.settings import attribute_of
 from recovery.backup import take_backup
 from recovery.stack import OpenStack, OperationError, open_stack
 
@@ -272,10 +274,8 @@ def secrets_work(opened: OpenStack) -> bool:
     if connection.pooler is None or connection.redis is None:
         return False
     try:
-        for role, secret in (
-            ("authenticator", settings.authenticator_password),
-            ("reporting", settings.reporting_password),
-        ):
+        for role, key in ((role.name, role.password) for role in load_access().roles if role.password):
+            secret = getattr(settings, attribute_of(key))
             if secret is None:
                 return False
             login = connection.conninfo(connection.pooler, user=role, password=secret.get_secret_value())

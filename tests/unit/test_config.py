@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 import config
 from components.connection import LOOPBACK
+from components.database.access import load_access
 from config import (
     BackupSettings,
     ConfigError,
@@ -905,3 +906,10 @@ def _megabytes(size: str) -> int:
     units = {"kB": 1 / 1024, "MB": 1, "GB": 1024, "TB": 1024 * 1024}
     number = size.rstrip("kBMGT")
     return int(int(number) * units[size[len(number) :]])
+
+
+def test_every_login_password_that_sql_access_yaml_names_is_a_secret_key_of_the_config() -> None:
+    """The roles' password keys live in the data; the config must have a typed, secret key for each."""
+    named = {role.password for role in load_access().roles if role.password}
+    assert named == set(config.settings.ROLE_PASSWORD_KEYS)
+    assert named <= config.settings.SECRET_KEYS
