@@ -33,9 +33,9 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
+from components.database.declared.jobs import JobData, JobsFile, load_jobs
 from components.platform.local.pgbouncer import PoolMode
 from components.platform.local.redis import EvictionPolicy
-from config.jobs import JobData, JobsFile, read_jobs
 
 NAMESPACE = "thorbis"
 """The Pulumi config namespace of this project: every key is `thorbis:<name>`."""
@@ -60,8 +60,8 @@ class SettingsContext:
 
     @cached_property
     def declared_jobs(self) -> JobsFile:
-        """sql/jobs.yaml of the project, read once per validation."""
-        return read_jobs(self.project_root)
+        """sql/jobs.yaml, read once per validation."""
+        return load_jobs()
 
 
 def _context(info: ValidationInfo) -> SettingsContext:

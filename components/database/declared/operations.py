@@ -10,12 +10,12 @@ import yaml
 from pydantic import Field
 
 from components.database.declared import SQL_DIR
+from components.database.declared.jobs import JobData
 from components.database.declared.model import Data
 from components.database.kinds.cron_job import CronJobSpec
 from components.database.kinds.function import FunctionSpec
 from components.database.kinds.grant import GrantSpec
 from components.database.kinds.view import ViewSpec
-from config.jobs import JobData
 
 MAINTENANCE_FILE = SQL_DIR / "maintenance.yaml"
 MONITORING_FILE = SQL_DIR / "monitoring.yaml"

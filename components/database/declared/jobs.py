@@ -1,6 +1,7 @@
-"""`sql/jobs.yaml`, the pg_cron jobs as data, read once, here: the stack's config may override their
-schedules and parameters (`thorbis:jobs`), so validating it needs the file, and the database layer
-declares the jobs as the validated settings resolve them (`StackSettings.jobs.resolved()`)."""
+"""`sql/jobs.yaml`, the pg_cron jobs as data. The stack's config may override their schedules and
+parameters (`thorbis:jobs`), so config reads the file (once per validation) and the database layer declares
+the jobs as the validated settings resolve them (`StackSettings.jobs.resolved()`): this module imports
+nothing of the kinds, so that config can use it."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, PositiveInt, model_validator
 
-JOBS_FILE = Path("sql") / "jobs.yaml"
-"""Where the jobs are declared, relative to the project root."""
+from components.database.declared import SQL_DIR
+
+JOBS_FILE = SQL_DIR / "jobs.yaml"
 #: `{name}` in a job's command: a parameter (camelCase, as a config key).
 PLACEHOLDER = re.compile(r"\{([a-z][A-Za-z0-9]*)\}")
 
@@ -61,5 +63,5 @@ class JobsFile(BaseModel):
         ]
 
 
-def read_jobs(project_root: Path) -> JobsFile:
-    return JobsFile.model_validate(yaml.safe_load((project_root / JOBS_FILE).read_text()))
+def load_jobs(path: Path = JOBS_FILE) -> JobsFile:
+    return JobsFile.model_validate(yaml.safe_load(path.read_text()))
