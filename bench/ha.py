@@ -33,8 +33,8 @@ from components.platform.local.ha import etcd, patroni
 from components.platform.local.ha.cluster import PatroniClusterKind, PatroniClusterSpec
 from components.platform.local.ha.haproxy import HaRouterKind, HaRouterSpec
 from components.platform.local.ha.node import PatroniNodeKind, PatroniNodeSpec
-from tests.e2e.ha import Writer, kill_and_wait, patroni_of, postmaster_of, running, whole_node
-from tests.support import free_port, reachable_state_dir
+from testbed.ha import Writer, kill_and_wait, patroni_of, postmaster_of, running, whole_node
+from testbed.support import free_port, reachable_state_dir
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SETTINGS = {

@@ -20,10 +20,9 @@ import pytest
 
 from components.platform.local import process
 from components.platform.local.ha import etcd
-from ops.stack import read_target
+from ops.stack import read_access
 from ops.verify import verify
-from tests.e2e.conftest import LiveStack, throwaway_stack
-from tests.e2e.ha import (
+from testbed.ha import (
     NODES,
     HaStack,
     PrimaryWatch,
@@ -40,6 +39,7 @@ from tests.e2e.ha import (
     running,
     whole_node,
 )
+from testbed.stacks import LiveStack, throwaway_stack
 from tests.e2e.rows import key_of, visible_keys
 from tests.e2e.test_tenant_isolation import SCHEMA, SYNTHESIZER, TABLES, as_company
 
@@ -222,7 +222,7 @@ def test_a_node_is_added_and_removed_by_a_plain_up(ha: HaStack) -> None:
 
 
 def test_verify_reports_the_cluster(ha: HaStack) -> None:
-    results = {r.check: r for r in verify(read_target(ha.live.stack))}
+    results = {r.check: r for r in verify(read_access(ha.live.stack))}
     for check in ("HA leader and members", "HA synchronous standby", "etcd health", "replicas streaming"):
         assert results[check].result == "PASS", results[check]
     assert f"leader {ha.leader()}" in results["HA leader and members"].detail

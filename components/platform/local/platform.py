@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pulumi
 
-from components.connection import ConnectionSpec, Endpoint
+from components.connection import LOOPBACK, ConnectionSpec, Endpoint, HaEndpoints
 from components.platform.local.backup import BackupRepositoryKind
 from components.platform.local.ha.declare import declare_ha_cluster
 from components.platform.local.pgbackrest import Repository, archive_command, directory_problem
 from components.platform.local.pgbouncer import PgBouncerKind
 from components.platform.local.postgres import PostgresServerKind
+from components.platform.local.postgres_files import SUPERUSER
 from components.platform.local.process import read_pid
 from components.platform.local.redis import RedisKind
 from components.platform.local.replica import PostgresReplicaKind
@@ -20,7 +21,43 @@ from components.platform.secrets import secret_of
 from components.resource import declare
 from config import ConfigError, Problem, StackSettings, check_host_ports
 
-HOST = "127.0.0.1"
+
+def replication_slot(index: int) -> str:
+    """The physical replication slot of replica `index` (also its application_name)."""
+    return f"replica_{index}"
+
+
+def loopback_connection(
+    settings: StackSettings, platform: str, admin_password: str, redis_password: str
+) -> ConnectionSpec:
+    """The ConnectionSpec of a platform whose servers listen (or are published) on loopback at the stack's
+    ports, the superuser its admin."""
+    return ConnectionSpec(
+        platform=platform,
+        primary=Endpoint.loopback(settings.postgres.port),
+        database=settings.postgres.database,
+        admin_user=SUPERUSER,
+        admin_password=admin_password,
+        pooler=Endpoint.loopback(settings.pgbouncer.port),
+        replicas=tuple(Endpoint.loopback(port) for port in read_ports(settings)),
+        redis=Endpoint.loopback(settings.redis.port),
+        redis_password=redis_password,
+        ha=ha_endpoints(settings),
+    )
+
+
+def read_ports(settings: StackSettings) -> list[int]:
+    """Where reads go: each replica; with ha, the router's read endpoint (whichever nodes replicate)."""
+    return [settings.ha_read_port] if settings.ha.enabled else settings.replica_ports
+
+
+def ha_endpoints(settings: StackSettings) -> HaEndpoints | None:
+    if not settings.ha.enabled:
+        return None
+    return HaEndpoints(
+        patroni=tuple(Endpoint.loopback(node.rest_port) for node in settings.ha_nodes),
+        etcd=tuple(Endpoint.loopback(peer.client_port) for peer in settings.etcd_peers),
+    )
 
 
 def postgres_settings(settings: StackSettings) -> dict[str, str]:
@@ -113,18 +150,13 @@ def ports_held(state_dir: Path) -> set[int]:
     return held
 
 
-def read_ports(settings: StackSettings) -> list[int]:
-    """Where reads go: each replica; with ha, the router's read endpoint (whichever nodes replicate)."""
-    return [settings.ha_read_port] if settings.ha.enabled else settings.replica_ports
-
-
 class LocalPlatform(pulumi.ComponentResource):
     """Primary, N streaming replicas, PgBouncer and Redis of one stack, under its state directory."""
 
     connection: pulumi.Output[ConnectionSpec]
 
     def __init__(self, name: str, settings: StackSettings, opts: pulumi.ResourceOptions | None = None) -> None:
-        check_host_ports(settings, owned_ports=ports_held(settings.state_dir))  # before any resource exists
+        check_host_ports(settings, LOOPBACK, owned_ports=ports_held(settings.state_dir))  # before any resource exists
         check_backup_directory(settings)
         super().__init__("thorbis:platform:Local", name, None, opts)
         base = settings.state_dir
@@ -178,17 +210,7 @@ class LocalPlatform(pulumi.ComponentResource):
         )
         ready = [write_endpoint.id, pooler.id, cache.id, *(replica.id for replica in replicas)]
         self.connection = pulumi.Output.all(superuser, redis_password, *ready).apply(
-            lambda values: ConnectionSpec(
-                platform="local",
-                primary=Endpoint(HOST, settings.postgres.port),
-                database=settings.postgres.database,
-                admin_user="postgres",
-                admin_password=values[0],
-                pooler=Endpoint(HOST, settings.pgbouncer.port),
-                replicas=tuple(Endpoint(HOST, port) for port in read_ports(settings)),
-                redis=Endpoint(HOST, settings.redis.port),
-                redis_password=values[1],
-            )
+            lambda values: loopback_connection(settings, "local", values[0], values[1])
         )
         self.register_outputs({})
 
@@ -237,7 +259,7 @@ class LocalPlatform(pulumi.ComponentResource):
                     "state_dir": str(base / f"postgres-replica-{index}"),
                     "port": port,
                     "primary_port": settings.postgres.port,
-                    "slot_name": f"replica_{index}",
+                    "slot_name": replication_slot(index),
                     "superuser_password": superuser,
                     "replication_password": replication,
                     "settings": gucs,

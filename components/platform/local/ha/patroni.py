@@ -20,7 +20,7 @@ from components.kind import ProviderError, Spec
 from components.platform.local import postgres_files as pg
 from components.platform.local import process
 from components.platform.local.ha import http
-from components.platform.local.postgres import REPLICATION_ROLE
+from components.platform.local.postgres_files import REPLICATION_ROLE
 
 NAMESPACE = "/service/"
 #: The user of Patroni's REST API for unsafe requests (restart, switchover, configuration).

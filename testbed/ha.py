@@ -19,8 +19,8 @@ import pulumi.automation as auto
 
 from components.platform.local import process
 from components.platform.local.ha import patroni
-from tests.e2e.conftest import LiveStack, consecutive_free_ports
-from tests.support import free_port
+from testbed.stacks import LiveStack, consecutive_free_ports
+from testbed.support import free_port
 
 NODES = 2
 #: Ports are kept for one node more than the stack starts with, which a test adds and removes.
