@@ -276,6 +276,7 @@ def bouncer(primary: Primary) -> Iterator[Bouncer]:
             state_dir=str(base / "pgbouncer"),
             port=free_port(),
             primary_port=primary.port,
+            primary_socket_dir=str(primary.server.socket_dir),
             database=DATABASE,
             superuser_password=SUPERUSER_PASSWORD,
             auth_password=AUTH_PASSWORD,

@@ -12,9 +12,11 @@ from components.platform.local.backup import BackupRepository, BackupRepositoryA
 from components.platform.local.pgbackrest import Repository, archive_command, directory_problem
 from components.platform.local.pgbouncer import PgBouncer, PgBouncerArgs
 from components.platform.local.postgres import PostgresServer, PostgresServerArgs
+from components.platform.local.postgres_files import ServerDir
 from components.platform.local.process import read_pid
 from components.platform.local.redis import Redis, RedisArgs
 from components.platform.local.replica import PostgresReplica, PostgresReplicaArgs
+from components.platform.local.router import ReadRouter, ReadRouterArgs
 from components.platform.secrets import secret_of
 from config import ConfigError, Problem, StackSettings, check_host_ports
 
@@ -100,6 +102,21 @@ def ports_held(state_dir: Path) -> set[int]:
     return held
 
 
+def router_servers(settings: StackSettings) -> list[dict[str, object]]:
+    """The servers the read router watches, named as in its routes: primary, replica-0, replica-1, ..."""
+    named = [("primary", settings.postgres.port, "postgres-primary")]
+    named += [(f"replica-{i}", port, f"postgres-replica-{i}") for i, port in enumerate(settings.replica_ports)]
+    return [
+        {
+            "name": name,
+            "port": port,
+            "socketDir": str(ServerDir(settings.state_dir / directory).socket_dir),
+            "primary": name == "primary",
+        }
+        for name, port, directory in named
+    ]
+
+
 class LocalPlatform(pulumi.ComponentResource):
     """Primary, N streaming replicas, PgBouncer and Redis of one stack, under its state directory."""
 
@@ -159,23 +176,43 @@ class LocalPlatform(pulumi.ComponentResource):
             )
             for index, port in enumerate(settings.replica_ports)
         ]
+        auth = secret_of(settings, "pgbouncer_auth_password")
         pooler = PgBouncer(
             f"{name}-pgbouncer",
             PgBouncerArgs(
                 state_dir=str(base / "pgbouncer"),
                 port=settings.pgbouncer.port,
                 primary_port=settings.postgres.port,
+                primary_socket_dir=str(ServerDir(base / "postgres-primary").socket_dir),
                 database=settings.postgres.database,
                 superuser_password=superuser,
-                auth_password=secret_of(settings, "pgbouncer_auth_password"),
+                auth_password=auth,
+                read_slots=max(1, settings.replicas.count),
                 max_client_conn=settings.pgbouncer.max_client_conn,
                 default_pool_size=settings.pgbouncer.default_pool_size,
                 reserve_pool_size=settings.pgbouncer.reserve_pool_size,
                 reserve_pool_timeout=settings.pgbouncer.reserve_pool_timeout,
                 max_db_connections=settings.pgbouncer.max_db_connections,
+                min_pool_size=settings.pgbouncer.min_pool_size,
+                server_login_retry=settings.pgbouncer.server_login_retry,
                 pool_mode=settings.pgbouncer.pool_mode,
             ),
             after_primary,
+        )
+        router = ReadRouter(
+            f"{name}-router",
+            ReadRouterArgs(
+                state_dir=str(base / "router"),
+                pgbouncer_dir=str(base / "pgbouncer"),
+                pgbouncer_port=settings.pgbouncer.port,
+                database=settings.postgres.database,
+                auth_password=auth,
+                servers=router_servers(settings),
+                read_slots=max(1, settings.replicas.count),
+                max_lag_bytes=settings.pgbouncer.read_max_lag_bytes,
+                interval_ms=settings.pgbouncer.route_check_ms,
+            ),
+            pulumi.ResourceOptions(parent=self, depends_on=[pooler, *replicas]),
         )
         redis_password = secret_of(settings, "redis_password")
         cache = Redis(
@@ -191,7 +228,7 @@ class LocalPlatform(pulumi.ComponentResource):
             ),
             child,
         )
-        ready = [primary.id, pooler.id, cache.id, *(replica.id for replica in replicas)]
+        ready = [primary.id, pooler.id, router.id, cache.id, *(replica.id for replica in replicas)]
         self.connection = pulumi.Output.all(superuser, redis_password, *ready).apply(
             lambda values: ConnectionSpec(
                 platform="local",

@@ -1,7 +1,9 @@
-"""thorbisdb:local:PgBouncer — transaction pooling in front of the primary.
+"""thorbisdb:local:PgBouncer — transaction pooling: the write pool `<db>` and the read pool `<db>_read`.
 
 Application users are looked up with `auth_query` through a SECURITY DEFINER function, so no password
-file of theirs exists on disk; `auth_file` holds PgBouncer's own auth user only.
+file of theirs exists on disk; `auth_file` holds PgBouncer's own auth user only. Server connections go
+through slots (components/platform/local/slots.py) that the ReadRouter keeps pointed at healthy servers;
+a slot that does not exist yet points at the primary.
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ from pydantic import Field
 
 from components.kind import Kind, ProviderError, Spec
 from components.platform.local import postgres_files as pg
-from components.platform.local import process
+from components.platform.local import process, slots
 from components.resource import declared_outputs, provider_inputs
 
 TOKEN = "thorbisdb:local:PgBouncer"
 SECRETS = frozenset({"superuserPassword", "authPassword"})
 AUTH_ROLE = "pgbouncer_auth"
 AUTH_SCHEMA = "pgbouncer"
+HEALTH_FUNCTION = "server_health"
+"""What the read router asks every server: in recovery, streaming, and its WAL position."""
 
 #: Spec fields that are PgBouncer settings, with their names in pgbouncer.ini / SHOW CONFIG.
 POOL_SETTINGS = {
@@ -34,6 +38,8 @@ POOL_SETTINGS = {
     "reservePoolSize": "reserve_pool_size",
     "reservePoolTimeout": "reserve_pool_timeout",
     "maxDbConnections": "max_db_connections",
+    "minPoolSize": "min_pool_size",
+    "serverLoginRetry": "server_login_retry",
     "poolMode": "pool_mode",
 }
 
@@ -42,6 +48,8 @@ class PgBouncerSpec(Spec):
     state_dir: str = Field(description="Directory of pgbouncer.ini, userlist.txt, its log and pidfile.")
     port: int = Field(ge=1024, le=65535, description="Port PgBouncer listens on (127.0.0.1).")
     primary_port: int = Field(ge=1024, le=65535, description="Port of the primary on 127.0.0.1.")
+    primary_socket_dir: str = Field(description="Socket directory of the primary, where new slots point.")
+    read_slots: int = Field(default=1, ge=1, description="Slots of the read pool's host list (one per replica).")
     database: str = Field(description="The application database, where the auth lookup function lives.")
     superuser_password: str = Field(min_length=1, description="Password of `postgres`, to install the lookup.")
     auth_password: str = Field(min_length=1, description="Password of PgBouncer's auth user (secret).")
@@ -50,6 +58,8 @@ class PgBouncerSpec(Spec):
     reserve_pool_size: int = Field(default=5, ge=0)
     reserve_pool_timeout: int = Field(default=3, ge=0)
     max_db_connections: int = Field(default=0, ge=0)
+    min_pool_size: int = Field(default=0, ge=0)
+    server_login_retry: int = Field(default=1, ge=0)
     pool_mode: Literal["transaction", "session"] = "transaction"
 
 
@@ -75,13 +85,15 @@ def ini_text(spec: PgBouncerSpec) -> str:
         "ignore_startup_parameters": "extra_float_digits",
         "pidfile": str(pidfile),
         "logfile": str(base / "pgbouncer.log"),
+        # idle server connections are reused oldest first, so a pool's work spreads over its slots
+        "server_round_robin": "1",
         **{name: str(values[key]) for key, name in POOL_SETTINGS.items()},
     }
     return "\n".join(
         [
             "; Managed by thorbis-db: edits are overwritten by the next `pulumi up`.",
             "[databases]",
-            f"* = host=127.0.0.1 port={spec.primary_port}",
+            *slots.databases_lines(base, spec.database, spec.read_slots),
             "[pgbouncer]",
             *(f"{name} = {value}" for name, value in settings.items()),
             "",
@@ -106,7 +118,11 @@ def install_auth_lookup(spec: PgBouncerSpec) -> None:
                 sql.Literal(spec.auth_password),
             )
         )
-        ids = {"schema": sql.Identifier(AUTH_SCHEMA), "role": sql.Identifier(AUTH_ROLE)}
+        ids = {
+            "schema": sql.Identifier(AUTH_SCHEMA),
+            "role": sql.Identifier(AUTH_ROLE),
+            "health": sql.Identifier(HEALTH_FUNCTION),
+        }
         for statement in (
             "CREATE SCHEMA IF NOT EXISTS {schema}",
             "REVOKE ALL ON SCHEMA {schema} FROM PUBLIC",
@@ -118,8 +134,30 @@ def install_auth_lookup(spec: PgBouncerSpec) -> None:
                      WHERE s.usename = p_usename AND NOT s.usesuper $$""",
             "REVOKE ALL ON FUNCTION {schema}.get_auth(text) FROM PUBLIC",
             "GRANT EXECUTE ON FUNCTION {schema}.get_auth(text) TO {role}",
+            # the WAL receiver's status is for superusers and pg_read_all_stats only: this shows the router
+            # that one bit and nothing else of the server's statistics
+            """CREATE OR REPLACE FUNCTION {schema}.{health}(
+                   OUT in_recovery boolean, OUT streaming boolean, OUT wal_position pg_lsn)
+               LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ''
+               AS $$ SELECT pg_catalog.pg_is_in_recovery(),
+                            EXISTS (SELECT FROM pg_catalog.pg_stat_wal_receiver WHERE status = 'streaming'),
+                            CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn()
+                                 ELSE pg_catalog.pg_current_wal_lsn() END $$""",
+            "REVOKE ALL ON FUNCTION {schema}.{health}() FROM PUBLIC",
+            "GRANT EXECUTE ON FUNCTION {schema}.{health}() TO {role}",
         ):
             conn.execute(sql.SQL(statement).format(**ids))
+
+
+def ensure_slots(spec: PgBouncerSpec) -> None:
+    """Slots that do not exist yet point at the primary (the router moves them once it runs)."""
+    base = Path(spec.state_dir)
+    primary = slots.Server("primary", spec.primary_port, spec.primary_socket_dir, primary=True)
+    for slot in slots.all_slots(spec.read_slots):
+        if not slots.slot_link(base, slot).is_symlink():
+            slots.point(base, slot, primary)
+    for directory in (base / "routes", *(slots.slot_dir(base, slot) for slot in slots.all_slots(spec.read_slots))):
+        process.give_to_service_user(directory)  # the router, run as the service user, re-points them
 
 
 def admin_console(spec: PgBouncerSpec, port: int | None = None) -> psycopg.Connection:
@@ -180,6 +218,7 @@ class PgBouncerKind(Kind[PgBouncerSpec]):
         ini, userlist, _ = files(spec)
         process.make_private_dir(Path(spec.state_dir))
         install_auth_lookup(spec)
+        ensure_slots(spec)
         process.write_private_file(userlist, userlist_text(spec))
         process.write_private_file(ini, ini_text(spec))
         start(spec)
@@ -196,6 +235,7 @@ class PgBouncerKind(Kind[PgBouncerSpec]):
     def update(self, resource_id: str, old: dict[str, Any], spec: PgBouncerSpec) -> dict[str, Any]:
         ini, userlist, pidfile = files(spec)
         install_auth_lookup(spec)
+        ensure_slots(spec)
         process.write_private_file(userlist, userlist_text(spec))
         process.write_private_file(ini, ini_text(spec))
         pid = process.read_pid(pidfile)
@@ -229,19 +269,23 @@ class PgBouncerArgs:
     state_dir: pulumi.Input[str]
     port: pulumi.Input[int]
     primary_port: pulumi.Input[int]
+    primary_socket_dir: pulumi.Input[str]
     database: pulumi.Input[str]
     superuser_password: pulumi.Input[str]
     auth_password: pulumi.Input[str]
+    read_slots: pulumi.Input[int] = 1
     max_client_conn: pulumi.Input[int] = 1000
     default_pool_size: pulumi.Input[int] = 25
     reserve_pool_size: pulumi.Input[int] = 5
     reserve_pool_timeout: pulumi.Input[int] = 3
     max_db_connections: pulumi.Input[int] = 0
+    min_pool_size: pulumi.Input[int] = 0
+    server_login_retry: pulumi.Input[int] = 1
     pool_mode: pulumi.Input[str] = "transaction"
 
 
 class PgBouncer(pulumi.CustomResource):
-    """PgBouncer in transaction mode in front of the local primary."""
+    """PgBouncer in transaction mode: the write pool and the read pool of the local servers."""
 
     running: pulumi.Output[bool]
 
