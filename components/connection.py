@@ -32,6 +32,8 @@ class ConnectionSpec:
     redis: Endpoint | None = None
     redis_password: str | None = field(default=None, repr=False)
     sslmode: str = "prefer"
+    read_database: str | None = None
+    """The pooler's database whose server connections go to the replicas (None: reads use `database`)."""
 
     def admin_conninfo(self, endpoint: Endpoint | None = None, database: str | None = None) -> dict[str, Any]:
         """Keyword arguments for psycopg.connect as the admin user."""
@@ -59,6 +61,7 @@ class ConnectionSpec:
             "redis": vars(self.redis) if self.redis else None,
             "redisPassword": self.redis_password,
             "sslmode": self.sslmode,
+            "readDatabase": self.read_database,
         }
 
     @classmethod
@@ -79,4 +82,5 @@ class ConnectionSpec:
             redis=endpoint(value.get("redis")),
             redis_password=value.get("redisPassword"),
             sslmode=value.get("sslmode", "prefer"),
+            read_database=value.get("readDatabase"),
         )

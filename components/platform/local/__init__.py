@@ -17,6 +17,7 @@ from components.platform.local.process import read_pid
 from components.platform.local.redis import Redis, RedisArgs
 from components.platform.local.replica import PostgresReplica, PostgresReplicaArgs
 from components.platform.local.router import ReadRouter, ReadRouterArgs
+from components.platform.routing import read_database
 from components.platform.secrets import secret_of
 from config import ConfigError, Problem, StackSettings, check_host_ports
 
@@ -240,6 +241,7 @@ class LocalPlatform(pulumi.ComponentResource):
                 replicas=tuple(Endpoint(HOST, port) for port in settings.replica_ports),
                 redis=Endpoint(HOST, settings.redis.port),
                 redis_password=values[1],
+                read_database=read_database(settings.postgres.database),
             )
         )
         self.register_outputs({})
