@@ -311,12 +311,12 @@ class CacheTierSpec(Spec):
 
     ttl_seconds: Annotated[Int, Field(ge=1, le=7 * 86400)] = setting(
         ...,
-        "Time to live of the tier's entries, in seconds. Required.",
+        "Time to live of the tier's entries, in seconds. Required: no default.",
         "an integer number of seconds from 1 to 604800",
     )
     families: Annotated[list[CacheFamily], Field(min_length=1)] = setting(
         ...,
-        "Key families, written as the review does: 'customers:*', 'jobs:status:*'. Required.",
+        "Key families, written as the review does: 'customers:*', 'jobs:status:*'. Required: no default.",
         "a non-empty list of key families: lower-case words joined by ':' and ending in ':*', e.g. 'jobs:status:*'",
     )
 

@@ -30,7 +30,7 @@ from config import (
     load_settings,
     parse_settings,
 )
-from config.settings import SettingsContext
+from config.settings import CacheSpec, CacheTierSpec, SettingsContext
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD_KEYS = ("postgresPassword", "replicationPassword", "pgbouncerAuthPassword", "redisPassword")
@@ -294,6 +294,8 @@ def test_python_code_may_use_snake_case_names() -> None:
         PartitioningSpec,
         JobsSpec,
         BackupSpec,
+        CacheSpec,
+        CacheTierSpec,
     ],
 )
 def test_every_key_is_documented_with_its_default_and_allowed_values(model: type[BaseModel]) -> None:
