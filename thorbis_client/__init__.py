@@ -9,8 +9,8 @@ customer = client.cached(company_id, user_id, "customers", customer_id,
 """
 
 from thorbis_client.cache import TieredCache
-from thorbis_client.client import ThorbisClient
+from thorbis_client.client import Fetched, ThorbisClient
 from thorbis_client.config import CachePolicy, ClientConfig
 from thorbis_client.database import Stats, Transaction
 
-__all__ = ["CachePolicy", "ClientConfig", "Stats", "ThorbisClient", "TieredCache", "Transaction"]
+__all__ = ["CachePolicy", "ClientConfig", "Fetched", "Stats", "ThorbisClient", "TieredCache", "Transaction"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import psycopg
@@ -13,6 +14,15 @@ from thorbis_client.config import ClientConfig
 from thorbis_client.database import Database, Stats, Transaction, canonical_uuid
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A cached entry's value and where it came from: "cache", "waited" (another caller's load) or
+    "database"."""
+
+    value: Any
+    source: str
 
 
 def connection_lost(error: psycopg.Error, opened: list[Transaction]) -> bool:
@@ -101,20 +111,26 @@ class ThorbisClient:
         """The entry `family`/`key` of the caller's company: from the cache, or loaded by `load` in a
         read-only transaction with the caller's claims (so it can only see that company's rows), then
         cached for the family's TTL. Values are JSON: a miss returns what a hit would."""
+        return self.fetch(company_id, user_id, family, key, load).value
+
+    def fetch(
+        self, company_id: object, user_id: object, family: str, key: object, load: Callable[[Transaction], Any]
+    ) -> Fetched:
+        """`cached`, saying where the value came from: the cache, another caller's load, or the database."""
         cache_key = self.cache.key(company_id, family, key)
         found = self.cache.get(cache_key)
         if found.hit:
             self.stats.add("cache_hits")
-            return found.value
+            return Fetched(found.value, "cache")
         self.stats.add("cache_misses")
         if not self.cache.try_lock(cache_key):
             waited = self.cache.wait_for_value(cache_key)
             if waited.hit:
                 self.stats.add("cache_waits")
-                return waited.value
+                return Fetched(waited.value, "waited")
             found = waited
         try:
-            return self._load(company_id, user_id, family, cache_key, found, load)
+            return Fetched(self._load(company_id, user_id, family, cache_key, found, load), "database")
         finally:
             self.cache.unlock(cache_key)
 

@@ -48,7 +48,7 @@ class Company:
 def outputs(live_stack: LiveStack) -> dict[str, auto.OutputValue]:
     result = live_stack.stack.up()
     assert result.summary.result == "succeeded"
-    return result.outputs
+    return dict(result.outputs)
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +59,8 @@ def plain_outputs(outputs: dict[str, auto.OutputValue]) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def companies(live_stack: LiveStack, outputs: dict[str, auto.OutputValue]) -> tuple[Company, Company]:
     """Two companies with one row in every table (made as postgres, past RLS)."""
-    with psycopg.connect(**live_stack.admin(), autocommit=True) as admin:  # type: ignore[arg-type]
-        with admin.transaction():
-            worlds = [SYNTHESIZER.world(admin), SYNTHESIZER.world(admin)]
+    with admin_on(live_stack, live_stack.postgres_port) as admin, admin.transaction():
+        worlds = [SYNTHESIZER.world(admin), SYNTHESIZER.world(admin)]
     tenant = SYNTHESIZER.tenant_table.name
     return tuple(  # type: ignore[return-value]
         Company(str(world[tenant]["id"]), str(world["users"]["id"]), str(world["customers"]["id"])) for world in worlds
