@@ -220,24 +220,18 @@ def cache_mix(
                         )
                         tx.invalidate(family, key)
                     continue
-                hits_before = client.stats.counts["cache_hits"]
                 started = time.perf_counter()
                 if cached:
-                    client.cached(tenant.company, tenant.user, family, key, loader(family, key))
+                    source = client.fetch(tenant.company, tenant.user, family, key, loader(family, key)).source
+                    kind = "hit" if source == "cache" else "miss"
                 else:
                     client.run(tenant.company, tenant.user, loader(family, key), read_only=True)
+                    kind = "uncached"
                 elapsed = (time.perf_counter() - started) * 1000
-                kind = (
-                    "uncached" if not cached else ("hit" if client.stats.counts["cache_hits"] > hits_before else "miss")
-                )
                 with lock:
                     latencies[kind].append(elapsed)
 
-        workers = [threading.Thread(target=caller, args=(n,)) for n in range(threads)]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
+        run_callers(caller, threads)
         counts = client.stats.snapshot()
     reads = sum(len(values) for values in latencies.values())
     loads = counts.get("cache_loads", 0) if cached else reads
@@ -254,6 +248,14 @@ def cache_mix(
         "stampede_waits": counts.get("cache_waits", 0),
         "latency_ms": {kind: summary(values) for kind, values in latencies.items() if values},
     }
+
+
+def run_callers(caller: Callable[[int], None], threads: int) -> None:
+    workers = [threading.Thread(target=caller, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -329,11 +331,7 @@ def read_your_writes(outputs: dict[str, Any], tenants: list[Tenant], seconds: in
                     with lock:
                         stale += 1
 
-        workers = [threading.Thread(target=caller, args=(n,)) for n in range(threads)]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
+        run_callers(caller, threads)
         counts = client.stats.snapshot()
     reads = counts.get("replica_reads", 0) + counts.get("primary_reads", 0)
     fallbacks = counts.get("read_your_writes_fallbacks", 0)

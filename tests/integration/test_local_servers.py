@@ -29,10 +29,10 @@ from tests.integration.conftest import (
     DATABASE,
     REPLICATION_PASSWORD,
     SETTINGS,
-    SUPERUSER_PASSWORD,
     Primary,
     Replica,
     eventually,
+    pgbouncer_spec,
     running_replica,
 )
 from tests.support import free_port, listening, processes_under, reachable_state_dir
@@ -272,17 +272,7 @@ class Bouncer:
 @pytest.fixture
 def bouncer(primary: Primary) -> Iterator[Bouncer]:
     with reachable_state_dir() as base:
-        spec = PgBouncerSpec(
-            state_dir=str(base / "pgbouncer"),
-            port=free_port(),
-            primary_port=primary.port,
-            primary_socket_dir=str(primary.server.socket_dir),
-            database=DATABASE,
-            superuser_password=SUPERUSER_PASSWORD,
-            auth_password=AUTH_PASSWORD,
-            default_pool_size=4,
-            reserve_pool_size=1,
-        )
+        spec = pgbouncer_spec(primary, base / "pgbouncer", AUTH_PASSWORD, default_pool_size=4, reserve_pool_size=1)
         kind = PgBouncerKind()
         resource_id, outputs = kind.create(spec)
         try:

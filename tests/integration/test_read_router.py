@@ -23,13 +23,13 @@ from components.platform.local.pgbouncer import PgBouncerKind, PgBouncerSpec
 from components.platform.local.router import ReadRouterKind, ReadRouterSpec, files
 from tests.integration.conftest import (
     DATABASE,
-    SUPERUSER_PASSWORD,
     Primary,
     Replica,
     eventually,
+    pgbouncer_spec,
     running_replica,
 )
-from tests.support import free_port, reachable_state_dir
+from tests.support import reachable_state_dir
 
 AUTH_PASSWORD = "it-auth-Pass'word:0123"
 APP_ROLE, APP_PASSWORD = "it_router_app", "it-app-Pass-0123"
@@ -90,17 +90,7 @@ def pools(primary: Primary) -> Iterator[Pools]:
         primary.connect() as conn,
     ):
         conn.execute(f"CREATE ROLE {APP_ROLE} LOGIN PASSWORD '{APP_PASSWORD}'")
-        bouncer = PgBouncerSpec(
-            state_dir=str(base / "pgbouncer"),
-            port=free_port(),
-            primary_port=primary.port,
-            primary_socket_dir=str(primary.server.socket_dir),
-            database=DATABASE,
-            superuser_password=SUPERUSER_PASSWORD,
-            auth_password=AUTH_PASSWORD,
-            read_slots=2,
-            default_pool_size=4,
-        )
+        bouncer = pgbouncer_spec(primary, base / "pgbouncer", AUTH_PASSWORD, read_slots=2, default_pool_size=4)
         bouncer_kind = PgBouncerKind()
         bouncer_id, _ = bouncer_kind.create(bouncer)
         router = router_spec(base, primary, [first, second], bouncer)

@@ -160,19 +160,23 @@ def ensure_slots(spec: PgBouncerSpec) -> None:
         process.give_to_service_user(directory)  # the router, run as the service user, re-points them
 
 
-def admin_console(spec: PgBouncerSpec, port: int | None = None) -> psycopg.Connection:
+def console(port: int, auth_password: str, timeout: int = 5) -> psycopg.Connection:
     """PgBouncer's admin console speaks the simple query protocol only: a client-side cursor."""
     return psycopg.connect(
         host="127.0.0.1",
-        port=port or spec.port,
+        port=port,
         dbname="pgbouncer",
         user=AUTH_ROLE,
-        password=spec.auth_password,
+        password=auth_password,
         autocommit=True,
-        connect_timeout=5,
+        connect_timeout=timeout,
         cursor_factory=psycopg.ClientCursor,
         prepare_threshold=None,
     )
+
+
+def admin_console(spec: PgBouncerSpec, port: int | None = None) -> psycopg.Connection:
+    return console(port or spec.port, spec.auth_password)
 
 
 def status(spec: PgBouncerSpec, port: int | None = None) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from pydantic import Field
 
 from components.kind import Kind, Spec
 from components.platform.local import process, slots
-from components.platform.local.pgbouncer import AUTH_ROLE, AUTH_SCHEMA, HEALTH_FUNCTION
+from components.platform.local.pgbouncer import AUTH_ROLE, AUTH_SCHEMA, HEALTH_FUNCTION, console
 from components.platform.routing import Health, Routes, read_database, route
 from components.resource import declared_outputs, provider_inputs
 
@@ -115,26 +115,12 @@ def observe(spec: ReadRouterSpec) -> list[Health]:
     ]
 
 
-def pgbouncer_console(spec: ReadRouterSpec) -> psycopg.Connection:
-    return psycopg.connect(
-        host="127.0.0.1",
-        port=spec.pgbouncer_port,
-        dbname="pgbouncer",
-        user=AUTH_ROLE,
-        password=spec.auth_password,
-        autocommit=True,
-        connect_timeout=2,
-        cursor_factory=psycopg.ClientCursor,
-        prepare_threshold=None,
-    )
-
-
 def reconnect(spec: ReadRouterSpec, databases: set[str]) -> None:
     """Close the server connections of these pools as they are released (PgBouncer's RECONNECT)."""
     try:
-        with pgbouncer_console(spec) as console:
+        with console(spec.pgbouncer_port, spec.auth_password, timeout=2) as admin:
             for database in sorted(databases):
-                console.execute(f"RECONNECT {database}")
+                admin.execute(f"RECONNECT {database}")
     except psycopg.Error:
         pass  # PgBouncer down: it has no server connections to close
 
