@@ -14,6 +14,7 @@ import psycopg
 import redis
 
 from components.platform.local.pgbouncer import AUTH_ROLE
+from components.platform.routing import read_database
 from ops.stack import Target
 
 Result = Literal["PASS", "FAIL", "SKIP"]
@@ -145,7 +146,21 @@ def select_one_through_pooler(target: Target) -> str:
     conninfo = target.conninfo(target.pooler_port, user="authenticator", password=target.authenticator_password)
     with psycopg.connect(**conninfo, prepare_threshold=None, autocommit=True) as conn:
         row = conn.execute("SELECT 1").fetchone()
-    return "SELECT 1 through it as authenticator: " + ("ok" if row == (1,) else f"got {row}")
+    return f"{read_pool_server(target)}; SELECT 1 through it as authenticator: " + (
+        "ok" if row == (1,) else f"got {row}"
+    )
+
+
+def read_pool_server(target: Target) -> str:
+    """Where the read pool's transactions land now: a replica, or the primary when none qualifies."""
+    assert target.authenticator_password is not None
+    database = read_database(target.database)
+    conninfo = target.conninfo(
+        target.pooler_port, dbname=database, user="authenticator", password=target.authenticator_password
+    )
+    with psycopg.connect(**conninfo, prepare_threshold=None, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+    return f"{database} reads from " + ("a replica" if row == (True,) else "the primary (no replica qualifies)")
 
 
 def redis_with_auth(target: Target) -> Finding:

@@ -25,14 +25,6 @@ class Fetched:
     source: str
 
 
-def connection_lost(error: psycopg.Error, opened: list[Transaction]) -> bool:
-    """Whether `error` came from a server connection that broke (a replica stopped under it: PgBouncer
-    may then answer a COMMIT with two results), not from the statements themselves."""
-    if isinstance(error, psycopg.OperationalError):
-        return True
-    return any(t.connection.broken or t.connection.closed for t in opened)
-
-
 class ThorbisClient:
     """Transactions on the write or read pool with a caller's claims, and the review's cache tiers.
 
@@ -94,13 +86,11 @@ class ThorbisClient:
         server connection breaks, so a replica that stops costs a retry, not an error."""
         attempts = self.config.read_attempts if read_only else 1
         for attempt in range(1, attempts + 1):
-            opened: list[Transaction] = []
             try:
                 with self.transaction(company_id, user_id, read_only=read_only, min_lsn=min_lsn) as transaction:
-                    opened.append(transaction)
                     return work(transaction)
-            except psycopg.Error as error:
-                if attempt == attempts or not connection_lost(error, opened):
+            except psycopg.OperationalError:  # ConnectionLost among them: the server connection broke
+                if attempt == attempts:
                     raise
                 self.stats.add("read_retries")
         raise AssertionError("unreachable")

@@ -38,6 +38,22 @@ _COMMITTED = "SELECT pg_catalog.pg_current_wal_lsn()::text"
 NO_LSN = "0/0"
 
 
+class ConnectionLost(psycopg.OperationalError):
+    """A statement failed because its server connection broke (a replica stopped under it, PgBouncer
+    answering BEGIN or COMMIT with two results as it closes): the work did not happen and may be retried."""
+
+
+@contextmanager
+def losing_connection_is_said(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """Any error on a connection that is now broken is a ConnectionLost, whatever psycopg called it."""
+    try:
+        yield
+    except psycopg.Error as error:
+        if (conn.broken or conn.closed) and not isinstance(error, ConnectionLost):
+            raise ConnectionLost(str(error)) from error
+        raise
+
+
 def canonical_uuid(value: object) -> str:
     """The canonical text of a UUID (a company's or a user's); anything else is refused."""
     return str(value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
@@ -154,7 +170,7 @@ class Database:
     def write(self, company_id: str, user_id: str) -> Iterator[Transaction]:
         """A transaction on the primary; after it commits, the caller's commit LSN is recorded."""
         claims = _claims(company_id, user_id)
-        with self.write_pool.connection() as conn:
+        with self.write_pool.connection() as conn, losing_connection_is_said(conn):
             with conn.transaction():
                 self._open(conn, claims, read_only=False, lsn=NO_LSN)
                 transaction = Transaction(conn, company_id, user_id, read_only=False, on_replica=False)
@@ -171,14 +187,14 @@ class Database:
         primary."""
         claims = _claims(company_id, user_id)
         needed = later_lsn(self.last_commit(company_id, user_id), min_lsn)
-        with self.read_pool.connection() as conn, conn.transaction():
+        with self.read_pool.connection() as conn, losing_connection_is_said(conn), conn.transaction():
             fresh, on_replica = self._open(conn, claims, read_only=True, lsn=needed)
             if fresh or self._caught_up(conn, needed):
                 self.stats.add("replica_reads" if on_replica else "primary_reads")
                 yield Transaction(conn, company_id, user_id, read_only=True, on_replica=on_replica)
                 return
         self.stats.add("read_your_writes_fallbacks")
-        with self.write_pool.connection() as conn, conn.transaction():
+        with self.write_pool.connection() as conn, losing_connection_is_said(conn), conn.transaction():
             self._open(conn, claims, read_only=True, lsn=NO_LSN)
             self.stats.add("primary_reads")
             yield Transaction(conn, company_id, user_id, read_only=True, on_replica=False)
