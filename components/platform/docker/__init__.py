@@ -14,6 +14,8 @@ import pulumi_docker as docker
 
 from components.connection import ConnectionSpec, Endpoint
 from components.platform.local import HOST, postgres_settings
+from components.platform.local.pgbouncer import AUTH_ROLE, AUTH_SCHEMA, pool_settings
+from components.platform.routing import read_database
 from components.platform.secrets import secret_of
 from config import StackSettings
 
@@ -27,6 +29,44 @@ def postgres_command(settings: StackSettings) -> list[str]:
     for name, value in postgres_settings(settings).items():
         command += ["-c", f"{name}={value}"]
     return command
+
+
+def pgbouncer_ini(settings: StackSettings) -> str:
+    """The container's pgbouncer.ini: the write pool on the primary and the read pool over the replicas.
+
+    The containers share port 5432, so the read pool is PgBouncer's own host list (round robin). There is
+    no read router here: a stopped replica keeps its turn in the list, and each connection PgBouncer tries
+    there costs that pool `serverLoginRetry` (thorbis_client retries the read).
+    """
+    network, database = settings.docker.network, settings.postgres.database
+    primary = f"host={network}-primary port={PG_INTERNAL_PORT}"
+    replicas = ",".join(f"{network}-replica-{index}" for index in range(settings.replicas.count))
+    databases = [f"{database} = {primary} dbname={database}"]
+    if replicas:
+        databases.append(f"{read_database(database)} = host={replicas} port={PG_INTERNAL_PORT} dbname={database}")
+    settings_lines = {
+        "listen_addr": "0.0.0.0",
+        "listen_port": str(PG_INTERNAL_PORT),
+        "auth_type": "scram-sha-256",
+        "auth_file": "/etc/pgbouncer/userlist.txt",
+        "auth_user": AUTH_ROLE,
+        "auth_query": f"SELECT usename, passwd FROM {AUTH_SCHEMA}.get_auth($1)",
+        "admin_users": AUTH_ROLE,
+        "stats_users": AUTH_ROLE,
+        "ignore_startup_parameters": "extra_float_digits",
+        "server_round_robin": "1",
+        **pool_settings(settings.pgbouncer.model_dump(by_alias=True)),
+    }
+    return "\n".join(
+        [
+            "[databases]",
+            *databases,
+            f"* = {primary}",
+            "[pgbouncer]",
+            *(f"{k} = {v}" for k, v in settings_lines.items()),
+            "",
+        ]
+    )
 
 
 def env(name: str, value: pulumi.Input[str]) -> pulumi.Output[str]:
@@ -121,19 +161,15 @@ class DockerPlatform(pulumi.ComponentResource):
                     docker.RemoteImageArgs(name=spec.pgbouncer_image, keep_locally=True),
                     child,
                 ).image_id,
+                # the image writes userlist.txt from these, and its own pgbouncer.ini only when none exists
                 envs=[
                     f"DB_HOST={spec.network}-primary",
                     "AUTH_TYPE=scram-sha-256",
-                    "AUTH_USER=pgbouncer_auth",
-                    env("DB_USER", "pgbouncer_auth"),
+                    env("DB_USER", AUTH_ROLE),
                     env("DB_PASSWORD", auth),
-                    "AUTH_QUERY=SELECT usename, passwd FROM pgbouncer.get_auth($1)",
-                    f"POOL_MODE={settings.pgbouncer.pool_mode}",
-                    f"MAX_CLIENT_CONN={settings.pgbouncer.max_client_conn}",
-                    f"DEFAULT_POOL_SIZE={settings.pgbouncer.default_pool_size}",
-                    f"RESERVE_POOL_SIZE={settings.pgbouncer.reserve_pool_size}",
-                    f"RESERVE_POOL_TIMEOUT={settings.pgbouncer.reserve_pool_timeout}",
-                    f"MAX_DB_CONNECTIONS={settings.pgbouncer.max_db_connections}",
+                ],
+                uploads=[
+                    docker.ContainerUploadArgs(file="/etc/pgbouncer/pgbouncer.ini", content=pgbouncer_ini(settings))
                 ],
                 networks_advanced=joined,
                 ports=published(5432, settings.pgbouncer.port),
@@ -182,6 +218,7 @@ class DockerPlatform(pulumi.ComponentResource):
                 replicas=tuple(Endpoint(HOST, port) for port in settings.replica_ports),
                 redis=Endpoint(HOST, settings.redis.port),
                 redis_password=values[1],
+                read_database=read_database(database) if settings.replicas.count else None,
             )
         )
         self.register_outputs({})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -63,6 +64,11 @@ class PgBouncerSpec(Spec):
     pool_mode: Literal["transaction", "session"] = "transaction"
 
 
+def pool_settings(values: Mapping[str, Any]) -> dict[str, str]:
+    """pgbouncer.ini's pool settings from values under their camelCase names (this spec's or the config's)."""
+    return {name: str(values[key]) for key, name in POOL_SETTINGS.items()}
+
+
 def files(spec: PgBouncerSpec) -> tuple[Path, Path, Path]:
     base = Path(spec.state_dir)
     return base / "pgbouncer.ini", base / "userlist.txt", base / "pgbouncer.pid"
@@ -87,7 +93,7 @@ def ini_text(spec: PgBouncerSpec) -> str:
         "logfile": str(base / "pgbouncer.log"),
         # idle server connections are reused oldest first, so a pool's work spreads over its slots
         "server_round_robin": "1",
-        **{name: str(values[key]) for key, name in POOL_SETTINGS.items()},
+        **pool_settings(values),
     }
     return "\n".join(
         [
