@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -233,6 +234,7 @@ def test_a_cold_key_is_loaded_once_by_many_concurrent_readers(
     loads = 0
     lock = threading.Lock()
     start = threading.Barrier(16, timeout=30)
+    key = f"cold-{uuid.uuid4()}"
 
     def slow_load(tx: Transaction) -> Any:
         nonlocal loads
@@ -243,7 +245,7 @@ def test_a_cold_key_is_loaded_once_by_many_concurrent_readers(
 
     def reader(_: int) -> Any:
         start.wait()
-        return client.cached(a.id, a.user_id, "companies", "cold-key", slow_load)
+        return client.cached(a.id, a.user_id, "companies", key, slow_load)
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         values = list(pool.map(reader, range(16)))
