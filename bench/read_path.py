@@ -407,6 +407,69 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def throughput_table(runs: list[dict[str, Any]]) -> list[str]:
+    lines = ["| Script | Target | tps (each run) | p95 ms (each run) |", "|---|---|---|---|"]
+    for script in SCRIPTS:
+        for target in ("primary alone", "1 replica", "2 replicas"):
+            mine = [run for run in runs if run["script"] == script and run["target"] == target]
+            tps = " / ".join(f"{run['tps'] or 0:.0f}" for run in mine)
+            p95 = " / ".join(f"{run['p95_ms']:.2f}" for run in mine)
+            lines.append(f"| {script} | {target} | {tps} | {p95} |")
+    return lines
+
+
+def cache_table(cache: dict[str, Any]) -> list[str]:
+    without, cached = cache["without"], cache["with"]
+    latency = cached["latency_ms"]
+    hit, miss, uncached = latency.get("hit", {}), latency.get("miss", {}), without["latency_ms"].get("uncached", {})
+    return [
+        "| | Without cache | With cache |",
+        "|---|---|---|",
+        f"| reads per second | {without['reads_per_second']} | {cached['reads_per_second']} |",
+        f"| database reads | {without['database_reads']} of {without['reads']} | "
+        f"{cached['database_reads']} of {cached['reads']} |",
+        f"| database reads saved | 0 % | {100 * (cached['database_reads_saved'] or 0):.1f} % |",
+        f"| hit rate | | {100 * (cached['hit_rate'] or 0):.1f} % |",
+        f"| p50 / p95 ms | {uncached.get('p50')} / {uncached.get('p95')} | hits {hit.get('p50')} / {hit.get('p95')}, "
+        f"misses {miss.get('p50')} / {miss.get('p95')} |",
+    ]
+
+
+def render(results: dict[str, Any]) -> str:
+    lag, ryw = results["lag"], results["lag"]["read_your_writes"]
+    parameters = results["parameters"]
+    return "\n".join(
+        [
+            "# The application's data path: measured",
+            "",
+            f"{results['when']}, {results['machine']['cpus']} CPUs, one host for every server; "
+            f"{parameters['companies']} companies of {parameters['customers']} customers; `python -m bench.read_path` "
+            f"(runs of {parameters['seconds']} s, {parameters['clients']} pgbench clients, "
+            f"{parameters['threads']} cache callers).",
+            "",
+            "## Read throughput (pgbench through PgBouncer, as `authenticator` with claims)",
+            "",
+            *throughput_table(results["read_throughput"]),
+            "",
+            "## The cache (thorbis_client, read-heavy mix: Zipf keys over the review's families, 5 % writes)",
+            "",
+            *cache_table(results["cache"]),
+            "",
+            "## Replica lag under write load, and read-your-writes",
+            "",
+            f"8 pgbench writers for {parameters['seconds']} s: writes {lag['writers']['tps'] or 0:.0f} tps; "
+            f"replay behind the primary p50 {lag['lag_bytes']['p50']:.0f} B, p95 {lag['lag_bytes']['p95']:.0f} B, "
+            f"max {lag['lag_bytes']['max']:.0f} B; replay_lag p95 {lag['replay_lag_ms']['p95']:.1f} ms, "
+            f"max {lag['replay_lag_ms']['max']:.1f} ms; the read pool lacked a replica in "
+            f"{lag['read_pool_samples_without_both_replicas']} of {lag['read_pool_samples']} samples.",
+            f"Callers reading their own write at once: {ryw['reads_after_own_write']} reads, "
+            f"{ryw['fell_back_to_primary']} went to the primary "
+            f"({100 * (ryw['fallback_rate'] or 0):.1f} %), {ryw['stale_reads']} saw an older value.",
+            "",
+        ]
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--seconds", type=int, default=15)
@@ -417,7 +480,8 @@ def main() -> None:
     results = measure(parser.parse_args())
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "read_path.json").write_text(json.dumps(results, indent=1) + "\n")
-    print(f"wrote {RESULTS / 'read_path.json'}")
+    (RESULTS / "READ_PATH.md").write_text(render(results))
+    print(f"wrote {RESULTS / 'read_path.json'} and READ_PATH.md")
 
 
 if __name__ == "__main__":

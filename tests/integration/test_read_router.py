@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import threading
 from collections.abc import Iterator
@@ -172,3 +173,13 @@ def test_the_auth_role_learns_the_servers_health_and_no_other_statistic(pools: P
     ) as conn:
         assert conn.execute("SELECT * FROM pgbouncer.server_health()").fetchone()[:2] == (True, True)  # type: ignore[index]
         assert conn.execute("SELECT status, sender_host FROM pg_stat_wal_receiver").fetchone() == (None, None)
+
+
+def test_a_router_whose_directory_is_removed_stops_by_itself(pools: Pools) -> None:
+    """A drill or a hand removes the state directory without stopping it: it must not run on unseen."""
+    pid = process.read_pid(files(pools.router)[1])
+    assert pid is not None
+    shutil.rmtree(pools.router.state_dir)
+    eventually(lambda: not process.pid_alive(pid), 10, "the router without its directory to stop")
+    assert pools.router_kind.observe(pools.router_id, pools.router) is None  # gone: up makes it again
+    pools.router_kind.create(pools.router)

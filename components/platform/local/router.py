@@ -180,7 +180,7 @@ def serve(config_file: Path) -> None:
     signal.signal(signal.SIGTERM, stop)
     pidfile.write_text(f"{os.getpid()}\n")
     changes = 0
-    while not stopping:
+    while not stopping and config_file.exists():  # its directory removed (a drill, by hand): it goes too
         try:
             changes = run_once(spec, changes)["changes"]
         except Exception as error:  # a pass that failed must not end the router: the next one retries
