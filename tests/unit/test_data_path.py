@@ -11,7 +11,9 @@ from psycopg.conninfo import conninfo_to_dict
 
 from components.connection import ConnectionSpec, Endpoint
 from components.outputs import application_dsns, redis_url
+from components.platform.local import router as router_module
 from components.platform.local import slots
+from components.platform.local.router import ReadRouterSpec
 from components.platform.routing import Health, Routes, route
 from config.settings import CacheSpec
 from tests.unit.test_config import Stack
@@ -193,3 +195,46 @@ def test_cache_keys_start_with_the_canonical_company_and_a_declared_family() -> 
             cache.key(forged, "customers", "1")
     with pytest.raises(ValueError, match="not in thorbis:cache tiers"):
         cache.key(company, "jobs", "status|7")
+
+
+# --- the router's moves ---------------------------------------------------------------------------------
+
+
+def router(tmp_path: Path) -> ReadRouterSpec:
+    servers = [
+        {"name": name, "port": port, "socketDir": str(tmp_path / name), "primary": name == "primary"}
+        for name, port in (("primary", 5432), ("replica-0", 5433), ("replica-1", 5434))
+    ]
+    return ReadRouterSpec.model_validate(
+        {
+            "stateDir": str(tmp_path / "router"),
+            "pgbouncerDir": str(tmp_path / "pgbouncer"),
+            "pgbouncerPort": 6432,
+            "database": "thorbis",
+            "authPassword": "x",
+            "servers": servers,
+            "readSlots": 2,
+            "maxLagBytes": LIMIT,
+            "intervalMs": 100,
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("replica_0", "reconnected"),
+    [(replica("replica-0", lag_bytes=LIMIT + 1), {"thorbis_read"}), (replica("replica-0", answering=False), set())],
+)
+def test_pools_reconnect_only_when_a_server_they_left_still_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, replica_0: Health, reconnected: set[str]
+) -> None:
+    """A lagging replica still holds server connections: they must go. A stopped one holds none."""
+    spec = router(tmp_path)
+    calls: list[set[str]] = []
+    monkeypatch.setattr(router_module, "reconnect", lambda spec, pools: calls.append(pools))
+    everyone = [PRIMARY, replica("replica-0"), replica("replica-1")]
+    router_module.apply(spec, route(everyone, LIMIT), everyone)
+    calls.clear()
+    health = [PRIMARY, replica_0, replica("replica-1")]
+    moved = router_module.apply(spec, route(health, LIMIT), health)
+    assert moved == ["read-0"]
+    assert calls == ([reconnected] if reconnected else [])
