@@ -143,12 +143,13 @@ def install_auth_lookup(spec: PgBouncerSpec) -> None:
             # the WAL receiver's status is for superusers and pg_read_all_stats only: this shows the router
             # that one bit and nothing else of the server's statistics
             """CREATE OR REPLACE FUNCTION {schema}.{health}(
-                   OUT in_recovery boolean, OUT streaming boolean, OUT wal_position pg_lsn)
+                   OUT in_recovery boolean, OUT streaming boolean, OUT wal_bytes numeric)
                LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ''
                AS $$ SELECT pg_catalog.pg_is_in_recovery(),
                             EXISTS (SELECT FROM pg_catalog.pg_stat_wal_receiver WHERE status = 'streaming'),
-                            CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn()
-                                 ELSE pg_catalog.pg_current_wal_lsn() END $$""",
+                            pg_catalog.pg_wal_lsn_diff(
+                                CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn()
+                                     ELSE pg_catalog.pg_current_wal_lsn() END, '0/0') $$""",
             "REVOKE ALL ON FUNCTION {schema}.{health}() FROM PUBLIC",
             "GRANT EXECUTE ON FUNCTION {schema}.{health}() TO {role}",
         ):

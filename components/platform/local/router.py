@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,18 +65,11 @@ def files(spec: ReadRouterSpec) -> tuple[Path, Path, Path, Path]:
     return base / "router.json", base / "router.pid", base / "routes.json", base / "router.log"
 
 
-def lsn(text: str | None) -> int | None:
-    """A pg_lsn as a number of bytes ('16/B374D848')."""
-    if text is None:
-        return None
-    high, low = text.split("/")
-    return (int(high, 16) << 32) + int(low, 16)
-
-
 @dataclass(frozen=True)
 class Observed:
     health: Health
-    position: int | None = None
+    wal_bytes: int | None = None
+    """Its WAL position in bytes: replayed on a replica, written on the primary."""
 
 
 def observe_server(spec: ReadRouterSpec, server: ServerSpec) -> Observed:
@@ -94,23 +87,18 @@ def observe_server(spec: ReadRouterSpec, server: ServerSpec) -> Observed:
     except psycopg.Error:
         return Observed(Health(server.name, server.primary, answering=False))
     assert row is not None
-    in_recovery, streaming, position = row
+    in_recovery, streaming, wal_bytes = row
     health = Health(server.name, server.primary, answering=True, in_recovery=in_recovery, streaming=streaming)
-    return Observed(health, lsn(str(position)) if position is not None else None)
+    return Observed(health, None if wal_bytes is None else int(wal_bytes))
 
 
 def observe(spec: ReadRouterSpec) -> list[Health]:
-    """Every server's health, each replica's lag measured against the server out of recovery."""
+    """Every server's health, each one's lag measured against the server out of recovery."""
     seen = [observe_server(spec, server) for server in spec.servers]
-    writers = [o.position for o in seen if o.health.answering and not o.health.in_recovery and o.position]
-    head = max(writers) if writers else None
+    heads = [o.wal_bytes for o in seen if o.health.answering and not o.health.in_recovery and o.wal_bytes is not None]
+    head = max(heads) if heads else None
     return [
-        Health(
-            **{
-                **vars(o.health),
-                "lag_bytes": max(0, head - o.position) if head is not None and o.position is not None else None,
-            }
-        )
+        replace(o.health, lag_bytes=None if head is None or o.wal_bytes is None else max(0, head - o.wal_bytes))
         for o in seen
     ]
 
