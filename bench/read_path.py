@@ -78,7 +78,7 @@ def seed(live: LiveStack, companies: int, customers: int) -> list[Tenant]:
             company = str(world[synthesizer.tenant_table.name]["id"])
             conn.execute(
                 """INSERT INTO customers (id, company_id, customer_number, first_name, display_name, email)
-                   SELECT md5(%(c)s || ':' || g)::uuid, %(c)s, 'B' || g, 'First' || g, 'Customer ' || g,
+                   SELECT md5(%(c)s || ':' || g)::uuid, %(c)s::uuid, 'B' || g, 'First' || g, 'Customer ' || g,
                           'c' || g || '@mail.example'
                    FROM generate_series(1, %(n)s) g""",
                 {"c": company, "n": customers},
