@@ -21,7 +21,7 @@ import pytest
 
 from components.platform.local import process
 from components.platform.local.pgbouncer import PgBouncerKind, PgBouncerSpec
-from components.platform.local.router import ReadRouterKind, ReadRouterSpec, files
+from components.platform.local.router import ReadRouterKind, ReadRouterSpec, ReadRouterStatus, files
 from tests.integration.conftest import (
     DATABASE,
     Primary,
@@ -124,11 +124,11 @@ def test_the_read_pool_spreads_over_the_replicas_and_the_write_pool_is_the_prima
     replica_ports = {r.spec.port for r in pools.replicas}
     assert servers_of(pools, f"{DATABASE}_read", 4) == {(True, port) for port in replica_ports}
     assert servers_of(pools, DATABASE, 2) == {(False, pools.primary.port)}
-    assert pools.router_kind.observe(pools.router_id, pools.router) == {
-        "running": True,
-        "writeTarget": "primary",
-        "readTargets": ["replica-0", "replica-1"],
-    }
+    observed = pools.router_kind.observe(pools.router_id, pools.router)
+    assert observed is not None
+    assert observed.status == ReadRouterStatus(
+        running=True, write_target="primary", read_targets=["replica-0", "replica-1"]
+    )
 
 
 def test_a_replica_too_far_behind_leaves_the_read_pool_until_it_catches_up(pools: Pools) -> None:
@@ -157,9 +157,9 @@ def test_a_router_that_stopped_is_drift_that_update_restarts(pools: Pools) -> No
     os.kill(pid, signal.SIGKILL)
     eventually(lambda: not process.pid_alive(pid), 10, "the router to die")
     observed = pools.router_kind.observe(pools.router_id, pools.router)
-    assert observed is not None and observed["running"] is False
-    assert pools.router_kind.drifted(observed, pools.router) == ["running"]
-    assert pools.router_kind.update(pools.router_id, observed, pools.router)["running"] is True
+    assert observed is not None and observed.status.running is False
+    assert pools.router_kind.drifted(observed.status, pools.router) == ["running"]
+    assert pools.router_kind.update(pools.router_id, {}, pools.router).status.running is True
 
 
 def test_the_auth_role_learns_the_servers_health_and_no_other_statistic(pools: Pools) -> None:

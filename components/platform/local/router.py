@@ -22,20 +22,17 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import psycopg
-import pulumi
 from pydantic import Field
 
-from components.kind import Kind, Spec
+from components.kind import Expect, Kind, Observed, Replace, Secret, Spec, Status
 from components.platform.local import process, slots
 from components.platform.local.pgbouncer import AUTH_ROLE, AUTH_SCHEMA, HEALTH_FUNCTION, console
 from components.platform.routing import Health, Routes, read_database, route
-from components.resource import declared_outputs, provider_inputs
 
 TOKEN = "thorbisdb:local:ReadRouter"
-SECRETS = frozenset({"authPassword"})
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 #: The router's process (not `-m`: the package imports this module before it would run as __main__).
 DAEMON = "import sys, pathlib; from components.platform.local.router import serve; serve(pathlib.Path(sys.argv[1]))"
@@ -49,15 +46,23 @@ class ServerSpec(Spec):
 
 
 class ReadRouterSpec(Spec):
-    state_dir: str = Field(description="Directory of the router's config, pidfile, log and routes.json.")
+    state_dir: Replace[str] = Field(description="Directory of the router's config, pidfile, log and routes.json.")
     pgbouncer_dir: str = Field(description="PgBouncer's state directory, where the slots live.")
     pgbouncer_port: int = Field(ge=1024, le=65535, description="PgBouncer's port, for RECONNECT.")
     database: str = Field(description="The application database (its write pool; the read pool is <db>_read).")
-    auth_password: str = Field(min_length=1, description="Password of PgBouncer's auth role (secret).")
+    auth_password: Secret[str] = Field(min_length=1, description="Password of PgBouncer's auth role (secret).")
     servers: list[ServerSpec] = Field(min_length=1, description="The primary and every replica.")
     read_slots: int = Field(ge=1, description="How many read slots PgBouncer's read pool lists.")
     max_lag_bytes: int = Field(ge=0, description="A replica further behind than this serves no reads.")
     interval_ms: int = Field(ge=50, description="Time between two passes.")
+
+
+class ReadRouterStatus(Status):
+    running: Annotated[bool | None, Expect(True)] = Field(
+        default=None, description="The router runs and has passed recently (false: `up` starts it)."
+    )
+    write_target: str | None = Field(default=None, description="The server the write pool's slot points at.")
+    read_targets: list[str] | None = Field(default=None, description="The servers the read pool's slots point at.")
 
 
 def files(spec: ReadRouterSpec) -> tuple[Path, Path, Path, Path]:
@@ -66,13 +71,15 @@ def files(spec: ReadRouterSpec) -> tuple[Path, Path, Path, Path]:
 
 
 @dataclass(frozen=True)
-class Observed:
+class Seen:
+    """One server's health, and its WAL position in bytes."""
+
     health: Health
     wal_bytes: int | None = None
     """Its WAL position in bytes: replayed on a replica, written on the primary."""
 
 
-def observe_server(spec: ReadRouterSpec, server: ServerSpec) -> Observed:
+def observe_server(spec: ReadRouterSpec, server: ServerSpec) -> Seen:
     try:
         with psycopg.connect(
             host="127.0.0.1",
@@ -85,11 +92,11 @@ def observe_server(spec: ReadRouterSpec, server: ServerSpec) -> Observed:
         ) as conn:
             row = conn.execute(f"SELECT * FROM {AUTH_SCHEMA}.{HEALTH_FUNCTION}()").fetchone()
     except psycopg.Error:
-        return Observed(Health(server.name, server.primary, answering=False))
+        return Seen(Health(server.name, server.primary, answering=False))
     assert row is not None
     in_recovery, streaming, wal_bytes = row
     health = Health(server.name, server.primary, answering=True, in_recovery=in_recovery, streaming=streaming)
-    return Observed(health, None if wal_bytes is None else int(wal_bytes))
+    return Seen(health, None if wal_bytes is None else int(wal_bytes))
 
 
 def observe(spec: ReadRouterSpec) -> list[Health]:
@@ -177,7 +184,7 @@ def serve(config_file: Path) -> None:
     pidfile.unlink(missing_ok=True)
 
 
-def status(spec: ReadRouterSpec) -> dict[str, Any]:
+def status(spec: ReadRouterSpec) -> Observed[ReadRouterStatus]:
     """Whether the router runs and has passed recently, and the routes it last applied."""
     _, pidfile, status_file, _ = files(spec)
     try:
@@ -185,11 +192,11 @@ def status(spec: ReadRouterSpec) -> dict[str, Any]:
     except (OSError, ValueError):
         last = {}
     fresh = time.time() - float(last.get("checkedAt", 0)) < max(10.0, 20 * spec.interval_ms / 1000)
-    return {
-        "running": process.read_pid(pidfile) is not None and fresh,
-        "writeTarget": last.get("writeTarget"),
-        "readTargets": last.get("readTargets", []),
-    }
+    running = process.read_pid(pidfile) is not None and fresh
+    routes = ReadRouterStatus(
+        running=running, write_target=last.get("writeTarget"), read_targets=last.get("readTargets", [])
+    )
+    return Observed({}, routes)
 
 
 def start(spec: ReadRouterSpec) -> None:
@@ -208,7 +215,7 @@ def start(spec: ReadRouterSpec) -> None:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    process.wait_until(lambda: status(spec)["running"], 30, f"the read router of {spec.pgbouncer_dir}")
+    process.wait_until(lambda: bool(status(spec).status.running), 30, f"the read router of {spec.pgbouncer_dir}")
 
 
 def stop(spec: ReadRouterSpec) -> None:
@@ -223,27 +230,23 @@ def configure(spec: ReadRouterSpec) -> None:
     process.write_private_file(config_file, spec.model_dump_json(by_alias=True))
 
 
-class ReadRouterKind(Kind[ReadRouterSpec]):
+class ReadRouterKind(Kind[ReadRouterSpec, ReadRouterStatus]):
     token = TOKEN
     spec_type = ReadRouterSpec
-    replace_on = frozenset({"stateDir"})
-    secret_properties = SECRETS
+    status_type = ReadRouterStatus
 
-    def create(self, spec: ReadRouterSpec) -> tuple[str, dict[str, Any]]:
+    def create(self, spec: ReadRouterSpec) -> tuple[str, Observed[ReadRouterStatus]]:
         configure(spec)
         run_once(spec)  # the slots are right before the first client, not one interval later
         start(spec)
         return files(spec)[0].as_posix(), status(spec)
 
-    def observe(self, resource_id: str, spec: ReadRouterSpec) -> dict[str, Any] | None:
+    def observe(self, resource_id: str, spec: ReadRouterSpec) -> Observed[ReadRouterStatus] | None:
         if not Path(resource_id).exists():
             return None
         return status(spec)
 
-    def drifted(self, old_state: dict[str, Any], spec: ReadRouterSpec) -> list[str]:
-        return [] if old_state.get("running", True) else ["running"]
-
-    def update(self, resource_id: str, old: dict[str, Any], spec: ReadRouterSpec) -> dict[str, Any]:
+    def update(self, resource_id: str, old: dict[str, Any], spec: ReadRouterSpec) -> Observed[ReadRouterStatus]:
         stop(spec)
         configure(spec)
         run_once(spec)
@@ -253,28 +256,3 @@ class ReadRouterKind(Kind[ReadRouterSpec]):
     def delete(self, resource_id: str, spec: ReadRouterSpec) -> None:
         stop(spec)
         process.remove_tree(Path(spec.state_dir))
-
-
-@dataclass
-class ReadRouterArgs:
-    state_dir: pulumi.Input[str]
-    pgbouncer_dir: pulumi.Input[str]
-    pgbouncer_port: pulumi.Input[int]
-    database: pulumi.Input[str]
-    auth_password: pulumi.Input[str]
-    servers: pulumi.Input[list[dict[str, Any]]]
-    read_slots: pulumi.Input[int]
-    max_lag_bytes: pulumi.Input[int]
-    interval_ms: pulumi.Input[int]
-
-
-class ReadRouter(pulumi.CustomResource):
-    """Keeps PgBouncer's write and read slots on the healthy servers of the local platform."""
-
-    running: pulumi.Output[bool]
-    write_target: pulumi.Output[str]
-    read_targets: pulumi.Output[list[str]]
-
-    def __init__(self, name: str, args: ReadRouterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        outputs = declared_outputs("running", "writeTarget", "readTargets")
-        super().__init__(TOKEN, name, {**provider_inputs(args, SECRETS), **outputs}, opts)
