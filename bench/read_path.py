@@ -39,7 +39,7 @@ from typing import Any
 import psycopg
 
 from bench.connections import PGBENCH, percentile, raise_file_limit, read_log, summary_number
-from components.database.model import load_schema
+from components.database.declared.model import load_schema
 from components.platform.local import process
 from components.platform.local.postgres_files import ServerDir
 from tests.e2e.conftest import LiveStack, throwaway_stack

@@ -24,7 +24,7 @@ import pulumi.automation as auto
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from components.database.model import load_schema
+from components.database.declared.model import load_schema
 from components.platform.local import process
 from components.platform.local.postgres_files import ServerDir
 from config.settings import CacheSpec
