@@ -41,12 +41,16 @@ import psycopg
 from bench.connections import PGBENCH, percentile, raise_file_limit, read_log, summary_number
 from components.database.declared.model import load_schema
 from components.platform.local import process
+from components.platform.local.platform import router_dir, server_dir
 from components.platform.local.postgres_files import ServerDir
-from tests.e2e.conftest import LiveStack, throwaway_stack
+from testbed.stacks import LiveStack, throwaway_stack
 from tests.e2e.rows import Synthesizer
 from thorbis_client import ThorbisClient, Transaction
 
 RESULTS = Path(__file__).resolve().parent / "results"
+#: Read-your-writes: one caller's customer (its id is md5('<company>:<n>'), as `seed` made the rows).
+WRITE_NAME = "UPDATE customers SET display_name = %s WHERE id = md5(%s)::uuid"
+READ_NAME = "SELECT display_name FROM customers WHERE id = md5(%s)::uuid"
 CLAIMS = """SELECT set_config('request.jwt.claims', '{{"company_id": "{company}"}}', true),
        set_config('role', 'authenticated', true);"""
 SCRIPTS = {
@@ -121,7 +125,7 @@ def script_for(name: str, company: str, customers: int) -> str:
 
 
 def routes(live: LiveStack) -> list[str]:
-    return list(json.loads((live.state_dir / "router" / "routes.json").read_text())["readTargets"])
+    return list(json.loads((router_dir(live.state_dir) / "routes.json").read_text())["readTargets"])
 
 
 def wait_for_reads_on(live: LiveStack, wanted: list[str]) -> None:
@@ -129,7 +133,7 @@ def wait_for_reads_on(live: LiveStack, wanted: list[str]) -> None:
 
 
 def stop_replica(live: LiveStack, index: int) -> None:
-    data = ServerDir(live.state_dir / f"postgres-replica-{index}").data
+    data = ServerDir(server_dir(live.state_dir, index)).data
     process.run(process.as_service_user([process.pg_tool("pg_ctl"), "-D", str(data), "stop", "-m", "fast"]), "stop")
 
 
@@ -329,17 +333,17 @@ def read_your_writes(outputs: dict[str, Any], tenants: list[Tenant], seconds: in
         def caller(number: int) -> None:
             nonlocal stale
             tenant = tenants[number % len(tenants)]
-            customer = f"md5('{tenant.company}:' || {number + 1})::uuid"
+            customer = f"{tenant.company}:{number + 1}"
             rounds = 0
             while time.monotonic() < deadline:
                 rounds += 1
                 name = f"ryw {number} {rounds}"
                 with client.transaction(tenant.company, tenant.user) as tx:
-                    tx.execute(f"UPDATE customers SET display_name = %s WHERE id = {customer}", (name,))
+                    tx.execute(WRITE_NAME, (name, customer))
                 seen = client.run(
                     tenant.company,
                     tenant.user,
-                    lambda tx: tx.execute(f"SELECT display_name FROM customers WHERE id = {customer}").fetchone(),
+                    lambda tx: tx.execute(READ_NAME, (customer,)).fetchone(),
                     read_only=True,
                 )
                 if seen is None or seen[0] != name:

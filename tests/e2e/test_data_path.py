@@ -26,9 +26,10 @@ from psycopg.conninfo import conninfo_to_dict
 
 from components.database.declared.model import load_schema
 from components.platform.local import process
+from components.platform.local.platform import router_dir, server_dir
 from components.platform.local.postgres_files import ServerDir
-from config.settings import CacheSpec
-from tests.e2e.conftest import LiveStack
+from config.settings import CacheSettings
+from testbed.stacks import LiveStack
 from tests.e2e.rows import Synthesizer
 from thorbis_client import ThorbisClient, Transaction
 from thorbis_client.database import canonical_uuid
@@ -75,7 +76,7 @@ def client(plain_outputs: dict[str, Any]) -> Iterator[ThorbisClient]:
 
 
 def replica_dir(live_stack: LiveStack, index: int) -> ServerDir:
-    return ServerDir(live_stack.state_dir / f"postgres-replica-{index}")
+    return ServerDir(server_dir(live_stack.state_dir, index))
 
 
 def admin_on(live_stack: LiveStack, port: int) -> Conn:
@@ -123,7 +124,7 @@ def test_up_publishes_the_data_path_as_outputs(
 ) -> None:
     assert all(outputs[name].secret for name in ("writeDsn", "readDsn", "redisUrl"))
     assert not outputs["cachePolicy"].secret
-    assert plain_outputs["cachePolicy"] == CacheSpec().policy()  # the review's tiers by default
+    assert plain_outputs["cachePolicy"] == CacheSettings().policy()  # the review's tiers by default
     write, read = (conninfo_to_dict(plain_outputs[name]) for name in ("writeDsn", "readDsn"))
     assert {write["user"], read["user"]} == {"authenticator"}
     assert {int(str(write["port"])), int(str(read["port"]))} == {live_stack.pgbouncer_port}
@@ -286,7 +287,7 @@ def stop_replica(live_stack: LiveStack, index: int) -> None:
 
 
 def wait_for_routes(live_stack: LiveStack, wanted: list[str]) -> None:
-    routes = Path(live_stack.state_dir) / "router" / "routes.json"
+    routes = router_dir(live_stack.state_dir) / "routes.json"
     process.wait_until(lambda: json.loads(routes.read_text())["readTargets"] == wanted, 20, f"reads on {wanted}")
 
 

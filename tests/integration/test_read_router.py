@@ -22,6 +22,7 @@ import pytest
 from components.platform.local import process
 from components.platform.local.pgbouncer import PgBouncerKind, PgBouncerSpec
 from components.platform.local.router import ReadRouterKind, ReadRouterSpec, ReadRouterStatus, files
+from testbed.support import reachable_state_dir
 from tests.integration.conftest import (
     DATABASE,
     Primary,
@@ -30,7 +31,6 @@ from tests.integration.conftest import (
     pgbouncer_spec,
     running_replica,
 )
-from tests.support import reachable_state_dir
 
 AUTH_PASSWORD = "it-auth-Pass'word:0123"
 APP_ROLE, APP_PASSWORD = "it_router_app", "it-app-Pass-0123"

@@ -11,17 +11,45 @@ from pathlib import Path
 
 import pulumi
 import pulumi_docker as docker
+from psycopg import sql
 
-from components.connection import ConnectionSpec, Endpoint
-from components.platform.local.pgbouncer import AUTH_ROLE, AUTH_SCHEMA, pool_settings
-from components.platform.local.platform import HOST, postgres_settings
+from components.connection import LOOPBACK, ConnectionSpec
+from components.platform.local.pgbouncer import AUTH_ROLE, auth_lookup_statements, auth_role_statement, shared_settings
+from components.platform.local.platform import loopback_connection, postgres_settings, replication_slot
+from components.platform.local.postgres import replication_role_statement
+from components.platform.local.postgres_files import REPLICATION_ROLE, SUPERUSER
 from components.platform.routing import read_database
 from components.platform.secrets import secret_of
 from config import StackSettings
 
 POSTGRES_IMAGE_DOCKERFILE = Path(__file__).with_name("postgres.Dockerfile")
-INIT_SCRIPT = Path(__file__).with_name("init-primary.sh")
 PG_INTERNAL_PORT = 5432
+PGBOUNCER_INTERNAL_PORT = 5432
+REDIS_INTERNAL_PORT = 6379
+#: The primary's first start (docker-entrypoint-initdb.d) runs this with the replication role, PgBouncer's
+#: auth role and its lookup, made by the statements of the local platform; the passwords are psql variables
+#: from the container's secret environment.
+INIT_SCRIPT = """#!/bin/bash
+set -euo pipefail
+psql -v ON_ERROR_STOP=1 --username {superuser} --dbname "$POSTGRES_DB" \\
+     -v replication_password="$REPLICATION_PASSWORD" -v auth_password="$PGBOUNCER_AUTH_PASSWORD" <<'SQL'
+{statements}
+SQL
+echo "host replication {replication_role} all scram-sha-256" >> "$PGDATA/pg_hba.conf"
+"""
+
+
+def init_script() -> str:
+    statements = [
+        replication_role_statement("CREATE", sql.SQL(":'replication_password'")),
+        auth_role_statement("CREATE", sql.SQL(":'auth_password'")),
+        *auth_lookup_statements(),
+    ]
+    return INIT_SCRIPT.format(
+        superuser=SUPERUSER,
+        statements="\n".join(f"{statement.as_string()};" for statement in statements),
+        replication_role=REPLICATION_ROLE,
+    )
 
 
 def postgres_command(settings: StackSettings) -> list[str]:
@@ -29,36 +57,6 @@ def postgres_command(settings: StackSettings) -> list[str]:
     for name, value in postgres_settings(settings).items():
         command += ["-c", f"{name}={value}"]
     return command
-
-
-def pgbouncer_ini(settings: StackSettings) -> str:
-    """The container's pgbouncer.ini: the write pool on the primary and the read pool over the replicas.
-
-    The containers share port 5432, so the read pool is PgBouncer's own host list (round robin). There is
-    no read router here: a stopped replica keeps its turn in the list, and each connection PgBouncer tries
-    there costs that pool `serverLoginRetry` (thorbis_client retries the read).
-    """
-    network, database = settings.docker.network, settings.postgres.database
-    primary = f"host={network}-primary port={PG_INTERNAL_PORT}"
-    replicas = ",".join(f"{network}-replica-{index}" for index in range(settings.replicas.count))
-    databases = [f"{database} = {primary} dbname={database}"]
-    if replicas:
-        databases.append(f"{read_database(database)} = host={replicas} port={PG_INTERNAL_PORT} dbname={database}")
-    settings_lines = {
-        "listen_addr": "0.0.0.0",
-        "listen_port": str(PG_INTERNAL_PORT),
-        "auth_type": "scram-sha-256",
-        "auth_file": "/etc/pgbouncer/userlist.txt",
-        "auth_user": AUTH_ROLE,
-        "auth_query": f"SELECT usename, passwd FROM {AUTH_SCHEMA}.get_auth($1)",
-        "admin_users": AUTH_ROLE,
-        "stats_users": AUTH_ROLE,
-        "ignore_startup_parameters": "extra_float_digits",
-        "server_round_robin": "1",
-        **pool_settings(settings.pgbouncer.model_dump(by_alias=True)),
-    }
-    lines = ["[databases]", *databases, f"* = {primary}", "[pgbouncer]"]
-    return "\n".join([*lines, *(f"{name} = {value}" for name, value in settings_lines.items()), ""])
 
 
 def env(name: str, value: pulumi.Input[str]) -> pulumi.Output[str]:
@@ -71,8 +69,35 @@ def healthcheck(*test: str) -> docker.ContainerHealthcheckArgs:
     )
 
 
+def pgbouncer_ini(settings: StackSettings) -> str:
+    """The container's pgbouncer.ini: the write pool on the primary and the read pool over the replicas
+    (the primary when there are none).
+
+    The containers share one port, so the read pool is PgBouncer's own host list (round robin). There is
+    no read router here: a stopped replica keeps its turn in the list, and each connection PgBouncer tries
+    there costs that pool `serverLoginRetry` (thorbis_client retries the read).
+    """
+    network, database = settings.docker.network, settings.postgres.database
+    server = f"host={network}-primary port={PG_INTERNAL_PORT}"
+    replicas = ",".join(f"{network}-replica-{index}" for index in range(settings.replicas.count))
+    read = f"host={replicas} port={PG_INTERNAL_PORT}" if replicas else server
+    values = {
+        "listen_addr": "0.0.0.0",
+        "listen_port": str(PGBOUNCER_INTERNAL_PORT),
+        "auth_file": "/etc/pgbouncer/userlist.txt",
+        **shared_settings(settings.pgbouncer.model_dump(by_alias=True)),
+    }
+    lines = [
+        "[databases]",
+        f"{database} = {server} dbname={database}",
+        f"{read_database(database)} = {read} dbname={database}",
+        f"* = {server}",
+    ]
+    return "\n".join([*lines, "[pgbouncer]", *(f"{name} = {value}" for name, value in values.items()), ""])
+
+
 def published(internal: int, external: int) -> list[docker.ContainerPortArgs]:
-    return [docker.ContainerPortArgs(internal=internal, external=external, ip=HOST)]
+    return [docker.ContainerPortArgs(internal=internal, external=external, ip=LOOPBACK)]
 
 
 class DockerPlatform(pulumi.ComponentResource):
@@ -123,7 +148,7 @@ class DockerPlatform(pulumi.ComponentResource):
                 uploads=[
                     docker.ContainerUploadArgs(
                         file="/docker-entrypoint-initdb.d/10-thorbis.sh",
-                        content=INIT_SCRIPT.read_text(),
+                        content=init_script(),
                         executable=True,
                     )
                 ],
@@ -134,7 +159,7 @@ class DockerPlatform(pulumi.ComponentResource):
                 ],
                 networks_advanced=joined,
                 ports=published(PG_INTERNAL_PORT, settings.postgres.port),
-                healthcheck=healthcheck("pg_isready", "-U", "postgres", "-d", database),
+                healthcheck=healthcheck("pg_isready", "-U", SUPERUSER, "-d", database),
                 restart="unless-stopped",
                 wait=True,
             ),
@@ -164,8 +189,8 @@ class DockerPlatform(pulumi.ComponentResource):
                     docker.ContainerUploadArgs(file="/etc/pgbouncer/pgbouncer.ini", content=pgbouncer_ini(settings))
                 ],
                 networks_advanced=joined,
-                ports=published(5432, settings.pgbouncer.port),
-                healthcheck=healthcheck("pg_isready", "-h", "127.0.0.1", "-p", "5432"),
+                ports=published(PGBOUNCER_INTERNAL_PORT, settings.pgbouncer.port),
+                healthcheck=healthcheck("pg_isready", "-h", LOOPBACK, "-p", str(PGBOUNCER_INTERNAL_PORT)),
                 restart="unless-stopped",
             ),
             pulumi.ResourceOptions(parent=self, depends_on=[primary]),
@@ -192,7 +217,7 @@ class DockerPlatform(pulumi.ComponentResource):
                 envs=[env("REDIS_PASSWORD", redis_password), env("REDISCLI_AUTH", redis_password)],
                 volumes=[docker.ContainerVolumeArgs(volume_name=redis_volume.name, container_path="/data")],
                 networks_advanced=joined,
-                ports=published(6379, settings.redis.port),
+                ports=published(REDIS_INTERNAL_PORT, settings.redis.port),
                 healthcheck=healthcheck("redis-cli", "ping"),
                 restart="unless-stopped",
             ),
@@ -200,18 +225,7 @@ class DockerPlatform(pulumi.ComponentResource):
         )
         ready = [primary.id, pooler.id, redis.id, *(replica.id for replica in replicas)]
         self.connection = pulumi.Output.all(superuser, redis_password, *ready).apply(
-            lambda values: ConnectionSpec(
-                platform="docker",
-                primary=Endpoint(HOST, settings.postgres.port),
-                database=database,
-                admin_user="postgres",
-                admin_password=values[0],
-                pooler=Endpoint(HOST, settings.pgbouncer.port),
-                replicas=tuple(Endpoint(HOST, port) for port in settings.replica_ports),
-                redis=Endpoint(HOST, settings.redis.port),
-                redis_password=values[1],
-                read_database=read_database(database) if settings.replicas.count else None,
-            )
+            lambda values: loopback_connection(settings, "docker", values[0], values[1])
         )
         self.register_outputs({})
 
@@ -232,7 +246,10 @@ class DockerPlatform(pulumi.ComponentResource):
             docker.VolumeArgs(name=f"{network}-replica-{index}"),
             pulumi.ResourceOptions(parent=self),
         )
-        backup = f'pg_basebackup -h {network}-primary -U replicator -D "$PGDATA" -R -X stream -S replica_{index}'
+        backup = (
+            f'pg_basebackup -h {network}-primary -U {REPLICATION_ROLE} -D "$PGDATA" -R -X stream '
+            f"-S {replication_slot(index)}"
+        )
         # A retry starts from an empty directory, and reuses the slot an interrupted first try created.
         start = (
             'if [ ! -s "$PGDATA/PG_VERSION" ]; then '
@@ -252,7 +269,7 @@ class DockerPlatform(pulumi.ComponentResource):
                 ],
                 networks_advanced=joined,
                 ports=published(PG_INTERNAL_PORT, port),
-                healthcheck=healthcheck("pg_isready", "-U", "postgres"),
+                healthcheck=healthcheck("pg_isready", "-U", SUPERUSER),
                 restart="unless-stopped",
             ),
             pulumi.ResourceOptions(parent=self, depends_on=[primary]),

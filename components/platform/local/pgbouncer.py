@@ -18,6 +18,7 @@ import psycopg
 from psycopg import sql
 from pydantic import Field
 
+from components.connection import LOOPBACK
 from components.kind import Expect, Kind, Observed, ProviderError, Replace, Secret, Spec, Status
 from components.platform.local import postgres_files as pg
 from components.platform.local import process, slots
@@ -25,6 +26,12 @@ from components.platform.local import process, slots
 TOKEN = "thorbisdb:local:PgBouncer"
 AUTH_ROLE = "pgbouncer_auth"
 AUTH_SCHEMA = "pgbouncer"
+PoolMode = Literal["transaction", "session"]
+"""PgBouncer's pool_mode values we support (statement mode breaks transactions)."""
+#: How PgBouncer looks up an application user's SCRAM verifier (through the function of auth_lookup_statements).
+AUTH_QUERY = f"SELECT usename, passwd FROM {AUTH_SCHEMA}.get_auth($1)"
+#: PgBouncer's admin console: the pseudo-database of SHOW POOLS and friends.
+CONSOLE_DATABASE = "pgbouncer"
 HEALTH_FUNCTION = "server_health"
 """What the read router asks every server: in recovery, streaming, and its WAL position."""
 
@@ -57,7 +64,7 @@ class PgBouncerSpec(Spec):
     max_db_connections: int = Field(default=0, ge=0)
     min_pool_size: int = Field(default=0, ge=0)
     server_login_retry: int = Field(default=1, ge=0)
-    pool_mode: Literal["transaction", "session"] = "transaction"
+    pool_mode: PoolMode = "transaction"
 
 
 class PgBouncerStatus(Status):
@@ -66,9 +73,20 @@ class PgBouncerStatus(Status):
     )
 
 
-def pool_settings(values: Mapping[str, Any]) -> dict[str, str]:
-    """pgbouncer.ini's pool settings from values under their camelCase names (this spec's or the config's)."""
-    return {name: str(values[key]) for key, name in POOL_SETTINGS.items()}
+def shared_settings(values: Mapping[str, Any]) -> dict[str, str]:
+    """pgbouncer.ini's settings of every platform: auth through the lookup function, and the pool settings
+    from values under their camelCase names (this spec's or the config's)."""
+    return {
+        "auth_type": "scram-sha-256",
+        "auth_user": AUTH_ROLE,
+        "auth_query": AUTH_QUERY,
+        "admin_users": AUTH_ROLE,
+        "stats_users": AUTH_ROLE,
+        "ignore_startup_parameters": "extra_float_digits",
+        # idle server connections are reused oldest first, so a pool's work spreads over its hosts
+        "server_round_robin": "1",
+        **{name: str(values[key]) for key, name in POOL_SETTINGS.items()},
+    }
 
 
 def files(spec: PgBouncerSpec) -> tuple[Path, Path, Path]:
@@ -79,23 +97,14 @@ def files(spec: PgBouncerSpec) -> tuple[Path, Path, Path]:
 def ini_text(spec: PgBouncerSpec) -> str:
     _, userlist, pidfile = files(spec)
     base = Path(spec.state_dir)
-    values = spec.model_dump(by_alias=True)
     settings = {
-        "listen_addr": "127.0.0.1",
+        "listen_addr": LOOPBACK,
         "listen_port": str(spec.port),
         "unix_socket_dir": str(base),
-        "auth_type": "scram-sha-256",
         "auth_file": str(userlist),
-        "auth_user": AUTH_ROLE,
-        "auth_query": f"SELECT usename, passwd FROM {AUTH_SCHEMA}.get_auth($1)",
-        "admin_users": AUTH_ROLE,
-        "stats_users": AUTH_ROLE,
-        "ignore_startup_parameters": "extra_float_digits",
         "pidfile": str(pidfile),
         "logfile": str(base / "pgbouncer.log"),
-        # idle server connections are reused oldest first, so a pool's work spreads over its slots
-        "server_round_robin": "1",
-        **pool_settings(values),
+        **shared_settings(spec.model_dump(by_alias=True)),
     }
     return "\n".join(
         [
@@ -115,22 +124,21 @@ def userlist_text(spec: PgBouncerSpec) -> str:
     return f'"{AUTH_ROLE}" "{password}"\n'
 
 
-def install_auth_lookup(spec: PgBouncerSpec) -> None:
-    """The auth role, and a SECURITY DEFINER lookup that only it may call, in the app database."""
-    with pg.connect(spec.primary_port, spec.superuser_password, dbname=spec.database) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (AUTH_ROLE,)).fetchone()
-        conn.execute(
-            sql.SQL("{} ROLE {} WITH LOGIN PASSWORD {}").format(
-                sql.SQL("ALTER" if exists else "CREATE"),
-                sql.Identifier(AUTH_ROLE),
-                sql.Literal(spec.auth_password),
-            )
-        )
-        ids = {
-            "schema": sql.Identifier(AUTH_SCHEMA),
-            "role": sql.Identifier(AUTH_ROLE),
-            "health": sql.Identifier(HEALTH_FUNCTION),
-        }
+def auth_role_statement(verb: Literal["CREATE", "ALTER"], password: sql.Composable) -> sql.Composed:
+    """PgBouncer's auth user (the password a literal here, a psql variable in docker's init script)."""
+    return sql.SQL("{} ROLE {} WITH LOGIN PASSWORD {}").format(sql.SQL(verb), sql.Identifier(AUTH_ROLE), password)
+
+
+def auth_lookup_statements() -> list[sql.Composed]:
+    """SECURITY DEFINER functions only the auth user may call: the lookup of non-superusers' verifiers, and
+    the server's health for the read router."""
+    ids = {
+        "schema": sql.Identifier(AUTH_SCHEMA),
+        "role": sql.Identifier(AUTH_ROLE),
+        "health": sql.Identifier(HEALTH_FUNCTION),
+    }
+    return [
+        sql.SQL(statement).format(**ids)
         for statement in (
             "CREATE SCHEMA IF NOT EXISTS {schema}",
             "REVOKE ALL ON SCHEMA {schema} FROM PUBLIC",
@@ -142,8 +150,8 @@ def install_auth_lookup(spec: PgBouncerSpec) -> None:
                      WHERE s.usename = p_usename AND NOT s.usesuper $$""",
             "REVOKE ALL ON FUNCTION {schema}.get_auth(text) FROM PUBLIC",
             "GRANT EXECUTE ON FUNCTION {schema}.get_auth(text) TO {role}",
-            # the WAL receiver's status is for superusers and pg_read_all_stats only: this shows the router
-            # that one bit and nothing else of the server's statistics
+            # the WAL receiver's status is for superusers and pg_read_all_stats only: this shows the read
+            # router that one bit and nothing else of the server's statistics
             """CREATE OR REPLACE FUNCTION {schema}.{health}(
                    OUT in_recovery boolean, OUT streaming boolean, OUT wal_bytes numeric)
                LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ''
@@ -154,8 +162,17 @@ def install_auth_lookup(spec: PgBouncerSpec) -> None:
                                      ELSE pg_catalog.pg_current_wal_lsn() END, '0/0') $$""",
             "REVOKE ALL ON FUNCTION {schema}.{health}() FROM PUBLIC",
             "GRANT EXECUTE ON FUNCTION {schema}.{health}() TO {role}",
-        ):
-            conn.execute(sql.SQL(statement).format(**ids))
+        )
+    ]
+
+
+def install_auth_lookup(spec: PgBouncerSpec) -> None:
+    """The auth role, and a SECURITY DEFINER lookup that only it may call, in the app database."""
+    with pg.connect(spec.primary_port, spec.superuser_password, dbname=spec.database) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (AUTH_ROLE,)).fetchone()
+        conn.execute(auth_role_statement("ALTER" if exists else "CREATE", sql.Literal(spec.auth_password)))
+        for statement in auth_lookup_statements():
+            conn.execute(statement)
 
 
 def ensure_slots(spec: PgBouncerSpec) -> None:
@@ -170,9 +187,9 @@ def ensure_slots(spec: PgBouncerSpec) -> None:
 def console(port: int, auth_password: str, timeout: int = 5) -> psycopg.Connection:
     """PgBouncer's admin console speaks the simple query protocol only: a client-side cursor."""
     return psycopg.connect(
-        host="127.0.0.1",
+        host=LOOPBACK,
         port=port,
-        dbname="pgbouncer",
+        dbname=CONSOLE_DATABASE,
         user=AUTH_ROLE,
         password=auth_password,
         autocommit=True,

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pulumi
 
-from components.connection import ConnectionSpec, Endpoint
+from components.connection import LOOPBACK, ConnectionSpec, Endpoint
 from components.platform.local.backup import BackupRepositoryKind
 from components.platform.local.pgbackrest import Repository, archive_command, directory_problem
 from components.platform.local.pgbouncer import PgBouncerKind
 from components.platform.local.postgres import PostgresServerKind
-from components.platform.local.postgres_files import ServerDir
+from components.platform.local.postgres_files import SUPERUSER, ServerDir
 from components.platform.local.process import read_pid
 from components.platform.local.redis import RedisKind
 from components.platform.local.replica import PostgresReplicaKind
@@ -22,7 +22,39 @@ from components.platform.secrets import secret_of
 from components.resource import declare
 from config import ConfigError, Problem, StackSettings, check_host_ports
 
-HOST = "127.0.0.1"
+
+def server_dir(state_dir: Path, replica: int | None = None) -> Path:
+    """The directory of the primary (replica None) or of replica `replica` under the stack's state directory."""
+    return state_dir / ("postgres-primary" if replica is None else f"postgres-replica-{replica}")
+
+
+def router_dir(state_dir: Path) -> Path:
+    """The read router's directory (its routes.json says where the pools go now)."""
+    return state_dir / "router"
+
+
+def replication_slot(index: int) -> str:
+    """The physical replication slot of replica `index` (also its application_name)."""
+    return f"replica_{index}"
+
+
+def loopback_connection(
+    settings: StackSettings, platform: str, admin_password: str, redis_password: str
+) -> ConnectionSpec:
+    """The ConnectionSpec of a platform whose servers listen (or are published) on loopback at the stack's
+    ports, the superuser its admin."""
+    return ConnectionSpec(
+        platform=platform,
+        primary=Endpoint.loopback(settings.postgres.port),
+        database=settings.postgres.database,
+        admin_user=SUPERUSER,
+        admin_password=admin_password,
+        pooler=Endpoint.loopback(settings.pgbouncer.port),
+        replicas=tuple(Endpoint.loopback(port) for port in settings.replica_ports),
+        redis=Endpoint.loopback(settings.redis.port),
+        redis_password=redis_password,
+        read_database=read_database(settings.postgres.database),
+    )
 
 
 def postgres_settings(settings: StackSettings) -> dict[str, str]:
@@ -106,16 +138,16 @@ def ports_held(state_dir: Path) -> set[int]:
 
 def router_servers(settings: StackSettings) -> list[dict[str, object]]:
     """The servers the read router watches, named as in its routes: primary, replica-0, replica-1, ..."""
-    named = [("primary", settings.postgres.port, "postgres-primary")]
-    named += [(f"replica-{i}", port, f"postgres-replica-{i}") for i, port in enumerate(settings.replica_ports)]
+    named: list[tuple[str, int, int | None]] = [("primary", settings.postgres.port, None)]
+    named += [(f"replica-{index}", port, index) for index, port in enumerate(settings.replica_ports)]
     return [
         {
             "name": name,
             "port": port,
-            "socketDir": str(ServerDir(settings.state_dir / directory).socket_dir),
-            "primary": name == "primary",
+            "socketDir": str(ServerDir(server_dir(settings.state_dir, replica)).socket_dir),
+            "primary": replica is None,
         }
-        for name, port, directory in named
+        for name, port, replica in named
     ]
 
 
@@ -125,7 +157,7 @@ class LocalPlatform(pulumi.ComponentResource):
     connection: pulumi.Output[ConnectionSpec]
 
     def __init__(self, name: str, settings: StackSettings, opts: pulumi.ResourceOptions | None = None) -> None:
-        check_host_ports(settings, owned_ports=ports_held(settings.state_dir))  # before any resource exists
+        check_host_ports(settings, LOOPBACK, owned_ports=ports_held(settings.state_dir))  # before any resource exists
         check_backup_directory(settings)
         super().__init__("thorbis:platform:Local", name, None, opts)
         base = settings.state_dir
@@ -139,7 +171,7 @@ class LocalPlatform(pulumi.ComponentResource):
             PostgresServerKind,
             f"{name}-primary",
             {
-                "state_dir": str(base / "postgres-primary"),
+                "state_dir": str(server_dir(base)),
                 "port": settings.postgres.port,
                 "database": settings.postgres.database,
                 "superuser_password": superuser,
@@ -154,7 +186,7 @@ class LocalPlatform(pulumi.ComponentResource):
         if repository is not None:  # archiving of the primary; backups are taken by scripts/backup
             backups = {
                 "repository": repository,
-                "primary_state_dir": str(base / "postgres-primary"),
+                "primary_state_dir": str(server_dir(base)),
                 "port": settings.postgres.port,
                 "superuser_password": superuser,
                 "allow_data_loss": settings.allow_data_loss,
@@ -165,10 +197,10 @@ class LocalPlatform(pulumi.ComponentResource):
                 PostgresReplicaKind,
                 f"{name}-replica-{index}",
                 {
-                    "state_dir": str(base / f"postgres-replica-{index}"),
+                    "state_dir": str(server_dir(base, index)),
                     "port": port,
                     "primary_port": settings.postgres.port,
-                    "slot_name": f"replica_{index}",
+                    "slot_name": replication_slot(index),
                     "superuser_password": superuser,
                     "replication_password": replication,
                     "settings": gucs,
@@ -187,7 +219,7 @@ class LocalPlatform(pulumi.ComponentResource):
                 "state_dir": str(base / "pgbouncer"),
                 "port": pgbouncer.port,
                 "primary_port": settings.postgres.port,
-                "primary_socket_dir": str(ServerDir(base / "postgres-primary").socket_dir),
+                "primary_socket_dir": str(ServerDir(server_dir(base)).socket_dir),
                 "read_slots": read_slots,
                 "database": settings.postgres.database,
                 "superuser_password": superuser,
@@ -207,7 +239,7 @@ class LocalPlatform(pulumi.ComponentResource):
             ReadRouterKind,
             f"{name}-router",
             {
-                "state_dir": str(base / "router"),
+                "state_dir": str(router_dir(base)),
                 "pgbouncer_dir": str(base / "pgbouncer"),
                 "pgbouncer_port": pgbouncer.port,
                 "database": settings.postgres.database,
@@ -236,17 +268,6 @@ class LocalPlatform(pulumi.ComponentResource):
         )
         ready = [primary.id, pooler.id, router.id, cache.id, *(replica.id for replica in replicas)]
         self.connection = pulumi.Output.all(superuser, redis_password, *ready).apply(
-            lambda values: ConnectionSpec(
-                platform="local",
-                primary=Endpoint(HOST, settings.postgres.port),
-                database=settings.postgres.database,
-                admin_user="postgres",
-                admin_password=values[0],
-                pooler=Endpoint(HOST, settings.pgbouncer.port),
-                replicas=tuple(Endpoint(HOST, port) for port in settings.replica_ports),
-                redis=Endpoint(HOST, settings.redis.port),
-                redis_password=values[1],
-                read_database=read_database(settings.postgres.database),
-            )
+            lambda values: loopback_connection(settings, "local", values[0], values[1])
         )
         self.register_outputs({})

@@ -25,8 +25,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import psycopg
+from psycopg import sql
 from pydantic import Field
 
+from components.connection import LOOPBACK
 from components.kind import Expect, Kind, Observed, Replace, Secret, Spec, Status
 from components.platform.local import process, slots
 from components.platform.local.pgbouncer import AUTH_ROLE, AUTH_SCHEMA, HEALTH_FUNCTION, console
@@ -36,11 +38,12 @@ TOKEN = "thorbisdb:local:ReadRouter"
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 #: The router's process (not `-m`: the package imports this module before it would run as __main__).
 DAEMON = "import sys, pathlib; from components.platform.local.router import serve; serve(pathlib.Path(sys.argv[1]))"
+HEALTH_QUERY = sql.SQL("SELECT * FROM {}.{}()").format(sql.Identifier(AUTH_SCHEMA), sql.Identifier(HEALTH_FUNCTION))
 
 
 class ServerSpec(Spec):
     name: str = Field(pattern=r"^[a-z0-9-]{1,40}$", description="The server's name in routes: primary, replica-0, ...")
-    port: int = Field(ge=1024, le=65535, description="Its port on 127.0.0.1.")
+    port: int = Field(ge=1024, le=65535, description="Its port on the loopback address.")
     socket_dir: str = Field(description="Directory of its Unix socket.")
     primary: bool = Field(default=False, description="Whether it was declared the primary.")
 
@@ -82,7 +85,7 @@ class Seen:
 def observe_server(spec: ReadRouterSpec, server: ServerSpec) -> Seen:
     try:
         with psycopg.connect(
-            host="127.0.0.1",
+            host=LOOPBACK,
             port=server.port,
             dbname=spec.database,
             user=AUTH_ROLE,
@@ -90,7 +93,7 @@ def observe_server(spec: ReadRouterSpec, server: ServerSpec) -> Seen:
             connect_timeout=2,
             autocommit=True,
         ) as conn:
-            row = conn.execute(f"SELECT * FROM {AUTH_SCHEMA}.{HEALTH_FUNCTION}()").fetchone()
+            row = conn.execute(HEALTH_QUERY).fetchone()
     except psycopg.Error:
         return Seen(Health(server.name, server.primary, answering=False))
     assert row is not None
@@ -115,7 +118,7 @@ def reconnect(spec: ReadRouterSpec, databases: set[str]) -> None:
     try:
         with console(spec.pgbouncer_port, spec.auth_password, timeout=2) as admin:
             for database in sorted(databases):
-                admin.execute(f"RECONNECT {database}")
+                admin.execute(sql.SQL("RECONNECT {}").format(sql.Identifier(database)))
     except psycopg.Error:
         pass  # PgBouncer down: it has no server connections to close
 
