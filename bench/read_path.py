@@ -39,6 +39,7 @@ from typing import Any
 import psycopg
 
 from bench.connections import PGBENCH, percentile, raise_file_limit, read_log, summary_number
+from components.connection import LOOPBACK
 from components.database.declared.model import load_schema
 from components.platform.local import process
 from components.platform.local.platform import router_dir, server_dir
@@ -101,7 +102,7 @@ def pgbench(live: LiveStack, database: str, script: str, clients: int, seconds: 
         work = Path(tmp)
         (work / "script.sql").write_text(script)
         command = [
-            str(PGBENCH), "-n", "-M", "simple", "-h", "127.0.0.1", "-p", str(live.pgbouncer_port),
+            str(PGBENCH), "-n", "-M", "simple", "-h", LOOPBACK, "-p", str(live.pgbouncer_port),
             "-U", "authenticator", "-c", str(clients), "-j", "2", "-T", str(seconds), "-f", str(work / "script.sql"),
             "--log", f"--log-prefix={work / 'pgbench_log'}", database,
         ]  # fmt: skip

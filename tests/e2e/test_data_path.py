@@ -25,6 +25,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from components.database.declared.model import load_schema
+from components.outputs import connection_of
 from components.platform.local import process
 from components.platform.local.platform import router_dir, server_dir
 from components.platform.local.postgres_files import ServerDir
@@ -129,6 +130,8 @@ def test_up_publishes_the_data_path_as_outputs(
     assert {write["user"], read["user"]} == {"authenticator"}
     assert {int(str(write["port"])), int(str(read["port"]))} == {live_stack.pgbouncer_port}
     assert (write["dbname"], read["dbname"]) == ("thorbis", "thorbis_read")
+    connection = connection_of(outputs)
+    assert connection is not None and connection.read_database == read["dbname"]  # one fact, two outputs
     password = live_stack.passwords["authenticatorPassword"]
     assert password not in live_stack.backend_text(), "an application password in plain text in the state"
     preview = live_stack.stack.preview()

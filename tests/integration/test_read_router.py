@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from components.connection import LOOPBACK
 from components.platform.local import process
 from components.platform.local.pgbouncer import PgBouncerKind, PgBouncerSpec
 from components.platform.local.router import ReadRouterKind, ReadRouterSpec, ReadRouterStatus, files
@@ -48,7 +49,7 @@ class Pools:
 
     def connect(self, database: str) -> psycopg.Connection[Any]:
         return psycopg.connect(
-            host="127.0.0.1",
+            host=LOOPBACK,
             port=self.bouncer.port,
             dbname=database,
             user=APP_ROLE,
@@ -164,7 +165,7 @@ def test_a_router_that_stopped_is_drift_that_update_restarts(pools: Pools) -> No
 
 def test_the_auth_role_learns_the_servers_health_and_no_other_statistic(pools: Pools) -> None:
     with psycopg.connect(
-        host="127.0.0.1",
+        host=LOOPBACK,
         port=pools.replicas[0].spec.port,
         dbname=DATABASE,
         user="pgbouncer_auth",
