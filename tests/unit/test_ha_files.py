@@ -6,8 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from components.platform.local import pgbouncer
+from components.platform.local import platform as local
 from components.platform.local import postgres_files as pg
 from components.platform.local.ha import cluster, etcd, haproxy, patroni
+from tests.unit.test_config import Stack
 
 MEMBERS = [patroni.Member(name=f"node-{i}", port=30000 + 2 * i, rest_port=30001 + 2 * i) for i in range(3)]
 
@@ -75,3 +78,49 @@ def test_etcd_members_name_every_peer_and_listen_on_loopback_only(tmp_path: Path
     cluster_flag = next(arg for arg in argv if arg.startswith("--initial-cluster="))
     assert cluster_flag.count("=http://127.0.0.1:") == 3
     assert all("127.0.0.1" in arg for arg in argv if "-urls=" in arg)
+
+
+def test_haproxys_replica_check_takes_the_read_pools_lag_limit_and_interval(tmp_path: Path) -> None:
+    spec = haproxy.HaRouterSpec(
+        state_dir=str(tmp_path), write_port=32000, read_port=32001, members=MEMBERS, max_lag_bytes=4096, check_ms=300
+    )
+    text = haproxy.config_text(spec)
+    read = text.split("listen read")[1]
+    assert "option httpchk OPTIONS /replica?lag=4096" in read
+    assert "default-server inter 300ms fastinter 150ms downinter 300ms" in text
+
+
+def test_with_ha_pgbouncers_two_pools_go_to_haproxys_endpoints_and_no_slot_is_made(tmp_path: Path) -> None:
+    spec = pgbouncer.PgBouncerSpec(
+        state_dir=str(tmp_path),
+        port=33000,
+        primary_port=32000,
+        primary_socket_dir=str(tmp_path / "none"),
+        read_port=32001,
+        database="thorbis",
+        superuser_password="s" * 16,
+        auth_password="a" * 16,
+        server_login_retry=3,
+    )
+    text = pgbouncer.ini_text(spec)
+    assert "thorbis = host=127.0.0.1 port=32000 dbname=thorbis" in text
+    assert "thorbis_read = host=127.0.0.1 port=32001 dbname=thorbis" in text
+    assert "* = host=127.0.0.1 port=32000" in text
+    assert "server_login_retry = 3" in text and "routes" not in text
+    pgbouncer.ensure_slots(spec)
+    assert not (tmp_path / "routes").exists()
+
+
+def test_with_ha_the_connection_names_haproxys_endpoints_and_the_managers() -> None:
+    settings = (
+        Stack()
+        .with_values(postgres={"port": 40000}, replicas={"count": 1}, ha={"mode": "patroni"}, backup={"enabled": False})
+        .parse()
+    )
+    connection = local.loopback_connection(settings, "local", "p" * 16, "r" * 16)
+    assert connection.primary.port == 40000 and [r.port for r in connection.replicas] == [settings.ha_read_port]
+    assert connection.read_database == "thorbis_read"
+    assert connection.ha is not None
+    assert [e.port for e in connection.ha.patroni] == [n.rest_port for n in settings.ha_nodes]
+    assert [e.port for e in connection.ha.etcd] == [p.client_port for p in settings.etcd_peers]
+    assert local.loopback_connection(Stack().parse(), "local", "p" * 16, "r" * 16).ha is None

@@ -13,13 +13,30 @@ from components.platform.local.ha.declare import declare_ha_cluster
 from components.platform.local.pgbackrest import Repository, archive_command, directory_problem
 from components.platform.local.pgbouncer import PgBouncerKind
 from components.platform.local.postgres import PostgresServerKind
-from components.platform.local.postgres_files import SUPERUSER
+from components.platform.local.postgres_files import SUPERUSER, ServerDir
 from components.platform.local.process import read_pid
 from components.platform.local.redis import RedisKind
 from components.platform.local.replica import PostgresReplicaKind
+from components.platform.local.router import ReadRouterKind
+from components.platform.routing import read_database
 from components.platform.secrets import secret_of
 from components.resource import declare
 from config import ConfigError, Problem, StackSettings, check_host_ports
+
+
+def server_dir(state_dir: Path, replica: int | None = None) -> Path:
+    """The directory of the primary (replica None) or of replica `replica` under the stack's state directory."""
+    return state_dir / ("postgres-primary" if replica is None else f"postgres-replica-{replica}")
+
+
+def read_slot_count(settings: StackSettings) -> int:
+    """Slots of PgBouncer's read pool: one per replica (the primary's when there is none)."""
+    return max(1, settings.replicas.count)
+
+
+def router_dir(state_dir: Path) -> Path:
+    """The read router's directory (its routes.json says where the pools go now)."""
+    return state_dir / "router"
 
 
 def replication_slot(index: int) -> str:
@@ -43,6 +60,7 @@ def loopback_connection(
         redis=Endpoint.loopback(settings.redis.port),
         redis_password=redis_password,
         ha=ha_endpoints(settings),
+        read_database=read_database(settings.postgres.database),
     )
 
 
@@ -150,6 +168,21 @@ def ports_held(state_dir: Path) -> set[int]:
     return held
 
 
+def router_servers(settings: StackSettings) -> list[dict[str, object]]:
+    """The servers the read router watches, named as in its routes: primary, replica-0, replica-1, ..."""
+    named: list[tuple[str, int, int | None]] = [("primary", settings.postgres.port, None)]
+    named += [(f"replica-{index}", port, index) for index, port in enumerate(settings.replica_ports)]
+    return [
+        {
+            "name": name,
+            "port": port,
+            "socketDir": str(ServerDir(server_dir(settings.state_dir, replica)).socket_dir),
+            "primary": replica is None,
+        }
+        for name, port, replica in named
+    ]
+
+
 class LocalPlatform(pulumi.ComponentResource):
     """Primary, N streaming replicas, PgBouncer and Redis of one stack, under its state directory."""
 
@@ -174,6 +207,7 @@ class LocalPlatform(pulumi.ComponentResource):
             write_endpoint, replicas = self.primary_and_replicas(name, settings, superuser, replication, gucs)
         after_primary = pulumi.ResourceOptions(parent=self, depends_on=[write_endpoint])
         pgbouncer = settings.pgbouncer
+        auth = secret_of(settings, "pgbouncer_auth_password")
         pooler = declare(
             PgBouncerKind,
             f"{name}-pgbouncer",
@@ -181,18 +215,25 @@ class LocalPlatform(pulumi.ComponentResource):
                 "state_dir": str(base / "pgbouncer"),
                 "port": pgbouncer.port,
                 "primary_port": settings.postgres.port,
+                "primary_socket_dir": str(ServerDir(server_dir(base)).socket_dir),
+                "read_slots": read_slot_count(settings),
+                "read_port": settings.ha_read_port if settings.ha.enabled else None,
                 "database": settings.postgres.database,
                 "superuser_password": superuser,
-                "auth_password": secret_of(settings, "pgbouncer_auth_password"),
+                "auth_password": auth,
                 "max_client_conn": pgbouncer.max_client_conn,
                 "default_pool_size": pgbouncer.default_pool_size,
                 "reserve_pool_size": pgbouncer.reserve_pool_size,
                 "reserve_pool_timeout": pgbouncer.reserve_pool_timeout,
                 "max_db_connections": pgbouncer.max_db_connections,
+                "min_pool_size": pgbouncer.min_pool_size,
+                "server_login_retry": pgbouncer.server_login_retry,
                 "pool_mode": pgbouncer.pool_mode,
             },
             after_primary,
         )
+        # with ha, HAProxy routes the pools by what Patroni says (one source of truth about roles): no router
+        routed = [] if settings.ha.enabled else [self.read_router(name, settings, auth, [pooler, *replicas])]
         redis_password = secret_of(settings, "redis_password")
         cache = declare(
             RedisKind,
@@ -208,11 +249,33 @@ class LocalPlatform(pulumi.ComponentResource):
             },
             child,
         )
-        ready = [write_endpoint.id, pooler.id, cache.id, *(replica.id for replica in replicas)]
+        ready = [write_endpoint.id, pooler.id, cache.id, *(r.id for r in [*replicas, *routed])]
         self.connection = pulumi.Output.all(superuser, redis_password, *ready).apply(
             lambda values: loopback_connection(settings, "local", values[0], values[1])
         )
         self.register_outputs({})
+
+    def read_router(
+        self, name: str, settings: StackSettings, auth: pulumi.Output[str], after: list[pulumi.CustomResource]
+    ) -> pulumi.CustomResource:
+        """Without ha: the router that keeps PgBouncer's slots on the primary and the healthy replicas."""
+        pgbouncer = settings.pgbouncer
+        return declare(
+            ReadRouterKind,
+            f"{name}-router",
+            {
+                "state_dir": str(router_dir(settings.state_dir)),
+                "pgbouncer_dir": str(settings.state_dir / "pgbouncer"),
+                "pgbouncer_port": pgbouncer.port,
+                "database": settings.postgres.database,
+                "auth_password": auth,
+                "servers": router_servers(settings),
+                "read_slots": read_slot_count(settings),
+                "max_lag_bytes": pgbouncer.read_max_lag_bytes,
+                "interval_ms": pgbouncer.route_check_ms,
+            },
+            pulumi.ResourceOptions(parent=self, depends_on=after),
+        )
 
     def primary_and_replicas(
         self,
@@ -230,7 +293,7 @@ class LocalPlatform(pulumi.ComponentResource):
             PostgresServerKind,
             f"{name}-primary",
             {
-                "state_dir": str(base / "postgres-primary"),
+                "state_dir": str(server_dir(base)),
                 "port": settings.postgres.port,
                 "database": settings.postgres.database,
                 "superuser_password": superuser,
@@ -245,7 +308,7 @@ class LocalPlatform(pulumi.ComponentResource):
         if repository is not None:  # archiving of the primary; backups are taken by scripts/backup
             backups = {
                 "repository": repository,
-                "primary_state_dir": str(base / "postgres-primary"),
+                "primary_state_dir": str(server_dir(base)),
                 "port": settings.postgres.port,
                 "superuser_password": superuser,
                 "allow_data_loss": settings.allow_data_loss,
@@ -256,7 +319,7 @@ class LocalPlatform(pulumi.ComponentResource):
                 PostgresReplicaKind,
                 f"{name}-replica-{index}",
                 {
-                    "state_dir": str(base / f"postgres-replica-{index}"),
+                    "state_dir": str(server_dir(base, index)),
                     "port": port,
                     "primary_port": settings.postgres.port,
                     "slot_name": replication_slot(index),

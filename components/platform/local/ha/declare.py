@@ -90,5 +90,7 @@ def declare_ha_cluster(
         "write_port": settings.postgres.port,
         "read_port": settings.ha_read_port,
         "members": members,
+        "max_lag_bytes": settings.pgbouncer.read_max_lag_bytes,
+        "check_ms": settings.pgbouncer.route_check_ms,
     }
     return declare(HaRouterKind, f"{name}-haproxy", router, pulumi.ResourceOptions(parent=parent, depends_on=nodes))

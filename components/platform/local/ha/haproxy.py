@@ -2,9 +2,12 @@
 current leader and a read endpoint that reaches the streaming replicas.
 
 Each node is checked through Patroni's REST API (`GET /primary` answers 200 on the leader only, `GET
-/replica` on a running replica), so the route follows the leader lock in etcd, never a guess from
-PostgreSQL itself; a node marked down has its sessions cut, so no client stays on a demoted primary.
-Reads fall back to the leader when no replica is up. PgBouncer's pools point at these endpoints.
+/replica?lag=N` on a running replica at most N bytes behind), so the route follows the leader lock in etcd,
+never a guess from PostgreSQL itself; a node marked down has its sessions cut, so no client stays on a
+demoted primary. Reads fall back to the leader when no replica is up. PgBouncer's write pool `<db>` and
+read pool `<db>_read` point at these endpoints: with ha this replaces the ReadRouter (whose
+`routing.route` would be a second opinion on roles), and takes its settings, pgbouncer.readMaxLagBytes and
+routeCheckMs.
 """
 
 from __future__ import annotations
@@ -23,8 +26,15 @@ from components.platform.local.ha import http
 from components.platform.local.ha.patroni import Member
 
 TOKEN = "thorbisdb:local:HaRouter"
-#: Checks every second (twice a second while a server changes state): a failover is routed within ~1 s.
-CHECKS = "inter 1s fastinter 500ms downinter 1s fall 2 rise 1 on-marked-down shutdown-sessions"
+
+
+def checks(interval_ms: int) -> str:
+    """Every server checked every `interval_ms` (twice as often while it changes state): a failover is
+    routed within about two intervals, and a server marked down has its sessions cut."""
+    return (
+        f"inter {interval_ms}ms fastinter {max(50, interval_ms // 2)}ms downinter {interval_ms}ms "
+        "fall 2 rise 1 on-marked-down shutdown-sessions"
+    )
 
 
 class HaRouterSpec(Spec):
@@ -32,6 +42,10 @@ class HaRouterSpec(Spec):
     write_port: int = Field(ge=1024, le=65535, description="Port of the write endpoint (the leader) on 127.0.0.1.")
     read_port: int = Field(ge=1024, le=65535, description="Port of the read endpoint (the replicas) on 127.0.0.1.")
     members: list[Member] = Field(min_length=1, description="The Patroni nodes: PostgreSQL and REST API ports.")
+    max_lag_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=0, description="A replica further behind than this serves no reads."
+    )
+    check_ms: int = Field(default=1000, ge=50, description="Time between two health checks of a server.")
 
 
 class HaRouterStatus(Status):
@@ -67,7 +81,7 @@ def config_text(spec: HaRouterSpec) -> str:
             "    timeout client 30m",
             "    timeout server 30m",
             "    timeout check 2s",
-            f"    default-server {CHECKS}",
+            f"    default-server {checks(spec.check_ms)}",
             "listen write",
             f"    bind {http.HOST}:{spec.write_port}",
             "    option httpchk OPTIONS /primary",  # the status alone: Patroni sends no body
@@ -76,7 +90,8 @@ def config_text(spec: HaRouterSpec) -> str:
             "listen read",
             f"    bind {http.HOST}:{spec.read_port}",
             "    balance roundrobin",
-            "    option httpchk OPTIONS /replica",
+            # Patroni measures the lag against the leader's WAL position in etcd (updated every loop_wait)
+            f"    option httpchk OPTIONS /replica?lag={spec.max_lag_bytes}",
             "    http-check expect status 200",
             *checked,
             *leader_fallback,
