@@ -19,7 +19,7 @@ import pulumi.automation as auto
 import pytest
 
 from components.platform.local import process
-from components.platform.local.ha import etcd
+from components.platform.local.ha import etcd, patroni
 from ops.stack import read_access
 from ops.verify import verify
 from testbed.ha import (
@@ -100,6 +100,52 @@ def test_a_killed_postmaster_of_the_leader_fails_over_and_the_old_leader_rejoins
     ha.wait_for_members()
     rejoined = {m["name"]: m["role"] for m in ha.cluster()["members"]}
     assert rejoined[old_leader] in ("replica", "sync_standby"), rejoined
+    no_changes(ha.live)
+
+
+def read_pool_server(ha: HaStack) -> tuple[bool, int] | None:
+    """Where a transaction of the application's read pool (the stack's readDsn: PgBouncer's `<db>_read`)
+    lands: in recovery or not, and the node's port; None while it cannot get a server."""
+    read_dsn = ha.live.stack.outputs()["readDsn"].value
+    try:
+        with psycopg.connect(read_dsn, autocommit=True, prepare_threshold=None, connect_timeout=3) as conn:
+            row = conn.execute("SELECT pg_is_in_recovery(), inet_server_port()").fetchone()
+    except psycopg.OperationalError:
+        return None
+    assert row is not None
+    return bool(row[0]), int(row[1])
+
+
+def wait_for_reads_on_a_replica(ha: HaStack) -> int:
+    """The read pool reaches a replica (not the leader) within a few of HAProxy's checks; its port."""
+    leader_port = ha.node_ports[ha.leader()]
+    landed: list[tuple[bool, int] | None] = []
+
+    def on_a_replica() -> bool:
+        landed.append(read_pool_server(ha))
+        return landed[-1] is not None and landed[-1][0] and landed[-1][1] != leader_port
+
+    process.wait_until(on_a_replica, 60, f"the read pool to reach a replica (last: {landed[-3:]})")
+    seen = landed[-1]
+    assert seen is not None
+    return seen[1]
+
+
+def test_the_read_pool_reads_from_the_replica_patroni_names_and_follows_a_failover(ha: HaStack) -> None:
+    # The postmaster test promoted the standby and the old leader rejoined: the read pool's server
+    # connections to the node that now leads were cut by HAProxy, and its reads go to the new replica.
+    ha.wait_for_members()
+    before = wait_for_reads_on_a_replica(ha)
+    replica = next(name for name, port in ha.node_ports.items() if port == before)
+    kill_and_wait([postmaster_of(ha.node_dir(ha.leader()))])
+    process.wait_until(
+        lambda: (patroni.leader_of(patroni.cluster_status(ha.rest_ports)) or {}).get("name") == replica,
+        90,
+        f"{replica} to be promoted",
+    )
+    ha.wait_for_members()
+    after = wait_for_reads_on_a_replica(ha)
+    assert after != before, "the promoted node left the read pool"
     no_changes(ha.live)
 
 
