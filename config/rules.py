@@ -165,14 +165,14 @@ def _ha_timings(settings: StackSettings) -> list[Problem]:
     return [Problem(_key("ha.ttl"), show_value(ha.ttl), reason)]
 
 
-def _ha_without_archiving(settings: StackSettings) -> list[Problem]:
-    if not settings.ha.enabled or not settings.backup.enabled:
+def _ha_restores_not_built(settings: StackSettings) -> list[Problem]:
+    if not (settings.ha.enabled and settings.backup.enabled and settings.backup.restore_on_provision):
         return []
     reason = (
-        f"WAL archiving from whichever node leads is not built yet: set it to false with {_key('ha')} "
-        "(synchronous replication keeps every commit on two nodes; take pg_dump backups meanwhile)"
+        f"a Patroni cluster is not re-provisioned from the repository (its nodes archive WAL to it and "
+        f"scripts/backup backs up the leader, but a restore is by hand): set it to false with {_key('ha')}"
     )
-    return [Problem(_key("backup.enabled"), "true", reason)]
+    return [Problem(_key("backup.restoreOnProvision"), "true", reason)]
 
 
 def _ha_ports_fit(settings: StackSettings) -> list[Problem]:
@@ -201,7 +201,7 @@ RULES: tuple[Rule, ...] = (
     Rule(frozenset({"platform", "ha"}), _ha_is_local),
     Rule(frozenset({"replicas", "ha"}), _ha_has_a_standby),
     Rule(frozenset({"ha"}), _ha_timings),
-    Rule(frozenset({"ha", "backup"}), _ha_without_archiving),
+    Rule(frozenset({"ha", "backup"}), _ha_restores_not_built),
     Rule(frozenset({"postgres", "replicas", "ha"}), _ha_ports_fit),
 )
 """Every cross-key rule, in the order their problems are listed."""

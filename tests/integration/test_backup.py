@@ -134,7 +134,7 @@ def test_a_backup_restores_to_a_point_in_time_and_to_the_latest_point(archived: 
     to_time = pg.ServerDir(archived.base / "restore-time")
     copy_port = free_port()
     copy_repo = archived.repo.model_copy(update={"config_dir": str(archived.base / "pgbackrest-copy")})
-    pgbackrest.write_files(copy_repo, to_time, copy_port, SUPERUSER_PASSWORD)
+    pgbackrest.write_files(copy_repo, [(to_time, copy_port)], SUPERUSER_PASSWORD)
     pgbackrest.restore(copy_repo, to_time, target_time=target, archive=False)
     pg.write_config(
         to_time,

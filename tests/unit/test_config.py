@@ -693,10 +693,10 @@ BAD = [
         ("loopWait + 2 x retryTimeout = 26 is more than ttl = 20",),
     ),
     Bad(
-        "ha-with-archiving",
+        "ha-restoring-on-provision",
         {"replicas": {"count": 1}, "ha": {"mode": "patroni"}},
-        "thorbis:backup.enabled",
-        ("not built yet",),
+        "thorbis:backup.restoreOnProvision",
+        ("not re-provisioned from the repository",),
     ),
     Bad(
         "backup-unknown-key",

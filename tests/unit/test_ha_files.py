@@ -6,21 +6,22 @@ from pathlib import Path
 
 import pytest
 
-from components.platform.local import pgbouncer
+from components.platform.local import pgbackrest, pgbouncer
 from components.platform.local import platform as local
 from components.platform.local import postgres_files as pg
-from components.platform.local.ha import cluster, etcd, haproxy, patroni
+from components.platform.local.ha import cluster, etcd, haproxy, node, patroni
+from testbed.support import reachable_state_dir
 from tests.unit.test_config import Stack
 
 MEMBERS = [patroni.Member(name=f"node-{i}", port=30000 + 2 * i, rest_port=30001 + 2 * i) for i in range(3)]
 
 
-def node(tmp_path: Path) -> patroni.NodeConfig:
+def node_config(tmp_path: Path) -> patroni.NodeConfig:
     return patroni.NodeConfig(tmp_path, "thorbis-x", "node-1", 30002, 30003, (31000, 31002, 31004), "s" * 16, "r" * 16)
 
 
 def test_a_node_bootstraps_with_checksums_and_scram_and_the_local_platforms_pg_hba(tmp_path: Path) -> None:
-    document = patroni.config_document(node(tmp_path))
+    document = patroni.config_document(node_config(tmp_path))
     assert "data-checksums" in document["bootstrap"]["initdb"]
     assert {"auth": "scram-sha-256"} in document["bootstrap"]["initdb"]
     postgresql = document["postgresql"]
@@ -124,3 +125,41 @@ def test_with_ha_the_connection_names_haproxys_endpoints_and_the_managers() -> N
     assert [e.port for e in connection.ha.patroni] == [n.rest_port for n in settings.ha_nodes]
     assert [e.port for e in connection.ha.etcd] == [p.client_port for p in settings.etcd_peers]
     assert local.loopback_connection(Stack().parse(), "local", "p" * 16, "r" * 16).ha is None
+
+
+def test_with_ha_and_backups_every_node_pushes_wal_through_a_pgbackrest_config_naming_itself() -> None:
+    settings = (
+        Stack().with_values(replicas={"count": 1}, ha={"mode": "patroni"}, backup={"restoreOnProvision": False}).parse()
+    )
+    repo = local.backup_repository(settings)
+    assert repo is not None
+    gucs = local.postgres_settings(settings)
+    assert gucs["archive_mode"] == "on" and "archive_command" not in gucs, "the shared settings name no node"
+    with reachable_state_dir() as tmp_path:
+        spec = node.PatroniNodeSpec(
+            state_dir=str(tmp_path / "ha-node-1"),
+            scope="thorbis-x",
+            name="node-1",
+            port=30002,
+            rest_port=30003,
+            etcd_ports=[31000],
+            database="thorbis",
+            superuser_password="s" * 16,
+            replication_password="r" * 16,
+            backup=repo,
+        )
+        own = tmp_path / "ha-node-1" / "pgbackrest"
+        parameters = patroni.config_document(node.node_config(spec))["postgresql"]["parameters"]
+        assert parameters["archive_command"] == f"pgbackrest --config-path={own} --stanza=dev archive-push %p"
+        node.write_backup_files(spec)
+        text = (own / "pgbackrest.conf").read_text()
+        assert f"pg1-path={tmp_path / 'ha-node-1' / 'data'}" in text and "pg1-port=30002" in text and "pg2-" not in text
+        assert f"repo1-path={repo.path}" in text
+
+
+def test_the_stacks_stanza_lists_every_node_so_pgbackrest_backs_up_whichever_leads(tmp_path: Path) -> None:
+    repo = pgbackrest.Repository(path=str(tmp_path / "repo"), stanza="dev", config_dir=str(tmp_path / "cfg"))
+    servers = [(pg.ServerDir(tmp_path / f"ha-node-{i}"), 30000 + 2 * i) for i in range(3)]
+    text = pgbackrest.config_text(repo, servers)
+    for index, (server, port) in enumerate(servers, start=1):
+        assert f"pg{index}-path={server.data}" in text and f"pg{index}-port={port}" in text

@@ -23,10 +23,20 @@ from components.platform.local.pgbackrest import Repository
 TOKEN = "thorbisdb:local:BackupRepository"
 
 
+class NodeHost(Spec):
+    state_dir: str = Field(description="State directory of the node (its data/ and run/).")
+    port: int = Field(ge=1024, le=65535, description="Port of its PostgreSQL on 127.0.0.1.")
+
+
 class BackupRepositorySpec(Spec):
     repository: Repository = Field(description="The pgBackRest repository and stanza of the stack.")
     primary_state_dir: Replace[str] = Field(description="State directory of the primary (its data/ and run/).")
-    port: int = Field(ge=1024, le=65535, description="Port of the primary on 127.0.0.1.")
+    port: int = Field(ge=1024, le=65535, description="Port of the primary on 127.0.0.1 (with ha: the write endpoint).")
+    nodes: list[NodeHost] = Field(
+        default_factory=list,
+        description="With ha: every Patroni node, all in the stanza (pgBackRest backs up whichever is the "
+        "primary), in place of primary_state_dir.",
+    )
     superuser_password: Secret[str] = Field(min_length=1, description="Password of `postgres` (secret).")
     allow_data_loss: bool = Field(default=False, description="Whether delete may remove the backups.")
 
@@ -47,8 +57,10 @@ class BackupStatus(Status):
     backups: int | None = Field(default=None, description="How many backups the repository holds.")
 
 
-def primary_of(spec: BackupRepositorySpec) -> pg.ServerDir:
-    return pg.ServerDir(Path(spec.primary_state_dir))
+def hosts(spec: BackupRepositorySpec) -> list[pgbackrest.PgHost]:
+    if spec.nodes:
+        return [(pg.ServerDir(Path(node.state_dir)), node.port) for node in spec.nodes]
+    return [(pg.ServerDir(Path(spec.primary_state_dir)), spec.port)]
 
 
 def archiver_status(spec: BackupRepositorySpec) -> BackupStatus:
@@ -96,7 +108,7 @@ class BackupRepositoryKind(Kind[BackupRepositorySpec, BackupStatus]):
     def apply(self, spec: BackupRepositorySpec) -> BackupStatus:
         repo = spec.repository
         pgbackrest.prepare_directory(repo)  # before anything is written: the error names the config key
-        pgbackrest.write_files(repo, primary_of(spec), spec.port, spec.superuser_password)
+        pgbackrest.write_files(repo, hosts(spec), spec.superuser_password)
         pgbackrest.run(repo, "start")  # undo a `stop` left by an earlier delete of the stanza
         try:
             pgbackrest.run(repo, "stanza-create")

@@ -10,6 +10,7 @@ import json
 import os
 import shlex
 import subprocess
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,14 @@ def archive_command(repo: Repository) -> str:
     return f"{PGBACKREST} --config-path={shlex.quote(repo.config_dir)} --stanza={repo.stanza} archive-push %p"
 
 
-def config_text(repo: Repository, server: pg.ServerDir, port: int) -> str:
+#: A PostgreSQL server pgBackRest reaches on this host: its directory and port.
+PgHost = tuple[pg.ServerDir, int]
+
+
+def config_text(repo: Repository, hosts: Sequence[PgHost]) -> str:
+    """The stanza lists every host: one server, or with ha every node (pgBackRest connects to each and
+    backs up whichever is the primary). archive-push reads pg1's pg_control, so a node's own config names it
+    first."""
     config_dir = Path(repo.config_dir)
     lines = [
         "# Managed by thorbis-db: edits are overwritten by the next `pulumi up`.",
@@ -74,22 +82,26 @@ def config_text(repo: Repository, server: pg.ServerDir, port: int) -> str:
         f"spool-path={config_dir / 'spool'}",
         "",
         f"[{repo.stanza}]",
-        f"pg1-path={server.data}",
-        f"pg1-port={port}",
-        f"pg1-socket-path={server.socket_dir}",
-        "pg1-user=postgres",
     ]
+    for index, (server, port) in enumerate(hosts, start=1):
+        lines += [
+            f"pg{index}-path={server.data}",
+            f"pg{index}-port={port}",
+            f"pg{index}-socket-path={server.socket_dir}",
+            f"pg{index}-user=postgres",
+        ]
     return "\n".join(lines) + "\n"
 
 
-def write_files(repo: Repository, server: pg.ServerDir, port: int, superuser_password: str) -> bool:
+def write_files(repo: Repository, hosts: Sequence[PgHost], superuser_password: str) -> bool:
     """pgbackrest.conf and the password file its connections use (pg_hba.conf takes passwords only)."""
     for directory in ("", "log", "lock", "spool"):
         process.make_private_dir(Path(repo.config_dir) / directory)
-    changed = process.write_private_file(repo.config_file, config_text(repo, server, port))
+    changed = process.write_private_file(repo.config_file, config_text(repo, hosts))
     escaped = superuser_password.replace("\\", "\\\\").replace(":", "\\:")
     # host `*`: pgBackRest connects through the socket directory, which a host field would have to spell out
-    changed |= process.write_private_file(repo.passfile, f"*:{port}:*:postgres:{escaped}\n")
+    lines = "".join(f"*:{port}:*:postgres:{escaped}\n" for _, port in hosts)
+    changed |= process.write_private_file(repo.passfile, lines)
     return changed
 
 

@@ -125,6 +125,8 @@ def archive_settings(settings: StackSettings) -> dict[str, str]:
     repo = backup_repository(settings)
     if repo is None:
         return {}
+    if settings.ha.enabled:  # each Patroni node pushes through a pgBackRest config of its own (ha/node.py)
+        return {"archive_mode": "on"}
     return {"archive_mode": "on", "archive_command": archive_command(repo)}
 
 
@@ -200,7 +202,7 @@ class LocalPlatform(pulumi.ComponentResource):
 
         if settings.ha.enabled:
             write_endpoint: pulumi.CustomResource = declare_ha_cluster(
-                name, settings, self, superuser, replication, gucs
+                name, settings, self, superuser, replication, gucs, backup_repository(settings)
             )
             replicas: list[pulumi.CustomResource] = []
         else:

@@ -113,7 +113,7 @@ class PostgresServerKind(Kind[PostgresServerSpec, PostgresServerStatus]):
         """pgBackRest's config, before the server starts: its archive_command and a restore need it."""
         if spec.backup is not None:
             server = pg.ServerDir(Path(spec.state_dir))
-            pgbackrest.write_files(spec.backup, server, spec.port, spec.superuser_password)
+            pgbackrest.write_files(spec.backup, [(server, spec.port)], spec.superuser_password)
 
     def restore_if_backed_up(self, spec: PostgresServerSpec, server: pg.ServerDir) -> bool:
         """Re-provisioning after a disaster: the latest backup plus every archived WAL segment, not initdb."""

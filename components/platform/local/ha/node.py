@@ -17,9 +17,10 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from components.kind import Expect, Kind, Observed, ProviderError, Replace, Secret, Spec, Status
+from components.platform.local import pgbackrest, process
 from components.platform.local import postgres_files as pg
-from components.platform.local import process
 from components.platform.local.ha import etcd, http, patroni
+from components.platform.local.pgbackrest import Repository
 from components.platform.local.postgres import ensure_roles_and_database
 
 TOKEN = "thorbisdb:local:PatroniNode"
@@ -39,6 +40,11 @@ class PatroniNodeSpec(Spec):
     superuser_password: Secret[str] = Field(min_length=1, description="Password of `postgres` (secret).")
     replication_password: Secret[str] = Field(min_length=1, description="Password of `replicator` (secret).")
     allow_data_loss: bool = Field(default=False, description="Whether delete may remove the data directory.")
+    backup: Repository | None = Field(
+        default=None,
+        description="The stack's pgBackRest repository: the node archives WAL to it whenever it leads (its "
+        "own pgBackRest config, written before it starts, names it pg1). None: no archiving.",
+    )
 
 
 class PatroniNodeStatus(Status):
@@ -51,7 +57,22 @@ class PatroniNodeStatus(Status):
     timeline: int | None = Field(default=None, description="PostgreSQL's timeline: each promotion starts one.")
 
 
+def node_repository(spec: PatroniNodeSpec) -> Repository | None:
+    """The stack's repository as this node pushes WAL to it: through a pgBackRest config of its own."""
+    if spec.backup is None:
+        return None
+    return spec.backup.model_copy(update={"config_dir": str(Path(spec.state_dir) / "pgbackrest")})
+
+
+def write_backup_files(spec: PatroniNodeSpec) -> None:
+    repo = node_repository(spec)
+    if repo is not None:
+        server = patroni.NodeFiles(Path(spec.state_dir)).server
+        pgbackrest.write_files(repo, [(server, spec.port)], spec.superuser_password)
+
+
 def node_config(spec: PatroniNodeSpec) -> patroni.NodeConfig:
+    repo = node_repository(spec)
     return patroni.NodeConfig(
         base=Path(spec.state_dir),
         scope=spec.scope,
@@ -61,6 +82,7 @@ def node_config(spec: PatroniNodeSpec) -> patroni.NodeConfig:
         etcd_ports=tuple(spec.etcd_ports),
         superuser_password=spec.superuser_password,
         replication_password=spec.replication_password,
+        archive_command=None if repo is None else pgbackrest.archive_command(repo),
     )
 
 
@@ -118,6 +140,7 @@ class PatroniNodeKind(Kind[PatroniNodeSpec, PatroniNodeStatus]):
     status_type = PatroniNodeStatus
 
     def create(self, spec: PatroniNodeSpec) -> tuple[str, PatroniNodeStatus]:
+        write_backup_files(spec)
         patroni.write_files(node_config(spec))
         patroni.start(Path(spec.state_dir))
         wait_running(spec)
@@ -140,6 +163,7 @@ class PatroniNodeKind(Kind[PatroniNodeSpec, PatroniNodeStatus]):
 
     def update(self, resource_id: str, old: dict[str, Any], spec: PatroniNodeSpec) -> PatroniNodeStatus:
         base = Path(spec.state_dir)
+        write_backup_files(spec)
         if patroni.write_files(node_config(spec)):
             patroni.reload(base)
         patroni.start(base)

@@ -81,6 +81,8 @@ class NodeConfig:
     etcd_ports: tuple[int, ...]
     superuser_password: str
     replication_password: str
+    archive_command: str | None = None
+    """This node's push of WAL into the stack's pgBackRest repository (its own config names it pg1)."""
 
 
 def config_document(node: NodeConfig) -> dict[str, Any]:
@@ -116,7 +118,11 @@ def config_document(node: NodeConfig) -> dict[str, Any]:
                 "superuser": {"username": "postgres", "password": node.superuser_password},
                 "replication": {"username": REPLICATION_ROLE, "password": node.replication_password},
             },
-            "parameters": {"unix_socket_directories": str(files.server.socket_dir)},
+            # a node's own settings, over the shared ones of the dynamic configuration (Patroni's precedence)
+            "parameters": {
+                "unix_socket_directories": str(files.server.socket_dir),
+                **({"archive_command": node.archive_command} if node.archive_command else {}),
+            },
             "pg_hba": HBA,
             "basebackup": [{"checkpoint": "fast"}],
             "use_unix_socket": False,
