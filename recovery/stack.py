@@ -32,7 +32,12 @@ class OpenStack:
 
 def open_stack(name: str) -> OpenStack:
     """The stack `name` of the project in this clone, its config validated as `pulumi up` would."""
-    stack = auto.select_stack(name, work_dir=str(ROOT))
+    return opened(auto.select_stack(name, work_dir=str(ROOT)))
+
+
+def opened(stack: auto.Stack) -> OpenStack:
+    """A selected stack, its config validated as `pulumi up` would, its repository and connection."""
+    name = stack.name
     config = stack.get_all_config()
     raw = {key: value.value for key, value in config.items()}
     secret_keys = {key for key, value in config.items() if value.secret}

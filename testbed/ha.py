@@ -56,7 +56,9 @@ def configure_ha(stack: auto.Stack, synchronous: bool = True) -> HaPorts:
         "thorbis:ha.basePort": str(ports.node_base),
         "thorbis:ha.etcdBasePort": str(ports.etcd_base),
         "thorbis:ha.readPort": str(ports.read),
-        "thorbis:backup.enabled": "false",
+        # WAL archived from whichever node leads; a Patroni cluster is not re-provisioned from the repository
+        "thorbis:backup.enabled": "true",
+        "thorbis:backup.restoreOnProvision": "false",
     }
     stack.set_all_config({key: auto.ConfigValue(value) for key, value in values.items()}, path=True)
     return ports

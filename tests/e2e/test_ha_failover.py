@@ -18,10 +18,12 @@ import psycopg
 import pulumi.automation as auto
 import pytest
 
-from components.platform.local import process
+from components.platform.local import pgbackrest, process
 from components.platform.local.ha import etcd, patroni
 from ops.stack import read_access
 from ops.verify import verify
+from recovery.backup import take_backup
+from recovery.stack import OpenStack, opened
 from testbed.ha import (
     NODES,
     HaStack,
@@ -168,6 +170,37 @@ def test_a_leader_node_lost_whole_fails_over_and_up_brings_it_back_as_a_replica(
     assert roles[new_leader] == "leader", f"`up` must not move the leadership back: {roles}"
     assert roles[old_leader] in ("replica", "sync_standby"), roles
     no_changes(ha.live)
+
+
+def archived_timeline(opened: OpenStack) -> int:
+    """`pgbackrest check` (a WAL switch on whichever node is the primary, waited for in the repository),
+    then the timeline of the newest WAL segment in the archive."""
+    pgbackrest.run(opened.repository, "check", timeout=180)
+    archives = (pgbackrest.info(opened.repository) or {}).get("archive") or []
+    newest = max(str(a.get("max") or "") for a in archives)
+    assert newest, f"no WAL in the repository: {archives}"
+    return int(newest[:8], 16)
+
+
+def timeline_of(ha: HaStack, name: str) -> int:
+    member = next(m for m in ha.cluster()["members"] if m["name"] == name)
+    return int(member["timeline"])
+
+
+def test_wal_is_archived_and_backed_up_from_whichever_node_leads(ha: HaStack) -> None:
+    opened_stack = opened(ha.live.stack)
+    before = ha.leader()
+    first = take_backup(opened_stack)  # pgBackRest finds the primary among the stanza's nodes
+    assert archived_timeline(opened_stack) == timeline_of(ha, before)
+    survive(ha, lambda node: [postmaster_of(node)], "kill -9 of the leader's postmaster (archiving on)")
+    after = ha.leader()
+    assert after != before
+    ha.wait_for_members()
+    assert archived_timeline(opened_stack) == timeline_of(ha, after), "the new leader archives its timeline"
+    second = take_backup(opened_stack, "incr")
+    assert second.label != first.label and second.backups_kept >= 2
+    print(f"\nbackups {first.label} (leader {before}) and {second.label} (leader {after}); WAL archived from both")
+    no_changes(ha.live)  # the BackupRepository's archive_ok holds (it is drift when archiving fails)
 
 
 def etcd_pid(ha: HaStack, index: int) -> int:

@@ -108,7 +108,7 @@ class BackupRepositoryKind(Kind[BackupRepositorySpec, BackupStatus]):
     def apply(self, spec: BackupRepositorySpec) -> BackupStatus:
         repo = spec.repository
         pgbackrest.prepare_directory(repo)  # before anything is written: the error names the config key
-        pgbackrest.write_files(repo, hosts(spec), spec.superuser_password)
+        pgbackrest.write_files(repo, hosts(spec), spec.superuser_password, also_ports=[spec.port])
         pgbackrest.run(repo, "start")  # undo a `stop` left by an earlier delete of the stanza
         try:
             pgbackrest.run(repo, "stanza-create")

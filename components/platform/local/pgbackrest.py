@@ -93,14 +93,18 @@ def config_text(repo: Repository, hosts: Sequence[PgHost]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_files(repo: Repository, hosts: Sequence[PgHost], superuser_password: str) -> bool:
-    """pgbackrest.conf and the password file its connections use (pg_hba.conf takes passwords only)."""
+def write_files(
+    repo: Repository, hosts: Sequence[PgHost], superuser_password: str, also_ports: Sequence[int] = ()
+) -> bool:
+    """pgbackrest.conf and the password file its connections use (pg_hba.conf takes passwords only), which
+    also serves `also_ports` (with ha, scripts/backup's pg_dump goes through the write endpoint)."""
     for directory in ("", "log", "lock", "spool"):
         process.make_private_dir(Path(repo.config_dir) / directory)
     changed = process.write_private_file(repo.config_file, config_text(repo, hosts))
     escaped = superuser_password.replace("\\", "\\\\").replace(":", "\\:")
     # host `*`: pgBackRest connects through the socket directory, which a host field would have to spell out
-    lines = "".join(f"*:{port}:*:postgres:{escaped}\n" for _, port in hosts)
+    ports = dict.fromkeys([*(port for _, port in hosts), *also_ports])
+    lines = "".join(f"*:{port}:*:postgres:{escaped}\n" for port in ports)
     changed |= process.write_private_file(repo.passfile, lines)
     return changed
 
