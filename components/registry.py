@@ -31,12 +31,14 @@ from components.platform.local.pgbouncer import PgBouncerKind
 from components.platform.local.postgres import PostgresServerKind
 from components.platform.local.redis import RedisKind
 from components.platform.local.replica import PostgresReplicaKind
+from components.platform.local.router import ReadRouterKind
 
 KINDS: tuple[type[Kind[Any, Any]], ...] = (
     # the platforms' servers
     PostgresServerKind,
     PostgresReplicaKind,
     PgBouncerKind,
+    ReadRouterKind,
     RedisKind,
     BackupRepositoryKind,
     ExternalPostgresKind,

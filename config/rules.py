@@ -125,6 +125,12 @@ def _pool_fits_postgres(settings: StackSettings) -> list[Problem]:
             f"{limit}; lower the pool or raise maxConnections"
         )
         problems.append(Problem(_key("pgbouncer.defaultPoolSize"), show_value(bouncer.default_pool_size), reason))
+    if bouncer.min_pool_size > bouncer.default_pool_size:
+        reason = (
+            f"is more than {_key('pgbouncer.defaultPoolSize')} = {bouncer.default_pool_size}: a pool cannot keep "
+            "more idle server connections than it may open; lower it"
+        )
+        problems.append(Problem(_key("pgbouncer.minPoolSize"), show_value(bouncer.min_pool_size), reason))
     if bouncer.max_db_connections > limit:
         reason = (
             f"is more than {_key('postgres.maxConnections')} = {limit}; "

@@ -91,6 +91,7 @@ def test_connect_info_says_where_each_server_listens_from_the_stacks_connection(
     assert run.code == EXIT_OK, run.output
     assert f"PostgreSQL primary : {LOOPBACK}:{ops_stack.postgres_port}  database thorbis, user postgres" in run.output
     assert f"PgBouncer          : {LOOPBACK}:{ops_stack.pgbouncer_port}" in run.output
+    assert "database thorbis writes to the primary, thorbis_read reads from the replicas" in run.output
     assert f"Read replicas      : {LOOPBACK}:{ops_stack.replica_ports[0]}" in run.output
     assert f"Redis              : {LOOPBACK}:{ops_stack.redis_port}" in run.output
 

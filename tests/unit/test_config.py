@@ -32,7 +32,7 @@ from config import (
     load_settings,
     parse_settings,
 )
-from config.settings import SettingsContext
+from config.settings import CacheSettings, CacheTierSettings, SettingsContext
 from tests.conftest import ROOT
 
 PASSWORD_KEYS = ("postgresPassword", "replicationPassword", "pgbouncerAuthPassword", "redisPassword")
@@ -296,6 +296,8 @@ def test_python_code_may_use_snake_case_names() -> None:
         PartitioningSettings,
         JobsSettings,
         BackupSettings,
+        CacheSettings,
+        CacheTierSettings,
     ],
 )
 def test_every_key_is_documented_with_its_default_and_allowed_values(model: type[BaseModel]) -> None:
