@@ -444,6 +444,12 @@ class StackSettings(Spec):
         "lock_timeout of schema changes. Default 5s.",
         "a PostgreSQL duration: digits with an optional unit us, ms, s, min, h or d, e.g. 5s or 500ms",
     )
+    statement_timeout: PgDuration = setting(
+        "5s",
+        "statement_timeout of schema changes that hold a lock blocking writers (online builds, validations "
+        "and backfills have none). Default 5s.",
+        "a PostgreSQL duration: digits with an optional unit us, ms, s, min, h or d, e.g. 5s or 500ms",
+    )
     postgres: PostgresSpec = section("The primary PostgreSQL server (PostgresSpec).")
     replicas: ReplicasSpec = section("Streaming replicas of the primary (ReplicasSpec).")
     pgbouncer: PgBouncerSpec = section("The PgBouncer pooler (PgBouncerSpec).")

@@ -25,8 +25,8 @@ class DatabaseKind(Kind[SpecT, StatusT]):
         return DatabaseTarget.from_config(self.provider_config)
 
     def apply(self, conn: psycopg.Connection, operations: Iterable[Operation], what: str) -> None:
-        """Run a plan with the stack's lock_timeout (components/database/ddl.py)."""
-        apply(conn, operations, self.target.lock_timeout, what)
+        """Run a plan with the stack's lock and statement timeouts (components/database/ddl.py)."""
+        apply(conn, operations, self.target.timeouts, what)
 
     # What a change runs where it is known without the server, as the PR preview shows it: the same
     # operations the apply runs. None (the default) where the live catalog decides.

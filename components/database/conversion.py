@@ -34,7 +34,7 @@ from psycopg import sql
 
 from components.database.base import bounded, copied_grants, qualified
 from components.database.kinds.index import definition_tail
-from components.database.session import Deferred, Statement, run_ddl, scalar
+from components.database.session import Deferred, Statement, Timeouts, run_ddl, scalar
 from components.database.table_shape import LiveTable, TableSpec, create_statement, read_table, rls_statements
 from components.kind import ProviderError
 
@@ -103,7 +103,7 @@ Phase = Callable[[str], None]
 def convert_to_partitioned(
     conn: psycopg.Connection,
     spec: TableSpec,
-    lock_timeout: str,
+    timeouts: Timeouts,
     *,
     premake: int = 4,
     batch_pages: int = 1000,
@@ -115,11 +115,11 @@ def convert_to_partitioned(
         return None
     phase = on_phase or (lambda _: None)
     names = conversion.names
-    run_ddl(conn, leftover_statements(names), lock_timeout, what=f"conversion of {names.table}: clean-up")
-    run_ddl(conn, build_statements(conn, conversion), lock_timeout, what=f"conversion of {names.table}: build")
-    run_ddl(conn, capture_statements(conn, names), lock_timeout, what=f"conversion of {names.table}: capture")
+    run_ddl(conn, leftover_statements(names), timeouts, what=f"conversion of {names.table}: clean-up")
+    run_ddl(conn, build_statements(conn, conversion), timeouts, what=f"conversion of {names.table}: build")
+    run_ddl(conn, capture_statements(conn, names), timeouts, what=f"conversion of {names.table}: capture")
     phase("capturing")
-    copy_rows(conn, conversion, batch_pages, lock_timeout)
+    copy_rows(conn, conversion, batch_pages, timeouts)
     phase("copied")
     while replay(conn, conversion, batch=5000) >= 1000:  # catch up while writers run freely
         pass
@@ -129,12 +129,12 @@ def convert_to_partitioned(
         sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(names.capture), names.relation(names.table)),
         *mirror_statements(conn, conversion, target=names.building, source=names.table, timing="AFTER"),
     ]
-    run_ddl(conn, mirror, lock_timeout, what=f"conversion of {names.table}: mirror")
+    run_ddl(conn, mirror, timeouts, what=f"conversion of {names.table}: mirror")
     phase("mirrored")
-    rows, checksum = verify(conn, conversion, lock_timeout)
+    rows, checksum = verify(conn, conversion, timeouts)
     phase("verified")
     views = dependent_views(conn, names)
-    run_ddl(conn, swap_statements(conn, conversion, rows, checksum, views), lock_timeout, what=f"swap {names.table}")
+    run_ddl(conn, swap_statements(conn, conversion, rows, checksum, views), timeouts, what=f"swap {names.table}")
     phase("swapped")
     default = qualified(names.schema, default_name(names.table))
     return ConversionResult(
@@ -147,7 +147,7 @@ def convert_to_partitioned(
     )
 
 
-def drop_unpartitioned(conn: psycopg.Connection, spec: TableSpec, lock_timeout: str) -> bool:
+def drop_unpartitioned(conn: psycopg.Connection, spec: TableSpec, timeouts: Timeouts) -> bool:
     """Drop the old table a conversion kept, once it carries a passed verification; False if none is left."""
     names = Names.of(spec)
     kept = names.relation(names.kept)
@@ -165,7 +165,7 @@ def drop_unpartitioned(conn: psycopg.Connection, spec: TableSpec, lock_timeout: 
             sql.SQL("DROP TABLE {}").format(kept),
             sql.SQL("DROP FUNCTION IF EXISTS {}()").format(names.relation(names.mirror)),
         ],
-        lock_timeout,
+        timeouts,
         what=f"drop {names.schema}.{names.kept}",
     )
     return True
@@ -405,7 +405,7 @@ def capture_statements(conn: psycopg.Connection, names: Names) -> list[Statement
     ]
 
 
-def copy_rows(conn: psycopg.Connection, conversion: Conversion, batch_pages: int, lock_timeout: str) -> None:
+def copy_rows(conn: psycopg.Connection, conversion: Conversion, batch_pages: int, timeouts: Timeouts) -> None:
     """Every row, a range of pages per transaction (rows moved meanwhile are in the log)."""
     names = conversion.names
     old = names.relation(names.table)
@@ -430,7 +430,7 @@ def copy_rows(conn: psycopg.Connection, conversion: Conversion, batch_pages: int
             sql.Literal(f"({start + batch_pages},0)"),
         )
         # its foreign-key checks lock referenced rows while other tables' DDL runs: a deadlock is retried
-        run_ddl(conn, [batch], lock_timeout, what=f"conversion of {names.table}: copy")
+        run_ddl(conn, [batch], timeouts, what=f"conversion of {names.table}: copy")
 
 
 def replay_statements(conn: psycopg.Connection, conversion: Conversion, upto: int | None) -> list[Statement]:
@@ -514,7 +514,7 @@ def table_digest(conn: psycopg.Connection, relation: sql.Identifier, columns: li
     return int(result[0]), str(result[1])
 
 
-def verify(conn: psycopg.Connection, conversion: Conversion, lock_timeout: str) -> tuple[int, str]:
+def verify(conn: psycopg.Connection, conversion: Conversion, timeouts: Timeouts) -> tuple[int, str]:
     """Both tables in one snapshot (the mirror keeps them equal in every snapshot): counts and checksums."""
     names = conversion.names
     with conn.transaction():
@@ -522,7 +522,7 @@ def verify(conn: psycopg.Connection, conversion: Conversion, lock_timeout: str) 
         old = table_digest(conn, names.relation(names.table), conversion.columns)
         new = table_digest(conn, names.relation(names.building), conversion.columns)
     if old != new:
-        run_ddl(conn, leftover_statements(names), lock_timeout, what=f"conversion of {names.table}: undo")
+        run_ddl(conn, leftover_statements(names), timeouts, what=f"conversion of {names.table}: undo")
         raise ProviderError(
             f"converting {names.schema}.{names.table}: verification failed (old {old[0]} rows, checksum {old[1]}; "
             f"copy {new[0]} rows, checksum {new[1]}); the copy was removed and the table is unchanged"

@@ -2,19 +2,23 @@
 rendered once and both shown (the PR preview, ops/sql_preview.py) and executed (here, through
 session.run_ddl with the stack's lock_timeout and retries) from the same object.
 
-Issue 13 (online schema evolution) adds what it measures to Operation: the strongest lock a statement
-takes, whether it rewrites or backfills the table, the rows it touches.
+An operation also says what it costs the application: the locks it takes on which tables (taken up front
+by its transaction, components/database/locks.py) and the work it does on their rows (none, a scan, a
+rewrite, a backfill in batches), which the PR preview shows with the rows the catalog estimates.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 
 import psycopg
 
-from components.database.session import Statement, run_ddl
+from components.database.locks import TableLock, strongest
+from components.database.session import Statement, Timeouts, run_ddl, scalar
 from components.kind import ProviderError
 
 
@@ -30,6 +34,16 @@ class Transaction(Enum):
     NONE = "none"
 
 
+class Work(Enum):
+    """What a statement does to the rows of the tables it locks."""
+
+    CATALOG = "catalog only"
+    SCAN = "reads every row"
+    REWRITE = "rewrites the table"
+    BACKFILL = "backfills rows in batches"
+    MOVE = "moves rows in batches"
+
+
 @dataclass(frozen=True)
 class Operation:
     """One statement of a plan."""
@@ -39,51 +53,95 @@ class Operation:
     #: Run (outside a transaction) before a retry, to undo what a failed attempt left: the INVALID index of
     #: a CONCURRENTLY build that hit a lock timeout.
     cleanup: Statement | None = None
+    #: The tables it locks and how: taken up front by its transaction; the PR preview shows the strongest.
+    locks: tuple[TableLock, ...] = ()
+    work: Work = Work.CATALOG
 
     def render(self, context: psycopg.Connection | None = None) -> str:
         return self.statement.as_string(context)
 
+    @property
+    def lock(self) -> TableLock | None:
+        """The strongest lock it takes."""
+        return max(self.locks, key=lambda lock: lock.lock, default=None)
 
-def shared(statements: Iterable[Statement]) -> list[Operation]:
-    """Statements that run in one transaction."""
-    return [Operation(statement) for statement in statements]
+    def with_locks(self, *locks: TableLock, work: Work | None = None) -> Operation:
+        return Operation(self.statement, self.transaction, self.cleanup, (*self.locks, *locks), work or self.work)
+
+
+def shared(statements: Iterable[Statement], *locks: TableLock) -> list[Operation]:
+    """Statements that run in one transaction (each taking `locks`)."""
+    return [Operation(statement, locks=locks) for statement in statements]
 
 
 def render(operations: Iterable[Operation]) -> list[str]:
     return [operation.render() for operation in operations]
 
 
-def apply(conn: psycopg.Connection, operations: Iterable[Operation], lock_timeout: str, what: str) -> None:
+def apply(conn: psycopg.Connection, operations: Iterable[Operation], timeouts: Timeouts, what: str) -> None:
     """Run a plan in order: each run of adjacent SHARED operations in one transaction, each OWN one in its
-    own transaction, each NONE one outside a transaction."""
-    batch: list[Statement] = []
+    own transaction, each NONE one outside a transaction (after the others on its tables: serialized)."""
+    batch: list[Operation] = []
     for operation in operations:
         if operation.transaction is Transaction.SHARED:
-            batch.append(operation.statement)
+            batch.append(operation)
             continue
-        run_ddl(conn, batch, lock_timeout, what=what)
+        run_shared(conn, batch, timeouts, what)
         batch = []
-        run_ddl(
-            conn,
-            [operation.statement],
-            lock_timeout,
-            transactional=operation.transaction is Transaction.OWN,
-            what=what,
-            before_retry=cleanup_step(conn, operation.cleanup, lock_timeout),
-        )
-    run_ddl(conn, batch, lock_timeout, what=what)
+        with serialized(conn, operation):
+            run_ddl(
+                conn,
+                [operation.statement],
+                timeouts,
+                transactional=operation.transaction is Transaction.OWN,
+                what=what,
+                before_retry=cleanup_step(conn, operation.cleanup, timeouts),
+                locks=operation.locks,
+            )
+    run_shared(conn, batch, timeouts, what)
 
 
-def cleanup_step(conn: psycopg.Connection, cleanup: Statement | None, lock_timeout: str) -> Callable[[], None] | None:
+def run_shared(conn: psycopg.Connection, batch: list[Operation], timeouts: Timeouts, what: str) -> None:
+    locks = [lock for operation in batch for lock in operation.locks]
+    run_ddl(conn, [operation.statement for operation in batch], timeouts, what=what, locks=locks)
+
+
+def cleanup_step(conn: psycopg.Connection, cleanup: Statement | None, timeouts: Timeouts) -> Callable[[], None] | None:
     if cleanup is None:
         return None
-    return lambda: run_ddl(conn, [cleanup], lock_timeout, transactional=False)
+    return lambda: run_ddl(conn, [cleanup], timeouts, transactional=False)
 
 
-def apply_drop(conn: psycopg.Connection, operations: list[Operation], lock_timeout: str, what: str) -> None:
+#: How often a CONCURRENTLY statement waiting for its turn on a table asks again.
+TURN_POLL_SECONDS = 0.1
+
+
+@contextmanager
+def serialized(conn: psycopg.Connection, operation: Operation) -> Iterator[None]:
+    """A CONCURRENTLY build or drop waits until no other session of ours runs one on the same tables: two of
+    them wait for each other's transactions and deadlock. The turn is a session advisory lock, asked for
+    with pg_try_advisory_lock in a loop: a session blocked inside pg_advisory_lock would hold a snapshot
+    that the running build waits for."""
+    if operation.transaction is not Transaction.NONE or not operation.locks:
+        yield
+        return
+    keys = [f"thorbisdb concurrently {lock.name}" for lock in strongest(operation.locks)]
+    taken: list[str] = []
+    try:
+        for key in keys:
+            while not scalar(conn, "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (key,)):
+                time.sleep(TURN_POLL_SECONDS)
+            taken.append(key)
+        yield
+    finally:
+        for key in reversed(taken):
+            scalar(conn, "SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
+
+
+def apply_drop(conn: psycopg.Connection, operations: list[Operation], timeouts: Timeouts, what: str) -> None:
     """A plan that drops an object RESTRICT: when other objects depend on it, say which and what to do."""
     try:
-        apply(conn, operations, lock_timeout, what)
+        apply(conn, operations, timeouts, what)
     except ProviderError as error:
         cause = error.__cause__
         if not isinstance(cause, psycopg.errors.DependentObjectsStillExist):

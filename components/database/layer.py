@@ -42,15 +42,15 @@ from config import StackSettings
 def database_provider(
     name: str,
     connection: pulumi.Output[ConnectionSpec],
-    lock_timeout: str,
-    allow_data_loss: bool,
+    settings: StackSettings,
     opts: pulumi.ResourceOptions | None = None,
 ) -> pulumi.ProviderResource:
     """The thorbisdb provider instance that database objects are created through (connection is secret)."""
     inputs: dict[str, Any] = {
         "connection": pulumi.Output.secret(connection.apply(lambda spec: spec.to_property())),
-        "lockTimeout": lock_timeout,
-        "allowDataLoss": allow_data_loss,
+        "lockTimeout": settings.lock_timeout,
+        "statementTimeout": settings.statement_timeout,
+        "allowDataLoss": settings.allow_data_loss,
     }
     return pulumi.ProviderResource("thorbisdb", name, inputs, opts)
 
@@ -73,8 +73,7 @@ class DatabaseLayer(pulumi.ComponentResource):
         self.provider = database_provider(
             f"{name}-provider",
             connection,
-            settings.lock_timeout,
-            settings.allow_data_loss,
+            settings,
             pulumi.ResourceOptions(parent=self),
         )
         self.manifest: pulumi.Resource | None = None

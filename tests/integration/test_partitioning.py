@@ -22,6 +22,7 @@ from components.database.declared.model import load_schema
 from components.database.kinds.partition_guard import PartitionGuardKind, PartitionGuardSpec, PartitionGuardStatus
 from components.database.kinds.partition_set import PartitionSetKind, PartitionSetSpec, PartitionSetStatus
 from components.database.kinds.table import TableKind
+from components.database.session import Timeouts
 from components.database.table_shape import ColumnSpec, PartitionSpec, TableSpec, create_statement
 from components.kind import Observed, ProviderError
 from tests.integration.databases import Database, changes, database_server
@@ -357,11 +358,11 @@ def test_conversion_refuses_what_would_keep_pointing_at_the_old_table(database: 
     )
     database.execute("CREATE TABLE public.notes_plain (id uuid PRIMARY KEY, at timestamptz NOT NULL, extra text)")
     with database.connect() as conn, pytest.raises(ProviderError, match="extra are not in the spec"):
-        convert_to_partitioned(conn, spec, "2s")
+        convert_to_partitioned(conn, spec, Timeouts("2s"))
     database.execute("ALTER TABLE public.notes_plain DROP COLUMN extra")
     database.execute("CREATE TABLE public.notes_child (note_id uuid REFERENCES public.notes_plain (id))")
     with database.connect() as conn, pytest.raises(ProviderError, match="foreign key notes_child_note_id_fkey"):
-        convert_to_partitioned(conn, spec, "2s")
+        convert_to_partitioned(conn, spec, Timeouts("2s"))
     assert database.scalar("SELECT relkind FROM pg_class WHERE oid = 'public.notes_plain'::regclass") == "r"
     database.execute("DROP TABLE public.notes_child, public.notes_plain")
 
@@ -402,7 +403,7 @@ def test_online_conversion_under_a_writer_loses_and_duplicates_nothing(database:
     try:
         time.sleep(0.3)
         with db.connect() as conn:
-            result = convert_to_partitioned(conn, spec, "2s", premake=3, batch_pages=100, on_phase=during)
+            result = convert_to_partitioned(conn, spec, Timeouts("2s"), premake=3, batch_pages=100, on_phase=during)
         time.sleep(0.3)  # the writer keeps writing, now into the partitioned table
     finally:
         writer.stop.set()
@@ -510,8 +511,8 @@ def test_online_conversion_under_a_writer_loses_and_duplicates_nothing(database:
 
     # converting again changes nothing; then the verified old table may go
     with db.connect() as conn:
-        assert convert_to_partitioned(conn, spec, "2s") is None
-        assert drop_unpartitioned(conn, spec, "2s")
-        assert not drop_unpartitioned(conn, spec, "2s")
+        assert convert_to_partitioned(conn, spec, Timeouts("2s")) is None
+        assert drop_unpartitioned(conn, spec, Timeouts("2s"))
+        assert not drop_unpartitioned(conn, spec, Timeouts("2s"))
     assert db.scalar("SELECT to_regclass('public.communications_unpartitioned')") is None
     assert db.scalar("SELECT count(*) FROM public.communications WHERE id = %s", (late,)) == 1

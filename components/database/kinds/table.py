@@ -374,14 +374,14 @@ class TableKind(DatabaseKind[TableSpec, TableStatus]):
                 f"table {spec.schema_name}.{spec.name} is partitioned and its spec is not: turning a partitioned "
                 "table back into a plain one is not supported; declare its `partition` again"
             )
-        result = convert_to_partitioned(conn, spec, self.target.lock_timeout)
+        result = convert_to_partitioned(conn, spec, self.target.timeouts)
         if result is not None:
             print(
                 f"thorbisdb: {spec.schema_name}.{spec.name} converted online to monthly partitions: {result.rows} "
                 f"rows verified (md5 {result.checksum}) in {len(result.partitions)} partitions",
                 file=sys.stderr,
             )
-        drop_unpartitioned(conn, spec, self.target.lock_timeout)
+        drop_unpartitioned(conn, spec, self.target.timeouts)
 
     def report_violations(self, conn: psycopg.Connection, spec: TableSpec, live: LiveTable) -> None:
         """Rows that break a new rule are named and counted before anything changes."""
