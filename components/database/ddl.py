@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 import psycopg
+from psycopg import sql
 
 from components.database.locks import TableLock, strongest
 from components.database.session import Statement, Timeouts, run_ddl, scalar
@@ -32,6 +33,25 @@ class Transaction(Enum):
     OWN = "own"
     #: Outside any transaction (CREATE INDEX CONCURRENTLY).
     NONE = "none"
+    #: Over the table's pages, a range at a time, each range in a transaction of its own (a backfill): writers
+    #: wait at most for the rows of one range.
+    BATCHED = "batched"
+
+
+#: Pages of a table one batch of a backfill covers (8 kB each).
+BATCH_PAGES = 1000
+
+
+@dataclass(frozen=True)
+class Batches:
+    """A statement run over a table's pages: `statement(first, end)` covers ctid first <= ctid < end."""
+
+    table: TableLock
+    statement: Callable[[sql.Composable, sql.Composable], Statement]
+    pages: int = BATCH_PAGES
+
+    def batch(self, start: int) -> Statement:
+        return self.statement(sql.Literal(f"({start},0)"), sql.Literal(f"({start + self.pages},0)"))
 
 
 class Work(Enum):
@@ -56,6 +76,8 @@ class Operation:
     #: The tables it locks and how: taken up front by its transaction; the PR preview shows the strongest.
     locks: tuple[TableLock, ...] = ()
     work: Work = Work.CATALOG
+    #: For a BATCHED operation: the ranges it runs over (its statement is the first range's, as shown).
+    batches: Batches | None = None
 
     def render(self, context: psycopg.Connection | None = None) -> str:
         return self.statement.as_string(context)
@@ -65,8 +87,10 @@ class Operation:
         """The strongest lock it takes."""
         return max(self.locks, key=lambda lock: lock.lock, default=None)
 
-    def with_locks(self, *locks: TableLock, work: Work | None = None) -> Operation:
-        return Operation(self.statement, self.transaction, self.cleanup, (*self.locks, *locks), work or self.work)
+
+def batched(batches: Batches, work: Work) -> Operation:
+    """A statement run range by range over a table (rows added later are the caller's: a default or trigger)."""
+    return Operation(batches.batch(0), Transaction.BATCHED, locks=(batches.table,), work=work, batches=batches)
 
 
 def shared(statements: Iterable[Statement], *locks: TableLock) -> list[Operation]:
@@ -88,6 +112,9 @@ def apply(conn: psycopg.Connection, operations: Iterable[Operation], timeouts: T
             continue
         run_shared(conn, batch, timeouts, what)
         batch = []
+        if operation.batches is not None:
+            run_batches(conn, operation.batches, timeouts, what)
+            continue
         with serialized(conn, operation):
             run_ddl(
                 conn,
@@ -104,6 +131,27 @@ def apply(conn: psycopg.Connection, operations: Iterable[Operation], timeouts: T
 def run_shared(conn: psycopg.Connection, batch: list[Operation], timeouts: Timeouts, what: str) -> None:
     locks = [lock for operation in batch for lock in operation.locks]
     run_ddl(conn, [operation.statement for operation in batch], timeouts, what=what, locks=locks)
+
+
+def run_batches(conn: psycopg.Connection, batches: Batches, timeouts: Timeouts, what: str) -> None:
+    """Each range in a transaction of its own, with triggers off where the role may turn them off: a backfill
+    is not the application's update (it must not bump updated_at or fire the application's triggers)."""
+    pages = int(  # of its largest partition, for a partitioned table (each has its own pages)
+        scalar(
+            conn,
+            "SELECT max(pg_relation_size(relid)) / current_setting('block_size')::int "
+            "FROM pg_partition_tree(to_regclass(%s))",
+            (batches.table.relation.as_string(conn),),
+        )
+        or 0
+    )
+    quiet = [sql.SQL("SET LOCAL session_replication_role = replica")] if may_replicate(conn) else []
+    for start in range(0, pages + 1, batches.pages):
+        run_ddl(conn, [*quiet, batches.batch(start)], timeouts, what=f"{what}: backfill", locks=[batches.table])
+
+
+def may_replicate(conn: psycopg.Connection) -> bool:
+    return bool(scalar(conn, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"))
 
 
 def cleanup_step(conn: psycopg.Connection, cleanup: Statement | None, timeouts: Timeouts) -> Callable[[], None] | None:

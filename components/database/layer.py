@@ -80,7 +80,14 @@ class DatabaseLayer(pulumi.ComponentResource):
         self.manifest = declare(
             ManifestKind,
             f"{name}-manifest",
-            ManifestSpec(tables={t.name: {c.name: c.type for c in t.columns} for t in self.schema.tables}),
+            ManifestSpec(
+                tables={t.name: {c.name: c.type for c in t.columns} for t in self.schema.tables},
+                renamed={
+                    t.name: {c.name: c.renamed_from for c in t.columns if c.renamed_from}
+                    for t in self.schema.tables
+                    if any(c.renamed_from for c in t.columns)
+                },
+            ),
             self.options(),
         )
         self.roles = self.declare_roles()

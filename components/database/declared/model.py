@@ -40,6 +40,12 @@ class ColumnData(Data):
     default: str | None = None
     references: Reference | None = None
     description: str | None = None
+    renamed_from: str | None = Field(default=None, description="The column's name before: `up` renames it.")
+    backfill: str | None = Field(
+        default=None,
+        description="SQL expression (may use the row's other columns) that fills the existing rows when the "
+        "column becomes NOT NULL without a default.",
+    )
 
 
 class ForeignKeyTarget(Data):
@@ -191,7 +197,15 @@ class TableData(Data):
             name=self.name,
             owner=owner,
             columns=[
-                ColumnSpec(name=c.name, type=c.type, nullable=c.nullable, default=c.default) for c in self.columns
+                ColumnSpec(
+                    name=c.name,
+                    type=c.type,
+                    nullable=c.nullable,
+                    default=c.default,
+                    renamed_from=c.renamed_from,
+                    backfill=c.backfill,
+                )
+                for c in self.columns
             ],
             primary_key=self.primary_key,
             uniques=self.unique_constraints,
