@@ -57,7 +57,6 @@ class Phase(IntEnum):
     BACKFILL = 2  # rows of new or copied columns, in batches
     BUILD_NEW = 3  # indexes on the columns CHANGE made (a retyped column's copy), CONCURRENTLY
     GUARD = 4  # NOT NULL guards added NOT VALID
-    REFILL = 5  # rows written between the backfill and the guard
     VALIDATE = 6  # each validation in a transaction of its own
     SWAP = 7  # brief transactions that use what was validated: SET NOT NULL, keys, retyped columns
     RELAX = 8  # NOT NULL dropped from columns the old primary key held
@@ -237,11 +236,9 @@ def plan_added_column(
             return
     nullable = declared.model_copy(update={"nullable": True, "default": None})
     plan.add(Phase.CHANGE, brief(spec, add_column_statement(spec, nullable)))
-    fill = declared.default or declared.backfill
-    if declared.default is not None:
+    if declared.default is not None:  # volatile: new rows get it from now on, the others in batches
         plan.add(Phase.CHANGE, brief(spec, set_default(spec, declared)))
-    if fill is not None:
-        plan.add(Phase.BACKFILL, backfill(spec, declared.name, sql.SQL(fill)))
+        plan.add(Phase.BACKFILL, backfill(spec, declared.name, sql.SQL(declared.default)))
     if not declared.nullable:
         plan_not_null(plan, spec, declared.name, None if declared.default else declared.backfill)
 
@@ -262,10 +259,48 @@ def guard_name(spec: TableSpec, name: str) -> str:
     return bounded(f"{spec.name}_{name}_not_null_guard")
 
 
-def plan_not_null(plan: Plan, spec: TableSpec, name: str, refill: str | None) -> None:
-    """SET NOT NULL without a scan under ACCESS EXCLUSIVE: a CHECK (NOT VALID: new rows only), the rows
-    written before it filled again, the CHECK validated (writers go on), then SET NOT NULL skips its scan."""
+def row_trigger(spec: TableSpec, name: str, body: str) -> list[Operation]:
+    """A BEFORE INSERT OR UPDATE trigger of our own on the table, made (again) from a plpgsql body."""
+    function = qualified(spec.schema_name, name)
+    return [
+        Operation(
+            sql.SQL("CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS {}").format(
+                function, sql.Literal(body)
+            )
+        ),
+        brief(spec, sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(name), table_of(spec))),
+        Operation(
+            sql.SQL("CREATE TRIGGER {} BEFORE INSERT OR UPDATE ON {} FOR EACH ROW EXECUTE FUNCTION {}()").format(
+                sql.Identifier(name), table_of(spec), function
+            ),
+            locks=(on(spec, Lock.SHARE_ROW_EXCLUSIVE),),
+        ),
+    ]
+
+
+def drop_row_trigger(spec: TableSpec, name: str) -> list[Operation]:
+    return [
+        brief(spec, sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(name), table_of(spec))),
+        Operation(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(qualified(spec.schema_name, name))),
+    ]
+
+
+def table_of(spec: TableSpec) -> sql.Identifier:
+    return qualified(spec.schema_name, spec.name)
+
+
+def plan_not_null(plan: Plan, spec: TableSpec, name: str, fill: str | None) -> None:
+    """SET NOT NULL without a scan under ACCESS EXCLUSIVE: a CHECK (NOT VALID: new rows only), validated
+    (writers go on), then SET NOT NULL, which the valid CHECK lets skip its scan. With `fill` (the column's
+    backfill), the empty rows are filled in batches first, and rows written meanwhile by a trigger that
+    lives until SET NOT NULL: from then on writers give the column its value."""
     guard = guard_name(spec, name)
+    filler = bounded(f"{spec.name}_{name}_fill")
+    if fill is not None:
+        body = sql.SQL("BEGIN IF NEW.{c} IS NULL THEN NEW.{c} := (SELECT {e} FROM (SELECT NEW.*) AS t); END IF; "
+                       "RETURN NEW; END").format(c=column(name), e=sql.SQL(fill))  # fmt: skip
+        plan.add(Phase.CHANGE, *row_trigger(spec, filler, body.as_string(None)))
+        plan.add(Phase.BACKFILL, backfill(spec, name, sql.SQL(fill)))
     plan.add(
         Phase.GUARD,
         brief(
@@ -274,13 +309,12 @@ def plan_not_null(plan: Plan, spec: TableSpec, name: str, refill: str | None) ->
             + sql.SQL("ADD CONSTRAINT {} CHECK ({} IS NOT NULL) NOT VALID").format(sql.Identifier(guard), column(name)),
         ),
     )
-    if refill is not None:
-        plan.add(Phase.REFILL, backfill(spec, name, sql.SQL(refill)))
     plan.add(Phase.VALIDATE, validate(spec, guard))
     plan.add(
         Phase.SWAP,
         brief(spec, alter(spec) + sql.SQL("ALTER COLUMN {} SET NOT NULL").format(column(name))),
         brief(spec, alter(spec) + sql.SQL("DROP CONSTRAINT {}").format(sql.Identifier(guard))),
+        *(drop_row_trigger(spec, filler) if fill is not None else []),
     )
 
 
@@ -364,25 +398,13 @@ class Retype:
     def plan(self, conn: psycopg.Connection, plan: Plan, live: LiveTable) -> None:
         spec, name = self.spec, self.declared.name
         copy = self.declared.model_copy(update={"name": self.copy, "nullable": True, "default": None})
-        function = qualified(spec.schema_name, self.sync)
         body = sql.SQL("BEGIN NEW.{} := {}; RETURN NEW; END").format(
             column(self.copy), self.cast(sql.SQL("NEW.{}").format(column(name)))
         )
         plan.add(
             Phase.CHANGE,
             brief(spec, add_column_statement(spec, copy, if_not_exists=True)),
-            Operation(
-                sql.SQL("CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS {}").format(
-                    function, sql.Literal(body.as_string(conn))
-                )
-            ),
-            brief(spec, sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(self.sync), self.table)),
-            Operation(
-                sql.SQL("CREATE TRIGGER {} BEFORE INSERT OR UPDATE ON {} FOR EACH ROW EXECUTE FUNCTION {}()").format(
-                    sql.Identifier(self.sync), self.table, function
-                ),
-                locks=(on(spec, Lock.SHARE_ROW_EXCLUSIVE),),
-            ),
+            *row_trigger(spec, self.sync, body.as_string(conn)),
         )
         plan.add(Phase.BACKFILL, self.backfill())
         indexes = self.indexes(conn)
@@ -510,8 +532,7 @@ class Retype:
         with its indexes and checks; the copies of the indexes take their names; the checks come back."""
         spec, name = self.spec, self.declared.name
         statements: list[Statement] = [
-            sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(self.sync), self.table),
-            sql.SQL("DROP FUNCTION {}()").format(qualified(spec.schema_name, self.sync)),
+            *(operation.statement for operation in drop_row_trigger(spec, self.sync)),
             alter(spec) + sql.SQL("RENAME COLUMN {} TO {}").format(column(name), column(self.kept)),
             alter(spec) + sql.SQL("RENAME COLUMN {} TO {}").format(column(self.copy), column(name)),
         ]

@@ -145,15 +145,27 @@ def add_column(spec: TableSpec, column: ColumnSpec) -> Operation:
 
 
 def column_operations(old: TableSpec, new: TableSpec) -> list[Operation] | None:
-    """Nullable columns without a default added, and nothing else changed: what the apply runs too (one brief
-    ALTER each). None otherwise: every other change is planned against the live table (evolution.py)."""
+    """Nullable columns without a default added, columns dropped, and nothing else changed: what the apply
+    runs too (one brief ALTER each). None otherwise: every other change is planned against the live table
+    (components/database/evolution.py), where the PR preview can reach it."""
     before = {column.name for column in old.columns}
     added = [column for column in new.columns if column.name not in before]
-    if old.model_copy(update={"columns": [c for c in new.columns if c.name in before]}) != old:
+    dropped = dropped_columns(old, new)
+    unchanged = [column for column in old.columns if column.name not in dropped]
+    if new.model_copy(update={"columns": [c for c in new.columns if c.name in before]}) != old.model_copy(
+        update={"columns": unchanged}
+    ):
         return None
-    if not added or any(not column.nullable or column.default is not None for column in added):
+    if any(not column.nullable or column.default is not None or column.renamed_from for column in added):
         return None
-    return [add_column(new, column) for column in added]
+    drops = [
+        Operation(
+            sql.SQL("ALTER TABLE {} DROP COLUMN {}").format(qualified(new.schema_name, new.name), sql.Identifier(name)),
+            locks=(TableLock(new.schema_name, new.name, Lock.ACCESS_EXCLUSIVE),),
+        )
+        for name in dropped
+    ]
+    return [*(add_column(new, column) for column in added), *drops]
 
 
 def as_declared(spec: TableSpec, live: LiveTable) -> sql.Composable:
