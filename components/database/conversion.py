@@ -34,6 +34,7 @@ from psycopg import sql
 
 from components.database.base import bounded, copied_grants, qualified
 from components.database.kinds.index import definition_tail
+from components.database.locks import Lock, TableLock
 from components.database.session import Deferred, Statement, Timeouts, run_ddl, scalar
 from components.database.table_shape import LiveTable, TableSpec, create_statement, read_table, rls_statements
 from components.kind import ProviderError
@@ -70,6 +71,9 @@ class Names:
 
     def relation(self, name: str) -> sql.Identifier:
         return qualified(self.schema, name)
+
+    def lock(self, name: str, lock: Lock) -> TableLock:
+        return TableLock(self.schema, name, lock)
 
 
 @dataclass
@@ -116,25 +120,31 @@ def convert_to_partitioned(
     phase = on_phase or (lambda _: None)
     names = conversion.names
     run_ddl(conn, leftover_statements(names), timeouts, what=f"conversion of {names.table}: clean-up")
-    run_ddl(conn, build_statements(conn, conversion), timeouts, what=f"conversion of {names.table}: build")
-    run_ddl(conn, capture_statements(conn, names), timeouts, what=f"conversion of {names.table}: capture")
+    referenced = [TableLock(fk.ref_schema, fk.ref_table, Lock.SHARE_ROW_EXCLUSIVE) for fk in spec.foreign_keys]
+    build = build_statements(conn, conversion)
+    run_ddl(conn, build, timeouts, what=f"conversion of {names.table}: build", locks=referenced)
+    capture = capture_statements(conn, names)
+    held = [names.lock(names.table, Lock.SHARE_ROW_EXCLUSIVE)]
+    run_ddl(conn, capture, timeouts, what=f"conversion of {names.table}: capture", locks=held)
     phase("capturing")
     copy_rows(conn, conversion, batch_pages, timeouts)
     phase("copied")
     while replay(conn, conversion, batch=5000) >= 1000:  # catch up while writers run freely
         pass
     mirror = [
-        sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(names.relation(names.table)),
         *replay_statements(conn, conversion, None),
         sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(names.capture), names.relation(names.table)),
         *mirror_statements(conn, conversion, target=names.building, source=names.table, timing="AFTER"),
     ]
-    run_ddl(conn, mirror, timeouts, what=f"conversion of {names.table}: mirror")
+    held = [names.lock(names.table, Lock.SHARE_ROW_EXCLUSIVE), names.lock(names.building, Lock.ROW_EXCLUSIVE)]
+    run_ddl(conn, mirror, timeouts, what=f"conversion of {names.table}: mirror", locks=held)
     phase("mirrored")
     rows, checksum = verify(conn, conversion, timeouts)
     phase("verified")
     views = dependent_views(conn, names)
-    run_ddl(conn, swap_statements(conn, conversion, rows, checksum, views), timeouts, what=f"swap {names.table}")
+    swapped = [names.lock(names.table, Lock.ACCESS_EXCLUSIVE), names.lock(names.building, Lock.ACCESS_EXCLUSIVE)]
+    swap = swap_statements(conn, conversion, rows, checksum, views)
+    run_ddl(conn, swap, timeouts, what=f"swap {names.table}", locks=swapped)
     phase("swapped")
     default = qualified(names.schema, default_name(names.table))
     return ConversionResult(
@@ -148,7 +158,12 @@ def convert_to_partitioned(
 
 
 def drop_unpartitioned(conn: psycopg.Connection, spec: TableSpec, timeouts: Timeouts) -> bool:
-    """Drop the old table a conversion kept, once it carries a passed verification; False if none is left."""
+    """Drop the old table a conversion kept, once it carries a passed verification; False if none is left.
+
+    Dropping a foreign key takes ACCESS EXCLUSIVE on the table it points at (PostgreSQL drops its triggers
+    there), and dropping the table drops them all in one transaction: the hot tables it references would be
+    locked together, each while the others are waited for. So its foreign keys go first, one per
+    transaction (each lock held for the catalog change only), and the table after them."""
     names = Names.of(spec)
     kept = names.relation(names.kept)
     if read_table(conn, names.schema, names.kept) is None:
@@ -159,6 +174,16 @@ def drop_unpartitioned(conn: psycopg.Connection, spec: TableSpec, timeouts: Time
             f"refusing to drop {names.schema}.{names.kept}: it carries no passed verification of the conversion "
             f"of {names.table}; compare it with {names.table} and drop it by hand if it is not needed"
         )
+    what = f"drop {names.schema}.{names.kept}"
+    for name, ref_schema, ref_table in conn.execute(
+        "SELECT c.conname, n.nspname, r.relname FROM pg_constraint c JOIN pg_class r ON r.oid = c.confrelid "
+        "JOIN pg_namespace n ON n.oid = r.relnamespace WHERE c.conrelid = to_regclass(%s) AND c.contype = 'f' "
+        "ORDER BY 1",
+        (kept.as_string(conn),),
+    ).fetchall():
+        locks = [names.lock(names.kept, Lock.ACCESS_EXCLUSIVE), TableLock(ref_schema, ref_table, Lock.ACCESS_EXCLUSIVE)]
+        statement = sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(kept, sql.Identifier(name))
+        run_ddl(conn, [statement], timeouts, what=f"{what}: its foreign key {name}", locks=locks)
     run_ddl(
         conn,
         [
@@ -166,7 +191,8 @@ def drop_unpartitioned(conn: psycopg.Connection, spec: TableSpec, timeouts: Time
             sql.SQL("DROP FUNCTION IF EXISTS {}()").format(names.relation(names.mirror)),
         ],
         timeouts,
-        what=f"drop {names.schema}.{names.kept}",
+        what=what,
+        locks=[names.lock(names.kept, Lock.ACCESS_EXCLUSIVE)],
     )
     return True
 
@@ -553,9 +579,7 @@ def swap_statements(
 ) -> list[Statement | Deferred]:
     names = conversion.names
     old, building = names.relation(names.table), names.relation(names.building)
-    locked: list[Statement | Deferred] = [
-        sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(old),
-        sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(building),
+    locked: list[Statement | Deferred] = [  # both tables are locked up front (run_ddl's locks)
         sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(names.mirror), old),
         lambda conn_locked: stray_row_statements(conn_locked, conversion),
     ]

@@ -458,8 +458,8 @@ class Retype:
             "DO $verify$ DECLARE rows bigint; differ bigint; old numeric; new numeric; BEGIN "
             "SELECT count(*), count(*) FILTER (WHERE {copy} IS DISTINCT FROM {cast}), {old}, {new} "
             "INTO rows, differ, old, new FROM {t}; "
-            "IF differ > 0 OR old <> new THEN RAISE EXCEPTION 'the retyped copy of %% differs in %% of %% rows "
-            "(checksums %% and %%)', {label}, differ, rows, old, new; END IF; END $verify$"
+            "IF differ > 0 OR old <> new THEN RAISE EXCEPTION 'the retyped copy of % differs in % of % rows "
+            "(checksums % and %)', {label}, differ, rows, old, new; END IF; END $verify$"
         ).format(
             copy=column(self.copy),
             cast=self.cast(column(self.declared.name)),

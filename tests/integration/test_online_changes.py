@@ -327,8 +327,14 @@ ORDERS = TableSpec(
 )
 
 
-def waiting_for_lock(database: Database, pid: int) -> bool:
-    return bool(database.scalar("SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = %s AND NOT granted)", (pid,)))
+def waiting_for(database: Database, table: str, other_than: int) -> bool:
+    """Whether a session other than `other_than` waits for a lock on `table`."""
+    return bool(
+        database.scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE relation = %s::regclass AND NOT granted AND pid <> %s)",
+            (table, other_than),
+        )
+    )
 
 
 def test_ddl_on_two_tables_takes_its_locks_up_front_so_the_application_never_loses_a_deadlock(
@@ -363,9 +369,9 @@ def test_ddl_on_two_tables_takes_its_locks_up_front_so_the_application_never_los
         application.execute("UPDATE people SET visits = visits + 1 WHERE id = 1")  # holds people
         ddl = threading.Thread(target=lambda: run_catching(lambda: kind.update("orders", state, new), failures))
         ddl.start()
-        ours = wait_for_our_session(database)
-        deadline = time.monotonic() + 10
-        while not waiting_for_lock(database, ours) and time.monotonic() < deadline:
+        deadline = time.monotonic() + 30
+        while not waiting_for(database, "public.people", application.info.backend_pid):
+            assert time.monotonic() < deadline, "the DDL never waited for people"
             time.sleep(0.01)
         time.sleep(0.3)  # our DDL's own deadlock check (10 ms) has run and found no cycle
         application.execute("SELECT count(*) FROM orders")  # the application wants orders now
@@ -380,16 +386,3 @@ def run_catching(work: Callable[[], object], failures: list[BaseException]) -> N
         work()
     except BaseException as error:
         failures.append(error)
-
-
-def wait_for_our_session(database: Database) -> int:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        pid = database.scalar(
-            "SELECT coalesce(max(pid), 0) FROM pg_stat_activity WHERE application_name = 'thorbisdb' "
-            "AND state <> 'idle'"
-        )
-        if pid:
-            return int(pid)
-        time.sleep(0.01)
-    raise AssertionError("the DDL never started")

@@ -15,7 +15,8 @@ from psycopg import sql
 from pydantic import Field
 
 from components.database.base import DatabaseKind, qualified
-from components.database.ddl import Operation, Transaction
+from components.database.ddl import Operation, Transaction, Work
+from components.database.locks import Lock, TableLock
 from components.database.session import Statement, connect, scalar
 from components.kind import Expect, Observed, ProviderError, Replace, Spec, Status
 
@@ -67,15 +68,21 @@ def create_statement(
     return statement
 
 
+def on_table(spec: IndexSpec, lock: Lock) -> tuple[TableLock, ...]:
+    return (TableLock(spec.schema_name, spec.table, lock),)
+
+
 def create_operation(spec: IndexSpec, *, concurrently: bool, only: bool = False) -> Operation:
     """CREATE INDEX on the spec's table: CONCURRENTLY outside a transaction (a failed attempt's INVALID index
-    dropped before a retry), or plainly inside one."""
+    dropped before a retry; builds on one table take turns), or plainly inside one (an empty table, or ON
+    ONLY a partitioned table's parent, which reads no row)."""
     table = qualified(spec.schema_name, spec.table)
     statement = create_statement(spec, table, sql.Identifier(spec.name), concurrently=concurrently, only=only)
     if not concurrently:
-        return Operation(statement)
+        return Operation(statement, locks=on_table(spec, Lock.SHARE))
     cleanup = drop_statement(qualified(spec.schema_name, spec.name), concurrently=True)
-    return Operation(statement, Transaction.NONE, cleanup=cleanup)
+    locks = on_table(spec, Lock.SHARE_UPDATE_EXCLUSIVE)
+    return Operation(statement, Transaction.NONE, cleanup=cleanup, locks=locks, work=Work.SCAN)
 
 
 def drop_statement(index: sql.Identifier, *, concurrently: bool) -> Statement:
@@ -83,9 +90,14 @@ def drop_statement(index: sql.Identifier, *, concurrently: bool) -> Statement:
 
 
 def drop_operation(spec: IndexSpec, *, concurrently: bool) -> Operation:
-    """DROP INDEX: CONCURRENTLY outside a transaction, or inside one (an index of a partitioned table)."""
+    """DROP INDEX: CONCURRENTLY outside a transaction; an index of a partitioned table inside one, because
+    PostgreSQL 15 drops a partitioned index only whole (no CONCURRENTLY, and an attached partition's index
+    cannot be dropped alone): ACCESS EXCLUSIVE on the table and its partitions, taken up front and held for
+    the catalog change only (no row is read)."""
     statement = drop_statement(qualified(spec.schema_name, spec.name), concurrently=concurrently)
-    return Operation(statement, Transaction.NONE if concurrently else Transaction.SHARED)
+    if concurrently:
+        return Operation(statement, Transaction.NONE, locks=on_table(spec, Lock.SHARE_UPDATE_EXCLUSIVE))
+    return Operation(statement, locks=on_table(spec, Lock.ACCESS_EXCLUSIVE))
 
 
 def definition_tail(definition: str) -> str:
