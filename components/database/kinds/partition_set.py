@@ -13,8 +13,9 @@ they land in their month's partition, or in the new default. (When every premade
 create_parent returns early without a default: one is made then.) That transaction holds ACCESS EXCLUSIVE
 on the table, so the rows are moved out of the default partition before it, a month per transaction, as
 pg_partman's partition_data_proc does: the month's partition is made beside the table, the month's rows
-moved into it and it is attached, holding only the default partition (which the attach must check) for
-one month's rows; only the rows beyond the premade window are left for the registration to move.
+moved into it and it is attached. Each such transaction holds ACCESS EXCLUSIVE on the table for one
+month's rows (a weaker lock would let a query planned before the attach miss the month's rows); writers
+go on between months. Only the rows outside the premade window are left for the registration to move.
 """
 
 from __future__ import annotations
@@ -218,15 +219,19 @@ def register_statements(conn: psycopg.Connection, schema: str, spec: PartitionSe
     return statements
 
 
+#: The months create_parent makes (premake before and after this one) that hold rows in our default.
 STRAY_MONTHS = """
 SELECT DISTINCT date_trunc('month', {column})::timestamptz AS m FROM ONLY {default}
-WHERE {column} < date_trunc('month', now()) + ({premake} + 1) * interval '1 month' ORDER BY 1
+WHERE {column} >= date_trunc('month', now()) - {premake} * interval '1 month'
+  AND {column} < date_trunc('month', now()) + ({premake} + 1) * interval '1 month' ORDER BY 1
 """
 
 
 def month_moves(conn: psycopg.Connection, spec: PartitionSetSpec) -> list[list[Operation]]:
-    """For each month of rows in our default partition, up to the premade window: a transaction that makes the
-    month's partition beside the table (pg_partman's name), moves the month's rows into it and attaches it."""
+    """For each month create_parent will make that holds rows in our default partition: a transaction that
+    makes the month's partition beside the table (pg_partman's name: create_parent then skips it), moves the
+    month's rows into it and attaches it. Older rows stay in the default partition, as pg_partman leaves
+    them (a partition made for them would fall to retention)."""
     ours = default_partition(conn, spec.schema_name, spec.table)
     if ours is None:
         return []
@@ -237,8 +242,11 @@ def month_moves(conn: psycopg.Connection, spec: PartitionSetSpec) -> list[list[O
     ).fetchall()
     owner = sql.Identifier(str(scalar(conn, "SELECT relowner::regrole::text FROM pg_class WHERE oid = %s::regclass",
                                       (parent.as_string(conn),))).strip('"'))  # fmt: skip
+    # ATTACH needs only SHARE UPDATE EXCLUSIVE on the table, but a query planned before the commit would then
+    # read the default partition without the month's rows and not the new partition: ACCESS EXCLUSIVE keeps
+    # every row visible to every reader (held for one month's rows, and bounded by statement_timeout)
     locks = (
-        TableLock(spec.schema_name, spec.table, Lock.SHARE_UPDATE_EXCLUSIVE),
+        TableLock(spec.schema_name, spec.table, Lock.ACCESS_EXCLUSIVE),
         TableLock(spec.schema_name, ours, Lock.ACCESS_EXCLUSIVE),
     )
     moves: list[list[Operation]] = []
