@@ -124,9 +124,9 @@ def partitions(conn: psycopg.Connection, spec: TableSpec) -> list[str]:
     ]
 
 
-def has_rows(conn: psycopg.Connection, spec: TableSpec) -> bool:
-    table = qualified(spec.schema_name, spec.name)
-    return bool(scalar(conn, sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(table)))
+def named(conn: psycopg.Connection, query: str, params: tuple[str, ...]) -> list[str]:
+    """The first column of a catalog query's rows, as text."""
+    return [str(row[0]) for row in conn.execute(query, params)]
 
 
 # --- proving on a temporary copy whether PostgreSQL rewrites ---------------------------------------------
@@ -353,18 +353,16 @@ def plan_retype(
 def refuse_dependents(conn: psycopg.Connection, spec: TableSpec, live_name: str, name: str) -> None:
     """Views, policies, foreign keys and the primary key on the column: a new type would break them, and
     PostgreSQL refuses to retype a column they use. Named before anything changes."""
-    found = [
-        str(what)
-        for (what,) in conn.execute(
-            "SELECT pg_describe_object(d.classid, d.objid, d.objsubid) FROM pg_depend d "
-            "JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid "
-            "LEFT JOIN pg_constraint k ON d.classid = 'pg_constraint'::regclass AND k.oid = d.objid "
-            "WHERE d.refobjid = to_regclass(%s) AND a.attname = %s AND d.deptype = 'n' "
-            "AND d.classid <> 'pg_class'::regclass AND coalesce(k.contype, 'x') NOT IN ('c', 'u') "
-            "AND NOT (d.classid = 'pg_attrdef'::regclass) ORDER BY 1",
-            (qualified(spec.schema_name, spec.name).as_string(conn), live_name),
-        )
-    ]
+    found = named(
+        conn,
+        "SELECT pg_describe_object(d.classid, d.objid, d.objsubid) FROM pg_depend d "
+        "JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid "
+        "LEFT JOIN pg_constraint k ON d.classid = 'pg_constraint'::regclass AND k.oid = d.objid "
+        "WHERE d.refobjid = to_regclass(%s) AND a.attname = %s AND d.deptype = 'n' "
+        "AND d.classid <> 'pg_class'::regclass AND coalesce(k.contype, 'x') NOT IN ('c', 'u') "
+        "AND NOT (d.classid = 'pg_attrdef'::regclass) ORDER BY 1",
+        (qualified(spec.schema_name, spec.name).as_string(conn), live_name),
+    )
     if found:
         raise ProviderError(
             f"table {spec.schema_name}.{spec.name}: column {name} cannot change type while {', '.join(found)} "
@@ -629,15 +627,13 @@ def plan_key(
 
 def refuse_referenced(conn: psycopg.Connection, spec: TableSpec, key: str) -> None:
     """Foreign keys that point at a key about to be replaced would have to go with it: named, nothing changed."""
-    found = [
-        str(name)
-        for (name,) in conn.execute(
-            "SELECT f.conname || ' on ' || f.conrelid::regclass::text FROM pg_constraint k "
-            "JOIN pg_constraint f ON f.contype = 'f' AND f.conindid = k.conindid "
-            "WHERE k.conrelid = to_regclass(%s) AND k.conname = %s ORDER BY 1",
-            (qualified(spec.schema_name, spec.name).as_string(conn), key),
-        )
-    ]
+    found = named(
+        conn,
+        "SELECT f.conname || ' on ' || f.conrelid::regclass::text FROM pg_constraint k "
+        "JOIN pg_constraint f ON f.contype = 'f' AND f.conindid = k.conindid "
+        "WHERE k.conrelid = to_regclass(%s) AND k.conname = %s ORDER BY 1",
+        (qualified(spec.schema_name, spec.name).as_string(conn), key),
+    )
     if found:
         raise ProviderError(
             f"table {spec.schema_name}.{spec.name}: key {key} changes, but foreign key(s) {', '.join(found)} "

@@ -196,17 +196,7 @@ class TableData(Data):
             schema_name=TABLE_SCHEMA,
             name=self.name,
             owner=owner,
-            columns=[
-                ColumnSpec(
-                    name=c.name,
-                    type=c.type,
-                    nullable=c.nullable,
-                    default=c.default,
-                    renamed_from=c.renamed_from,
-                    backfill=c.backfill,
-                )
-                for c in self.columns
-            ],
+            columns=[ColumnSpec(**c.model_dump(include=set(ColumnSpec.model_fields))) for c in self.columns],
             primary_key=self.primary_key,
             uniques=self.unique_constraints,
             checks=[CheckSpec(name=c.name, expression=c.expression) for c in self.checks],
