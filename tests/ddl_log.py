@@ -76,6 +76,18 @@ def provider_transactions(state_dir: Path, after: set[str] | None = None) -> lis
     return [transaction for transaction in transactions if transaction.changes_schema]
 
 
+DETAIL, QUERY = 14, 19
+
+
+def deadlocks(state_dir: Path, after: set[str] | None = None) -> list[str]:
+    """Each deadlock the server reported: which session lost it (application), the cycle, the statement."""
+    return [
+        f"{row[APPLICATION_NAME] or '(no application name)'} lost: {row[DETAIL]} running: {row[QUERY][:300]}"
+        for row in log_lines(state_dir)
+        if len(row) > APPLICATION_NAME and row[MESSAGE] == "deadlock detected" and row[SESSION] not in (after or set())
+    ]
+
+
 def sessions(state_dir: Path) -> set[str]:
     """The sessions logged so far (to leave out of a later reading)."""
     return {row[SESSION] for row in log_lines(state_dir) if len(row) > SESSION}

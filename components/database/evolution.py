@@ -311,11 +311,19 @@ def plan_not_null(plan: Plan, spec: TableSpec, name: str, fill: str | None) -> N
     )
     plan.add(Phase.VALIDATE, validate(spec, guard))
     plan.add(
-        Phase.SWAP,
+        Phase.SWAP, *set_not_null(spec, name, guard), *(drop_row_trigger(spec, filler) if fill is not None else [])
+    )
+
+
+def set_not_null(spec: TableSpec, name: str, guard: str) -> list[Operation]:
+    """SET NOT NULL on the validated guard, then the guard dropped. The transaction says first that the guard
+    is valid (VALIDATE of a validated constraint does nothing): what makes SET NOT NULL skip its scan is
+    then in the same transaction, where a reader of it, or a linter, sees it."""
+    return [
+        brief(spec, alter(spec) + sql.SQL("VALIDATE CONSTRAINT {}").format(sql.Identifier(guard))),
         brief(spec, alter(spec) + sql.SQL("ALTER COLUMN {} SET NOT NULL").format(column(name))),
         brief(spec, alter(spec) + sql.SQL("DROP CONSTRAINT {}").format(sql.Identifier(guard))),
-        *(drop_row_trigger(spec, filler) if fill is not None else []),
-    )
+    ]
 
 
 # --- a column's type ---------------------------------------------------------------------------------------
@@ -529,18 +537,15 @@ class Retype:
         """One short transaction: the copy takes the column's name, default and NOT NULL; the old column goes
         with its indexes and checks; the copies of the indexes take their names; the checks come back."""
         spec, name = self.spec, self.declared.name
-        statements: list[Statement] = [
-            *(operation.statement for operation in drop_row_trigger(spec, self.sync)),
+        statements: list[Statement] = [*(operation.statement for operation in drop_row_trigger(spec, self.sync))]
+        if not self.declared.nullable:
+            statements += [op.statement for op in set_not_null(spec, self.copy, guard_name(spec, self.copy))]
+        statements += [
             alter(spec) + sql.SQL("RENAME COLUMN {} TO {}").format(column(name), column(self.kept)),
             alter(spec) + sql.SQL("RENAME COLUMN {} TO {}").format(column(self.copy), column(name)),
         ]
         if self.declared.default is not None:
             statements.append(set_default(spec, self.declared))
-        if not self.declared.nullable:
-            statements += [
-                alter(spec) + sql.SQL("ALTER COLUMN {} SET NOT NULL").format(column(name)),
-                alter(spec) + sql.SQL("DROP CONSTRAINT {}").format(sql.Identifier(guard_name(spec, self.copy))),
-            ]
         statements.append(alter(spec) + sql.SQL("DROP COLUMN {}").format(column(self.kept)))
         for index, copy_name, _ in indexes:
             statements.append(

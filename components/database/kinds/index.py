@@ -1,7 +1,7 @@
 """thorbisdb:db:Index — an index, built without blocking writers.
 
-On a table that holds rows the index is built CONCURRENTLY (outside a transaction); on a partitioned
-table it is made ON ONLY the parent, built concurrently on each partition and attached. A build that
+The index is built CONCURRENTLY (outside a transaction; on an empty table it costs nothing more); on a
+partitioned table it is made ON ONLY the parent, built concurrently on each partition and attached. A build that
 failed leaves an INVALID index behind: it is found (`valid: false` is drift) and rebuilt.
 """
 
@@ -52,9 +52,11 @@ def key_sql(key: str) -> sql.Composable:
 def create_statement(
     spec: IndexSpec, table: sql.Composable, name: sql.Identifier, *, concurrently: bool, only: bool = False
 ) -> Statement:
+    # CONCURRENTLY outside a transaction, IF NOT EXISTS so that a step run again is no error (a leftover of
+    # an interrupted build is dropped first: before the retry, and by `build` when it finds it INVALID)
     statement = sql.SQL("CREATE {unique}INDEX {concurrently}{name} ON {only}{table} USING {method} ({keys})").format(
         unique=sql.SQL("UNIQUE " if spec.unique else ""),
-        concurrently=sql.SQL("CONCURRENTLY " if concurrently else ""),
+        concurrently=sql.SQL("CONCURRENTLY IF NOT EXISTS " if concurrently else ""),
         name=name,
         only=sql.SQL("ONLY " if only else ""),
         table=table,
@@ -150,11 +152,6 @@ def is_partitioned(conn: psycopg.Connection, spec: IndexSpec) -> bool:
     return bool(scalar(conn, "SELECT relkind = 'p' FROM pg_class WHERE oid = to_regclass(%s)", (relation,)))
 
 
-def has_rows(conn: psycopg.Connection, spec: IndexSpec) -> bool:
-    table = qualified(spec.schema_name, spec.table)
-    return bool(scalar(conn, sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(table)))
-
-
 class IndexKind(DatabaseKind[IndexSpec, IndexStatus]):
     token = TOKEN
     spec_type = IndexSpec
@@ -199,7 +196,7 @@ class IndexKind(DatabaseKind[IndexSpec, IndexStatus]):
         if partitioned:
             self.apply(conn, self.partitioned_operations(conn, spec), what=what)
             return
-        self.apply(conn, [create_operation(spec, concurrently=has_rows(conn, spec))], what=what)
+        self.apply(conn, [create_operation(spec, concurrently=True)], what=what)
         if live_index(conn, spec) == (canonical(conn, spec), False):
             raise ProviderError(f"index {spec.name} was built INVALID (a duplicate row?); it is rebuilt on the next up")
 
