@@ -422,7 +422,9 @@ def capture_statements(conn: psycopg.Connection, names: Names) -> list[Statement
         "CASE WHEN TG_OP <> 'DELETE' THEN pg_catalog.to_jsonb(NEW) END); RETURN NULL; END"
     ).format(log)
     return [
-        sql.SQL("CREATE TABLE {} (seq bigserial PRIMARY KEY, old_row jsonb, new_row jsonb)").format(log),
+        sql.SQL(
+            "CREATE TABLE {} (seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, old_row jsonb, new_row jsonb)"
+        ).format(log),
         *rls_statements(log),  # nobody but the capture function (the migrating role) reads or writes it
         function_statement(capture, body.as_string(conn)),
         sql.SQL("CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW EXECUTE FUNCTION {}()").format(

@@ -63,6 +63,8 @@ class TableLock:
     schema: str
     table: str
     lock: Lock
+    #: The table alone, not its partitions (a statement that does not recurse, such as CREATE INDEX ON ONLY).
+    only: bool = False
 
     @property
     def relation(self) -> sql.Identifier:
@@ -77,14 +79,18 @@ def strongest(locks: Iterable[TableLock]) -> list[TableLock]:
     """One lock per table, the strongest asked for, in the order they are taken."""
     per_table: dict[tuple[str, str], TableLock] = {}
     for lock in locks:
-        kept = per_table.get((lock.schema, lock.table))
-        if kept is None or lock.lock > kept.lock:
-            per_table[(lock.schema, lock.table)] = lock
+        kept = per_table.get((lock.schema, lock.table), lock)
+        per_table[(lock.schema, lock.table)] = TableLock(
+            lock.schema, lock.table, max(kept.lock, lock.lock), kept.only and lock.only
+        )
     return sorted(per_table.values())
 
 
 def lock_statement(lock: TableLock) -> sql.Composed:
-    return sql.SQL("LOCK TABLE {} IN {} MODE").format(lock.relation, sql.SQL(lock.lock.mode))
+    """LOCK TABLE: a partitioned table's partitions too (as the statements that recurse lock them), unless
+    `only`."""
+    only = sql.SQL("ONLY " if lock.only else "")
+    return sql.SQL("LOCK TABLE {}{} IN {} MODE").format(only, lock.relation, sql.SQL(lock.lock.mode))
 
 
 def upfront_statements(locks: Iterable[TableLock]) -> list[sql.Composed]:

@@ -241,6 +241,8 @@ def test_unique_and_primary_keys_change_through_indexes_built_concurrently(datab
     online(plan)
     builds = [op.render() for op in plan if op.work is Work.SCAN and "CREATE UNIQUE INDEX CONCURRENTLY" in op.render()]
     assert len(builds) == 2
+    made = [op.render() for op in plan if " ADD CONSTRAINT " in op.render()]
+    assert len(made) == 2 and all(" USING INDEX " in statement for statement in made)
     keys = dict(database.rows(
         "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'people'::regclass "
         "AND contype IN ('p', 'u')"
@@ -362,6 +364,9 @@ def test_ddl_on_two_tables_takes_its_locks_up_front_so_the_application_never_los
         }
     )
     state = recorded(ORDERS, kind.observe("", ORDERS))
+    with database.connect() as conn:
+        planned = [op.render() for op in kind.planned_live(conn, ORDERS, new) or []]
+    assert [statement for statement in planned if "FOREIGN KEY" in statement][0].endswith(" NOT VALID")
     failures: list[BaseException] = []
     with database.connect() as application:
         application.execute("SET deadlock_timeout = '1s'")
@@ -378,7 +383,12 @@ def test_ddl_on_two_tables_takes_its_locks_up_front_so_the_application_never_los
         application.execute("COMMIT")
         ddl.join(timeout=60)
     assert failures == []
-    assert database.scalar("SELECT count(*) FROM pg_constraint WHERE conname = 'orders_person_id_fkey'") == 1
+    assert database.scalar(
+        "SELECT convalidated FROM pg_constraint WHERE conname = 'orders_person_id_fkey'"
+    )  # added NOT VALID, then validated (no scan under SHARE ROW EXCLUSIVE)
+    with database.connect() as conn:
+        plan = kind.planned_live(conn, ORDERS, new.model_copy(update={"name": "orders"}))
+    assert plan == []  # nothing left to do
 
 
 def run_catching(work: Callable[[], object], failures: list[BaseException]) -> None:

@@ -70,8 +70,8 @@ def create_statement(
     return statement
 
 
-def on_table(spec: IndexSpec, lock: Lock) -> tuple[TableLock, ...]:
-    return (TableLock(spec.schema_name, spec.table, lock),)
+def on_table(spec: IndexSpec, lock: Lock, only: bool = False) -> tuple[TableLock, ...]:
+    return (TableLock(spec.schema_name, spec.table, lock, only),)
 
 
 def create_operation(spec: IndexSpec, *, concurrently: bool, only: bool = False) -> Operation:
@@ -80,8 +80,8 @@ def create_operation(spec: IndexSpec, *, concurrently: bool, only: bool = False)
     ONLY a partitioned table's parent, which reads no row)."""
     table = qualified(spec.schema_name, spec.table)
     statement = create_statement(spec, table, sql.Identifier(spec.name), concurrently=concurrently, only=only)
-    if not concurrently:
-        return Operation(statement, locks=on_table(spec, Lock.SHARE))
+    if not concurrently:  # ON ONLY locks the parent alone: its partitions' own builds go on meanwhile
+        return Operation(statement, locks=on_table(spec, Lock.SHARE, only=only))
     cleanup = drop_statement(qualified(spec.schema_name, spec.name), concurrently=True)
     locks = on_table(spec, Lock.SHARE_UPDATE_EXCLUSIVE)
     return Operation(statement, Transaction.NONE, cleanup=cleanup, locks=locks, work=Work.SCAN)
