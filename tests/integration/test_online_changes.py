@@ -366,7 +366,7 @@ def test_ddl_on_two_tables_takes_its_locks_up_front_so_the_application_never_los
     state = recorded(ORDERS, kind.observe("", ORDERS))
     with database.connect() as conn:
         planned = [op.render() for op in kind.planned_live(conn, ORDERS, new) or []]
-    assert [statement for statement in planned if "FOREIGN KEY" in statement][0].endswith(" NOT VALID")
+    assert next(statement for statement in planned if "FOREIGN KEY" in statement).endswith(" NOT VALID")
     failures: list[BaseException] = []
     with database.connect() as application:
         application.execute("SET deadlock_timeout = '1s'")
