@@ -16,7 +16,7 @@ from ops.drift import GONE, Difference, differences, find_drift
 from ops.events import Change, EventLog
 from ops.risk import destructive, refusals
 from ops.sql_preview import Step, planned_steps
-from ops.stack import ToolError, last_line, read_target
+from ops.stack import ToolError, last_line, read_connection
 
 #: How each operation is said in the summary, in the order they are listed.
 DATABASE_KINDS = "thorbisdb:db:"
@@ -71,8 +71,8 @@ def run_preview(stack: auto.Stack) -> PreviewOutcome:
 def live_database(stack: auto.Stack) -> Iterator[psycopg.Connection | None]:
     """The stack's database, from its outputs, when the preview can reach it (read-only use); else None."""
     try:
-        target = read_target(stack)
-        conn = psycopg.connect(**target.conninfo(), autocommit=True, application_name="thorbisdb-preview")
+        connection = read_connection(stack)
+        conn = psycopg.connect(**connection.conninfo(), autocommit=True, application_name="thorbisdb-preview")
     except (ToolError, psycopg.Error, auto.CommandError):
         yield None
         return

@@ -64,7 +64,7 @@ class DatabaseTarget:
                 "components/database declares"
             )
         return cls(
-            connection=ConnectionSpec.from_property(config["connection"]),
+            connection=ConnectionSpec.model_validate(config["connection"]),
             lock_timeout=str(config.get("lockTimeout", "5s")),
             allow_data_loss=bool(config.get("allowDataLoss", False)),
             statement_timeout=str(config.get("statementTimeout", "5s")),
@@ -81,7 +81,7 @@ def connect(target: DatabaseTarget) -> Iterator[psycopg.Connection]:
     try:
         # Extensions live in their own schema; DDL must resolve their types and operator classes.
         conn = psycopg.connect(
-            **spec.admin_conninfo(),
+            **spec.conninfo(),
             autocommit=True,
             options="-c search_path=public,extensions",
             application_name=APPLICATION_NAME,

@@ -2,7 +2,7 @@
 
 One stack (platform local, no replica, allowDataLoss false) on a copy of the program. Its first `up` has an
 empty sql/schema: the servers, roles, schemas and extensions only. The review's "before" database
-(tests/fixtures/before_state.py) is then built on it, and the next `up` has the full schema: every existing
+(testbed/before_state.py) is then built on it, and the next `up` has the full schema: every existing
 table is adopted in place and completed (columns, checks, row level security, foreign-key indexes built
 CONCURRENTLY) while a writer keeps inserting rows, and the rows that were there are untouched; the DDL the
 provider ran (read back from the server's log) passes squawk. Then changes that would lose data are refused.
@@ -31,14 +31,14 @@ import yaml
 from psycopg import sql
 
 from components.database.declared.model import load_schema
+from testbed.before_state import build_before_state, fingerprint
 from tests.conftest import ROOT
 from tests.ddl_log import deadlocks, provider_transactions, sessions, squawk
 from tests.e2e.conftest import Adoption
-from tests.fixtures.before_state import build_before_state, fingerprint
 
 pytestmark = pytest.mark.e2e
 LOCK_TIMEOUT_SECONDS = 5  # the stack's default thorbis:lockTimeout
-WRITER_COMPANY = "a0000000-0000-4000-8000-000000000001"  # ids of tests/fixtures/before_rows.sql
+WRITER_COMPANY = "a0000000-0000-4000-8000-000000000001"  # ids of testbed/before_rows.sql
 WRITER_PROPERTY = "d0000000-0000-4000-8000-000000000001"
 CREATE_INDEX = re.compile(
     r'CREATE (?:UNIQUE )?INDEX (CONCURRENTLY )?"?([a-z0-9_]+)"? ON (ONLY )?"public"\."([a-z0-9_]+)"', re.IGNORECASE

@@ -30,14 +30,14 @@ import yaml
 from psycopg import sql
 
 from ops.preview import render_markdown, run_preview
+from testbed.before_state import build_before_state
 from tests.conftest import ROOT
 from tests.ddl_log import provider_transactions, sessions, squawk
 from tests.e2e.conftest import Adoption
-from tests.fixtures.before_state import build_before_state
 
 pytestmark = pytest.mark.e2e
 LOCK_TIMEOUT_SECONDS = 5  # the stack's default thorbis:lockTimeout
-WRITER_COMPANY = "a0000000-0000-4000-8000-000000000001"  # ids of tests/fixtures/before_rows.sql
+WRITER_COMPANY = "a0000000-0000-4000-8000-000000000001"  # ids of testbed/before_rows.sql
 WRITER_PROPERTY = "d0000000-0000-4000-8000-000000000001"
 Table = dict[str, Any]
 

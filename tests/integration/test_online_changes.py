@@ -85,7 +85,7 @@ def make(database: Database, spec: TableSpec, rows: str) -> TableKind:
 
 def change(kind: TableKind, old: TableSpec, new: TableSpec) -> list[Operation]:
     """Apply `new` over the live table made from `old`; the plan it ran, as the PR preview would show it."""
-    with psycopg.connect(**kind.target.connection.admin_conninfo(), autocommit=True) as conn:
+    with psycopg.connect(**kind.target.connection.conninfo(), autocommit=True) as conn:
         planned = kind.planned_live(conn, old, new)
     assert planned is not None
     assert kind.data_loss(old.model_dump(by_alias=True), new) == []
