@@ -41,7 +41,8 @@ LOCK_TIMEOUT_SECONDS = 5  # the stack's default thorbis:lockTimeout
 WRITER_COMPANY = "a0000000-0000-4000-8000-000000000001"  # ids of testbed/before_rows.sql
 WRITER_PROPERTY = "d0000000-0000-4000-8000-000000000001"
 CREATE_INDEX = re.compile(
-    r'CREATE (?:UNIQUE )?INDEX (CONCURRENTLY )?"?([a-z0-9_]+)"? ON (ONLY )?"public"\."([a-z0-9_]+)"', re.IGNORECASE
+    r'CREATE (?:UNIQUE )?INDEX (CONCURRENTLY )?(?:IF NOT EXISTS )?"?([a-z0-9_]+)"? ON (ONLY )?"public"\."([a-z0-9_]+)"',
+    re.IGNORECASE,
 )
 
 
