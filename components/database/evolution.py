@@ -124,9 +124,13 @@ def partitions(conn: psycopg.Connection, spec: TableSpec) -> list[str]:
     ]
 
 
-def named(conn: psycopg.Connection, query: str, params: tuple[str, ...]) -> list[str]:
-    """The first column of a catalog query's rows, as text."""
-    return [str(row[0]) for row in conn.execute(query, params)]
+def refuse_if_any(conn: psycopg.Connection, spec: TableSpec, query: str, params: tuple[str, ...], problem: str) -> None:
+    """Refuse, before anything changes, naming what the catalog query found (its first column) in `problem`."""
+    found = [str(row[0]) for row in conn.execute(query, params)]
+    if found:
+        raise ProviderError(
+            f"table {spec.schema_name}.{spec.name}: {problem.format(', '.join(found))} (nothing was changed)"
+        )
 
 
 # --- proving on a temporary copy whether PostgreSQL rewrites ---------------------------------------------
@@ -361,8 +365,9 @@ def plan_retype(
 def refuse_dependents(conn: psycopg.Connection, spec: TableSpec, live_name: str, name: str) -> None:
     """Views, policies, foreign keys and the primary key on the column: a new type would break them, and
     PostgreSQL refuses to retype a column they use. Named before anything changes."""
-    found = named(
+    refuse_if_any(
         conn,
+        spec,
         "SELECT pg_describe_object(d.classid, d.objid, d.objsubid) FROM pg_depend d "
         "JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid "
         "LEFT JOIN pg_constraint k ON d.classid = 'pg_constraint'::regclass AND k.oid = d.objid "
@@ -370,12 +375,8 @@ def refuse_dependents(conn: psycopg.Connection, spec: TableSpec, live_name: str,
         "AND d.classid <> 'pg_class'::regclass AND coalesce(k.contype, 'x') NOT IN ('c', 'u') "
         "AND NOT (d.classid = 'pg_attrdef'::regclass) ORDER BY 1",
         (qualified(spec.schema_name, spec.name).as_string(conn), live_name),
+        f"column {name} cannot change type while {{}} use(s) it; change or drop those first",
     )
-    if found:
-        raise ProviderError(
-            f"table {spec.schema_name}.{spec.name}: column {name} cannot change type while {', '.join(found)} "
-            "use(s) it; change or drop those first (nothing was changed)"
-        )
 
 
 @dataclass(frozen=True)
@@ -632,18 +633,15 @@ def plan_key(
 
 def refuse_referenced(conn: psycopg.Connection, spec: TableSpec, key: str) -> None:
     """Foreign keys that point at a key about to be replaced would have to go with it: named, nothing changed."""
-    found = named(
+    refuse_if_any(
         conn,
+        spec,
         "SELECT f.conname || ' on ' || f.conrelid::regclass::text FROM pg_constraint k "
         "JOIN pg_constraint f ON f.contype = 'f' AND f.conindid = k.conindid "
         "WHERE k.conrelid = to_regclass(%s) AND k.conname = %s ORDER BY 1",
         (qualified(spec.schema_name, spec.name).as_string(conn), key),
+        f"key {key} changes, but foreign key(s) {{}} point at it; change them to the new key first",
     )
-    if found:
-        raise ProviderError(
-            f"table {spec.schema_name}.{spec.name}: key {key} changes, but foreign key(s) {', '.join(found)} "
-            "point at it; change them to the new key first (nothing was changed)"
-        )
 
 
 def plan_keys(conn: psycopg.Connection, plan: Plan, spec: TableSpec, live: LiveTable) -> None:

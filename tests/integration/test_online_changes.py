@@ -227,6 +227,18 @@ def test_a_type_change_is_made_in_place_or_through_a_verified_copy_never_by_a_re
     assert [c for c in columns(database, "public.people") if "retype" in c] == []
 
 
+def test_a_type_change_of_a_column_a_view_uses_is_refused_naming_it(database: Database) -> None:
+    kind = make(database, PEOPLE, PEOPLE_ROWS)
+    database.execute("CREATE VIEW public.busy_people AS SELECT id FROM public.people WHERE visits > 40")
+    new = with_columns(PEOPLE, visits=ColumnSpec(name="visits", type="bigint", nullable=False, default="0"))
+    with pytest.raises(ProviderError) as refused:
+        kind.update(PEOPLE.name, recorded(PEOPLE, kind.observe("", PEOPLE)), new)
+    assert "column visits cannot change type while rule _RETURN on view busy_people use(s) it" in str(refused.value)
+    assert "nothing was changed" in str(refused.value)
+    assert columns(database, "public.people")["visits"] == ("integer", True)
+    database.execute("DROP VIEW public.busy_people")
+
+
 def test_unique_and_primary_keys_change_through_indexes_built_concurrently(database: Database) -> None:
     kind = make(database, PEOPLE, PEOPLE_ROWS)
     new = PEOPLE.model_copy(
