@@ -575,6 +575,12 @@ class StackSettings(Settings):
         "lock_timeout of schema changes. Default 5s.",
         "a PostgreSQL duration: digits with an optional unit us, ms, s, min, h or d, e.g. 5s or 500ms",
     )
+    statement_timeout: PgDuration = setting(
+        "5s",
+        "statement_timeout of schema changes that hold a lock blocking writers (online builds, validations "
+        "and backfills have none). Default 5s.",
+        "a PostgreSQL duration: digits with an optional unit us, ms, s, min, h or d, e.g. 5s or 500ms",
+    )
     postgres: PostgresSettings = section("The primary PostgreSQL server (PostgresSettings).")
     replicas: ReplicasSettings = section("Streaming replicas of the primary (ReplicasSettings).")
     pgbouncer: PgBouncerSettings = section("The PgBouncer pooler (PgBouncerSettings).")

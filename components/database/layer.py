@@ -43,15 +43,15 @@ from config.settings import attribute_of
 def database_provider(
     name: str,
     connection: pulumi.Output[ConnectionSpec],
-    lock_timeout: str,
-    allow_data_loss: bool,
+    settings: StackSettings,
     opts: pulumi.ResourceOptions | None = None,
 ) -> pulumi.ProviderResource:
     """The thorbisdb provider instance that database objects are created through (connection is secret)."""
     inputs: dict[str, Any] = {
         "connection": pulumi.Output.secret(connection.apply(lambda spec: spec.model_dump(mode="json"))),
-        "lockTimeout": lock_timeout,
-        "allowDataLoss": allow_data_loss,
+        "lockTimeout": settings.lock_timeout,
+        "statementTimeout": settings.statement_timeout,
+        "allowDataLoss": settings.allow_data_loss,
     }
     return pulumi.ProviderResource("thorbisdb", name, inputs, opts)
 
@@ -74,15 +74,21 @@ class DatabaseLayer(pulumi.ComponentResource):
         self.provider = database_provider(
             f"{name}-provider",
             connection,
-            settings.lock_timeout,
-            settings.allow_data_loss,
+            settings,
             pulumi.ResourceOptions(parent=self),
         )
         self.manifest: pulumi.Resource | None = None
         self.manifest = declare(
             ManifestKind,
             f"{name}-manifest",
-            ManifestSpec(tables={t.name: {c.name: c.type for c in t.columns} for t in self.schema.tables}),
+            ManifestSpec(
+                tables={t.name: {c.name: c.type for c in t.columns} for t in self.schema.tables},
+                renamed={
+                    t.name: {c.name: c.renamed_from for c in t.columns if c.renamed_from}
+                    for t in self.schema.tables
+                    if any(c.renamed_from for c in t.columns)
+                },
+            ),
             self.options(),
         )
         self.roles = self.declare_roles(connection)

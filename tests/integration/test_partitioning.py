@@ -20,8 +20,10 @@ from psycopg import sql
 from components.database.conversion import convert_to_partitioned, drop_unpartitioned
 from components.database.declared.model import load_schema
 from components.database.kinds.partition_guard import PartitionGuardKind, PartitionGuardSpec, PartitionGuardStatus
-from components.database.kinds.partition_set import PartitionSetKind, PartitionSetSpec, PartitionSetStatus
+from components.database.kinds.partition_set import PartitionSetKind, PartitionSetSpec, PartitionSetStatus, month_moves
 from components.database.kinds.table import TableKind
+from components.database.locks import Lock
+from components.database.session import Timeouts
 from components.database.table_shape import ColumnSpec, PartitionSpec, TableSpec, create_statement
 from components.kind import Observed, ProviderError
 from tests.integration.databases import Database, changes, database_server
@@ -274,6 +276,74 @@ def test_delete_forgets_the_set_and_keeps_every_partition(events: Database) -> N
     assert changes(kind, EVENTS_SET, kind.observe("public.events", EVENTS_SET)) == []
 
 
+VISITS = EVENTS.model_copy(update={"name": "visits"})
+VISITS_SET = EVENTS_SET.model_copy(update={"table": "visits", "retention": None})
+VISIT_ROWS = 30_000
+
+
+def test_registration_moves_the_default_partitions_rows_a_month_per_transaction(database: Database) -> None:
+    """Rows the default partition holds for months create_parent makes go to their partitions a month per
+    transaction (the registration itself moves none of them): a reader of the table sees every row all the
+    while, and a writer is never refused."""
+    db = database
+    db.kind(PartitionGuardKind).create(PartitionGuardSpec())
+    db.kind(TableKind).create(VISITS)
+    db.execute(
+        "INSERT INTO public.visits (company_id, note, occurred_at) SELECT %s, 'seed', "
+        "date_trunc('month', now()) + (g %% 3 - 1) * interval '1 month' + (g %% 600) * interval '1 hour' "
+        "FROM generate_series(1, %s) g",
+        (COMPANY_A, VISIT_ROWS),
+    )
+    insert_event_into(db, "visits", "far past", "2001-03-05")
+    with db.connect() as conn:
+        moves = month_moves(conn, VISITS_SET)
+    assert len(moves) == 3  # last month, this one, the next
+    for month in moves:
+        held = {(lock.table, lock.lock) for operation in month for lock in operation.locks}
+        assert held == {("visits", Lock.ACCESS_EXCLUSIVE), ("visits_default", Lock.ACCESS_EXCLUSIVE)}
+
+    seen: set[int] = set()
+    errors: list[str] = []
+    halt = threading.Event()
+
+    def read_and_write() -> None:
+        with db.connect() as conn:
+            while not halt.is_set():
+                row = conn.execute("SELECT count(*) FROM public.visits WHERE note = 'seed'").fetchone()
+                seen.add(int(row[0]) if row else -1)
+                try:
+                    conn.execute("INSERT INTO public.visits (company_id, note) VALUES (%s, 'live')", (COMPANY_A,))
+                except psycopg.Error as error:
+                    errors.append(str(error))
+                halt.wait(0.005)
+
+    worker = threading.Thread(target=read_and_write, daemon=True)
+    worker.start()
+    try:
+        db.kind(PartitionSetKind).create(VISITS_SET)
+    finally:
+        halt.set()
+        worker.join(timeout=30)
+    assert seen == {VISIT_ROWS} and errors == [], (seen, errors[:3])
+    in_default = db.rows("SELECT note, count(*) FROM ONLY public.visits_default GROUP BY 1")
+    assert in_default == [("far past", 1)]
+    by_month = db.rows(
+        "SELECT tableoid::regclass::text, count(*) FROM public.visits WHERE note = 'seed' GROUP BY 1 ORDER BY 1"
+    )
+    assert [name for name, _ in by_month] == [f"visits_p{month_suffix(db, offset)}" for offset in (-1, 0, 1)]
+    assert sum(count for _, count in by_month) == VISIT_ROWS
+    assert {name: state for name, state in partitions(db, "visits").items() if state != (True, True, OWNER)} == {}
+
+
+def insert_event_into(db: Database, table: str, note: str, at: str) -> None:
+    db.execute(
+        sql.SQL("INSERT INTO {} (company_id, note, occurred_at) VALUES (%s, %s, %s)").format(
+            sql.Identifier("public", table)
+        ),
+        (COMPANY_A, note, at),
+    )
+
+
 # --- online conversion of a populated plain table ----------------------------------------------------
 
 ROWS = 20_000
@@ -370,11 +440,11 @@ def test_conversion_refuses_what_would_keep_pointing_at_the_old_table(database: 
     )
     database.execute("CREATE TABLE public.notes_plain (id uuid PRIMARY KEY, at timestamptz NOT NULL, extra text)")
     with database.connect() as conn, pytest.raises(ProviderError, match="extra are not in the spec"):
-        convert_to_partitioned(conn, spec, "2s")
+        convert_to_partitioned(conn, spec, Timeouts("2s"))
     database.execute("ALTER TABLE public.notes_plain DROP COLUMN extra")
     database.execute("CREATE TABLE public.notes_child (note_id uuid REFERENCES public.notes_plain (id))")
     with database.connect() as conn, pytest.raises(ProviderError, match="foreign key notes_child_note_id_fkey"):
-        convert_to_partitioned(conn, spec, "2s")
+        convert_to_partitioned(conn, spec, Timeouts("2s"))
     assert database.scalar("SELECT relkind FROM pg_class WHERE oid = 'public.notes_plain'::regclass") == "r"
     database.execute("DROP TABLE public.notes_child, public.notes_plain")
 
@@ -415,7 +485,7 @@ def test_online_conversion_under_a_writer_loses_and_duplicates_nothing(database:
     try:
         time.sleep(0.3)
         with db.connect() as conn:
-            result = convert_to_partitioned(conn, spec, "2s", premake=3, batch_pages=100, on_phase=during)
+            result = convert_to_partitioned(conn, spec, Timeouts("2s"), premake=3, batch_pages=100, on_phase=during)
         time.sleep(0.3)  # the writer keeps writing, now into the partitioned table
     finally:
         writer.stop.set()
@@ -523,8 +593,8 @@ def test_online_conversion_under_a_writer_loses_and_duplicates_nothing(database:
 
     # converting again changes nothing; then the verified old table may go
     with db.connect() as conn:
-        assert convert_to_partitioned(conn, spec, "2s") is None
-        assert drop_unpartitioned(conn, spec, "2s")
-        assert not drop_unpartitioned(conn, spec, "2s")
+        assert convert_to_partitioned(conn, spec, Timeouts("2s")) is None
+        assert drop_unpartitioned(conn, spec, Timeouts("2s"))
+        assert not drop_unpartitioned(conn, spec, Timeouts("2s"))
     assert db.scalar("SELECT to_regclass('public.communications_unpartitioned')") is None
     assert db.scalar("SELECT count(*) FROM public.communications WHERE id = %s", (late,)) == 1

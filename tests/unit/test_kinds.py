@@ -31,6 +31,7 @@ from components.database.kinds.partition_guard import PartitionGuardStatus
 from components.database.kinds.role import RoleKind, RoleSpec
 from components.database.kinds.table import TableStatus
 from components.database.layer import DatabaseLayer
+from components.database.session import Timeouts
 from components.kind import SECRET, Kind, marked
 from components.resource import declare
 from config import StackSettings, parse_settings
@@ -130,7 +131,7 @@ def test_drift_is_a_status_field_that_is_not_as_expected_and_unknown_is_not_drif
 def test_a_plan_runs_shared_operations_together_and_the_others_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     runs: list[tuple[list[str], bool, bool]] = []
 
-    def run_ddl(conn: Any, statements: list[sql.Composable], lock_timeout: str, **options: Any) -> None:
+    def run_ddl(conn: Any, statements: list[sql.Composable], timeouts: Timeouts, **options: Any) -> None:
         if statements:
             texts = [statement.as_string(None) for statement in statements]
             runs.append((texts, options.get("transactional", True), options.get("before_retry") is not None))
@@ -144,7 +145,7 @@ def test_a_plan_runs_shared_operations_together_and_the_others_alone(monkeypatch
         Operation(sql.SQL("CREATE INDEX CONCURRENTLY i ON t (c)"), Transaction.NONE, cleanup=sql.SQL("DROP INDEX i")),
         Operation(sql.SQL("COMMENT ON TABLE t IS 'x'")),
     ]
-    ddl.apply(conn, plan, "5s", "table t")
+    ddl.apply(conn, plan, Timeouts(), "table t")
     assert runs == [
         (["ALTER TABLE t ADD COLUMN c int", "ALTER TABLE t ADD CONSTRAINT k CHECK (c > 0) NOT VALID"], True, False),
         (["ALTER TABLE t VALIDATE CONSTRAINT k"], True, False),

@@ -83,7 +83,7 @@ def test_secrets_are_shown_masked() -> None:
 def test_sql_of_new_indexes_policies_and_tables_comes_from_the_kinds_renderers() -> None:
     changes = by_name(replay("preview_allowed.jsonl"))
     assert planned_sql(changes["index-customers_loyalty_tier_idx"]) == [
-        'CREATE INDEX CONCURRENTLY "customers_loyalty_tier_idx" ON "public"."customers" '
+        'CREATE INDEX CONCURRENTLY IF NOT EXISTS "customers_loyalty_tier_idx" ON "public"."customers" '
         'USING btree ("company_id", "loyalty_tier")'
     ]
     assert planned_sql(changes["policy-customer_badges_tenant_select"]) == [

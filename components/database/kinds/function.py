@@ -299,4 +299,4 @@ class FunctionKind(DatabaseKind[FunctionSpec, FunctionStatus]):
     def delete(self, resource_id: str, spec: FunctionSpec) -> None:
         what = f"drop {spec.kind} {spec.schema_name}.{spec.name}({spec.arguments})"
         with connect(self.target) as conn:
-            apply_drop(conn, drop_operations(spec), self.target.lock_timeout, what)
+            apply_drop(conn, drop_operations(spec), self.target.timeouts, what)

@@ -291,7 +291,7 @@ class MaterializedViewKind(DatabaseKind[MaterializedViewSpec, MaterializedViewSt
     def rebuild(self, conn: psycopg.Connection, spec: MaterializedViewSpec, what: str) -> None:
         dependents = dependent_views(conn, spec)
         try:
-            apply_drop(conn, rebuild_operations(conn, spec, dependents), self.target.lock_timeout, what)
+            apply_drop(conn, rebuild_operations(conn, spec, dependents), self.target.timeouts, what)
         except ProviderError as error:
             if not isinstance(error.__cause__, psycopg.errors.UndefinedColumn):
                 raise
@@ -305,4 +305,4 @@ class MaterializedViewKind(DatabaseKind[MaterializedViewSpec, MaterializedViewSt
         drop = sql.SQL("DROP MATERIALIZED VIEW IF EXISTS {} RESTRICT").format(qualified(spec.schema_name, spec.name))
         with connect(self.target) as conn:
             what = f"drop materialized view {spec.schema_name}.{spec.name}"
-            apply_drop(conn, shared([drop]), self.target.lock_timeout, what)
+            apply_drop(conn, shared([drop]), self.target.timeouts, what)
