@@ -44,7 +44,7 @@ TABLES = (
 )
 COMPANIES_PER_SCALE = 100
 CUSTOMERS_PER_SCALE = 20_000
-ZIPF_EXPONENT = 1.1
+ZIPF_EXPONENT = 1.4
 HISTORY_DAYS = 730
 FUTURE_DAYS = 45  # inside pg_partman's premade window (4 months by default)
 BATCH_ROWS = 200_000

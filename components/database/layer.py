@@ -32,6 +32,7 @@ from components.database.policy import Policy, PolicyArgs
 from components.database.reporting import load_reporting
 from components.database.role import Role, RoleArgs
 from components.database.schema import Schema, SchemaArgs
+from components.database.search import load_searches
 from components.database.table import Table, TableArgs
 from components.database.tenancy import TENANT_ROLES, tenant_policies
 from components.database.trigger import Trigger, TriggerArgs
@@ -77,6 +78,7 @@ class DatabaseLayer(pulumi.ComponentResource):
         self.tables = self.declare_tables([*functions, *self.extensions.values(), guard])
         partition_sets = self.declare_partition_sets(guard)
         procedures = self.declare_procedures()
+        self.declare_searches()
         tenant_views = self.declare_reporting()
         monitoring = self.declare_monitoring()
         self.declare_privileges([*self.roles.values(), *self.schemas.values(), *self.tables.values(), *tenant_views])
@@ -217,6 +219,20 @@ class DatabaseLayer(pulumi.ComponentResource):
             )
             for spec in load_maintenance().procedure_specs(self.access.owner)
         ]
+
+    def declare_searches(self) -> None:
+        """The tenant-scoped searches of sql/search.yaml, after the tables they read: each matcher, then
+        the function applications call, which calls it."""
+        searches = load_searches(self.schema)
+        after = [self.roles[searches.owner], *self.schemas.values(), *self.tables.values()]
+        for spec in searches.function_specs(self.access.owner):
+            after.append(
+                Function(
+                    f"function-{spec.schema_name}-{spec.name}",
+                    FunctionArgs(**_args(FunctionArgs, spec)),
+                    self.options(after),
+                )
+            )
 
     def declare_reporting(self) -> list[pulumi.Resource]:
         """Materialized views (no RLS: readable whole by `reporting` only) and the tenant views applications
