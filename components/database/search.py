@@ -10,8 +10,11 @@ No search is special-cased: each is data (see the file's header).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import yaml
 from psycopg import sql
 from pydantic import Field, model_validator
@@ -151,3 +154,32 @@ class SearchModel(Data):
 
 def load_searches(schema: SchemaModel, path: Path = SEARCH_FILE) -> SearchModel:
     return SearchModel.model_validate(yaml.safe_load(path.read_text())).check_against(schema)
+
+
+def explain_matcher(
+    conn: psycopg.Connection[Any],
+    model: SearchModel,
+    search: SearchData,
+    claims: str,
+    values: Mapping[str, Any],
+    options: str,
+) -> list[Any]:
+    """EXPLAIN (`options`) of a matcher's query as the matcher runs it: as its owner, under `claims`, with a
+    generic plan (a SQL function's statements are planned before its arguments are known). `conn` must be
+    allowed to SET ROLE to the owner (the admin). The rows of EXPLAIN's output."""
+    name = sql.Identifier(f"thorbis_explain_{search.name}")
+    types = sql.SQL(", ").join(sql.SQL(argument.type) for argument in search.arguments)
+    arguments = sql.SQL(", ").join(sql.Literal(values[argument.name]) for argument in search.arguments)
+    prepared = False
+    try:
+        with conn.transaction(force_rollback=True):
+            conn.execute("SELECT set_config('request.jwt.claims', %s, true)", (claims,))
+            conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(model.owner)))
+            conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            conn.execute(sql.SQL("PREPARE {} ({}) AS {}").format(name, types, search.matcher_query()))
+            prepared = True  # a prepared statement outlives its transaction
+            explain = sql.SQL("EXPLAIN ({}) EXECUTE {} ({})").format(sql.SQL(options), name, arguments)
+            return conn.execute(explain).fetchall()
+    finally:
+        if prepared:
+            conn.execute(sql.SQL("DEALLOCATE {}").format(name))
