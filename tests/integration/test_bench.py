@@ -5,6 +5,7 @@ database; the six query classes run on both; the report is written from results 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -88,6 +89,49 @@ def test_the_dataset_loads_into_the_before_database_and_the_queries_run_there(
         assert counts(conn) == {table: fixture_rows[table] + loaded["rows"][table] for table in generate.TABLES}
         results = run_classes(conn, loaded, "before", tmp_path / "plans")
     assert all(result["runs"] == 1 for result in results.values())
+
+
+def load_in_thread(conn: psycopg.Connection[Any], seconds: float = 120) -> BaseException | None:
+    """generate.load at SCALE in a thread: what it raised (None if nothing); fails if it is still running."""
+    raised: list[BaseException] = []
+
+    def attempt() -> None:
+        try:
+            generate.load(conn, SCALE)
+        except BaseException as error:
+            raised.append(error)
+
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"the load is still running after {seconds} s: it hangs"
+    return raised[0] if raised else None
+
+
+def test_a_failed_copy_stops_the_load_with_its_error(database: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first COPY fails while the generator thread has batches ready: the load raises the COPY's error
+    (before, it joined a producer blocked on its full queue and hung for ever)."""
+    monkeypatch.setattr(generate, "BATCH_ROWS", 1)  # a batch per company: the queue of batches fills up
+    with database.connect() as conn:
+        conn.execute("ALTER TABLE public.companies ADD CONSTRAINT bench_refuses_rows CHECK (false) NOT VALID")
+        try:
+            raised = load_in_thread(conn)
+        finally:
+            conn.execute("ALTER TABLE public.companies DROP CONSTRAINT bench_refuses_rows")
+    assert isinstance(raised, psycopg.errors.CheckViolation), raised
+
+
+def test_a_failed_batch_stops_the_load_with_its_error(database: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Generating a batch fails in the generator's thread: the load raises that error (before, the thread
+    died, the load ended as if the dataset were complete and returned its partial counts)."""
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("no customer today")
+
+    monkeypatch.setattr(generate.Generator, "customer", broken)
+    with database.connect() as conn:
+        raised = load_in_thread(conn)
+    assert isinstance(raised, RuntimeError) and str(raised) == "no customer today", raised
 
 
 def test_the_report_renders_tables_and_charts(tmp_path: Path) -> None:
