@@ -1,7 +1,8 @@
 """A realistic multi-tenant dataset for the benchmarks, loaded with COPY.
 
 Companies of Zipf-skewed sizes (a few large, many small), their users, customers, properties, jobs,
-schedules, invoices, payments, communications and activities, spread over the two years before now.
+schedules, invoices, payments, communications and activities, spread over the two years before now, and
+a price book each.
 Every value satisfies the CHECK constraints and foreign keys of sql/schema, and the partitioned tables'
 columns stay inside their premade window. Rows are written per batch of companies in dependency order,
 and only into the columns the live table has: the same generator fills the review's "before" tables
@@ -42,6 +43,7 @@ TABLES = (
     "payments",
     "communications",
     "activities",
+    "price_book_items",
 )
 COMPANIES_PER_SCALE = 100
 CUSTOMERS_PER_SCALE = 20_000
@@ -291,6 +293,25 @@ COMM_KINDS = (  # type, direction, status
     ("phone_call", "outbound", "missed"),
     ("note", "internal", "sent"),
 )
+PARTS = (
+    "condenser fan motor",
+    "run capacitor",
+    "contactor",
+    "blower motor",
+    "programmable thermostat",
+    "flame sensor",
+    "hot surface igniter",
+    "pressure switch",
+    "refrigerant r-410a",
+    "pleated air filter",
+    "water heater element",
+    "gas control valve",
+    "expansion valve",
+    "drain pan",
+    "circuit breaker",
+    "ball valve",
+)
+MAKERS = ("carrier", "trane", "lennox", "goodman", "rheem", "honeywell", "emerson", "york")
 ACTIVITY_ACTIONS = (
     ("job", "job.created"),
     ("job", "job.status_changed"),
@@ -503,6 +524,17 @@ COLUMNS: dict[str, list[str]] = {
         "created_at",
         "updated_at",
     ],
+    "price_book_items": [
+        "id",
+        "company_id",
+        "item_type",
+        "sku",
+        "name",
+        "unit_cost",
+        "unit_price",
+        "created_at",
+        "updated_at",
+    ],
 }
 
 
@@ -581,6 +613,21 @@ class Generator:
         technicians = users[1:] or users
         for number in range(customers):
             self.customer(batch, company, index, number, users[0], technicians)
+        self.price_book(batch, company, min(2000, 20 + customers // 20), founded)
+
+    def price_book(self, batch: Batch, company: str, items: int, at: datetime) -> None:
+        """Parts of a few makers and sizes: names close enough to each other for a fuzzy search to sort."""
+        rng = self.rng
+        for number in range(items):
+            part, maker = rng.choice(PARTS), rng.choice(MAKERS)
+            cost = rng.randrange(500, 90_000)
+            batch.add(
+                "price_book_items",
+                (
+                    self.uuid(), company, "material", f"P-{number:05d}", f"{maker} {part} {rng.randrange(1, 60)}",
+                    money(cost), money(cost * 2), ts(at), ts(at),
+                ),
+            )  # fmt: skip
 
     def user(self, batch: Batch, company: str, index: int, number: int, founded: datetime) -> str:
         first, last = self.rng.choice(FIRST_NAMES), self.rng.choice(LAST_NAMES)

@@ -1,8 +1,8 @@
-"""The review's six query classes and ours (list screens), as an application sends them, timed, with plans.
+"""The review's six query classes and ours, as an application sends them, timed, with their plans.
 
-Each class is one concrete query of the product (a customer's job history, the dispatch board, the
-customer search box, the dashboard, a month of messages, fuzzy name search, a technician's job list, the
-overdue invoices list). It is run three ways:
+Each class is one concrete query of the product: the review's (a customer's job history, the dispatch
+board, the customer search box, the dashboard, a month of messages, fuzzy name search) and ours (fuzzy
+price book search, a technician's job list, the overdue invoices list). It is run three ways:
 
 - `before`: the review's before database (no RLS exists there), as the owner (postgres) with an explicit
   `company_id = ...` filter on every table, as the old application did;
@@ -175,6 +175,18 @@ CLASSES = (
         live_only=" AND c.deleted_at IS NULL",
     ),
     QueryClass(
+        "price_book_search",
+        "Fuzzy (trigram) price book search by item name, best 20",
+        None,
+        None,
+        sql.SQL(
+            "SELECT {columns} FROM price_book_items c WHERE c.name OPERATOR(extensions.%%) %(item_name)s{c} "
+            "ORDER BY extensions.similarity(c.name, %(item_name)s) DESC, c.id LIMIT 20"
+        ),
+        search="search_price_book_items",
+        columns="c.id, c.name, c.unit_price",
+    ),
+    QueryClass(
         "job_list",
         "List screen: a technician's completed jobs of the last 90 days, newest first, 50 a page",
         None,
@@ -206,7 +218,7 @@ CLASSES = (
 def sample_params(conn: psycopg.Connection[Any], company: str, now: datetime, count: int = 40) -> list[Params]:
     """Parameter sets of one company, drawn the same way for every run (seeded): a customer with jobs,
     an e-mail and a phone of customers, a day (today), one of the last 24 months, a misspelt name, a
-    technician with jobs."""
+    technician with jobs, a misspelt item of the price book."""
     customers = conn.execute(
         "SELECT c.id, c.email, c.phone, c.first_name, c.last_name FROM public.customers c "
         "WHERE c.company_id = %s AND EXISTS (SELECT FROM public.jobs j WHERE j.customer_id = c.id "
@@ -221,8 +233,15 @@ def sample_params(conn: psycopg.Connection[Any], company: str, now: datetime, co
             (company,),
         )
     ]
-    if not customers or not technicians:
-        raise RuntimeError(f"company {company} has no customer with jobs: load the dataset first")
+    items = [
+        name
+        for (name,) in conn.execute(
+            "SELECT name FROM public.price_book_items WHERE company_id = %s ORDER BY md5(id::text) LIMIT %s",
+            (company, count),
+        )
+    ]
+    if not customers or not technicians or not items:
+        raise RuntimeError(f"company {company} has no customer with jobs or no price book: load the dataset first")
     rng = random.Random(11)
     day = now.replace(hour=0, minute=0, second=0)
     months = [(day.replace(day=1) - timedelta(days=31 * k)).replace(day=1) for k in range(1, 24)]
@@ -230,8 +249,7 @@ def sample_params(conn: psycopg.Connection[Any], company: str, now: datetime, co
     for i in range(count):
         customer, email, _, first, last = customers[i % len(customers)]
         other = customers[(i * 7 + 3) % len(customers)]
-        term = f"{first} {last}".lower()
-        cut = rng.randrange(1, len(term) - 1)
+        term = misspelt(f"{first} {last}".lower(), rng)
         params.append(
             {
                 "company": company,
@@ -240,12 +258,19 @@ def sample_params(conn: psycopg.Connection[Any], company: str, now: datetime, co
                 "phone": other[2],
                 "day": day,
                 "month": rng.choice(months),
-                "term": term[:cut] + term[cut + 1 :],
+                "term": term,
+                "item_name": misspelt(items[i % len(items)], rng),
                 "technician": rng.choice(technicians),
                 "done": ["completed", "invoiced"],
             }
         )
     return params
+
+
+def misspelt(text: str, rng: random.Random) -> str:
+    """The text with one letter left out, as someone typing fast would."""
+    cut = rng.randrange(1, len(text) - 1)
+    return text[:cut] + text[cut + 1 :]
 
 
 # --- plans --------------------------------------------------------------------------------------------
