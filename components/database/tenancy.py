@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 from components.database.model import TABLE_SCHEMA, SchemaModel, TableData
 
-CURRENT_COMPANY = "(SELECT app.current_company_id())"
+COMPANY_HELPER = "app.current_company_id()"
+CURRENT_COMPANY = f"(SELECT {COMPANY_HELPER})"
 TENANT_ROLES = ["authenticated"]
 
 

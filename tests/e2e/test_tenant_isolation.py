@@ -21,8 +21,9 @@ import pytest
 from psycopg import sql
 
 from components.database.model import IndexData, bounded, load_schema
-from components.database.search import SearchData, explain_matcher, load_searches
+from components.database.search import SearchData, load_searches
 from tests.e2e.conftest import LiveStack
+from tests.e2e.plans import leave_only_indexes
 from tests.e2e.rows import (
     Synthesizer,
     World,
@@ -211,12 +212,6 @@ def test_procedures_in_app_run_with_the_callers_rights_and_no_application_role_m
 QUERY_INDEXES = [(table.name, index) for table in SCHEMA.tables for index in table.indexes if index.serves]
 
 
-def plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    yield node
-    for child in node.get("Plans", []):
-        yield from plan_nodes(child)
-
-
 def index_names(plan: Any) -> set[str]:
     """Every "Index Name" in an EXPLAIN (FORMAT JSON) plan."""
     if isinstance(plan, list):
@@ -225,31 +220,6 @@ def index_names(plan: Any) -> set[str]:
         found = {plan["Index Name"]} if "Index Name" in plan else set()
         return found.union(*(index_names(value) for value in plan.values()))
     return set()
-
-
-def leave_only_indexes(admin: Conn, table: str, keep: list[str]) -> None:
-    """Drop every other index of the table, a key's own too (its constraint, CASCADE: the foreign keys on
-    it), and price out sequential scans: on nearly empty tables the planner's choice between fitting
-    indexes is a coin toss, and a key led by company_id fits every company query. Only in a transaction
-    that is rolled back."""
-    relation_ = f"public.{table}"
-    constraints = admin.execute(
-        "SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass AND contype IN ('p', 'u', 'x') "
-        "AND conindid::regclass::text <> ALL(%s)",
-        (relation_, [f"public.{name}" for name in keep] + keep),
-    ).fetchall()
-    for (constraint,) in constraints:
-        admin.execute(
-            sql.SQL("ALTER TABLE {} DROP CONSTRAINT {} CASCADE").format(relation(table), sql.Identifier(constraint))
-        )
-    others = admin.execute(
-        "SELECT i.indexrelid::regclass::text FROM pg_index i WHERE i.indrelid = %s::regclass "
-        "AND i.indexrelid::regclass::text <> ALL(%s)",
-        (relation_, [f"public.{name}" for name in keep] + keep),
-    ).fetchall()
-    for (other,) in others:
-        admin.execute(sql.SQL("DROP INDEX {}").format(sql.SQL(other)))
-    admin.execute("SET LOCAL enable_seqscan = off")
 
 
 @pytest.mark.parametrize(("table_name", "index"), QUERY_INDEXES, ids=[index.name for _, index in QUERY_INDEXES])
@@ -520,20 +490,6 @@ def test_only_the_declared_searches_read_past_row_level_security_for_the_applica
         for search in SEARCHES.searches
     }
     assert {function for (function,) in reachable} == declared
-
-
-@pytest.mark.parametrize("search", SEARCHES.searches, ids=SEARCH_IDS)
-def test_each_search_reads_through_the_indexes_it_serves(search: SearchData, admin: Conn, tenants: Tenants) -> None:
-    """The matcher's plan (its owner's rights, a generic plan, as it runs) reads its table through the
-    indexes the search names, each with the company among its index conditions (the table's other indexes
-    gone: leave_only_indexes)."""
-    values = example_arguments(admin, search, tenants.a[search.table])
-    with admin.transaction(force_rollback=True):
-        leave_only_indexes(admin, search.table, search.serves)
-        (plan,), *_ = explain_matcher(admin, SEARCHES, search, claims(tenants.a_id), values, "FORMAT JSON")
-    scans = [node for node in plan_nodes(plan[0]["Plan"]) if "Index Name" in node]
-    assert {node["Index Name"] for node in scans} >= set(search.serves), scans
-    assert all("company_id = " in node.get("Index Cond", "") for node in scans), scans
 
 
 # 4. Claims through PgBouncer's transaction pooling -----------------------------------------------------
