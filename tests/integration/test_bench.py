@@ -135,10 +135,18 @@ def test_a_failed_batch_stops_the_load_with_its_error(database: Database, monkey
 
 
 def test_the_report_renders_tables_and_charts(tmp_path: Path) -> None:
-    timing = {"runs": 5, "median_ms": 2.0, "p95_ms": 3.0, "min_ms": 1.0, "max_ms": 4.0, "rows_first_run": 1}
+    timing = {
+        "runs": 5, "median_ms": 2.0, "p95_ms": 3.0, "min_ms": 1.0, "max_ms": 4.0, "rows_first_run": 1,
+        "rows_kept": 5, "rows_filtered": 0, "index_conditions": True,
+    }  # fmt: skip
     slow = {**timing, "median_ms": 40.0, "p95_ms": 60.0}
     before = {query.key: slow for query in queries.CLASSES}
     after = {query.key: timing for query in queries.CLASSES}
+    scanning = {**after, "job_list": {**timing, "p95_ms": 70.0, "rows_filtered": 900, "index_conditions": False}}
+    curve = [
+        {"scale": scale, "total_rows": rows, "largest_company_customers": rows // 10, "after": figures}
+        for scale, rows, figures in ((0.5, 1000, after), (2.0, 4000, scanning))
+    ]
     run = {
         "target": "pgbouncer", "clients": 1000, "seconds": 20, "rate_limit_tps": 1000, "exit_code": 0, "tps": 990.0,
         "transactions": 19800, "failed_transactions": 0, "aborted_clients": 0, "errors": 0, "first_errors": [],
@@ -150,7 +158,8 @@ def test_the_report_renders_tables_and_charts(tmp_path: Path) -> None:
             "scale": SCALE, "companies": 5, "largest_company_customers": 300, "median_company_customers": 60,
             "rows": dict.fromkeys(generate.TABLES, 10), "total_rows": 100, "load_seconds": 1.0,
         },
-        "queries": {"runs": 5, "comparison": queries.compare(before, after, after), "adoption_seconds": 12.0},
+        "queries": {"runs": 5, "comparison": queries.compare(before, scanning, after), "adoption_seconds": 12.0},
+        "curve": curve,
         "connections": {"max_connections": 200, "pool_size": 10, "runs": [run, {**run, "target": "direct"}]},
         "provisioning": {
             "resources": 900, "replicas": 0, "pulumi": "v3.260.0", "psql_floor": {"seconds": 2.0},
@@ -161,7 +170,12 @@ def test_the_report_renders_tables_and_charts(tmp_path: Path) -> None:
     }  # fmt: skip
     written = report.render(json.loads(json.dumps(results)), tmp_path)
     text = written.read_text()
-    assert "| fk joins | 500 → 25-50 ms | 40.00 / 60.00 | 2.00 / 3.00 | 20.0x | 0.0 % |" in text
+    assert "| fk joins | 500 → 25-50 ms | 40.00 / 60.00 | 2.00 / 3.00 | 20.0x | 0.0 % | 5 / 0 |" in text
+    assert "| fk joins | met | met (0.0 %) | met (20.0x) | met |" in text
+    assert "| job list | **not met** | met (0.0 %) | n/a (20.0x) | **not met** |" in text
+    assert "| Index conditions under RLS, every class | 8 of 9 classes | **not met** |" in text
+    assert "| job list | 3.00 | 70.00 |" in text  # the curve: p95 at scale 0.5, then 2
     assert "| Pooled simple read p95 < 20 ms (paced) | p95 4.00 ms | met |" in text
-    assert {"queries.png", "latency.png", "provisioning.png"} <= {path.name for path in tmp_path.glob("*.png")}
+    charts = {"queries.png", "latency.png", "provisioning.png", "curve.png"}
+    assert charts <= {path.name for path in tmp_path.glob("*.png")}
     assert connections.percentile([1.0, 2.0, 3.0, 4.0, 5.0], 0.5) == 3.0
