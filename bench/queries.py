@@ -457,6 +457,7 @@ def compare(before: dict[str, Any], after: dict[str, Any], owner: dict[str, Any]
                 "speedup_median": ratio(b["median_ms"], a["median_ms"]),
                 "speedup_p95": ratio(b["p95_ms"], a["p95_ms"]),
                 "rls_overhead_pct": round((overhead - 1) * 100, 1) if overhead is not None else None,
+                "rls_overhead_ms": round(a["median_ms"] - o["median_ms"], 3),
                 "rows_kept": a.get("rows_kept"),
                 "rows_filtered": a.get("rows_filtered"),
                 "index_conditions": a.get("index_conditions"),

@@ -51,7 +51,8 @@ def query_table(comparison: list[dict[str, Any]]) -> str:
             f"| {row['key'].replace('_', ' ')} | {review_cell(row)} "
             f"| {fmt(row['before_median_ms'])} / {fmt(row['before_p95_ms'])} "
             f"| {fmt(row['after_median_ms'])} / {fmt(row['after_p95_ms'])} "
-            f"| {fmt(row['speedup_median'], 1)}x | {fmt(row['rls_overhead_pct'], 1)} % | {scans_cell(row)} |"
+            f"| {fmt(row['speedup_median'], 1)}x | {fmt(row['rls_overhead_pct'], 1)} % "
+            f"({row.get('rls_overhead_ms', 0):+.2f} ms) | {scans_cell(row)} |"
         )
     return "\n".join(lines)
 

@@ -170,7 +170,7 @@ def test_the_report_renders_tables_and_charts(tmp_path: Path) -> None:
     }  # fmt: skip
     written = report.render(json.loads(json.dumps(results)), tmp_path)
     text = written.read_text()
-    assert "| fk joins | 500 → 25-50 ms | 40.00 / 60.00 | 2.00 / 3.00 | 20.0x | 0.0 % | 5 / 0 |" in text
+    assert "| fk joins | 500 → 25-50 ms | 40.00 / 60.00 | 2.00 / 3.00 | 20.0x | 0.0 % (+0.00 ms) | 5 / 0 |" in text
     assert "| fk joins | met | met (0.0 %) | met (20.0x) | met |" in text
     assert "| job list | **not met** | met (0.0 %) | n/a (20.0x) | **not met** |" in text
     assert "| Index conditions under RLS, every class | 8 of 9 classes | **not met** |" in text
