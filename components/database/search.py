@@ -4,7 +4,8 @@ Beneath row level security PostgreSQL applies the policy's qual before any condi
 to a function or operator not marked LEAKPROOF (lower(), pg_trgm's %, ILIKE, @@, @>), so such a condition
 cannot be an index condition: it filters every row of the caller's company. A search's matcher reads past
 RLS (SECURITY DEFINER, owned by a BYPASSRLS role) with the company predicate written here, from the claims,
-so its index serves it; the function applications call reads the matched rows back under RLS.
+planned at each call for that company, so its index serves it; the function applications call reads the
+matched rows back by key under their own RLS.
 No search is special-cased: each is data (see the file's header).
 """
 
