@@ -305,6 +305,20 @@ def render(results: dict[str, Any], out: Path = RESULTS) -> Path:
             "",
             class_targets(queries["comparison"]),
         ]
+        if queries.get("adoption_seconds") is not None:
+            failures = results.get("adoption_failures") or []
+            reruns = (
+                f", in {len(failures) + 1} runs (a failed run keeps what it finished; each failed with: "
+                + "; ".join(f"`{failure}`" for failure in failures)
+                + ")"
+                if failures
+                else ""
+            )
+            parts += [
+                "",
+                f"The adopting `pulumi up` on the populated before database took {queries['adoption_seconds']} s"
+                f"{reruns}.",
+            ]
         if results.get("curve"):
             parts += [
                 "",
@@ -315,11 +329,6 @@ def render(results: dict[str, Any], out: Path = RESULTS) -> Path:
                 "beyond the rows it returns.",
                 "",
                 curve_table(results["curve"]),
-            ]
-        if queries.get("adoption_seconds") is not None:
-            parts += [
-                "",
-                f"The adopting `pulumi up` on the populated before database took {queries['adoption_seconds']} s.",
             ]
     if connections:
         parts += [

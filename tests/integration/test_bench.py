@@ -160,6 +160,7 @@ def test_the_report_renders_tables_and_charts(tmp_path: Path) -> None:
         },
         "queries": {"runs": 5, "comparison": queries.compare(before, scanning, after), "adoption_seconds": 12.0},
         "curve": curve,
+        "adoption_failures": ["error: index x: deadlock"],
         "connections": {"max_connections": 200, "pool_size": 10, "runs": [run, {**run, "target": "direct"}]},
         "provisioning": {
             "resources": 900, "replicas": 0, "pulumi": "v3.260.0", "psql_floor": {"seconds": 2.0},
@@ -175,6 +176,7 @@ def test_the_report_renders_tables_and_charts(tmp_path: Path) -> None:
     assert "| job list | **not met** | met (0.0 %) | n/a (20.0x) | **not met** |" in text
     assert "| Index conditions under RLS, every class | 8 of 9 classes | **not met** |" in text
     assert "| job list | 3.00 | 70.00 |" in text  # the curve: p95 at scale 0.5, then 2
+    assert "took 12.0 s, in 2 runs (a failed run keeps what it finished; each failed with: `error: index x" in text
     assert "| Pooled simple read p95 < 20 ms (paced) | p95 4.00 ms | met |" in text
     charts = {"queries.png", "latency.png", "provisioning.png", "curve.png"}
     assert charts <= {path.name for path in tmp_path.glob("*.png")}
