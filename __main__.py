@@ -4,10 +4,10 @@ from pathlib import Path
 
 from components.database.layer import DatabaseLayer
 from components.outputs import export_outputs
-from components.platform import build_platform
+from components.platform.build import build_platform
 from config import load_settings
 
 settings = load_settings(Path(__file__).parent)
 platform = build_platform("thorbis", settings)
 database = DatabaseLayer("thorbis", platform.connection, settings)
-export_outputs(settings, platform.connection)
+export_outputs(platform.connection)

@@ -36,8 +36,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from components.database.model import load_schema
-from components.database.search import explain_matcher, load_searches
+from components.database.declared.model import load_schema
+from components.database.declared.search import explain_matcher, load_searches
 
 Params = dict[str, Any]
 SEARCHES = load_searches(load_schema())

@@ -20,9 +20,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from components.database.model import IndexData, bounded, load_schema
-from components.database.search import SearchData, load_searches
-from tests.e2e.conftest import LiveStack
+from components.connection import LOOPBACK
+from components.database.base import bounded
+from components.database.declared.model import IndexData, load_schema
+from components.database.declared.search import SearchData, load_searches
+from testbed.stacks import LiveStack
 from tests.e2e.plans import leave_only_indexes
 from tests.e2e.rows import (
     Synthesizer,
@@ -75,7 +77,7 @@ def tenants(admin: Conn) -> Tenants:
 
 def authenticator(stack: LiveStack, port: int | None = None) -> Conn:
     return psycopg.connect(
-        host="127.0.0.1",
+        host=LOOPBACK,
         port=port or stack.postgres_port,
         user="authenticator",
         password=stack.passwords["authenticatorPassword"],

@@ -21,8 +21,8 @@ import psycopg
 import pytest
 
 from bench import generate, queries
-from components.database.search import SearchData, explain_matcher
-from tests.e2e.conftest import LiveStack
+from components.database.declared.search import SearchData, explain_matcher
+from testbed.stacks import LiveStack
 from tests.e2e.plans import leave_only_indexes
 
 pytestmark = pytest.mark.e2e

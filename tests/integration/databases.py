@@ -12,12 +12,13 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from components.connection import ConnectionSpec, Endpoint
-from components.kind import Kind, Spec
+from components.kind import Kind, Observed, Spec, Status, reported
 from components.platform.local.postgres import PostgresServerKind, PostgresServerSpec
+from components.platform.local.postgres_files import SUPERUSER
 from components.provider import spec_fields
-from tests.support import free_port, reachable_state_dir
+from testbed.support import free_port, reachable_state_dir
 
-KindT = TypeVar("KindT", bound=Kind[Any])
+KindT = TypeVar("KindT", bound=Kind[Any, Any])
 Query = str | sql.Composable
 
 
@@ -30,7 +31,7 @@ class Database:
     def kind(self, kind_type: type[KindT], lock_timeout: str = "5s") -> KindT:
         kind = kind_type()
         kind.provider_config = {
-            "connection": self.connection.to_property(),
+            "connection": self.connection.model_dump(mode="json"),
             "lockTimeout": lock_timeout,
             "allowDataLoss": False,
         }
@@ -39,7 +40,7 @@ class Database:
     def connect(self, user: str | None = None, password: str | None = None, **options: Any) -> psycopg.Connection:
         """Autocommit, as the admin role unless another login is given."""
         login = {"user": user, "password": password} if user else {}
-        return psycopg.connect(**{**self.connection.admin_conninfo(), **login, **options}, autocommit=True)
+        return psycopg.connect(**{**self.connection.conninfo(), **login, **options}, autocommit=True)
 
     def execute(self, statement: Query, params: tuple[Any, ...] | None = None) -> None:
         with self.connect() as conn:
@@ -63,9 +64,9 @@ class Database:
 def local_connection(port: int, database: str, password: str) -> ConnectionSpec:
     return ConnectionSpec(
         platform="local",
-        primary=Endpoint("127.0.0.1", port),
+        primary=Endpoint.loopback(port),
         database=database,
-        admin_user="postgres",
+        admin_user=SUPERUSER,
         admin_password=password,
         sslmode="disable",
     )
@@ -96,10 +97,19 @@ def declared(spec: Spec, **outputs: Any) -> dict[str, Any]:
     return {**spec.model_dump(by_alias=True, mode="json"), **outputs}
 
 
-def changes(kind: Kind[Any], spec: Spec, observed: dict[str, Any] | None) -> list[str]:
+def recorded(spec: Spec, *steps: Status | Observed[Any] | None) -> dict[str, Any]:
+    """What Pulumi keeps for an object: the inputs check() recorded, then what each step reported (a
+    create's or update's status, a refresh's observation), the latest last."""
+    state = declared(spec)
+    for step in steps:
+        state.update(reported(step) if step is not None else {})
+    return state
+
+
+def changes(kind: Kind[Any, Any], spec: Spec, observed: Observed[Any] | None) -> list[str]:
     """What the provider's diff would report after a refresh that observed `observed`."""
     assert observed is not None, "the object is gone"
     inputs = declared(spec)
-    state = {**inputs, **observed}
+    state = recorded(spec, observed)
     changed = [key for key in spec_fields(kind) if state.get(key) != inputs.get(key)]
-    return changed + [key for key in kind.drifted(state, spec) if key not in changed]
+    return changed + [key for key in kind.drifted(kind.status_of(state), spec) if key not in changed]

@@ -18,15 +18,12 @@ import pytest
 from psycopg import sql
 
 from components.database.conversion import convert_to_partitioned, drop_unpartitioned
-from components.database.model import load_schema
-from components.database.partitioning import (
-    PartitionGuardKind,
-    PartitionGuardSpec,
-    PartitionSetKind,
-    PartitionSetSpec,
-)
-from components.database.table import ColumnSpec, PartitionSpec, TableKind, TableSpec, create_statement
-from components.kind import ProviderError
+from components.database.declared.model import load_schema
+from components.database.kinds.partition_guard import PartitionGuardKind, PartitionGuardSpec, PartitionGuardStatus
+from components.database.kinds.partition_set import PartitionSetKind, PartitionSetSpec, PartitionSetStatus
+from components.database.kinds.table import TableKind
+from components.database.table_shape import ColumnSpec, PartitionSpec, TableSpec, create_statement
+from components.kind import Observed, ProviderError
 from tests.integration.databases import Database, changes, database_server
 
 PASSWORD = "it-Partman'pass:0123"
@@ -132,7 +129,9 @@ def test_registration_premakes_and_takes_over_our_default_partition(events: Data
     kind = db.kind(PartitionSetKind)
     resource_id, outputs = kind.create(EVENTS_SET)
     assert resource_id == "public.events"
-    assert outputs == {"infiniteTimePartitions": True, "ignoreDefaultData": True}
+    assert outputs == PartitionSetStatus(
+        infinite_time_partitions=True, ignore_default_data=True, partition_interval="1 mon"
+    )
 
     made = partitions(db, "events")
     assert {f"events_p{month_suffix(db, offset)}" for offset in range(-3, 4)} | {"events_default"} == set(made)
@@ -148,6 +147,19 @@ def test_registration_premakes_and_takes_over_our_default_partition(events: Data
     assert changes(kind, EVENTS_SET, kind.observe(resource_id, EVENTS_SET)) == []
     kind.update(resource_id, {}, EVENTS_SET)  # a second up changes nothing
     assert set(partitions(db, "events")) == set(made)
+
+
+def test_a_long_named_table_gets_its_default_partition_under_pg_partmans_name(database: Database) -> None:
+    """The Table kind, the PartitionSet kind and the conversion name the default partition alike: as
+    pg_partman's check_name_length does, which cuts the table's name to fit the suffix into 63 bytes."""
+    name = "events_of_a_tenant_with_a_name_long_enough_to_be_cut_by_partman"[:60]
+    database.kind(TableKind).create(EVENTS.model_copy(update={"name": name}))
+    try:
+        expected = database.scalar("SELECT partman.check_name_length(%s, '_default')", (name,))
+        assert expected != f"{name}_default"[:63]  # PostgreSQL's own truncation would name it otherwise
+        assert set(partitions(database, name)) == {expected}
+    finally:
+        database.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier("public", name)))
 
 
 def test_part_config_drift_is_seen_and_repaired(events: Database) -> None:
@@ -171,7 +183,7 @@ def test_partitions_made_by_maintenance_as_another_role_get_forced_rls(events: D
     kind = db.kind(PartitionSetKind)
     more = EVENTS_SET.model_copy(update={"premake": 5})
     kind.update("public.events", {}, more)
-    with psycopg.connect(**{**db.connection.admin_conninfo(), "user": "maint", "password": MAINT_PASSWORD}) as maint:
+    with psycopg.connect(**{**db.connection.conninfo(), "user": "maint", "password": MAINT_PASSWORD}) as maint:
         assert maint.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone() == (False,)
         maint.execute("SELECT partman.run_maintenance(p_parent_table := 'public.events', p_jobmon := false)")
         maint.execute(  # and a partition made by hand
@@ -184,12 +196,10 @@ def test_partitions_made_by_maintenance_as_another_role_get_forced_rls(events: D
     assert "events_manual" in made
     assert {name: state for name, state in made.items() if state != (True, True, OWNER)} == {}
     guard = db.kind(PartitionGuardKind)
-    assert guard.observe("guard", PartitionGuardSpec()) == {
-        **PartitionGuardSpec().model_dump(by_alias=True),
-        "enabled": True,
-        "current": True,
-        "unsecuredPartitions": 0,
-    }
+    secured = PartitionGuardStatus(enabled=True, current=True, unsecured_partitions=0)
+    assert guard.observe("guard", PartitionGuardSpec()) == Observed(
+        PartitionGuardSpec().model_dump(by_alias=True), secured
+    )
     db.execute("DROP TABLE public.events_manual")
 
     # through the parent a company sees its rows; a partition read directly shows nothing

@@ -6,9 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from components.platform.local import archive_settings, backup_repository, check_backup_directory, postgres_settings
+from components.platform.local.platform import (
+    archive_settings,
+    backup_repository,
+    check_backup_directory,
+    postgres_settings,
+)
 from config import ConfigError
-from tests.unit.test_config import ROOT, Stack
+from tests.conftest import ROOT
+from tests.unit.test_config import Stack
 
 
 def test_backups_are_on_by_default_under_the_state_dir() -> None:

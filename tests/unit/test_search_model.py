@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
-from components.database.model import load_schema
-from components.database.search import SEARCH_FILE, SearchData, SearchModel, load_searches
-from components.database.tenancy import COMPANY_HELPER
+from components.database.declared.model import load_schema
+from components.database.declared.search import SEARCH_FILE, SearchData, SearchModel, load_searches
+from components.database.declared.tenancy import COMPANY_HELPER
 
 SCHEMA = load_schema()
 MODEL = load_searches(SCHEMA)

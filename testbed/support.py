@@ -1,0 +1,142 @@
+"""Free ports, a state directory the postgres OS user can reach, processes, copies of the program."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+import yaml
+
+from components.connection import LOOPBACK
+
+_handed_out: set[int] = set()
+_random = random.Random()  # its own: a test plugin that seeds `random` would make every run pick the same ports
+
+
+def _ephemeral_floor() -> int:
+    """The kernel hands ports from here up to outgoing connections (clients of the servers under test)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, never the same twice in one test run.
+
+    Chosen below the ephemeral range: a port the kernel picked with bind(0) is in that range, and any
+    client connection opened before the server starts may take it (a CI run lost a stack that way).
+    """
+    floor = _ephemeral_floor()
+    ceiling = floor - 2 if floor > 12000 else 65000
+    while True:
+        port = _random.randrange(10000, ceiling)
+        if port in _handed_out or port + 1 in _handed_out or port - 1 in _handed_out:
+            continue
+        if _bindable(port):
+            _handed_out.add(port)
+            return port
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind((LOOPBACK, port))
+        except OSError:
+            return False
+    return not listening(port)
+
+
+def free_ports(count: int) -> list[int]:
+    return [free_port() for _ in range(count)]
+
+
+@contextmanager
+def reachable_state_dir(prefix: str = "thorbis-test-") -> Iterator[Path]:
+    """A directory the postgres OS user can traverse (pytest's tmp_path is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=os.environ.get("THORBIS_TEST_TMP", "/tmp")))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        kill_processes_under(path)  # a test that failed before its destroy must not leave servers running
+        subprocess.run(["rm", "-rf", str(path)], check=False)
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex((LOOPBACK, port)) == 0
+
+
+def processes_under(path: Path) -> list[str]:
+    """Command lines of live processes that mention `path` or run in it (servers started for a test)."""
+    return [cmdline for _, cmdline in live_processes_under(path)]
+
+
+def live_processes_under(path: Path) -> list[tuple[int, str]]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().split(") ", 1)[-1]
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if (str(path) in cmdline or cwd.startswith(str(path))) and not state.startswith("Z"):
+            found.append((int(entry.name), cmdline.strip()))
+    return found
+
+
+def kill_processes_under(path: Path) -> None:
+    for pid, _ in live_processes_under(path):
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+#: What a copy of the program needs to run as its own Pulumi project.
+PROJECT_PARTS = ("Pulumi.yaml", "__main__.py", "components", "config", "provider", "sql")
+#: Data files of objects that read the tables (file -> its list of them): emptied with sql/schema.
+OBJECTS_ON_TABLES = {
+    "reporting.yaml": "materialized_views",
+    "maintenance.yaml": "procedures",
+    "jobs.yaml": "jobs",
+    "search.yaml": "searches",
+}
+
+
+def copy_project(destination: Path, parts: tuple[str, ...] = PROJECT_PARTS) -> Path:
+    """A copy of the program (sharing the virtualenv), so a test or a benchmark can change its data, or
+    use stack names of ours, without touching the working tree."""
+    destination.mkdir(parents=True)
+    for part in parts:
+        source = PROJECT_ROOT / part
+        if source.is_dir():
+            shutil.copytree(source, destination / part, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, destination / part)
+    (destination / ".venv").symlink_to(PROJECT_ROOT / ".venv")
+    return destination
+
+
+def copy_project_without_tables(destination: Path) -> Path:
+    """The program with an empty sql/schema and nothing that reads tables: servers, roles, schemas and
+    extensions only (copy sql/ back to declare the rest)."""
+    copy_project(destination)
+    for schema_file in (destination / "sql" / "schema").glob("*.yaml"):
+        schema_file.unlink()
+    for name, objects in OBJECTS_ON_TABLES.items():
+        content = yaml.safe_load((destination / "sql" / name).read_text())
+        (destination / "sql" / name).write_text(yaml.safe_dump({**content, objects: []}, sort_keys=False))
+    return destination
