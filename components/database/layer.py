@@ -18,6 +18,7 @@ from components.database.declared.access import load_access
 from components.database.declared.model import TABLE_SCHEMA, TableData, load_schema
 from components.database.declared.operations import load_maintenance, load_monitoring
 from components.database.declared.reporting import load_reporting
+from components.database.declared.search import load_searches
 from components.database.declared.tenancy import tenant_policies
 from components.database.kinds.cron_job import CronJobKind
 from components.database.kinds.default_privileges import DefaultPrivilegesKind, DefaultPrivilegesSpec
@@ -102,6 +103,7 @@ class DatabaseLayer(pulumi.ComponentResource):
         self.tables = self.declare_tables([*functions, *self.extensions.values(), guard])
         partition_sets = self.declare_partition_sets(guard)
         procedures = self.declare_procedures()
+        self.declare_searches()
         tenant_views = self.declare_reporting()
         monitoring = self.declare_monitoring()
         self.declare_privileges([*self.roles.values(), *self.schemas.values(), *self.tables.values(), *tenant_views])
@@ -220,6 +222,14 @@ class DatabaseLayer(pulumi.ComponentResource):
             )
             for spec in load_maintenance().procedure_specs(self.access.owner)
         ]
+
+    def declare_searches(self) -> None:
+        """The tenant-scoped searches of sql/search.yaml, after the tables they read: each matcher, then
+        the function applications call, which calls it."""
+        searches = load_searches(self.schema)
+        after = [self.roles[searches.owner], *self.schemas.values(), *self.tables.values()]
+        for spec in searches.function_specs(self.access.owner):
+            after.append(declare(FunctionKind, f"function-{spec.schema_name}-{spec.name}", spec, self.options(after)))
 
     def declare_reporting(self) -> list[pulumi.Resource]:
         """Materialized views (no RLS: readable whole by `reporting` only) and the tenant views applications

@@ -55,6 +55,7 @@ CREATE ROLE anon NOLOGIN;
 CREATE ROLE authenticated NOLOGIN;
 CREATE ROLE service_role NOLOGIN BYPASSRLS;
 CREATE ROLE reporting_owner NOLOGIN BYPASSRLS;
+CREATE ROLE search_owner NOLOGIN BYPASSRLS;
 CREATE ROLE reporting LOGIN BYPASSRLS PASSWORD {password};
 CREATE ROLE authenticator LOGIN NOINHERIT PASSWORD {password} IN ROLE anon, authenticated, service_role;
 CREATE SCHEMA app AUTHORIZATION thorbis_owner;

@@ -75,6 +75,7 @@ class IndexData(Data):
     keys: list[str]
     method: Literal["btree", "gin", "gist", "hash", "brin"] = "btree"
     unique: bool = False
+    include: list[str] = Field(default_factory=list, description="Columns stored in the index (index-only scans).")
     where: str | None = None
     serves: str | None = Field(default=None, description="The query this index is for.")
 
@@ -214,6 +215,7 @@ class TableData(Data):
                 keys=index.keys,
                 method=index.method,
                 unique=index.unique,
+                include=index.include,
                 where=index.where,
             )
             for index in self.indexes

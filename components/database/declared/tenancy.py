@@ -8,7 +8,8 @@ from components.database.base import bounded
 from components.database.declared.model import TABLE_SCHEMA, SchemaModel, TableData
 from components.database.kinds.policy import Command, PolicySpec
 
-CURRENT_COMPANY = "(SELECT app.current_company_id())"
+COMPANY_HELPER = "app.current_company_id()"
+CURRENT_COMPANY = f"(SELECT {COMPANY_HELPER})"
 TENANT_ROLES = ["authenticated"]
 
 
