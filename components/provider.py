@@ -205,7 +205,7 @@ class ThorbisProvider(Provider):
             )
         spec = self.declared_spec(kind, state)
         try:
-            observed = await self.run(lambda: kind.observe(request.resource_id, spec))
+            observed = await self.run(lambda: kind.observe(request.resource_id, spec, kind.status_of(state)))
         except Unreachable as error:
             # A server that is down (the drift `refresh` reports on the server itself) hides its objects:
             # they are kept as recorded rather than reported gone.
@@ -234,8 +234,9 @@ class ThorbisProvider(Provider):
 
     async def delete(self, request: DeleteRequest) -> None:
         kind = self.kind_of(request.type)
-        spec = self.declared_spec(kind, plain_map(request.properties))
-        await self.run(lambda: kind.delete(request.resource_id, spec))
+        state = plain_map(request.properties)
+        spec = self.declared_spec(kind, state)
+        await self.run(lambda: kind.delete(request.resource_id, spec, kind.status_of(state)))
 
 
 def main() -> None:

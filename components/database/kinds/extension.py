@@ -123,7 +123,9 @@ class ExtensionKind(DatabaseKind[ExtensionSpec, ExtensionStatus]):
         spec = self.target.connection
         return f"the {spec.platform} server {spec.primary.host}:{spec.primary.port} (database {spec.database})"
 
-    def observe(self, resource_id: str, spec: ExtensionSpec) -> Observed[ExtensionStatus] | None:
+    def observe(
+        self, resource_id: str, spec: ExtensionSpec, recorded: ExtensionStatus | None = None
+    ) -> Observed[ExtensionStatus] | None:
         with connect(self.target) as conn:
             live = read_extension(conn, spec.name)
         if live is None:
@@ -154,7 +156,7 @@ class ExtensionKind(DatabaseKind[ExtensionSpec, ExtensionStatus]):
         assert now is not None
         return now
 
-    def delete(self, resource_id: str, spec: ExtensionSpec) -> None:
+    def delete(self, resource_id: str, spec: ExtensionSpec, recorded: ExtensionStatus | None = None) -> None:
         with connect(self.target) as conn:
             if read_extension(conn, spec.name) is None:
                 return

@@ -296,7 +296,7 @@ class GrantKind(DatabaseKind[GrantSpec, NoStatus]):
     token = TOKEN
     spec_type = GrantSpec
 
-    def observe(self, resource_id: str, spec: GrantSpec) -> Observed[NoStatus] | None:
+    def observe(self, resource_id: str, spec: GrantSpec, recorded: NoStatus | None = None) -> Observed[NoStatus] | None:
         with connect(self.target) as conn:
             grantee = role_oid(conn, spec.grantee)
             if grantee is None:
@@ -323,7 +323,7 @@ class GrantKind(DatabaseKind[GrantSpec, NoStatus]):
             self.apply(conn, grant_operations(conn, spec, old), what=f"grant {grant_id(spec)}")
         return NoStatus()
 
-    def delete(self, resource_id: str, spec: GrantSpec) -> None:
+    def delete(self, resource_id: str, spec: GrantSpec, recorded: NoStatus | None = None) -> None:
         with connect(self.target) as conn:
             if role_oid(conn, spec.grantee) is None:
                 return

@@ -253,7 +253,9 @@ class MaterializedViewKind(DatabaseKind[MaterializedViewSpec, MaterializedViewSt
     spec_type = MaterializedViewSpec
     status_type = MaterializedViewStatus
 
-    def observe(self, resource_id: str, spec: MaterializedViewSpec) -> Observed[MaterializedViewStatus] | None:
+    def observe(
+        self, resource_id: str, spec: MaterializedViewSpec, recorded: MaterializedViewStatus | None = None
+    ) -> Observed[MaterializedViewStatus] | None:
         with connect(self.target) as conn:
             return observed(conn, spec)
 
@@ -301,7 +303,9 @@ class MaterializedViewKind(DatabaseKind[MaterializedViewSpec, MaterializedViewSt
                 "nothing was changed. Change or remove those views first, then run `pulumi up` again"
             ) from error
 
-    def delete(self, resource_id: str, spec: MaterializedViewSpec) -> None:
+    def delete(
+        self, resource_id: str, spec: MaterializedViewSpec, recorded: MaterializedViewStatus | None = None
+    ) -> None:
         drop = sql.SQL("DROP MATERIALIZED VIEW IF EXISTS {} RESTRICT").format(qualified(spec.schema_name, spec.name))
         with connect(self.target) as conn:
             what = f"drop materialized view {spec.schema_name}.{spec.name}"

@@ -147,7 +147,9 @@ class PartitionGuardKind(DatabaseKind[PartitionGuardSpec, PartitionGuardStatus])
     spec_type = PartitionGuardSpec
     status_type = PartitionGuardStatus
 
-    def observe(self, resource_id: str, spec: PartitionGuardSpec) -> Observed[PartitionGuardStatus] | None:
+    def observe(
+        self, resource_id: str, spec: PartitionGuardSpec, recorded: PartitionGuardStatus | None = None
+    ) -> Observed[PartitionGuardStatus] | None:
         with connect(self.target) as conn:
             return read_guard(conn, spec)
 
@@ -168,7 +170,7 @@ class PartitionGuardKind(DatabaseKind[PartitionGuardSpec, PartitionGuardStatus])
             self.apply(conn, shared(secure_statements(unsecured)), what="secure partitions")
             return SECURED
 
-    def delete(self, resource_id: str, spec: PartitionGuardSpec) -> None:
+    def delete(self, resource_id: str, spec: PartitionGuardSpec, recorded: PartitionGuardStatus | None = None) -> None:
         drop = [
             sql.SQL("DROP EVENT TRIGGER IF EXISTS {}").format(sql.Identifier(spec.name)),
             sql.SQL("DROP FUNCTION IF EXISTS {}()").format(qualified(spec.schema_name, spec.function_name)),

@@ -260,7 +260,9 @@ class PartitionSetKind(DatabaseKind[PartitionSetSpec, PartitionSetStatus]):
     spec_type = PartitionSetSpec
     status_type = PartitionSetStatus
 
-    def observe(self, resource_id: str, spec: PartitionSetSpec) -> Observed[PartitionSetStatus] | None:
+    def observe(
+        self, resource_id: str, spec: PartitionSetSpec, recorded: PartitionSetStatus | None = None
+    ) -> Observed[PartitionSetStatus] | None:
         with connect(self.target) as conn:
             live = read_config(conn, partman_schema(conn), spec)
         return None if live is None else observed_config(live, spec)
@@ -289,7 +291,7 @@ class PartitionSetKind(DatabaseKind[PartitionSetSpec, PartitionSetStatus]):
         assert live is not None
         return config_status(live)
 
-    def delete(self, resource_id: str, spec: PartitionSetSpec) -> None:
+    def delete(self, resource_id: str, spec: PartitionSetSpec, recorded: PartitionSetStatus | None = None) -> None:
         """Forget the set in pg_partman; every partition and row stays (and the Table still owns them)."""
         with connect(self.target) as conn:
             operations = forget_operations(conn, partman_schema(conn), spec)

@@ -266,7 +266,9 @@ class RoleKind(DatabaseKind[RoleSpec, RoleStatus]):
     spec_type = RoleSpec
     status_type = RoleStatus
 
-    def observe(self, resource_id: str, spec: RoleSpec) -> Observed[RoleStatus] | None:
+    def observe(
+        self, resource_id: str, spec: RoleSpec, recorded: RoleStatus | None = None
+    ) -> Observed[RoleStatus] | None:
         with connect(self.target) as conn:
             live = read_role(conn, spec.name)
         return None if live is None else observed(live, spec)
@@ -287,7 +289,7 @@ class RoleKind(DatabaseKind[RoleSpec, RoleStatus]):
         assert now is not None
         return live is not None, status(now, spec)
 
-    def delete(self, resource_id: str, spec: RoleSpec) -> None:
+    def delete(self, resource_id: str, spec: RoleSpec, recorded: RoleStatus | None = None) -> None:
         if spec.adopt_existing:  # the platform's role: it outlives the stack
             return
         with connect(self.target) as conn:

@@ -41,7 +41,9 @@ class SchemaKind(DatabaseKind[SchemaSpec, SchemaStatus]):
     spec_type = SchemaSpec
     status_type = SchemaStatus
 
-    def observe(self, resource_id: str, spec: SchemaSpec) -> Observed[SchemaStatus] | None:
+    def observe(
+        self, resource_id: str, spec: SchemaSpec, recorded: SchemaStatus | None = None
+    ) -> Observed[SchemaStatus] | None:
         with connect(self.target) as conn:
             owner = scalar(conn, "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = %s", (spec.name,))
         return None if owner is None else Observed({"owner": owner.strip('"')}, SchemaStatus())
@@ -57,7 +59,7 @@ class SchemaKind(DatabaseKind[SchemaSpec, SchemaStatus]):
             self.apply(conn, shared([owner_statement(spec)]), what=f"schema {spec.name}")
         return SchemaStatus()
 
-    def delete(self, resource_id: str, spec: SchemaSpec) -> None:
+    def delete(self, resource_id: str, spec: SchemaSpec, recorded: SchemaStatus | None = None) -> None:
         with connect(self.target) as conn:
             objects = scalar(
                 conn,

@@ -309,7 +309,9 @@ class TableKind(DatabaseKind[TableSpec, TableStatus]):
     status_type = TableStatus
     deleting_loses = "table {name} would be dropped with its rows"
 
-    def observe(self, resource_id: str, spec: TableSpec) -> Observed[TableStatus] | None:
+    def observe(
+        self, resource_id: str, spec: TableSpec, recorded: TableStatus | None = None
+    ) -> Observed[TableStatus] | None:
         with connect(self.target) as conn:
             return observed(conn, spec)
 
@@ -406,7 +408,7 @@ class TableKind(DatabaseKind[TableSpec, TableStatus]):
                 "fix those rows, then run `pulumi up` again (nothing was changed)"
             )
 
-    def delete(self, resource_id: str, spec: TableSpec) -> None:
+    def delete(self, resource_id: str, spec: TableSpec, recorded: TableStatus | None = None) -> None:
         relation = qualified(spec.schema_name, spec.name)
         with connect(self.target) as conn:
             if read_table(conn, spec.schema_name, spec.name) is None:

@@ -62,7 +62,9 @@ class ExternalPostgresKind(Kind[ExternalPostgresSpec, ExternalPostgresStatus]):
         params = conninfo_to_dict(spec.dsn)
         return f"{params.get('host')}:{params.get('port', 5432)}/{params.get('dbname')}", inspect(spec)
 
-    def observe(self, resource_id: str, spec: ExternalPostgresSpec) -> Observed[ExternalPostgresStatus] | None:
+    def observe(
+        self, resource_id: str, spec: ExternalPostgresSpec, recorded: ExternalPostgresStatus | None = None
+    ) -> Observed[ExternalPostgresStatus] | None:
         try:
             return Observed({}, inspect(spec))
         except ProviderError:
@@ -71,5 +73,7 @@ class ExternalPostgresKind(Kind[ExternalPostgresSpec, ExternalPostgresStatus]):
     def update(self, resource_id: str, old: dict[str, Any], spec: ExternalPostgresSpec) -> ExternalPostgresStatus:
         return inspect(spec)
 
-    def delete(self, resource_id: str, spec: ExternalPostgresSpec) -> None:
+    def delete(
+        self, resource_id: str, spec: ExternalPostgresSpec, recorded: ExternalPostgresStatus | None = None
+    ) -> None:
         """The server is not ours: forgetting it is all that delete does."""
