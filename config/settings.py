@@ -475,7 +475,8 @@ class StackSettings(Spec):
     authenticator_password: Password | None = setting(
         None,
         "Password of `authenticator`, the role applications log in as (they then SET LOCAL ROLE authenticated); "
-        "required on every platform. Secret; default unset.",
+        "required on local and docker; on external only where the server lacks the role (Supabase has it, and "
+        "its password is never changed). Secret; default unset.",
         SECRET_ALLOWED,
     )
     reporting_password: Password | None = setting(

@@ -39,6 +39,8 @@ class Operation:
     #: Run (outside a transaction) before a retry, to undo what a failed attempt left: the INVALID index of
     #: a CONCURRENTLY build that hit a lock timeout.
     cleanup: Statement | None = None
+    #: It carries a secret (a password's verifier): its text is never shown, in an error either.
+    secret: bool = False
 
     def render(self, context: psycopg.Connection | None = None) -> str:
         return self.statement.as_string(context)
@@ -56,12 +58,12 @@ def render(operations: Iterable[Operation]) -> list[str]:
 def apply(conn: psycopg.Connection, operations: Iterable[Operation], lock_timeout: str, what: str) -> None:
     """Run a plan in order: each run of adjacent SHARED operations in one transaction, each OWN one in its
     own transaction, each NONE one outside a transaction."""
-    batch: list[Statement] = []
+    batch: list[Operation] = []
     for operation in operations:
         if operation.transaction is Transaction.SHARED:
-            batch.append(operation.statement)
+            batch.append(operation)
             continue
-        run_ddl(conn, batch, lock_timeout, what=what)
+        run_shared(conn, batch, lock_timeout, what)
         batch = []
         run_ddl(
             conn,
@@ -70,8 +72,14 @@ def apply(conn: psycopg.Connection, operations: Iterable[Operation], lock_timeou
             transactional=operation.transaction is Transaction.OWN,
             what=what,
             before_retry=cleanup_step(conn, operation.cleanup, lock_timeout),
+            secret=operation.secret,
         )
-    run_ddl(conn, batch, lock_timeout, what=what)
+    run_shared(conn, batch, lock_timeout, what)
+
+
+def run_shared(conn: psycopg.Connection, batch: list[Operation], lock_timeout: str, what: str) -> None:
+    statements = [operation.statement for operation in batch]
+    run_ddl(conn, statements, lock_timeout, what=what, secret=any(operation.secret for operation in batch))
 
 
 def cleanup_step(conn: psycopg.Connection, cleanup: Statement | None, lock_timeout: str) -> Callable[[], None] | None:

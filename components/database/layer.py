@@ -18,7 +18,7 @@ from components.database.declared.access import load_access
 from components.database.declared.model import TABLE_SCHEMA, TableData, load_schema
 from components.database.declared.operations import load_jobs, load_maintenance, load_monitoring
 from components.database.declared.reporting import load_reporting
-from components.database.declared.tenancy import tenant_policies
+from components.database.declared.tenancy import read_all_policy, tenant_policies
 from components.database.kinds.cron_job import CronJobKind
 from components.database.kinds.default_privileges import DefaultPrivilegesKind, DefaultPrivilegesSpec
 from components.database.kinds.extension import ExtensionKind, ExtensionSpec
@@ -108,9 +108,9 @@ class DatabaseLayer(pulumi.ComponentResource):
         return pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=after, **extra)  # type: ignore[arg-type]
 
     def declare_roles(self) -> dict[str, pulumi.Resource]:
-        adopt = self.settings.platform == "external"  # Supabase's own roles exist: adopt, never recreate
+        """Roles that exist already (Supabase's) are adopted and left as they are; the others are made."""
         declared: dict[str, pulumi.Resource] = {}
-        for role in self.access.roles:
+        for role, spec in zip(self.access.roles, self.access.role_specs(), strict=True):
             password = None
             if role.password:
                 secret = getattr(self.settings, _attribute(role.password))
@@ -118,7 +118,7 @@ class DatabaseLayer(pulumi.ComponentResource):
             declared[role.name] = declare(
                 RoleKind,
                 f"role-{role.name}",
-                {**fields_of(role.role_spec(adopt)), "password": password},
+                {**fields_of(spec), "password": password},
                 self.options([declared[m] for m in role.member_of if m in declared]),
             )
         return declared
@@ -174,7 +174,7 @@ class DatabaseLayer(pulumi.ComponentResource):
         trigger = data.updated_at_trigger()
         if trigger is not None:
             declare(TriggerKind, f"trigger-{data.name}-updated-at", trigger, self.options([table]))
-        for policy in tenant_policies(data, self.schema):
+        for policy in [*tenant_policies(data, self.schema), read_all_policy(data, self.access.read_all)]:
             declare(PolicyKind, f"policy-{policy.name}", policy, self.options([table]))
         self.indexes[data.name] = [
             declare(IndexKind, f"index-{index.name}", index, self.options([table]))

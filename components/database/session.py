@@ -83,11 +83,13 @@ def run_ddl(
     transactional: bool = True,
     what: str = "DDL",
     before_retry: Callable[[], None] | None = None,
+    secret: bool = False,
 ) -> None:
     """Run statements (in one transaction unless they must run outside one, like CONCURRENTLY).
 
     A lock timeout or a deadlock (DDL of parallel resources meeting a CONCURRENTLY build) is retried
     with backoff; outside a transaction, `before_retry` first undoes what the failed attempt left.
+    A `secret` batch (a password's verifier) fails with the server's message alone: no statement text.
     """
     batch = list(statements)
     if not batch:
@@ -100,11 +102,9 @@ def run_ddl(
             pass
         except (psycopg.errors.InternalError_, psycopg.errors.UniqueViolation) as error:
             if not (transactional and concurrent_catalog_update(error)):
-                raise ProviderError(f"{what} failed: {str(error).strip()}") from error
+                raise failure(conn, what, error, batch, secret) from None if secret else error
         except psycopg.Error as error:
-            only = batch[0] if len(batch) == 1 else None
-            statement_text = only.as_string(conn) if isinstance(only, sql.Composable) else f"{len(batch)} statements"
-            raise ProviderError(f"{what} failed: {str(error).strip()} (running {statement_text})") from error
+            raise failure(conn, what, error, batch, secret) from None if secret else error
         time.sleep(min(0.25 * 2**attempt, 4.0))
         if before_retry is not None:
             before_retry()
@@ -112,6 +112,18 @@ def run_ddl(
         f"{what}: could not take its lock within lock_timeout {lock_timeout} in {LOCK_ATTEMPTS} attempts; "
         "a long transaction holds the table: end it or raise thorbis:lockTimeout"
     )
+
+
+def failure(
+    conn: psycopg.Connection, what: str, error: psycopg.Error, batch: list[Statement | Deferred], secret: bool
+) -> ProviderError:
+    """The error a failed batch is reported as. A secret batch says the server's message and nothing else:
+    psycopg's own text can quote the statement (LINE 1: ...), and the exception it chains would carry it."""
+    if secret:
+        return ProviderError(f"{what} failed: {error.diag.message_primary or type(error).__name__}")
+    only = batch[0] if len(batch) == 1 else None
+    statement_text = only.as_string(conn) if isinstance(only, sql.Composable) else f"{len(batch)} statements"
+    return ProviderError(f"{what} failed: {str(error).strip()} (running {statement_text})")
 
 
 def execute_batch(

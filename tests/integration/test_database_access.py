@@ -44,14 +44,15 @@ class Server:
     def log(self) -> Path:
         return Path(self.spec.state_dir) / "postgres.log"
 
-    def kind(self, kind_type: type[KindT]) -> KindT:
+    def kind(self, kind_type: type[KindT], admin: str = "postgres", password: str = SUPERUSER_PASSWORD) -> KindT:
+        """The kind as the provider serves it, connecting as `admin` (the superuser unless given)."""
         kind = kind_type()
         connection = ConnectionSpec(
             platform="local",
             primary=Endpoint("127.0.0.1", self.spec.port),
             database=DATABASE,
-            admin_user="postgres",
-            admin_password=SUPERUSER_PASSWORD,
+            admin_user=admin,
+            admin_password=password,
         )
         kind.provider_config = {"connection": connection.to_property(), "lockTimeout": "5s", "allowDataLoss": False}
         return kind
@@ -211,30 +212,81 @@ def test_password_reaches_the_server_only_as_a_scram_verifier(server: Server, pa
     assert kind.observe(role_id, role) is None
 
 
-def test_existing_roles_are_adopted_and_platform_roles_never_dropped(server: Server) -> None:
+def test_an_existing_role_is_adopted_and_never_altered_or_dropped(server: Server) -> None:
+    """Supabase's authenticator, say: its attributes, password and memberships stay as they were; it only
+    gets the declared memberships it lacks, and destroy leaves it."""
     kind = server.kind(RoleKind)
-    platform_role = make_role(server, "it_anon")
-    spec = RoleSpec(name=platform_role, adopt_existing=True)
+    theirs, declared_group = make_role(server, "it_theirs"), make_role(server, "it_declared")
+    existing = make_role(server, "it_existing")
+    server.run("ALTER ROLE {role} LOGIN NOINHERIT CONNECTION LIMIT 3 PASSWORD 'it-Their-own-0123'", role=existing)
+    server.run("GRANT {group} TO {role}", group=theirs, role=existing)
+    before = server.scalar("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (existing,))
+    attributes = "SELECT (rolinherit, rolconnlimit, rolbypassrls)::text FROM pg_roles WHERE rolname = %s"
+    found = server.scalar(attributes, (existing,))
+    spec = RoleSpec(name=existing, login=True, password="it-Declared-0123", bypass_rls=True, member_of=[declared_group])
     role_id, outputs = kind.create(spec)
-    assert outputs.adopted is True
-    assert changes(kind, spec, kind.observe(role_id, spec)) == []
-    kind.delete(role_id, spec)
-    assert server.scalar("SELECT count(*) FROM pg_roles WHERE rolname = %s", (platform_role,)) == 1
+    assert outputs.adopted is True and outputs.password_matches is None
+    assert server.scalar("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (existing,)) == before
+    assert server.scalar(attributes, (existing,)) == found == "(f,3,f)"
+    assert server.scalar("SELECT pg_has_role(%s, %s, 'MEMBER')", (existing, theirs)) is True
+    assert server.scalar("SELECT pg_has_role(%s, %s, 'MEMBER')", (existing, declared_group)) is True
+    adopted = kind.status_of(outputs.wire())
+    assert changes(kind, spec, kind.observe(role_id, spec, adopted)) == []
+    kind.update(role_id, recorded(spec, outputs), spec)
+    assert server.scalar("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (existing,)) == before
+    kind.delete(role_id, spec, adopted)
+    assert server.scalar("SELECT count(*) FROM pg_roles WHERE rolname = %s", (existing,)) == 1
 
-    absent = RoleSpec(name=unique("it_absent"), adopt_existing=True)  # a plain server lacks Supabase's roles
-    absent_id, outputs = kind.create(absent)
+    made = RoleSpec(name=unique("it_made"), adopt_existing=True)  # never dropped, though the stack made it
+    made_id, outputs = kind.create(made)
     assert outputs.adopted is False
-    assert changes(kind, absent, kind.observe(absent_id, absent)) == []
-    kind.delete(absent_id, absent)  # maybe others use it now: the stack never drops a platform role
-    assert server.scalar("SELECT count(*) FROM pg_roles WHERE rolname = %s", (absent.name,)) == 1
+    kind.delete(made_id, made, kind.status_of(outputs.wire()))
+    assert server.scalar("SELECT count(*) FROM pg_roles WHERE rolname = %s", (made.name,)) == 1
 
-    leftover = make_role(server, "it_leftover")  # e.g. a stack whose state was lost: adopted and converged
-    wanted = RoleSpec(name=leftover, login=True)
-    leftover_id, outputs = kind.create(wanted)
-    assert outputs.adopted is True
-    assert changes(kind, wanted, kind.observe(leftover_id, wanted)) == []
-    kind.delete(leftover_id, wanted)
-    assert kind.observe(leftover_id, wanted) is None
+
+def test_a_created_role_has_exactly_its_declared_attributes_and_memberships(server: Server) -> None:
+    """Of a role the stack made, an undeclared attribute, group or member is drift that update revokes."""
+    kind = server.kind(RoleKind)
+    group, other_group, member, stranger = (make_role(server, prefix) for prefix in ("it_g", "it_og", "it_m", "it_s"))
+    spec = RoleSpec(name=unique("it_exact"), member_of=[group], members=[member], admin_member=True)
+    role_id, outputs = kind.create(spec)
+    assert outputs.adopted is False
+    server.run("GRANT {role} TO {member}", role=spec.name, member=member)  # the member declares it from its side
+    assert server.scalar("SELECT pg_has_role('postgres', %s, 'MEMBER')", (spec.name,)) is True
+    assert changes(kind, spec, kind.observe(role_id, spec)) == []
+
+    server.run("GRANT {group} TO {role}", group=other_group, role=spec.name)
+    server.run("GRANT {role} TO {stranger}", role=spec.name, stranger=stranger)
+    server.run("ALTER ROLE {role} CREATEDB", role=spec.name)
+    drifted = kind.observe(role_id, spec)
+    assert changes(kind, spec, drifted) == ["createDb", "memberOf", "members"]
+    assert drifted is not None and drifted.inputs["memberOf"] == [group, other_group]
+    assert drifted.inputs["members"] == [member, stranger]
+    kind.update(role_id, recorded(spec, outputs, drifted), spec)
+    assert changes(kind, spec, kind.observe(role_id, spec)) == []
+    assert server.scalar("SELECT pg_has_role(%s, %s, 'MEMBER')", (spec.name, other_group)) is False
+    assert server.scalar("SELECT pg_has_role(%s, %s, 'MEMBER')", (stranger, spec.name)) is False
+    assert server.scalar("SELECT pg_has_role(%s, %s, 'MEMBER')", (member, spec.name)) is True
+    server.run("REVOKE {role} FROM {member}", role=spec.name, member=member)
+    kind.delete(role_id, spec, kind.status_of(outputs.wire()))
+    assert server.scalar("SELECT count(*) FROM pg_roles WHERE rolname = %s", (spec.name,)) == 0
+
+
+def test_a_failed_create_role_never_shows_the_password_or_its_verifier(server: Server) -> None:
+    """As an admin that may create roles but is no superuser (Supabase's postgres): a BYPASSRLS role is
+    refused by PostgreSQL 15, and the error says so without the statement that carried the verifier."""
+    admin, admin_password = unique("it_admin"), "it-Admin-pass-0123"
+    server.run("CREATE ROLE {role} LOGIN CREATEROLE", role=admin)
+    server.run(f"ALTER ROLE {{role}} PASSWORD '{admin_password}'", role=admin)
+    password = "it-Never-shown-" + uuid.uuid4().hex[:8]
+    spec = RoleSpec(name=unique("it_bypass"), login=True, password=password, bypass_rls=True)
+    with pytest.raises(ProviderError) as refused:
+        server.kind(RoleKind, admin, admin_password).create(spec)
+    message = str(refused.value)
+    assert "must be superuser to create bypassrls users" in message
+    assert password not in message and "SCRAM-SHA-256" not in message
+    assert refused.value.__cause__ is None and refused.value.__suppress_context__
+    assert server.scalar("SELECT count(*) FROM pg_roles WHERE rolname = %s", (spec.name,)) == 0
 
 
 def test_a_role_that_owns_objects_is_not_dropped(server: Server) -> None:

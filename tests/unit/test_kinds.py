@@ -190,4 +190,4 @@ def test_every_object_the_layer_declares_is_a_valid_spec_of_its_kind() -> None:
     tables = [name for name, (typ, _) in made.items() if typ == "thorbisdb:db:Table"]
     policies = [name for name, (typ, _) in made.items() if typ == "thorbisdb:db:Policy"]
     assert sorted(tables) == sorted(f"table-{table.name}" for table in schema.tables)
-    assert len(policies) == 4 * len(schema.tables)
+    assert len(policies) == 5 * len(schema.tables)  # four tenant policies and the read_all one

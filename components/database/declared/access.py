@@ -23,8 +23,9 @@ class RoleData(Data):
     bypass_rls: bool = False
     password: str | None = Field(default=None, description="The config key holding its password.")
     member_of: list[str] = Field(default_factory=list)
+    admin_member: bool = Field(default=False, description="The admin the stack connects as is made a member.")
 
-    def role_spec(self, adopt_existing: bool) -> RoleSpec:
+    def role_spec(self, members: list[str]) -> RoleSpec:
         """The role without its password, which comes from the stack's config (the key `password` names)."""
         return RoleSpec(
             name=self.name,
@@ -32,7 +33,8 @@ class RoleData(Data):
             bypass_rls=self.bypass_rls,
             inherit=self.inherit,
             member_of=self.member_of,
-            adopt_existing=adopt_existing,
+            members=members,
+            admin_member=self.admin_member,
         )
 
 
@@ -77,11 +79,18 @@ class FunctionData(Data):
 class AccessModel(Data):
     owner: str
     roles: list[RoleData]
+    read_all: list[str] = Field(description="Roles that read every company's rows of every table, by a policy.")
     schemas: list[SchemaData]
     extensions: list[ExtensionData]
     schema_usage: dict[str, list[str]]
     table_privileges: dict[str, list[str]]
     functions: list[FunctionData]
+
+    def role_specs(self) -> list[RoleSpec]:
+        """Each role, with the roles that declare themselves its members."""
+        return [
+            role.role_spec([other.name for other in self.roles if role.name in other.member_of]) for role in self.roles
+        ]
 
 
 def load_access(path: Path = ACCESS_FILE) -> AccessModel:
