@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from components.connection import ConnectionSpec, Endpoint
 from components.database.base import DatabaseKind
+from components.database.declared.access import load_access
 from components.database.kinds.default_privileges import DefaultPrivilegesKind, DefaultPrivilegesSpec
 from components.database.kinds.extension import ExtensionKind, ExtensionSpec, ExtensionStatus
 from components.database.kinds.grant import GrantKind, GrantSpec
@@ -394,6 +395,26 @@ def test_grant_update_revokes_what_is_no_longer_declared(server: Server, app: st
     server.run("DROP ROLE {grantee}", grantee=grantee)
 
 
+def test_grant_delete_revokes_exactly_what_the_stack_granted(server: Server, app: str) -> None:
+    """As Supabase's USAGE on public for anon: a privilege the grantee held before the stack stays."""
+    kind = server.kind(GrantKind)
+    grantee = make_role(server, "it_api")
+    server.run("GRANT SELECT ON {schema}.jobs TO {grantee}", schema=app, grantee=grantee)
+    spec = GrantSpec(grantee=grantee, privileges=["SELECT", "INSERT"], object_type="table", schema_name=app,
+                     objects=["jobs", "invoices"])  # fmt: skip
+    grant_id, outputs = kind.create(spec)
+    assert outputs.granted == ["SELECT invoices", "INSERT jobs", "INSERT invoices"]
+    kind.delete(grant_id, spec, kind.status_of(outputs.wire()))
+
+    def has(table: str, privilege: str) -> bool:
+        return bool(server.scalar("SELECT has_table_privilege(%s, %s, %s)", (grantee, f"{app}.{table}", privilege)))
+
+    assert [has("jobs", "SELECT"), has("invoices", "SELECT"), has("jobs", "INSERT"), has("invoices", "INSERT")] == [
+        True, False, False, False,
+    ]  # fmt: skip
+    server.run("REVOKE SELECT ON {schema}.jobs FROM {grantee}; DROP ROLE {grantee}", schema=app, grantee=grantee)
+
+
 def test_grant_observes_a_dropped_object_and_a_dropped_grantee(server: Server, app: str) -> None:
     kind = server.kind(GrantKind)
     grantee = make_role(server, "it_api")
@@ -498,12 +519,20 @@ def test_extension_round_trip_schema_and_version(server: Server) -> None:
     assert kind.observe(extension_id, newer) is None
 
 
-def test_pg_cron_picks_its_schema_and_its_jobs_are_not_dropped_with_it(server: Server) -> None:
+def test_pg_cron_is_registered_in_pg_catalog_and_its_jobs_are_not_dropped_with_it(server: Server) -> None:
+    """As declared (sql/access.yaml) and as Supabase has it: the extension in pg_catalog, never in public;
+    its objects in its own schema, cron."""
     kind = server.kind(ExtensionKind)
-    spec = ExtensionSpec(name="pg_cron")
+    spec = next(ExtensionSpec(name=e.name, schema_name=e.schema_name) for e in load_access().extensions
+                if e.name == "pg_cron")  # fmt: skip
     extension_id, _ = kind.create(spec)
     assert changes(kind, spec, kind.observe(extension_id, spec)) == []
-    assert server.scalar("SELECT count(*) FROM pg_namespace WHERE nspname = 'cron'") == 1
+    assert server.scalar("SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'pg_cron'") == (
+        "pg_catalog"
+    )
+    assert server.scalar(
+        "SELECT count(*) FROM pg_proc WHERE proname = 'schedule' AND pronamespace = 'cron'::regnamespace"
+    )
 
     server.run("SELECT cron.schedule('it-never', '0 0 1 1 *', 'SELECT 1')")
     with pytest.raises(ProviderError, match=r"cron\.job hold rows"):
@@ -511,6 +540,38 @@ def test_pg_cron_picks_its_schema_and_its_jobs_are_not_dropped_with_it(server: S
     server.run("SELECT cron.unschedule('it-never')")
     kind.delete(extension_id, spec)
     assert kind.observe(extension_id, spec) is None
+
+
+def test_an_extension_installed_before_the_stack_is_never_moved_or_dropped(server: Server) -> None:
+    kind = server.kind(ExtensionKind)
+    theirs, declared_schema = unique("it_theirs"), unique("it_ours")
+    server.run("CREATE SCHEMA {theirs}; CREATE SCHEMA {ours}", theirs=theirs, ours=declared_schema)
+    server.run("CREATE EXTENSION ltree WITH SCHEMA {theirs}", theirs=theirs)
+    spec = ExtensionSpec(name="ltree", schema_name=declared_schema)
+    extension_id, outputs = kind.create(spec)
+    assert outputs.adopted is True and outputs.installed_schema == theirs
+    adopted = kind.status_of(outputs.wire())
+    assert changes(kind, spec, kind.observe(extension_id, spec, adopted)) == []
+    kind.update(extension_id, recorded(spec, outputs), spec)
+    kind.delete(extension_id, spec, adopted)
+    assert server.scalar("SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'ltree'") == theirs
+    server.run("DROP EXTENSION ltree")
+
+
+def test_an_extension_only_a_superuser_may_create_is_named_with_where_to_enable_it(server: Server) -> None:
+    admin, password = unique("it_admin"), "it-Admin-pass-0123"
+    server.run("CREATE ROLE {role} LOGIN CREATEROLE", role=admin)
+    server.run(f"ALTER ROLE {{role}} PASSWORD '{password}'", role=admin)
+    server.run(f"GRANT CREATE ON DATABASE {DATABASE} TO {{role}}", role=admin)
+    home = unique("it_home")
+    server.run("CREATE SCHEMA {home} AUTHORIZATION {role}", home=home, role=admin)
+    kind = server.kind(ExtensionKind, admin, password)
+    with pytest.raises(ProviderError, match=r"hypopg can only be created by a superuser.*Database > Extensions"):
+        kind.create(ExtensionSpec(name="hypopg", schema_name=home))
+    trusted = ExtensionSpec(name="pg_trgm", schema_name=home)  # a trusted extension needs no superuser
+    made, _ = kind.create(trusted)
+    kind.delete(made, trusted)
+    server.run("DROP SCHEMA {home}; DROP OWNED BY {role}; DROP ROLE {role}", home=home, role=admin)
 
 
 def test_a_missing_extension_is_named_with_what_to_install(server: Server) -> None:
