@@ -20,6 +20,7 @@ from components.database.kinds.partition_guard import PartitionGuardKind
 from components.database.kinds.partition_set import PartitionSetKind
 from components.database.kinds.policy import PolicyKind
 from components.database.kinds.role import RoleKind
+from components.database.kinds.row_security import RowSecurityKind
 from components.database.kinds.schema import SchemaKind
 from components.database.kinds.table import TableKind
 from components.database.kinds.trigger import TriggerKind
@@ -48,6 +49,7 @@ KINDS: tuple[type[Kind[Any, Any]], ...] = (
     FunctionKind,
     TableKind,
     PolicyKind,
+    RowSecurityKind,
     IndexKind,
     TriggerKind,
     ViewKind,

@@ -31,6 +31,7 @@ from components.database.kinds.partition_guard import PartitionGuardKind, Partit
 from components.database.kinds.partition_set import PartitionSetKind, PartitionSetSpec
 from components.database.kinds.policy import PolicyKind
 from components.database.kinds.role import RoleKind
+from components.database.kinds.row_security import RowSecurityKind, RowSecuritySpec
 from components.database.kinds.schema import SchemaKind, SchemaSpec
 from components.database.kinds.table import TableKind
 from components.database.kinds.trigger import TriggerKind
@@ -92,6 +93,7 @@ class DatabaseLayer(pulumi.ComponentResource):
             PartitionGuardKind, "partition-guard", PartitionGuardSpec(), self.options([self.schemas["app"]])
         )
         self.indexes: dict[str, list[pulumi.Resource]] = {}
+        self.row_security: dict[str, pulumi.Resource] = {}
         self.tables = self.declare_tables([*functions, *self.extensions.values(), guard])
         partition_sets = self.declare_partition_sets(guard)
         procedures = self.declare_procedures()
@@ -167,19 +169,28 @@ class DatabaseLayer(pulumi.ComponentResource):
                 self.options([*after, *referenced], protect=not self.settings.allow_data_loss),
             )
             tables[data.name] = table
-            self.declare_table_objects(data, table)
+            self.row_security[data.name] = self.declare_table_objects(data, table)
         return tables
 
-    def declare_table_objects(self, data: TableData, table: pulumi.Resource) -> None:
+    def declare_table_objects(self, data: TableData, table: pulumi.Resource) -> pulumi.Resource:
+        """Its trigger, policies and indexes; then its row level security, which drops any policy not declared
+        and turns RLS on only once the declared ones exist. Returns the latter."""
         trigger = data.updated_at_trigger()
         if trigger is not None:
             declare(TriggerKind, f"trigger-{data.name}-updated-at", trigger, self.options([table]))
-        for policy in [*tenant_policies(data, self.schema), read_all_policy(data, self.access.read_all)]:
-            declare(PolicyKind, f"policy-{policy.name}", policy, self.options([table]))
+        specs = [*tenant_policies(data, self.schema), read_all_policy(data, self.access.read_all)]
+        policies = [declare(PolicyKind, f"policy-{policy.name}", policy, self.options([table])) for policy in specs]
+        row_security = declare(
+            RowSecurityKind,
+            f"row-security-{data.name}",
+            RowSecuritySpec(schema_name=TABLE_SCHEMA, table=data.name, policies=[policy.name for policy in specs]),
+            self.options([table, *policies]),
+        )
         self.indexes[data.name] = [
             declare(IndexKind, f"index-{index.name}", index, self.options([table]))
             for index in [*data.declared_indexes(), *data.foreign_key_indexes()]
         ]
+        return row_security
 
     def declare_partition_sets(self, guard: pulumi.Resource) -> list[pulumi.Resource]:
         """pg_partman takes over each partitioned table once its indexes are built (it copies them)."""
@@ -231,7 +242,8 @@ class DatabaseLayer(pulumi.ComponentResource):
                 MaterializedViewKind,
                 f"materialized-view-{spec.name}",
                 spec,
-                self.options([schema, owner_access, self.roles[reporting.owner], *self.tables.values()]),
+                # a REFRESH reads the tables as the owner: through their policies (read_all), once RLS is on
+                self.options([schema, owner_access, self.roles[reporting.owner], *self.row_security.values()]),
             )
             for spec in reporting.materialized_view_specs()
         ]

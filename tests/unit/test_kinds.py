@@ -28,6 +28,7 @@ from components.database.ddl import Operation, Transaction
 from components.database.declared.model import load_schema
 from components.database.kinds.index import IndexKind, IndexSpec
 from components.database.kinds.partition_guard import PartitionGuardStatus
+from components.database.kinds.row_security import RowSecurityStatus
 from components.database.kinds.role import RoleKind, RoleSpec
 from components.database.kinds.table import TableStatus
 from components.database.layer import DatabaseLayer
@@ -117,8 +118,12 @@ def test_an_input_the_spec_does_not_have_is_refused_when_the_program_runs() -> N
 
 
 def test_drift_is_a_status_field_that_is_not_as_expected_and_unknown_is_not_drift() -> None:
-    assert TableStatus(row_level_security=False, not_validated=["fk"]).drift() == ["rowLevelSecurity", "notValidated"]
-    assert TableStatus(row_level_security=True, not_validated=[]).drift() == []
+    drifted = RowSecurityStatus(
+        enabled=False, undeclared_policies=["leak: PERMISSIVE FOR SELECT TO public USING (true)"]
+    )
+    assert drifted.drift() == ["enabled", "undeclaredPolicies"]
+    assert RowSecurityStatus(enabled=True, undeclared_policies=[]).drift() == []
+    assert TableStatus(not_validated=["fk"]).drift() == ["notValidated"]
     assert TableStatus().drift() == []  # a state recorded before the field existed
     assert PartitionGuardStatus(unsecured_partitions=2).drift() == ["unsecuredPartitions"]
     assert TableStatus(adopted=True).wire() == {"adopted": True}  # only what a step set is recorded

@@ -1,9 +1,12 @@
-"""thorbisdb:db:Table — a table: columns, keys, checks, foreign keys, row level security (enabled and forced).
+"""thorbisdb:db:Table — a table: columns, keys, checks, foreign keys, owner.
 
 Read the catalog into the spec's shape, compare, and close the gap with the smallest safe DDL:
-an existing table is adopted, never recreated; missing columns are added; constraints are added
-NOT VALID and then validated (no long lock for a full scan); NOT NULL goes through a validated CHECK.
-Dropping a column or a table, or changing a column's type, loses data: refused unless allowed.
+an existing table is adopted, never recreated, and keeps its owner; missing columns are added; constraints
+are added NOT VALID and then validated (no long lock for a full scan); NOT NULL goes through a validated
+CHECK. Dropping a column or a table, or changing a column's type, loses data: refused unless allowed, and
+an adopted table is never dropped. A new table is created with row level security enabled and forced in
+its CREATE transaction; an adopted one gets it from its RowSecurity (kinds/row_security.py), once its
+policies exist, so the application using it is never refused in between.
 """
 
 from __future__ import annotations
@@ -45,9 +48,6 @@ TOKEN = "thorbisdb:db:Table"
 
 class TableStatus(Status):
     adopted: bool | None = Field(default=None, description="The table existed before the stack declared it.")
-    row_level_security: Annotated[bool | None, Expect(True)] = Field(
-        default=None, description="Row level security is enabled and forced."
-    )
     not_validated: Annotated[list[str] | None, Expect([])] = Field(
         default=None,
         description="Declared checks and foreign keys that exist NOT VALID (rows may break them): `up` validates.",
@@ -65,9 +65,9 @@ def as_observed(declared: Spec, live: Spec | None, same: bool, validated: bool) 
     return (declared if same else live).model_dump(by_alias=True)
 
 
-def observed(conn: psycopg.Connection, spec: TableSpec) -> Observed[TableStatus] | None:
+def observed(conn: psycopg.Connection, spec: TableSpec, adopted: bool = False) -> Observed[TableStatus] | None:
     """The live table as a spec: where it matches the declared spec (as the server writes both), the
-    declared text is reported, so only real differences show as drift."""
+    declared text is reported, so only real differences show as drift. An adopted table's owner is its own."""
     live = read_table(conn, spec.schema_name, spec.name)
     if live is None:
         return None
@@ -102,14 +102,11 @@ def observed(conn: psycopg.Connection, spec: TableSpec) -> Observed[TableStatus]
         "uniques": [unique for unique in uniques if unique is not None],
         "checks": [check for check in checks if check is not None],
         "foreignKeys": [fk for fk in foreign_keys if fk is not None],
-        "owner": live.owner if spec.owner is not None else None,
+        "owner": spec.owner if adopted or spec.owner is None else live.owner,
         # a plain table adopted under a partitioned spec shows as drift: `up` converts it online
         "partition": spec.partition.model_dump(by_alias=True) if spec.partition and live.partitioned else None,
     }
-    status = TableStatus(
-        row_level_security=live.rls_enabled and live.rls_forced,
-        not_validated=[name for name in live.not_validated if name in declared_constraints],
-    )
+    status = TableStatus(not_validated=[name for name in live.not_validated if name in declared_constraints])
     return Observed(inputs, status)
 
 
@@ -195,7 +192,9 @@ def unique_index_operations(spec: TableSpec, unique: UniqueSpec) -> list[Operati
     return [Operation(drop, Transaction.NONE), Operation(build, Transaction.NONE, cleanup=drop)]
 
 
-def plan_changes(conn: psycopg.Connection, spec: TableSpec, live: LiveTable, dropped: list[str]) -> Plan:
+def plan_changes(
+    conn: psycopg.Connection, spec: TableSpec, live: LiveTable, dropped: list[str], adopted: bool = False
+) -> Plan:
     relation = qualified(spec.schema_name, spec.name)
     wanted_columns, wanted_checks = canonical(conn, spec)
     plan = Plan()
@@ -221,9 +220,7 @@ def plan_changes(conn: psycopg.Connection, spec: TableSpec, live: LiveTable, dro
     plan.data_loss += [f"column {name} would be dropped" for name in dropped if name in live.columns]
     plan.statements += [drop_column(spec, name) for name in dropped if name in live.columns]
     plan_constraints(plan, alter, spec, live, wanted_checks)
-    if not (live.rls_enabled and live.rls_forced):
-        plan.statements += rls_statements(relation)
-    if spec.owner is not None and live.owner != spec.owner:
+    if spec.owner is not None and live.owner != spec.owner and not adopted:
         plan.statements.append(alter + sql.SQL("OWNER TO {}").format(sql.Identifier(spec.owner)))
     return plan
 
@@ -313,7 +310,7 @@ class TableKind(DatabaseKind[TableSpec, TableStatus]):
         self, resource_id: str, spec: TableSpec, recorded: TableStatus | None = None
     ) -> Observed[TableStatus] | None:
         with connect(self.target) as conn:
-            return observed(conn, spec)
+            return observed(conn, spec, adopted=bool(recorded and recorded.adopted))
 
     def data_loss(self, old_inputs: dict[str, Any], spec: TableSpec) -> list[str]:
         losses = column_losses(
@@ -338,7 +335,7 @@ class TableKind(DatabaseKind[TableSpec, TableStatus]):
         with connect(self.target) as conn:
             existed = read_table(conn, spec.schema_name, spec.name) is not None
             if existed:  # the live database already has it: adopt, never recreate
-                self.converge(conn, spec, dropped=[])
+                self.converge(conn, spec, dropped=[], adopted=True)
             else:
                 self.apply(conn, create_operations(spec), what=f"create table {spec.schema_name}.{spec.name}")
             return f"{spec.schema_name}.{spec.name}", TableStatus(adopted=existed)
@@ -346,20 +343,22 @@ class TableKind(DatabaseKind[TableSpec, TableStatus]):
     def update(self, resource_id: str, old: dict[str, Any], spec: TableSpec) -> Observed[TableStatus]:
         declared_before = {column["name"] for column in old.get("columns", [])}
         dropped = sorted(declared_before - {column.name for column in spec.columns})
+        adopted = self.status_of(old).adopted is True
         with connect(self.target) as conn:
-            self.converge(conn, spec, dropped)
-            now = observed(conn, spec)  # what is there now, so drift recorded by a refresh is cleared
+            self.converge(conn, spec, dropped, adopted)
+            now = observed(conn, spec, adopted)  # what is there now, so drift recorded by a refresh is cleared
         assert now is not None
         return now
 
-    def converge(self, conn: psycopg.Connection, spec: TableSpec, dropped: list[str]) -> None:
+    def converge(self, conn: psycopg.Connection, spec: TableSpec, dropped: list[str], adopted: bool) -> None:
         live = read_table(conn, spec.schema_name, spec.name)
         assert live is not None
         if live.partitioned != (spec.partition is not None):
-            self.repartition(conn, spec, live)
+            # the partitioned copy of an adopted table keeps the owner the table had
+            self.repartition(conn, spec.model_copy(update={"owner": live.owner}) if adopted else spec, live)
             live = read_table(conn, spec.schema_name, spec.name)
             assert live is not None
-        plan = plan_changes(conn, spec, live, dropped)
+        plan = plan_changes(conn, spec, live, dropped, adopted)
         if plan.data_loss and not self.target.allow_data_loss:
             raise ProviderError(
                 f"table {spec.schema_name}.{spec.name}: refusing changes that lose data: {'; '.join(plan.data_loss)}. "
@@ -409,6 +408,8 @@ class TableKind(DatabaseKind[TableSpec, TableStatus]):
             )
 
     def delete(self, resource_id: str, spec: TableSpec, recorded: TableStatus | None = None) -> None:
+        if recorded is not None and recorded.adopted:  # the table and its rows were there before the stack
+            return
         relation = qualified(spec.schema_name, spec.name)
         with connect(self.target) as conn:
             if read_table(conn, spec.schema_name, spec.name) is None:
