@@ -30,10 +30,13 @@ class Marker:
 
 REPLACE = Marker("replace")
 SECRET = Marker("secret")
+ACCESS = Marker("access")
 #: An input whose change cannot be applied in place: the object is replaced.
 Replace = Annotated[T, REPLACE]
 #: An input or status field that holds a secret: always sent and returned as a secret, in `read` too.
 Secret = Annotated[T, SECRET]
+#: A status field that lists access beyond the declaration (a privilege, a policy): a risk, not only drift.
+Access = Annotated[T, ACCESS]
 
 
 @dataclass(frozen=True)

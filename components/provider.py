@@ -127,8 +127,9 @@ class ThorbisProvider(Provider):
         """The spec the object was last made from (older states: its input fields)."""
         declared = state.get(DECLARED)
         if not isinstance(declared, dict):
-            declared = {key: state[key] for key in spec_fields(kind) if key in state}
-        spec: Spec = kind.parse(declared)
+            declared = state
+        # an input a newer spec no longer has is left out: the object stays readable and deletable
+        spec: Spec = kind.parse({key: value for key, value in declared.items() if key in spec_fields(kind)})
         return spec
 
     async def run(self, work: Callable[[], T]) -> T:

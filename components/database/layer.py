@@ -8,7 +8,7 @@ It sees only the ConnectionSpec: which platform started the server is none of it
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pulumi
@@ -21,6 +21,7 @@ from components.database.declared.reporting import load_reporting
 from components.database.declared.tenancy import read_all_policy, tenant_policies
 from components.database.kinds.cron_job import CronJobKind
 from components.database.kinds.default_privileges import DefaultPrivilegesKind, DefaultPrivilegesSpec
+from components.database.kinds.exact_privileges import ExactPrivilegesKind, ExactPrivilegesSpec, managed_objects
 from components.database.kinds.extension import ExtensionKind, ExtensionSpec
 from components.database.kinds.function import FunctionKind
 from components.database.kinds.grant import GrantKind, GrantSpec
@@ -89,17 +90,20 @@ class DatabaseLayer(pulumi.ComponentResource):
         self.schemas = self.declare_schemas(list(self.roles.values()))
         self.extensions = self.declare_extensions(list(self.schemas.values()))
         functions = self.declare_functions([*self.schemas.values(), *self.extensions.values()])
-        guard = declare(
-            PartitionGuardKind, "partition-guard", PartitionGuardSpec(), self.options([self.schemas["app"]])
-        )
         self.indexes: dict[str, list[pulumi.Resource]] = {}
         self.row_security: dict[str, pulumi.Resource] = {}
-        self.tables = self.declare_tables([*functions, *self.extensions.values(), guard])
-        partition_sets = self.declare_partition_sets(guard)
+        self.grants: list[GrantSpec] = []
+        self.grant_resources: list[pulumi.Resource] = []
+        # new tables and partitions start with no privilege: the admin's default privileges grant nothing
+        creates_bare = self.declare_exact_privileges("exact-privileges-defaults", self.schemas.values(), defaults=True)
+        self.tables = self.declare_tables([*functions, *self.extensions.values(), creates_bare])
+        partition_sets = self.declare_partition_sets()
+        self.declare_partition_guard(partition_sets)
         procedures = self.declare_procedures()
         tenant_views = self.declare_reporting()
         monitoring = self.declare_monitoring()
         self.declare_privileges([*self.roles.values(), *self.schemas.values(), *self.tables.values(), *tenant_views])
+        self.declare_exact_privileges("exact-privileges", [*self.grant_resources, *tenant_views, *monitoring])
         self.declare_jobs(connection, [*partition_sets, *procedures, *tenant_views, *monitoring])
         self.table_count = len(self.tables)
         self.register_outputs({})
@@ -192,7 +196,7 @@ class DatabaseLayer(pulumi.ComponentResource):
         ]
         return row_security
 
-    def declare_partition_sets(self, guard: pulumi.Resource) -> list[pulumi.Resource]:
+    def declare_partition_sets(self) -> list[pulumi.Resource]:
         """pg_partman takes over each partitioned table once its indexes are built (it copies them)."""
         partitioning = self.settings.partitioning
         retention = f"{partitioning.retention_months} months" if partitioning.retention_months else None
@@ -207,11 +211,17 @@ class DatabaseLayer(pulumi.ComponentResource):
                     premake=partitioning.premake,
                     retention=retention,
                 ),
-                self.options([self.tables[data.name], self.extensions["pg_partman"], guard, *self.indexes[data.name]]),
+                self.options([self.tables[data.name], self.extensions["pg_partman"], *self.indexes[data.name]]),
             )
             for data in self.schema.tables
             if data.partition
         ]
+
+    def declare_partition_guard(self, partition_sets: list[pulumi.Resource]) -> None:
+        """Every partition of the partitioned tables secured (and checked at each `up`), after pg_partman made them."""
+        tables = [f"{TABLE_SCHEMA}.{data.name}" for data in self.schema.tables if data.partition]
+        after = [*partition_sets, *(self.tables[name.split(".")[1]] for name in tables)]
+        declare(PartitionGuardKind, "partition-guard", PartitionGuardSpec(tables=tables), self.options(after))
 
     def declare_procedures(self) -> list[pulumi.Resource]:
         """The retention procedures of sql/maintenance.yaml, after the tables they delete from."""
@@ -231,11 +241,8 @@ class DatabaseLayer(pulumi.ComponentResource):
         reporting = self.reporting
         owner_grant, *reader_grants = reporting.grant_specs()
         schema = self.schemas[reporting.schema_name]
-        owner_access = declare(
-            GrantKind,
-            f"grant-{reporting.schema_name}-{owner_grant.grantee}",
-            owner_grant,
-            self.options([schema, self.roles[reporting.owner]]),
+        owner_access = self.declare_grant(
+            owner_grant, [schema, self.roles[reporting.owner]], f"grant-{reporting.schema_name}-{owner_grant.grantee}"
         )
         views = [
             declare(
@@ -271,8 +278,36 @@ class DatabaseLayer(pulumi.ComponentResource):
             self.declare_grant(grant, [self.roles[grant.grantee], *views, *self.extensions.values()])
         return views
 
-    def declare_grant(self, grant: GrantSpec, after: Sequence[pulumi.Resource]) -> None:
-        declare(GrantKind, f"grant-{grant.schema_name}-{grant.object_type}-{grant.grantee}", grant, self.options(after))
+    def declare_grant(
+        self, grant: GrantSpec, after: Sequence[pulumi.Resource], name: str | None = None
+    ) -> pulumi.Resource:
+        """A declared grant; ExactPrivileges takes away whatever no such grant gives."""
+        self.grants.append(grant)
+        resource_name = name or f"grant-{grant.schema_name}-{grant.object_type}-{grant.grantee}"
+        resource = declare(GrantKind, resource_name, grant, self.options(after))
+        self.grant_resources.append(resource)
+        return resource
+
+    def declare_exact_privileges(
+        self, name: str, after: Iterable[pulumi.Resource], defaults: bool = False
+    ) -> pulumi.Resource:
+        """Nothing granted beyond the declaration: on every object (after its grants), or, with `defaults`, in
+        the admin's default privileges in the stack's schemas (before any table is made)."""
+        schemas = [TABLE_SCHEMA, *(schema.name for schema in self.access.schemas)]
+        spec = ExactPrivilegesSpec(roles=[role.name for role in self.access.roles])
+        if defaults:
+            spec = spec.model_copy(update={"default_schemas": schemas})
+        else:
+            relations = [
+                *((TABLE_SCHEMA, table) for table in self.tables),
+                *((view.schema_name, view.name) for view in self.reporting.tenant_view_specs()),
+                *((view.schema_name, view.name) for view in self.reporting.materialized_view_specs()),
+                *((view.schema_name, view.name) for view in load_monitoring().view_specs(self.access.owner)),
+            ]
+            spec = spec.model_copy(
+                update={"objects": managed_objects(self.grants, relations, schemas, self.access.owner)}
+            )
+        return declare(ExactPrivilegesKind, name, spec, self.options(list(after)))
 
     def declare_jobs(self, connection: pulumi.Output[ConnectionSpec], after: Sequence[pulumi.Resource]) -> None:
         """pg_cron jobs of sql/jobs.yaml with the stack's schedules and parameters, after what they run."""
@@ -289,18 +324,15 @@ class DatabaseLayer(pulumi.ComponentResource):
     def declare_privileges(self, after: list[pulumi.Resource]) -> None:
         for schema_name, grantees in self.access.schema_usage.items():
             for grantee in grantees:
-                declare(
-                    GrantKind,
-                    f"grant-usage-{schema_name}-{grantee}",
+                self.declare_grant(
                     GrantSpec(grantee=grantee, privileges=["USAGE"], object_type="schema", schema_name=schema_name),
-                    self.options(after),
+                    after,
+                    f"grant-usage-{schema_name}-{grantee}",
                 )
         # adopted tables and the tenant views were not created by the owner: default privileges miss them
         covered = sorted([*self.tables, *(view.name for view in self.reporting.tenant_view_specs())])
         for grantee, privileges in self.access.table_privileges.items():
-            declare(
-                GrantKind,
-                f"grant-tables-{grantee}",
+            self.declare_grant(
                 GrantSpec(
                     grantee=grantee,
                     privileges=privileges,
@@ -308,7 +340,8 @@ class DatabaseLayer(pulumi.ComponentResource):
                     schema_name=TABLE_SCHEMA,
                     covers=covered,
                 ),
-                self.options(after),
+                after,
+                f"grant-tables-{grantee}",
             )
             declare(
                 DefaultPrivilegesKind,

@@ -28,8 +28,8 @@ from components.database.ddl import Operation, Transaction
 from components.database.declared.model import load_schema
 from components.database.kinds.index import IndexKind, IndexSpec
 from components.database.kinds.partition_guard import PartitionGuardStatus
-from components.database.kinds.row_security import RowSecurityStatus
 from components.database.kinds.role import RoleKind, RoleSpec
+from components.database.kinds.row_security import RowSecurityStatus
 from components.database.kinds.table import TableStatus
 from components.database.layer import DatabaseLayer
 from components.kind import SECRET, Kind, marked

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
+from psycopg import sql
 from pydantic import Field, PositiveInt, model_validator
 
 from components.database.declared import SQL_DIR
-from components.database.declared.model import Data
+from components.database.declared.model import TABLE_SCHEMA, Data, load_schema
 from components.database.kinds.cron_job import CronJobSpec
 from components.database.kinds.function import FunctionSpec
 from components.database.kinds.grant import GrantSpec
@@ -79,7 +80,7 @@ class JobsModel(Data):
     @model_validator(mode="after")
     def placeholders_are_parameters(self) -> JobsModel:
         for job in self.jobs:
-            unknown = set(PLACEHOLDER.findall(job.command)) - set(self.parameters)
+            unknown = set(PLACEHOLDER.findall(job.command)) - set(self.parameters) - set(DERIVED)
             if unknown:
                 raise ValueError(f"job {job.name}: unknown parameter(s) {', '.join(sorted(unknown))}")
         return self
@@ -92,7 +93,7 @@ class JobsModel(Data):
                      if isinstance(value, bool) or not isinstance(value, int) or value < 1]  # fmt: skip
         if problems:
             raise ValueError(f"jobs ({JOBS_FILE.name}): {'; '.join(problems)}")
-        values = {**self.parameters, **parameters}
+        values = {**{name: derive() for name, derive in DERIVED.items()}, **self.parameters, **parameters}
         return [
             job.model_copy(
                 update={
@@ -102,6 +103,16 @@ class JobsModel(Data):
             )
             for job in self.jobs
         ]
+
+
+def partitioned_tables() -> str:
+    """The partitioned tables of sql/schema as an SQL array, for the partition maintenance job."""
+    names = [f"{TABLE_SCHEMA}.{table.name}" for table in load_schema().tables if table.partition]
+    return sql.SQL("ARRAY[{}]::regclass[]").format(sql.SQL(", ").join(sql.Literal(name) for name in names)).as_string()
+
+
+#: Parameters of job commands that the program derives from the schema data (never set by config).
+DERIVED = {"partitionedTables": partitioned_tables}
 
 
 def load_jobs(

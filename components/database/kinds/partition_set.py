@@ -24,7 +24,7 @@ from pydantic import Field
 
 from components.database.base import DatabaseKind, qualified
 from components.database.ddl import Operation, shared
-from components.database.kinds.partition_guard import secure_statements, unsecured_partitions
+from components.database.kinds.partition_guard import securing
 from components.database.session import Statement, connect, scalar
 from components.kind import Expect, Observed, ProviderError, Replace, Spec, Status
 
@@ -284,9 +284,8 @@ class PartitionSetKind(DatabaseKind[PartitionSetSpec, PartitionSetStatus]):
             check_retention(conn, spec)
             statements = [] if read_config(conn, schema, spec) else register_statements(conn, schema, spec)
             self.apply(conn, shared([*statements, config_statement(schema, spec)]), what=what)
-            # the partitions create_parent made (and its new default) get RLS and the owner even before the guard
-            unsecured = unsecured_partitions(conn, [spec.schema_name])
-            self.apply(conn, shared(secure_statements(unsecured)), what=f"{what}: secure partitions")
+            # the partitions create_parent made (and its new default): forced RLS, the owner, no privileges
+            self.apply(conn, shared([securing([parent_name(spec)], True)]), what=f"{what}: secure partitions")
             live = read_config(conn, schema, spec)
         assert live is not None
         return config_status(live)

@@ -23,7 +23,7 @@ from components.database.base import DatabaseKind, qualified
 from components.database.ddl import Operation, shared
 from components.database.session import Statement, connect
 from components.database.table_shape import rls_statements
-from components.kind import Expect, Observed, ProviderError, Replace, Spec, Status
+from components.kind import Access, Expect, Observed, ProviderError, Replace, Spec, Status
 
 TOKEN = "thorbisdb:db:RowSecurity"
 POLICIES_QUERY = """
@@ -43,7 +43,7 @@ class RowSecurityStatus(Status):
     enabled: Annotated[bool | None, Expect(True)] = Field(
         default=None, description="Row level security is enabled and forced (false: turned off by hand)."
     )
-    undeclared_policies: Annotated[list[str] | None, Expect([])] = Field(
+    undeclared_policies: Access[Annotated[list[str] | None, Expect([])]] = Field(
         default=None, description="Policies on the table the stack does not declare, each with what it allows."
     )
 
