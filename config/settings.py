@@ -163,6 +163,9 @@ PgMemory = Annotated[str, BeforeValidator(_number_as_text), StringConstraints(pa
 PgDuration = Annotated[str, BeforeValidator(_number_as_text), StringConstraints(pattern=r"^\d+(us|ms|s|min|h|d)?$")]
 RedisMemory = Annotated[str, BeforeValidator(_number_as_text), StringConstraints(pattern=r"(?i)^\d+(k|kb|m|mb|g|gb)?$")]
 Identifier = Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_]{0,62}$")]
+#: The JWT claim that names the caller's company, unless thorbis:companyClaim says another.
+DEFAULT_COMPANY_CLAIM = "company_id"
+ClaimPath = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")]
 GucName = Annotated[str, StringConstraints(pattern=GUC_NAME_PATTERN), AfterValidator(_own_key_guc)]
 GucValue = Annotated[str, BeforeValidator(_guc_value)]
 GucSettings = Annotated[Mapping[GucName, GucValue], AfterValidator(_frozen), PlainSerializer(_plain)]
@@ -443,6 +446,13 @@ class StackSettings(Spec):
         "5s",
         "lock_timeout of schema changes. Default 5s.",
         "a PostgreSQL duration: digits with an optional unit us, ms, s, min, h or d, e.g. 5s or 500ms",
+    )
+    company_claim: ClaimPath = setting(
+        DEFAULT_COMPANY_CLAIM,
+        "Where the caller's company id is in the JWT claims that applications set per transaction "
+        "(request.jwt.claims): a top-level claim, or a dotted path such as app_metadata.company_id (Supabase "
+        "puts custom claims there, or a custom access-token hook puts them where it likes). Default company_id.",
+        "claim names of letters, digits and _ joined by dots, e.g. company_id or app_metadata.company_id",
     )
     postgres: PostgresSpec = section("The primary PostgreSQL server (PostgresSpec).")
     replicas: ReplicasSpec = section("Streaming replicas of the primary (ReplicasSpec).")

@@ -156,7 +156,7 @@ class DatabaseLayer(pulumi.ComponentResource):
             declare(
                 FunctionKind,
                 f"function-{function.schema_name}-{function.name}",
-                function.function_spec(self.access.owner),
+                function.function_spec(self.access.owner, self.settings.company_claim),
                 self.options(after),
             )
             for function in self.access.functions

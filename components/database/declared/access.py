@@ -6,12 +6,14 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
+from psycopg import sql
 from pydantic import Field
 
 from components.database.declared import SQL_DIR
 from components.database.declared.model import Data
 from components.database.kinds.function import FunctionSpec
 from components.database.kinds.role import RoleSpec
+from config.settings import DEFAULT_COMPANY_CLAIM
 
 ACCESS_FILE = SQL_DIR / "access.yaml"
 
@@ -60,20 +62,26 @@ class FunctionData(Data):
     execute: list[str]
     body: str
 
-    def function_spec(self, owner: str) -> FunctionSpec:
+    def function_spec(self, owner: str, company_claim: str = DEFAULT_COMPANY_CLAIM) -> FunctionSpec:
+        """The function; `{companyClaim}` in its body is where the claims hold the company (thorbis:companyClaim)."""
         return FunctionSpec(
             schema_name=self.schema_name,
             name=self.name,
             arguments=self.arguments,
             returns=self.returns,
             language=self.language,
-            body=self.body,
+            body=self.body.replace("{companyClaim}", claim_path(company_claim)),
             volatility=self.volatility,
             security_definer=self.security_definer,
             search_path=self.search_path,
             owner=owner,
             grant_execute_to=self.execute,
         )
+
+
+def claim_path(claim: str) -> str:
+    """A claim's dotted path as the text[] literal `#>>` takes: a.company_id -> '{a,company_id}'."""
+    return sql.Literal("{" + ",".join(claim.split(".")) + "}").as_string()
 
 
 class AccessModel(Data):
