@@ -96,7 +96,16 @@ class DatabaseLayer(pulumi.ComponentResource):
         self.grant_resources: list[pulumi.Resource] = []
         # new tables and partitions start with no privilege: the admin's default privileges grant nothing
         creates_bare = self.declare_exact_privileges("exact-privileges-defaults", self.schemas.values(), defaults=True)
-        self.tables = self.declare_tables([*functions, *self.extensions.values(), creates_bare])
+        may_own = [
+            self.declare_grant(
+                GrantSpec(grantee=grantee, privileges=["CREATE"], object_type="schema", schema_name=schema_name),
+                [*self.roles.values(), *self.schemas.values()],
+                f"grant-create-{schema_name}-{grantee}",
+            )
+            for schema_name, grantees in self.access.schema_create.items()
+            for grantee in grantees
+        ]
+        self.tables = self.declare_tables([*functions, *self.extensions.values(), creates_bare, *may_own])
         partition_sets = self.declare_partition_sets()
         self.declare_partition_guard(partition_sets)
         procedures = self.declare_procedures()

@@ -91,6 +91,7 @@ class AccessModel(Data):
     schemas: list[SchemaData]
     extensions: list[ExtensionData]
     schema_usage: dict[str, list[str]]
+    schema_create: dict[str, list[str]] = Field(default_factory=dict)
     table_privileges: dict[str, list[str]]
     functions: list[FunctionData]
 
