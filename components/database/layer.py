@@ -16,7 +16,7 @@ import pulumi
 from components.connection import ConnectionSpec
 from components.database.declared.access import load_access
 from components.database.declared.model import TABLE_SCHEMA, TableData, load_schema
-from components.database.declared.operations import load_jobs, load_maintenance, load_monitoring
+from components.database.declared.operations import load_maintenance, load_monitoring
 from components.database.declared.reporting import load_reporting
 from components.database.declared.tenancy import read_all_policy, tenant_policies
 from components.database.kinds.cron_job import CronJobKind
@@ -39,6 +39,7 @@ from components.database.kinds.trigger import TriggerKind
 from components.database.kinds.view import ViewKind
 from components.resource import declare, fields_of
 from config import StackSettings
+from config.settings import attribute_of
 
 
 def database_provider(
@@ -50,7 +51,7 @@ def database_provider(
 ) -> pulumi.ProviderResource:
     """The thorbisdb provider instance that database objects are created through (connection is secret)."""
     inputs: dict[str, Any] = {
-        "connection": pulumi.Output.secret(connection.apply(lambda spec: spec.to_property())),
+        "connection": pulumi.Output.secret(connection.apply(lambda spec: spec.model_dump(mode="json"))),
         "lockTimeout": lock_timeout,
         "allowDataLoss": allow_data_loss,
     }
@@ -128,7 +129,7 @@ class DatabaseLayer(pulumi.ComponentResource):
         for role, spec in zip(self.access.roles, self.access.role_specs(), strict=True):
             password = None
             if role.password:
-                secret = getattr(self.settings, _attribute(role.password))
+                secret = getattr(self.settings, attribute_of(role.password))
                 password = pulumi.Output.secret(secret.get_secret_value()) if secret else None
             declared[role.name] = declare(
                 RoleKind,
@@ -321,8 +322,7 @@ class DatabaseLayer(pulumi.ComponentResource):
     def declare_jobs(self, connection: pulumi.Output[ConnectionSpec], after: Sequence[pulumi.Resource]) -> None:
         """pg_cron jobs of sql/jobs.yaml with the stack's schedules and parameters, after what they run."""
         database = connection.apply(lambda spec: spec.database)
-        jobs = load_jobs(self.settings.jobs.schedules, self.settings.jobs.parameters)
-        for job in jobs:
+        for job in self.settings.jobs.resolved():
             declare(
                 CronJobKind,
                 f"cron-job-{job.name}",
@@ -364,8 +364,3 @@ class DatabaseLayer(pulumi.ComponentResource):
                 ),
                 self.options(after),
             )
-
-
-def _attribute(config_key: str) -> str:
-    """The settings attribute of a config key: authenticatorPassword -> authenticator_password."""
-    return "".join(f"_{c.lower()}" if c.isupper() else c for c in config_key)

@@ -13,9 +13,9 @@ from pathlib import Path
 import pulumi.automation as auto
 import pytest
 
+from testbed.stacks import LiveStack, throwaway_stack
+from testbed.support import processes_under
 from tests.conftest import ROOT
-from tests.e2e.conftest import LiveStack, throwaway_stack
-from tests.support import processes_under
 
 pytestmark = pytest.mark.e2e
 

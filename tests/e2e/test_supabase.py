@@ -29,6 +29,7 @@ from components.database.declared.access import load_access
 from components.database.declared.model import TABLE_SCHEMA, load_schema
 from components.database.declared.reporting import load_reporting
 from ops.preview import render_markdown, run_preview
+from testbed.before_state import BeforeTable, build_before_state, fingerprint
 from tests.conftest import ROOT
 from tests.e2e.test_tenant_isolation import (  # run against this stack by the fixtures below
     SYNTHESIZER,
@@ -44,7 +45,6 @@ from tests.e2e.test_tenant_isolation import (  # run against this stack by the f
     test_update_and_delete_of_the_other_company_touch_nothing,
     test_without_claims_no_row_is_visible,
 )
-from tests.fixtures.before_state import BeforeTable, build_before_state, fingerprint
 from tests.fixtures.supabase.shape import Snapshot, SupabaseServer, snapshot, supabase_roles, supabase_shaped_server
 
 __all__ = [

@@ -20,8 +20,9 @@ from psycopg import sql
 
 from components.database.conversion import convert_to_partitioned, drop_unpartitioned
 from components.database.declared.access import load_access
+from components.database.declared.jobs import load_jobs, partitioned_tables
 from components.database.declared.model import load_schema
-from components.database.declared.operations import load_jobs, load_maintenance, partitioned_tables
+from components.database.declared.operations import load_maintenance
 from components.database.kinds.function import FunctionKind
 from components.database.kinds.partition_guard import PartitionGuardKind, PartitionGuardSpec, PartitionGuardStatus
 from components.database.kinds.partition_set import PartitionSetKind, PartitionSetSpec, PartitionSetStatus
@@ -158,6 +159,19 @@ def test_registration_premakes_and_takes_over_our_default_partition(events: Data
     assert set(partitions(db, "events")) == set(made)
 
 
+def test_a_long_named_table_gets_its_default_partition_under_pg_partmans_name(database: Database) -> None:
+    """The Table kind, the PartitionSet kind and the conversion name the default partition alike: as
+    pg_partman's check_name_length does, which cuts the table's name to fit the suffix into 63 bytes."""
+    name = "events_of_a_tenant_with_a_name_long_enough_to_be_cut_by_partman"[:60]
+    database.kind(TableKind).create(EVENTS.model_copy(update={"name": name}))
+    try:
+        expected = database.scalar("SELECT partman.check_name_length(%s, '_default')", (name,))
+        assert expected != f"{name}_default"[:63]  # PostgreSQL's own truncation would name it otherwise
+        assert set(partitions(database, name)) == {expected}
+    finally:
+        database.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier("public", name)))
+
+
 def test_part_config_drift_is_seen_and_repaired(events: Database) -> None:
     db = events
     kind = db.kind(PartitionSetKind)
@@ -195,10 +209,10 @@ def test_partitions_made_by_the_maintenance_job_as_another_role_are_secured(even
     more = EVENTS_SET.model_copy(update={"premake": 5})
     kind.update("public.events", {}, more)
     db.execute("ALTER DEFAULT PRIVILEGES FOR ROLE maint IN SCHEMA public GRANT ALL ON TABLES TO authenticated")
-    with psycopg.connect(**{**db.connection.admin_conninfo(), "user": "maint", "password": MAINT_PASSWORD}) as maint:
+    with psycopg.connect(**{**db.connection.conninfo(), "user": "maint", "password": MAINT_PASSWORD}) as maint:
         maint.autocommit = True
         assert maint.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone() == (False,)
-        job = next(job.command for job in load_jobs() if job.name == "partman-maintenance")
+        job = next(job.command for job in load_jobs().resolved({}, {}) if job.name == "partman-maintenance")
         maint.execute(job.replace(partitioned_tables(), "ARRAY['public.events']::regclass[]"))
     made = partitions(db, "events")
     assert {f"events_p{month_suffix(db, offset)}" for offset in (4, 5)} <= set(made)
@@ -206,7 +220,7 @@ def test_partitions_made_by_the_maintenance_job_as_another_role_are_secured(even
     assert {name: grantees for name, grantees in acl_of_partitions(db, "events").items() if grantees} == {}
 
     # a partition made by hand is drift, secured by the guard's update
-    with psycopg.connect(**{**db.connection.admin_conninfo(), "user": "maint", "password": MAINT_PASSWORD}) as maint:
+    with psycopg.connect(**{**db.connection.conninfo(), "user": "maint", "password": MAINT_PASSWORD}) as maint:
         maint.execute(
             "CREATE TABLE public.events_manual PARTITION OF public.events "
             "FOR VALUES FROM ('1990-01-01') TO ('1990-02-01')"

@@ -13,7 +13,8 @@ from components.platform.local.platform import (
     postgres_settings,
 )
 from config import ConfigError
-from tests.unit.test_config import ROOT, Stack
+from tests.conftest import ROOT
+from tests.unit.test_config import Stack
 
 
 def test_backups_are_on_by_default_under_the_state_dir() -> None:

@@ -28,7 +28,8 @@ class RoleData(Data):
     admin_member: bool = Field(default=False, description="The admin the stack connects as is made a member.")
 
     def role_spec(self, members: list[str]) -> RoleSpec:
-        """The role without its password, which comes from the stack's config (the key `password` names)."""
+        """The role without its password, which comes from the stack's config (the key `password` names).
+        Whether it is adopted is not declared: a role that exists when it is made is (kinds/role.py)."""
         return RoleSpec(
             name=self.name,
             login=self.login,
