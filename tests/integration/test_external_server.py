@@ -105,11 +105,11 @@ def test_the_dsn_role_needs_bypassrls_createrole_and_create_but_no_superuser(pri
         conn.execute(f"CREATE ROLE it_least LOGIN NOSUPERUSER CREATEROLE BYPASSRLS PASSWORD '{password}'")
         conn.execute(f"GRANT CREATE ON DATABASE {DATABASE} TO it_least")
     try:
-        weak = f"postgresql://it_weak:{password}@127.0.0.1:{primary.port}/{DATABASE}"
+        weak = f"postgresql://it_weak:{password}@{LOOPBACK}:{primary.port}/{DATABASE}"
         message = refusal(checked(weak))
         assert "it_weak" in message and "BYPASSRLS, CREATEROLE, CREATE on the database" in message
         assert password not in message
-        least = f"postgresql://it_least:{password}@127.0.0.1:{primary.port}/{DATABASE}"
+        least = f"postgresql://it_least:{password}@{LOOPBACK}:{primary.port}/{DATABASE}"
         assert inspect(checked(least)).reachable is True
     finally:
         with primary.connect() as conn:
