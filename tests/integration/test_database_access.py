@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from components.database.base import DatabaseKind
 from components.database.declared.access import load_access
 from components.database.kinds.default_privileges import DefaultPrivilegesKind, DefaultPrivilegesSpec
+from components.database.kinds.exact_privileges import ExactPrivilegesKind, ExactPrivilegesSpec, ObjectPrivileges
 from components.database.kinds.extension import ExtensionKind, ExtensionSpec, ExtensionStatus
 from components.database.kinds.grant import GrantKind, GrantSpec
 from components.database.kinds.role import RoleKind, RoleSpec
@@ -467,6 +468,65 @@ def test_default_privileges_round_trip(server: Server, app: str) -> None:
         "DROP TABLE {schema}.{table}; DROP OWNED BY {owner}; DROP ROLE {owner}", schema=app, table=table, owner=owner
     )
     server.run("DROP ROLE {grantee}", grantee=grantee)
+
+
+# --- ExactPrivileges -----------------------------------------------------------------------------------
+
+
+def test_exact_privileges_take_away_what_no_grant_declares_and_put_back_the_defaults(server: Server, app: str) -> None:
+    """On tables every role's extra privilege goes (grant options too); on a schema the stack did not make
+    only its own roles'; the admin's default privileges grant nothing, and delete puts back those found."""
+    kind = server.kind(ExactPrivilegesKind)
+    api, stranger = make_role(server, "it_api"), make_role(server, "it_stranger")
+    server.run("GRANT ALL ON {schema}.jobs TO {api}", schema=app, api=api)
+    server.run("GRANT SELECT ON {schema}.invoices TO {stranger} WITH GRANT OPTION", schema=app, stranger=stranger)
+    server.run("GRANT CREATE, USAGE ON SCHEMA {schema} TO {api}, {stranger}", schema=app, api=api, stranger=stranger)
+    server.run(
+        "ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT SELECT, TRUNCATE ON TABLES TO {api}", schema=app, api=api
+    )
+    spec = ExactPrivilegesSpec(
+        roles=[api],
+        objects=[
+            ObjectPrivileges(object_type="table", schema_name=app, name="jobs", allowed={api: ["SELECT"]}),
+            ObjectPrivileges(object_type="table", schema_name=app, name="invoices"),
+            ObjectPrivileges(object_type="schema", name=app, owner="thorbis_no_such_owner", allowed={api: ["USAGE"]}),
+        ],
+        default_schemas=[app],
+    )
+    observed = kind.observe("exact", spec)
+    assert observed is not None and changes(kind, spec, observed) == ["undeclared"]
+    undeclared = observed.status.undeclared or []
+    assert (
+        f"{api}: TRUNCATE on table {app}.jobs" in undeclared and f"{api}: SELECT on table {app}.jobs" not in undeclared
+    )
+    assert f"{stranger}: SELECT on table {app}.invoices" in undeclared
+    assert f"{api}: CREATE on schema {app}" in undeclared
+    assert not [item for item in undeclared if item.startswith(f"{stranger}:") and "schema" in item]  # not ours
+    assert f"{api}: TRUNCATE on new tables of postgres in schema {app} (default privileges)" in undeclared
+
+    resource_id, outputs = kind.create(spec)
+    assert outputs.undeclared == [] and {(g.grantee, g.privilege) for g in outputs.found_defaults or []} == {
+        (api, "SELECT"), (api, "TRUNCATE"),
+    }  # fmt: skip
+    assert changes(kind, spec, kind.observe(resource_id, spec)) == []
+
+    def has(role: str, privilege: str, table: str = "jobs") -> bool:
+        return bool(server.scalar("SELECT has_table_privilege(%s, %s, %s)", (role, f"{app}.{table}", privilege)))
+
+    assert (has(api, "SELECT"), has(api, "INSERT"), has(stranger, "SELECT", "invoices")) == (True, False, False)
+    assert server.scalar("SELECT has_schema_privilege(%s, %s, 'CREATE')", (api, app)) is False
+    assert server.scalar("SELECT has_schema_privilege(%s, %s, 'CREATE')", (stranger, app)) is True
+
+    kind.delete(resource_id, spec, kind.status_of(outputs.wire()))  # the defaults as they were found
+    made = unique("it_new")
+    server.run("CREATE TABLE {schema}.{table} (id int)", schema=app, table=made)
+    assert (has(api, "SELECT", made), has(api, "TRUNCATE", made)) == (True, True)
+    server.run("DROP TABLE {schema}.{table}", schema=app, table=made)
+    server.run("ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} REVOKE ALL ON TABLES FROM {api}", schema=app, api=api)
+    server.run("REVOKE ALL ON SCHEMA {schema} FROM {api}, {stranger}", schema=app, api=api, stranger=stranger)
+    server.run("REVOKE ALL ON ALL TABLES IN SCHEMA {schema} FROM {api}, {stranger}", schema=app, api=api,
+               stranger=stranger)  # fmt: skip
+    server.run("DROP ROLE {api}; DROP ROLE {stranger}", api=api, stranger=stranger)
 
 
 # --- Extension -----------------------------------------------------------------------------------------
