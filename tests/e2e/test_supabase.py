@@ -85,6 +85,7 @@ class SupabaseStack:
     tables: list[BeforeTable]
     fingerprints: dict[str, tuple[int, str]]
     up: auto.UpResult
+    after_up: dict[str, tuple[int, str]]  # the tables' fingerprints right after `up` (tests add rows later)
     destroyed: list[bool] = field(default_factory=lambda: [False])  # shared with the fixture's clean-up
 
     def supabase_admin(self) -> Conn:
@@ -125,8 +126,10 @@ def supabase(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SupabaseStack
         destroyed = [False]
         try:
             configure(stack, server)
-            live = SupabaseStack(server, stack, roles, before, tables, fingerprints, stack.up(), destroyed)
-            yield live
+            result = stack.up()
+            with server.connect() as conn:
+                after_up = {table.name: fingerprint(conn, table) for table in tables}
+            yield SupabaseStack(server, stack, roles, before, tables, fingerprints, result, after_up, destroyed)
         finally:
             try:
                 if not destroyed[0]:
@@ -178,8 +181,6 @@ def test_up_ran_as_the_projects_postgres_which_is_no_superuser_and_adopted_the_d
     with supabase.server.connect() as conn:
         assert conn.execute("SELECT rolsuper, rolbypassrls, rolcreaterole FROM pg_roles WHERE rolname = 'postgres'")\
             .fetchone() == (False, True, True)  # fmt: skip
-        for table in supabase.tables:
-            assert fingerprint(conn, table) == supabase.fingerprints[table.name], f"{table.name} changed"
         owners = dict(conn.execute(
             "SELECT c.relname, pg_get_userbyid(c.relowner) FROM pg_class c "
             "WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p') AND NOT c.relispartition"
@@ -187,6 +188,7 @@ def test_up_ran_as_the_projects_postgres_which_is_no_superuser_and_adopted_the_d
         policies = [
             name for (name,) in conn.execute("SELECT policyname FROM pg_policies WHERE tablename = 'customers'")
         ]
+    assert {name: found for name, found in supabase.after_up.items() if found != supabase.fingerprints[name]} == {}
     adopted = {table.name for table in supabase.tables}
     assert {name: owner for name, owner in owners.items() if name in adopted and owner != "postgres"} == {}, (
         "an adopted table changed owner: the dashboard's postgres could no longer alter it"
@@ -296,18 +298,24 @@ def test_access_granted_by_hand_is_a_risk_in_the_preview_and_removed_by_up(supab
 # --- destroy ------------------------------------------------------------------------------------------
 
 
+def fingerprints(supabase: SupabaseStack) -> dict[str, tuple[int, str]]:
+    with supabase.server.connect() as conn:
+        return {table.name: fingerprint(conn, table) for table in supabase.tables}
+
+
 def test_destroy_without_allow_data_loss_drops_nothing(supabase: SupabaseStack) -> None:
+    before = fingerprints(supabase)
     with pytest.raises(auto.CommandError):
         supabase.stack.destroy()
     with supabase.server.connect() as conn:
         assert conn.execute("SELECT count(*) FROM pg_roles WHERE rolname = 'thorbis_owner'").fetchone() == (1,)
-        for table in supabase.tables:
-            assert fingerprint(conn, table) == supabase.fingerprints[table.name]
+    assert fingerprints(supabase) == before
 
 
 def test_destroy_removes_exactly_what_the_stack_created(supabase: SupabaseStack) -> None:
     supabase.stack.set_config("thorbis:allowDataLoss", auto.ConfigValue("true"))
     supabase.stack.up()  # lifts the tables' protection
+    kept = fingerprints(supabase)
     supabase.stack.destroy()
     supabase.destroyed[0] = True
     assert supabase.before.differences(supabase.snapshot()) == {}, "Supabase is not as the stack found it"
@@ -317,10 +325,9 @@ def test_destroy_removes_exactly_what_the_stack_created(supabase: SupabaseStack)
         assert conn.execute("SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", (created_roles,)).fetchall() == []
         left = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname = ANY(%s) ORDER BY 1", (created_schemas,))
         assert [name for (name,) in left] == ["extensions", "partman"]  # Supabase's and the customer's: adopted
-        for table in supabase.tables:  # the project's own tables, adopted, stay with their rows
-            assert fingerprint(conn, table) == supabase.fingerprints[table.name]
         new = [table.name for table in load_schema().tables if table.name not in {t.name for t in supabase.tables}]
         assert conn.execute("SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace "
                             "AND relname = ANY(%s)", (new,)).fetchall() == []  # fmt: skip
         for role, schema in (("anon", "public"), ("authenticated", "public"), ("anon", "extensions")):
             assert conn.execute("SELECT has_schema_privilege(%s, %s, 'USAGE')", (role, schema)).fetchone() == (True,)
+    assert fingerprints(supabase) == kept  # the project's own tables, adopted, stay with their rows
