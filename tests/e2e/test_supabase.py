@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -26,6 +27,7 @@ import pytest
 from psycopg import sql
 
 from components.database.declared.access import load_access
+from components.outputs import CONNECTION, connection_of
 from components.database.declared.model import TABLE_SCHEMA, load_schema
 from components.database.declared.reporting import load_reporting
 from ops.preview import render_markdown, run_preview
@@ -86,6 +88,7 @@ class SupabaseStack:
     fingerprints: dict[str, tuple[int, str]]
     up: auto.UpResult
     after_up: dict[str, tuple[int, str]]  # the tables' fingerprints right after `up` (tests add rows later)
+    backend: Path
     destroyed: list[bool] = field(default_factory=lambda: [False])  # shared with the fixture's clean-up
 
     def supabase_admin(self) -> Conn:
@@ -129,7 +132,9 @@ def supabase(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SupabaseStack
             result = stack.up()
             with server.connect() as conn:
                 after_up = {table.name: fingerprint(conn, table) for table in tables}
-            yield SupabaseStack(server, stack, roles, before, tables, fingerprints, result, after_up, destroyed)
+            yield SupabaseStack(
+                server, stack, roles, before, tables, fingerprints, result, after_up, backend, destroyed
+            )
         finally:
             try:
                 if not destroyed[0]:
@@ -178,6 +183,14 @@ def as_role(conn: Conn, role: str, claims: dict[str, Any]) -> Iterator[Conn]:
 
 def test_up_ran_as_the_projects_postgres_which_is_no_superuser_and_adopted_the_data(supabase: SupabaseStack) -> None:
     assert supabase.up.summary.result == "succeeded"
+    exported = connection_of(supabase.up.outputs)
+    assert exported is not None and supabase.up.outputs[CONNECTION].secret
+    assert (exported.platform, exported.primary.port, exported.database) == (
+        "external",
+        supabase.server.port,
+        "postgres",
+    )
+    assert supabase.server.passwords["postgres"] not in "".join(p.read_text() for p in supabase.backend.rglob("*.json"))
     with supabase.server.connect() as conn:
         assert conn.execute("SELECT rolsuper, rolbypassrls, rolcreaterole FROM pg_roles WHERE rolname = 'postgres'")\
             .fetchone() == (False, True, True)  # fmt: skip
