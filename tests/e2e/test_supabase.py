@@ -27,9 +27,9 @@ import pytest
 from psycopg import sql
 
 from components.database.declared.access import load_access
-from components.outputs import CONNECTION, connection_of
 from components.database.declared.model import TABLE_SCHEMA, load_schema
 from components.database.declared.reporting import load_reporting
+from components.outputs import CONNECTION, connection_of
 from ops.preview import render_markdown, run_preview
 from testbed.before_state import BeforeTable, build_before_state, fingerprint
 from tests.conftest import ROOT
