@@ -213,7 +213,7 @@ def test_partitions_made_by_the_maintenance_job_as_another_role_are_secured(even
         maint.autocommit = True
         assert maint.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone() == (False,)
         job = next(job.command for job in load_jobs().resolved({}, {}) if job.name == "partman-maintenance")
-        maint.execute(job.replace(partitioned_tables(), "ARRAY['public.events']::regclass[]"))
+        maint.execute(job.replace(partitioned_tables(), "ARRAY['public.events']::text[]"))
     made = partitions(db, "events")
     assert {f"events_p{month_suffix(db, offset)}" for offset in (4, 5)} <= set(made)
     assert {name: state for name, state in made.items() if state != (True, True, OWNER)} == {}

@@ -70,7 +70,7 @@ def partitioned_tables() -> str:
     from components.database.declared.model import TABLE_SCHEMA, load_schema
 
     names = [f"{TABLE_SCHEMA}.{table.name}" for table in load_schema().tables if table.partition]
-    return sql.SQL("ARRAY[{}]::regclass[]").format(sql.SQL(", ").join(sql.Literal(name) for name in names)).as_string()
+    return sql.SQL("ARRAY[{}]::text[]").format(sql.SQL(", ").join(sql.Literal(name) for name in names)).as_string()
 
 
 #: Parameters of job commands that the program derives from the schema data (never set by config).

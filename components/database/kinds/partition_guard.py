@@ -50,9 +50,9 @@ def securing(tables: list[str], apply: bool, spec: PartitionGuardSpec | None = N
     """The call that lists the partitions of `tables` that are not secured (and secures them, with `apply`);
     tables that do not exist are skipped."""
     spec = spec or PartitionGuardSpec()
-    return sql.SQL(
-        "SELECT * FROM {}(ARRAY(SELECT to_regclass(t) FROM unnest({}::text[]) t WHERE to_regclass(t) IS NOT NULL), {})"
-    ).format(qualified(spec.schema_name, spec.function_name), sql.Literal(tables), sql.Literal(apply))
+    return sql.SQL("SELECT * FROM {}({}::text[], {})").format(
+        qualified(spec.schema_name, spec.function_name), sql.Literal(tables), sql.Literal(apply)
+    )
 
 
 def unsecured(conn: psycopg.Connection, spec: PartitionGuardSpec) -> list[str]:
