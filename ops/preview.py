@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 import psycopg
 import pulumi.automation as auto
 
+from components.kind import ACCESS, marked
+from components.registry import kind_of
 from ops import EXIT_DESTRUCTIVE, EXIT_DRIFT, EXIT_FAILED, EXIT_OK
 from ops.drift import GONE, Difference, differences, find_drift
 from ops.events import Change, EventLog
@@ -101,6 +103,15 @@ def risk_section(outcome: PreviewOutcome) -> list[str]:
             *(f"> - {loss}" for loss in outcome.destructive),
             "",
         ]
+    exposed = access_beyond_declaration(outcome.drift)
+    if exposed:
+        lines += [
+            "> [!CAUTION]",
+            f"> **Access beyond the declaration**: {len(exposed)} privilege(s) or policy(ies) the stack does not "
+            "declare; `pulumi up` removes them.",
+            *(f"> - {item}" for item in exposed),
+            "",
+        ]
     if outcome.drift:
         lines += [
             "> [!WARNING]",
@@ -112,6 +123,22 @@ def risk_section(outcome: PreviewOutcome) -> list[str]:
     if outcome.failure:
         lines += ["> [!CAUTION]", f"> **The preview failed**: {outcome.failure}", ""]
     return lines
+
+
+#: Privileges that reach past row level security or change what a table does: listed first.
+OVERREACHING = ("TRUNCATE", "TRIGGER", "REFERENCES")
+
+
+def access_beyond_declaration(drift: list[Change]) -> list[str]:
+    """What drifted status fields marked Access list (undeclared privileges and policies), the worst first."""
+    found: list[str] = []
+    for change in drift:
+        kind = kind_of(change.type)
+        if kind is None or change.new_outputs is None:
+            continue
+        for listed in sorted(marked(kind.status_type, ACCESS)):
+            found += [f"`{change.name}`: {item}" for item in change.new_outputs.get(listed) or []]
+    return sorted(found, key=lambda item: not any(word in item for word in OVERREACHING))
 
 
 def drift_line(difference: Difference) -> str:

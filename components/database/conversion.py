@@ -5,7 +5,8 @@ mirror, and the swap). The steps:
 
 1. build: the partitioned copy (`<name>_partitioned`) from the spec, with a partition for every month
    that holds rows up to the premade window and for every month of that window, a default partition,
-   RLS forced, the owner, and copies of the old table's indexes, policies, triggers and grants;
+   the old table's RLS (enabled, forced or neither), the owner, partitions with RLS forced, and copies of
+   the old table's indexes, policies, triggers and grants;
 2. capture: a trigger on the old table logs every row change (jsonb) from now on;
 3. copy: the rows, in ctid ranges, one transaction each (a row copied twice or missed is in the log);
 4. replay: the log, in order, idempotently (per key: delete, then insert its last version), each batch
@@ -281,7 +282,10 @@ def build_statements(conn: psycopg.Connection, conversion: Conversion) -> list[S
     temporary_uniques = [u.model_copy(update={"name": bounded(f"{u.name}_new")}) for u in spec.uniques]
     shape = spec.model_copy(update={"uniques": temporary_uniques})
     owner = owner_of(conversion)
-    statements: list[Statement] = [create_statement(shape, building), *rls_statements(building)]
+    # RLS as the old table has it: an adopted table gets it from its RowSecurity, once its policies exist
+    live = conversion.live
+    rls = [on for on, held in zip(rls_statements(building), (live.rls_enabled, live.rls_forced), strict=True) if held]
+    statements: list[Statement] = [create_statement(shape, building), *rls]
     statements.append(sql.SQL("ALTER TABLE {} OWNER TO {}").format(building, owner))
     months = conn.execute(
         sql.SQL(MONTHS_QUERY).format(

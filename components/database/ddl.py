@@ -78,6 +78,8 @@ class Operation:
     work: Work = Work.CATALOG
     #: For a BATCHED operation: the ranges it runs over (its statement is the first range's, as shown).
     batches: Batches | None = None
+    #: It carries a secret (a password's verifier): its text is never shown, in an error either.
+    secret: bool = False
 
     def render(self, context: psycopg.Connection | None = None) -> str:
         return self.statement.as_string(context)
@@ -124,13 +126,16 @@ def apply(conn: psycopg.Connection, operations: Iterable[Operation], timeouts: T
                 what=what,
                 before_retry=cleanup_step(conn, operation.cleanup, timeouts),
                 locks=operation.locks,
+                secret=operation.secret,
             )
     run_shared(conn, batch, timeouts, what)
 
 
 def run_shared(conn: psycopg.Connection, batch: list[Operation], timeouts: Timeouts, what: str) -> None:
     locks = [lock for operation in batch for lock in operation.locks]
-    run_ddl(conn, [operation.statement for operation in batch], timeouts, what=what, locks=locks)
+    statements = [operation.statement for operation in batch]
+    secret = any(operation.secret for operation in batch)
+    run_ddl(conn, statements, timeouts, what=what, locks=locks, secret=secret)
 
 
 def run_batches(conn: psycopg.Connection, batches: Batches, timeouts: Timeouts, what: str) -> None:

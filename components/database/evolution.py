@@ -44,7 +44,6 @@ from components.database.table_shape import (
     column_definition,
     columns_list,
     foreign_key_clause,
-    rls_statements,
 )
 from components.kind import ProviderError
 
@@ -734,7 +733,10 @@ def plan_changes(
     live: LiveTable,
     wanted: tuple[dict[str, ColumnSpec], dict[str, str]],
     dropped: list[str],
+    adopted: bool = False,
 ) -> Plan:
+    """What it takes to go from the live table to the spec. Row level security is the table's RowSecurity's
+    (kinds/row_security.py); an adopted table keeps its owner."""
     wanted_columns, wanted_checks = wanted
     plan = Plan()
     plan_columns(conn, plan, spec, live, wanted_columns)
@@ -746,9 +748,6 @@ def plan_changes(
     plan_keys(conn, plan, spec, live)
     plan_checks(plan, spec, live, wanted_checks, plan.remade_checks)
     plan_foreign_keys(conn, plan, spec, live)
-    relation = qualified(spec.schema_name, spec.name)
-    if not (live.rls_enabled and live.rls_forced):
-        plan.add(Phase.CHANGE, *(brief(spec, statement) for statement in rls_statements(relation)))
-    if spec.owner is not None and live.owner != spec.owner:
+    if spec.owner is not None and live.owner != spec.owner and not adopted:
         plan.add(Phase.CHANGE, brief(spec, alter(spec) + sql.SQL("OWNER TO {}").format(sql.Identifier(spec.owner))))
     return plan

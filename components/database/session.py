@@ -112,12 +112,14 @@ def run_ddl(
     what: str = "DDL",
     before_retry: Callable[[], None] | None = None,
     locks: Iterable[TableLock] = (),
+    secret: bool = False,
 ) -> None:
     """Run statements (in one transaction unless they must run outside one, like CONCURRENTLY), after
     taking `locks` up front (components/database/locks.py).
 
     A lock timeout or a deadlock (DDL of parallel resources meeting a CONCURRENTLY build) is retried
     with backoff; outside a transaction, `before_retry` first undoes what the failed attempt left.
+    A `secret` batch (a password's verifier) fails with the server's message alone: no statement text.
     """
     batch = list(statements)
     if not batch:
@@ -131,7 +133,7 @@ def run_ddl(
             pass
         except (psycopg.errors.InternalError_, psycopg.errors.UniqueViolation) as error:
             if not (transactional and concurrent_catalog_update(error)):
-                raise ProviderError(f"{what} failed: {str(error).strip()}") from error
+                raise failure(conn, what, error, batch, secret) from None if secret else error
         except psycopg.errors.QueryCanceled as error:
             held = ", ".join(f"{lock.lock.mode} on {lock.name}" for lock in taken if lock.lock.blocks_writes)
             raise ProviderError(
@@ -140,9 +142,7 @@ def run_ddl(
                 "run it when the table is quieter or raise thorbis:statementTimeout"
             ) from error
         except psycopg.Error as error:
-            only = batch[0] if len(batch) == 1 else None
-            statement_text = only.as_string(conn) if isinstance(only, sql.Composable) else f"{len(batch)} statements"
-            raise ProviderError(f"{what} failed: {str(error).strip()} (running {statement_text})") from error
+            raise failure(conn, what, error, batch, secret) from None if secret else error
         time.sleep(min(0.25 * 2**attempt, 4.0))
         if before_retry is not None:
             before_retry()
@@ -155,6 +155,18 @@ def run_ddl(
 def statement_timeout(timeouts: Timeouts, locks: list[TableLock]) -> str:
     """The stack's statement_timeout where a lock that blocks writers is held; none for online work."""
     return timeouts.statement if any(lock.lock.blocks_writes for lock in locks) else UNBOUNDED
+
+
+def failure(
+    conn: psycopg.Connection, what: str, error: psycopg.Error, batch: list[Statement | Deferred], secret: bool
+) -> ProviderError:
+    """The error a failed batch is reported as. A secret batch says the server's message and nothing else:
+    psycopg's own text can quote the statement (LINE 1: ...), and the exception it chains would carry it."""
+    if secret:
+        return ProviderError(f"{what} failed: {error.diag.message_primary or type(error).__name__}")
+    only = batch[0] if len(batch) == 1 else None
+    statement_text = only.as_string(conn) if isinstance(only, sql.Composable) else f"{len(batch)} statements"
+    return ProviderError(f"{what} failed: {str(error).strip()} (running {statement_text})")
 
 
 def execute_batch(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,6 +35,26 @@ def database_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveSta
         yield live
 
 
+#: What the adopted database's application reads of the writer's company, and checks it sees whole.
+READ_TABLES = ("customers", "jobs")
+
+
+@dataclass
+class Known:
+    """The rows of the writer's company the application knows are committed, by table (shared by threads)."""
+
+    ids: dict[str, set[uuid.UUID]]
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, table: str, row_id: uuid.UUID) -> None:
+        with self.lock:
+            self.ids[table].add(row_id)
+
+    def now(self) -> dict[str, set[uuid.UUID]]:
+        with self.lock:
+            return {table: set(ids) for table, ids in self.ids.items()}
+
+
 @dataclass
 class Adoption:
     """The review's populated database on a stack of a copy of the program (allowDataLoss false), whose
@@ -47,6 +68,7 @@ class Adoption:
     fingerprints: dict[str, tuple[int, str]] = field(default_factory=dict)
     writer_ids: dict[str, list[uuid.UUID]] = field(default_factory=dict)
     adopted: bool = False
+    known: Known = field(default_factory=lambda: Known({table: set() for table in READ_TABLES}))
 
     @property
     def stack(self) -> auto.Stack:

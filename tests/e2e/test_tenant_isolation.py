@@ -22,6 +22,7 @@ from psycopg import sql
 
 from components.connection import LOOPBACK
 from components.database.base import bounded
+from components.database.declared.access import load_access
 from components.database.declared.model import IndexData, load_schema
 from components.database.declared.search import SearchData, load_searches
 from testbed.stacks import LiveStack
@@ -45,6 +46,7 @@ SYNTHESIZER = Synthesizer(SCHEMA)
 TABLES = [table.name for table in SCHEMA.in_dependency_order()]
 TENANT_POLICIES = ["DELETE", "INSERT", "SELECT", "UPDATE"]
 SEARCHES = load_searches(SCHEMA)
+READ_ALL = sorted(load_access().read_all)
 Conn = psycopg.Connection[Any]
 
 
@@ -96,7 +98,9 @@ def app(database_stack: LiveStack, tenants: Tenants) -> Iterator[Conn]:
 
 
 def claims(company: str) -> str:
-    return json.dumps({"company_id": company})
+    """Where the stack's default reads the company (company_id) and where Supabase puts custom claims (the
+    stack of tests/e2e/test_supabase.py reads app_metadata.company_id): each stack reads its own."""
+    return json.dumps({"company_id": company, "app_metadata": {"company_id": company}})
 
 
 @contextmanager
@@ -121,22 +125,27 @@ def test_every_table_and_partition_has_row_level_security_enabled_and_forced(adm
     assert [name for name, secured in tables if not secured] == []
 
 
-def test_every_table_has_exactly_its_four_tenant_policies_for_authenticated(admin: Conn) -> None:
-    """Per table, the commands of its policies that are tenant policies: permissive, for authenticated
-    only, comparing with the claims' company, USING and WITH CHECK where the command has them."""
+def test_every_table_has_exactly_its_declared_policies(admin: Conn) -> None:
+    """Per table, the commands of its policies that are tenant policies (permissive, for authenticated only,
+    comparing with the claims' company, USING and WITH CHECK where the command has them), and the one that
+    lets the read_all roles read every row (in place of BYPASSRLS); nothing else."""
     rows = admin.execute(
         "SELECT c.relname, count(p.policyname), coalesce(array_agg(p.cmd::text ORDER BY p.cmd) FILTER ("
         "  WHERE p.roles = '{authenticated}' AND p.permissive = 'PERMISSIVE'"
-        "  AND concat_ws(' ', p.qual, p.with_check) LIKE '%app.current_company_id()%'"
+        "  AND concat_ws(' ', p.qual, p.with_check) LIKE '%%app.current_company_id()%%'"
         "  AND (p.cmd IN ('SELECT', 'DELETE')) = (p.with_check IS NULL)"
-        "  AND (p.cmd = 'INSERT') = (p.qual IS NULL)), '{}') "
+        "  AND (p.cmd = 'INSERT') = (p.qual IS NULL)), '{}'), "
+        "  count(*) FILTER (WHERE p.cmd = 'SELECT' AND p.qual = 'true' AND p.with_check IS NULL"
+        "  AND p.permissive = 'PERMISSIVE' AND p.roles::text[] @> %s AND p.roles::text[] <@ %s) "
         "FROM pg_class c LEFT JOIN pg_policies p ON p.schemaname = 'public' AND p.tablename = c.relname "
         "WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p') AND NOT c.relispartition "
-        "GROUP BY c.relname ORDER BY 1"
+        "GROUP BY c.relname ORDER BY 1",
+        (READ_ALL, READ_ALL),
     ).fetchall()
-    assert sorted(name for name, _, _ in rows) == sorted(TABLES)
-    wrong = {name: (count, commands) for name, count, commands in rows if (count, commands) != (4, TENANT_POLICIES)}
-    assert wrong == {}, "tables whose policies are not exactly the four tenant ones"
+    assert sorted(name for name, *_ in rows) == sorted(TABLES)
+    declared = (5, TENANT_POLICIES, 1)
+    wrong = {name: found for name, *found in rows if tuple(found) != declared}
+    assert wrong == {}, "tables whose policies are not exactly the four tenant ones and the read_all one"
 
 
 def test_partitions_have_no_policy_and_read_directly_show_no_row(admin: Conn, app: Conn, tenants: Tenants) -> None:
@@ -148,7 +157,7 @@ def test_partitions_have_no_policy_and_read_directly_show_no_row(admin: Conn, ap
         )
     ]
     assert "communications_default" in partitions
-    granted = 0
+    shown = []
     with as_company(app, tenants.a_id):
         for partition in partitions:
             try:
@@ -157,10 +166,9 @@ def test_partitions_have_no_policy_and_read_directly_show_no_row(admin: Conn, ap
                         psycopg.sql.SQL("SELECT count(*) FROM {}").format(psycopg.sql.Identifier("public", partition))
                     ).fetchone()
             except psycopg.errors.InsufficientPrivilege:
-                continue  # made later by maintenance, with no privilege of its own: nothing shows either
-            granted += 1
-            assert counted == (0,), f"{partition} read directly shows rows"
-    assert granted > 0, "no partition the application may read: row level security was not put to the test"
+                continue  # no privilege of its own: access goes through the parent and its policies
+            shown.append((partition, counted))
+    assert shown == [], "partitions the application may read directly, past their parent's policies"
 
 
 def test_every_foreign_key_has_an_index_led_by_its_columns(admin: Conn) -> None:
@@ -479,13 +487,15 @@ def test_only_the_callers_may_run_a_search(search: SearchData, admin: Conn, app:
 
 def test_only_the_declared_searches_read_past_row_level_security_for_the_application(admin: Conn) -> None:
     """Every SECURITY DEFINER function an application role can reach (EXECUTE and its schema's USAGE) whose
-    owner bypasses RLS is a declared search's matcher: no other path past the policies."""
+    owner reads past RLS (BYPASSRLS, a superuser, or a read_all role) is a declared search's matcher: no
+    other path past the policies."""
     reachable = admin.execute(
         "SELECT p.oid::regprocedure::text FROM pg_proc p JOIN pg_roles r ON r.oid = p.proowner "
-        "WHERE p.prosecdef AND (r.rolbypassrls OR r.rolsuper) AND EXISTS ("
+        "WHERE p.prosecdef AND (r.rolbypassrls OR r.rolsuper OR r.rolname = ANY(%s)) AND EXISTS ("
         "  SELECT FROM unnest(ARRAY['anon', 'authenticated']) caller(name)"
         "  WHERE has_function_privilege(caller.name, p.oid, 'EXECUTE')"
-        "  AND has_schema_privilege(caller.name, p.pronamespace, 'USAGE')) ORDER BY 1"
+        "  AND has_schema_privilege(caller.name, p.pronamespace, 'USAGE')) ORDER BY 1",
+        (READ_ALL,),
     ).fetchall()
     declared = {
         f"{SEARCHES.matcher_schema}.{search.matcher_name}({','.join(a.type for a in search.arguments)})"

@@ -29,6 +29,7 @@ from components.database.declared.model import load_schema
 from components.database.kinds.index import IndexKind, IndexSpec
 from components.database.kinds.partition_guard import PartitionGuardStatus
 from components.database.kinds.role import RoleKind, RoleSpec
+from components.database.kinds.row_security import RowSecurityStatus
 from components.database.kinds.table import TableStatus
 from components.database.layer import DatabaseLayer
 from components.database.session import Timeouts
@@ -118,8 +119,12 @@ def test_an_input_the_spec_does_not_have_is_refused_when_the_program_runs() -> N
 
 
 def test_drift_is_a_status_field_that_is_not_as_expected_and_unknown_is_not_drift() -> None:
-    assert TableStatus(row_level_security=False, not_validated=["fk"]).drift() == ["rowLevelSecurity", "notValidated"]
-    assert TableStatus(row_level_security=True, not_validated=[]).drift() == []
+    drifted = RowSecurityStatus(
+        enabled=False, undeclared_policies=["leak: PERMISSIVE FOR SELECT TO public USING (true)"]
+    )
+    assert drifted.drift() == ["enabled", "undeclaredPolicies"]
+    assert RowSecurityStatus(enabled=True, undeclared_policies=[]).drift() == []
+    assert TableStatus(not_validated=["fk"]).drift() == ["notValidated"]
     assert TableStatus().drift() == []  # a state recorded before the field existed
     assert PartitionGuardStatus(unsecured_partitions=2).drift() == ["unsecuredPartitions"]
     assert TableStatus(adopted=True).wire() == {"adopted": True}  # only what a step set is recorded
@@ -177,7 +182,6 @@ def test_every_object_the_layer_declares_is_a_valid_spec_of_its_kind() -> None:
         database="thorbis",
         admin_user="postgres",
         admin_password="pw",
-        platform_owns_roles=True,
     )
 
     def program() -> None:
@@ -198,4 +202,4 @@ def test_every_object_the_layer_declares_is_a_valid_spec_of_its_kind() -> None:
     tables = [name for name, (typ, _) in made.items() if typ == "thorbisdb:db:Table"]
     policies = [name for name, (typ, _) in made.items() if typ == "thorbisdb:db:Policy"]
     assert sorted(tables) == sorted(f"table-{table.name}" for table in schema.tables)
-    assert len(policies) == 4 * len(schema.tables)
+    assert len(policies) == 5 * len(schema.tables)  # four tenant policies and the read_all one

@@ -143,6 +143,35 @@ def test_drift_is_called_out_above_the_changes() -> None:
     assert summary.index("**Drift**") < summary.index("**No changes**")
 
 
+def test_access_beyond_the_declaration_is_a_risk_listed_worst_first() -> None:
+    """Undeclared privileges and policies found by the refresh (status fields marked Access), by kind, not name."""
+    leaks = [
+        Change(
+            "update",
+            "urn:x::exact-privileges",
+            "thorbisdb:db:ExactPrivileges",
+            ("undeclared",),
+            old_outputs={"undeclared": []},
+            new_outputs={"undeclared": ["anon: SELECT on table public.jobs", "anon: TRUNCATE on table public.jobs"]},
+        ),
+        Change(
+            "update",
+            "urn:x::row-security-customers",
+            "thorbisdb:db:RowSecurity",
+            ("undeclaredPolicies",),
+            old_outputs={"undeclaredPolicies": []},
+            new_outputs={"undeclaredPolicies": ["leak: PERMISSIVE FOR SELECT TO public USING (true)"]},
+        ),
+    ]
+    summary = render_markdown(PreviewOutcome("dev", [], 576, drift=leaks))
+    risks = summary[summary.index("**Access beyond the declaration**") : summary.index("**Drift**")]
+    assert risks.splitlines()[1:4] == [
+        "> - `exact-privileges`: anon: TRUNCATE on table public.jobs",
+        "> - `exact-privileges`: anon: SELECT on table public.jobs",
+        "> - `row-security-customers`: leak: PERMISSIVE FOR SELECT TO public USING (true)",
+    ]
+
+
 @pytest.mark.parametrize(
     ("outcome", "code"),
     [

@@ -157,7 +157,9 @@ class IndexKind(DatabaseKind[IndexSpec, IndexStatus]):
     spec_type = IndexSpec
     status_type = IndexStatus
 
-    def observe(self, resource_id: str, spec: IndexSpec) -> Observed[IndexStatus] | None:
+    def observe(
+        self, resource_id: str, spec: IndexSpec, recorded: IndexStatus | None = None
+    ) -> Observed[IndexStatus] | None:
         with connect(self.target) as conn:
             live = live_index(conn, spec)
             if live is None:
@@ -215,7 +217,7 @@ class IndexKind(DatabaseKind[IndexSpec, IndexStatus]):
             operations.append(Operation(attach, Transaction.OWN))
         return operations
 
-    def delete(self, resource_id: str, spec: IndexSpec) -> None:
+    def delete(self, resource_id: str, spec: IndexSpec, recorded: IndexStatus | None = None) -> None:
         with connect(self.target) as conn:
             operation = drop_operation(spec, concurrently=not is_partitioned(conn, spec))
             self.apply(conn, [operation], what=f"drop index {spec.name}")

@@ -41,7 +41,9 @@ class ManifestKind(DatabaseKind[ManifestSpec, NoStatus]):
                 losses += column_losses(name, list(columns), list(spec.tables[name]), spec.renamed.get(name, {}))
         return losses
 
-    def observe(self, resource_id: str, spec: ManifestSpec) -> Observed[NoStatus] | None:
+    def observe(
+        self, resource_id: str, spec: ManifestSpec, recorded: NoStatus | None = None
+    ) -> Observed[NoStatus] | None:
         return Observed({}, NoStatus())  # nothing lives in the database: the declared tables are the whole state
 
     def create(self, spec: ManifestSpec) -> tuple[str, NoStatus]:
@@ -50,5 +52,5 @@ class ManifestKind(DatabaseKind[ManifestSpec, NoStatus]):
     def update(self, resource_id: str, old: dict[str, Any], spec: ManifestSpec) -> NoStatus:
         return NoStatus()
 
-    def delete(self, resource_id: str, spec: ManifestSpec) -> None:
+    def delete(self, resource_id: str, spec: ManifestSpec, recorded: NoStatus | None = None) -> None:
         """Tables are protected resources of their own; forgetting the record loses nothing."""

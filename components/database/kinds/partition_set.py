@@ -30,7 +30,7 @@ from pydantic import Field
 from components.database.base import DatabaseKind, default_partition_name, partition_name, qualified
 from components.database.conversion import partition_security
 from components.database.ddl import Operation, Work, shared
-from components.database.kinds.partition_guard import secure_statements, unsecured_partitions
+from components.database.kinds.partition_guard import securing
 from components.database.locks import Lock, TableLock
 from components.database.session import Statement, connect, scalar
 from components.kind import Expect, Observed, ProviderError, Replace, Spec, Status
@@ -325,7 +325,9 @@ class PartitionSetKind(DatabaseKind[PartitionSetSpec, PartitionSetStatus]):
     spec_type = PartitionSetSpec
     status_type = PartitionSetStatus
 
-    def observe(self, resource_id: str, spec: PartitionSetSpec) -> Observed[PartitionSetStatus] | None:
+    def observe(
+        self, resource_id: str, spec: PartitionSetSpec, recorded: PartitionSetStatus | None = None
+    ) -> Observed[PartitionSetStatus] | None:
         with connect(self.target) as conn:
             live = read_config(conn, partman_schema(conn), spec)
         return None if live is None else observed_config(live, spec)
@@ -352,14 +354,13 @@ class PartitionSetKind(DatabaseKind[PartitionSetSpec, PartitionSetStatus]):
             statements = [] if registered else register_statements(conn, schema, spec)
             locks = [TableLock(spec.schema_name, spec.table, Lock.ACCESS_EXCLUSIVE)] if statements else []
             self.apply(conn, shared([*statements, config_statement(schema, spec)], *locks), what=what)
-            # the partitions create_parent made (and its new default) get RLS and the owner even before the guard
-            unsecured = unsecured_partitions(conn, [spec.schema_name])
-            self.apply(conn, shared(secure_statements(unsecured)), what=f"{what}: secure partitions")
+            # the partitions create_parent made (and its new default): forced RLS, the owner, no privileges
+            self.apply(conn, shared([securing([parent_name(spec)], True)]), what=f"{what}: secure partitions")
             live = read_config(conn, schema, spec)
         assert live is not None
         return config_status(live)
 
-    def delete(self, resource_id: str, spec: PartitionSetSpec) -> None:
+    def delete(self, resource_id: str, spec: PartitionSetSpec, recorded: PartitionSetStatus | None = None) -> None:
         """Forget the set in pg_partman; every partition and row stays (and the Table still owns them)."""
         with connect(self.target) as conn:
             operations = forget_operations(conn, partman_schema(conn), spec)

@@ -1,9 +1,12 @@
-"""thorbisdb:db:Table — a table: columns, keys, checks, foreign keys, row level security (enabled and forced).
+"""thorbisdb:db:Table — a table: columns, keys, checks, foreign keys, owner.
 
 Read the catalog into the spec's shape, compare, and close the gap online (components/database/evolution.py):
 an existing table is adopted, never recreated; columns are added, renamed and retyped, keys changed,
 constraints added NOT VALID and then validated, without holding a lock that blocks writers for longer than
-a catalog change. Dropping a column or a table loses data: refused unless allowed.
+a catalog change. Dropping a column or a table loses data: refused unless allowed. An adopted table keeps its
+owner and is never dropped. A new table is created with row level security enabled and forced in its CREATE
+transaction; an adopted one gets it from its RowSecurity (kinds/row_security.py), once its policies exist,
+so the application using it is never refused in between.
 """
 
 from __future__ import annotations
@@ -41,9 +44,6 @@ TOKEN = "thorbisdb:db:Table"
 
 class TableStatus(Status):
     adopted: bool | None = Field(default=None, description="The table existed before the stack declared it.")
-    row_level_security: Annotated[bool | None, Expect(True)] = Field(
-        default=None, description="Row level security is enabled and forced."
-    )
     not_validated: Annotated[list[str] | None, Expect([])] = Field(
         default=None,
         description="Declared checks and foreign keys that exist NOT VALID (rows may break them): `up` validates.",
@@ -61,9 +61,9 @@ def as_observed(declared: Spec, live: Spec | None, same: bool, validated: bool) 
     return (declared if same else live).model_dump(by_alias=True)
 
 
-def observed(conn: psycopg.Connection, spec: TableSpec) -> Observed[TableStatus] | None:
+def observed(conn: psycopg.Connection, spec: TableSpec, adopted: bool = False) -> Observed[TableStatus] | None:
     """The live table as a spec: where it matches the declared spec (as the server writes both), the
-    declared text is reported, so only real differences show as drift."""
+    declared text is reported, so only real differences show as drift. An adopted table's owner is its own."""
     live = read_table(conn, spec.schema_name, spec.name)
     if live is None:
         return None
@@ -98,14 +98,11 @@ def observed(conn: psycopg.Connection, spec: TableSpec) -> Observed[TableStatus]
         "uniques": [unique for unique in uniques if unique is not None],
         "checks": [check for check in checks if check is not None],
         "foreignKeys": [fk for fk in foreign_keys if fk is not None],
-        "owner": live.owner if spec.owner is not None else None,
+        "owner": spec.owner if adopted or spec.owner is None else live.owner,
         # a plain table adopted under a partitioned spec shows as drift: `up` converts it online
         "partition": spec.partition.model_dump(by_alias=True) if spec.partition and live.partitioned else None,
     }
-    status = TableStatus(
-        row_level_security=live.rls_enabled and live.rls_forced,
-        not_validated=[name for name in live.not_validated if name in declared_constraints],
-    )
+    status = TableStatus(not_validated=[name for name in live.not_validated if name in declared_constraints])
     return Observed(inputs, status)
 
 
@@ -227,9 +224,11 @@ class TableKind(DatabaseKind[TableSpec, TableStatus]):
     status_type = TableStatus
     deleting_loses = "table {name} would be dropped with its rows"
 
-    def observe(self, resource_id: str, spec: TableSpec) -> Observed[TableStatus] | None:
+    def observe(
+        self, resource_id: str, spec: TableSpec, recorded: TableStatus | None = None
+    ) -> Observed[TableStatus] | None:
         with connect(self.target) as conn:
-            return observed(conn, spec)
+            return observed(conn, spec, adopted=bool(recorded and recorded.adopted))
 
     def data_loss(self, old_inputs: dict[str, Any], spec: TableSpec) -> list[str]:
         renamed = {column.name: column.renamed_from for column in spec.columns if column.renamed_from}
@@ -257,7 +256,7 @@ class TableKind(DatabaseKind[TableSpec, TableStatus]):
         with connect(self.target) as conn:
             existed = read_table(conn, spec.schema_name, spec.name) is not None
             if existed:  # the live database already has it: adopt, never recreate
-                self.converge(conn, spec, dropped=[])
+                self.converge(conn, spec, dropped=[], adopted=True)
             else:
                 self.apply(conn, create_operations(spec), what=f"create table {spec.schema_name}.{spec.name}")
             return f"{spec.schema_name}.{spec.name}", TableStatus(adopted=existed)
@@ -266,20 +265,22 @@ class TableKind(DatabaseKind[TableSpec, TableStatus]):
         declared_before = {column["name"] for column in old.get("columns", [])}
         kept = {column.name for column in spec.columns} | {column.renamed_from for column in spec.columns}
         dropped = sorted(name for name in declared_before if name not in kept)
+        adopted = self.status_of(old).adopted is True
         with connect(self.target) as conn:
-            self.converge(conn, spec, dropped)
-            now = observed(conn, spec)  # what is there now, so drift recorded by a refresh is cleared
+            self.converge(conn, spec, dropped, adopted)
+            now = observed(conn, spec, adopted)  # what is there now, so drift recorded by a refresh is cleared
         assert now is not None
         return now
 
-    def converge(self, conn: psycopg.Connection, spec: TableSpec, dropped: list[str]) -> None:
+    def converge(self, conn: psycopg.Connection, spec: TableSpec, dropped: list[str], adopted: bool) -> None:
         live = read_table(conn, spec.schema_name, spec.name)
         assert live is not None
         if live.partitioned != (spec.partition is not None):
-            self.repartition(conn, spec, live)
+            # the partitioned copy of an adopted table keeps the owner the table had
+            self.repartition(conn, spec.model_copy(update={"owner": live.owner}) if adopted else spec, live)
             live = read_table(conn, spec.schema_name, spec.name)
             assert live is not None
-        plan = self.plan(conn, spec, live, dropped)
+        plan = self.plan(conn, spec, live, dropped, adopted)
         if plan.data_loss and not self.target.allow_data_loss:
             raise ProviderError(
                 f"table {spec.schema_name}.{spec.name}: refusing changes that lose data: {'; '.join(plan.data_loss)}. "
@@ -288,8 +289,10 @@ class TableKind(DatabaseKind[TableSpec, TableStatus]):
         self.report_violations(conn, spec, live)
         self.apply(conn, plan.operations, what=f"table {spec.schema_name}.{spec.name}")
 
-    def plan(self, conn: psycopg.Connection, spec: TableSpec, live: LiveTable, dropped: list[str]) -> Plan:
-        return plan_changes(conn, spec, live, canonical(conn, spec), dropped)
+    def plan(
+        self, conn: psycopg.Connection, spec: TableSpec, live: LiveTable, dropped: list[str], adopted: bool = False
+    ) -> Plan:
+        return plan_changes(conn, spec, live, canonical(conn, spec), dropped, adopted)
 
     def repartition(self, conn: psycopg.Connection, spec: TableSpec, live: LiveTable) -> None:
         """A plain table whose spec is partitioned is converted online (components/database/conversion.py);
@@ -351,7 +354,9 @@ class TableKind(DatabaseKind[TableSpec, TableStatus]):
                 "fix those rows, then run `pulumi up` again (nothing was changed)"
             )
 
-    def delete(self, resource_id: str, spec: TableSpec) -> None:
+    def delete(self, resource_id: str, spec: TableSpec, recorded: TableStatus | None = None) -> None:
+        if recorded is not None and recorded.adopted:  # the table and its rows were there before the stack
+            return
         relation = qualified(spec.schema_name, spec.name)
         with connect(self.target) as conn:
             if read_table(conn, spec.schema_name, spec.name) is None:

@@ -139,7 +139,9 @@ class ViewKind(DatabaseKind[ViewSpec, ViewStatus]):
     spec_type = ViewSpec
     status_type = ViewStatus
 
-    def observe(self, resource_id: str, spec: ViewSpec) -> Observed[ViewStatus] | None:
+    def observe(
+        self, resource_id: str, spec: ViewSpec, recorded: ViewStatus | None = None
+    ) -> Observed[ViewStatus] | None:
         with connect(self.target) as conn:
             return observed(conn, spec)
 
@@ -163,7 +165,7 @@ class ViewKind(DatabaseKind[ViewSpec, ViewStatus]):
                 raise
             apply_drop(conn, remake_operations(conn, spec), self.target.timeouts, what)
 
-    def delete(self, resource_id: str, spec: ViewSpec) -> None:
+    def delete(self, resource_id: str, spec: ViewSpec, recorded: ViewStatus | None = None) -> None:
         drop = sql.SQL("DROP VIEW IF EXISTS {} RESTRICT").format(qualified(spec.schema_name, spec.name))
         with connect(self.target) as conn:
             apply_drop(conn, shared([drop]), self.target.timeouts, f"drop view {spec.schema_name}.{spec.name}")
