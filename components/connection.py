@@ -63,9 +63,6 @@ class ConnectionSpec(_Wire):
     redis: Endpoint | None = None
     redis_password: str | None = Field(default=None, repr=False)
     sslmode: str = "prefer"
-    #: Decided by the platform: roles that already exist on the server are the platform's (Supabase's anon,
-    #: authenticated, ...): the database layer adopts them and never drops them.
-    platform_owns_roles: bool = False
     ha: HaEndpoints | None = None
     #: The pooler's database whose server connections go to the replicas (None: reads use `database`).
     read_database: str | None = None

@@ -186,6 +186,9 @@ PgMemory = Annotated[str, BeforeValidator(_number_as_text), StringConstraints(pa
 PgDuration = Annotated[str, BeforeValidator(_number_as_text), StringConstraints(pattern=r"^\d+(us|ms|s|min|h|d)?$")]
 RedisMemory = Annotated[str, BeforeValidator(_number_as_text), StringConstraints(pattern=r"(?i)^\d+(k|kb|m|mb|g|gb)?$")]
 Identifier = Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_]{0,62}$")]
+#: The JWT claim that names the caller's company, unless thorbis:companyClaim says another.
+DEFAULT_COMPANY_CLAIM = "company_id"
+ClaimPath = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")]
 GucName = Annotated[str, StringConstraints(pattern=GUC_NAME_PATTERN), AfterValidator(_own_key_guc)]
 GucValue = Annotated[str, BeforeValidator(_guc_value)]
 GucSettings = Annotated[Mapping[GucName, GucValue], AfterValidator(_frozen), PlainSerializer(_plain)]
@@ -648,6 +651,19 @@ class StackSettings(Settings):
         "lock_timeout of schema changes. Default 5s.",
         "a PostgreSQL duration: digits with an optional unit us, ms, s, min, h or d, e.g. 5s or 500ms",
     )
+    statement_timeout: PgDuration = setting(
+        "5s",
+        "statement_timeout of schema changes that hold a lock blocking writers (online builds, validations "
+        "and backfills have none). Default 5s.",
+        "a PostgreSQL duration: digits with an optional unit us, ms, s, min, h or d, e.g. 5s or 500ms",
+    )
+    company_claim: ClaimPath = setting(
+        DEFAULT_COMPANY_CLAIM,
+        "Where the caller's company id is in the JWT claims that applications set per transaction "
+        "(request.jwt.claims): a top-level claim, or a dotted path such as app_metadata.company_id (Supabase "
+        "puts custom claims there, or a custom access-token hook puts them where it likes). Default company_id.",
+        "claim names of letters, digits and _ joined by dots, e.g. company_id or app_metadata.company_id",
+    )
     postgres: PostgresSettings = section("The primary PostgreSQL server (PostgresSettings).")
     replicas: ReplicasSettings = section("Streaming replicas of the primary (ReplicasSettings).")
     pgbouncer: PgBouncerSettings = section("The PgBouncer pooler (PgBouncerSettings).")
@@ -685,7 +701,8 @@ class StackSettings(Settings):
     authenticator_password: Password | None = setting(
         None,
         "Password of `authenticator`, the role applications log in as (they then SET LOCAL ROLE authenticated); "
-        "required on every platform. Secret; default unset.",
+        "required on local and docker; on external only where the server lacks the role (Supabase has it, and "
+        "its password is never changed). Secret; default unset.",
         SECRET_ALLOWED,
         secret="role",
     )

@@ -68,6 +68,28 @@ def row_level_security(access: StackAccess) -> Finding:
     return verdict(bool(tables) and not unsecured, detail + (f"; not: {listing(unsecured)}" if unsecured else ""))
 
 
+#: What would let the API's roles past row level security: TRUNCATE (it ignores RLS), TRIGGER and REFERENCES
+#: on a table, or a permissive policy that lets them see or write every row.
+PAST_RLS_QUERY = """
+SELECT format('%s holds %s on %s', r.rolname, p.privilege, c.relname)
+FROM pg_class c CROSS JOIN pg_roles r CROSS JOIN unnest(ARRAY['TRUNCATE', 'TRIGGER', 'REFERENCES']) p(privilege)
+WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p') AND r.rolname IN ('anon', 'authenticated')
+  AND has_table_privilege(r.oid, c.oid, p.privilege)
+UNION ALL
+SELECT format('policy %s on %s lets %s %s every row', policyname, tablename, array_to_string(roles, ', '), cmd)
+FROM pg_policies
+WHERE schemaname = 'public' AND permissive = 'PERMISSIVE' AND roles && ARRAY['anon', 'authenticated', 'public']::name[]
+  AND coalesce(qual, with_check) = 'true'
+ORDER BY 1
+"""
+
+
+def api_roles_within_rls(access: StackAccess) -> Finding:
+    found = [line for (line,) in rows(access, PAST_RLS_QUERY)]
+    detail = "anon and authenticated: no TRUNCATE, TRIGGER or REFERENCES, no policy open to every row"
+    return verdict(not found, f"{len(found)} way(s) past RLS: {listing(found)}" if found else detail)
+
+
 #: A foreign key is covered by a valid, non-partial index whose leading columns are the key's columns.
 FK_INDEX_QUERY = """
 SELECT c.conrelid::regclass::text, c.conname,
@@ -283,6 +305,7 @@ def etcd_health(access: StackAccess) -> Finding:
 
 CHECKS: tuple[tuple[str, Callable[[StackAccess], Finding]], ...] = (
     ("RLS on every table", row_level_security),
+    ("API roles within RLS", api_roles_within_rls),
     ("FK index coverage", foreign_key_indexes),
     ("no INVALID index", invalid_indexes),
     ("replicas streaming", replicas_streaming),

@@ -111,6 +111,12 @@ def busy_port() -> Iterator[int]:
 # --- good configurations -----------------------------------------------------------------------------
 
 
+def test_the_company_claim_is_top_level_by_default_or_a_dotted_path() -> None:
+    assert Stack().parse().company_claim == "company_id"
+    nested = Stack().with_values(companyClaim="app_metadata.company_id").parse()
+    assert nested.company_claim == "app_metadata.company_id"
+
+
 def test_defaults() -> None:
     settings = Stack().parse()
     assert settings.stack == "dev"
@@ -367,6 +373,12 @@ BAD = [
     ),
     Bad("lock-timeout-unit", {"lockTimeout": "5sec"}, "thorbis:lockTimeout", ('"5sec"', "PostgreSQL duration")),
     Bad("state-dir-empty", {"stateDir": " "}, "thorbis:stateDir", ("must not be empty",)),
+    Bad(
+        "company-claim-path",
+        {"companyClaim": "app_metadata..company-id"},
+        "thorbis:companyClaim",
+        ('"app_metadata..company-id"', "app_metadata.company_id"),
+    ),
     Bad("premake-zero", {"partitioning": {"premake": 0}}, "thorbis:partitioning.premake", ("= 0:", "1 to 60")),
     Bad(
         "retention-text",

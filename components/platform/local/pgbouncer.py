@@ -274,7 +274,9 @@ class PgBouncerKind(Kind[PgBouncerSpec, PgBouncerStatus]):
         start(spec)
         return str(ini), status(spec)
 
-    def observe(self, resource_id: str, spec: PgBouncerSpec) -> Observed[PgBouncerStatus] | None:
+    def observe(
+        self, resource_id: str, spec: PgBouncerSpec, recorded: PgBouncerStatus | None = None
+    ) -> Observed[PgBouncerStatus] | None:
         if not Path(resource_id).exists():
             return None
         return status(spec)
@@ -299,7 +301,7 @@ class PgBouncerKind(Kind[PgBouncerSpec, PgBouncerStatus]):
         start(spec)
         return status(spec)
 
-    def delete(self, resource_id: str, spec: PgBouncerSpec) -> None:
+    def delete(self, resource_id: str, spec: PgBouncerSpec, recorded: PgBouncerStatus | None = None) -> None:
         stop(spec)
         if process.port_open(spec.primary_port):
             try:

@@ -244,7 +244,9 @@ class ReadRouterKind(Kind[ReadRouterSpec, ReadRouterStatus]):
         start(spec)
         return files(spec)[0].as_posix(), status(spec)
 
-    def observe(self, resource_id: str, spec: ReadRouterSpec) -> Observed[ReadRouterStatus] | None:
+    def observe(
+        self, resource_id: str, spec: ReadRouterSpec, recorded: ReadRouterStatus | None = None
+    ) -> Observed[ReadRouterStatus] | None:
         if not Path(resource_id).exists():
             return None
         return status(spec)
@@ -256,6 +258,6 @@ class ReadRouterKind(Kind[ReadRouterSpec, ReadRouterStatus]):
         start(spec)
         return status(spec)
 
-    def delete(self, resource_id: str, spec: ReadRouterSpec) -> None:
+    def delete(self, resource_id: str, spec: ReadRouterSpec, recorded: ReadRouterStatus | None = None) -> None:
         stop(spec)
         process.remove_tree(Path(spec.state_dir))

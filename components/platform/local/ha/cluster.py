@@ -166,7 +166,9 @@ class PatroniClusterKind(Kind[PatroniClusterSpec, PatroniClusterStatus]):
             write_configuration(spec)
         return spec.scope, PatroniClusterStatus(restarted=rolling_restart(spec))
 
-    def observe(self, resource_id: str, spec: PatroniClusterSpec) -> Observed[PatroniClusterStatus] | None:
+    def observe(
+        self, resource_id: str, spec: PatroniClusterSpec, recorded: PatroniClusterStatus | None = None
+    ) -> Observed[PatroniClusterStatus] | None:
         stored = stored_configuration(spec)
         return None if stored is None else Observed(as_inputs(stored, spec), PatroniClusterStatus())
 
@@ -174,7 +176,7 @@ class PatroniClusterKind(Kind[PatroniClusterSpec, PatroniClusterStatus]):
         write_configuration(spec)  # the whole document: a setting no longer declared goes too
         return PatroniClusterStatus(restarted=rolling_restart(spec))
 
-    def delete(self, resource_id: str, spec: PatroniClusterSpec) -> None:
+    def delete(self, resource_id: str, spec: PatroniClusterSpec, recorded: PatroniClusterStatus | None = None) -> None:
         try:
             port = healthy_etcd(spec)
         except Unreachable:

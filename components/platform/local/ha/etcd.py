@@ -190,7 +190,9 @@ class EtcdMemberKind(Kind[EtcdMemberSpec, EtcdMemberStatus]):
         start(spec)
         return f"{spec.cluster_token}/{spec.name}", status(spec)
 
-    def observe(self, resource_id: str, spec: EtcdMemberSpec) -> Observed[EtcdMemberStatus] | None:
+    def observe(
+        self, resource_id: str, spec: EtcdMemberSpec, recorded: EtcdMemberStatus | None = None
+    ) -> Observed[EtcdMemberStatus] | None:
         data, _, _ = files(spec)
         return Observed({}, status(spec)) if data.exists() else None
 
@@ -199,7 +201,7 @@ class EtcdMemberKind(Kind[EtcdMemberSpec, EtcdMemberStatus]):
         start(spec)
         return status(spec)
 
-    def delete(self, resource_id: str, spec: EtcdMemberSpec) -> None:
+    def delete(self, resource_id: str, spec: EtcdMemberSpec, recorded: EtcdMemberStatus | None = None) -> None:
         with contextlib.suppress(ProviderError):  # the whole cluster is going (destroy): no quorum to keep
             leave(spec)
         stop(spec)

@@ -175,7 +175,9 @@ class HaRouterKind(Kind[HaRouterSpec, HaRouterStatus]):
         start(spec)
         return str(config), status(spec)
 
-    def observe(self, resource_id: str, spec: HaRouterSpec) -> Observed[HaRouterStatus] | None:
+    def observe(
+        self, resource_id: str, spec: HaRouterSpec, recorded: HaRouterStatus | None = None
+    ) -> Observed[HaRouterStatus] | None:
         return Observed({}, status(spec)) if Path(resource_id).exists() else None
 
     def update(self, resource_id: str, old: dict[str, Any], spec: HaRouterSpec) -> HaRouterStatus:
@@ -186,6 +188,6 @@ class HaRouterKind(Kind[HaRouterSpec, HaRouterStatus]):
         start(spec)
         return status(spec)
 
-    def delete(self, resource_id: str, spec: HaRouterSpec) -> None:
+    def delete(self, resource_id: str, spec: HaRouterSpec, recorded: HaRouterStatus | None = None) -> None:
         stop(spec)
         process.remove_tree(Path(spec.state_dir))

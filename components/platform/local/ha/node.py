@@ -156,7 +156,9 @@ class PatroniNodeKind(Kind[PatroniNodeSpec, PatroniNodeStatus]):
             current = spec.superuser_password  # already changed (by another node's update)
         ensure_roles_and_database(spec.port, current, spec.superuser_password, spec.replication_password, spec.database)
 
-    def observe(self, resource_id: str, spec: PatroniNodeSpec) -> Observed[PatroniNodeStatus] | None:
+    def observe(
+        self, resource_id: str, spec: PatroniNodeSpec, recorded: PatroniNodeStatus | None = None
+    ) -> Observed[PatroniNodeStatus] | None:
         if not patroni.NodeFiles(Path(spec.state_dir)).server.initialised():
             return None
         return Observed({}, status(spec))
@@ -171,7 +173,7 @@ class PatroniNodeKind(Kind[PatroniNodeSpec, PatroniNodeStatus]):
         self.ensure_database(spec, old.get("superuserPassword"))
         return status(spec)
 
-    def delete(self, resource_id: str, spec: PatroniNodeSpec) -> None:
+    def delete(self, resource_id: str, spec: PatroniNodeSpec, recorded: PatroniNodeStatus | None = None) -> None:
         """The node leaves the cluster (a leader hands over first); its directory is deleted when the stack
         allows data loss, and set aside otherwise (it may be the last copy: destroy deletes every node)."""
         base = Path(spec.state_dir)
