@@ -68,9 +68,10 @@ def ha(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HaStack]:
 
 def no_changes(live: LiveStack) -> None:
     """A refresh then an update change nothing, whichever node leads; then a plain preview is empty."""
-    result = live.stack.up(refresh=True)
+    result = live.stack.up(refresh=True, diff=True)
     changed = {op: count for op, count in (result.summary.resource_changes or {}).items() if op != "same"}
-    assert changed == {}, f"`up --refresh` after the fault changed {changed}"
+    what = [line.strip() for line in result.stdout.splitlines() if line.lstrip().startswith(("~", "+", "-"))]
+    assert changed == {}, f"`up --refresh` after the fault changed {changed}: {what[:40]}"
     live.stack.preview(expect_no_changes=True)
 
 
