@@ -12,6 +12,7 @@ out, as are those that changed no schema (catalog reads). squawk (tools/squawk, 
 from __future__ import annotations
 
 import csv
+import sys
 import json
 import re
 import subprocess
@@ -55,6 +56,7 @@ class Transaction:
 
 def log_lines(state_dir: Path) -> list[list[str]]:
     """Every line of the CSV logs of the servers under `state_dir`."""
+    csv.field_size_limit(sys.maxsize)  # a logged statement (a function's body, a long array) can be large
     rows: list[list[str]] = []
     for path in sorted(state_dir.rglob("log/*.csv")):
         with path.open(newline="", errors="replace") as handle:
