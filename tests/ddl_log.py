@@ -12,10 +12,10 @@ out, as are those that changed no schema (catalog reads). squawk (tools/squawk, 
 from __future__ import annotations
 
 import csv
-import sys
 import json
 import re
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
