@@ -21,6 +21,7 @@ from components.database.kinds.partition_set import PartitionSetKind
 from components.database.kinds.policy import PolicyKind
 from components.database.kinds.role import RoleKind
 from components.database.kinds.schema import SchemaKind
+from components.database.kinds.statistics_access import StatisticsAccessKind
 from components.database.kinds.table import TableKind
 from components.database.kinds.trigger import TriggerKind
 from components.database.kinds.view import ViewKind
@@ -56,6 +57,7 @@ KINDS: tuple[type[Kind[Any, Any]], ...] = (
     PartitionGuardKind,
     GrantKind,
     DefaultPrivilegesKind,
+    StatisticsAccessKind,
     CronJobKind,
 )
 
