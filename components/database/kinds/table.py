@@ -16,7 +16,7 @@ import psycopg
 from psycopg import sql
 from pydantic import Field
 
-from components.database.base import DatabaseKind, default_partition_name, qualified
+from components.database.base import DatabaseKind, bounded, default_partition_name, qualified
 from components.database.conversion import convert_to_partitioned, drop_unpartitioned
 from components.database.ddl import Operation, Transaction, shared
 from components.database.session import Statement, connect, scalar
@@ -185,12 +185,12 @@ class Plan:
         return [*self.concurrent_indexes, *shared(self.statements), *validations]
 
 
-def unique_index_operations(spec: TableSpec, unique: UniqueSpec) -> list[Operation]:
-    """The index a new unique constraint of a live table will use, built without blocking writes. One of
-    the same name without its constraint is what an interrupted build left: made again."""
-    drop = sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(qualified(spec.schema_name, unique.name))
+def unique_index_operations(spec: TableSpec, unique: UniqueSpec, index: str) -> list[Operation]:
+    """The index a new or changed unique constraint of a live table will use, built without blocking
+    writes. One of the same name without its constraint is what an interrupted build left: made again."""
+    drop = sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(qualified(spec.schema_name, index))
     build = sql.SQL("CREATE UNIQUE INDEX CONCURRENTLY {} ON {} ({})").format(
-        sql.Identifier(unique.name), qualified(spec.schema_name, spec.name), columns_list(unique.columns)
+        sql.Identifier(index), qualified(spec.schema_name, spec.name), columns_list(unique.columns)
     )
     return [Operation(drop, Transaction.NONE), Operation(build, Transaction.NONE, cleanup=drop)]
 
@@ -254,17 +254,24 @@ def plan_constraints(
     if live.primary_key != spec.primary_key:
         plan.data_loss.append(f"primary key changes from {live.primary_key} to {spec.primary_key}")
     for unique in spec.uniques:
-        if unique.name not in live.uniques and not live.partitioned:
-            # its index is built CONCURRENTLY first (Plan.concurrent_indexes), so writers are never blocked
-            plan.concurrent_indexes += unique_index_operations(spec, unique)
-            plan.statements.append(
-                alter
-                + sql.SQL("ADD CONSTRAINT {} UNIQUE USING INDEX {}").format(
-                    sql.Identifier(unique.name), sql.Identifier(unique.name)
-                )
+        current = live.uniques.get(unique.name)
+        if current == unique:
+            continue
+        if live.partitioned:
+            replace(unique.name, unique_clause(unique), current is not None, validate=False)
+            continue
+        # its index is built CONCURRENTLY first (Plan.concurrent_indexes), so writers are never blocked; a
+        # changed key's beside the old one, which goes in the same transaction as the new one comes
+        index = unique.name if current is None else bounded(f"{unique.name}_building")
+        plan.concurrent_indexes += unique_index_operations(spec, unique, index)
+        if current is not None:
+            plan.statements.append(alter + sql.SQL("DROP CONSTRAINT {}").format(sql.Identifier(unique.name)))
+        plan.statements.append(
+            alter
+            + sql.SQL("ADD CONSTRAINT {} UNIQUE USING INDEX {}").format(
+                sql.Identifier(unique.name), sql.Identifier(index)
             )
-        elif live.uniques.get(unique.name) != unique:
-            replace(unique.name, unique_clause(unique), unique.name in live.uniques, validate=False)
+        )
     for check in spec.checks:
         if live.checks.get(check.name) != wanted_checks.get(check.name):
             replace(check.name, check_clause(check), check.name in live.checks, validate=True)
@@ -281,6 +288,19 @@ def plan_constraints(
 def violations(conn: psycopg.Connection, spec: TableSpec, check: CheckSpec) -> int:
     query = sql.SQL("SELECT count(*) FROM {} WHERE NOT ({})").format(
         qualified(spec.schema_name, spec.name), sql.SQL(check.expression)
+    )
+    return int(scalar(conn, query) or 0)
+
+
+def duplicates(conn: psycopg.Connection, spec: TableSpec, unique: UniqueSpec) -> int:
+    """Rows that share their key (all of its columns set) with another row: a unique key would refuse them."""
+    columns = columns_list(unique.columns)
+    query = sql.SQL(
+        "SELECT coalesce(sum(n), 0) FROM (SELECT count(*) n FROM {} WHERE {} GROUP BY {} HAVING count(*) > 1) d"
+    ).format(
+        qualified(spec.schema_name, spec.name),
+        sql.SQL(" AND ").join(sql.SQL("{} IS NOT NULL").format(sql.Identifier(c)) for c in unique.columns),
+        columns,
     )
     return int(scalar(conn, query) or 0)
 
@@ -398,6 +418,13 @@ class TableKind(DatabaseKind[TableSpec, TableStatus]):
             and all(column in live.columns for column in fk.columns)  # a column added now holds no value yet
             and relation_exists(conn, qualified(fk.ref_schema, fk.ref_table))
             and (count := orphans(conn, spec, fk))
+        }
+        broken |= {  # a key added or changed: rows that share a value of it
+            unique.name: count
+            for unique in spec.uniques
+            if live.uniques.get(unique.name) != unique
+            and all(column in live.columns for column in unique.columns)
+            and (count := duplicates(conn, spec, unique))
         }
         if broken:
             listing = ", ".join(f"{name}: {count} row(s)" for name, count in broken.items())
