@@ -21,7 +21,7 @@ from psycopg import sql
 from components.database.declared.model import ROW_ID, TENANT_COLUMN, load_schema
 from components.database.declared.operations import load_monitoring
 from components.platform.local.pgbouncer import AUTH_ROLE
-from tests.e2e.conftest import LiveStack
+from testbed.stacks import LiveStack
 from tests.e2e.rows import Synthesizer, World, check_choices, relation, typed_value, where_key
 from tests.e2e.test_tenant_isolation import as_company, authenticator, claims
 

@@ -165,7 +165,7 @@ class StatisticsAccessKind(DatabaseKind[StatisticsAccessSpec, StatisticsAccessSt
     def database(self, name: str) -> Iterator[psycopg.Connection | None]:
         """The admin's connection to one database; None when it may not connect there."""
         try:
-            conn = psycopg.connect(**self.target.connection.admin_conninfo(database=name), autocommit=True)
+            conn = psycopg.connect(**self.target.connection.conninfo(database=name), autocommit=True)
         except psycopg.OperationalError:
             yield None
             return
