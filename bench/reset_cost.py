@@ -21,23 +21,13 @@ import psycopg
 
 from bench import connections, generate
 from bench.run import APPLICATION_LOGIN, APPLICATION_PASSWORD_KEY, RESULTS
-from components.platform.local.pgbouncer import AUTH_ROLE
 from ops.stack import read_connection
 from testbed.stacks import LiveStack, throwaway_stack
 
 
 def set_reset_always(live: LiveStack, on: bool) -> None:
     """Online, on PgBouncer's admin console (its auth user is an admin there)."""
-    with psycopg.connect(
-        host="127.0.0.1",
-        port=live.pgbouncer_port,
-        dbname="pgbouncer",
-        user=AUTH_ROLE,
-        password=live.passwords["pgbouncerAuthPassword"],
-        autocommit=True,
-        cursor_factory=psycopg.ClientCursor,  # the admin console speaks the simple protocol only
-        prepare_threshold=None,
-    ) as console:
+    with live.pgbouncer_console() as console:
         console.execute(f"SET server_reset_query_always = {int(on)}")
         shown = {row[0]: row[1] for row in console.execute("SHOW CONFIG").fetchall()}
     assert shown["server_reset_query_always"] == str(int(on)), shown["server_reset_query_always"]

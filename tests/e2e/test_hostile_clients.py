@@ -20,7 +20,6 @@ from psycopg import sql
 
 from components.database.declared.model import ROW_ID, TENANT_COLUMN, load_schema
 from components.database.declared.operations import load_monitoring
-from components.platform.local.pgbouncer import AUTH_ROLE
 from testbed.stacks import LiveStack
 from tests.e2e.rows import Synthesizer, World, check_choices, relation, typed_value, where_key
 from tests.e2e.test_tenant_isolation import as_company, authenticator, claims
@@ -99,16 +98,7 @@ def clean(database_stack: LiveStack) -> tuple[Any, ...]:
 
 def reconnect_servers(stack: LiveStack) -> None:
     """PgBouncer closes its server connections as they are released: nothing a test left outlives it."""
-    with psycopg.connect(
-        host="127.0.0.1",
-        port=stack.pgbouncer_port,
-        dbname="pgbouncer",
-        user=AUTH_ROLE,
-        password=stack.passwords["pgbouncerAuthPassword"],
-        autocommit=True,
-        cursor_factory=psycopg.ClientCursor,  # the admin console speaks the simple protocol only
-        prepare_threshold=None,
-    ) as console:
+    with stack.pgbouncer_console() as console:
         console.execute("RECONNECT")
 
 
