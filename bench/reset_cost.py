@@ -24,6 +24,8 @@ from bench.run import APPLICATION_LOGIN, APPLICATION_PASSWORD_KEY, RESULTS
 from ops.stack import read_connection
 from testbed.stacks import LiveStack, throwaway_stack
 
+OUTPUT = RESULTS / "reset-cost.json"
+
 
 def set_reset_always(live: LiveStack, on: bool) -> None:
     """Online, on PgBouncer's admin console (its auth user is an admin there)."""
@@ -54,7 +56,10 @@ def measure(rounds: int, seconds: int, scale: float, clients: int) -> dict[str, 
                     print(f"reset {'on ' if on else 'off'}", end="")
                     connections.print_run(run)
                     runs.append(run)
-    return {"clients": clients, "seconds": seconds, "scale": scale, "runs": runs, "summary": summarise(runs)}
+        result = {"clients": clients, "seconds": seconds, "scale": scale, "runs": runs, "summary": summarise(runs)}
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        OUTPUT.write_text(json.dumps(result, indent=2) + "\n")  # kept whatever the destroy does
+    return result
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -82,8 +87,6 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=1000)
     arguments = parser.parse_args()
     result = measure(arguments.rounds, arguments.seconds, arguments.scale, arguments.clients)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "reset-cost.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result["summary"], indent=2))
 
 

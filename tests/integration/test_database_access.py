@@ -22,6 +22,7 @@ from components.database.kinds.default_privileges import DefaultPrivilegesKind, 
 from components.database.kinds.extension import ExtensionKind, ExtensionSpec, ExtensionStatus
 from components.database.kinds.grant import GrantKind, GrantSpec
 from components.database.kinds.role import RoleKind, RoleSpec
+from components.database.kinds.statistics_access import StatisticsAccessKind, StatisticsAccessSpec
 from components.kind import ProviderError
 from components.platform.local.postgres import PostgresServerKind, PostgresServerSpec
 from components.platform.local.postgres_files import SUPERUSER
@@ -235,6 +236,27 @@ def test_a_role_that_owns_objects_is_not_dropped(server: Server) -> None:
     server.run("DROP TABLE public.{table}", table=table)
     kind.delete(role_id, spec)
     assert kind.observe(role_id, spec) is None
+
+
+# --- StatisticsAccess ----------------------------------------------------------------------------------
+
+
+def test_statistics_are_withheld_from_the_app_and_the_reader_can_still_be_dropped(server: Server) -> None:
+    """Every database: the app role reads no statistic (a grant by hand is drift that update revokes), the
+    reader reads them; delete withdraws the reader's grants, so that the stack can drop the role next."""
+    app_role, reader = make_role(server, "it_app"), make_role(server, "it_monitor")
+    kind = server.kind(StatisticsAccessKind)
+    spec = StatisticsAccessSpec(readers=[reader], withheld_from=["PUBLIC", app_role])
+    resource_id, status = kind.create(spec)
+    assert status.exposed == [] and status.unrevocable == []
+    for view in ("pg_catalog.pg_stat_activity", "pg_catalog.pg_locks", "pg_catalog.pg_stat_user_tables"):
+        assert server.scalar("SELECT has_table_privilege(%s, %s, 'SELECT')", (app_role, view)) is False
+        assert server.scalar("SELECT has_table_privilege(%s, %s, 'SELECT')", (reader, view)) is True
+    server.run("GRANT SELECT ON pg_catalog.pg_stat_activity TO {role}", role=app_role)
+    assert kind.status(spec).exposed == [f"{DATABASE}: pg_stat_activity"]
+    assert kind.update(resource_id, {}, spec).exposed == []
+    kind.delete(resource_id, spec)
+    server.run("DROP ROLE {reader}; DROP ROLE {app_role}", reader=reader, app_role=app_role)
 
 
 # --- Grant ---------------------------------------------------------------------------------------------

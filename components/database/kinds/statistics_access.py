@@ -116,8 +116,12 @@ class Access:
     def label(self) -> str:
         return f"{self.database}: {self.name}"
 
+    @property
+    def target(self) -> sql.Composable:
+        return sql.SQL("{} {}").format(sql.SQL(self.family), sql.SQL(self.name))
+
     def statements(self) -> list[Statement]:
-        target = sql.SQL("{} {}").format(sql.SQL(self.family), sql.SQL(self.name))
+        target = self.target
         privilege = sql.SQL(self.privilege)
         statements: list[Statement] = []
         if self.holders:
@@ -202,5 +206,19 @@ class StatisticsAccessKind(DatabaseKind[StatisticsAccessSpec, StatisticsAccessSt
         return self.status(spec)
 
     def delete(self, resource_id: str, spec: StatisticsAccessSpec) -> None:
-        """Left as it is: PostgreSQL's default (everyone reads every statistic) is what this kind ends, and a
-        destroyed stack's server should not go back to it by itself (`GRANT ... TO PUBLIC` does, by hand)."""
+        """The readers' grants are withdrawn (a role that holds privileges cannot be dropped, and the stack
+        drops its roles next); the rest is left as it is: PostgreSQL's default (everyone reads every
+        statistic) is what this kind ends, and a destroyed stack's server should not go back to it by itself
+        (`GRANT ... TO PUBLIC` does, by hand)."""
+        for name in self.databases():
+            with self.database(name) as conn:
+                if conn is not None:
+                    readers = [grantee(role) for role in existing_roles(conn, spec.readers)]
+                    statements: list[Statement] = [
+                        sql.SQL("REVOKE {} ON {} FROM {}").format(
+                            sql.SQL(access.privilege), access.target, sql.SQL(", ").join(readers)
+                        )
+                        for access in accesses(conn, spec)
+                        if access.changeable and readers
+                    ]
+                    self.apply(conn, shared(statements), what=f"statistics access in database {name}")
