@@ -64,7 +64,8 @@ LEFT_BEHIND: dict[str, list[str]] = {
     "cursor WITH HOLD": ["DECLARE left_behind CURSOR WITH HOLD FOR SELECT 1"],
 }
 #: What a transaction that sets nothing sees of its session; the same on every server connection unless
-#: something of another client's survived there. The advisory lock is free unless another session holds it.
+#: something of another client's survived there. The advisory key is free to share unless a session holds
+#: it exclusively (the probes share it among themselves; a session's own lock never blocks it).
 FINGERPRINT = sql.SQL("""
 SELECT current_user::text, session_user::text,
        coalesce(current_setting('request.jwt.claims', true), ''),
@@ -76,7 +77,7 @@ SELECT current_user::text, session_user::text,
        (SELECT count(*) FROM pg_prepared_statements),
        (SELECT count(*) FROM pg_cursors),
        (SELECT count(*) FROM pg_listening_channels()),
-       pg_try_advisory_xact_lock({key})
+       pg_try_advisory_xact_lock_shared({key})
 """).format(key=sql.Literal(ADVISORY_KEY))
 
 
@@ -219,8 +220,9 @@ Outcome = tuple[str, str] | None  # (SQLSTATE, constraint) of the refusal; None 
 
 
 def outcome(conn: Conn, statement: sql.Composed, params: list[str]) -> Outcome:
+    """How the statement ends; rolled back either way, so each attempt meets the same rows."""
     try:
-        with conn.transaction():
+        with conn.transaction(force_rollback=True):
             conn.execute(statement, params)
     except psycopg.Error as error:
         return (error.sqlstate or "", error.diag.constraint_name or "")
@@ -343,6 +345,7 @@ def test_another_sessions_statements_and_locks_stay_out_of_sight(
     with authenticator(database_stack, pooled) as tenant_b, authenticator(database_stack, pooled) as attacker:
         tenant_b.execute("BEGIN")
         tenant_b.execute("SELECT set_config('request.jwt.claims', %s, true)", (claims(companies.a_id),))
+        tenant_b.execute("SET LOCAL ROLE authenticated")
         tenant_b.execute(f"SET LOCAL thorbis_it.note = '{secret}'")
         tenant_b.execute(f"EXPLAIN SELECT * FROM public.customers WHERE email = '{secret}@example.com'")
         tenant_b.execute(f"SELECT pg_advisory_xact_lock({key})")
