@@ -189,7 +189,9 @@ class StatisticsAccessKind(DatabaseKind[StatisticsAccessSpec, StatisticsAccessSt
                         (exposed if access.changeable else unrevocable).append(access.label)
         return StatisticsAccessStatus(exposed=exposed, unrevocable=unrevocable)
 
-    def observe(self, resource_id: str, spec: StatisticsAccessSpec) -> Observed[StatisticsAccessStatus] | None:
+    def observe(
+        self, resource_id: str, spec: StatisticsAccessSpec, recorded: StatisticsAccessStatus | None = None
+    ) -> Observed[StatisticsAccessStatus] | None:
         return Observed(spec.model_dump(by_alias=True), self.status(spec))
 
     def create(self, spec: StatisticsAccessSpec) -> tuple[str, StatisticsAccessStatus]:
@@ -205,7 +207,9 @@ class StatisticsAccessKind(DatabaseKind[StatisticsAccessSpec, StatisticsAccessSt
                     self.apply(conn, shared(statements), what=f"statistics access in database {name}")
         return self.status(spec)
 
-    def delete(self, resource_id: str, spec: StatisticsAccessSpec) -> None:
+    def delete(
+        self, resource_id: str, spec: StatisticsAccessSpec, recorded: StatisticsAccessStatus | None = None
+    ) -> None:
         """The readers' grants are withdrawn (a role that holds privileges cannot be dropped, and the stack
         drops its roles next); the rest is left as it is: PostgreSQL's default (everyone reads every
         statistic) is what this kind ends, and a destroyed stack's server should not go back to it by itself
