@@ -20,11 +20,13 @@ from psycopg import sql
 
 from components.database.declared.model import ROW_ID, TENANT_COLUMN, load_schema
 from components.database.declared.operations import load_monitoring
+from components.platform.routing import read_database
 from testbed.stacks import LiveStack
 from tests.e2e.rows import Synthesizer, World, check_choices, relation, typed_value, where_key
 from tests.e2e.test_tenant_isolation import as_company, authenticator, claims
 
 pytestmark = pytest.mark.e2e
+DATABASE = "thorbis"  # the stack's database (testbed.stacks.configure); its read pool is read_database(DATABASE)
 SCHEMA = load_schema()
 SYNTHESIZER = Synthesizer(SCHEMA)
 Conn = psycopg.Connection[Any]
@@ -103,24 +105,25 @@ def reconnect_servers(stack: LiveStack) -> None:
         console.execute("RECONNECT")
 
 
+@pytest.mark.parametrize("pool", [DATABASE, read_database(DATABASE)])  # PgBouncer's write and read pools
 @pytest.mark.parametrize("state", sorted(LEFT_BEHIND))
 def test_nothing_a_client_leaves_on_a_pooled_server_connection_reaches_other_clients(
-    state: str, database_stack: LiveStack, clean: tuple[Any, ...]
+    state: str, pool: str, database_stack: LiveStack, clean: tuple[Any, ...]
 ) -> None:
     pooled = database_stack.pgbouncer_port
     try:
-        with authenticator(database_stack, pooled) as leaker:
+        with authenticator(database_stack, pooled, pool) as leaker:
             with leaker.transaction():
                 for statement in LEFT_BEHIND[state]:
                     leaker.execute(statement)
                 left_on = backend_pid(leaker)
 
             def client(_: int) -> list[tuple[int, tuple[Any, ...]]]:
-                with authenticator(database_stack, pooled) as conn:
+                with authenticator(database_stack, pooled, pool) as conn:
                     return [fingerprint(conn) for _ in range(ROUNDS)]
 
-            with ThreadPoolExecutor(max_workers=CLIENTS) as pool:
-                seen = [result for results in pool.map(client, range(CLIENTS)) for result in results]
+            with ThreadPoolExecutor(max_workers=CLIENTS) as clients:
+                seen = [result for results in clients.map(client, range(CLIENTS)) for result in results]
     finally:
         reconnect_servers(database_stack)
     assert len(seen) >= 200

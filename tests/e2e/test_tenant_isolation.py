@@ -77,13 +77,13 @@ def tenants(admin: Conn) -> Tenants:
         return Tenants(a=SYNTHESIZER.world(admin), b=SYNTHESIZER.world(admin))
 
 
-def authenticator(stack: LiveStack, port: int | None = None) -> Conn:
+def authenticator(stack: LiveStack, port: int | None = None, dbname: str = "thorbis") -> Conn:
     return psycopg.connect(
         host=LOOPBACK,
         port=port or stack.postgres_port,
         user="authenticator",
         password=stack.passwords["authenticatorPassword"],
-        dbname="thorbis",
+        dbname=dbname,
         autocommit=True,
         prepare_threshold=None,  # no named prepared statements: PgBouncer's transaction pooling
         connect_timeout=30,
