@@ -35,6 +35,7 @@ from components.database.kinds.policy import PolicyKind
 from components.database.kinds.role import RoleKind
 from components.database.kinds.row_security import RowSecurityKind, RowSecuritySpec
 from components.database.kinds.schema import SchemaKind, SchemaSpec
+from components.database.kinds.statistics_access import StatisticsAccessKind
 from components.database.kinds.table import TableKind
 from components.database.kinds.trigger import TriggerKind
 from components.database.kinds.view import ViewKind
@@ -289,7 +290,8 @@ class DatabaseLayer(pulumi.ComponentResource):
         ]
 
     def declare_monitoring(self) -> list[pulumi.Resource]:
-        """Views over the server's statistics, read by `reporting`; they read pg_cron's and pg_partman's tables."""
+        """Views over the server's statistics, read by `reporting`; they read pg_cron's and pg_partman's tables.
+        The statistics themselves are withheld from everyone else."""
         monitoring = load_monitoring()
         schema = self.schemas[monitoring.schema_name]
         views: list[pulumi.Resource] = [
@@ -303,6 +305,12 @@ class DatabaseLayer(pulumi.ComponentResource):
         ]
         for grant in monitoring.grant_specs():
             self.declare_grant(grant, [self.roles[grant.grantee], *views, *self.extensions.values()])
+        declare(
+            StatisticsAccessKind,
+            "statistics-access",
+            monitoring.statistics_access_spec(),
+            self.options([*self.roles.values(), *self.extensions.values()]),
+        )
         return views
 
     def declare_grant(

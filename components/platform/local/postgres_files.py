@@ -14,6 +14,7 @@ from psycopg import sql
 from components.connection import LOOPBACK
 from components.kind import ProviderError
 from components.platform.local import process
+from components.scram import is_verifier_of, scram_verifier
 
 #: The superuser initdb makes (and the official image's), which the platform's admin connection logs in as.
 SUPERUSER = "postgres"
@@ -78,7 +79,8 @@ def initdb(server: ServerDir, superuser_password: str) -> None:
     process.make_private_dir(server.base)
     process.make_private_dir(server.socket_dir)
     password_file = server.base / ".initdb-password"
-    process.write_private_file(password_file, superuser_password + "\n")
+    # initdb stores a verifier as given: the password itself never reaches the disk
+    process.write_private_file(password_file, scram_verifier(superuser_password) + "\n")
     try:
         process.run(
             process.as_service_user(
@@ -151,6 +153,15 @@ def start(server: ServerDir) -> None:
 def stop(server: ServerDir) -> None:
     if server.postmaster_pid() is not None:
         pg_ctl(server, "stop", "-m", "fast")
+
+
+def password_verifier(conn: psycopg.Connection, role: str, password: str) -> sql.Literal:
+    """The role's password as a SCRAM verifier computed here (never the text: the server's log and
+    pg_stat_statements keep statements): the one the server holds when it is this password's, else new."""
+    stored = conn.execute("SELECT rolpassword FROM pg_catalog.pg_authid WHERE rolname = %s", (role,)).fetchone()
+    if stored is not None and is_verifier_of(stored[0], password):
+        return sql.Literal(stored[0])
+    return sql.Literal(scram_verifier(password))
 
 
 def connect(port: int, password: str, dbname: str = "postgres", user: str = SUPERUSER) -> psycopg.Connection:
