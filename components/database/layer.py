@@ -237,8 +237,8 @@ class DatabaseLayer(pulumi.ComponentResource):
         ]
 
     def declare_partition_guard(self, after_made: list[pulumi.Resource]) -> None:
-        """Every partition of the partitioned tables secured (and checked at each `up`) by app.secure_partitions,
-        after pg_partman made them (`after_made`: the partition sets and the functions)."""
+        """Every partition of the partitioned tables secured (and checked at each `up`), after pg_partman made them
+        and after the securing function exists (a stack with no tables has nothing else to order it by)."""
         tables = [f"{TABLE_SCHEMA}.{data.name}" for data in self.schema.tables if data.partition]
         after = [*after_made, *(self.tables[name.split(".")[1]] for name in tables)]
         declare(PartitionGuardKind, "partition-guard", PartitionGuardSpec(tables=tables), self.options(after))

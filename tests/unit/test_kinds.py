@@ -11,6 +11,7 @@ import pkgutil
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -37,6 +38,7 @@ from components.kind import SECRET, Kind, marked
 from components.resource import declare
 from config import StackSettings, parse_settings
 from tests.conftest import ROOT
+from tests.unit.mocks import record
 
 #: What the plugin must not import when it starts: the program, its config, the docker platform.
 PROGRAM = ("config", "pulumi_docker", "components.database.layer", "components.resource", "components.platform.build")
@@ -175,14 +177,18 @@ def layer_settings() -> StackSettings:
     return parse_settings("unit", values, secret, ROOT)
 
 
-def test_every_object_the_layer_declares_is_a_valid_spec_of_its_kind() -> None:
-    connection = ConnectionSpec(
+def layer_connection() -> ConnectionSpec:
+    return ConnectionSpec(
         platform="external",
         primary=Endpoint(host="db.example", port=5432),
         database="thorbis",
         admin_user="postgres",
         admin_password="pw",
     )
+
+
+def test_every_object_the_layer_declares_is_a_valid_spec_of_its_kind() -> None:
+    connection = layer_connection()
 
     def program() -> None:
         DatabaseLayer("thorbis", pulumi.Output.secret(connection), layer_settings())
@@ -203,3 +209,23 @@ def test_every_object_the_layer_declares_is_a_valid_spec_of_its_kind() -> None:
     policies = [name for name, (typ, _) in made.items() if typ == "thorbisdb:db:Policy"]
     assert sorted(tables) == sorted(f"table-{table.name}" for table in schema.tables)
     assert len(policies) == 5 * len(schema.tables)  # four tenant policies and the read_all one
+
+
+def test_the_partition_guard_runs_after_the_function_it_calls_even_with_no_table(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A stack with an empty sql/schema (the adoption e2e's "before" stack) has no table to order it by."""
+    monkeypatch.setattr("components.database.layer.load_schema", lambda: load_schema(tmp_path))
+
+    def program() -> pulumi.Output[None]:
+        DatabaseLayer("thorbis", pulumi.Output.secret(layer_connection()), layer_settings())
+        return pulumi.Output.from_input(None)
+
+    _, wiring = record(program, "unit")
+    name_of = {wired.urn: name for name, wired in wiring.items()}
+    after, waiting = set[str](), ["partition-guard"]
+    while waiting:
+        for urn in wiring[waiting.pop()].dependencies - after:
+            after.add(urn)
+            waiting.append(name_of[urn])
+    assert "function-app-secure_partitions" in {name_of[urn] for urn in after}
