@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 import pulumi
 import pytest
+import yaml
 from psycopg import sql
 from pulumi.runtime.mocks import MockCallArgs, MockResourceArgs
 from pulumi.runtime.rpc import is_rpc_secret, unwrap_rpc_secret
@@ -27,6 +28,7 @@ from components.connection import ConnectionSpec, Endpoint
 from components.database import ddl
 from components.database.ddl import Operation, Transaction
 from components.database.declared.model import load_schema
+from components.database.declared.search import SEARCH_FILE, SearchModel
 from components.database.kinds.index import IndexKind, IndexSpec
 from components.database.kinds.partition_guard import PartitionGuardStatus
 from components.database.kinds.role import RoleKind, RoleSpec
@@ -216,6 +218,8 @@ def test_the_partition_guard_runs_after_the_function_it_calls_even_with_no_table
 ) -> None:
     """A stack with an empty sql/schema (the adoption e2e's "before" stack) has no table to order it by."""
     monkeypatch.setattr("components.database.layer.load_schema", lambda: load_schema(tmp_path))
+    no_searches = SearchModel.model_validate({**yaml.safe_load(SEARCH_FILE.read_text()), "searches": []})
+    monkeypatch.setattr("components.database.layer.load_searches", lambda schema: no_searches)
 
     def program() -> pulumi.Output[None]:
         DatabaseLayer("thorbis", pulumi.Output.secret(layer_connection()), layer_settings())
