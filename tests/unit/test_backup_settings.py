@@ -8,7 +8,7 @@ import pytest
 
 from components.platform.local import archive_settings, backup_repository, check_backup_directory, postgres_settings
 from config import ConfigError
-from tests.unit.test_config import ROOT, Stack
+from tests.unit.test_config import ROOT, Stack, the_line
 
 
 def test_backups_are_on_by_default_under_the_state_dir() -> None:
@@ -60,3 +60,23 @@ def test_a_configured_directory_that_is_missing_stops_the_program_naming_the_key
 
 def test_the_default_directory_need_not_exist_yet() -> None:
     check_backup_directory(Stack().with_values(stateDir="/nonexistent/thorbis/dev").parse())
+
+
+def test_the_primary_archives_at_least_every_archive_timeout_by_default() -> None:
+    settings = Stack().parse()
+    assert settings.backup.archive_timeout == "30s" and settings.backup.archive_timeout_seconds == 30
+    assert postgres_settings(settings)["archive_timeout"] == "30s"
+    minutes = Stack().with_values(backup={"archiveTimeout": "2min"}).parse()
+    assert postgres_settings(minutes)["archive_timeout"] == "120s"  # as the server reports it: no drift
+    assert "archive_timeout" not in postgres_settings(Stack().with_values(backup={"enabled": False}).parse())
+
+
+@pytest.mark.parametrize("value", ["0", "0s", "2h", "500ms", "soon", True])
+def test_an_unbounded_or_malformed_archive_timeout_is_refused_naming_the_key(value: object) -> None:
+    line = the_line(Stack().with_values(backup={"archiveTimeout": value}).error(), "thorbis:backup.archiveTimeout")
+    assert "1 s" in line
+
+
+def test_archive_timeout_is_not_taken_from_the_postgres_settings() -> None:
+    error = Stack().with_values(postgres={"settings": {"archive_timeout": "5s"}}).error()
+    assert "set thorbis:backup.archiveTimeout instead" in str(error)

@@ -70,17 +70,28 @@ class PostgresServerKind(Kind[PostgresServerSpec]):
     def create(self, spec: PostgresServerSpec) -> tuple[str, dict[str, Any]]:
         server = pg.ServerDir(Path(spec.state_dir))
         self.write_backup_files(spec)
-        restored = False
-        if not server.initialised():  # an existing data directory is adopted, never overwritten
-            restored = self.restore_if_backed_up(spec, server)
-            if not restored:
-                pg.initdb(server, spec.superuser_password)
+        pg.tell(pg.clear_half_made(server))
+        # an existing data directory is adopted, never overwritten; a missing one is restored or initialised
+        if not server.initialised() and not self.restore_if_backed_up(spec, server):
+            pg.initdb(server, spec.superuser_password)
+        recovering = pg.in_archive_recovery(server)  # restored now, or by a run killed while it replayed
+        archive_end = pgbackrest.archive_end(spec.backup) if recovering and spec.backup else None
         pg.write_config(server, server_settings(spec))
         pg.start(server)
-        if restored:
-            wait_for_promotion(spec)
+        restored: dict[str, Any] | None = None
+        if recovering:
+            restored = self.promoted(spec, server, archive_end)
         self.bootstrap(spec, spec.superuser_password)
-        return str(server.data), self.observed(spec)
+        return str(server.data), {**self.observed(spec), "restoredTo": restored}
+
+    def promoted(self, spec: PostgresServerSpec, server: pg.ServerDir, archive_end: str | None) -> dict[str, Any]:
+        """Wait for a restored server to replay the archive and promote itself; say what it restored to."""
+        wait_for_promotion(spec)
+        backups = pgbackrest.backups(pgbackrest.info(spec.backup)) if spec.backup else []
+        with pg.connect(spec.port, spec.superuser_password) as conn:
+            outcome = pgbackrest.replayed(conn, backups[-1]["label"] if backups else "?", archive_end)
+        pg.tell([outcome.describe(server.data, spec.settings.get("archive_timeout"))])
+        return outcome.as_output()
 
     def write_backup_files(self, spec: PostgresServerSpec) -> None:
         """pgBackRest's config, before the server starts: its archive_command and a restore need it."""
@@ -191,7 +202,7 @@ class PostgresServer(pulumi.CustomResource):
             name,
             {
                 **provider_inputs(args, SECRETS),
-                **declared_outputs("running", "serverVersion", "dataChecksums"),
+                **declared_outputs("running", "serverVersion", "dataChecksums", "restoredTo"),
             },
             opts,
         )
