@@ -8,7 +8,6 @@ Dropping a column or a table, or changing a column's type, loses data: refused u
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -17,6 +16,7 @@ import pulumi
 from psycopg import sql
 from pydantic import Field
 
+from components import engine_log
 from components.database.base import DatabaseKind, qualified
 from components.database.session import Statement, connect, run_ddl, scalar
 from components.kind import ProviderError, Spec
@@ -506,10 +506,9 @@ class TableKind(DatabaseKind[TableSpec]):
             )
         result = convert_to_partitioned(conn, spec, self.target.lock_timeout)
         if result is not None:
-            print(
-                f"thorbisdb: {spec.schema_name}.{spec.name} converted online to monthly partitions: {result.rows} "
-                f"rows verified (md5 {result.checksum}) in {len(result.partitions)} partitions",
-                file=sys.stderr,
+            engine_log.info(
+                f"{spec.schema_name}.{spec.name} converted online to monthly partitions: {result.rows} "
+                f"rows verified (md5 {result.checksum}) in {len(result.partitions)} partitions"
             )
         drop_unpartitioned(conn, spec, self.target.lock_timeout)
 

@@ -10,6 +10,7 @@ import pulumi
 from psycopg import sql
 from pydantic import Field
 
+from components import engine_log
 from components.kind import Kind, ProviderError, Spec
 from components.platform.local import pgbackrest, process
 from components.platform.local import postgres_files as pg
@@ -70,7 +71,7 @@ class PostgresServerKind(Kind[PostgresServerSpec]):
     def create(self, spec: PostgresServerSpec) -> tuple[str, dict[str, Any]]:
         server = pg.ServerDir(Path(spec.state_dir))
         self.write_backup_files(spec)
-        pg.tell(pg.clear_half_made(server))
+        pg.clear_half_made(server)
         # an existing data directory is adopted, never overwritten; a missing one is restored or initialised
         if not server.initialised() and not self.restore_if_backed_up(spec, server):
             pg.initdb(server, spec.superuser_password)
@@ -90,7 +91,7 @@ class PostgresServerKind(Kind[PostgresServerSpec]):
         backups = pgbackrest.backups(pgbackrest.info(spec.backup)) if spec.backup else []
         with pg.connect(spec.port, spec.superuser_password) as conn:
             outcome = pgbackrest.replayed(conn, backups[-1]["label"] if backups else "?", archive_end)
-        pg.tell([outcome.describe(server.data, spec.settings.get("archive_timeout"))])
+        engine_log.warn(outcome.describe(server.data, spec.settings.get("archive_timeout")))
         return outcome.as_output()
 
     def write_backup_files(self, spec: PostgresServerSpec) -> None:

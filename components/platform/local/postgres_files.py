@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +15,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from components import engine_log
 from components.kind import ProviderError
 from components.platform.local import process
 
@@ -133,7 +133,7 @@ def discard_build(target: Path) -> list[int]:
 
 def clear_half_made(server: ServerDir) -> list[str]:
     """Before a server directory is built: remove the remains of builds a kill interrupted, and set aside
-    (rename and keep: it may hold data) a data directory that is not a whole cluster. One line per act."""
+    (rename and keep: it may hold data) a data directory that is not a whole cluster. Says each act."""
     done = []
     for leftover in sorted(server.base.glob(f"{server.data.name}{BUILDING}*")):
         if leftover == server.building:
@@ -155,6 +155,8 @@ def clear_half_made(server: ServerDir) -> list[str]:
             f"set aside {server.data} as {aside.name}: it is not a whole cluster (an interrupted initdb, base "
             f"backup or restore){running}; it is kept: remove it once you know it holds nothing you need"
         )
+    for line in done:
+        engine_log.warn(line)
     return done
 
 
@@ -178,12 +180,6 @@ def write_config(server: ServerDir, settings: dict[str, str]) -> bool:
             conf.write(include)
         changed = True
     return changed
-
-
-def tell(lines: list[str]) -> None:
-    """Lines for whoever runs `pulumi up`: the engine shows what a provider writes to stderr."""
-    for line in lines:
-        print(f"thorbisdb: {line}", file=sys.stderr, flush=True)
 
 
 def initdb(server: ServerDir, superuser_password: str) -> None:

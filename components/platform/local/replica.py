@@ -115,7 +115,7 @@ class PostgresReplicaKind(Kind[PostgresReplicaSpec]):
 
     def create(self, spec: PostgresReplicaSpec) -> tuple[str, dict[str, Any]]:
         server = pg.ServerDir(Path(spec.state_dir))
-        pg.tell(pg.clear_half_made(server))
+        pg.clear_half_made(server)
         if not server.initialised():
             base_backup(spec)
         write_passfile(spec)

@@ -1,0 +1,168 @@
+"""`scripts/recover STACK` (`make recover STACK=...`): bring back a stack whose `pulumi up` was interrupted
+(killed, the host restarted, the terminal closed), without a terminal and without editing files by hand.
+Safe to run when nothing was interrupted: every step then finds nothing to do.
+
+1. The lock. An interrupted update leaves the stack locked. On a file backend the lock names the process
+   and host that took it: when that process still runs here, an update is in progress and we stop;
+   otherwise the lock is removed (`pulumi cancel`). On other backends the update history says whether an
+   update is in progress; it is cancelled.
+2. Pending operations: what the engine started and never saw finish. Pending creates are cleared (`pulumi
+   refresh --clear-pending-creates`, which asks on a terminal and not here): every kind adopts what already
+   exists, so the next `up` creates what is missing and finishes what was half done. The engine drops the
+   other pending operations (updates, deletes) itself at the next deployment, after the refresh reads them.
+3. `pulumi refresh`: the state takes what really exists (a server a kill stopped is drift, a half-made
+   data directory counts as none: components/platform/local/postgres_files.py sets it aside at `up`).
+4. `pulumi up`, then `pulumi preview`, which must show no change.
+
+Exit 0 when the stack matches its code again, 1 when a step failed, 2 when recovery must not run (an update
+is running, no such stack).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pulumi.automation as auto
+
+from components.platform.local import process
+from ops.stack import ToolError, last_line, open_stack
+
+LOCKS = Path(".pulumi") / "locks"
+
+
+@dataclass(frozen=True)
+class Lock:
+    """A lock file of a file backend: who took it (pulumi's own record) and where it lies."""
+
+    path: Path
+    pid: int
+    hostname: str
+    taken_at: datetime
+
+    def held_by_a_live_update(self) -> bool:
+        """Its process runs on this host and started before the lock was taken (not a reused pid)."""
+        if self.hostname != socket.gethostname() or not process.pid_alive(self.pid):
+            return False
+        started = process_started_at(self.pid)
+        return started is None or started <= self.taken_at + timedelta(seconds=1)
+
+    def describe(self) -> str:
+        return f"pid {self.pid} on {self.hostname}, taken {self.taken_at:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def process_started_at(pid: int) -> datetime | None:
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        booted = next(
+            int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime")
+        )
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return datetime.fromtimestamp(booted + ticks / os.sysconf("SC_CLK_TCK"), UTC)
+
+
+def file_backend(stack: auto.Stack) -> Path | None:
+    """The directory of a file:// backend, or None for any other backend."""
+    url = urlsplit(stack.workspace.who_am_i().url or "")
+    return Path(unquote(url.path)) if url.scheme == "file" else None
+
+
+def locks_of(stack: auto.Stack, backend: Path) -> list[Lock]:
+    """The stack's lock files: .pulumi/locks/<organization>/<project>/<stack>/<id>.json (older backends
+    without projects: .pulumi/locks/<stack>/)."""
+    project = stack.workspace.project_settings().name
+    directories = [backend / LOCKS / "organization" / project / stack.name, backend / LOCKS / stack.name]
+    found = []
+    for lock_file in (file for directory in directories for file in sorted(directory.glob("*.json"))):
+        content = json.loads(lock_file.read_text())
+        taken = datetime.fromisoformat(str(content.get("timestamp", "1970-01-01T00:00:00+00:00")))
+        found.append(Lock(lock_file, int(content.get("pid", 0)), str(content.get("hostname", "")), taken))
+    return found
+
+
+class UpdateRunning(Exception):
+    """The stack's lock belongs to an update that is still running."""
+
+
+def release_lock(stack: auto.Stack) -> list[str]:
+    """Remove the lock an interrupted update left; refuse while the update that took it still runs."""
+    backend = file_backend(stack)
+    if backend is not None:
+        locks = locks_of(stack, backend)
+        live = [lock for lock in locks if lock.held_by_a_live_update()]
+        if live:
+            raise UpdateRunning(
+                f"stack '{stack.name}' is locked by an update that is still running ({live[0].describe()}); "
+                "wait for it to end, or stop it, then run this again"
+            )
+        if not locks:
+            return []
+        stack.cancel()
+        return [f"removed the lock left by an interrupted update ({lock.describe()})" for lock in locks]
+    history = stack.history(page_size=1)
+    if history and history[0].result == "in-progress":
+        stack.cancel()
+        return [f"cancelled the update in progress since {history[0].start_time} (the backend's record)"]
+    return []
+
+
+def pending_operations(stack: auto.Stack) -> list[str]:
+    """`<operation> <urn>` of each operation the last deployment left pending."""
+    deployment = stack.export_stack().deployment or {}
+    return [
+        f"{operation.get('type', '?')} {operation.get('resource', {}).get('urn', '?')}"
+        for operation in deployment.get("pending_operations") or []
+    ]
+
+
+def say(message: str) -> None:
+    print(f"recover: {message}", flush=True)
+
+
+def recover(stack: auto.Stack) -> None:
+    """The steps of the module's docstring; raises auto.CommandError when one of them fails."""
+    for line in release_lock(stack):
+        say(line)
+    pending = pending_operations(stack)
+    for line in pending:
+        say(f"pending from the interrupted update: {line}")
+    creates = any(line.startswith("creating ") for line in pending)
+    say("refreshing: the state takes what really exists" + (", pending creates cleared" if creates else ""))
+    stack.refresh(clear_pending_creates=creates or None, on_output=print, on_error=print)
+    left = pending_operations(stack)
+    say("up: what is missing is made, what a kill left half-made is set aside and rebuilt")
+    stack.up(on_output=print, on_error=print)
+    if left:
+        say(f"the engine dropped {len(left)} pending operation(s) the refresh had read back")
+    preview = stack.preview(expect_no_changes=True)
+    same = dict(preview.change_summary).get(auto.OpType.SAME, 0)
+    say(f"stack '{stack.name}' matches its code again: {same} resources, a preview shows no change")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/recover", description=__doc__.splitlines()[0] if __doc__ else "")
+    parser.add_argument("stack", help="the Pulumi stack, e.g. dev")
+    parser.add_argument("--work-dir", type=Path, help="the project directory (default: this clone)")
+    args = parser.parse_args(argv)
+    try:
+        stack = open_stack(args.stack, args.work_dir)
+        recover(stack)
+    except (ToolError, UpdateRunning) as error:
+        print(f"recover: {error}", file=sys.stderr)
+        return 2
+    except auto.CommandError as error:
+        print(f"recover: {last_line(str(error))}\n{error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
