@@ -45,9 +45,14 @@ def warn(message: str) -> None:
     _log(engine_pb2.WARNING, message)
 
 
-def _log(severity: engine_pb2.LogSeverity.ValueType, message: str) -> None:
+def status(message: str) -> None:
+    """A passing note: shown while the resource is worked on, left out of the summary at the end."""
+    _log(engine_pb2.INFO, message, ephemeral=True)
+
+
+def _log(severity: engine_pb2.LogSeverity.ValueType, message: str, ephemeral: bool = False) -> None:
     if not _engine_address:  # outside the engine (the kinds driven directly, by tests and scripts)
         print(f"thorbisdb: {message}", file=sys.stderr, flush=True)
         return
-    request = engine_pb2.LogRequest(severity=severity, message=message, urn=_resource.get())
+    request = engine_pb2.LogRequest(severity=severity, message=message, urn=_resource.get(), ephemeral=ephemeral)
     _engine(_engine_address[0]).Log(request, timeout=10)

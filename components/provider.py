@@ -229,7 +229,7 @@ class ThorbisProvider(Provider):
             # A server that is down (the drift `refresh` reports on the server itself) hides its objects:
             # they are kept as recorded rather than reported gone.
             with engine_log.about(request.urn):
-                engine_log.warn(f"kept as recorded: {error}")
+                engine_log.status(f"kept as recorded: {error}")
             return ReadResponse(resource_id=request.resource_id, properties=request.properties, inputs=request.inputs)
         if observed is None:
             return ReadResponse()
