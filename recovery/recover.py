@@ -80,8 +80,13 @@ def locks_of(stack: auto.Stack, backend: Path) -> list[Lock]:
     without projects: .pulumi/locks/<stack>/)."""
     project = stack.workspace.project_settings().name
     directories = [backend / LOCKS / "organization" / project / stack.name, backend / LOCKS / stack.name]
+    return [lock for directory in directories for lock in locks_in(directory)]
+
+
+def locks_in(directory: Path) -> list[Lock]:
+    """The lock files of one directory, as pkg/backend/diy/lock.go writes them (pid, hostname, timestamp)."""
     found = []
-    for lock_file in (file for directory in directories for file in sorted(directory.glob("*.json"))):
+    for lock_file in sorted(directory.glob("*.json")):
         content = json.loads(lock_file.read_text())
         taken = datetime.fromisoformat(str(content.get("timestamp", "1970-01-01T00:00:00+00:00")))
         found.append(Lock(lock_file, int(content.get("pid", 0)), str(content.get("hostname", "")), taken))

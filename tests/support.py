@@ -10,7 +10,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -172,9 +172,9 @@ def parent_of(pid: int) -> int | None:
         return None
 
 
-def kill_tree(root: int) -> list[str]:
-    """SIGKILL a process and all its descendants, as an OOM killer or a CI timeout would: each is stopped
-    first, so that none forks or exits unseen while the tree is walked. Returns their command lines."""
+def stop_tree(root: int) -> dict[int, str]:
+    """SIGSTOP a process and all its descendants, each stopped before its children are looked for, so
+    that none forks or exits unseen. Returns their command lines by pid."""
     frozen: dict[int, str] = {}
     pending = {root}
     while pending:
@@ -184,9 +184,20 @@ def kill_tree(root: int) -> list[str]:
                 frozen[pid] = command_line(pid)
         numbers = [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
         pending = {pid for pid in numbers if pid not in frozen and parent_of(pid) in frozen}
-    for pid in frozen:
+    return frozen
+
+
+def signal_all(pids: Iterable[int], signum: int) -> None:
+    for pid in pids:
         with suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, signum)
+
+
+def kill_tree(root: int) -> list[str]:
+    """SIGKILL a process and all its descendants at once, as an OOM killer or a CI timeout would.
+    Returns their command lines."""
+    frozen = stop_tree(root)
+    signal_all(frozen, signal.SIGKILL)
     return list(frozen.values())
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import time
@@ -37,6 +38,8 @@ from tests.support import (
     live_processes_under,
     parent_of,
     schema_subset,
+    signal_all,
+    stop_tree,
     stop_when_seen,
     write_schema,
 )
@@ -334,3 +337,28 @@ def crash_servers(state_dir: Path) -> None:
             assert time.monotonic() < deadline
             time.sleep(0.1)
         subprocess.run(["rm", "-rf", str(data)], check=True)
+
+
+def test_recover_refuses_while_an_up_runs_and_changes_nothing_when_nothing_was_interrupted(
+    interrupted: Interrupted,
+) -> None:
+    running, log = interrupted.start(interrupted.up_command(), "up-running")
+    locks = interrupted.live.backend / ".pulumi" / "locks"
+    deadline = time.monotonic() + 120
+    while not list(locks.rglob(f"{interrupted.stack.name}/*.json")):
+        assert running.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.01)
+    frozen = stop_tree(running.pid)  # the update is alive, only slow: recovery must leave it alone
+    try:
+        refused = subprocess.run(
+            interrupted.recover_command(), env=interrupted.env, capture_output=True, text=True, check=False
+        )
+    finally:
+        signal_all(frozen, signal.SIGCONT)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "locked by an update that is still running" in refused.stderr
+    assert running.wait(timeout=600) == 0, log.read_text()[-3000:]
+    output = interrupted.recover("recover-nothing")
+    assert "removed the lock" not in output and "pending from" not in output
+    up = output.split("recover: up:")[1]
+    assert re.search(r"Resources:\s+\d+ unchanged\s+Duration", up), up[-3000:]
