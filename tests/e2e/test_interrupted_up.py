@@ -232,6 +232,31 @@ def test_an_up_killed_during_a_primary_restart_is_recovered(interrupted: Interru
         assert conn.execute("SHOW shared_buffers").fetchone() == ("144MB",)
 
 
+def test_recover_refuses_while_an_up_runs_and_changes_nothing_when_nothing_was_interrupted(
+    interrupted: Interrupted,
+) -> None:
+    running, log = interrupted.start(interrupted.up_command(), "up-running")
+    locks = interrupted.live.backend / ".pulumi" / "locks"
+    deadline = time.monotonic() + 120
+    while not list(locks.rglob(f"{interrupted.stack.name}/*.json")):
+        assert running.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.01)
+    frozen = stop_tree(running.pid)  # the update is alive, only slow: recovery must leave it alone
+    try:
+        refused = subprocess.run(
+            interrupted.recover_command(), env=interrupted.env, capture_output=True, text=True, check=False
+        )
+    finally:
+        signal_all(frozen, signal.SIGCONT)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "locked by an update that is still running" in refused.stderr
+    assert running.wait(timeout=600) == 0, log.read_text()[-3000:]
+    output = interrupted.recover("recover-nothing")
+    assert "removed the lock" not in output and "pending from" not in output
+    up = output.split("recover: up:")[1]
+    assert re.search(r"Resources:\s+\d+ unchanged\s+Duration", up), up[-3000:]
+
+
 def test_an_up_killed_at_a_random_point_while_creating_tables_is_recovered(interrupted: Interrupted) -> None:
     write_schema(interrupted.project, schema_subset(TABLES, plain=(CONVERTED,)))
     seed = random.randrange(1_000_000)
@@ -337,28 +362,3 @@ def crash_servers(state_dir: Path) -> None:
             assert time.monotonic() < deadline
             time.sleep(0.1)
         subprocess.run(["rm", "-rf", str(data)], check=True)
-
-
-def test_recover_refuses_while_an_up_runs_and_changes_nothing_when_nothing_was_interrupted(
-    interrupted: Interrupted,
-) -> None:
-    running, log = interrupted.start(interrupted.up_command(), "up-running")
-    locks = interrupted.live.backend / ".pulumi" / "locks"
-    deadline = time.monotonic() + 120
-    while not list(locks.rglob(f"{interrupted.stack.name}/*.json")):
-        assert running.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.01)
-    frozen = stop_tree(running.pid)  # the update is alive, only slow: recovery must leave it alone
-    try:
-        refused = subprocess.run(
-            interrupted.recover_command(), env=interrupted.env, capture_output=True, text=True, check=False
-        )
-    finally:
-        signal_all(frozen, signal.SIGCONT)
-    assert refused.returncode == 2, refused.stdout + refused.stderr
-    assert "locked by an update that is still running" in refused.stderr
-    assert running.wait(timeout=600) == 0, log.read_text()[-3000:]
-    output = interrupted.recover("recover-nothing")
-    assert "removed the lock" not in output and "pending from" not in output
-    up = output.split("recover: up:")[1]
-    assert re.search(r"Resources:\s+\d+ unchanged\s+Duration", up), up[-3000:]
