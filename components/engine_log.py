@@ -55,4 +55,7 @@ def _log(severity: engine_pb2.LogSeverity.ValueType, message: str, ephemeral: bo
         print(f"thorbisdb: {message}", file=sys.stderr, flush=True)
         return
     request = engine_pb2.LogRequest(severity=severity, message=message, urn=_resource.get(), ephemeral=ephemeral)
-    _engine(_engine_address[0]).Log(request, timeout=10)
+    try:
+        _engine(_engine_address[0]).Log(request, timeout=10)
+    except grpc.RpcError:  # the engine is going away: the line must not fail the work it describes
+        print(f"thorbisdb: {message}", file=sys.stderr, flush=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from components.platform.local import archive_settings, backup_repository, check_backup_directory, postgres_settings
+from components.platform.local.pgbackrest import segment_number, segments_after
 from config import ConfigError
 from tests.unit.test_config import ROOT, Stack, the_line
 
@@ -80,3 +81,13 @@ def test_an_unbounded_or_malformed_archive_timeout_is_refused_naming_the_key(val
 def test_archive_timeout_is_not_taken_from_the_postgres_settings() -> None:
     error = Stack().with_values(postgres={"settings": {"archive_timeout": "5s"}}).error()
     assert "set thorbis:backup.archiveTimeout instead" in str(error)
+
+
+def test_a_restore_counts_the_archived_segments_it_could_not_replay() -> None:
+    mib16 = 16 * 1024 * 1024
+    assert segment_number("00000001000000000000002F", mib16) == 0x2F
+    assert segment_number("000000020000000100000003", mib16) == 0x100 + 3  # 256 segments of 16 MB per 4 GB
+    assert segments_after("00000001000000000000002F", "0/30000000", mib16) == 0  # replay ended at its end
+    assert segments_after("00000001000000000000002F", "0/2F00A1B8", mib16) == 0  # inside the last segment
+    assert segments_after("000000010000000000000031", "0/2F00A1B8", mib16) == 2  # 30 was missing: 30, 31 lost
+    assert segments_after(None, "0/2F00A1B8", mib16) == 0

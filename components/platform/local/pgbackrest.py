@@ -280,13 +280,18 @@ def replayed(conn: psycopg.Connection[Any], backup: str, end: str | None) -> Rep
         "(SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size')"
     ).fetchone()
     lsn, last_commit, segment_size = row if row else (None, None, 16 * 1024 * 1024)
-    behind = 0
-    if end is not None and lsn is not None:
-        behind = max(0, segment_number(end, segment_size) - lsn_number(lsn) // segment_size)
     return Replayed(
         backup=backup,
         lsn=str(lsn),
         last_commit=last_commit.isoformat() if last_commit else None,
         archive_end=end,
-        segments_not_replayed=behind,
+        segments_not_replayed=segments_after(end, lsn, segment_size),
     )
+
+
+def segments_after(end: str | None, lsn: str | None, segment_size: int) -> int:
+    """How many archived segments lie wholly after the WAL position `lsn`: none when replay reached the
+    archive's end (it stops inside the last segment, or at the start of the one after it)."""
+    if end is None or lsn is None:
+        return 0
+    return max(0, segment_number(end, segment_size) - lsn_number(lsn) // segment_size)
