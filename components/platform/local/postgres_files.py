@@ -134,30 +134,38 @@ def discard_build(target: Path) -> list[int]:
 def clear_half_made(server: ServerDir) -> list[str]:
     """Before a server directory is built: remove the remains of builds a kill interrupted, and set aside
     (rename and keep: it may hold data) a data directory that is not a whole cluster. Says each act."""
-    done = []
-    for leftover in sorted(server.base.glob(f"{server.data.name}{BUILDING}*")):
-        if leftover == server.building:
-            continue
-        stopped = discard_build(leftover)
-        still = f", stopping {len(stopped)} process(es) still working in it" if stopped else ""
-        done.append(f"removed {leftover}, the remains of a build that was interrupted{still}")
+    done = remove_interrupted_builds(server)
     legacy = server.base / LEGACY_PASSWORD_FILE
     interrupted_initdb = legacy.exists()
     if interrupted_initdb:
         legacy.unlink()
         done.append(f"removed {legacy}, the superuser password an interrupted initdb left")
     if server.data.exists() and (interrupted_initdb or not whole_cluster(server.data)):
-        stopped = stop_working_in(server.data)
-        aside = server.base / f"{server.data.name}{SET_ASIDE}{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
-        server.data.rename(aside)
-        running = f"; stopped {len(stopped)} process(es) running on it" if stopped else ""
-        done.append(
-            f"set aside {server.data} as {aside.name}: it is not a whole cluster (an interrupted initdb, base "
-            f"backup or restore){running}; it is kept: remove it once you know it holds nothing you need"
-        )
+        done.append(set_aside(server))
     for line in done:
         engine_log.warn(line)
     return done
+
+
+def remove_interrupted_builds(server: ServerDir) -> list[str]:
+    done = []
+    for leftover in sorted(server.base.glob(f"{server.data.name}{BUILDING}*")):
+        if leftover != server.building:
+            stopped = discard_build(leftover)
+            still = f", stopping {len(stopped)} process(es) still working in it" if stopped else ""
+            done.append(f"removed {leftover}, the remains of a build that was interrupted{still}")
+    return done
+
+
+def set_aside(server: ServerDir) -> str:
+    stopped = stop_working_in(server.data)
+    aside = server.base / f"{server.data.name}{SET_ASIDE}{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+    server.data.rename(aside)
+    running = f"; stopped {len(stopped)} process(es) running on it" if stopped else ""
+    return (
+        f"set aside {server.data} as {aside.name}: it is not a whole cluster (an interrupted initdb, base "
+        f"backup or restore){running}; it is kept: remove it once you know it holds nothing you need"
+    )
 
 
 def conf_value(value: str) -> str:
