@@ -5,11 +5,12 @@
    replay can bring those back. Fingerprint the database: per-table row counts and checksums, RLS flags,
    policies, indexes (the marker table apart: it keeps changing).
 3. A writer commits one marker row after another, as an application would, for `--write-seconds` (by
-   default thorbis:backup.archiveTimeout plus 15 s), and then, while it is still writing, the host is lost:
-   every process of the stack is killed at once (SIGKILL: primary, replicas, their archiver, PgBouncer,
-   Redis) and everything under thorbis:stateDir is removed except the backup repository. Nothing is
-   flushed or switched before: no `pg_switch_wal()`, no wait for the archive. Whatever the archiver had
-   not pushed yet is lost, as in a real crash.
+   default thorbis:backup.archiveTimeout + 5 s + a random part of it, so the crash falls anywhere in the
+   archive's cycle), and then, while it still writes, the host is lost: every process of the stack is
+   killed at once (SIGKILL: primary, replicas, their archiver, PgBouncer, Redis) and everything under
+   thorbis:stateDir is removed except the backup repository. Nothing is flushed or switched before: no
+   `pg_switch_wal()`, no wait for the archive. Whatever the archiver had not pushed yet is lost, as in a
+   real crash.
 4. Re-provision from nothing with the same program and config: `pulumi up --refresh`. The primary's data
    directory is missing and the repository holds a backup, so it is restored to the end of the archived
    WAL (thorbis:backup.restoreOnProvision), and says so; replicas are re-made from it.
@@ -58,8 +59,14 @@ SKIPPED_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast", "cron", "part
 #: What archiving adds to archive_timeout before a segment is in the repository: the switch happens at the
 #: checkpointer's next look, then one `pgbackrest archive-push` (about a second here, more on a busy host).
 PUSH_ALLOWANCE_SECONDS = 5.0
-#: How long the writer runs beyond the bound, so that rows older than the bound exist at the crash.
-WRITE_BEYOND_BOUND_SECONDS = 15.0
+
+
+def crash_after(bound: int) -> float:
+    """How long the writer runs before the crash, by default: past the bound and the push, so rows older
+    than both exist at the crash, plus a random part of the bound, so the crash falls anywhere in the
+    archive's cycle (a crash right after a forced switch loses little, one right before it the most)."""
+    return round(bound + PUSH_ALLOWANCE_SECONDS + secrets.SystemRandom().uniform(0, bound), 1)
+
 
 Fingerprint = dict[str, Any]
 
@@ -466,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--write-seconds",
         type=float,
-        help=f"seconds the writer commits before the crash (default archiveTimeout + {WRITE_BEYOND_BOUND_SECONDS:.0f})",
+        help="seconds the writer commits before the crash (default: archiveTimeout + 5 + a random part of it)",
     )
     parser.add_argument("--work-dir", type=Path, help="the project directory (default: this clone)")
     parser.add_argument("--keep-data", action="store_true", help="leave the drill's rows in the database")
@@ -482,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
                 "restore the backup; set it to true for the drill"
             )
         bound = opened.settings.backup.archive_timeout_seconds
-        write_seconds = args.write_seconds or bound + WRITE_BEYOND_BOUND_SECONDS
+        write_seconds = args.write_seconds or crash_after(bound)
         report = run_drill(opened, args.rows, args.keep_data, write_seconds)
     except (OperationError, ConfigError, ProviderError, psycopg.Error) as error:
         print(f"dr-drill: {error}", file=sys.stderr)
