@@ -4,7 +4,7 @@ from pathlib import Path
 
 from components.database.layer import DatabaseLayer
 from components.outputs import export_outputs
-from components.platform import build_platform
+from components.platform.build import build_platform
 from config import load_settings
 
 settings = load_settings(Path(__file__).parent)

@@ -1,15 +1,14 @@
 """The `thorbisdb` provider plugin: Pulumi's resource protocol, served for every Kind of this project.
 
 The engine starts it as `provider/pulumi-resource-thorbisdb`. Each request is routed by its type token
-to the Kind that owns it (every Kind subclass under components/ registers itself by existing).
+to the Kind that owns it, among those components/registry.py lists (the plugin imports those modules and
+nothing of the program: no layer, platform component or config).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
-import pkgutil
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -38,9 +37,9 @@ from pulumi.provider.experimental.server import main as serve
 from pulumi.runtime.rpc import UNKNOWN
 from pydantic import ValidationError
 
-import components
 from components import engine_log
-from components.kind import Kind, ProviderError, Spec, Unreachable
+from components.kind import Kind, ProviderError, Spec, Unreachable, reported, wire_names
+from components.registry import served_kinds
 
 VERSION = "0.1.0"
 #: The inputs an object was last made from, kept beside what `read` observes (which may not be a valid
@@ -91,23 +90,9 @@ def contains_unknown(value: Any) -> bool:
     return False
 
 
-def all_kinds() -> dict[str, Kind[Any]]:
-    """Every Kind defined under components/, by token (importing each module registers its kinds)."""
-    for module in pkgutil.walk_packages(components.__path__, prefix="components."):
-        importlib.import_module(module.name)
-    found: dict[str, Kind[Any]] = {}
-    pending: list[type[Kind[Any]]] = list(Kind.__subclasses__())
-    while pending:
-        cls = pending.pop()
-        pending.extend(cls.__subclasses__())
-        if "token" in vars(cls):
-            found[cls.token] = cls()
-    return found
-
-
-def spec_fields(kind: Kind[Any]) -> list[str]:
+def spec_fields(kind: Kind[Any, Any]) -> list[str]:
     """The wire names (camelCase) of a kind's inputs."""
-    return [field.alias or name for name, field in kind.spec_type.model_fields.items()]
+    return list(wire_names(kind.spec_type).values())
 
 
 def describe(error: ValidationError) -> list[CheckFailure]:
@@ -118,7 +103,7 @@ def describe(error: ValidationError) -> list[CheckFailure]:
 
 
 class ThorbisProvider(Provider):
-    def __init__(self, kinds: dict[str, Kind[Any]]) -> None:
+    def __init__(self, kinds: dict[str, Kind[Any, Any]]) -> None:
         self.kinds = kinds
 
     async def configure(self, request: ConfigureRequest) -> ConfigureResponse:
@@ -128,19 +113,19 @@ class ThorbisProvider(Provider):
             kind.provider_config = config
         return ConfigureResponse(accept_secrets=True, supports_preview=True, accept_outputs=True, accept_resources=True)
 
-    def kind_of(self, qualified_type: str) -> Kind[Any]:
+    def kind_of(self, qualified_type: str) -> Kind[Any, Any]:
         token = qualified_type.rsplit("$", 1)[-1]  # the URN's type carries its parents' types before `$`
         if token not in self.kinds:
             raise ProviderError(f"thorbisdb has no resource type {token}; known: {', '.join(sorted(self.kinds))}")
         return self.kinds[token]
 
-    def outputs(self, kind: Kind[Any], values: dict[str, Any]) -> dict[str, PropertyValue]:
+    def outputs(self, kind: Kind[Any, Any], values: dict[str, Any]) -> dict[str, PropertyValue]:
         def secret(key: str) -> bool:
             return key in kind.secret_properties or (key == DECLARED and bool(kind.secret_properties))
 
         return {key: property_value(value, secret(key)) for key, value in values.items()}
 
-    def declared_spec(self, kind: Kind[Any], state: dict[str, Any]) -> Spec:
+    def declared_spec(self, kind: Kind[Any, Any], state: dict[str, Any]) -> Spec:
         """The spec the object was last made from (older states: its input fields)."""
         declared = state.get(DECLARED)
         if not isinstance(declared, dict):
@@ -185,7 +170,7 @@ class ThorbisProvider(Provider):
             key for key in spec_fields(kind) if key not in request.ignore_changes and old.get(key) != new.get(key)
         ]
         if not contains_unknown(new):
-            drift = await self.run(lambda: kind.drifted(old, kind.parse(new)), request.urn)
+            drift = await self.run(lambda: kind.drifted(kind.status_of(old), kind.parse(new)), request.urn)
             changed += [key for key in drift if key not in changed]
         replaces = [key for key in changed if key in kind.replace_on]
         detail = {
@@ -207,11 +192,11 @@ class ThorbisProvider(Provider):
         kind = self.kind_of(request.type)
         inputs = plain_map(request.properties)
         if request.preview:
-            known = {} if contains_unknown(inputs) else kind.preview_outputs(kind.parse(inputs))
+            known = {} if contains_unknown(inputs) else kind.preview_status(kind.parse(inputs)).wire()
             return CreateResponse(properties={**request.properties, **self.outputs(kind, known)})
-        resource_id, produced = await self.run(lambda: kind.create(kind.parse(inputs)), request.urn)
+        resource_id, result = await self.run(lambda: kind.create(kind.parse(inputs)), request.urn)
         return CreateResponse(
-            resource_id=resource_id, properties=self.outputs(kind, {**inputs, **produced, DECLARED: inputs})
+            resource_id=resource_id, properties=self.outputs(kind, {**inputs, **reported(result), DECLARED: inputs})
         )
 
     async def read(self, request: ReadRequest) -> ReadResponse:
@@ -233,9 +218,14 @@ class ThorbisProvider(Provider):
             return ReadResponse(resource_id=request.resource_id, properties=request.properties, inputs=request.inputs)
         if observed is None:
             return ReadResponse()
+        unknown = set(observed.inputs) - set(spec_fields(kind))
+        if unknown:
+            raise ProviderError(
+                f"{kind.token} observed properties its spec does not have: {', '.join(sorted(unknown))}"
+            )
         return ReadResponse(
             resource_id=request.resource_id,
-            properties=self.outputs(kind, {**state, **observed}),
+            properties=self.outputs(kind, {**state, **observed.inputs, **observed.status.wire()}),
             inputs=request.inputs,
         )
 
@@ -244,8 +234,8 @@ class ThorbisProvider(Provider):
         olds, news = plain_map(request.olds), plain_map(request.news)
         if request.preview:
             return UpdateResponse(properties={**request.olds, **request.news})
-        produced = await self.run(lambda: kind.update(request.resource_id, olds, kind.parse(news)), request.urn)
-        return UpdateResponse(properties=self.outputs(kind, {**olds, **news, **produced, DECLARED: news}))
+        result = await self.run(lambda: kind.update(request.resource_id, olds, kind.parse(news)), request.urn)
+        return UpdateResponse(properties=self.outputs(kind, {**olds, **news, **reported(result), DECLARED: news}))
 
     async def delete(self, request: DeleteRequest) -> None:
         kind = self.kind_of(request.type)
@@ -257,7 +247,7 @@ def main() -> None:
     arguments = argparse.ArgumentParser()
     arguments.add_argument("engine")
     engine_log.connect(arguments.parse_known_args()[0].engine)
-    serve(sys.argv[1:], VERSION, ThorbisProvider(all_kinds()))
+    serve(sys.argv[1:], VERSION, ThorbisProvider(served_kinds()))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ from typing import Any
 
 import pulumi.automation as auto
 
+from components.kind import expectations
+from components.registry import kind_of
 from ops.events import Change, EventLog
 from ops.stack import ToolError, last_line
 
@@ -57,13 +59,21 @@ def differing_properties(change: Change) -> list[str]:
     return [key for key in keys if key not in BOOKKEEPING and change.old_outputs.get(key) != live.get(key)]
 
 
+def expected(change: Change) -> dict[str, Any]:
+    """The healthy values of the kind's status (Expect markers): what the stack wants of those fields."""
+    kind = kind_of(change.type)
+    return {} if kind is None else expectations(kind.status_type)
+
+
 def differences(change: Change) -> list[Difference]:
-    """What differs about one object found by a refresh."""
+    """What differs about one object found by a refresh. A status field the state never recorded (a
+    create that did not report it, a state older than the field) is shown with its expected value."""
     if change.new_outputs is None or change.op == "delete":
         return [Difference(change.type, change.name, "(the object)", "exists", GONE)]
     found = []
+    healthy = expected(change)
     for key in differing_properties(change):
-        recorded, live = change.old_outputs.get(key), change.new_outputs.get(key)
+        recorded, live = change.old_outputs.get(key, healthy.get(key)), change.new_outputs.get(key)
         if isinstance(recorded, list) and isinstance(live, list) and len(recorded) + len(live) > 6:
             shown = list_difference(recorded, live)
         else:

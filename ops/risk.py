@@ -4,18 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from components.database.manifest import ManifestKind
-from components.database.table import TableKind
+from components.registry import kind_of
 from ops.events import Change
 from ops.sql_preview import parse
 
 DATA_LOSS_SETTING = "thorbis:allowDataLoss"
-#: Kinds whose delete or replacement drops data that exists nowhere else.
-HOLDS_DATA = {
-    "thorbisdb:db:Table": "table {name} would be dropped with its rows",
-    "thorbisdb:local:PostgresServer": "the primary {name} and its data directory would be deleted",
-    "thorbisdb:local:Redis": "the Redis server {name} and its data would be deleted",
-}
 DROPS = frozenset({"delete", "replace", "delete-replaced", "create-replacement"})
 
 
@@ -32,19 +25,19 @@ def refusals(errors: Iterable[str]) -> list[str]:
 
 
 def losses(change: Change) -> list[str]:
-    """Data a change would destroy when the stack allows it (thorbis:allowDataLoss true)."""
-    if change.op in DROPS and change.type in HOLDS_DATA:
-        return [HOLDS_DATA[change.type].format(name=change.name)]
+    """Data a change would destroy when the stack allows it (thorbis:allowDataLoss true), as its kind says."""
+    kind_type = kind_of(change.type)
+    if kind_type is None:
+        return []
+    if change.op in DROPS:
+        return [] if kind_type.deleting_loses is None else [kind_type.deleting_loses.format(name=change.name)]
+    if change.op != "update":
+        return []
+    kind = kind_type()
     try:
-        if change.type == "thorbisdb:db:Manifest" and change.op == "update":
-            manifest = ManifestKind()
-            return manifest.data_loss(change.old_inputs, parse(manifest.spec_type, change.new_inputs))
-        if change.type == "thorbisdb:db:Table" and change.op == "update":
-            kind = TableKind()
-            return kind.data_loss(change.old_inputs, parse(kind.spec_type, change.new_inputs))
+        return kind.data_loss(change.old_inputs, parse(kind.spec_type, change.new_inputs))
     except (ValueError, KeyError, TypeError):
         return []  # inputs still unknown in the preview
-    return []
 
 
 def destructive(changes: Iterable[Change], errors: Iterable[str]) -> list[str]:

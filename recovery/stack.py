@@ -8,8 +8,8 @@ from pathlib import Path
 import psycopg
 import pulumi.automation as auto
 
-from components.platform.local import backup_repository
 from components.platform.local.pgbackrest import Repository
+from components.platform.local.platform import backup_repository
 from config import StackSettings, parse_settings
 
 ROOT = Path(__file__).resolve().parents[1]

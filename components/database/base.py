@@ -1,47 +1,60 @@
-"""What every kind of database object shares: the target database from the provider's config, and the
-explicit provider instance through which the program declares them."""
+"""What every kind of database object shares: the target database, from the explicit provider's config."""
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+import hashlib
+from collections.abc import Iterable
+from typing import TypeVar
 
 import psycopg
-import pulumi
 from psycopg import sql
 
-from components.connection import ConnectionSpec
+from components.database.ddl import Operation, apply
 from components.database.session import DatabaseTarget, Statement
-from components.kind import Kind, Spec
+from components.kind import Kind, Spec, Status
 
 SpecT = TypeVar("SpecT", bound=Spec)
+StatusT = TypeVar("StatusT", bound=Status)
 
 
-class DatabaseKind(Kind[SpecT]):
+class DatabaseKind(Kind[SpecT, StatusT]):
     """A kind whose objects live inside the database the explicit provider's `connection` names."""
 
     @property
     def target(self) -> DatabaseTarget:
         return DatabaseTarget.from_config(self.provider_config)
 
+    def apply(self, conn: psycopg.Connection, operations: Iterable[Operation], what: str) -> None:
+        """Run a plan with the stack's lock_timeout (components/database/ddl.py)."""
+        apply(conn, operations, self.target.lock_timeout, what)
+
+    # What a change runs where it is known without the server, as the PR preview shows it: the same
+    # operations the apply runs. None (the default) where the live catalog decides.
+
+    def planned_create(self, spec: SpecT) -> list[Operation] | None:
+        return None
+
+    def planned_update(self, old: SpecT, new: SpecT) -> list[Operation] | None:
+        return None
+
+    def planned_delete(self, spec: SpecT) -> list[Operation] | None:
+        return None
+
+
+#: PostgreSQL's longest name (NAMEDATALEN - 1 bytes).
+MAX_NAME = 63
+
+
+def bounded(name: str) -> str:
+    """A PostgreSQL name of at most 63 bytes, kept unique by a short hash when it must be cut."""
+    if len(name) <= MAX_NAME:
+        return name
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+    return f"{name[: MAX_NAME - 9]}_{digest}"
+
 
 def qualified(schema: str, name: str) -> sql.Identifier:
     return sql.Identifier(schema, name)
-
-
-def database_provider(
-    name: str,
-    connection: pulumi.Output[ConnectionSpec],
-    lock_timeout: str,
-    allow_data_loss: bool,
-    opts: pulumi.ResourceOptions | None = None,
-) -> pulumi.ProviderResource:
-    """The thorbisdb provider instance that database objects are created through (connection is secret)."""
-    inputs: dict[str, Any] = {
-        "connection": pulumi.Output.secret(connection.apply(lambda spec: spec.to_property())),
-        "lockTimeout": lock_timeout,
-        "allowDataLoss": allow_data_loss,
-    }
-    return pulumi.ProviderResource("thorbisdb", name, inputs, opts)
 
 
 def copied_grants(

@@ -32,11 +32,10 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
-from components.database.base import copied_grants, qualified
-from components.database.index import definition_tail
-from components.database.model import bounded
+from components.database.base import bounded, copied_grants, qualified
+from components.database.kinds.index import definition_tail
 from components.database.session import Deferred, Statement, run_ddl, scalar
-from components.database.table import LiveTable, TableSpec, create_statement, read_table, rls_statements
+from components.database.table_shape import LiveTable, TableSpec, create_statement, read_table, rls_statements
 from components.kind import ProviderError
 
 VERIFIED_MARK = "thorbis-conversion verified"

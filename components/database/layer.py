@@ -12,32 +12,47 @@ from collections.abc import Sequence
 from typing import Any
 
 import pulumi
-from pydantic.alias_generators import to_camel
 
 from components.connection import ConnectionSpec
-from components.database.access import load_access
-from components.database.base import database_provider
-from components.database.cron_job import CronJob, CronJobArgs
-from components.database.default_privileges import DefaultPrivileges, DefaultPrivilegesArgs
-from components.database.extension import Extension, ExtensionArgs
-from components.database.function import Function, FunctionArgs
-from components.database.grant import Grant, GrantArgs, GrantSpec
-from components.database.index import Index, IndexArgs
-from components.database.manifest import Manifest, ManifestArgs
-from components.database.materialized_view import MaterializedView, MaterializedViewArgs
-from components.database.model import TABLE_SCHEMA, TableData, bounded, load_schema
-from components.database.operations import load_jobs, load_maintenance, load_monitoring
-from components.database.partitioning import PartitionGuard, PartitionGuardArgs, PartitionSet, PartitionSetArgs
-from components.database.policy import Policy, PolicyArgs
-from components.database.reporting import load_reporting
-from components.database.role import Role, RoleArgs
-from components.database.schema import Schema, SchemaArgs
-from components.database.table import Table, TableArgs
-from components.database.tenancy import TENANT_ROLES, tenant_policies
-from components.database.trigger import Trigger, TriggerArgs
-from components.database.view import View, ViewArgs
-from components.kind import Spec
+from components.database.declared.access import load_access
+from components.database.declared.model import TABLE_SCHEMA, TableData, load_schema
+from components.database.declared.operations import load_jobs, load_maintenance, load_monitoring
+from components.database.declared.reporting import load_reporting
+from components.database.declared.tenancy import tenant_policies
+from components.database.kinds.cron_job import CronJobKind
+from components.database.kinds.default_privileges import DefaultPrivilegesKind, DefaultPrivilegesSpec
+from components.database.kinds.extension import ExtensionKind, ExtensionSpec
+from components.database.kinds.function import FunctionKind
+from components.database.kinds.grant import GrantKind, GrantSpec
+from components.database.kinds.index import IndexKind
+from components.database.kinds.manifest import ManifestKind, ManifestSpec
+from components.database.kinds.materialized_view import MaterializedViewKind
+from components.database.kinds.partition_guard import PartitionGuardKind, PartitionGuardSpec
+from components.database.kinds.partition_set import PartitionSetKind, PartitionSetSpec
+from components.database.kinds.policy import PolicyKind
+from components.database.kinds.role import RoleKind
+from components.database.kinds.schema import SchemaKind, SchemaSpec
+from components.database.kinds.table import TableKind
+from components.database.kinds.trigger import TriggerKind
+from components.database.kinds.view import ViewKind
+from components.resource import declare, fields_of
 from config import StackSettings
+
+
+def database_provider(
+    name: str,
+    connection: pulumi.Output[ConnectionSpec],
+    lock_timeout: str,
+    allow_data_loss: bool,
+    opts: pulumi.ResourceOptions | None = None,
+) -> pulumi.ProviderResource:
+    """The thorbisdb provider instance that database objects are created through (connection is secret)."""
+    inputs: dict[str, Any] = {
+        "connection": pulumi.Output.secret(connection.apply(lambda spec: spec.to_property())),
+        "lockTimeout": lock_timeout,
+        "allowDataLoss": allow_data_loss,
+    }
+    return pulumi.ProviderResource("thorbisdb", name, inputs, opts)
 
 
 class DatabaseLayer(pulumi.ComponentResource):
@@ -63,16 +78,19 @@ class DatabaseLayer(pulumi.ComponentResource):
             pulumi.ResourceOptions(parent=self),
         )
         self.manifest: pulumi.Resource | None = None
-        self.manifest = Manifest(
+        self.manifest = declare(
+            ManifestKind,
             f"{name}-manifest",
-            ManifestArgs(tables={t.name: {c.name: c.type for c in t.columns} for t in self.schema.tables}),
+            ManifestSpec(tables={t.name: {c.name: c.type for c in t.columns} for t in self.schema.tables}),
             self.options(),
         )
         self.roles = self.declare_roles()
         self.schemas = self.declare_schemas(list(self.roles.values()))
         self.extensions = self.declare_extensions(list(self.schemas.values()))
         functions = self.declare_functions([*self.schemas.values(), *self.extensions.values()])
-        guard = PartitionGuard("partition-guard", PartitionGuardArgs(), self.options([self.schemas["app"]]))
+        guard = declare(
+            PartitionGuardKind, "partition-guard", PartitionGuardSpec(), self.options([self.schemas["app"]])
+        )
         self.indexes: dict[str, list[pulumi.Resource]] = {}
         self.tables = self.declare_tables([*functions, *self.extensions.values(), guard])
         partition_sets = self.declare_partition_sets(guard)
@@ -91,40 +109,37 @@ class DatabaseLayer(pulumi.ComponentResource):
 
     def declare_roles(self) -> dict[str, pulumi.Resource]:
         adopt = self.settings.platform == "external"  # Supabase's own roles exist: adopt, never recreate
-        declared: dict[str, Role] = {}
+        declared: dict[str, pulumi.Resource] = {}
         for role in self.access.roles:
             password = None
             if role.password:
                 secret = getattr(self.settings, _attribute(role.password))
                 password = pulumi.Output.secret(secret.get_secret_value()) if secret else None
-            declared[role.name] = Role(
+            declared[role.name] = declare(
+                RoleKind,
                 f"role-{role.name}",
-                RoleArgs(
-                    name=role.name,
-                    login=role.login,
-                    password=password,
-                    bypass_rls=role.bypass_rls,
-                    inherit=role.inherit,
-                    member_of=role.member_of,
-                    adopt_existing=adopt,
-                ),
+                {**fields_of(role.role_spec(adopt)), "password": password},
                 self.options([declared[m] for m in role.member_of if m in declared]),
             )
-        return dict(declared)
+        return declared
 
     def declare_schemas(self, roles: list[pulumi.Resource]) -> dict[str, pulumi.Resource]:
         return {
-            schema.name: Schema(
-                f"schema-{schema.name}", SchemaArgs(name=schema.name, owner=schema.owner), self.options(roles)
+            schema.name: declare(
+                SchemaKind,
+                f"schema-{schema.name}",
+                SchemaSpec(name=schema.name, owner=schema.owner),
+                self.options(roles),
             )
             for schema in self.access.schemas
         }
 
     def declare_extensions(self, schemas: list[pulumi.Resource]) -> dict[str, pulumi.Resource]:
         return {
-            extension.name: Extension(
+            extension.name: declare(
+                ExtensionKind,
                 f"extension-{extension.name}",
-                ExtensionArgs(name=extension.name, schema_name=extension.schema_name),
+                ExtensionSpec(name=extension.name, schema_name=extension.schema_name),
                 self.options(schemas),
             )
             for extension in self.access.extensions
@@ -132,58 +147,37 @@ class DatabaseLayer(pulumi.ComponentResource):
 
     def declare_functions(self, after: list[pulumi.Resource]) -> list[pulumi.Resource]:
         return [
-            Function(
+            declare(
+                FunctionKind,
                 f"function-{function.schema_name}-{function.name}",
-                FunctionArgs(**_args(FunctionArgs, function.function_spec(self.access.owner))),
+                function.function_spec(self.access.owner),
                 self.options(after),
             )
             for function in self.access.functions
         ]
 
-    def declare_tables(self, after: list[pulumi.Resource]) -> dict[str, Table]:
-        tables: dict[str, Table] = {}
+    def declare_tables(self, after: list[pulumi.Resource]) -> dict[str, pulumi.Resource]:
+        tables: dict[str, pulumi.Resource] = {}
         for data in self.schema.in_dependency_order():
             referenced = [tables[fk.ref_table] for fk in data.foreign_key_constraints if fk.ref_table in tables]
-            table = Table(
+            table = declare(
+                TableKind,
                 f"table-{data.name}",
-                TableArgs(**_args(TableArgs, data.table_spec(self.access.owner))),
+                data.table_spec(self.access.owner),
                 self.options([*after, *referenced], protect=not self.settings.allow_data_loss),
             )
             tables[data.name] = table
             self.declare_table_objects(data, table)
         return tables
 
-    def declare_table_objects(self, data: TableData, table: Table) -> None:
-        if data.has_updated_at:
-            Trigger(
-                f"trigger-{data.name}-updated-at",
-                TriggerArgs(
-                    schema_name=TABLE_SCHEMA,
-                    table=data.name,
-                    name=f"{data.name}_set_updated_at",
-                    timing="BEFORE",
-                    events=["UPDATE"],
-                    level="ROW",
-                    function="app.set_updated_at",
-                ),
-                self.options([table]),
-            )
+    def declare_table_objects(self, data: TableData, table: pulumi.Resource) -> None:
+        trigger = data.updated_at_trigger()
+        if trigger is not None:
+            declare(TriggerKind, f"trigger-{data.name}-updated-at", trigger, self.options([table]))
         for policy in tenant_policies(data, self.schema):
-            Policy(
-                f"policy-{policy.name}",
-                PolicyArgs(
-                    schema_name=TABLE_SCHEMA,
-                    table=policy.table,
-                    name=bounded(policy.name),
-                    command=policy.command,
-                    roles=TENANT_ROLES,
-                    using=policy.using,
-                    with_check=policy.with_check,
-                ),
-                self.options([table]),
-            )
+            declare(PolicyKind, f"policy-{policy.name}", policy, self.options([table]))
         self.indexes[data.name] = [
-            Index(f"index-{index.name}", IndexArgs(**_args(IndexArgs, index)), self.options([table]))
+            declare(IndexKind, f"index-{index.name}", index, self.options([table]))
             for index in [*data.declared_indexes(), *data.foreign_key_indexes()]
         ]
 
@@ -192,9 +186,10 @@ class DatabaseLayer(pulumi.ComponentResource):
         partitioning = self.settings.partitioning
         retention = f"{partitioning.retention_months} months" if partitioning.retention_months else None
         return [
-            PartitionSet(
+            declare(
+                PartitionSetKind,
                 f"partition-set-{data.name}",
-                PartitionSetArgs(
+                PartitionSetSpec(
                     schema_name=TABLE_SCHEMA,
                     table=data.name,
                     control=data.partition.column,
@@ -210,9 +205,10 @@ class DatabaseLayer(pulumi.ComponentResource):
     def declare_procedures(self) -> list[pulumi.Resource]:
         """The retention procedures of sql/maintenance.yaml, after the tables they delete from."""
         return [
-            Function(
+            declare(
+                FunctionKind,
                 f"procedure-{spec.schema_name}-{spec.name}",
-                FunctionArgs(**_args(FunctionArgs, spec)),
+                spec,
                 self.options([self.schemas[spec.schema_name], *self.tables.values()]),
             )
             for spec in load_maintenance().procedure_specs(self.access.owner)
@@ -224,15 +220,17 @@ class DatabaseLayer(pulumi.ComponentResource):
         reporting = self.reporting
         owner_grant, *reader_grants = reporting.grant_specs()
         schema = self.schemas[reporting.schema_name]
-        owner_access = Grant(
+        owner_access = declare(
+            GrantKind,
             f"grant-{reporting.schema_name}-{owner_grant.grantee}",
-            GrantArgs(**_args(GrantArgs, owner_grant)),
+            owner_grant,
             self.options([schema, self.roles[reporting.owner]]),
         )
         views = [
-            MaterializedView(
+            declare(
+                MaterializedViewKind,
                 f"materialized-view-{spec.name}",
-                MaterializedViewArgs(**_args(MaterializedViewArgs, spec)),
+                spec,
                 self.options([schema, owner_access, self.roles[reporting.owner], *self.tables.values()]),
             )
             for spec in reporting.materialized_view_specs()
@@ -240,7 +238,7 @@ class DatabaseLayer(pulumi.ComponentResource):
         for grant in reader_grants:
             self.declare_grant(grant, [*views, self.roles.get(grant.grantee, schema)])
         return [
-            View(f"view-{spec.schema_name}-{spec.name}", ViewArgs(**_args(ViewArgs, spec)), self.options(views))
+            declare(ViewKind, f"view-{spec.schema_name}-{spec.name}", spec, self.options(views))
             for spec in reporting.tenant_view_specs()
         ]
 
@@ -249,9 +247,10 @@ class DatabaseLayer(pulumi.ComponentResource):
         monitoring = load_monitoring()
         schema = self.schemas[monitoring.schema_name]
         views: list[pulumi.Resource] = [
-            View(
+            declare(
+                ViewKind,
                 f"view-{spec.schema_name}-{spec.name}",
-                ViewArgs(**_args(ViewArgs, spec)),
+                spec,
                 self.options([schema, *self.extensions.values()]),
             )
             for spec in monitoring.view_specs(self.access.owner)
@@ -261,37 +260,36 @@ class DatabaseLayer(pulumi.ComponentResource):
         return views
 
     def declare_grant(self, grant: GrantSpec, after: Sequence[pulumi.Resource]) -> None:
-        Grant(
-            f"grant-{grant.schema_name}-{grant.object_type}-{grant.grantee}",
-            GrantArgs(**_args(GrantArgs, grant)),
-            self.options(after),
-        )
+        declare(GrantKind, f"grant-{grant.schema_name}-{grant.object_type}-{grant.grantee}", grant, self.options(after))
 
     def declare_jobs(self, connection: pulumi.Output[ConnectionSpec], after: Sequence[pulumi.Resource]) -> None:
         """pg_cron jobs of sql/jobs.yaml with the stack's schedules and parameters, after what they run."""
         database = connection.apply(lambda spec: spec.database)
         jobs = load_jobs(self.settings.jobs.schedules, self.settings.jobs.parameters)
         for job in jobs:
-            CronJob(
+            declare(
+                CronJobKind,
                 f"cron-job-{job.name}",
-                CronJobArgs(name=job.name, schedule=job.schedule, command=job.command, database=database),
+                {"name": job.name, "schedule": job.schedule, "command": job.command, "database": database},
                 self.options([self.extensions["pg_cron"], *after]),
             )
 
     def declare_privileges(self, after: list[pulumi.Resource]) -> None:
         for schema_name, grantees in self.access.schema_usage.items():
             for grantee in grantees:
-                Grant(
+                declare(
+                    GrantKind,
                     f"grant-usage-{schema_name}-{grantee}",
-                    GrantArgs(grantee=grantee, privileges=["USAGE"], object_type="schema", schema_name=schema_name),
+                    GrantSpec(grantee=grantee, privileges=["USAGE"], object_type="schema", schema_name=schema_name),
                     self.options(after),
                 )
         # adopted tables and the tenant views were not created by the owner: default privileges miss them
         covered = sorted([*self.tables, *(view.name for view in self.reporting.tenant_view_specs())])
         for grantee, privileges in self.access.table_privileges.items():
-            Grant(
+            declare(
+                GrantKind,
                 f"grant-tables-{grantee}",
-                GrantArgs(
+                GrantSpec(
                     grantee=grantee,
                     privileges=privileges,
                     object_type="all_tables_in_schema",
@@ -300,9 +298,10 @@ class DatabaseLayer(pulumi.ComponentResource):
                 ),
                 self.options(after),
             )
-            DefaultPrivileges(
+            declare(
+                DefaultPrivilegesKind,
                 f"default-privileges-tables-{grantee}",
-                DefaultPrivilegesArgs(
+                DefaultPrivilegesSpec(
                     owner=self.access.owner,
                     schema_name=TABLE_SCHEMA,
                     grantee=grantee,
@@ -316,9 +315,3 @@ class DatabaseLayer(pulumi.ComponentResource):
 def _attribute(config_key: str) -> str:
     """The settings attribute of a config key: authenticatorPassword -> authenticator_password."""
     return "".join(f"_{c.lower()}" if c.isupper() else c for c in config_key)
-
-
-def _args(args_type: Any, spec: Spec) -> dict[str, Any]:
-    """A kind's spec as the keyword arguments of its resource's Args dataclass."""
-    dumped = spec.model_dump(mode="json", by_alias=True)
-    return {name: dumped[to_camel(name)] for name in args_type.__dataclass_fields__}

@@ -22,8 +22,8 @@ import yaml
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from components.database.model import TABLE_SCHEMA, TENANT_COLUMN, ColumnData, SchemaModel, TableData
-from components.database.table import ForeignKeySpec
+from components.database.declared.model import TABLE_SCHEMA, TENANT_COLUMN, ColumnData, SchemaModel, TableData
+from components.database.table_shape import ForeignKeySpec
 
 OVERRIDES = Path(__file__).with_name("row_overrides.yaml")
 IN_LIST = re.compile(r"^\s*(\w+)\s+IN\s*\(([^()]*)\)\s*$", re.IGNORECASE)

@@ -28,7 +28,7 @@ import pytest
 import yaml
 from psycopg import sql
 
-from components.database.model import load_schema
+from components.database.declared.model import load_schema
 from tests.conftest import ROOT
 from tests.e2e.conftest import LiveStack, throwaway_stack
 from tests.fixtures.before_state import BeforeTable, build_before_state, fingerprint

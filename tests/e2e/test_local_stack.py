@@ -18,7 +18,7 @@ import pytest
 import redis
 from psycopg import sql
 
-from components.database.model import load_schema
+from components.database.declared.model import load_schema
 from tests.e2e.conftest import LiveStack
 from tests.support import listening, processes_under
 

@@ -12,9 +12,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from components.database.model import load_schema
-from components.database.operations import load_jobs, load_monitoring
-from components.database.reporting import load_reporting
+from components.database.declared.model import load_schema
+from components.database.declared.operations import load_jobs, load_monitoring
+from components.database.declared.reporting import load_reporting
 from tests.e2e.conftest import LiveStack
 
 pytestmark = pytest.mark.e2e
@@ -77,19 +77,30 @@ def test_the_jobs_of_sql_jobs_yaml_are_scheduled_as_declared(admin: Conn) -> Non
 
 @pytest.mark.parametrize("command", [job.command for job in JOBS], ids=[job.name for job in JOBS])
 def test_each_job_command_runs(command: str, admin: Conn) -> None:
-    """As pg_cron runs it: one statement outside a transaction block (CALLs commit, VACUUM is allowed)."""
-    admin.execute(sql.SQL(command))
+    """As pg_cron runs it: one statement outside a transaction block (CALLs commit, VACUUM is allowed). It
+    completes with its own command tag, which pg_cron records as the run's return_message on success."""
+    done = admin.execute(sql.SQL(command)).statusmessage
+    assert done is not None and done.split()[0] == command.split()[0].upper(), done
+
+
+def row_count(conn: Conn, view: str) -> int:
+    return len(conn.execute(sql.SQL("SELECT * FROM {}").format(sql.Identifier("monitoring", view))).fetchall())
 
 
 @pytest.mark.parametrize("view", [view.name for view in load_monitoring().views])
-def test_each_monitoring_view_answers_the_reporting_role(view: str, database_stack: LiveStack) -> None:
+def test_each_monitoring_view_answers_the_reporting_role(view: str, admin: Conn, database_stack: LiveStack) -> None:
+    """`reporting` (BYPASSRLS, the views' reader) sees every row the admin sees: its grants reach whatever
+    each view reads. Counted between two reads of the admin, so rows that come or go meanwhile do not count."""
     conninfo = {
         **database_stack.admin(),
         "user": "reporting",
         "password": database_stack.passwords["reportingPassword"],
     }
-    with psycopg.connect(**conninfo) as conn:  # type: ignore[arg-type]
-        conn.execute(sql.SQL("SELECT * FROM {}").format(sql.Identifier("monitoring", view))).fetchall()
+    before = row_count(admin, view)
+    with psycopg.connect(**conninfo, autocommit=True) as conn:  # type: ignore[arg-type]
+        seen = row_count(conn, view)
+    after = row_count(admin, view)
+    assert min(before, after) <= seen <= max(before, after), (before, seen, after)
 
 
 def test_reporting_views_show_each_company_its_own_figures_only(admin: Conn, database_stack: LiveStack) -> None:

@@ -22,7 +22,7 @@ import pulumi.automation as auto
 import pytest
 from psycopg import sql
 
-from components.database.model import load_schema
+from components.database.declared.model import load_schema
 from components.platform.local import process
 from ops import EXIT_DESTRUCTIVE, EXIT_DRIFT, EXIT_FAILED, EXIT_OK
 from tests.conftest import ROOT

@@ -20,7 +20,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from components.database.model import IndexData, bounded, load_schema
+from components.database.base import bounded
+from components.database.declared.model import IndexData, load_schema
 from tests.e2e.conftest import LiveStack
 from tests.e2e.rows import (
     Synthesizer,

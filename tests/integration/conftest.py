@@ -15,6 +15,7 @@ from urllib.parse import quote
 import psycopg
 import pytest
 
+from components.kind import Observed, Status, reported
 from components.platform.local import postgres_files as pg
 from components.platform.local.postgres import PostgresServerKind, PostgresServerSpec
 from components.platform.local.replica import PostgresReplicaKind, PostgresReplicaSpec
@@ -39,6 +40,11 @@ SETTINGS = {
     "work_mem": "4MB",
     "maintenance_work_mem": "64MB",
 }
+
+
+def flat(result: Status | Observed[Any] | None) -> dict[str, Any] | None:
+    """A kind's result as the provider records it: inputs and status under their wire names."""
+    return None if result is None else reported(result)
 
 
 def eventually(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -118,7 +124,7 @@ def running_primary() -> Iterator[Primary]:
         kind = PostgresServerKind()
         resource_id, outputs = kind.create(spec)
         try:
-            yield Primary(kind, spec, resource_id, outputs)
+            yield Primary(kind, spec, resource_id, reported(outputs))
         finally:
             kind.delete(resource_id, spec.model_copy(update={"allow_data_loss": True}))
 
@@ -154,7 +160,7 @@ def running_replica(primary: Primary) -> Iterator[Replica]:
         kind = PostgresReplicaKind()
         resource_id, outputs = kind.create(spec)
         try:
-            yield Replica(kind, spec, resource_id, outputs)
+            yield Replica(kind, spec, resource_id, reported(outputs))
         finally:
             kind.delete(resource_id, spec)
 

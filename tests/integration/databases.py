@@ -12,12 +12,12 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from components.connection import ConnectionSpec, Endpoint
-from components.kind import Kind, Spec
+from components.kind import Kind, Observed, Spec, Status, reported
 from components.platform.local.postgres import PostgresServerKind, PostgresServerSpec
 from components.provider import spec_fields
 from tests.support import free_port, reachable_state_dir
 
-KindT = TypeVar("KindT", bound=Kind[Any])
+KindT = TypeVar("KindT", bound=Kind[Any, Any])
 Query = str | sql.Composable
 
 
@@ -96,10 +96,19 @@ def declared(spec: Spec, **outputs: Any) -> dict[str, Any]:
     return {**spec.model_dump(by_alias=True, mode="json"), **outputs}
 
 
-def changes(kind: Kind[Any], spec: Spec, observed: dict[str, Any] | None) -> list[str]:
+def recorded(spec: Spec, *steps: Status | Observed[Any] | None) -> dict[str, Any]:
+    """What Pulumi keeps for an object: the inputs check() recorded, then what each step reported (a
+    create's or update's status, a refresh's observation), the latest last."""
+    state = declared(spec)
+    for step in steps:
+        state.update(reported(step) if step is not None else {})
+    return state
+
+
+def changes(kind: Kind[Any, Any], spec: Spec, observed: Observed[Any] | None) -> list[str]:
     """What the provider's diff would report after a refresh that observed `observed`."""
     assert observed is not None, "the object is gone"
     inputs = declared(spec)
-    state = {**inputs, **observed}
+    state = recorded(spec, observed)
     changed = [key for key in spec_fields(kind) if state.get(key) != inputs.get(key)]
-    return changed + [key for key in kind.drifted(state, spec) if key not in changed]
+    return changed + [key for key in kind.drifted(kind.status_of(state), spec) if key not in changed]

@@ -14,10 +14,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from components.kind import ProviderError
+from components.kind import ProviderError, reported
 from components.platform.local import pgbackrest
 from components.platform.local import postgres_files as pg
-from components.platform.local.backup import BackupRepositoryKind, BackupRepositorySpec
+from components.platform.local.backup import BackupRepositoryKind, BackupRepositorySpec, BackupStatus
 from components.platform.local.pgbackrest import Repository
 from components.platform.local.postgres import PostgresServerKind, wait_for_promotion
 from tests.integration.conftest import SETTINGS, SUPERUSER_PASSWORD, Primary, eventually, primary_spec
@@ -39,10 +39,10 @@ class Archived:
     def repo(self) -> Repository:
         return self.spec.repository
 
-    def observe(self) -> dict[str, Any]:
+    def observe(self) -> BackupStatus:
         observed = self.kind.observe("", self.spec)
         assert observed is not None
-        return observed
+        return observed.status
 
 
 def repository(base: Path, **changes: Any) -> Repository:
@@ -74,7 +74,7 @@ def archived() -> Iterator[Archived]:
         spec = primary_spec(base / "postgres-primary", free_port(), settings=archiving_settings(repo), backup=repo)
         server_kind = PostgresServerKind()
         resource_id, outputs = server_kind.create(spec)
-        primary = Primary(server_kind, spec, resource_id, outputs)
+        primary = Primary(server_kind, spec, resource_id, reported(outputs))
         backup_spec = BackupRepositorySpec(
             repository=repo,
             primary_state_dir=spec.state_dir,
@@ -94,10 +94,10 @@ def archived() -> Iterator[Archived]:
 
 def test_stanza_is_created_and_wal_is_archived(archived: Archived) -> None:
     observed = archived.observe()
-    assert observed["stanzaOk"] is True
-    assert observed["configWritten"] is True
-    assert observed["archiveOk"] is True
-    assert observed["lastArchivedWal"]
+    assert observed.stanza_ok is True
+    assert observed.config_written is True
+    assert observed.archive_ok is True
+    assert observed.last_archived_wal
     assert archived.primary.scalar("SHOW archive_mode") == "on"
     assert (Path(archived.repo.path) / "archive" / STANZA).is_dir()
     assert archived.kind.drifted(observed, archived.spec) == []
@@ -115,8 +115,8 @@ def test_a_backup_restores_to_a_point_in_time_and_to_the_latest_point(archived: 
     pgbackrest.run(archived.repo, "backup", "--type=full")
     backup_seconds = time.monotonic() - started
     observed = archived.observe()
-    assert observed["backups"] == 1 and observed["lastBackup"].endswith("F"), observed
-    assert observed["lastBackupAt"]
+    assert observed.backups == 1 and str(observed.last_backup).endswith("F"), observed
+    assert observed.last_backup_at
 
     time.sleep(1.1)  # pgBackRest records the backup's stop time in whole seconds
     with archived.primary.connect() as conn:
@@ -166,7 +166,7 @@ def test_a_backup_restores_to_a_point_in_time_and_to_the_latest_point(archived: 
     resource_id, outputs = kind.create(restored_spec)
     restore_seconds = time.monotonic() - started
     try:
-        assert outputs["running"] is True and outputs["dataChecksums"] is True
+        assert outputs.status.running is True and outputs.status.data_checksums is True
         with psycopg.connect(**connection(restored_spec.port)) as conn:
             ids = [row[0] for row in conn.execute("SELECT id FROM pitr_probe ORDER BY id")]
             assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (False,)
@@ -196,12 +196,12 @@ def test_a_failing_archive_is_drift_that_update_repairs(archived: Archived) -> N
             conn.execute("SELECT pg_switch_wal()")
             conn.execute("CREATE TABLE IF NOT EXISTS drift_probe (id int)")
             conn.execute("SELECT pg_switch_wal()")
-        eventually(lambda: archived.observe()["archiveOk"] is False, 30, "the archiver to fail")
+        eventually(lambda: archived.observe().archive_ok is False, 30, "the archiver to fail")
         assert "archiveOk" in archived.kind.drifted(archived.observe(), archived.spec)
     finally:
         archive_dir.chmod(0o750)
-    repaired = archived.kind.update("", archived.observe(), archived.spec)
-    assert repaired["archiveOk"] is True and repaired["stanzaOk"] is True
+    repaired = archived.kind.update("", archived.observe().wire(), archived.spec)
+    assert repaired.archive_ok is True and repaired.stanza_ok is True
 
 
 def test_a_missing_backup_directory_is_named_by_its_key_and_nothing_is_deleted(archived: Archived) -> None:
@@ -214,7 +214,7 @@ def test_a_missing_backup_directory_is_named_by_its_key_and_nothing_is_deleted(a
     assert "thorbis:backup.directory" in message and "does not exist" in message
     assert not Path(missing.path).exists(), "a missing backup volume is never replaced by a local directory"
     assert archived.repo.config_file.read_text() == config_before, "nothing was changed"
-    assert archived.observe()["backups"] >= 1, "the existing backups are untouched"
+    assert (archived.observe().backups or 0) >= 1, "the existing backups are untouched"
     assert archived.primary.scalar("SELECT count(*) FROM pitr_probe") == 102
 
 
@@ -234,8 +234,8 @@ def test_an_unwritable_backup_directory_is_named_by_its_key_and_nothing_is_delet
 
 def test_delete_keeps_the_backups_unless_data_loss_is_allowed(archived: Archived) -> None:
     archived.kind.delete("", archived.spec)  # allow_data_loss false
-    assert archived.observe()["backups"] >= 1
-    assert archived.observe()["stanzaOk"] is True
+    assert (archived.observe().backups or 0) >= 1
+    assert archived.observe().stanza_ok is True
     assert archived.repo.config_file.exists()
 
 
@@ -249,4 +249,4 @@ def test_delete_with_data_loss_allowed_removes_this_stanza_only(archived: Archiv
     assert not archived.repo.passfile.exists(), "no password file is left behind"
     assert (other / "backup.info").exists(), "a repository shared by stacks keeps theirs"
     archived.kind.create(archived.spec)  # the fixture's teardown deletes it again
-    assert archived.observe()["stanzaOk"] is True
+    assert archived.observe().stanza_ok is True

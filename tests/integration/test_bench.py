@@ -15,8 +15,8 @@ import pytest
 from psycopg import sql
 
 from bench import connections, generate, queries, report
-from components.database.model import load_schema
-from components.database.table import TableKind
+from components.database.declared.model import load_schema
+from components.database.kinds.table import TableKind
 from tests.fixtures.before_state import build_before_state
 from tests.integration.databases import Database, database_server
 

@@ -19,18 +19,19 @@ from pydantic import ValidationError
 
 from components.connection import ConnectionSpec, Endpoint
 from components.database.base import DatabaseKind
-from components.database.default_privileges import DefaultPrivilegesKind, DefaultPrivilegesSpec
-from components.database.extension import ExtensionKind, ExtensionSpec
-from components.database.grant import GrantKind, GrantSpec
-from components.database.role import PASSWORD_CHANGED, RoleKind, RoleSpec
-from components.kind import ProviderError, Spec
+from components.database.kinds.default_privileges import DefaultPrivilegesKind, DefaultPrivilegesSpec
+from components.database.kinds.extension import ExtensionKind, ExtensionSpec, ExtensionStatus
+from components.database.kinds.grant import GrantKind, GrantSpec
+from components.database.kinds.role import RoleKind, RoleSpec
+from components.kind import ProviderError
 from components.platform.local.postgres import PostgresServerKind, PostgresServerSpec
+from tests.integration.databases import changes, recorded
 from tests.support import free_port, reachable_state_dir
 
 DATABASE = "thorbis_access_it"
 SUPERUSER_PASSWORD = "it-Access'super:0123"
 SCHEMA = "it_app"
-KindT = TypeVar("KindT", bound=DatabaseKind[Any])
+KindT = TypeVar("KindT", bound=DatabaseKind[Any, Any])
 
 
 @dataclass(frozen=True)
@@ -130,20 +131,6 @@ def make_role(server: Server, prefix: str) -> str:
     return name
 
 
-def recorded(spec: Spec, *outputs: dict[str, Any] | None) -> dict[str, Any]:
-    """What Pulumi keeps for a resource: its inputs, then its outputs (those of a refresh last)."""
-    state = spec.model_dump(by_alias=True)
-    for produced in outputs:
-        state.update(produced or {})
-    return state
-
-
-def changes(spec: Spec, observed: dict[str, Any] | None) -> list[str]:
-    """The inputs a diff would show after a refresh that saw `observed`: [] when a second `up` is a no-op."""
-    assert observed is not None, "the object is gone"
-    return [key for key, value in spec.model_dump(by_alias=True).items() if observed.get(key) != value]
-
-
 # --- Role ----------------------------------------------------------------------------------------------
 
 
@@ -161,20 +148,20 @@ def test_role_round_trip_with_attributes_and_memberships(server: Server) -> None
     )
     group_id, _ = kind.create(group)
     role_id, outputs = kind.create(role)
-    assert outputs == {"adopted": False}
-    assert changes(role, kind.observe(role_id, role)) == []
+    assert outputs.adopted is False
+    assert changes(kind, role, kind.observe(role_id, role)) == []
 
     server.run("ALTER ROLE {role} NOBYPASSRLS CONNECTION LIMIT 2", role=role.name)
     server.run("REVOKE {group} FROM {role}", group=group.name, role=role.name)
     observed = kind.observe(role_id, role)
-    assert changes(role, observed) == ["bypassRls", "connectionLimit", "memberOf"]
+    assert changes(kind, role, observed) == ["bypassRls", "connectionLimit", "memberOf"]
 
     kind.update(role_id, recorded(role, outputs, observed), role)
-    assert changes(role, kind.observe(role_id, role)) == []
+    assert changes(kind, role, kind.observe(role_id, role)) == []
 
     alone = role.model_copy(update={"member_of": [], "create_role": False})
     kind.update(role_id, recorded(role, outputs), alone)
-    assert changes(alone, kind.observe(role_id, alone)) == []
+    assert changes(kind, alone, kind.observe(role_id, alone)) == []
     assert server.scalar("SELECT pg_has_role(%s, %s, 'MEMBER')", (role.name, group.name)) is False
 
     kind.delete(role_id, alone)
@@ -200,14 +187,15 @@ def test_password_reaches_the_server_only_as_a_scram_verifier(server: Server, pa
     assert stored.startswith("SCRAM-SHA-256$4096:")
     with server.connect(role.name, password) as conn:  # the server accepts our verifier
         assert conn.execute("SELECT current_user").fetchone() == (role.name,)
-    assert changes(role, kind.observe(role_id, role)) == []
+    assert changes(kind, role, kind.observe(role_id, role)) == []
 
     server.run("ALTER ROLE {role} PASSWORD 'it-changed-by-hand'", role=role.name)
     observed = kind.observe(role_id, role)
-    assert observed is not None and observed["password"] == PASSWORD_CHANGED
-    assert changes(role, observed) == ["password"]
+    assert observed is not None and observed.status.password_matches is False
+    assert observed.status.stored_password == "scram-sha-256"
+    assert changes(kind, role, observed) == ["passwordMatches"]
     kind.update(role_id, recorded(role, outputs, observed), role)
-    assert changes(role, kind.observe(role_id, role)) == []
+    assert changes(kind, role, kind.observe(role_id, role)) == []
     with server.connect(role.name, password) as conn:
         conn.execute("SELECT 1")
 
@@ -228,23 +216,23 @@ def test_existing_roles_are_adopted_and_platform_roles_never_dropped(server: Ser
     platform_role = make_role(server, "it_anon")
     spec = RoleSpec(name=platform_role, adopt_existing=True)
     role_id, outputs = kind.create(spec)
-    assert outputs == {"adopted": True}
-    assert changes(spec, kind.observe(role_id, spec)) == []
+    assert outputs.adopted is True
+    assert changes(kind, spec, kind.observe(role_id, spec)) == []
     kind.delete(role_id, spec)
     assert server.scalar("SELECT count(*) FROM pg_roles WHERE rolname = %s", (platform_role,)) == 1
 
     absent = RoleSpec(name=unique("it_absent"), adopt_existing=True)  # a plain server lacks Supabase's roles
     absent_id, outputs = kind.create(absent)
-    assert outputs == {"adopted": False}
-    assert changes(absent, kind.observe(absent_id, absent)) == []
+    assert outputs.adopted is False
+    assert changes(kind, absent, kind.observe(absent_id, absent)) == []
     kind.delete(absent_id, absent)  # maybe others use it now: the stack never drops a platform role
     assert server.scalar("SELECT count(*) FROM pg_roles WHERE rolname = %s", (absent.name,)) == 1
 
     leftover = make_role(server, "it_leftover")  # e.g. a stack whose state was lost: adopted and converged
     wanted = RoleSpec(name=leftover, login=True)
     leftover_id, outputs = kind.create(wanted)
-    assert outputs == {"adopted": True}
-    assert changes(wanted, kind.observe(leftover_id, wanted)) == []
+    assert outputs.adopted is True
+    assert changes(kind, wanted, kind.observe(leftover_id, wanted)) == []
     kind.delete(leftover_id, wanted)
     assert kind.observe(leftover_id, wanted) is None
 
@@ -315,19 +303,19 @@ def test_grant_round_trip(server: Server, app: str, declared: dict[str, Any], dr
     schema = None if declared["object_type"] == "database" else app
     spec = GrantSpec(grantee=grantee, schema_name=schema, **declared)
     grant_id, outputs = kind.create(spec)
-    assert changes(spec, kind.observe(grant_id, spec)) == []
+    assert changes(kind, spec, kind.observe(grant_id, spec)) == []
 
     server.run(drift, schema=app, grantee=grantee, database=DATABASE)
     observed = kind.observe(grant_id, spec)
-    assert observed is not None and observed["privileges"] == left
-    assert changes(spec, observed) == ["privileges"]
+    assert observed is not None and observed.inputs["privileges"] == left
+    assert changes(kind, spec, observed) == ["privileges"]
 
     kind.update(grant_id, recorded(spec, outputs, observed), spec)
-    assert changes(spec, kind.observe(grant_id, spec)) == []
+    assert changes(kind, spec, kind.observe(grant_id, spec)) == []
 
     kind.delete(grant_id, spec)
     observed = kind.observe(grant_id, spec)
-    assert observed is not None and observed["privileges"] == []
+    assert observed is not None and observed.inputs["privileges"] == []
     server.run("DROP ROLE {grantee}", grantee=grantee)  # fails if delete left any privilege behind
 
 
@@ -344,7 +332,7 @@ def test_grant_update_revokes_what_is_no_longer_declared(server: Server, app: st
     grant_id, outputs = kind.create(wide)
     narrow = wide.model_copy(update={"privileges": ["SELECT"], "objects": ["jobs"]})
     kind.update(grant_id, recorded(wide, outputs), narrow)
-    assert changes(narrow, kind.observe(grant_id, narrow)) == []
+    assert changes(kind, narrow, kind.observe(grant_id, narrow)) == []
 
     def has(table: str, privilege: str) -> bool:
         return bool(server.scalar("SELECT has_table_privilege(%s, %s, %s)", (grantee, f"{app}.{table}", privilege)))
@@ -364,7 +352,7 @@ def test_grant_observes_a_dropped_object_and_a_dropped_grantee(server: Server, a
     )
     grant_id, _ = kind.create(spec)
     server.run("DROP TABLE {schema}.{table}", schema=app, table=table)
-    assert changes(spec, kind.observe(grant_id, spec)) == ["objects"]
+    assert changes(kind, spec, kind.observe(grant_id, spec)) == ["objects"]
     kind.delete(grant_id, spec)
     server.run("DROP ROLE {grantee}", grantee=grantee)
     assert kind.observe(grant_id, spec) is None
@@ -390,7 +378,7 @@ def test_default_privileges_round_trip(server: Server, app: str) -> None:
         owner=owner, schema_name=app, grantee=grantee, object_type="tables", privileges=["SELECT", "INSERT"]
     )
     defaults_id, outputs = kind.create(spec)
-    assert changes(spec, kind.observe(defaults_id, spec)) == []
+    assert changes(kind, spec, kind.observe(defaults_id, spec)) == []
 
     table = unique("it_new")
     server.run(
@@ -405,14 +393,14 @@ def test_default_privileges_round_trip(server: Server, app: str) -> None:
         grantee=grantee,
     )
     observed = kind.observe(defaults_id, spec)
-    assert observed is not None and observed["privileges"] == ["SELECT"]
-    assert changes(spec, observed) == ["privileges"]
+    assert observed is not None and observed.inputs["privileges"] == ["SELECT"]
+    assert changes(kind, spec, observed) == ["privileges"]
     kind.update(defaults_id, recorded(spec, outputs, observed), spec)
-    assert changes(spec, kind.observe(defaults_id, spec)) == []
+    assert changes(kind, spec, kind.observe(defaults_id, spec)) == []
 
     read_only = spec.model_copy(update={"privileges": ["SELECT"]})
     kind.update(defaults_id, recorded(spec, outputs), read_only)
-    assert changes(spec, kind.observe(defaults_id, spec)) == ["privileges"]  # INSERT was revoked
+    assert changes(kind, spec, kind.observe(defaults_id, spec)) == ["privileges"]  # INSERT was revoked
 
     kind.delete(defaults_id, read_only)
     assert server.scalar("SELECT count(*) FROM pg_default_acl WHERE defaclrole = %s::regrole", (owner,)) == 0
@@ -431,18 +419,18 @@ def test_extension_round_trip_schema_and_version(server: Server) -> None:
     server.run("CREATE SCHEMA {home}; CREATE SCHEMA {elsewhere}", home=home, elsewhere=elsewhere)
     spec = ExtensionSpec(name="pg_trgm", schema_name=home, version="1.5")
     extension_id, outputs = kind.create(spec)
-    assert outputs == {"adopted": False, "installedSchema": home, "installedVersion": "1.5"}
-    assert changes(spec, kind.observe(extension_id, spec)) == []
+    assert outputs == ExtensionStatus(adopted=False, installed_schema=home, installed_version="1.5")
+    assert changes(kind, spec, kind.observe(extension_id, spec)) == []
 
     server.run("ALTER EXTENSION pg_trgm SET SCHEMA {elsewhere}", elsewhere=elsewhere)
     observed = kind.observe(extension_id, spec)
-    assert changes(spec, observed) == ["schemaName"]
+    assert changes(kind, spec, observed) == ["schemaName"]
     kind.update(extension_id, recorded(spec, outputs, observed), spec)
-    assert changes(spec, kind.observe(extension_id, spec)) == []
+    assert changes(kind, spec, kind.observe(extension_id, spec)) == []
 
     newer = spec.model_copy(update={"version": "1.6"})
-    assert kind.update(extension_id, recorded(spec, outputs), newer)["installedVersion"] == "1.6"
-    assert changes(newer, kind.observe(extension_id, newer)) == []
+    assert kind.update(extension_id, recorded(spec, outputs), newer).installed_version == "1.6"
+    assert changes(kind, newer, kind.observe(extension_id, newer)) == []
 
     table = unique("it_docs")
     server.run(
@@ -462,7 +450,7 @@ def test_pg_cron_picks_its_schema_and_its_jobs_are_not_dropped_with_it(server: S
     kind = server.kind(ExtensionKind)
     spec = ExtensionSpec(name="pg_cron")
     extension_id, _ = kind.create(spec)
-    assert changes(spec, kind.observe(extension_id, spec)) == []
+    assert changes(kind, spec, kind.observe(extension_id, spec)) == []
     assert server.scalar("SELECT count(*) FROM pg_namespace WHERE nspname = 'cron'") == 1
 
     server.run("SELECT cron.schedule('it-never', '0 0 1 1 *', 'SELECT 1')")

@@ -14,12 +14,12 @@ import psycopg
 import pytest
 from pydantic import ValidationError
 
-from components.database.function import FunctionKind, FunctionSpec
-from components.database.policy import PolicyKind, PolicySpec
-from components.database.trigger import TriggerKind, TriggerSpec
-from components.database.view import ViewKind, ViewSpec
-from components.kind import ProviderError
-from tests.integration.databases import Database, changes, database_server, declared
+from components.database.kinds.function import FunctionKind, FunctionSpec, FunctionStatus
+from components.database.kinds.policy import PolicyKind, PolicySpec, PolicyStatus
+from components.database.kinds.trigger import TriggerKind, TriggerSpec, TriggerStatus
+from components.database.kinds.view import ViewKind, ViewSpec, ViewStatus
+from components.kind import Observed, ProviderError
+from tests.integration.databases import Database, changes, database_server, declared, recorded
 
 PASSWORD = "it-Logic'pass:0123"
 DATABASE = "thorbis_logic"
@@ -86,9 +86,9 @@ def test_function_observes_as_declared_drifts_repairs_and_deletes(database: Data
         grant_execute_to=["authenticated"],
     )
     resource_id, outputs = kind.create(spec)
-    assert outputs == {"adopted": False}
-    assert kind.observe(resource_id, spec) == declared(spec)
-    assert kind.observe("", helper) == declared(helper)
+    assert outputs == FunctionStatus(adopted=False)
+    assert kind.observe(resource_id, spec) == Observed(declared(spec), FunctionStatus())
+    assert kind.observe("", helper) == Observed(declared(helper), FunctionStatus())
     assert not database.scalar("SELECT has_function_privilege('anon', 'app.note_count(uuid)', 'EXECUTE')")
     assert database.scalar("SELECT has_function_privilege('authenticated', 'app.note_count(uuid)', 'EXECUTE')")
 
@@ -100,15 +100,15 @@ def test_function_observes_as_declared_drifts_repairs_and_deletes(database: Data
     database.execute("GRANT EXECUTE ON FUNCTION app.note_count(uuid) TO PUBLIC")
     drifted = kind.observe(resource_id, spec)
     assert drifted is not None
-    assert (drifted["body"], drifted["volatility"], drifted["grantExecuteTo"]) == (
+    assert (drifted.inputs["body"], drifted.inputs["volatility"], drifted.inputs["grantExecuteTo"]) == (
         "select 42",
         "volatile",
         ["authenticated", "public"],
     )
     assert changes(kind, spec, drifted) == ["body", "volatility", "grantExecuteTo"]
 
-    kind.update(resource_id, drifted, spec)
-    assert kind.observe(resource_id, spec) == declared(spec)
+    kind.update(resource_id, recorded(spec, drifted), spec)
+    assert kind.observe(resource_id, spec) == Observed(declared(spec), FunctionStatus())
     assert not database.scalar("SELECT has_function_privilege('anon', 'app.note_count(uuid)', 'EXECUTE')")
 
     database.execute("CREATE VIEW app.note_totals AS SELECT * FROM app.note_count(NULL)")
@@ -152,8 +152,8 @@ def test_procedure_commits_between_batches_observes_as_declared_drifts_repairs_a
         grant_execute_to=[],
     )
     resource_id, outputs = kind.create(spec)
-    assert outputs == {"adopted": False}
-    assert kind.observe(resource_id, spec) == declared(spec)
+    assert outputs == FunctionStatus(adopted=False)
+    assert kind.observe(resource_id, spec) == Observed(declared(spec), FunctionStatus())
     assert database.scalar("SELECT prokind FROM pg_proc WHERE oid = 'app.stamp_notes(integer)'::regprocedure") == "p"
     assert not database.scalar("SELECT has_function_privilege('anon', 'app.stamp_notes(integer)', 'EXECUTE')")
 
@@ -167,7 +167,7 @@ def test_procedure_commits_between_batches_observes_as_declared_drifts_repairs_a
     drifted = kind.observe(resource_id, spec)
     assert changes(kind, spec, drifted) == ["language", "body"]
     kind.update(resource_id, declared(spec), spec)
-    assert kind.observe(resource_id, spec) == declared(spec)
+    assert kind.observe(resource_id, spec) == Observed(declared(spec), FunctionStatus())
 
     kind.delete(resource_id, spec)
     assert kind.observe(resource_id, spec) is None
@@ -205,17 +205,17 @@ def test_trigger_observes_as_declared_drifts_repairs_and_deletes(database: Datab
         function="app.set_updated_at",
     )
     resource_id, outputs = kind.create(spec)
-    assert outputs == {"adopted": False, "enabled": True}
-    assert kind.observe(resource_id, spec) == declared(spec, enabled=True)
+    assert outputs == TriggerStatus(adopted=False, enabled=True)
+    assert kind.observe(resource_id, spec) == Observed(declared(spec), TriggerStatus(enabled=True))
     database.execute("INSERT INTO app.notes (body) VALUES ('a')")
     assert database.scalar("SELECT count(*) FROM app.notes WHERE updated_at IS NULL") == 0
 
     database.execute("ALTER TABLE app.notes DISABLE TRIGGER notes_updated_at")
     disabled = kind.observe(resource_id, spec)
-    assert disabled == declared(spec, enabled=False)
+    assert disabled == Observed(declared(spec), TriggerStatus(enabled=False))
     assert changes(kind, spec, disabled) == ["enabled"]
-    kind.update(resource_id, {**declared(spec), **disabled}, spec)
-    assert kind.observe(resource_id, spec) == declared(spec, enabled=True)
+    kind.update(resource_id, recorded(spec, disabled), spec)
+    assert kind.observe(resource_id, spec) == Observed(declared(spec), TriggerStatus(enabled=True))
 
     database.execute(
         "CREATE OR REPLACE TRIGGER notes_updated_at AFTER DELETE ON app.notes "
@@ -223,8 +223,8 @@ def test_trigger_observes_as_declared_drifts_repairs_and_deletes(database: Datab
     )
     replaced = kind.observe(resource_id, spec)
     assert changes(kind, spec, replaced) == ["timing", "events", "level"]
-    kind.update(resource_id, {**declared(spec), **(replaced or {})}, spec)
-    assert kind.observe(resource_id, spec) == declared(spec, enabled=True)
+    kind.update(resource_id, recorded(spec, replaced), spec)
+    assert kind.observe(resource_id, spec) == Observed(declared(spec), TriggerStatus(enabled=True))
 
     with pytest.raises(ProviderError, match=r"trigger notes_updated_at on table app\.notes depends on function"):
         functions.delete(function_id, SET_UPDATED_AT)
@@ -246,20 +246,20 @@ def test_view_observes_as_declared_drifts_repairs_and_deletes(database: Database
         owner="app_owner",
     )
     resource_id, _ = kind.create(spec)
-    assert kind.observe(resource_id, spec) == declared(spec)
+    assert kind.observe(resource_id, spec) == Observed(declared(spec), ViewStatus())
 
     database.execute("CREATE OR REPLACE VIEW app.my_jobs AS SELECT id, title FROM app.jobs")
     drifted = kind.observe(resource_id, spec)
     assert drifted is not None
-    assert "company_id" not in drifted["query"]
+    assert "company_id" not in drifted.inputs["query"]
     assert changes(kind, spec, drifted) == ["query", "securityBarrier", "securityInvoker"]
-    kind.update(resource_id, drifted, spec)
-    assert kind.observe(resource_id, spec) == declared(spec)
+    kind.update(resource_id, recorded(spec, drifted), spec)
+    assert kind.observe(resource_id, spec) == Observed(declared(spec), ViewStatus())
 
     database.execute("GRANT SELECT ON app.my_jobs TO authenticated")
     fewer_columns = spec.model_copy(update={"query": f"select id from app.jobs where {TENANT_CLAUSE}"})
     kind.update(resource_id, declared(spec), fewer_columns)  # CREATE OR REPLACE cannot drop a column
-    assert kind.observe(resource_id, fewer_columns) == declared(fewer_columns)
+    assert kind.observe(resource_id, fewer_columns) == Observed(declared(fewer_columns), ViewStatus())
     assert database.scalar("SELECT has_table_privilege('authenticated', 'app.my_jobs', 'SELECT')")
 
     database.execute("CREATE VIEW app.my_job_ids AS SELECT id FROM app.my_jobs")
@@ -284,26 +284,26 @@ def test_policy_observes_as_declared_drifts_repairs_and_deletes(database: Databa
         using=TENANT_CLAUSE,
     )
     resource_id, outputs = kind.create(spec)
-    assert outputs == {"adopted": False}
-    assert kind.observe(resource_id, spec) == declared(spec)
+    assert outputs == PolicyStatus(adopted=False)
+    assert kind.observe(resource_id, spec) == Observed(declared(spec), PolicyStatus())
 
     database.execute("ALTER POLICY notes_select ON app.notes TO authenticated, anon USING (true)")
     drifted = kind.observe(resource_id, spec)
     assert drifted is not None
-    assert (drifted["using"], drifted["roles"]) == ("true", ["anon", "authenticated"])
+    assert (drifted.inputs["using"], drifted.inputs["roles"]) == ("true", ["anon", "authenticated"])
     assert changes(kind, spec, drifted) == ["roles", "using"]
-    kind.update(resource_id, drifted, spec)  # ALTER POLICY
-    assert kind.observe(resource_id, spec) == declared(spec)
+    kind.update(resource_id, recorded(spec, drifted), spec)  # ALTER POLICY
+    assert kind.observe(resource_id, spec) == Observed(declared(spec), PolicyStatus())
 
     every_command = spec.model_copy(update={"command": "ALL", "with_check": TENANT_CLAUSE})
     kind.update(resource_id, declared(spec), every_command)  # another command: DROP and CREATE
-    assert kind.observe(resource_id, every_command) == declared(every_command)
+    assert kind.observe(resource_id, every_command) == Observed(declared(every_command), PolicyStatus())
 
     database.execute("DROP POLICY notes_select ON app.notes")
     assert kind.observe(resource_id, every_command) is None
     _, outputs = kind.create(every_command)
-    assert outputs == {"adopted": False}
-    assert kind.observe(resource_id, every_command) == declared(every_command)
+    assert outputs == PolicyStatus(adopted=False)
+    assert kind.observe(resource_id, every_command) == Observed(declared(every_command), PolicyStatus())
 
     kind.delete(resource_id, every_command)
     assert kind.observe(resource_id, every_command) is None
@@ -361,7 +361,7 @@ def test_rls_helper_and_policies_isolate_companies(database: Database, helper: F
     kind = database.kind(PolicyKind)
     for spec in tenant_policies():
         resource_id, _ = kind.create(spec)
-        assert kind.observe(resource_id, spec) == declared(spec)
+        assert kind.observe(resource_id, spec) == Observed(declared(spec), PolicyStatus())
     company_a, company_b = str(uuid.uuid4()), str(uuid.uuid4())
     with database.connect() as conn:
         for company, title in [(company_a, "a1"), (company_a, "a2"), (company_b, "b1")]:

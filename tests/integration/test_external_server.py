@@ -6,12 +6,13 @@ import time
 
 import pytest
 
-from components.kind import ProviderError
-from components.platform.external import (
+from components.kind import Observed, ProviderError
+from components.platform.external.postgres import (
     MINIMUM_VERSION_NUM,
     REQUIRED_EXTENSIONS,
     ExternalPostgresKind,
     ExternalPostgresSpec,
+    ExternalPostgresStatus,
     inspect,
 )
 from tests.integration.conftest import DATABASE, Primary
@@ -28,18 +29,18 @@ def refusal(spec: ExternalPostgresSpec) -> str:
 
 def test_inspect_reports_the_version_of_a_reachable_server(primary: Primary) -> None:
     found = inspect(ExternalPostgresSpec(dsn=primary.dsn))
-    assert found == {
-        "serverVersion": primary.scalar("SHOW server_version"),
-        "serverVersionNum": int(primary.scalar("SHOW server_version_num")),
-        "reachable": True,
-    }
-    assert found["serverVersionNum"] >= MINIMUM_VERSION_NUM
+    assert found == ExternalPostgresStatus(
+        server_version=primary.scalar("SHOW server_version"),
+        server_version_num=int(primary.scalar("SHOW server_version_num")),
+        reachable=True,
+    )
+    assert (found.server_version_num or 0) >= MINIMUM_VERSION_NUM
 
 
 def test_every_required_extension_is_offered_by_our_own_server_image(primary: Primary) -> None:
     """The local primary is what dev stacks test against: it must pass the check a managed server gets."""
     assert ExternalPostgresSpec(dsn=primary.dsn).required_extensions == list(REQUIRED_EXTENSIONS)
-    assert inspect(ExternalPostgresSpec(dsn=primary.dsn))["reachable"] is True
+    assert inspect(ExternalPostgresSpec(dsn=primary.dsn)).reachable is True
 
 
 def test_a_missing_extension_is_named(primary: Primary) -> None:
@@ -76,15 +77,15 @@ def test_kind_adopts_observes_and_forgets_without_touching_the_server(primary: P
     kind, spec = ExternalPostgresKind(), ExternalPostgresSpec(dsn=primary.dsn)
     resource_id, outputs = kind.create(spec)
     assert resource_id == f"127.0.0.1:{primary.port}/{DATABASE}"
-    assert outputs["reachable"] is True
-    assert kind.observe(resource_id, spec) == outputs
-    assert kind.update(resource_id, {**spec.model_dump(by_alias=True), **outputs}, spec) == outputs
+    assert outputs.reachable is True
+    assert kind.observe(resource_id, spec) == Observed({}, outputs)
+    assert kind.update(resource_id, {**spec.model_dump(by_alias=True), **outputs.wire()}, spec) == outputs
     assert kind.drifted(outputs, spec) == []
 
     gone = spec.model_copy(update={"dsn": f"postgresql://postgres@127.0.0.1:{free_port()}/{DATABASE}"})
     observed = kind.observe(resource_id, gone)
-    assert observed == {"reachable": False}
-    assert kind.drifted(observed, gone) == ["reachable"]
+    assert observed == Observed({}, ExternalPostgresStatus(reachable=False))
+    assert kind.drifted(observed.status, gone) == ["reachable"]
 
     kind.delete(resource_id, spec)
     assert primary.scalar("SELECT 1") == 1, "delete of an external server must leave it alone"

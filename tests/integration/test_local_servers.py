@@ -21,7 +21,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from components.kind import ProviderError, Spec
+from components.kind import ProviderError, Spec, reported
 from components.platform.local import process
 from components.platform.local.pgbouncer import AUTH_ROLE, AUTH_SCHEMA, PgBouncerKind, PgBouncerSpec, admin_console
 from components.platform.local.redis import RedisKind, RedisSpec, memory_bytes
@@ -33,6 +33,7 @@ from tests.integration.conftest import (
     Primary,
     Replica,
     eventually,
+    flat,
     running_replica,
 )
 from tests.support import free_port, listening, processes_under, reachable_state_dir
@@ -42,11 +43,11 @@ REDIS_PASSWORD = 'it-re"dis\\ pass word'  # quote, backslash and space: redis.co
 APP_PASSWORD = "it-App-Pass-0123"
 
 
-def recorded(spec: Spec, *outputs: dict[str, Any]) -> dict[str, Any]:
+def recorded(spec: Spec, *outputs: dict[str, Any] | None) -> dict[str, Any]:
     """What Pulumi keeps for a resource: its inputs, then its outputs (the latest last)."""
     state = spec.model_dump(by_alias=True)
     for produced in outputs:
-        state.update(produced)
+        state.update(produced or {})
     return state
 
 
@@ -70,7 +71,7 @@ def make_login_role(primary: Primary, prefix: str) -> str:
 
 
 def test_primary_has_checksums_scram_preloads_app_database_and_replicator(primary: Primary) -> None:
-    observed = primary.kind.observe(primary.resource_id, primary.spec)
+    observed = flat(primary.kind.observe(primary.resource_id, primary.spec))
     assert observed is not None
     assert observed["running"] is True
     assert observed["dataChecksums"] is True
@@ -109,13 +110,15 @@ def test_update_reloads_work_mem_and_restarts_for_shared_buffers(own_primary: Pr
     first_pid = server.postmaster_pid()
 
     reloaded = with_settings(own_primary.spec, work_mem="8MB")
-    outputs = kind.update(own_primary.resource_id, own_primary.state(), reloaded)
+    outputs = reported(kind.update(own_primary.resource_id, own_primary.state(), reloaded))
     assert outputs["settings"] == reloaded.settings
     assert own_primary.scalar("SHOW work_mem") == "8MB"
     assert server.postmaster_pid() == first_pid, "a reloadable setting must not restart the server"
 
     restarted = with_settings(reloaded, shared_buffers="64MB")
-    outputs = kind.update(own_primary.resource_id, recorded(reloaded, own_primary.outputs, outputs), restarted)
+    outputs = reported(
+        kind.update(own_primary.resource_id, recorded(reloaded, own_primary.outputs, outputs), restarted)
+    )
     assert outputs["settings"] == restarted.settings
     assert own_primary.scalar("SHOW shared_buffers") == "64MB"
     assert own_primary.scalar("SHOW work_mem") == "8MB"
@@ -130,15 +133,15 @@ def test_alter_system_by_hand_is_drift_that_update_repairs(own_primary: Primary)
         conn.execute("SELECT pg_reload_conf()")
     eventually(lambda: own_primary.scalar("SHOW work_mem") == "64MB", 10, "work_mem set by hand to load")
 
-    observed = kind.observe(own_primary.resource_id, spec)
+    observed = flat(kind.observe(own_primary.resource_id, spec))
     assert observed is not None
     assert observed["settings"] == {**SETTINGS, "work_mem": "64MB"}
 
-    repaired = kind.update(own_primary.resource_id, own_primary.state(observed), spec)
+    repaired = reported(kind.update(own_primary.resource_id, own_primary.state(observed), spec))
     assert repaired["settings"] == SETTINGS
     assert own_primary.scalar("SHOW work_mem") == "4MB"
     assert "work_mem" not in (own_primary.server.data / "postgresql.auto.conf").read_text()
-    assert kind.observe(own_primary.resource_id, spec) == repaired
+    assert flat(kind.observe(own_primary.resource_id, spec)) == repaired
 
 
 def test_killed_postmaster_is_reported_and_update_restarts_it_with_its_data(own_primary: Primary) -> None:
@@ -151,12 +154,12 @@ def test_killed_postmaster_is_reported_and_update_restarts_it_with_its_data(own_
     os.kill(killed, signal.SIGKILL)
     eventually(lambda: server.postmaster_pid() is None, 10, "the killed postmaster to die")
 
-    observed = kind.observe(own_primary.resource_id, spec)
+    observed = flat(kind.observe(own_primary.resource_id, spec))
     assert observed == {"running": False}
-    assert kind.drifted(own_primary.state(observed), spec) == ["running"]
-    assert kind.drifted(own_primary.state(), spec) == []
+    assert kind.drifted(kind.status_of(own_primary.state(observed)), spec) == ["running"]
+    assert kind.drifted(kind.status_of(own_primary.state()), spec) == []
 
-    started = kind.update(own_primary.resource_id, own_primary.state(observed), spec)
+    started = reported(kind.update(own_primary.resource_id, own_primary.state(observed), spec))
     assert started["running"] is True
     assert server.postmaster_pid() not in (None, killed)
     assert own_primary.scalar("SELECT note FROM crash_probe") == "written before the crash"
@@ -175,7 +178,7 @@ def test_delete_keeps_data_unless_allowed_then_leaves_nothing(own_primary: Prima
     assert processes_under(own_primary.base) == []
     assert not listening(own_primary.port)
     assert not own_primary.base.exists()
-    assert kind.observe(own_primary.resource_id, spec) is None
+    assert flat(kind.observe(own_primary.resource_id, spec)) is None
 
 
 # --- PostgresReplica ------------------------------------------------------------------------------------
@@ -213,12 +216,12 @@ def test_replica_streams_rows_through_its_own_slot(primary: Primary, replica: Re
     assert slot == [("physical", True)]
     with replica.connect() as conn, pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
         conn.execute("INSERT INTO replicated VALUES ('refused on a standby')")
-    assert replica.kind.observe(replica.resource_id, replica.spec) == replica.outputs
+    assert flat(replica.kind.observe(replica.resource_id, replica.spec)) == replica.outputs
 
 
 def test_replica_update_applies_settings_and_keeps_streaming(replica: Replica) -> None:
     changed = with_settings(replica.spec, work_mem="16MB")
-    outputs = replica.kind.update(replica.resource_id, recorded(replica.spec, replica.outputs), changed)
+    outputs = reported(replica.kind.update(replica.resource_id, recorded(replica.spec, replica.outputs), changed))
     assert outputs == {"running": True, "streaming": True, "settings": changed.settings}
     with replica.connect() as conn:
         assert conn.execute("SHOW work_mem").fetchone() == ("16MB",)
@@ -235,7 +238,7 @@ def test_replica_delete_drops_its_slot_and_directory(primary: Primary) -> None:
         assert not replica.base.exists()
         assert processes_under(replica.base) == []
         assert not listening(replica.spec.port)
-        assert replica.kind.observe(replica.resource_id, replica.spec) is None
+        assert flat(replica.kind.observe(replica.resource_id, replica.spec)) is None
 
 
 # --- PgBouncer ------------------------------------------------------------------------------------------
@@ -285,7 +288,7 @@ def bouncer(primary: Primary) -> Iterator[Bouncer]:
         kind = PgBouncerKind()
         resource_id, outputs = kind.create(spec)
         try:
-            yield Bouncer(kind, spec, resource_id, outputs)
+            yield Bouncer(kind, spec, resource_id, reported(outputs))
         finally:
             kind.delete(resource_id, spec)
 
@@ -353,11 +356,11 @@ def test_pgbouncer_keeps_no_password_file_of_app_users(primary: Primary, bouncer
 
 def test_pgbouncer_observe_and_update(bouncer: Bouncer) -> None:
     assert bouncer.outputs["running"] is True
-    assert bouncer.kind.observe(bouncer.resource_id, bouncer.spec) == bouncer.outputs
+    assert flat(bouncer.kind.observe(bouncer.resource_id, bouncer.spec)) == bouncer.outputs
     assert bouncer.outputs["defaultPoolSize"] == 4
 
     changed = bouncer.spec.model_copy(update={"default_pool_size": 6, "max_client_conn": 500})
-    outputs = bouncer.kind.update(bouncer.resource_id, recorded(bouncer.spec, bouncer.outputs), changed)
+    outputs = reported(bouncer.kind.update(bouncer.resource_id, recorded(bouncer.spec, bouncer.outputs), changed))
     assert (outputs["defaultPoolSize"], outputs["maxClientConn"]) == (6, 500)
     live = bouncer.show_config()
     assert (live["default_pool_size"], live["max_client_conn"]) == ("6", "500")
@@ -366,11 +369,13 @@ def test_pgbouncer_observe_and_update(bouncer: Bouncer) -> None:
 def test_pgbouncer_set_by_hand_is_drift_that_update_restores(bouncer: Bouncer) -> None:
     with admin_console(bouncer.spec) as console:
         console.execute("SET default_pool_size = 17")
-    observed = bouncer.kind.observe(bouncer.resource_id, bouncer.spec)
+    observed = flat(bouncer.kind.observe(bouncer.resource_id, bouncer.spec))
     assert observed is not None
     assert observed["defaultPoolSize"] == 17
 
-    restored = bouncer.kind.update(bouncer.resource_id, recorded(bouncer.spec, bouncer.outputs, observed), bouncer.spec)
+    restored = reported(
+        bouncer.kind.update(bouncer.resource_id, recorded(bouncer.spec, bouncer.outputs, observed), bouncer.spec)
+    )
     assert restored["defaultPoolSize"] == 4
     assert bouncer.show_config()["default_pool_size"] == "4"
 
@@ -383,7 +388,7 @@ def test_pgbouncer_delete_stops_it_and_removes_its_lookup(primary: Primary, boun
     assert not bouncer.base.exists()
     assert primary.scalar("SELECT count(*) FROM pg_roles WHERE rolname = %s", (AUTH_ROLE,)) == 0
     assert primary.scalar("SELECT count(*) FROM pg_namespace WHERE nspname = %s", (AUTH_SCHEMA,)) == 0
-    assert bouncer.kind.observe(bouncer.resource_id, bouncer.spec) is None
+    assert flat(bouncer.kind.observe(bouncer.resource_id, bouncer.spec)) is None
 
 
 # --- Redis ----------------------------------------------------------------------------------------------
@@ -421,7 +426,7 @@ def running_redis(**changes: Any) -> Iterator[RedisServer]:
         kind = RedisKind()
         resource_id, outputs = kind.create(spec)
         try:
-            yield RedisServer(kind, spec, resource_id, outputs)
+            yield RedisServer(kind, spec, resource_id, reported(outputs))
         finally:
             kind.delete(resource_id, spec.model_copy(update={"allow_data_loss": True}))
 
@@ -451,13 +456,15 @@ def test_redis_observe_and_update(redis_server: RedisServer) -> None:
         "persistence": False,
     }
     assert redis_server.outputs == expected
-    assert redis_server.kind.observe(redis_server.resource_id, redis_server.spec) == expected
+    assert flat(redis_server.kind.observe(redis_server.resource_id, redis_server.spec)) == expected
 
     new_password = "it-Rotated-0123"
     changed = redis_server.spec.model_copy(
         update={"maxmemory": "32mb", "maxmemory_policy": "volatile-lru", "password": new_password}
     )
-    outputs = redis_server.kind.update(redis_server.resource_id, recorded(redis_server.spec, expected), changed)
+    outputs = reported(
+        redis_server.kind.update(redis_server.resource_id, recorded(redis_server.spec, expected), changed)
+    )
     assert outputs == {**expected, "maxmemory": "32mb", "maxmemoryPolicy": "volatile-lru"}
     with redis_server.client(new_password) as connection:
         live = connection.config_get("maxmemory", "maxmemory-policy")
@@ -469,12 +476,14 @@ def test_redis_observe_and_update(redis_server: RedisServer) -> None:
 def test_redis_config_set_by_hand_is_drift_that_update_restores(redis_server: RedisServer) -> None:
     with redis_server.client() as connection:
         connection.config_set("maxmemory", "1mb")
-    observed = redis_server.kind.observe(redis_server.resource_id, redis_server.spec)
+    observed = flat(redis_server.kind.observe(redis_server.resource_id, redis_server.spec))
     assert observed is not None
     assert observed["maxmemory"] == str(memory_bytes("1mb"))
 
-    restored = redis_server.kind.update(
-        redis_server.resource_id, recorded(redis_server.spec, redis_server.outputs, observed), redis_server.spec
+    restored = reported(
+        redis_server.kind.update(
+            redis_server.resource_id, recorded(redis_server.spec, redis_server.outputs, observed), redis_server.spec
+        )
     )
     assert restored["maxmemory"] == "64mb"
     assert redis_server.config("maxmemory") == str(memory_bytes("64mb"))
@@ -487,7 +496,7 @@ def test_redis_delete_leaves_no_listener(redis_server: RedisServer) -> None:
     assert not listening(redis_server.spec.port)
     assert not process.pid_alive(pid)
     assert not redis_server.base.exists()
-    assert redis_server.kind.observe(redis_server.resource_id, redis_server.spec) is None
+    assert flat(redis_server.kind.observe(redis_server.resource_id, redis_server.spec)) is None
 
 
 def test_redis_with_persistence_is_kept_unless_data_loss_is_allowed() -> None:

@@ -18,15 +18,12 @@ import pytest
 from psycopg import sql
 
 from components.database.conversion import convert_to_partitioned, drop_unpartitioned
-from components.database.model import load_schema
-from components.database.partitioning import (
-    PartitionGuardKind,
-    PartitionGuardSpec,
-    PartitionSetKind,
-    PartitionSetSpec,
-)
-from components.database.table import ColumnSpec, PartitionSpec, TableKind, TableSpec, create_statement
-from components.kind import ProviderError
+from components.database.declared.model import load_schema
+from components.database.kinds.partition_guard import PartitionGuardKind, PartitionGuardSpec, PartitionGuardStatus
+from components.database.kinds.partition_set import PartitionSetKind, PartitionSetSpec, PartitionSetStatus
+from components.database.kinds.table import TableKind
+from components.database.table_shape import ColumnSpec, PartitionSpec, TableSpec, create_statement
+from components.kind import Observed, ProviderError
 from tests.integration.databases import Database, changes, database_server
 
 PASSWORD = "it-Partman'pass:0123"
@@ -132,7 +129,9 @@ def test_registration_premakes_and_takes_over_our_default_partition(events: Data
     kind = db.kind(PartitionSetKind)
     resource_id, outputs = kind.create(EVENTS_SET)
     assert resource_id == "public.events"
-    assert outputs == {"infiniteTimePartitions": True, "ignoreDefaultData": True}
+    assert outputs == PartitionSetStatus(
+        infinite_time_partitions=True, ignore_default_data=True, partition_interval="1 mon"
+    )
 
     made = partitions(db, "events")
     assert {f"events_p{month_suffix(db, offset)}" for offset in range(-3, 4)} | {"events_default"} == set(made)
@@ -184,12 +183,10 @@ def test_partitions_made_by_maintenance_as_another_role_get_forced_rls(events: D
     assert "events_manual" in made
     assert {name: state for name, state in made.items() if state != (True, True, OWNER)} == {}
     guard = db.kind(PartitionGuardKind)
-    assert guard.observe("guard", PartitionGuardSpec()) == {
-        **PartitionGuardSpec().model_dump(by_alias=True),
-        "enabled": True,
-        "current": True,
-        "unsecuredPartitions": 0,
-    }
+    secured = PartitionGuardStatus(enabled=True, current=True, unsecured_partitions=0)
+    assert guard.observe("guard", PartitionGuardSpec()) == Observed(
+        PartitionGuardSpec().model_dump(by_alias=True), secured
+    )
     db.execute("DROP TABLE public.events_manual")
 
     # through the parent a company sees its rows; a partition read directly shows nothing

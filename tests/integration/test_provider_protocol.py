@@ -21,7 +21,7 @@ from pulumi.provider.experimental.provider import (
 )
 
 from components.kind import Kind, ProviderError
-from components.platform.external import ExternalPostgresKind
+from components.platform.external.postgres import ExternalPostgresKind
 from components.platform.local import postgres, redis
 from components.platform.local.pgbouncer import PgBouncerKind
 from components.platform.local.postgres import PostgresServerKind
@@ -69,8 +69,8 @@ def server_inputs(state_dir: Path, port: int, **changes: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def provider() -> ThorbisProvider:
-    """The plugin's provider over the platform kinds (main() serves all_kinds(), these among them)."""
-    kinds: list[Kind[Any]] = [
+    """The plugin's provider over the platform kinds (main() serves the registry's kinds, these among them)."""
+    kinds: list[Kind[Any, Any]] = [
         PostgresServerKind(),
         PostgresReplicaKind(),
         PgBouncerKind(),
@@ -167,7 +167,7 @@ def state_dir() -> Iterator[Path]:
 
 
 def test_preview_create_starts_nothing(provider: ThorbisProvider, state_dir: Path) -> None:
-    inputs = wire(server_inputs(state_dir, free_port()), postgres.SECRETS)
+    inputs = wire(server_inputs(state_dir, free_port()), PostgresServerKind().secret_properties)
     previewed = run(provider.create(CreateRequest(urn(SERVER), inputs, 120, preview=True)))
     assert previewed.resource_id is None
     assert previewed.properties == inputs
@@ -201,7 +201,10 @@ def test_postgres_server_through_the_provider_keeps_its_secrets_secret(
             run(provider.delete(DeleteRequest(urn(SERVER), resource_id, read.properties, 120)))
         assert processes_under(state_dir), "a refused delete stopped the server"
 
-        news = wire({**inputs, "allowDataLoss": True, "settings": {**SETTINGS, "work_mem": "8MB"}}, postgres.SECRETS)
+        news = wire(
+            {**inputs, "allowDataLoss": True, "settings": {**SETTINGS, "work_mem": "8MB"}},
+            PostgresServerKind().secret_properties,
+        )
         found = run(provider.diff(DiffRequest(urn(SERVER), resource_id, read.properties, news, [])))
         assert sorted(found.diffs or []) == ["allowDataLoss", "settings"]
         assert found.replaces == []
@@ -221,7 +224,9 @@ def test_postgres_server_through_the_provider_keeps_its_secrets_secret(
 
 
 def test_redis_through_the_provider_keeps_its_password_secret(provider: ThorbisProvider, state_dir: Path) -> None:
-    inputs = wire({"stateDir": str(state_dir), "port": free_port(), "password": "it-Redis-0123"}, redis.SECRETS)
+    inputs = wire(
+        {"stateDir": str(state_dir), "port": free_port(), "password": "it-Redis-0123"}, RedisKind().secret_properties
+    )
     checked = run(provider.check(CheckRequest(urn(REDIS), {}, inputs, b""))).inputs
     assert checked is not None
     created = run(provider.create(CreateRequest(urn(REDIS), checked, 60, preview=False)))

@@ -27,17 +27,21 @@ import yaml
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from components.database.access import load_access
-from components.database.function import FunctionKind
-from components.database.grant import GrantKind, GrantSpec
-from components.database.materialized_view import MaterializedViewKind, MaterializedViewSpec
-from components.database.model import load_schema
-from components.database.reporting import REPORTING_FILE, ReportingModel, load_reporting
-from components.database.schema import SchemaKind, SchemaSpec
-from components.database.table import TableKind
-from components.database.view import ViewKind
-from components.kind import ProviderError
-from tests.integration.databases import Database, changes, database_server, declared
+from components.database.declared.access import load_access
+from components.database.declared.model import load_schema
+from components.database.declared.reporting import REPORTING_FILE, ReportingModel, load_reporting
+from components.database.kinds.function import FunctionKind
+from components.database.kinds.grant import GrantKind, GrantSpec
+from components.database.kinds.materialized_view import (
+    MaterializedViewKind,
+    MaterializedViewSpec,
+    MaterializedViewStatus,
+)
+from components.database.kinds.schema import SchemaKind, SchemaSpec
+from components.database.kinds.table import TableKind
+from components.database.kinds.view import ViewKind, ViewStatus
+from components.kind import Observed, ProviderError
+from tests.integration.databases import Database, changes, database_server, declared, recorded
 
 DATABASE = "thorbis_reporting_it"
 PASSWORD = "it-Report'super:0123"
@@ -251,11 +255,13 @@ def reports(database: Database) -> Reports:
     grants.create(owner_grant)  # before the views: giving them to their owner needs its CREATE on the schema
     matviews, views = database.kind(MaterializedViewKind), database.kind(ViewKind)
     for spec in model.materialized_view_specs():
-        assert matviews.create(spec)[1] == {"adopted": False, "populated": True}
-        assert matviews.observe("", spec) == declared(spec, populated=True)  # a second `up` changes nothing
+        assert matviews.create(spec)[1] == MaterializedViewStatus(adopted=False, populated=True)
+        assert matviews.observe("", spec) == Observed(
+            declared(spec), MaterializedViewStatus(populated=True)
+        )  # a second `up` changes nothing
     for view in model.tenant_view_specs():
         views.create(view)
-        assert views.observe("", view) == declared(view)
+        assert views.observe("", view) == Observed(declared(view), ViewStatus())
     for grant in reader_grants:
         grants.create(grant)
     public_tables = [  # access.yaml's table_privileges: granted after the tenant views, as the layer must
@@ -614,8 +620,8 @@ def test_owner_under_row_level_security_is_refused(database: Database, reports: 
 def test_materialized_view_drifts_repairs_and_deletes(database: Database, reports: Reports) -> None:
     kind, spec = database.kind(MaterializedViewKind), it_spec()
     resource_id, outputs = kind.create(spec)
-    assert outputs == {"adopted": False, "populated": True}
-    assert kind.observe(resource_id, spec) == declared(spec, populated=True)
+    assert outputs == MaterializedViewStatus(adopted=False, populated=True)
+    assert kind.observe(resource_id, spec) == Observed(declared(spec), MaterializedViewStatus(populated=True))
     database.execute("REFRESH MATERIALIZED VIEW CONCURRENTLY reporting.mv_it_invoices")
     database.execute("GRANT SELECT ON reporting.mv_it_invoices TO reporting")
     database.execute("CREATE VIEW public.it_invoices WITH (security_barrier) AS SELECT * FROM reporting.mv_it_invoices")
@@ -629,10 +635,14 @@ def test_materialized_view_drifts_repairs_and_deletes(database: Database, report
     database.execute("REFRESH MATERIALIZED VIEW reporting.mv_it_invoices WITH NO DATA")
     drifted = kind.observe(resource_id, spec)
     assert drifted is not None
-    assert (drifted["uniqueIndex"], drifted["owner"], drifted["comment"]) == ([], "postgres", "changed")
+    assert (drifted.inputs["uniqueIndex"], drifted.inputs["owner"], drifted.inputs["comment"]) == (
+        [],
+        "postgres",
+        "changed",
+    )
     assert changes(kind, spec, drifted) == ["uniqueIndex", "owner", "comment", "populated"]
-    assert kind.update(resource_id, {**declared(spec), **drifted}, spec) == {"populated": True}
-    assert kind.observe(resource_id, spec) == declared(spec, populated=True)
+    assert kind.update(resource_id, recorded(spec, drifted), spec) == MaterializedViewStatus(populated=True)
+    assert kind.observe(resource_id, spec) == Observed(declared(spec), MaterializedViewStatus(populated=True))
     database.execute("REFRESH MATERIALIZED VIEW CONCURRENTLY reporting.mv_it_invoices")
 
     # by hand: another query under the same name
@@ -649,10 +659,10 @@ def test_materialized_view_drifts_repairs_and_deletes(database: Database, report
     database.execute("GRANT SELECT ON public.it_invoices TO authenticated")
     database.execute("GRANT SELECT ON reporting.mv_it_invoices TO reporting")
     drifted = kind.observe(resource_id, spec)
-    assert drifted is not None and "FROM customers" in drifted["query"]
+    assert drifted is not None and "FROM customers" in drifted.inputs["query"]
     assert changes(kind, spec, drifted) == ["query"]
-    kind.update(resource_id, {**declared(spec), **drifted}, spec)  # rebuilt; the view on it made again
-    assert kind.observe(resource_id, spec) == declared(spec, populated=True)
+    kind.update(resource_id, recorded(spec, drifted), spec)  # rebuilt; the view on it made again
+    assert kind.observe(resource_id, spec) == Observed(declared(spec), MaterializedViewStatus(populated=True))
     assert database.scalar("SELECT sum(invoiced_amount) FROM public.it_invoices") == database.scalar(
         "SELECT sum(total_amount) FROM public.invoices WHERE deleted_at IS NULL"
     )
@@ -665,11 +675,11 @@ def test_materialized_view_drifts_repairs_and_deletes(database: Database, report
     # a new query that keeps the view's columns; then one that drops a column the view reads: refused whole
     more = it_spec(query=IT_QUERY.replace("count(*)", "count(DISTINCT i.id)"))
     kind.update(resource_id, declared(spec), more)
-    assert kind.observe(resource_id, more) == declared(more, populated=True)
+    assert kind.observe(resource_id, more) == Observed(declared(more), MaterializedViewStatus(populated=True))
     fewer = it_spec(query="SELECT company_id, id AS customer_id FROM public.customers")
     with pytest.raises(ProviderError, match=r"drops a column that public\.it_invoices read"):
         kind.update(resource_id, declared(more), fewer)
-    assert kind.observe(resource_id, more) == declared(more, populated=True)
+    assert kind.observe(resource_id, more) == Observed(declared(more), MaterializedViewStatus(populated=True))
 
     with pytest.raises(ProviderError, match=r"view it_invoices depends on materialized view reporting\.mv_it_invoices"):
         kind.delete(resource_id, more)
@@ -685,6 +695,6 @@ def test_an_existing_materialized_view_is_adopted(database: Database, reports: R
         sql.SQL("CREATE MATERIALIZED VIEW {} AS {}").format(sql.Identifier("reporting", spec.name), sql.SQL(IT_QUERY))
     )
     resource_id, outputs = kind.create(spec)
-    assert outputs == {"adopted": True, "populated": True}
-    assert kind.observe(resource_id, spec) == declared(spec, populated=True)
+    assert outputs == MaterializedViewStatus(adopted=True, populated=True)
+    assert kind.observe(resource_id, spec) == Observed(declared(spec), MaterializedViewStatus(populated=True))
     kind.delete(resource_id, spec)

@@ -9,9 +9,10 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from components.database.table import CheckSpec, ColumnSpec, ForeignKeySpec, TableKind, TableSpec, UniqueSpec
+from components.database.kinds.table import TableKind
+from components.database.table_shape import CheckSpec, ColumnSpec, ForeignKeySpec, TableSpec, UniqueSpec
 from components.kind import ProviderError
-from tests.integration.databases import Database
+from tests.integration.databases import Database, changes, recorded
 from tests.integration.test_database_logic import database as database  # its server, as this module's fixture
 
 INVOICES = TableSpec(
@@ -63,7 +64,7 @@ def test_rows_that_break_new_rules_are_named_and_counted_and_nothing_changes(
         update={"checks": RULES, "columns": [*INVOICES.columns, ColumnSpec(name="notes", type="text")]}
     )
     with pytest.raises(ProviderError) as refused:
-        invoices.update(INVOICES.name, invoices.observe("", INVOICES) or {}, wanted)
+        invoices.update(INVOICES.name, recorded(INVOICES, invoices.observe("", INVOICES)), wanted)
     message = str(refused.value)
     assert "rule_invoices_total_matches: 2 row(s)" in message  # rows 2 and 3; NULL phone passes its rule
     assert "rule_invoices_phone_format: 2 row(s)" in message  # 'call me' and '0800'
@@ -76,7 +77,7 @@ def test_rows_that_break_new_rules_are_named_and_counted_and_nothing_changes(
 def test_rules_are_added_and_validated_once_the_rows_are_fixed(database: Database, invoices: TableKind) -> None:
     database.execute("UPDATE app.rule_invoices SET total_amount = subtotal + tax_amount, phone = NULL WHERE id > 1")
     wanted = INVOICES.model_copy(update={"checks": RULES})
-    invoices.update(INVOICES.name, invoices.observe("", INVOICES) or {}, wanted)
+    invoices.update(INVOICES.name, recorded(INVOICES, invoices.observe("", INVOICES)), wanted)
     assert checks_of(database) == dict.fromkeys((rule.name for rule in RULES), True)
     with database.connect() as conn, pytest.raises(psycopg.errors.CheckViolation, match="total_matches"):
         conn.execute("INSERT INTO app.rule_invoices (id, subtotal, tax_amount, total_amount) VALUES (9, 1, 1, 1)")
@@ -94,11 +95,21 @@ def test_a_rule_dropped_or_left_not_valid_by_hand_is_drift_that_update_repairs(
         "ALTER TABLE app.rule_invoices ADD CONSTRAINT rule_invoices_total_matches "
         "CHECK (total_amount = subtotal + tax_amount) NOT VALID"
     )
-    observed = invoices.observe("", wanted) or {}
-    assert observed["checks"] != wanted.model_dump(by_alias=True)["checks"]
-    invoices.update(INVOICES.name, observed, wanted)
+    observed = invoices.observe("", wanted)
+    assert observed is not None
+    assert observed.inputs["checks"] == [  # one is gone; the other as the server has it, NOT VALID
+        {
+            "name": "rule_invoices_total_matches",
+            "expression": "CHECK ((total_amount = (subtotal + tax_amount))) NOT VALID",
+        }
+    ]
+    assert observed.status.not_validated == ["rule_invoices_total_matches"]  # the status says which
+    assert changes(invoices, wanted, observed) == ["checks", "notValidated"]
+    invoices.update(INVOICES.name, recorded(wanted, observed), wanted)
     assert checks_of(database) == dict.fromkeys((rule.name for rule in RULES), True)
-    assert (invoices.observe("", wanted) or {})["checks"] == wanted.model_dump(by_alias=True)["checks"]
+    repaired = invoices.observe("", wanted)
+    assert repaired is not None and changes(invoices, wanted, repaired) == []
+    assert repaired.status.not_validated == []
 
 
 # --- references that must stay within a company ------------------------------------------------------
@@ -179,7 +190,8 @@ def test_a_row_pointing_at_another_companys_row_is_reported_then_the_key_holds_w
 
     database.execute("UPDATE app.rule_jobs SET customer_id = NULL WHERE id = 'e0000000-0000-4000-8000-000000000002'")
     kind.update(jobs.name, {}, jobs)
-    assert (kind.observe("", jobs) or {})["foreignKeys"] == jobs.model_dump(by_alias=True)["foreignKeys"]
+    observed = kind.observe("", jobs)
+    assert observed is not None and observed.inputs["foreignKeys"] == jobs.model_dump(by_alias=True)["foreignKeys"]
     with pytest.raises(psycopg.errors.ForeignKeyViolation):
         database.execute(
             "UPDATE app.rule_jobs SET customer_id = 'c0000000-0000-4000-8000-00000000000b' "

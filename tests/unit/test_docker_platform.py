@@ -21,7 +21,7 @@ from pulumi.runtime.mocks import MockCallArgs, MockMonitor, MockResourceArgs
 from pulumi.runtime.rpc import is_rpc_secret, unwrap_rpc_secret
 
 from components.connection import ConnectionSpec, Endpoint
-from components.platform.docker import DockerPlatform
+from components.platform.docker.platform import DockerPlatform
 from config import StackSettings, parse_settings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from components.database.manifest import ManifestKind, ManifestSpec
+from components.database.kinds.manifest import ManifestKind, ManifestSpec
 
 BEFORE = {"customers": {"id": "uuid", "notes": "text", "credit_limit": "numeric(12,2)"}, "payments": {"id": "uuid"}}
 

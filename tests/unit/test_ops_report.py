@@ -16,7 +16,7 @@ import pytest
 from pulumi.automation import EngineEvent
 
 from ops import EXIT_DESTRUCTIVE, EXIT_DRIFT, EXIT_FAILED, EXIT_OK
-from ops.drift import differences, render_text, show
+from ops.drift import Difference, differences, render_text, show
 from ops.events import Change, EventLog
 from ops.preview import PreviewOutcome, render_markdown
 from ops.risk import destructive
@@ -92,9 +92,11 @@ def test_sql_of_new_indexes_policies_and_tables_comes_from_the_kinds_renderers()
     ]
     create_table = planned_sql(changes["table-customer_badges"]) or []
     assert create_table[0].startswith('CREATE TABLE "public"."customer_badges" (')
-    assert create_table[1:] == [
+    assert create_table[1:] == [  # every statement the create runs, its owner and comment included
         'ALTER TABLE "public"."customer_badges" ENABLE ROW LEVEL SECURITY',
         'ALTER TABLE "public"."customer_badges" FORCE ROW LEVEL SECURITY',
+        'ALTER TABLE "public"."customer_badges" OWNER TO "thorbis_owner"',
+        'COMMENT ON TABLE "public"."customer_badges" IS \'A badge a customer earned.\'',
     ]
     assert planned_sql(changes["table-customers"]) == [
         'ALTER TABLE "public"."customers" ADD COLUMN "loyalty_tier" text',
@@ -167,3 +169,19 @@ def test_the_verify_table_has_a_row_per_check() -> None:
     assert lines[0].split() == ["check", "result", "detail"]
     assert lines[2].startswith("RLS on every table  PASS    94/94")
     assert lines[3].split() == ["Redis", "FAIL", "down"]
+
+
+def test_a_status_field_the_state_never_recorded_is_shown_with_its_expected_value() -> None:
+    """Drift of a status field (Expect markers): a role whose password was changed by hand, recorded by a
+    create that did not report passwordMatches, shows what the stack expects against what is live."""
+    change = Change(
+        "update",
+        "urn:pulumi:dev::thorbis-db::thorbis:database:Layer$thorbisdb:db:Role::role-reporting",
+        "thorbisdb:db:Role",
+        properties=("passwordMatches",),
+        old_outputs={"name": "reporting", "adopted": False},
+        new_outputs={"name": "reporting", "adopted": False, "passwordMatches": False},
+    )
+    assert differences(change) == [
+        Difference("thorbisdb:db:Role", "role-reporting", "passwordMatches", "true", "false")
+    ]

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from components.database.model import SchemaModel, bounded, load_schema
-from components.database.tenancy import tenant_policies, tenant_predicate, write_predicate
+from components.database.base import bounded
+from components.database.declared.model import SchemaModel, load_schema
+from components.database.declared.tenancy import tenant_policies, tenant_predicate, write_predicate
 
 SMALL = """
 tables:

@@ -8,42 +8,53 @@ backup unless the stack allows data loss. Backups themselves are taken by `scrip
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import psycopg
-import pulumi
 from pydantic import Field
 
-from components.kind import Kind, ProviderError, Spec
+from components.kind import Expect, Kind, Observed, ProviderError, Replace, Secret, Spec, Status
 from components.platform.local import pgbackrest, process
 from components.platform.local import postgres_files as pg
 from components.platform.local.pgbackrest import Repository
-from components.resource import declared_outputs, provider_inputs
 
 TOKEN = "thorbisdb:local:BackupRepository"
-SECRETS = frozenset({"superuserPassword"})
-OUTPUTS = ("stanzaOk", "configWritten", "archiveOk", "lastArchivedWal", "lastBackup", "lastBackupAt", "backups")
 
 
 class BackupRepositorySpec(Spec):
     repository: Repository = Field(description="The pgBackRest repository and stanza of the stack.")
-    primary_state_dir: str = Field(description="State directory of the primary (its data/ and run/).")
+    primary_state_dir: Replace[str] = Field(description="State directory of the primary (its data/ and run/).")
     port: int = Field(ge=1024, le=65535, description="Port of the primary on 127.0.0.1.")
-    superuser_password: str = Field(min_length=1, description="Password of `postgres` (secret).")
+    superuser_password: Secret[str] = Field(min_length=1, description="Password of `postgres` (secret).")
     allow_data_loss: bool = Field(default=False, description="Whether delete may remove the backups.")
+
+
+class BackupStatus(Status):
+    stanza_ok: Annotated[bool | None, Expect(True)] = Field(default=None, description="pgBackRest's stanza is ok.")
+    config_written: Annotated[bool | None, Expect(True)] = Field(
+        default=None, description="pgBackRest's config file exists."
+    )
+    archive_ok: Annotated[bool | None, Expect(True)] = Field(
+        default=None,
+        description="archive_mode is on and no archiving failed after the last success; None while the primary "
+        "is down (unknown, not drift).",
+    )
+    last_archived_wal: str | None = Field(default=None, description="The last WAL segment archived.")
+    last_backup: str | None = Field(default=None, description="Label of the newest backup.")
+    last_backup_at: str | None = Field(default=None, description="When the newest backup stopped (ISO 8601).")
+    backups: int | None = Field(default=None, description="How many backups the repository holds.")
 
 
 def primary_of(spec: BackupRepositorySpec) -> pg.ServerDir:
     return pg.ServerDir(Path(spec.primary_state_dir))
 
 
-def archiver_status(spec: BackupRepositorySpec) -> dict[str, Any]:
+def archiver_status(spec: BackupRepositorySpec) -> BackupStatus:
     """pg_stat_archiver of a running primary: archiving works when no failure came after the last success."""
     if not pg.answering(spec.port, spec.superuser_password):
-        return {"archiveOk": None, "lastArchivedWal": None}  # unknown while the primary is down: not drift
+        return BackupStatus(archive_ok=None, last_archived_wal=None)  # unknown while the primary is down: not drift
     with pg.connect(spec.port, spec.superuser_password) as conn:
         row = conn.execute(
             "SELECT last_archived_wal, last_archived_time, last_failed_time FROM pg_stat_archiver"
@@ -51,34 +62,38 @@ def archiver_status(spec: BackupRepositorySpec) -> dict[str, Any]:
         mode = conn.execute("SHOW archive_mode").fetchone()
     archived_wal, archived_at, failed_at = row if row else (None, None, None)
     failing = failed_at is not None and (archived_at is None or failed_at > archived_at)
-    return {"archiveOk": bool(mode and mode[0] != "off") and not failing, "lastArchivedWal": archived_wal}
+    return BackupStatus(archive_ok=bool(mode and mode[0] != "off") and not failing, last_archived_wal=archived_wal)
 
 
-def backup_status(repo: Repository) -> dict[str, Any]:
+def backup_status(repo: Repository) -> BackupStatus:
     stanza = pgbackrest.info(repo)
     taken = pgbackrest.backups(stanza)
     last = taken[-1] if taken else None
     stopped = (last or {}).get("timestamp", {}).get("stop")
-    return {
-        "stanzaOk": pgbackrest.stanza_ok(stanza),
-        "configWritten": repo.config_file.exists(),
-        "lastBackup": last["label"] if last else None,
-        "lastBackupAt": datetime.fromtimestamp(stopped, UTC).isoformat() if stopped else None,
-        "backups": len(taken),
-    }
+    return BackupStatus(
+        stanza_ok=pgbackrest.stanza_ok(stanza),
+        config_written=repo.config_file.exists(),
+        last_backup=last["label"] if last else None,
+        last_backup_at=datetime.fromtimestamp(stopped, UTC).isoformat() if stopped else None,
+        backups=len(taken),
+    )
 
 
-class BackupRepositoryKind(Kind[BackupRepositorySpec]):
+def combined(*parts: BackupStatus) -> BackupStatus:
+    """The fields each part set, merged."""
+    return BackupStatus.model_validate({key: value for part in parts for key, value in part.wire().items()})
+
+
+class BackupRepositoryKind(Kind[BackupRepositorySpec, BackupStatus]):
     token = TOKEN
     spec_type = BackupRepositorySpec
-    replace_on = frozenset({"primaryStateDir"})
-    secret_properties = SECRETS
+    status_type = BackupStatus
     delete_before_replace = False  # a new repository beside the old one: the old backups stay until it works
 
-    def create(self, spec: BackupRepositorySpec) -> tuple[str, dict[str, Any]]:
+    def create(self, spec: BackupRepositorySpec) -> tuple[str, BackupStatus]:
         return f"{spec.repository.path}#{spec.repository.stanza}", self.apply(spec)
 
-    def apply(self, spec: BackupRepositorySpec) -> dict[str, Any]:
+    def apply(self, spec: BackupRepositorySpec) -> BackupStatus:
         repo = spec.repository
         pgbackrest.prepare_directory(repo)  # before anything is written: the error names the config key
         pgbackrest.write_files(repo, primary_of(spec), spec.port, spec.superuser_password)
@@ -91,19 +106,17 @@ class BackupRepositoryKind(Kind[BackupRepositorySpec]):
             raise ProviderError(problem or f"{error}; see {Path(repo.config_dir) / 'log'}") from error
         return self.observed(spec)
 
-    def observed(self, spec: BackupRepositorySpec) -> dict[str, Any]:
-        return {**backup_status(spec.repository), **archiver_status(spec)}
+    def observed(self, spec: BackupRepositorySpec) -> BackupStatus:
+        return combined(backup_status(spec.repository), archiver_status(spec))
 
-    def observe(self, resource_id: str, spec: BackupRepositorySpec) -> dict[str, Any] | None:
+    def observe(self, resource_id: str, spec: BackupRepositorySpec) -> Observed[BackupStatus] | None:
         try:
-            return self.observed(spec)
+            return Observed({}, self.observed(spec))
         except (ProviderError, psycopg.Error):
-            return {**backup_status(spec.repository), "archiveOk": None, "lastArchivedWal": None}
+            unknown = BackupStatus(archive_ok=None, last_archived_wal=None)
+            return Observed({}, combined(backup_status(spec.repository), unknown))
 
-    def drifted(self, old_state: dict[str, Any], spec: BackupRepositorySpec) -> list[str]:
-        return [key for key in ("stanzaOk", "configWritten", "archiveOk") if old_state.get(key) is False]
-
-    def update(self, resource_id: str, old: dict[str, Any], spec: BackupRepositorySpec) -> dict[str, Any]:
+    def update(self, resource_id: str, old: dict[str, Any], spec: BackupRepositorySpec) -> BackupStatus:
         return self.apply(spec)
 
     def delete(self, resource_id: str, spec: BackupRepositorySpec) -> None:
@@ -115,23 +128,3 @@ class BackupRepositoryKind(Kind[BackupRepositorySpec]):
         pgbackrest.run(repo, "stanza-delete", "--force")
         process.remove_tree(repo.schema_dumps)
         process.remove_tree(Path(repo.config_dir))  # its password file with it
-
-
-@dataclass
-class BackupRepositoryArgs:
-    repository: pulumi.Input[dict[str, Any]]
-    primary_state_dir: pulumi.Input[str]
-    port: pulumi.Input[int]
-    superuser_password: pulumi.Input[str]
-    allow_data_loss: pulumi.Input[bool] = False
-
-
-class BackupRepository(pulumi.CustomResource):
-    """The pgBackRest stanza of a local stack's primary: WAL archive and base backups."""
-
-    stanza_ok: pulumi.Output[bool]
-    archive_ok: pulumi.Output[bool]
-    last_backup: pulumi.Output[str]
-
-    def __init__(self, name: str, args: BackupRepositoryArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(TOKEN, name, {**provider_inputs(args, SECRETS), **declared_outputs(*OUTPUTS)}, opts)

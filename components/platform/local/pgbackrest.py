@@ -10,7 +10,6 @@ import json
 import os
 import shlex
 import subprocess
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 import psycopg
 from pydantic import Field
 
-from components.kind import ProviderError, Spec
+from components.kind import ProviderError, Spec, Status
 from components.platform.local import postgres_files as pg
 from components.platform.local import process
 
@@ -234,15 +233,14 @@ def lsn_number(lsn: str) -> int:
     return (int(high, 16) << 32) | int(low, 16)
 
 
-@dataclass(frozen=True)
-class Replayed:
+class Replayed(Status):
     """Where a restored server's recovery ended, against the WAL the repository held when it began."""
 
-    backup: str
-    lsn: str
-    last_commit: str | None
-    archive_end: str | None
-    segments_not_replayed: int
+    backup: str = Field(description="Label of the backup restored.")
+    lsn: str = Field(description="The last WAL position replayed (pg_last_wal_replay_lsn).")
+    last_commit: str | None = Field(default=None, description="Commit time of the last transaction replayed.")
+    archive_end: str | None = Field(default=None, description="The newest WAL segment in the repository.")
+    segments_not_replayed: int = Field(default=0, description="Archived segments after the replayed point.")
 
     def describe(self, data: Path, archive_timeout: str | None) -> str:
         missing = (
@@ -262,15 +260,6 @@ class Replayed:
             f"{self.archive_end}: {missing}. What the lost primary wrote after its last archived segment was "
             f"never in the repository and is lost: {unarchived}"
         )
-
-    def as_output(self) -> dict[str, Any]:
-        return {
-            "backup": self.backup,
-            "lsn": self.lsn,
-            "lastCommit": self.last_commit,
-            "archiveEnd": self.archive_end,
-            "segmentsNotReplayed": self.segments_not_replayed,
-        }
 
 
 def replayed(conn: psycopg.Connection[Any], backup: str, end: str | None) -> Replayed:

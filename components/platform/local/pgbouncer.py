@@ -8,22 +8,18 @@ from __future__ import annotations
 
 import os
 import signal
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import psycopg
-import pulumi
 from psycopg import sql
 from pydantic import Field
 
-from components.kind import Kind, ProviderError, Spec
+from components.kind import Expect, Kind, Observed, ProviderError, Replace, Secret, Spec, Status
 from components.platform.local import postgres_files as pg
 from components.platform.local import process
-from components.resource import declared_outputs, provider_inputs
 
 TOKEN = "thorbisdb:local:PgBouncer"
-SECRETS = frozenset({"superuserPassword", "authPassword"})
 AUTH_ROLE = "pgbouncer_auth"
 AUTH_SCHEMA = "pgbouncer"
 
@@ -39,18 +35,24 @@ POOL_SETTINGS = {
 
 
 class PgBouncerSpec(Spec):
-    state_dir: str = Field(description="Directory of pgbouncer.ini, userlist.txt, its log and pidfile.")
+    state_dir: Replace[str] = Field(description="Directory of pgbouncer.ini, userlist.txt, its log and pidfile.")
     port: int = Field(ge=1024, le=65535, description="Port PgBouncer listens on (127.0.0.1).")
     primary_port: int = Field(ge=1024, le=65535, description="Port of the primary on 127.0.0.1.")
     database: str = Field(description="The application database, where the auth lookup function lives.")
-    superuser_password: str = Field(min_length=1, description="Password of `postgres`, to install the lookup.")
-    auth_password: str = Field(min_length=1, description="Password of PgBouncer's auth user (secret).")
+    superuser_password: Secret[str] = Field(min_length=1, description="Password of `postgres`, to install the lookup.")
+    auth_password: Secret[str] = Field(min_length=1, description="Password of PgBouncer's auth user (secret).")
     max_client_conn: int = Field(default=1000, ge=1)
     default_pool_size: int = Field(default=25, ge=1)
     reserve_pool_size: int = Field(default=5, ge=0)
     reserve_pool_timeout: int = Field(default=3, ge=0)
     max_db_connections: int = Field(default=0, ge=0)
     pool_mode: Literal["transaction", "session"] = "transaction"
+
+
+class PgBouncerStatus(Status):
+    running: Annotated[bool | None, Expect(True)] = Field(
+        default=None, description="PgBouncer runs and its admin console answers (false: `up` starts it)."
+    )
 
 
 def files(spec: PgBouncerSpec) -> tuple[Path, Path, Path]:
@@ -137,22 +139,22 @@ def admin_console(spec: PgBouncerSpec, port: int | None = None) -> psycopg.Conne
     )
 
 
-def status(spec: PgBouncerSpec, port: int | None = None) -> dict[str, Any]:
-    """Whether it runs and answers, and its pool settings as the admin console reports them."""
+def status(spec: PgBouncerSpec, port: int | None = None) -> Observed[PgBouncerStatus]:
+    """Whether it runs and answers, and its port and pool settings as the admin console reports them."""
     _, _, pidfile = files(spec)
     if process.read_pid(pidfile) is None:
-        return {"running": False}
+        return Observed({}, PgBouncerStatus(running=False))
     try:
         with admin_console(spec, port) as console:
             rows = console.execute("SHOW CONFIG").fetchall()
     except psycopg.Error:
-        return {"running": False}
+        return Observed({}, PgBouncerStatus(running=False))
     live = {row[0]: row[1] for row in rows}
-    observed: dict[str, Any] = {"running": True, "port": int(live.get("listen_port", spec.port))}
+    observed: dict[str, Any] = {"port": int(live.get("listen_port", spec.port))}
     for key, name in POOL_SETTINGS.items():
         value = live.get(name)
         observed[key] = int(value) if value is not None and value.isdigit() else value
-    return observed
+    return Observed(observed, PgBouncerStatus(running=True))
 
 
 def start(spec: PgBouncerSpec) -> None:
@@ -161,7 +163,7 @@ def start(spec: PgBouncerSpec) -> None:
         pidfile.unlink(missing_ok=True)
         process.run(process.as_service_user(["pgbouncer", "-d", "-q", str(ini)]), f"pgbouncer -d {ini}")
         # listening comes before the pidfile and the admin console: wait for all of them
-        process.wait_until(lambda: status(spec)["running"], 30, f"PgBouncer on port {spec.port}")
+        process.wait_until(lambda: bool(status(spec).status.running), 30, f"PgBouncer on port {spec.port}")
 
 
 def stop(spec: PgBouncerSpec) -> None:
@@ -170,13 +172,12 @@ def stop(spec: PgBouncerSpec) -> None:
         process.terminate(pid, "PgBouncer")
 
 
-class PgBouncerKind(Kind[PgBouncerSpec]):
+class PgBouncerKind(Kind[PgBouncerSpec, PgBouncerStatus]):
     token = TOKEN
     spec_type = PgBouncerSpec
-    replace_on = frozenset({"stateDir"})
-    secret_properties = SECRETS
+    status_type = PgBouncerStatus
 
-    def create(self, spec: PgBouncerSpec) -> tuple[str, dict[str, Any]]:
+    def create(self, spec: PgBouncerSpec) -> tuple[str, Observed[PgBouncerStatus]]:
         ini, userlist, _ = files(spec)
         process.make_private_dir(Path(spec.state_dir))
         install_auth_lookup(spec)
@@ -185,15 +186,12 @@ class PgBouncerKind(Kind[PgBouncerSpec]):
         start(spec)
         return str(ini), status(spec)
 
-    def observe(self, resource_id: str, spec: PgBouncerSpec) -> dict[str, Any] | None:
+    def observe(self, resource_id: str, spec: PgBouncerSpec) -> Observed[PgBouncerStatus] | None:
         if not Path(resource_id).exists():
             return None
         return status(spec)
 
-    def drifted(self, old_state: dict[str, Any], spec: PgBouncerSpec) -> list[str]:
-        return [] if old_state.get("running", True) else ["running"]
-
-    def update(self, resource_id: str, old: dict[str, Any], spec: PgBouncerSpec) -> dict[str, Any]:
+    def update(self, resource_id: str, old: dict[str, Any], spec: PgBouncerSpec) -> Observed[PgBouncerStatus]:
         ini, userlist, pidfile = files(spec)
         install_auth_lookup(spec)
         process.write_private_file(userlist, userlist_text(spec))
@@ -205,7 +203,7 @@ class PgBouncerKind(Kind[PgBouncerSpec]):
             os.kill(pid, signal.SIGHUP)  # reload pgbouncer.ini, undoing SETs made by hand
             wanted = spec.model_dump(by_alias=True)
             process.wait_until(
-                lambda: all(status(spec).get(key) == wanted[key] for key in POOL_SETTINGS),
+                lambda: all(status(spec).inputs.get(key) == wanted[key] for key in POOL_SETTINGS),
                 10,
                 "PgBouncer reload",
             )
@@ -222,28 +220,3 @@ class PgBouncerKind(Kind[PgBouncerSpec]):
             except (ProviderError, psycopg.Error):
                 pass  # the primary is going too; nothing of the pooler's is worth keeping
         process.remove_tree(Path(spec.state_dir))
-
-
-@dataclass
-class PgBouncerArgs:
-    state_dir: pulumi.Input[str]
-    port: pulumi.Input[int]
-    primary_port: pulumi.Input[int]
-    database: pulumi.Input[str]
-    superuser_password: pulumi.Input[str]
-    auth_password: pulumi.Input[str]
-    max_client_conn: pulumi.Input[int] = 1000
-    default_pool_size: pulumi.Input[int] = 25
-    reserve_pool_size: pulumi.Input[int] = 5
-    reserve_pool_timeout: pulumi.Input[int] = 3
-    max_db_connections: pulumi.Input[int] = 0
-    pool_mode: pulumi.Input[str] = "transaction"
-
-
-class PgBouncer(pulumi.CustomResource):
-    """PgBouncer in transaction mode in front of the local primary."""
-
-    running: pulumi.Output[bool]
-
-    def __init__(self, name: str, args: PgBouncerArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(TOKEN, name, {**provider_inputs(args, SECRETS), **declared_outputs("running")}, opts)

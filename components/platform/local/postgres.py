@@ -2,32 +2,28 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-import pulumi
 from psycopg import sql
 from pydantic import Field
 
 from components import engine_log
-from components.kind import Kind, ProviderError, Spec
+from components.kind import Expect, Kind, Observed, ProviderError, Replace, Secret, Spec, Status
 from components.platform.local import pgbackrest, process
 from components.platform.local import postgres_files as pg
-from components.platform.local.pgbackrest import Repository
-from components.resource import declared_outputs, provider_inputs
+from components.platform.local.pgbackrest import Replayed, Repository
 
 TOKEN = "thorbisdb:local:PostgresServer"
-SECRETS = frozenset({"superuserPassword", "replicationPassword"})
 REPLICATION_ROLE = "replicator"
 
 
 class PostgresServerSpec(Spec):
-    state_dir: str = Field(description="Directory of this server: data/, run/ (socket) and postgres.log.")
+    state_dir: Replace[str] = Field(description="Directory of this server: data/, run/ (socket) and postgres.log.")
     port: int = Field(ge=1024, le=65535, description="Port on 127.0.0.1.")
-    database: str = Field(description="The application database, created if missing.")
-    superuser_password: str = Field(min_length=1, description="Password of `postgres` (secret).")
-    replication_password: str = Field(min_length=1, description="Password of `replicator` (secret).")
+    database: Replace[str] = Field(description="The application database, created if missing.")
+    superuser_password: Secret[str] = Field(min_length=1, description="Password of `postgres` (secret).")
+    replication_password: Secret[str] = Field(min_length=1, description="Password of `replicator` (secret).")
     settings: dict[str, str] = Field(default_factory=dict, description="postgresql.conf settings we manage.")
     allow_data_loss: bool = Field(default=False, description="Whether delete may remove the data directory.")
     backup: Repository | None = Field(
@@ -35,6 +31,18 @@ class PostgresServerSpec(Spec):
         description="The pgBackRest repository the server archives WAL to (its config is written before the "
         "server starts); a missing data directory is restored from it when it holds a backup and "
         "restoreOnProvision is set. None: no archiving.",
+    )
+
+
+class PostgresServerStatus(Status):
+    running: Annotated[bool | None, Expect(True)] = Field(
+        default=None, description="The postmaster runs and answers (false: stopped or killed; `up` starts it)."
+    )
+    server_version: str | None = Field(default=None, description="SHOW server_version.")
+    data_checksums: bool | None = Field(default=None, description="The cluster was initialised with data checksums.")
+    restored_to: Replayed | None = Field(
+        default=None,
+        description="Set when the server was restored from the backup repository: what its recovery replayed.",
     )
 
 
@@ -62,13 +70,13 @@ def wait_for_promotion(spec: PostgresServerSpec, timeout: float = 3600) -> None:
     process.wait_until(promoted, timeout, f"the restored PostgreSQL on port {spec.port} to replay its WAL")
 
 
-class PostgresServerKind(Kind[PostgresServerSpec]):
+class PostgresServerKind(Kind[PostgresServerSpec, PostgresServerStatus]):
     token = TOKEN
     spec_type = PostgresServerSpec
-    replace_on = frozenset({"stateDir", "database"})
-    secret_properties = SECRETS
+    status_type = PostgresServerStatus
+    deleting_loses = "the primary {name} and its data directory would be deleted"
 
-    def create(self, spec: PostgresServerSpec) -> tuple[str, dict[str, Any]]:
+    def create(self, spec: PostgresServerSpec) -> tuple[str, Observed[PostgresServerStatus]]:
         server = pg.ServerDir(Path(spec.state_dir))
         self.write_backup_files(spec)
         pg.clear_half_made(server)
@@ -79,20 +87,21 @@ class PostgresServerKind(Kind[PostgresServerSpec]):
         archive_end = pgbackrest.archive_end(spec.backup) if recovering and spec.backup else None
         pg.write_config(server, server_settings(spec))
         pg.start(server)
-        restored: dict[str, Any] | None = None
-        if recovering:
-            restored = self.promoted(spec, server, archive_end)
+        restored = self.promoted(spec, server, archive_end) if recovering else None
         self.bootstrap(spec, spec.superuser_password)
-        return str(server.data), {**self.observed(spec), "restoredTo": restored}
+        observed = self.observed(spec)
+        if restored is None:
+            return str(server.data), observed
+        return str(server.data), Observed(observed.inputs, observed.status.model_copy(update={"restored_to": restored}))
 
-    def promoted(self, spec: PostgresServerSpec, server: pg.ServerDir, archive_end: str | None) -> dict[str, Any]:
+    def promoted(self, spec: PostgresServerSpec, server: pg.ServerDir, archive_end: str | None) -> Replayed:
         """Wait for a restored server to replay the archive and promote itself; say what it restored to."""
         wait_for_promotion(spec)
         backups = pgbackrest.backups(pgbackrest.info(spec.backup)) if spec.backup else []
         with pg.connect(spec.port, spec.superuser_password) as conn:
             outcome = pgbackrest.replayed(conn, backups[-1]["label"] if backups else "?", archive_end)
         engine_log.warn(outcome.describe(server.data, spec.settings.get("archive_timeout")))
-        return outcome.as_output()
+        return outcome
 
     def write_backup_files(self, spec: PostgresServerSpec) -> None:
         """pgBackRest's config, before the server starts: its archive_command and a restore need it."""
@@ -122,30 +131,28 @@ class PostgresServerKind(Kind[PostgresServerSpec]):
             if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (spec.database,)).fetchone():
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(spec.database)))
 
-    def observed(self, spec: PostgresServerSpec) -> dict[str, Any]:
+    def observed(self, spec: PostgresServerSpec) -> Observed[PostgresServerStatus]:
+        """The server's settings we manage, as it runs with them, and its status."""
         server = pg.ServerDir(Path(spec.state_dir))
         running = server.postmaster_pid() is not None and pg.answering(spec.port, spec.superuser_password)
         if not running:
-            return {"running": False}
+            return Observed({}, PostgresServerStatus(running=False))
         with pg.connect(spec.port, spec.superuser_password) as conn:
             version = conn.execute("SHOW server_version").fetchone()
             checksums = conn.execute("SHOW data_checksums").fetchone()
-            return {
-                "running": True,
-                "settings": pg.live_settings(conn, spec.settings),
-                "serverVersion": version[0] if version else "",
-                "dataChecksums": bool(checksums and checksums[0] == "on"),
-            }
+            status = PostgresServerStatus(
+                running=True,
+                server_version=version[0] if version else "",
+                data_checksums=bool(checksums and checksums[0] == "on"),
+            )
+            return Observed({"settings": pg.live_settings(conn, spec.settings)}, status)
 
-    def observe(self, resource_id: str, spec: PostgresServerSpec) -> dict[str, Any] | None:
+    def observe(self, resource_id: str, spec: PostgresServerSpec) -> Observed[PostgresServerStatus] | None:
         if not pg.ServerDir(Path(spec.state_dir)).initialised():
             return None
         return self.observed(spec)
 
-    def drifted(self, old_state: dict[str, Any], spec: PostgresServerSpec) -> list[str]:
-        return [] if old_state.get("running", True) else ["running"]
-
-    def update(self, resource_id: str, old: dict[str, Any], spec: PostgresServerSpec) -> dict[str, Any]:
+    def update(self, resource_id: str, old: dict[str, Any], spec: PostgresServerSpec) -> Observed[PostgresServerStatus]:
         server = pg.ServerDir(Path(spec.state_dir))
         self.write_backup_files(spec)
         pg.write_config(server, server_settings(spec))
@@ -176,34 +183,3 @@ class PostgresServerKind(Kind[PostgresServerSpec]):
         server = pg.ServerDir(Path(spec.state_dir))
         pg.stop(server)
         process.remove_tree(server.base)
-
-
-@dataclass
-class PostgresServerArgs:
-    state_dir: pulumi.Input[str]
-    port: pulumi.Input[int]
-    database: pulumi.Input[str]
-    superuser_password: pulumi.Input[str]
-    replication_password: pulumi.Input[str]
-    settings: pulumi.Input[dict[str, str]] = field(default_factory=dict)
-    allow_data_loss: pulumi.Input[bool] = False
-    backup: pulumi.Input[dict[str, Any]] | None = None
-
-
-class PostgresServer(pulumi.CustomResource):
-    """The primary PostgreSQL server of a local stack."""
-
-    running: pulumi.Output[bool]
-    server_version: pulumi.Output[str]
-    port: pulumi.Output[int]
-
-    def __init__(self, name: str, args: PostgresServerArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(
-            TOKEN,
-            name,
-            {
-                **provider_inputs(args, SECRETS),
-                **declared_outputs("running", "serverVersion", "dataChecksums", "restoredTo"),
-            },
-            opts,
-        )

@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import pulumi
 import redis
 from pydantic import Field, field_validator
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from components.kind import Kind, ProviderError, Spec
+from components.kind import Expect, Kind, Observed, ProviderError, Replace, Secret, Spec, Status
 from components.platform.local import process
-from components.resource import declared_outputs, provider_inputs
 
 TOKEN = "thorbisdb:local:Redis"
-SECRETS = frozenset({"password"})
 EvictionPolicy = Literal[
     "noeviction",
     "allkeys-lru",
@@ -41,9 +37,9 @@ def memory_bytes(value: str) -> int:
 
 
 class RedisSpec(Spec):
-    state_dir: str = Field(description="Directory of redis.conf, its data, log and pidfile.")
+    state_dir: Replace[str] = Field(description="Directory of redis.conf, its data, log and pidfile.")
     port: int = Field(ge=1024, le=65535, description="Port on 127.0.0.1.")
-    password: str = Field(min_length=1, description="requirepass (secret).")
+    password: Secret[str] = Field(min_length=1, description="requirepass (secret).")
     maxmemory: str = Field(default="256mb", description="Memory limit, in Redis units.")
     maxmemory_policy: EvictionPolicy = Field(default="allkeys-lru", description="Eviction policy.")
     persistence: bool = Field(default=False, description="Append-only file and snapshots on or off.")
@@ -54,6 +50,12 @@ class RedisSpec(Spec):
     def maxmemory_is_a_size(cls, value: str) -> str:
         memory_bytes(value)
         return value
+
+
+class RedisStatus(Status):
+    running: Annotated[bool | None, Expect(True)] = Field(
+        default=None, description="Redis runs and answers with its password (false: `up` starts it)."
+    )
 
 
 def conf_text(spec: RedisSpec) -> str:
@@ -86,13 +88,13 @@ def client(spec: RedisSpec, port: int | None = None, password: str | None = None
     )
 
 
-class RedisKind(Kind[RedisSpec]):
+class RedisKind(Kind[RedisSpec, RedisStatus]):
     token = TOKEN
     spec_type = RedisSpec
-    replace_on = frozenset({"stateDir"})
-    secret_properties = SECRETS
+    status_type = RedisStatus
+    deleting_loses = "the Redis server {name} and its data would be deleted"
 
-    def create(self, spec: RedisSpec) -> tuple[str, dict[str, Any]]:
+    def create(self, spec: RedisSpec) -> tuple[str, Observed[RedisStatus]]:
         conf = Path(spec.state_dir) / "redis.conf"
         Path(spec.state_dir).mkdir(parents=True, exist_ok=True)
         Path(spec.state_dir).chmod(0o700)
@@ -103,19 +105,19 @@ class RedisKind(Kind[RedisSpec]):
     def start(self, spec: RedisSpec) -> None:
         if process.read_pid(Path(spec.state_dir) / "redis.pid") is None:
             process.run(["redis-server", str(Path(spec.state_dir) / "redis.conf")], "redis-server")
-            process.wait_until(lambda: self.status(spec)["running"], 30, f"Redis on port {spec.port}")
+            process.wait_until(lambda: bool(self.status(spec).status.running), 30, f"Redis on port {spec.port}")
 
-    def status(self, spec: RedisSpec, port: int | None = None) -> dict[str, Any]:
+    def status(self, spec: RedisSpec, port: int | None = None) -> Observed[RedisStatus]:
+        """Whether it runs and answers, and its port, memory limit, policy and persistence as it reports them."""
         if process.read_pid(Path(spec.state_dir) / "redis.pid") is None:
-            return {"running": False}
+            return Observed({}, RedisStatus(running=False))
         try:
             with client(spec, port) as connection:
                 connection.ping()
                 live = connection.config_get("maxmemory", "maxmemory-policy", "appendonly", "port")
         except redis.RedisError:
-            return {"running": False}
-        return {
-            "running": True,
+            return Observed({}, RedisStatus(running=False))
+        inputs = {
             "port": int(live["port"]),
             "maxmemory": spec.maxmemory
             if memory_bytes(spec.maxmemory) == int(live["maxmemory"])
@@ -123,19 +125,17 @@ class RedisKind(Kind[RedisSpec]):
             "maxmemoryPolicy": live["maxmemory-policy"],
             "persistence": live["appendonly"] == "yes",
         }
+        return Observed(inputs, RedisStatus(running=True))
 
-    def observe(self, resource_id: str, spec: RedisSpec) -> dict[str, Any] | None:
+    def observe(self, resource_id: str, spec: RedisSpec) -> Observed[RedisStatus] | None:
         if not Path(resource_id).exists():
             return None
         return self.status(spec)
 
-    def drifted(self, old_state: dict[str, Any], spec: RedisSpec) -> list[str]:
-        return [] if old_state.get("running", True) else ["running"]
-
-    def update(self, resource_id: str, old: dict[str, Any], spec: RedisSpec) -> dict[str, Any]:
+    def update(self, resource_id: str, old: dict[str, Any], spec: RedisSpec) -> Observed[RedisStatus]:
         process.write_private_file(Path(resource_id), conf_text(spec))
         old_port, old_password = int(old.get("port", spec.port)), old.get("password", spec.password)
-        if self.status(spec.model_copy(update={"password": old_password}), old_port)["running"]:
+        if self.status(spec.model_copy(update={"password": old_password}), old_port).status.running:
             with client(spec, old_port, old_password) as live:
                 if old_port != spec.port:
                     live.shutdown(save=spec.persistence, nosave=not spec.persistence)
@@ -157,23 +157,3 @@ class RedisKind(Kind[RedisSpec]):
         if (pid := process.read_pid(pidfile)) is not None:
             process.terminate(pid, "Redis")
         process.remove_tree(Path(spec.state_dir))
-
-
-@dataclass
-class RedisArgs:
-    state_dir: pulumi.Input[str]
-    port: pulumi.Input[int]
-    password: pulumi.Input[str]
-    maxmemory: pulumi.Input[str] = "256mb"
-    maxmemory_policy: pulumi.Input[str] = "allkeys-lru"
-    persistence: pulumi.Input[bool] = False
-    allow_data_loss: pulumi.Input[bool] = False
-
-
-class Redis(pulumi.CustomResource):
-    """Redis with requirepass, for caches keyed by company (see the review's caching section)."""
-
-    running: pulumi.Output[bool]
-
-    def __init__(self, name: str, args: RedisArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(TOKEN, name, {**provider_inputs(args, SECRETS), **declared_outputs("running")}, opts)

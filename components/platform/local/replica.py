@@ -3,31 +3,27 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import psycopg
-import pulumi
 from pydantic import Field, field_validator
 
-from components.kind import Kind, ProviderError, Spec
+from components.kind import Expect, Kind, Observed, ProviderError, Replace, Secret, Spec, Status
 from components.platform.local import postgres_files as pg
 from components.platform.local import process
 from components.platform.local.postgres import REPLICATION_ROLE
-from components.resource import declared_outputs, provider_inputs
 
 TOKEN = "thorbisdb:local:PostgresReplica"
-SECRETS = frozenset({"superuserPassword", "replicationPassword"})
 
 
 class PostgresReplicaSpec(Spec):
-    state_dir: str = Field(description="Directory of this replica: data/, run/ and postgres.log.")
+    state_dir: Replace[str] = Field(description="Directory of this replica: data/, run/ and postgres.log.")
     port: int = Field(ge=1024, le=65535, description="Port of the replica on 127.0.0.1.")
-    primary_port: int = Field(ge=1024, le=65535, description="Port of the primary on 127.0.0.1.")
-    slot_name: str = Field(description="Physical replication slot on the primary, one per replica.")
-    superuser_password: str = Field(min_length=1, description="Password of `postgres` (secret).")
-    replication_password: str = Field(min_length=1, description="Password of `replicator` (secret).")
+    primary_port: Replace[int] = Field(ge=1024, le=65535, description="Port of the primary on 127.0.0.1.")
+    slot_name: Replace[str] = Field(description="Physical replication slot on the primary, one per replica.")
+    superuser_password: Secret[str] = Field(min_length=1, description="Password of `postgres` (secret).")
+    replication_password: Secret[str] = Field(min_length=1, description="Password of `replicator` (secret).")
     settings: dict[str, str] = Field(default_factory=dict, description="postgresql.conf settings we manage.")
 
     @field_validator("slot_name")
@@ -36,6 +32,15 @@ class PostgresReplicaSpec(Spec):
         if not re.fullmatch(r"[a-z0-9_]{1,63}", value):
             raise ValueError("a slot name is 1-63 characters of a-z, 0-9 and _")
         return value
+
+
+class PostgresReplicaStatus(Status):
+    running: Annotated[bool | None, Expect(True)] = Field(
+        default=None, description="The replica's postmaster runs and answers (false: `up` starts it)."
+    )
+    streaming: Annotated[bool | None, Expect(True)] = Field(
+        default=None, description="It is in recovery and its WAL receiver streams from the primary."
+    )
 
 
 def replica_settings(spec: PostgresReplicaSpec) -> dict[str, str]:
@@ -107,13 +112,12 @@ def base_backup(spec: PostgresReplicaSpec) -> None:
         process.write_private_file(auto_conf, "\n".join(kept) + "\n")
 
 
-class PostgresReplicaKind(Kind[PostgresReplicaSpec]):
+class PostgresReplicaKind(Kind[PostgresReplicaSpec, PostgresReplicaStatus]):
     token = TOKEN
     spec_type = PostgresReplicaSpec
-    replace_on = frozenset({"stateDir", "slotName", "primaryPort"})
-    secret_properties = SECRETS
+    status_type = PostgresReplicaStatus
 
-    def create(self, spec: PostgresReplicaSpec) -> tuple[str, dict[str, Any]]:
+    def create(self, spec: PostgresReplicaSpec) -> tuple[str, Observed[PostgresReplicaStatus]]:
         server = pg.ServerDir(Path(spec.state_dir))
         pg.clear_half_made(server)
         if not server.initialised():
@@ -121,31 +125,32 @@ class PostgresReplicaKind(Kind[PostgresReplicaSpec]):
         write_passfile(spec)
         pg.write_config(server, replica_settings(spec))
         pg.start(server)
-        process.wait_until(lambda: self.status(spec)["streaming"], 60, f"replica {spec.slot_name} to stream")
+        self.wait_streaming(spec)
         return str(server.data), self.status(spec)
 
-    def status(self, spec: PostgresReplicaSpec) -> dict[str, Any]:
+    def status(self, spec: PostgresReplicaSpec) -> Observed[PostgresReplicaStatus]:
+        """Its settings we manage, as it runs with them, and whether it runs and streams."""
         server = pg.ServerDir(Path(spec.state_dir))
         if server.postmaster_pid() is None or not pg.answering(spec.port, spec.superuser_password):
-            return {"running": False, "streaming": False}
+            return Observed({}, PostgresReplicaStatus(running=False, streaming=False))
         with pg.connect(spec.port, spec.superuser_password) as conn:
             recovery = conn.execute("SELECT pg_is_in_recovery()").fetchone()
             receiver = conn.execute("SELECT status FROM pg_stat_wal_receiver").fetchone()
-            return {
-                "running": True,
-                "streaming": bool(recovery and recovery[0] and receiver and receiver[0] == "streaming"),
-                "settings": pg.live_settings(conn, spec.settings),
-            }
+            streaming = bool(recovery and recovery[0] and receiver and receiver[0] == "streaming")
+            settings = pg.live_settings(conn, spec.settings)
+        return Observed({"settings": settings}, PostgresReplicaStatus(running=True, streaming=streaming))
 
-    def observe(self, resource_id: str, spec: PostgresReplicaSpec) -> dict[str, Any] | None:
+    def wait_streaming(self, spec: PostgresReplicaSpec) -> None:
+        process.wait_until(lambda: bool(self.status(spec).status.streaming), 60, f"replica {spec.slot_name} to stream")
+
+    def observe(self, resource_id: str, spec: PostgresReplicaSpec) -> Observed[PostgresReplicaStatus] | None:
         if not pg.ServerDir(Path(spec.state_dir)).initialised():
             return None
         return self.status(spec)
 
-    def drifted(self, old_state: dict[str, Any], spec: PostgresReplicaSpec) -> list[str]:
-        return [key for key in ("running", "streaming") if not old_state.get(key, True)]
-
-    def update(self, resource_id: str, old: dict[str, Any], spec: PostgresReplicaSpec) -> dict[str, Any]:
+    def update(
+        self, resource_id: str, old: dict[str, Any], spec: PostgresReplicaSpec
+    ) -> Observed[PostgresReplicaStatus]:
         server = pg.ServerDir(Path(spec.state_dir))
         write_passfile(spec)
         pg.write_config(server, replica_settings(spec))
@@ -158,7 +163,7 @@ class PostgresReplicaKind(Kind[PostgresReplicaSpec]):
                     pg.apply_settings(conn, server)
             except (ProviderError, psycopg.Error):
                 pg.pg_ctl(server, "restart", "-m", "fast")
-        process.wait_until(lambda: self.status(spec)["streaming"], 60, f"replica {spec.slot_name} to stream")
+        self.wait_streaming(spec)
         return self.status(spec)
 
     def delete(self, resource_id: str, spec: PostgresReplicaSpec) -> None:
@@ -168,26 +173,3 @@ class PostgresReplicaKind(Kind[PostgresReplicaSpec]):
         if process.port_open(spec.primary_port):
             drop_slot(spec)
         process.remove_tree(server.base)
-
-
-@dataclass
-class PostgresReplicaArgs:
-    state_dir: pulumi.Input[str]
-    port: pulumi.Input[int]
-    primary_port: pulumi.Input[int]
-    slot_name: pulumi.Input[str]
-    superuser_password: pulumi.Input[str]
-    replication_password: pulumi.Input[str]
-    settings: pulumi.Input[dict[str, str]] = field(default_factory=dict)
-
-
-class PostgresReplica(pulumi.CustomResource):
-    """A streaming hot standby of the local primary."""
-
-    running: pulumi.Output[bool]
-    streaming: pulumi.Output[bool]
-
-    def __init__(self, name: str, args: PostgresReplicaArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(
-            TOKEN, name, {**provider_inputs(args, SECRETS), **declared_outputs("running", "streaming")}, opts
-        )

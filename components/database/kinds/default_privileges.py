@@ -6,23 +6,21 @@ each declared privilege is reported while the schema's default ACL for that owne
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import psycopg
-import pulumi
 from psycopg import sql
 from pydantic import Field, field_validator, model_validator
 
 from components.database.base import DatabaseKind
-from components.database.grant import check_privileges, grantee_sql, normalise_privileges, role_oid
-from components.database.session import Statement, connect, run_ddl, scalar
-from components.kind import ProviderError, Spec
-from components.resource import provider_inputs
+from components.database.ddl import Operation, shared
+from components.database.kinds.grant import check_privileges, grantee_sql, normalise_privileges, role_oid
+from components.database.session import Statement, connect, scalar
+from components.kind import NoStatus, Observed, ProviderError, Replace, Spec
 
 TOKEN = "thorbisdb:db:DefaultPrivileges"
 ObjectType = Literal["tables", "sequences", "functions"]
-#: object type -> (privilege family of components.database.grant, pg_default_acl.defaclobjtype)
+#: object type -> (privilege family of components.database.kinds.grant, pg_default_acl.defaclobjtype)
 OBJECT_TYPES = {"tables": ("table", "r"), "sequences": ("sequence", "S"), "functions": ("function", "f")}
 DEFAULT_ACL_QUERY = """
 SELECT a.privilege_type FROM pg_default_acl d CROSS JOIN LATERAL aclexplode(d.defaclacl) a
@@ -31,10 +29,10 @@ WHERE d.defaclrole = %s AND d.defaclnamespace = %s AND d.defaclobjtype = %s AND 
 
 
 class DefaultPrivilegesSpec(Spec):
-    owner: str = Field(description="The role that creates the objects (FOR ROLE).")
-    schema_name: str = Field(description="Schema the objects are created in (IN SCHEMA).")
-    grantee: str = Field(description="Role that receives the privileges (PUBLIC for everyone).")
-    object_type: ObjectType = Field(description="tables, sequences or functions.")
+    owner: Replace[str] = Field(description="The role that creates the objects (FOR ROLE).")
+    schema_name: Replace[str] = Field(description="Schema the objects are created in (IN SCHEMA).")
+    grantee: Replace[str] = Field(description="Role that receives the privileges (PUBLIC for everyone).")
+    object_type: Replace[ObjectType] = Field(description="tables, sequences or functions.")
     privileges: list[str] = Field(description='Privileges, e.g. ["SELECT", "INSERT"] or ["EXECUTE"].')
 
     @field_validator("privileges")
@@ -70,56 +68,46 @@ def alter_default(spec: DefaultPrivilegesSpec, grant: bool, privileges: list[str
     )
 
 
+def change_operations(spec: DefaultPrivilegesSpec, live: list[str], old: dict[str, Any]) -> list[Operation]:
+    """REVOKE what was declared before and is no longer, then GRANT what the default ACL lacks."""
+    dropped = [p for p in normalise_privileges(old.get("privileges") or []) if p not in spec.privileges]
+    missing = [p for p in spec.privileges if p not in live]
+    statements = [alter_default(spec, False, dropped)] if dropped else []
+    statements += [alter_default(spec, True, missing)] if missing else []
+    return shared(statements)
+
+
 def describe(spec: DefaultPrivilegesSpec) -> str:
     return f"default privileges on {spec.object_type} of {spec.owner} in {spec.schema_name} for {spec.grantee}"
 
 
-class DefaultPrivilegesKind(DatabaseKind[DefaultPrivilegesSpec]):
+class DefaultPrivilegesKind(DatabaseKind[DefaultPrivilegesSpec, NoStatus]):
     token = TOKEN
     spec_type = DefaultPrivilegesSpec
-    replace_on = frozenset({"owner", "schemaName", "grantee", "objectType"})
 
-    def observe(self, resource_id: str, spec: DefaultPrivilegesSpec) -> dict[str, Any] | None:
+    def observe(self, resource_id: str, spec: DefaultPrivilegesSpec) -> Observed[NoStatus] | None:
         with connect(self.target) as conn:
             live = held(conn, spec)
         if live is None:
             return None
-        return {**spec.model_dump(by_alias=True), "privileges": [p for p in spec.privileges if p in live]}
+        inputs = {**spec.model_dump(by_alias=True), "privileges": [p for p in spec.privileges if p in live]}
+        return Observed(inputs, NoStatus())
 
-    def create(self, spec: DefaultPrivilegesSpec) -> tuple[str, dict[str, Any]]:
-        self.update("", {}, spec)
-        return f"{spec.owner}:{spec.schema_name}:{spec.object_type}:{spec.grantee}", {}
+    def create(self, spec: DefaultPrivilegesSpec) -> tuple[str, NoStatus]:
+        return f"{spec.owner}:{spec.schema_name}:{spec.object_type}:{spec.grantee}", self.update("", {}, spec)
 
-    def update(self, resource_id: str, old: dict[str, Any], spec: DefaultPrivilegesSpec) -> dict[str, Any]:
+    def update(self, resource_id: str, old: dict[str, Any], spec: DefaultPrivilegesSpec) -> NoStatus:
         with connect(self.target) as conn:
             live = held(conn, spec)
             if live is None:
                 raise ProviderError(
                     f"{describe(spec)}: the owner, the grantee or the schema does not exist; declare them first"
                 )
-            dropped = [p for p in normalise_privileges(old.get("privileges") or []) if p not in spec.privileges]
-            missing = [p for p in spec.privileges if p not in live]
-            statements = [alter_default(spec, False, dropped)] if dropped else []
-            statements += [alter_default(spec, True, missing)] if missing else []
-            run_ddl(conn, statements, self.target.lock_timeout, what=describe(spec))
-        return {}
+            self.apply(conn, change_operations(spec, live, old), what=describe(spec))
+        return NoStatus()
 
     def delete(self, resource_id: str, spec: DefaultPrivilegesSpec) -> None:
         with connect(self.target) as conn:
             if held(conn, spec) is None:
                 return
-            run_ddl(conn, [alter_default(spec, False, spec.privileges)], self.target.lock_timeout, what=describe(spec))
-
-
-@dataclass
-class DefaultPrivilegesArgs:
-    owner: pulumi.Input[str]
-    schema_name: pulumi.Input[str]
-    grantee: pulumi.Input[str]
-    object_type: pulumi.Input[str]
-    privileges: pulumi.Input[list[str]]
-
-
-class DefaultPrivileges(pulumi.CustomResource):
-    def __init__(self, name: str, args: DefaultPrivilegesArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(TOKEN, name, provider_inputs(args), opts)
+            self.apply(conn, shared([alter_default(spec, False, spec.privileges)]), what=describe(spec))

@@ -17,14 +17,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import psycopg
-import pulumi
 from psycopg import sql
 from pydantic import Field, field_validator, model_validator
 
 from components.database.base import DatabaseKind, qualified
-from components.database.session import Statement, connect, run_ddl
-from components.kind import ProviderError, Spec
-from components.resource import declared_outputs, provider_inputs
+from components.database.ddl import Operation, apply_drop, shared
+from components.database.session import Statement, connect
+from components.kind import Observed, ProviderError, Replace, Spec, Status
 
 TOKEN = "thorbisdb:db:Function"
 Volatility = Literal["volatile", "stable", "immutable"]
@@ -34,11 +33,11 @@ _ROUTINE_KIND: dict[str, RoutineKind] = {"f": "function", "p": "procedure"}
 
 
 class FunctionSpec(Spec):
-    schema_name: str = Field(description="Schema of the function.")
-    name: str = Field(description="Function name.")
+    schema_name: Replace[str] = Field(description="Schema of the function.")
+    name: Replace[str] = Field(description="Function name.")
     kind: RoutineKind = Field(default="function", description="FUNCTION (default) or PROCEDURE (run by CALL).")
-    arguments: str = Field(default="", description='Identity argument list, e.g. "" or "p_usename text".')
-    returns: str | None = Field(
+    arguments: Replace[str] = Field(default="", description='Identity argument list, e.g. "" or "p_usename text".')
+    returns: Replace[str | None] = Field(
         default=None,
         description='Return type of a function, e.g. "uuid", "trigger", "TABLE (a int)"; none for a procedure.',
     )
@@ -79,6 +78,10 @@ class FunctionSpec(Spec):
                 "every name), or a caller's search_path decides what it runs with its owner's rights"
             )
         return self
+
+
+class FunctionStatus(Status):
+    adopted: bool | None = Field(default=None, description="The function existed before the stack declared it.")
 
 
 # --- read: the live function, in the spec's shape ----------------------------------------------------
@@ -164,7 +167,7 @@ def read_declared(conn: psycopg.Connection, spec: FunctionSpec) -> tuple[LiveFun
     return read_function(conn, schema_namespace(spec.schema_name), spec.name, identity), wanted
 
 
-def observed(live: LiveFunction, wanted: LiveFunction, spec: FunctionSpec) -> dict[str, Any]:
+def observed(live: LiveFunction, wanted: LiveFunction, spec: FunctionSpec) -> Observed[FunctionStatus]:
     """The live function as a spec: the declared text wherever the server writes both alike."""
 
     def declared_or_live(declared: Any, wanted_value: Any, live_value: Any) -> Any:
@@ -174,7 +177,7 @@ def observed(live: LiveFunction, wanted: LiveFunction, spec: FunctionSpec) -> di
     grants = spec.grant_execute_to
     if grants is not None and set(live.execute_grantees) != set(grants) - {live.owner}:
         grants = live.execute_grantees
-    return {
+    inputs = {
         "schemaName": spec.schema_name,
         "name": spec.name,
         "kind": live.kind,
@@ -189,6 +192,7 @@ def observed(live: LiveFunction, wanted: LiveFunction, spec: FunctionSpec) -> di
         "owner": live.owner if spec.owner is not None else None,
         "grantExecuteTo": grants,
     }
+    return Observed(inputs, FunctionStatus())
 
 
 # --- render: the DDL ---------------------------------------------------------------------------------
@@ -246,88 +250,53 @@ def privilege_statements(spec: FunctionSpec, current_grantees: list[str]) -> lis
     return statements
 
 
-def run_drop(conn: psycopg.Connection, statements: list[Statement], lock_timeout: str, what: str) -> None:
-    """DDL that drops an object RESTRICT: when other objects depend on it, say which and what to do."""
-    try:
-        run_ddl(conn, statements, lock_timeout, what=what)
-    except ProviderError as error:
-        cause = error.__cause__
-        if not isinstance(cause, psycopg.errors.DependentObjectsStillExist):
-            raise
-        dependents = "; ".join((cause.diag.message_detail or "other objects depend on it").splitlines())
-        raise ProviderError(
-            f"{what}: refused because {dependents}. Remove or change those objects first (declare them in the "
-            "program with depends_on on this one, so Pulumi changes them in order), then run `pulumi up` again"
-        ) from cause
+def function_operations(spec: FunctionSpec, live: LiveFunction | None) -> list[Operation]:
+    """CREATE OR REPLACE, owner and EXECUTE grants, in one transaction."""
+    statements = [create_statement(spec, qualified(spec.schema_name, spec.name))]
+    if spec.owner is not None:
+        statements.append(
+            sql.SQL("ALTER {} {} OWNER TO {}").format(keyword(spec), signature(spec), sql.Identifier(spec.owner))
+        )
+    return shared([*statements, *privilege_statements(spec, live.execute_grantees if live else [])])
 
 
-class FunctionKind(DatabaseKind[FunctionSpec]):
+def drop_operations(spec: FunctionSpec) -> list[Operation]:
+    return shared([sql.SQL("DROP {} IF EXISTS {} RESTRICT").format(keyword(spec), signature(spec))])
+
+
+class FunctionKind(DatabaseKind[FunctionSpec, FunctionStatus]):
     token = TOKEN
     spec_type = FunctionSpec
-    replace_on = frozenset({"schemaName", "name", "arguments", "returns"})
+    status_type = FunctionStatus
 
-    def observe(self, resource_id: str, spec: FunctionSpec) -> dict[str, Any] | None:
+    def observe(self, resource_id: str, spec: FunctionSpec) -> Observed[FunctionStatus] | None:
         with connect(self.target) as conn:
             live, wanted = read_declared(conn, spec)
             return None if live is None else observed(live, wanted, spec)
 
-    def create(self, spec: FunctionSpec) -> tuple[str, dict[str, Any]]:
+    def create(self, spec: FunctionSpec) -> tuple[str, FunctionStatus]:
         with connect(self.target) as conn:
             existed = read_declared(conn, spec)[0] is not None
             self.converge(conn, spec)
-        return f"{spec.schema_name}.{spec.name}({spec.arguments})", {"adopted": existed}
+        return f"{spec.schema_name}.{spec.name}({spec.arguments})", FunctionStatus(adopted=existed)
 
-    def update(self, resource_id: str, old: dict[str, Any], spec: FunctionSpec) -> dict[str, Any]:
+    def update(self, resource_id: str, old: dict[str, Any], spec: FunctionSpec) -> FunctionStatus:
         with connect(self.target) as conn:
             self.converge(conn, spec)
-        return {}
+        return FunctionStatus()
 
     def converge(self, conn: psycopg.Connection, spec: FunctionSpec) -> None:
-        """CREATE OR REPLACE, owner and EXECUTE grants in one transaction; then revoke EXECUTE from any
-        role that still has it (default privileges can grant it at creation)."""
+        """The function as declared; then EXECUTE revoked from any role that still has it (default
+        privileges can grant it at creation)."""
         what = f"{spec.kind} {spec.schema_name}.{spec.name}"
         live, _ = read_declared(conn, spec)
-        statements = [create_statement(spec, qualified(spec.schema_name, spec.name))]
-        if spec.owner is not None:
-            statements.append(
-                sql.SQL("ALTER {} {} OWNER TO {}").format(keyword(spec), signature(spec), sql.Identifier(spec.owner))
-            )
-        statements += privilege_statements(spec, live.execute_grantees if live else [])
-        run_ddl(conn, statements, self.target.lock_timeout, what=what)
+        self.apply(conn, function_operations(spec, live), what=what)
         after, _ = read_declared(conn, spec)
         assert after is not None
         if spec.grant_execute_to is not None and set(after.execute_grantees) - set(spec.grant_execute_to):
-            run_ddl(conn, privilege_statements(spec, after.execute_grantees), self.target.lock_timeout, what=what)
+            self.apply(conn, shared(privilege_statements(spec, after.execute_grantees)), what=what)
 
     def delete(self, resource_id: str, spec: FunctionSpec) -> None:
+        what = f"drop {spec.kind} {spec.schema_name}.{spec.name}({spec.arguments})"
         with connect(self.target) as conn:
-            run_drop(
-                conn,
-                [sql.SQL("DROP {} IF EXISTS {} RESTRICT").format(keyword(spec), signature(spec))],
-                self.target.lock_timeout,
-                f"drop {spec.kind} {spec.schema_name}.{spec.name}({spec.arguments})",
-            )
-
-
-@dataclass
-class FunctionArgs:
-    schema_name: pulumi.Input[str]
-    name: pulumi.Input[str]
-    body: pulumi.Input[str]
-    returns: pulumi.Input[str] | None = None
-    kind: pulumi.Input[str] = "function"
-    arguments: pulumi.Input[str] = ""
-    language: pulumi.Input[str] = "sql"
-    volatility: pulumi.Input[str] = "volatile"
-    security_definer: pulumi.Input[bool] = False
-    search_path: pulumi.Input[str] | None = None
-    strict: pulumi.Input[bool] = False
-    owner: pulumi.Input[str] | None = None
-    grant_execute_to: pulumi.Input[list[str]] | None = None
-
-
-class Function(pulumi.CustomResource):
-    adopted: pulumi.Output[bool]
-
-    def __init__(self, name: str, args: FunctionArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(TOKEN, name, {**provider_inputs(args), **declared_outputs("adopted")}, opts)
+            apply_drop(conn, drop_operations(spec), self.target.lock_timeout, what)

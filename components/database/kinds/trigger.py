@@ -8,18 +8,16 @@ output `enabled`. Any change is a DROP and CREATE in one transaction (a trigger 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import psycopg
-import pulumi
 from psycopg import sql
 from pydantic import Field, field_validator
 
 from components.database.base import DatabaseKind, qualified
-from components.database.session import Statement, connect, run_ddl
-from components.kind import Spec
-from components.resource import declared_outputs, provider_inputs
+from components.database.ddl import Operation, shared
+from components.database.session import Statement, connect
+from components.kind import Expect, Observed, Replace, Spec, Status
 
 TOKEN = "thorbisdb:db:Trigger"
 Event = Literal["INSERT", "UPDATE", "DELETE"]
@@ -30,9 +28,9 @@ QUALIFIED_NAME = r"^[a-z_][a-z0-9_$]*\.[a-z_][a-z0-9_$]*$"
 
 
 class TriggerSpec(Spec):
-    schema_name: str = Field(description="Schema of the table.")
-    table: str = Field(description="Table the trigger is on.")
-    name: str = Field(description="Trigger name.")
+    schema_name: Replace[str] = Field(description="Schema of the table.")
+    table: Replace[str] = Field(description="Table the trigger is on.")
+    name: Replace[str] = Field(description="Trigger name.")
     timing: Literal["BEFORE", "AFTER"] = Field(description="BEFORE or AFTER the event.")
     events: list[Event] = Field(min_length=1, description="INSERT, UPDATE and/or DELETE.")
     level: Literal["ROW", "STATEMENT"] = Field(default="ROW", description="FOR EACH ROW (default) or STATEMENT.")
@@ -46,6 +44,13 @@ class TriggerSpec(Spec):
         if len(set(events)) != len(events):
             raise ValueError(f"events are listed more than once: {events}")
         return events
+
+
+class TriggerStatus(Status):
+    adopted: bool | None = Field(default=None, description="The trigger existed before the stack declared it.")
+    enabled: Annotated[bool | None, Expect(True)] = Field(
+        default=None, description="False: disabled by hand (ALTER TABLE ... DISABLE TRIGGER); `up` remakes it."
+    )
 
 
 # --- read: the live trigger, in the spec's shape -----------------------------------------------------
@@ -64,8 +69,8 @@ def function_name(function: str) -> sql.Identifier:
     return sql.Identifier(schema, name)
 
 
-def observed(conn: psycopg.Connection, spec: TriggerSpec) -> dict[str, Any] | None:
-    """The live trigger as a spec (plus `enabled`): the declared values wherever they hold."""
+def observed(conn: psycopg.Connection, spec: TriggerSpec) -> Observed[TriggerStatus] | None:
+    """The live trigger as a spec: the declared values wherever they hold."""
     relation = qualified(spec.schema_name, spec.table).as_string(conn)
     declared_function = function_name(spec.function).as_string(conn)
     row = conn.execute(TRIGGER_QUERY, (declared_function, relation, spec.name)).fetchone()
@@ -76,7 +81,7 @@ def observed(conn: psycopg.Connection, spec: TriggerSpec) -> dict[str, Any] | No
     function = spec.function if same_function else live_function
     if extra_clauses:  # WHEN, UPDATE OF or arguments the spec has no words for: show the whole definition
         function = definition
-    return {
+    inputs = {
         "schemaName": spec.schema_name,
         "table": spec.table,
         "name": spec.name,
@@ -84,8 +89,8 @@ def observed(conn: psycopg.Connection, spec: TriggerSpec) -> dict[str, Any] | No
         "events": spec.events if set(events) == set(spec.events) else events,
         "level": "ROW" if tgtype & _ROW else "STATEMENT",
         "function": function,
-        "enabled": enabled,
     }
+    return Observed(inputs, TriggerStatus(enabled=enabled))
 
 
 # --- render: the DDL ---------------------------------------------------------------------------------
@@ -108,62 +113,35 @@ def create_statement(spec: TriggerSpec) -> Statement:
     )
 
 
-class TriggerKind(DatabaseKind[TriggerSpec]):
+def recreate_operations(spec: TriggerSpec) -> list[Operation]:
+    """DROP and CREATE in one transaction: the table is never without its trigger."""
+    return shared([drop_statement(spec), create_statement(spec)])
+
+
+class TriggerKind(DatabaseKind[TriggerSpec, TriggerStatus]):
     token = TOKEN
     spec_type = TriggerSpec
-    replace_on = frozenset({"schemaName", "table", "name"})
+    status_type = TriggerStatus
 
-    def observe(self, resource_id: str, spec: TriggerSpec) -> dict[str, Any] | None:
+    def observe(self, resource_id: str, spec: TriggerSpec) -> Observed[TriggerStatus] | None:
         with connect(self.target) as conn:
             return observed(conn, spec)
 
-    def drifted(self, old_state: dict[str, Any], spec: TriggerSpec) -> list[str]:
-        return [] if old_state.get("enabled", True) else ["enabled"]
-
-    def create(self, spec: TriggerSpec) -> tuple[str, dict[str, Any]]:
+    def create(self, spec: TriggerSpec) -> tuple[str, TriggerStatus]:
         with connect(self.target) as conn:
             existed = observed(conn, spec) is not None
             self.recreate(conn, spec)
-        return f"{spec.schema_name}.{spec.table}.{spec.name}", {"adopted": existed, "enabled": True}
+        return f"{spec.schema_name}.{spec.table}.{spec.name}", TriggerStatus(adopted=existed, enabled=True)
 
-    def update(self, resource_id: str, old: dict[str, Any], spec: TriggerSpec) -> dict[str, Any]:
+    def update(self, resource_id: str, old: dict[str, Any], spec: TriggerSpec) -> TriggerStatus:
         with connect(self.target) as conn:
             self.recreate(conn, spec)
-        return {"enabled": True}
+        return TriggerStatus(enabled=True)
 
     def recreate(self, conn: psycopg.Connection, spec: TriggerSpec) -> None:
-        """DROP and CREATE in one transaction: the table is never without its trigger."""
-        run_ddl(
-            conn,
-            [drop_statement(spec), create_statement(spec)],
-            self.target.lock_timeout,
-            what=f"trigger {spec.name} on {spec.schema_name}.{spec.table}",
-        )
+        self.apply(conn, recreate_operations(spec), what=f"trigger {spec.name} on {spec.schema_name}.{spec.table}")
 
     def delete(self, resource_id: str, spec: TriggerSpec) -> None:
         with connect(self.target) as conn:  # IF EXISTS: a missing table or trigger is only a notice
-            run_ddl(
-                conn,
-                [drop_statement(spec)],
-                self.target.lock_timeout,
-                what=f"drop trigger {spec.name} on {spec.schema_name}.{spec.table}",
-            )
-
-
-@dataclass
-class TriggerArgs:
-    schema_name: pulumi.Input[str]
-    table: pulumi.Input[str]
-    name: pulumi.Input[str]
-    timing: pulumi.Input[str]
-    events: pulumi.Input[list[str]]
-    function: pulumi.Input[str]
-    level: pulumi.Input[str] = "ROW"
-
-
-class Trigger(pulumi.CustomResource):
-    adopted: pulumi.Output[bool]
-    enabled: pulumi.Output[bool]
-
-    def __init__(self, name: str, args: TriggerArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(TOKEN, name, {**provider_inputs(args), **declared_outputs("adopted", "enabled")}, opts)
+            what = f"drop trigger {spec.name} on {spec.schema_name}.{spec.table}"
+            self.apply(conn, shared([drop_statement(spec)]), what=what)

@@ -4,21 +4,12 @@ helper once per statement (an initPlan), not once per row. No policy widens acce
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from components.database.model import TABLE_SCHEMA, SchemaModel, TableData
+from components.database.base import bounded
+from components.database.declared.model import TABLE_SCHEMA, SchemaModel, TableData
+from components.database.kinds.policy import Command, PolicySpec
 
 CURRENT_COMPANY = "(SELECT app.current_company_id())"
 TENANT_ROLES = ["authenticated"]
-
-
-@dataclass(frozen=True)
-class PolicyPlan:
-    table: str
-    name: str
-    command: str
-    using: str | None
-    with_check: str | None
 
 
 def tenant_predicate(table: TableData, schema: SchemaModel) -> str:
@@ -53,12 +44,25 @@ def write_predicate(table: TableData) -> str:
     return "".join(f" AND {check}" for check in checks)
 
 
-def tenant_policies(table: TableData, schema: SchemaModel) -> list[PolicyPlan]:
+def tenant_policies(table: TableData, schema: SchemaModel) -> list[PolicySpec]:
+    """SELECT, INSERT, UPDATE and DELETE for the tenant roles, each reaching the caller's company's rows."""
     predicate = tenant_predicate(table, schema)
     written = predicate + write_predicate(table)
+
+    def policy(command: Command, using: str | None, with_check: str | None) -> PolicySpec:
+        return PolicySpec(
+            schema_name=TABLE_SCHEMA,
+            table=table.name,
+            name=bounded(f"{table.name}_tenant_{command.lower()}"),
+            command=command,
+            roles=TENANT_ROLES,
+            using=using,
+            with_check=with_check,
+        )
+
     return [
-        PolicyPlan(table.name, f"{table.name}_tenant_select", "SELECT", predicate, None),
-        PolicyPlan(table.name, f"{table.name}_tenant_insert", "INSERT", None, written),
-        PolicyPlan(table.name, f"{table.name}_tenant_update", "UPDATE", predicate, written),
-        PolicyPlan(table.name, f"{table.name}_tenant_delete", "DELETE", predicate, None),
+        policy("SELECT", predicate, None),
+        policy("INSERT", None, written),
+        policy("UPDATE", predicate, written),
+        policy("DELETE", predicate, None),
     ]

@@ -12,24 +12,28 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-import pulumi
 from psycopg import sql
 from pydantic import Field
 
 from components.database.base import DatabaseKind
-from components.database.session import Statement, connect, run_ddl, scalar
-from components.kind import ProviderError, Spec
-from components.resource import declared_outputs, provider_inputs
+from components.database.ddl import Operation, shared
+from components.database.session import Statement, connect, scalar
+from components.kind import Observed, ProviderError, Replace, Spec, Status
 
 TOKEN = "thorbisdb:db:CronJob"
 
 
 class CronJobSpec(Spec):
-    name: str = Field(description="The job's name, unique among the jobs of the role that schedules it.")
+    name: Replace[str] = Field(description="The job's name, unique among the jobs of the role that schedules it.")
     schedule: str = Field(description="When it runs, in cron syntax ('5 * * * *') as pg_cron reads it.")
     command: str = Field(description="The SQL it runs, as one statement outside a transaction block (CALL, VACUUM).")
     database: str = Field(description="The database the command runs in.")
     active: bool = Field(default=True, description="False keeps the job but stops it from running.")
+
+
+class CronJobStatus(Status):
+    job_id: int | None = Field(default=None, description="pg_cron's id of the job (cron.job.jobid).")
+    adopted: bool | None = Field(default=None, description="A job of that name existed before the stack declared it.")
 
 
 # --- read: the live job, in the spec's shape ---------------------------------------------------------
@@ -66,15 +70,15 @@ def read_job(conn: psycopg.Connection, name: str) -> LiveJob | None:
     return None if row is None else LiveJob(*row)
 
 
-def observed(live: LiveJob, spec: CronJobSpec) -> dict[str, Any]:
-    return {
+def observed(live: LiveJob, spec: CronJobSpec) -> Observed[CronJobStatus]:
+    inputs = {
         "name": spec.name,
         "schedule": live.schedule,
         "command": live.command,
         "database": live.database,
         "active": live.active,
-        "jobId": live.job_id,
     }
+    return Observed(inputs, CronJobStatus(job_id=live.job_id))
 
 
 # --- render: the calls to pg_cron --------------------------------------------------------------------
@@ -104,31 +108,33 @@ def alter_statement(job_id: int, spec: CronJobSpec) -> Statement:
     )
 
 
-class CronJobKind(DatabaseKind[CronJobSpec]):
+def job_operations(spec: CronJobSpec, live: LiveJob | None) -> list[Operation]:
+    """Alter the job of that name in place (its run history stays attached), or schedule it anew."""
+    return shared([schedule_statement(spec) if live is None else alter_statement(live.job_id, spec)])
+
+
+class CronJobKind(DatabaseKind[CronJobSpec, CronJobStatus]):
     token = TOKEN
     spec_type = CronJobSpec
-    replace_on = frozenset({"name"})
+    status_type = CronJobStatus
 
-    def observe(self, resource_id: str, spec: CronJobSpec) -> dict[str, Any] | None:
+    def observe(self, resource_id: str, spec: CronJobSpec) -> Observed[CronJobStatus] | None:
         with connect(self.target) as conn:
             live = read_job(conn, spec.name)
             return None if live is None else observed(live, spec)
 
-    def create(self, spec: CronJobSpec) -> tuple[str, dict[str, Any]]:
+    def create(self, spec: CronJobSpec) -> tuple[str, CronJobStatus]:
         with connect(self.target) as conn:
             existed = read_job(conn, spec.name) is not None
             job_id = self.converge(conn, spec)
-        return spec.name, {"jobId": job_id, "adopted": existed}
+        return spec.name, CronJobStatus(job_id=job_id, adopted=existed)
 
-    def update(self, resource_id: str, old: dict[str, Any], spec: CronJobSpec) -> dict[str, Any]:
+    def update(self, resource_id: str, old: dict[str, Any], spec: CronJobSpec) -> CronJobStatus:
         with connect(self.target) as conn:
-            return {"jobId": self.converge(conn, spec)}
+            return CronJobStatus(job_id=self.converge(conn, spec))
 
     def converge(self, conn: psycopg.Connection, spec: CronJobSpec) -> int:
-        """Alter the job of that name in place (its run history stays attached), or schedule it anew."""
-        live = read_job(conn, spec.name)
-        statement = schedule_statement(spec) if live is None else alter_statement(live.job_id, spec)
-        run_ddl(conn, [statement], self.target.lock_timeout, what=f"cron job {spec.name}")
+        self.apply(conn, job_operations(spec, read_job(conn, spec.name)), what=f"cron job {spec.name}")
         after = read_job(conn, spec.name)
         assert after is not None
         return after.job_id
@@ -139,21 +145,4 @@ class CronJobKind(DatabaseKind[CronJobSpec]):
             if live is None:
                 return
             unschedule = sql.SQL("SELECT cron.unschedule({})").format(sql.Literal(live.job_id))
-            run_ddl(conn, [unschedule], self.target.lock_timeout, what=f"unschedule cron job {spec.name}")
-
-
-@dataclass
-class CronJobArgs:
-    name: pulumi.Input[str]
-    schedule: pulumi.Input[str]
-    command: pulumi.Input[str]
-    database: pulumi.Input[str]
-    active: pulumi.Input[bool] = True
-
-
-class CronJob(pulumi.CustomResource):
-    job_id: pulumi.Output[int]
-    adopted: pulumi.Output[bool]
-
-    def __init__(self, name: str, args: CronJobArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(TOKEN, name, {**provider_inputs(args), **declared_outputs("jobId", "adopted")}, opts)
+            self.apply(conn, shared([unschedule]), what=f"unschedule cron job {spec.name}")

@@ -11,14 +11,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-import pulumi
 from psycopg import sql
 from pydantic import Field
 
 from components.database.base import DatabaseKind
-from components.database.session import Statement, connect, run_ddl, scalar
-from components.kind import ProviderError, Spec
-from components.resource import declared_outputs, provider_inputs
+from components.database.ddl import Operation, shared
+from components.database.session import Statement, connect, scalar
+from components.kind import Observed, ProviderError, Replace, Spec, Status
 
 TOKEN = "thorbisdb:db:Extension"
 EXTENSION_QUERY = """
@@ -32,11 +31,17 @@ JOIN pg_namespace n ON n.oid = c.relnamespace WHERE e.extname = %s AND c.relkind
 
 
 class ExtensionSpec(Spec):
-    name: str = Field(description="Extension name, as in pg_available_extensions.")
+    name: Replace[str] = Field(description="Extension name, as in pg_available_extensions.")
     schema_name: str | None = Field(
         default=None, description="Schema of its objects; None lets the extension choose (pg_cron makes `cron`)."
     )
     version: str | None = Field(default=None, description="Version; None takes the default, and keeps it.")
+
+
+class ExtensionStatus(Status):
+    adopted: bool | None = Field(default=None, description="The extension was installed before the stack declared it.")
+    installed_schema: str | None = Field(default=None, description="The schema its objects are in.")
+    installed_version: str | None = Field(default=None, description="The version installed.")
 
 
 @dataclass(frozen=True)
@@ -50,8 +55,8 @@ def read_extension(conn: psycopg.Connection, name: str) -> LiveExtension | None:
     return None if row is None else LiveExtension(row[0], row[1])
 
 
-def installed(live: LiveExtension) -> dict[str, Any]:
-    return {"installedSchema": live.schema, "installedVersion": live.version}
+def installed(live: LiveExtension) -> ExtensionStatus:
+    return ExtensionStatus(installed_schema=live.schema, installed_version=live.version)
 
 
 def ensure_available(conn: psycopg.Connection, spec: ExtensionSpec, where: str) -> None:
@@ -77,24 +82,26 @@ def ensure_available(conn: psycopg.Connection, spec: ExtensionSpec, where: str) 
         )
 
 
-def extension_statements(spec: ExtensionSpec, live: LiveExtension | None) -> list[Statement]:
+def extension_operations(spec: ExtensionSpec, live: LiveExtension | None) -> list[Operation]:
     name = sql.Identifier(spec.name)
     if live is None:
-        return [
-            sql.SQL("CREATE EXTENSION IF NOT EXISTS {}{}{}").format(
-                name,
-                sql.SQL(" WITH SCHEMA {}").format(sql.Identifier(spec.schema_name))
-                if spec.schema_name
-                else sql.SQL(""),
-                sql.SQL(" VERSION {}").format(sql.Literal(spec.version)) if spec.version else sql.SQL(""),
-            )
-        ]
+        return shared(
+            [
+                sql.SQL("CREATE EXTENSION IF NOT EXISTS {}{}{}").format(
+                    name,
+                    sql.SQL(" WITH SCHEMA {}").format(sql.Identifier(spec.schema_name))
+                    if spec.schema_name
+                    else sql.SQL(""),
+                    sql.SQL(" VERSION {}").format(sql.Literal(spec.version)) if spec.version else sql.SQL(""),
+                )
+            ]
+        )
     statements: list[Statement] = []
     if spec.schema_name is not None and live.schema != spec.schema_name:
         statements.append(sql.SQL("ALTER EXTENSION {} SET SCHEMA {}").format(name, sql.Identifier(spec.schema_name)))
     if spec.version is not None and live.version != spec.version:
         statements.append(sql.SQL("ALTER EXTENSION {} UPDATE TO {}").format(name, sql.Literal(spec.version)))
-    return statements
+    return shared(statements)
 
 
 def config_rows(conn: psycopg.Connection, name: str) -> list[str]:
@@ -106,35 +113,35 @@ def config_rows(conn: psycopg.Connection, name: str) -> list[str]:
     ]
 
 
-class ExtensionKind(DatabaseKind[ExtensionSpec]):
+class ExtensionKind(DatabaseKind[ExtensionSpec, ExtensionStatus]):
     token = TOKEN
     spec_type = ExtensionSpec
-    replace_on = frozenset({"name"})
+    status_type = ExtensionStatus
 
     @property
     def where(self) -> str:
         spec = self.target.connection
         return f"the {spec.platform} server {spec.primary.host}:{spec.primary.port} (database {spec.database})"
 
-    def observe(self, resource_id: str, spec: ExtensionSpec) -> dict[str, Any] | None:
+    def observe(self, resource_id: str, spec: ExtensionSpec) -> Observed[ExtensionStatus] | None:
         with connect(self.target) as conn:
             live = read_extension(conn, spec.name)
         if live is None:
             return None
-        return {
+        inputs = {
             **spec.model_dump(by_alias=True),
             "schemaName": live.schema if spec.schema_name is not None else None,
             "version": live.version if spec.version is not None else None,
-            **installed(live),
         }
+        return Observed(inputs, installed(live))
 
-    def create(self, spec: ExtensionSpec) -> tuple[str, dict[str, Any]]:
+    def create(self, spec: ExtensionSpec) -> tuple[str, ExtensionStatus]:
         with connect(self.target) as conn:
             existed = read_extension(conn, spec.name) is not None
             live = self.converge(conn, spec)
-        return spec.name, {"adopted": existed, **installed(live)}
+        return spec.name, installed(live).model_copy(update={"adopted": existed})
 
-    def update(self, resource_id: str, old: dict[str, Any], spec: ExtensionSpec) -> dict[str, Any]:
+    def update(self, resource_id: str, old: dict[str, Any], spec: ExtensionSpec) -> ExtensionStatus:
         with connect(self.target) as conn:
             return installed(self.converge(conn, spec))
 
@@ -142,7 +149,7 @@ class ExtensionKind(DatabaseKind[ExtensionSpec]):
         live = read_extension(conn, spec.name)
         if live is None or (spec.version is not None and live.version != spec.version):
             ensure_available(conn, spec, self.where)
-        run_ddl(conn, extension_statements(spec, live), self.target.lock_timeout, what=f"extension {spec.name}")
+        self.apply(conn, extension_operations(spec, live), what=f"extension {spec.name}")
         now = read_extension(conn, spec.name)
         assert now is not None
         return now
@@ -157,13 +164,9 @@ class ExtensionKind(DatabaseKind[ExtensionSpec]):
                     f"refusing to drop extension {spec.name}: its table(s) {', '.join(holding)} hold rows that "
                     "would be dropped with it. Remove them, or set thorbis:allowDataLoss true"
                 )
+            drop = sql.SQL("DROP EXTENSION IF EXISTS {} RESTRICT").format(sql.Identifier(spec.name))
             try:
-                run_ddl(
-                    conn,
-                    [sql.SQL("DROP EXTENSION IF EXISTS {} RESTRICT").format(sql.Identifier(spec.name))],
-                    self.target.lock_timeout,
-                    what=f"drop extension {spec.name}",
-                )
+                self.apply(conn, shared([drop]), what=f"drop extension {spec.name}")
             except ProviderError as error:
                 cause = error.__cause__
                 if not isinstance(cause, psycopg.errors.DependentObjectsStillExist):
@@ -174,24 +177,3 @@ class ExtensionKind(DatabaseKind[ExtensionSpec]):
                     "The stack never drops them with CASCADE: remove them (or the resources that declare them) "
                     "first, then run `pulumi up` again"
                 ) from cause
-
-
-@dataclass
-class ExtensionArgs:
-    name: pulumi.Input[str]
-    schema_name: pulumi.Input[str] | None = None
-    version: pulumi.Input[str] | None = None
-
-
-class Extension(pulumi.CustomResource):
-    adopted: pulumi.Output[bool]
-    installed_schema: pulumi.Output[str]
-    installed_version: pulumi.Output[str]
-
-    def __init__(self, name: str, args: ExtensionArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(
-            TOKEN,
-            name,
-            {**provider_inputs(args), **declared_outputs("adopted", "installedSchema", "installedVersion")},
-            opts,
-        )

@@ -14,13 +14,14 @@ import yaml
 from psycopg import sql
 from pydantic import Field
 
-from components.database.grant import GrantSpec
-from components.database.materialized_view import MaterializedViewSpec
-from components.database.model import Data
-from components.database.tenancy import CURRENT_COMPANY
-from components.database.view import ViewSpec
+from components.database.declared import SQL_DIR
+from components.database.declared.model import Data
+from components.database.declared.tenancy import CURRENT_COMPANY
+from components.database.kinds.grant import GrantSpec
+from components.database.kinds.materialized_view import MaterializedViewSpec
+from components.database.kinds.view import ViewSpec
 
-REPORTING_FILE = Path(__file__).resolve().parents[2] / "sql" / "reporting.yaml"
+REPORTING_FILE = SQL_DIR / "reporting.yaml"
 
 
 class ReportData(Data):

@@ -14,26 +14,23 @@ refused before anything is made.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import psycopg
-import pulumi
 from psycopg import sql
 from pydantic import Field
 
-from components.database.base import DatabaseKind, copied_grants, qualified
-from components.database.function import run_drop
-from components.database.model import bounded
-from components.database.session import Statement, connect, run_ddl, scalar
-from components.kind import ProviderError, Spec
-from components.resource import declared_outputs, provider_inputs
+from components.database.base import DatabaseKind, bounded, copied_grants, qualified
+from components.database.ddl import Operation, apply_drop, shared
+from components.database.session import Statement, connect, scalar
+from components.kind import Expect, Observed, ProviderError, Replace, Spec, Status
 
 TOKEN = "thorbisdb:db:MaterializedView"
 
 
 class MaterializedViewSpec(Spec):
-    schema_name: str = Field(description="Schema of the materialized view.")
-    name: str = Field(max_length=63, description="Materialized view name.")
+    schema_name: Replace[str] = Field(description="Schema of the materialized view.")
+    name: Replace[str] = Field(max_length=63, description="Materialized view name.")
     query: str = Field(description="The SELECT whose result is stored; qualify every table with its schema.")
     unique_index: list[str] = Field(
         min_length=1,
@@ -49,6 +46,13 @@ class MaterializedViewSpec(Spec):
     @property
     def index_name(self) -> str:
         return bounded(f"{self.name}_key")
+
+
+class MaterializedViewStatus(Status):
+    adopted: bool | None = Field(default=None, description="The view existed before the stack declared it.")
+    populated: Annotated[bool | None, Expect(True)] = Field(
+        default=None, description="False: emptied by hand (REFRESH ... WITH NO DATA), every read fails; `up` fills it."
+    )
 
 
 # --- read: the live materialized view, in the spec's shape ----------------------------------------------
@@ -139,21 +143,21 @@ def declared_definition(conn: psycopg.Connection, spec: MaterializedViewSpec) ->
         ) from error
 
 
-def observed(conn: psycopg.Connection, spec: MaterializedViewSpec) -> dict[str, Any] | None:
+def observed(conn: psycopg.Connection, spec: MaterializedViewSpec) -> Observed[MaterializedViewStatus] | None:
     """The live view as a spec: the declared query when the server writes both alike, else the live one."""
     live = read_matview(conn, spec)
     if live is None:
         return None
     same_query = live.definition == declared_definition(conn, spec)[0]
-    return {
+    inputs = {
         "schemaName": spec.schema_name,
         "name": spec.name,
         "query": spec.query if same_query else live.definition,
         "uniqueIndex": live.unique_index,
         "owner": live.owner if spec.owner is not None else None,
         "comment": live.comment if spec.comment is not None else None,
-        "populated": live.populated,
     }
+    return Observed(inputs, MaterializedViewStatus(populated=live.populated))
 
 
 def dependent_views(conn: psycopg.Connection, spec: MaterializedViewSpec) -> list[DependentView]:
@@ -218,32 +222,54 @@ def remake_statements(view: DependentView) -> list[Statement]:
     return statements
 
 
-class MaterializedViewKind(DatabaseKind[MaterializedViewSpec]):
+def repair_operations(spec: MaterializedViewSpec, live: LiveMaterializedView) -> list[Operation]:
+    """Same query: the unique index, owner and comment brought back, and the rows if it was emptied."""
+    relation = qualified(spec.schema_name, spec.name)
+    statements: list[Statement] = []
+    if live.unique_index != spec.unique_index:
+        drop = sql.SQL("DROP INDEX IF EXISTS {}").format(qualified(spec.schema_name, spec.index_name))
+        statements += [drop, index_statement(spec)]
+    if not live.populated:  # CONCURRENTLY cannot fill a view that holds no data
+        statements.append(sql.SQL("REFRESH MATERIALIZED VIEW {}").format(relation))
+    return shared(statements + settings_statements(spec, live))
+
+
+def rebuild_operations(
+    conn: psycopg.Connection, spec: MaterializedViewSpec, dependents: list[DependentView]
+) -> list[Operation]:
+    """Drop and create in one transaction (readers wait for it): the views on it are dropped first and
+    made again after from their own definitions, and the grants are given again."""
+    relation = qualified(spec.schema_name, spec.name)
+    statements: list[Statement] = [sql.SQL("DROP VIEW {} RESTRICT").format(view.relation) for view in dependents]
+    statements += [sql.SQL("DROP MATERIALIZED VIEW {} RESTRICT").format(relation), *create_statements(spec)]
+    statements += copied_grants(conn, relation)
+    for view in dependents:
+        statements += remake_statements(view) + copied_grants(conn, view.relation)
+    return shared(statements)
+
+
+class MaterializedViewKind(DatabaseKind[MaterializedViewSpec, MaterializedViewStatus]):
     token = TOKEN
     spec_type = MaterializedViewSpec
-    replace_on = frozenset({"schemaName", "name"})
+    status_type = MaterializedViewStatus
 
-    def observe(self, resource_id: str, spec: MaterializedViewSpec) -> dict[str, Any] | None:
+    def observe(self, resource_id: str, spec: MaterializedViewSpec) -> Observed[MaterializedViewStatus] | None:
         with connect(self.target) as conn:
             return observed(conn, spec)
 
-    def drifted(self, old_state: dict[str, Any], spec: MaterializedViewSpec) -> list[str]:
-        """Emptied by hand (REFRESH ... WITH NO DATA): every read fails until it is refreshed."""
-        return [] if old_state.get("populated", True) else ["populated"]
+    def preview_status(self, spec: MaterializedViewSpec) -> MaterializedViewStatus:
+        return MaterializedViewStatus(populated=True)
 
-    def preview_outputs(self, spec: MaterializedViewSpec) -> dict[str, Any]:
-        return {"populated": True}
-
-    def create(self, spec: MaterializedViewSpec) -> tuple[str, dict[str, Any]]:
+    def create(self, spec: MaterializedViewSpec) -> tuple[str, MaterializedViewStatus]:
         with connect(self.target) as conn:
             existed = read_matview(conn, spec) is not None
             self.converge(conn, spec)
-        return f"{spec.schema_name}.{spec.name}", {"adopted": existed, "populated": True}
+        return f"{spec.schema_name}.{spec.name}", MaterializedViewStatus(adopted=existed, populated=True)
 
-    def update(self, resource_id: str, old: dict[str, Any], spec: MaterializedViewSpec) -> dict[str, Any]:
+    def update(self, resource_id: str, old: dict[str, Any], spec: MaterializedViewSpec) -> MaterializedViewStatus:
         with connect(self.target) as conn:
             self.converge(conn, spec)
-        return {"populated": True}
+        return MaterializedViewStatus(populated=True)
 
     def converge(self, conn: psycopg.Connection, spec: MaterializedViewSpec) -> None:
         what = f"materialized view {spec.schema_name}.{spec.name}"
@@ -256,35 +282,16 @@ class MaterializedViewKind(DatabaseKind[MaterializedViewSpec]):
             )
         live = read_matview(conn, spec)
         if live is None:
-            run_ddl(conn, create_statements(spec), self.target.lock_timeout, what=what)
+            self.apply(conn, shared(create_statements(spec)), what=what)
         elif live.definition != definition:
             self.rebuild(conn, spec, what)
         else:
-            run_ddl(conn, self.repair_statements(spec, live), self.target.lock_timeout, what=what)
-
-    def repair_statements(self, spec: MaterializedViewSpec, live: LiveMaterializedView) -> list[Statement]:
-        """Same query: the unique index, owner and comment brought back, and the rows if it was emptied."""
-        relation = qualified(spec.schema_name, spec.name)
-        statements: list[Statement] = []
-        if live.unique_index != spec.unique_index:
-            drop = sql.SQL("DROP INDEX IF EXISTS {}").format(qualified(spec.schema_name, spec.index_name))
-            statements += [drop, index_statement(spec)]
-        if not live.populated:  # CONCURRENTLY cannot fill a view that holds no data
-            statements.append(sql.SQL("REFRESH MATERIALIZED VIEW {}").format(relation))
-        return statements + settings_statements(spec, live)
+            self.apply(conn, repair_operations(spec, live), what=what)
 
     def rebuild(self, conn: psycopg.Connection, spec: MaterializedViewSpec, what: str) -> None:
-        """Drop and create in one transaction (readers wait for it): the views on it are dropped first and
-        made again after from their own definitions, and the grants are given again."""
         dependents = dependent_views(conn, spec)
-        relation = qualified(spec.schema_name, spec.name)
-        statements: list[Statement] = [sql.SQL("DROP VIEW {} RESTRICT").format(view.relation) for view in dependents]
-        statements += [sql.SQL("DROP MATERIALIZED VIEW {} RESTRICT").format(relation), *create_statements(spec)]
-        statements += copied_grants(conn, relation)
-        for view in dependents:
-            statements += remake_statements(view) + copied_grants(conn, view.relation)
         try:
-            run_drop(conn, statements, self.target.lock_timeout, what)
+            apply_drop(conn, rebuild_operations(conn, spec, dependents), self.target.lock_timeout, what)
         except ProviderError as error:
             if not isinstance(error.__cause__, psycopg.errors.UndefinedColumn):
                 raise
@@ -295,32 +302,7 @@ class MaterializedViewKind(DatabaseKind[MaterializedViewSpec]):
             ) from error
 
     def delete(self, resource_id: str, spec: MaterializedViewSpec) -> None:
+        drop = sql.SQL("DROP MATERIALIZED VIEW IF EXISTS {} RESTRICT").format(qualified(spec.schema_name, spec.name))
         with connect(self.target) as conn:
-            run_drop(
-                conn,
-                [
-                    sql.SQL("DROP MATERIALIZED VIEW IF EXISTS {} RESTRICT").format(
-                        qualified(spec.schema_name, spec.name)
-                    )
-                ],
-                self.target.lock_timeout,
-                f"drop materialized view {spec.schema_name}.{spec.name}",
-            )
-
-
-@dataclass
-class MaterializedViewArgs:
-    schema_name: pulumi.Input[str]
-    name: pulumi.Input[str]
-    query: pulumi.Input[str]
-    unique_index: pulumi.Input[list[str]]
-    owner: pulumi.Input[str] | None = None
-    comment: pulumi.Input[str] | None = None
-
-
-class MaterializedView(pulumi.CustomResource):
-    adopted: pulumi.Output[bool]
-    populated: pulumi.Output[bool]
-
-    def __init__(self, name: str, args: MaterializedViewArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(TOKEN, name, {**provider_inputs(args), **declared_outputs("adopted", "populated")}, opts)
+            what = f"drop materialized view {spec.schema_name}.{spec.name}"
+            apply_drop(conn, shared([drop]), self.target.lock_timeout, what)

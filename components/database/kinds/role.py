@@ -17,31 +17,26 @@ import stringprep
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import psycopg
-import pulumi
 from psycopg import sql
 from pydantic import Field
 
 from components.database.base import DatabaseKind
-from components.database.session import Statement, connect, run_ddl, scalar
-from components.kind import ProviderError, Spec
-from components.resource import declared_outputs, provider_inputs
+from components.database.ddl import Operation, shared
+from components.database.session import Statement, connect, scalar
+from components.kind import Expect, Observed, ProviderError, Replace, Secret, Spec, Status
 
 TOKEN = "thorbisdb:db:Role"
-SECRETS = frozenset({"password"})
 SCRAM_ITERATIONS = 4096
-#: What observe reports as the password when the server's is not the declared one (never the verifier).
-PASSWORD_CHANGED = "<changed outside the stack>"
-PASSWORD_UNSET = "<no password set>"
-PASSWORD_NOT_SCRAM = "<stored as md5, not SCRAM-SHA-256>"
+StoredPassword = Literal["scram-sha-256", "md5", "none"]
 
 
 class RoleSpec(Spec):
-    name: str = Field(description="Role name.")
+    name: Replace[str] = Field(description="Role name.")
     login: bool = Field(default=False, description="Whether the role may log in.")
-    password: str | None = Field(default=None, description="Password (secret); None leaves it unmanaged.")
+    password: Secret[str | None] = Field(default=None, description="Password (secret); None leaves it unmanaged.")
     bypass_rls: bool = Field(default=False, description="Whether row level security is bypassed.")
     inherit: bool = Field(default=True, description="Whether privileges of the roles it belongs to are used.")
     create_role: bool = Field(default=False, description="Whether the role may create roles.")
@@ -51,6 +46,18 @@ class RoleSpec(Spec):
         default=False,
         description="The role may belong to the platform (Supabase's anon, ...): adopted when it exists, created "
         "when it does not, and never dropped, since the stack cannot tell whether others use it.",
+    )
+
+
+class RoleStatus(Status):
+    adopted: bool | None = Field(default=None, description="The role existed before the stack declared it.")
+    password_matches: Annotated[bool | None, Expect(True)] = Field(
+        default=None,
+        description="Whether the server's SCRAM verifier is the declared password's (false: changed outside the "
+        "stack, or stored as md5, or unset); None when the password is unmanaged or pg_authid is unreadable.",
+    )
+    stored_password: StoredPassword | None = Field(
+        default=None, description="How the server stores the password; None when pg_authid is unreadable."
     )
 
 
@@ -107,15 +114,19 @@ def scram_verifier(password: str, salt: bytes | None = None, iterations: int = S
 _SCRAM_SECRET = re.compile(r"SCRAM-SHA-256\$(\d+):([A-Za-z0-9+/=]+)\$[A-Za-z0-9+/=]+:[A-Za-z0-9+/=]+")
 
 
-def password_as_observed(stored: str | None, password: str) -> str:
-    """`password` when the stored secret is its verifier, else a marker that shows as a change in a diff."""
+def stored_kind(stored: str | None) -> StoredPassword:
     if stored is None:
-        return PASSWORD_UNSET
-    match = _SCRAM_SECRET.fullmatch(stored)
-    if match is None:
-        return PASSWORD_NOT_SCRAM if stored.startswith("md5") else PASSWORD_CHANGED
+        return "none"
+    return "scram-sha-256" if _SCRAM_SECRET.fullmatch(stored) else "md5"
+
+
+def is_verifier_of(stored: str | None, password: str) -> bool:
+    """Whether the stored secret is the SCRAM verifier of `password` (with the salt and iterations stored)."""
+    match = _SCRAM_SECRET.fullmatch(stored or "")
+    if match is None or stored is None:
+        return False
     expected = scram_verifier(password, base64.b64decode(match[2]), int(match[1]))
-    return password if hmac.compare_digest(expected, stored) else PASSWORD_CHANGED
+    return hmac.compare_digest(expected, stored)
 
 
 # --- read: the live role --------------------------------------------------------------------------------
@@ -172,20 +183,28 @@ def read_role(conn: psycopg.Connection, name: str) -> LiveRole | None:
     return LiveRole(attributes, list(member_of), readable, stored)
 
 
-def observed_password(live: LiveRole, spec: RoleSpec) -> str | None:
+def password_matches(live: LiveRole, spec: RoleSpec) -> bool | None:
     if spec.password is None or not live.password_readable:
-        return spec.password
-    return password_as_observed(live.stored_password, spec.password)
+        return None
+    return is_verifier_of(live.stored_password, spec.password)
 
 
-def observed(live: LiveRole, spec: RoleSpec) -> dict[str, Any]:
-    """The live role in the spec's shape: memberships are the declared ones it still has."""
-    return {
+def status(live: LiveRole, spec: RoleSpec) -> RoleStatus:
+    return RoleStatus(
+        password_matches=password_matches(live, spec),
+        stored_password=stored_kind(live.stored_password) if live.password_readable else None,
+    )
+
+
+def observed(live: LiveRole, spec: RoleSpec) -> Observed[RoleStatus]:
+    """The live role in the spec's shape: memberships are the declared ones it still has. The password is
+    never read back (only its verifier is stored): the status says whether the server's is the declared one."""
+    inputs = {
         **spec.model_dump(by_alias=True),
         **live.attributes,
-        "password": observed_password(live, spec),
         "memberOf": [role for role in spec.member_of if role in live.member_of],
     }
+    return Observed(inputs, status(live, spec))
 
 
 # --- render: the DDL that takes the live role to the spec -----------------------------------------------
@@ -207,12 +226,13 @@ def attribute_options(spec: RoleSpec, live: LiveRole | None) -> list[sql.Composa
 def password_option(live: LiveRole | None, spec: RoleSpec, previous: str | None) -> sql.Composable | None:
     if spec.password is None:  # a password the stack set before is removed; one it never set is left alone
         return sql.SQL("PASSWORD NULL") if previous is not None and live is not None else None
-    if live is not None and observed_password(live, spec) == spec.password:
+    if live is not None and password_matches(live, spec) is not False:
         return None
     return sql.SQL("PASSWORD {}").format(sql.Literal(scram_verifier(spec.password)))
 
 
-def role_statements(spec: RoleSpec, live: LiveRole | None, old: dict[str, Any]) -> list[Statement]:
+def role_operations(spec: RoleSpec, live: LiveRole | None, old: dict[str, Any]) -> list[Operation]:
+    """CREATE or ALTER ROLE, then the memberships granted or revoked, in one transaction."""
     role = sql.Identifier(spec.name)
     options = attribute_options(spec, live)
     password = password_option(live, spec, old.get("password"))
@@ -232,7 +252,7 @@ def role_statements(spec: RoleSpec, live: LiveRole | None, old: dict[str, Any]) 
         for group in old.get("memberOf") or []
         if group not in spec.member_of and group in held
     ]
-    return statements
+    return shared(statements)
 
 
 def dependents(conn: psycopg.Connection, name: str) -> list[str]:
@@ -241,28 +261,31 @@ def dependents(conn: psycopg.Connection, name: str) -> list[str]:
     return [f"{how.get(deptype, 'is needed by')} {what}" for what, deptype in conn.execute(OWNED_QUERY, (name,))]
 
 
-class RoleKind(DatabaseKind[RoleSpec]):
+class RoleKind(DatabaseKind[RoleSpec, RoleStatus]):
     token = TOKEN
     spec_type = RoleSpec
-    replace_on = frozenset({"name"})
-    secret_properties = SECRETS
+    status_type = RoleStatus
 
-    def observe(self, resource_id: str, spec: RoleSpec) -> dict[str, Any] | None:
+    def observe(self, resource_id: str, spec: RoleSpec) -> Observed[RoleStatus] | None:
         with connect(self.target) as conn:
             live = read_role(conn, spec.name)
         return None if live is None else observed(live, spec)
 
-    def create(self, spec: RoleSpec) -> tuple[str, dict[str, Any]]:
-        with connect(self.target) as conn:
-            live = read_role(conn, spec.name)
-            run_ddl(conn, role_statements(spec, live, {}), self.target.lock_timeout, what=f"role {spec.name}")
-        return spec.name, {"adopted": live is not None}
+    def create(self, spec: RoleSpec) -> tuple[str, RoleStatus]:
+        existed, made = self.converge(spec, {})
+        return spec.name, made.model_copy(update={"adopted": existed})
 
-    def update(self, resource_id: str, old: dict[str, Any], spec: RoleSpec) -> dict[str, Any]:
+    def update(self, resource_id: str, old: dict[str, Any], spec: RoleSpec) -> RoleStatus:
+        return self.converge(spec, old)[1]
+
+    def converge(self, spec: RoleSpec, old: dict[str, Any]) -> tuple[bool, RoleStatus]:
+        """Create or alter the role: whether it existed, and the status of the role now."""
         with connect(self.target) as conn:
             live = read_role(conn, spec.name)
-            run_ddl(conn, role_statements(spec, live, old), self.target.lock_timeout, what=f"role {spec.name}")
-        return {}
+            self.apply(conn, role_operations(spec, live, old), what=f"role {spec.name}")
+            now = read_role(conn, spec.name)
+        assert now is not None
+        return live is not None, status(now, spec)
 
     def delete(self, resource_id: str, spec: RoleSpec) -> None:
         if spec.adopt_existing:  # the platform's role: it outlives the stack
@@ -277,29 +300,5 @@ class RoleKind(DatabaseKind[RoleSpec]):
                     "drops what a role owns: give those objects another owner (ALTER ... OWNER TO, REASSIGN OWNED) "
                     "or drop them, remove the grants that name it, then run `pulumi up` again"
                 )
-            run_ddl(
-                conn,
-                [sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(spec.name))],
-                self.target.lock_timeout,
-                what=f"drop role {spec.name}",
-            )
-
-
-@dataclass
-class RoleArgs:
-    name: pulumi.Input[str]
-    login: pulumi.Input[bool] = False
-    password: pulumi.Input[str] | None = None
-    bypass_rls: pulumi.Input[bool] = False
-    inherit: pulumi.Input[bool] = True
-    create_role: pulumi.Input[bool] = False
-    connection_limit: pulumi.Input[int] = -1
-    member_of: pulumi.Input[list[str]] = field(default_factory=list)
-    adopt_existing: pulumi.Input[bool] = False
-
-
-class Role(pulumi.CustomResource):
-    adopted: pulumi.Output[bool]
-
-    def __init__(self, name: str, args: RoleArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(TOKEN, name, {**provider_inputs(args, SECRETS), **declared_outputs("adopted")}, opts)
+            drop = sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(spec.name))
+            self.apply(conn, shared([drop]), what=f"drop role {spec.name}")

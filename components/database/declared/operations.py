@@ -11,13 +11,13 @@ from typing import Literal
 import yaml
 from pydantic import Field, PositiveInt, model_validator
 
-from components.database.cron_job import CronJobSpec
-from components.database.function import FunctionSpec
-from components.database.grant import GrantSpec
-from components.database.model import Data
-from components.database.view import ViewSpec
+from components.database.declared import SQL_DIR
+from components.database.declared.model import Data
+from components.database.kinds.cron_job import CronJobSpec
+from components.database.kinds.function import FunctionSpec
+from components.database.kinds.grant import GrantSpec
+from components.database.kinds.view import ViewSpec
 
-SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 MAINTENANCE_FILE = SQL_DIR / "maintenance.yaml"
 JOBS_FILE = SQL_DIR / "jobs.yaml"
 MONITORING_FILE = SQL_DIR / "monitoring.yaml"

@@ -12,23 +12,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-import pulumi
 from psycopg import sql
 from pydantic import Field
 
 from components.database.base import DatabaseKind, copied_grants, qualified
-from components.database.function import run_drop
-from components.database.session import Statement, connect, run_ddl
-from components.kind import ProviderError, Spec
-from components.resource import declared_outputs, provider_inputs
+from components.database.ddl import Operation, apply_drop, shared
+from components.database.session import Statement, connect
+from components.kind import Observed, ProviderError, Replace, Spec, Status
 
 TOKEN = "thorbisdb:db:View"
 _TRUE = {"true", "on", "yes", "1", "t", "y"}
 
 
 class ViewSpec(Spec):
-    schema_name: str = Field(description="Schema of the view.")
-    name: str = Field(description="View name.")
+    schema_name: Replace[str] = Field(description="Schema of the view.")
+    name: Replace[str] = Field(description="View name.")
     query: str = Field(description="The SELECT the view stands for.")
     security_barrier: bool = Field(default=False, description="Keep leaky functions after the view's quals.")
     security_invoker: bool = Field(
@@ -37,6 +35,10 @@ class ViewSpec(Spec):
         "them as the view's owner, bypassing the policies that the owner is not subject to.",
     )
     owner: str | None = Field(default=None, description="Owning role; None leaves the owner as it is.")
+
+
+class ViewStatus(Status):
+    adopted: bool | None = Field(default=None, description="The view existed before the stack declared it.")
 
 
 # --- read: the live view, in the spec's shape --------------------------------------------------------
@@ -80,13 +82,13 @@ def canonical_definition(conn: psycopg.Connection, spec: ViewSpec) -> str:
         ) from error
 
 
-def observed(conn: psycopg.Connection, spec: ViewSpec) -> dict[str, Any] | None:
+def observed(conn: psycopg.Connection, spec: ViewSpec) -> Observed[ViewStatus] | None:
     """The live view as a spec: the declared query when the server writes both alike, else the live one."""
     live = read_view(conn, qualified(spec.schema_name, spec.name))
     if live is None:
         return None
     same_query = live.definition == canonical_definition(conn, spec)
-    return {
+    inputs = {
         "schemaName": spec.schema_name,
         "name": spec.name,
         "query": spec.query if same_query else live.definition,
@@ -94,6 +96,7 @@ def observed(conn: psycopg.Connection, spec: ViewSpec) -> dict[str, Any] | None:
         "securityInvoker": live.flag("security_invoker"),
         "owner": live.owner if spec.owner is not None else None,
     }
+    return Observed(inputs, ViewStatus())
 
 
 # --- render: the DDL ---------------------------------------------------------------------------------
@@ -117,62 +120,50 @@ def owner_statements(spec: ViewSpec) -> list[Statement]:
     ]
 
 
-class ViewKind(DatabaseKind[ViewSpec]):
+def replace_operations(spec: ViewSpec) -> list[Operation]:
+    return shared([create_statement(spec, replace=True), *owner_statements(spec)])
+
+
+def remake_operations(conn: psycopg.Connection, spec: ViewSpec) -> list[Operation]:
+    """Dropped (RESTRICT) and made again in one transaction that gives its grants back: for a change of its
+    columns, which CREATE OR REPLACE cannot make."""
+    relation = qualified(spec.schema_name, spec.name)
+    drop = sql.SQL("DROP VIEW {} RESTRICT").format(relation)
+    return shared(
+        [drop, create_statement(spec, replace=False), *owner_statements(spec), *copied_grants(conn, relation)]
+    )
+
+
+class ViewKind(DatabaseKind[ViewSpec, ViewStatus]):
     token = TOKEN
     spec_type = ViewSpec
-    replace_on = frozenset({"schemaName", "name"})
+    status_type = ViewStatus
 
-    def observe(self, resource_id: str, spec: ViewSpec) -> dict[str, Any] | None:
+    def observe(self, resource_id: str, spec: ViewSpec) -> Observed[ViewStatus] | None:
         with connect(self.target) as conn:
             return observed(conn, spec)
 
-    def create(self, spec: ViewSpec) -> tuple[str, dict[str, Any]]:
+    def create(self, spec: ViewSpec) -> tuple[str, ViewStatus]:
         with connect(self.target) as conn:
             existed = read_view(conn, qualified(spec.schema_name, spec.name)) is not None
             self.converge(conn, spec)
-        return f"{spec.schema_name}.{spec.name}", {"adopted": existed}
+        return f"{spec.schema_name}.{spec.name}", ViewStatus(adopted=existed)
 
-    def update(self, resource_id: str, old: dict[str, Any], spec: ViewSpec) -> dict[str, Any]:
+    def update(self, resource_id: str, old: dict[str, Any], spec: ViewSpec) -> ViewStatus:
         with connect(self.target) as conn:
             self.converge(conn, spec)
-        return {}
+        return ViewStatus()
 
     def converge(self, conn: psycopg.Connection, spec: ViewSpec) -> None:
         what = f"view {spec.schema_name}.{spec.name}"
-        replace = [create_statement(spec, replace=True), *owner_statements(spec)]
         try:
-            run_ddl(conn, replace, self.target.lock_timeout, what=what)
+            self.apply(conn, replace_operations(spec), what=what)
         except ProviderError as error:
             if not isinstance(error.__cause__, psycopg.errors.InvalidTableDefinition):
                 raise
-            # its columns change, which CREATE OR REPLACE cannot do: made again in one transaction
-            relation = qualified(spec.schema_name, spec.name)
-            drop = sql.SQL("DROP VIEW {} RESTRICT").format(relation)
-            statements = [drop, create_statement(spec, replace=False), *owner_statements(spec)]
-            run_drop(conn, statements + copied_grants(conn, relation), self.target.lock_timeout, what)
+            apply_drop(conn, remake_operations(conn, spec), self.target.lock_timeout, what)
 
     def delete(self, resource_id: str, spec: ViewSpec) -> None:
+        drop = sql.SQL("DROP VIEW IF EXISTS {} RESTRICT").format(qualified(spec.schema_name, spec.name))
         with connect(self.target) as conn:
-            run_drop(
-                conn,
-                [sql.SQL("DROP VIEW IF EXISTS {} RESTRICT").format(qualified(spec.schema_name, spec.name))],
-                self.target.lock_timeout,
-                f"drop view {spec.schema_name}.{spec.name}",
-            )
-
-
-@dataclass
-class ViewArgs:
-    schema_name: pulumi.Input[str]
-    name: pulumi.Input[str]
-    query: pulumi.Input[str]
-    security_barrier: pulumi.Input[bool] = False
-    security_invoker: pulumi.Input[bool] = True
-    owner: pulumi.Input[str] | None = None
-
-
-class View(pulumi.CustomResource):
-    adopted: pulumi.Output[bool]
-
-    def __init__(self, name: str, args: ViewArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(TOKEN, name, {**provider_inputs(args), **declared_outputs("adopted")}, opts)
+            apply_drop(conn, shared([drop]), self.target.lock_timeout, f"drop view {spec.schema_name}.{spec.name}")

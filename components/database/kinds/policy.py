@@ -9,18 +9,17 @@ permissiveness, or a clause to remove, is a DROP and CREATE in one transaction (
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import psycopg
-import pulumi
 from psycopg import sql
 from pydantic import Field, field_validator, model_validator
 
 from components.database.base import DatabaseKind, qualified
-from components.database.session import Statement, connect, run_ddl
-from components.kind import ProviderError, Spec
-from components.resource import declared_outputs, provider_inputs
+from components.database.ddl import Operation, shared
+from components.database.session import Statement, connect
+from components.kind import Observed, ProviderError, Replace, Spec, Status
 
 TOKEN = "thorbisdb:db:Policy"
 Command = Literal["SELECT", "INSERT", "UPDATE", "DELETE", "ALL"]
@@ -28,9 +27,9 @@ _COMMANDS: dict[str, Command] = {"r": "SELECT", "a": "INSERT", "w": "UPDATE", "d
 
 
 class PolicySpec(Spec):
-    schema_name: str = Field(description="Schema of the table.")
-    table: str = Field(description="Table the policy is on.")
-    name: str = Field(description="Policy name.")
+    schema_name: Replace[str] = Field(description="Schema of the table.")
+    table: Replace[str] = Field(description="Table the policy is on.")
+    name: Replace[str] = Field(description="Policy name.")
     command: Command = Field(default="ALL", description="SELECT, INSERT, UPDATE, DELETE or ALL (default).")
     roles: list[str] = Field(default_factory=lambda: ["public"], min_length=1, description='Default ["public"].')
     permissive: bool = Field(default=True, description="PERMISSIVE (default, OR-ed) or RESTRICTIVE (AND-ed).")
@@ -58,6 +57,10 @@ class PolicySpec(Spec):
         if self.command == "ALL" and self.using is None:
             raise ValueError(f"{where}: an ALL policy needs using (with_check defaults to it)")
         return self
+
+
+class PolicyStatus(Status):
+    adopted: bool | None = Field(default=None, description="The policy existed before the stack declared it.")
 
 
 # --- read: the live policy, in the spec's shape ------------------------------------------------------
@@ -107,14 +110,14 @@ def canonical(conn: psycopg.Connection, spec: PolicySpec) -> LivePolicy:
         ) from error
 
 
-def observed(conn: psycopg.Connection, spec: PolicySpec) -> dict[str, Any] | None:
+def observed(conn: psycopg.Connection, spec: PolicySpec) -> Observed[PolicyStatus] | None:
     """The live policy as a spec: the declared text wherever the server writes both alike."""
     live = read_policy(conn, qualified(spec.schema_name, spec.table), spec.name)
     if live is None:
         return None
     wanted = canonical(conn, spec)
     declared_roles = {role.lower() if role.lower() == "public" else role for role in spec.roles}
-    return {
+    inputs = {
         "schemaName": spec.schema_name,
         "table": spec.table,
         "name": spec.name,
@@ -124,6 +127,7 @@ def observed(conn: psycopg.Connection, spec: PolicySpec) -> dict[str, Any] | Non
         "using": spec.using if live.using == wanted.using else live.using,
         "withCheck": spec.with_check if live.with_check == wanted.with_check else live.with_check,
     }
+    return Observed(inputs, PolicyStatus())
 
 
 # --- render: the DDL ---------------------------------------------------------------------------------
@@ -158,12 +162,20 @@ def drop_statement(spec: PolicySpec) -> Statement:
     )
 
 
-def plan(spec: PolicySpec, live: LivePolicy | None) -> list[Statement]:
-    """The statements from the live policy to the spec: ALTER POLICY can change roles and set expressions,
-    but not the command, permissiveness, or remove a clause."""
+def create_operations(spec: PolicySpec) -> list[Operation]:
+    return shared([create_statement(spec, qualified(spec.schema_name, spec.table))])
+
+
+def drop_operations(spec: PolicySpec) -> list[Operation]:
+    return shared([drop_statement(spec)])
+
+
+def plan(spec: PolicySpec, live: LivePolicy | None) -> list[Operation]:
+    """From the live policy to the spec, in one transaction: ALTER POLICY can change roles and set
+    expressions, but not the command, permissiveness, or remove a clause."""
     relation = qualified(spec.schema_name, spec.table)
     if live is None:
-        return [create_statement(spec, relation)]
+        return create_operations(spec)
     alterable = (
         live.command == spec.command
         and live.permissive == spec.permissive
@@ -171,67 +183,43 @@ def plan(spec: PolicySpec, live: LivePolicy | None) -> list[Statement]:
         and (spec.with_check is not None or live.with_check is None)
     )
     if not alterable:
-        return [drop_statement(spec), create_statement(spec, relation)]
-    return [
-        sql.SQL("ALTER POLICY {} ON {} {}").format(
-            sql.Identifier(spec.name), relation, sql.SQL(" ").join(clauses(spec))
-        )
-    ]
+        return [*drop_operations(spec), *create_operations(spec)]
+    alter = sql.SQL("ALTER POLICY {} ON {} {}").format(
+        sql.Identifier(spec.name), relation, sql.SQL(" ").join(clauses(spec))
+    )
+    return shared([alter])
 
 
-class PolicyKind(DatabaseKind[PolicySpec]):
+class PolicyKind(DatabaseKind[PolicySpec, PolicyStatus]):
     token = TOKEN
     spec_type = PolicySpec
-    replace_on = frozenset({"schemaName", "table", "name"})
+    status_type = PolicyStatus
 
-    def observe(self, resource_id: str, spec: PolicySpec) -> dict[str, Any] | None:
+    def observe(self, resource_id: str, spec: PolicySpec) -> Observed[PolicyStatus] | None:
         with connect(self.target) as conn:
             return observed(conn, spec)
 
-    def create(self, spec: PolicySpec) -> tuple[str, dict[str, Any]]:
+    def planned_create(self, spec: PolicySpec) -> list[Operation] | None:
+        return create_operations(spec)  # a change is an ALTER POLICY, or a DROP and CREATE: the live one decides
+
+    def planned_delete(self, spec: PolicySpec) -> list[Operation] | None:
+        return drop_operations(spec)
+
+    def create(self, spec: PolicySpec) -> tuple[str, PolicyStatus]:
         with connect(self.target) as conn:
             existed = read_policy(conn, qualified(spec.schema_name, spec.table), spec.name) is not None
             self.converge(conn, spec)
-        return f"{spec.schema_name}.{spec.table}.{spec.name}", {"adopted": existed}
+        return f"{spec.schema_name}.{spec.table}.{spec.name}", PolicyStatus(adopted=existed)
 
-    def update(self, resource_id: str, old: dict[str, Any], spec: PolicySpec) -> dict[str, Any]:
+    def update(self, resource_id: str, old: dict[str, Any], spec: PolicySpec) -> PolicyStatus:
         with connect(self.target) as conn:
             self.converge(conn, spec)
-        return {}
+        return PolicyStatus()
 
     def converge(self, conn: psycopg.Connection, spec: PolicySpec) -> None:
         live = read_policy(conn, qualified(spec.schema_name, spec.table), spec.name)
-        run_ddl(
-            conn,
-            plan(spec, live),
-            self.target.lock_timeout,
-            what=f"policy {spec.name} on {spec.schema_name}.{spec.table}",
-        )
+        self.apply(conn, plan(spec, live), what=f"policy {spec.name} on {spec.schema_name}.{spec.table}")
 
     def delete(self, resource_id: str, spec: PolicySpec) -> None:
         with connect(self.target) as conn:  # IF EXISTS: a missing table or policy is only a notice
-            run_ddl(
-                conn,
-                [drop_statement(spec)],
-                self.target.lock_timeout,
-                what=f"drop policy {spec.name} on {spec.schema_name}.{spec.table}",
-            )
-
-
-@dataclass
-class PolicyArgs:
-    schema_name: pulumi.Input[str]
-    table: pulumi.Input[str]
-    name: pulumi.Input[str]
-    command: pulumi.Input[str] = "ALL"
-    roles: pulumi.Input[list[str]] = field(default_factory=lambda: ["public"])
-    permissive: pulumi.Input[bool] = True
-    using: pulumi.Input[str] | None = None
-    with_check: pulumi.Input[str] | None = None
-
-
-class Policy(pulumi.CustomResource):
-    adopted: pulumi.Output[bool]
-
-    def __init__(self, name: str, args: PolicyArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(TOKEN, name, {**provider_inputs(args), **declared_outputs("adopted")}, opts)
+            self.apply(conn, drop_operations(spec), what=f"drop policy {spec.name} on {spec.schema_name}.{spec.table}")

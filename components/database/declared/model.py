@@ -6,19 +6,20 @@ No table is special-cased here: everything a table needs is in its data (see sql
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from components.database.index import IndexSpec
-from components.database.table import CheckSpec, ColumnSpec, ForeignKeySpec, PartitionSpec, TableSpec, UniqueSpec
+from components.database.base import bounded
+from components.database.declared import SQL_DIR
+from components.database.kinds.index import IndexSpec
+from components.database.kinds.trigger import TriggerSpec
+from components.database.table_shape import CheckSpec, ColumnSpec, ForeignKeySpec, PartitionSpec, TableSpec, UniqueSpec
 
-SCHEMA_DIR = Path(__file__).resolve().parents[2] / "sql" / "schema"
+SCHEMA_DIR = SQL_DIR / "schema"
 TABLE_SCHEMA = "public"
-MAX_NAME = 63
 TENANT_COLUMN = "company_id"
 
 
@@ -103,9 +104,19 @@ class TableData(Data):
     def column(self, name: str) -> ColumnData:
         return next(column for column in self.columns if column.name == name)
 
-    @property
-    def has_updated_at(self) -> bool:
-        return any(column.name == "updated_at" for column in self.columns)
+    def updated_at_trigger(self) -> TriggerSpec | None:
+        """BEFORE UPDATE, each row: app.set_updated_at keeps `updated_at` current (tables that have one)."""
+        if not any(column.name == "updated_at" for column in self.columns):
+            return None
+        return TriggerSpec(
+            schema_name=TABLE_SCHEMA,
+            table=self.name,
+            name=f"{self.name}_set_updated_at",
+            timing="BEFORE",
+            events=["UPDATE"],
+            level="ROW",
+            function="app.set_updated_at",
+        )
 
     def names_company_row(self, reference: Reference) -> bool:
         return reference.table in self._company_tables and reference.column == "id"
@@ -224,14 +235,6 @@ class TableData(Data):
                 )
             )
         return derived
-
-
-def bounded(name: str) -> str:
-    """A PostgreSQL name of at most 63 bytes, kept unique by a short hash when it must be cut."""
-    if len(name) <= MAX_NAME:
-        return name
-    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
-    return f"{name[: MAX_NAME - 9]}_{digest}"
 
 
 class SchemaModel(Data):

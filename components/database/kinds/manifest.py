@@ -9,16 +9,13 @@ nothing has changed yet. It is a record of intent: it creates nothing in the dat
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-import pulumi
 from pydantic import Field
 
 from components.database.base import DatabaseKind
-from components.database.table import column_losses
-from components.kind import Spec
-from components.resource import provider_inputs
+from components.database.table_shape import column_losses
+from components.kind import NoStatus, Observed, Spec
 
 TOKEN = "thorbisdb:db:Manifest"
 
@@ -27,7 +24,7 @@ class ManifestSpec(Spec):
     tables: dict[str, dict[str, str]] = Field(description="Every declared table (schema.name): column -> type.")
 
 
-class ManifestKind(DatabaseKind[ManifestSpec]):
+class ManifestKind(DatabaseKind[ManifestSpec, NoStatus]):
     token = TOKEN
     spec_type = ManifestSpec
     delete_before_replace = False
@@ -40,24 +37,14 @@ class ManifestKind(DatabaseKind[ManifestSpec]):
                 losses += column_losses(name, columns, spec.tables[name])
         return losses
 
-    def observe(self, resource_id: str, spec: ManifestSpec) -> dict[str, Any] | None:
-        return {}  # nothing lives in the database: the declared tables are the whole state
+    def observe(self, resource_id: str, spec: ManifestSpec) -> Observed[NoStatus] | None:
+        return Observed({}, NoStatus())  # nothing lives in the database: the declared tables are the whole state
 
-    def create(self, spec: ManifestSpec) -> tuple[str, dict[str, Any]]:
-        return "manifest", {}
+    def create(self, spec: ManifestSpec) -> tuple[str, NoStatus]:
+        return "manifest", NoStatus()
 
-    def update(self, resource_id: str, old: dict[str, Any], spec: ManifestSpec) -> dict[str, Any]:
-        return {}
+    def update(self, resource_id: str, old: dict[str, Any], spec: ManifestSpec) -> NoStatus:
+        return NoStatus()
 
     def delete(self, resource_id: str, spec: ManifestSpec) -> None:
         """Tables are protected resources of their own; forgetting the record loses nothing."""
-
-
-@dataclass
-class ManifestArgs:
-    tables: pulumi.Input[dict[str, dict[str, str]]]
-
-
-class Manifest(pulumi.CustomResource):
-    def __init__(self, name: str, args: ManifestArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(TOKEN, name, provider_inputs(args), opts)

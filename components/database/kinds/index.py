@@ -8,33 +8,40 @@ failed leaves an INVALID index behind: it is found (`valid: false` is drift) and
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from functools import partial
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import psycopg
-import pulumi
 from psycopg import sql
 from pydantic import Field
 
 from components.database.base import DatabaseKind, qualified
-from components.database.session import Statement, connect, run_ddl, scalar
-from components.kind import ProviderError, Spec
-from components.resource import declared_outputs, provider_inputs
+from components.database.ddl import Operation, Transaction
+from components.database.session import Statement, connect, scalar
+from components.kind import Expect, Observed, ProviderError, Replace, Spec, Status
 
 TOKEN = "thorbisdb:db:Index"
 _PLAIN_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 
 class IndexSpec(Spec):
-    schema_name: str
-    table: str
-    name: str = Field(max_length=63)
+    schema_name: Replace[str]
+    table: Replace[str]
+    name: Replace[str] = Field(max_length=63)
     keys: list[str] = Field(min_length=1, description="Column names, or expressions/opclasses as SQL text.")
     method: Literal["btree", "gin", "gist", "hash", "brin"] = "btree"
     unique: bool = False
     include: list[str] = Field(default_factory=list)
     where: str | None = Field(default=None, description="Partial-index predicate: IMMUTABLE functions only.")
+
+
+class IndexStatus(Status):
+    valid: Annotated[bool | None, Expect(True)] = Field(
+        default=None, description="False: a build failed and left the index INVALID; `up` rebuilds it."
+    )
+    as_declared: Annotated[bool | None, Expect(True)] = Field(
+        default=None, description="False: an index of another definition has the declared name; `up` rebuilds it."
+    )
+    definition: str | None = Field(default=None, description="The live index, as pg_get_indexdef writes it.")
 
 
 def key_sql(key: str) -> sql.Composable:
@@ -58,6 +65,27 @@ def create_statement(
     if spec.where:
         statement += sql.SQL(" WHERE {}").format(sql.SQL(spec.where))
     return statement
+
+
+def create_operation(spec: IndexSpec, *, concurrently: bool, only: bool = False) -> Operation:
+    """CREATE INDEX on the spec's table: CONCURRENTLY outside a transaction (a failed attempt's INVALID index
+    dropped before a retry), or plainly inside one."""
+    table = qualified(spec.schema_name, spec.table)
+    statement = create_statement(spec, table, sql.Identifier(spec.name), concurrently=concurrently, only=only)
+    if not concurrently:
+        return Operation(statement)
+    cleanup = drop_statement(qualified(spec.schema_name, spec.name), concurrently=True)
+    return Operation(statement, Transaction.NONE, cleanup=cleanup)
+
+
+def drop_statement(index: sql.Identifier, *, concurrently: bool) -> Statement:
+    return sql.SQL("DROP INDEX {}IF EXISTS {}").format(sql.SQL("CONCURRENTLY " if concurrently else ""), index)
+
+
+def drop_operation(spec: IndexSpec, *, concurrently: bool) -> Operation:
+    """DROP INDEX: CONCURRENTLY outside a transaction, or inside one (an index of a partitioned table)."""
+    statement = drop_statement(qualified(spec.schema_name, spec.name), concurrently=concurrently)
+    return Operation(statement, Transaction.NONE if concurrently else Transaction.SHARED)
 
 
 def definition_tail(definition: str) -> str:
@@ -115,129 +143,70 @@ def has_rows(conn: psycopg.Connection, spec: IndexSpec) -> bool:
     return bool(scalar(conn, sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(table)))
 
 
-class IndexKind(DatabaseKind[IndexSpec]):
+class IndexKind(DatabaseKind[IndexSpec, IndexStatus]):
     token = TOKEN
     spec_type = IndexSpec
-    replace_on = frozenset({"schemaName", "table", "name"})
+    status_type = IndexStatus
 
-    def observe(self, resource_id: str, spec: IndexSpec) -> dict[str, Any] | None:
+    def observe(self, resource_id: str, spec: IndexSpec) -> Observed[IndexStatus] | None:
         with connect(self.target) as conn:
             live = live_index(conn, spec)
             if live is None:
                 return None
             definition, valid = live
-            if definition == canonical(conn, spec):
-                return {"valid": valid}
-            return {"keys": [definition], "valid": valid}  # a different index under our name: drift
+            status = IndexStatus(valid=valid, as_declared=definition == canonical(conn, spec), definition=definition)
+            return Observed({}, status)
 
-    def drifted(self, old_state: dict[str, Any], spec: IndexSpec) -> list[str]:
-        return [] if old_state.get("valid", True) else ["valid"]
+    def planned_create(self, spec: IndexSpec) -> list[Operation] | None:
+        """As on a table that holds rows (an empty one gets a plain CREATE INDEX; a partitioned one ON ONLY
+        the parent, then each partition's, attached)."""
+        return [create_operation(spec, concurrently=True)]
 
-    def create(self, spec: IndexSpec) -> tuple[str, dict[str, Any]]:
+    def planned_delete(self, spec: IndexSpec) -> list[Operation] | None:
+        return [drop_operation(spec, concurrently=True)]
+
+    def create(self, spec: IndexSpec) -> tuple[str, IndexStatus]:
+        return f"{spec.schema_name}.{spec.name}", self.update("", {}, spec)
+
+    def update(self, resource_id: str, old: dict[str, Any], spec: IndexSpec) -> IndexStatus:
         with connect(self.target) as conn:
             self.build(conn, spec)
-        return f"{spec.schema_name}.{spec.name}", {"valid": True}
-
-    def update(self, resource_id: str, old: dict[str, Any], spec: IndexSpec) -> dict[str, Any]:
-        with connect(self.target) as conn:
-            self.build(conn, spec)
-        return {"valid": True}
+            live = live_index(conn, spec)
+        assert live is not None
+        return IndexStatus(valid=True, as_declared=True, definition=live[0])
 
     def build(self, conn: psycopg.Connection, spec: IndexSpec) -> None:
         """Create the index, or rebuild it when it is INVALID or differs from the spec."""
         live = live_index(conn, spec)
         if live is not None and live[1] and live[0] == canonical(conn, spec):
             return
-        if live is not None:
-            self.drop(conn, spec)
-        if is_partitioned(conn, spec):
-            self.build_partitioned(conn, spec)
+        what = f"index {spec.name}"
+        partitioned = is_partitioned(conn, spec)
+        if live is not None:  # dropped first: on a partitioned table, with the partitions' indexes
+            self.apply(conn, [drop_operation(spec, concurrently=not partitioned)], what=f"drop index {spec.name}")
+        if partitioned:
+            self.apply(conn, self.partitioned_operations(conn, spec), what=what)
             return
-        name, table = sql.Identifier(spec.name), qualified(spec.schema_name, spec.table)
-        concurrently = has_rows(conn, spec)
-        run_ddl(
-            conn,
-            [create_statement(spec, table, name, concurrently=concurrently)],
-            self.target.lock_timeout,
-            transactional=not concurrently,
-            what=f"index {spec.name}",
-            before_retry=partial(self.drop, conn, spec),  # a failed CONCURRENTLY build leaves an INVALID index
-        )
+        self.apply(conn, [create_operation(spec, concurrently=has_rows(conn, spec))], what=what)
         if live_index(conn, spec) == (canonical(conn, spec), False):
             raise ProviderError(f"index {spec.name} was built INVALID (a duplicate row?); it is rebuilt on the next up")
 
-    def build_partitioned(self, conn: psycopg.Connection, spec: IndexSpec) -> None:
+    def partitioned_operations(self, conn: psycopg.Connection, spec: IndexSpec) -> list[Operation]:
+        """ON ONLY the parent; then each partition's index, built CONCURRENTLY unless it exists, attached."""
         parent_index = qualified(spec.schema_name, spec.name)
-        parent = qualified(spec.schema_name, spec.table)
-        run_ddl(
-            conn,
-            [create_statement(spec, parent, sql.Identifier(spec.name), concurrently=False, only=True)],
-            self.target.lock_timeout,
-            what=f"index {spec.name}",
-        )
+        operations = [create_operation(spec, concurrently=False, only=True)]
         for partition in partitions(conn, spec):
             part_name = f"{partition}_{spec.name}"[:63]
             part_spec = spec.model_copy(update={"table": partition, "name": part_name})
             if live_index(conn, part_spec) is None:
-                run_ddl(
-                    conn,
-                    [
-                        create_statement(
-                            part_spec,
-                            qualified(spec.schema_name, partition),
-                            sql.Identifier(part_name),
-                            concurrently=True,
-                        )
-                    ],
-                    self.target.lock_timeout,
-                    transactional=False,
-                    what=f"index {part_name}",
-                    before_retry=partial(self.drop, conn, part_spec),
-                )
-            run_ddl(
-                conn,
-                [
-                    sql.SQL("ALTER INDEX {} ATTACH PARTITION {}").format(
-                        parent_index, qualified(spec.schema_name, part_name)
-                    )
-                ],
-                self.target.lock_timeout,
-                what=f"attach index {part_name}",
+                operations.append(create_operation(part_spec, concurrently=True))
+            attach = sql.SQL("ALTER INDEX {} ATTACH PARTITION {}").format(
+                parent_index, qualified(spec.schema_name, part_name)
             )
-
-    def drop(self, conn: psycopg.Connection, spec: IndexSpec) -> None:
-        concurrently = not is_partitioned(conn, spec)
-        run_ddl(
-            conn,
-            [
-                sql.SQL("DROP INDEX {}IF EXISTS {}").format(
-                    sql.SQL("CONCURRENTLY " if concurrently else ""), qualified(spec.schema_name, spec.name)
-                )
-            ],
-            self.target.lock_timeout,
-            transactional=not concurrently,
-            what=f"drop index {spec.name}",
-        )
+            operations.append(Operation(attach, Transaction.OWN))
+        return operations
 
     def delete(self, resource_id: str, spec: IndexSpec) -> None:
         with connect(self.target) as conn:
-            self.drop(conn, spec)
-
-
-@dataclass
-class IndexArgs:
-    schema_name: pulumi.Input[str]
-    table: pulumi.Input[str]
-    name: pulumi.Input[str]
-    keys: pulumi.Input[list[str]]
-    method: pulumi.Input[str] = "btree"
-    unique: pulumi.Input[bool] = False
-    include: pulumi.Input[list[str]] = field(default_factory=list)
-    where: pulumi.Input[str] | None = None
-
-
-class Index(pulumi.CustomResource):
-    valid: pulumi.Output[bool]
-
-    def __init__(self, name: str, args: IndexArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(TOKEN, name, {**provider_inputs(args), **declared_outputs("valid")}, opts)
+            operation = drop_operation(spec, concurrently=not is_partitioned(conn, spec))
+            self.apply(conn, [operation], what=f"drop index {spec.name}")

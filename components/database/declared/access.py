@@ -8,10 +8,12 @@ from typing import Literal
 import yaml
 from pydantic import Field
 
-from components.database.function import FunctionSpec
-from components.database.model import Data
+from components.database.declared import SQL_DIR
+from components.database.declared.model import Data
+from components.database.kinds.function import FunctionSpec
+from components.database.kinds.role import RoleSpec
 
-ACCESS_FILE = Path(__file__).resolve().parents[2] / "sql" / "access.yaml"
+ACCESS_FILE = SQL_DIR / "access.yaml"
 
 
 class RoleData(Data):
@@ -21,6 +23,17 @@ class RoleData(Data):
     bypass_rls: bool = False
     password: str | None = Field(default=None, description="The config key holding its password.")
     member_of: list[str] = Field(default_factory=list)
+
+    def role_spec(self, adopt_existing: bool) -> RoleSpec:
+        """The role without its password, which comes from the stack's config (the key `password` names)."""
+        return RoleSpec(
+            name=self.name,
+            login=self.login,
+            bypass_rls=self.bypass_rls,
+            inherit=self.inherit,
+            member_of=self.member_of,
+            adopt_existing=adopt_existing,
+        )
 
 
 class SchemaData(Data):

@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import psycopg
-import pulumi
 from psycopg import sql
 from pydantic import Field, field_validator, model_validator
 
 from components.database.base import DatabaseKind
-from components.database.session import Statement, connect, run_ddl, scalar
-from components.kind import ProviderError, Spec
-from components.resource import provider_inputs
+from components.database.ddl import Operation, shared
+from components.database.session import Statement, connect, scalar
+from components.kind import NoStatus, Observed, ProviderError, Replace, Spec
 
 TOKEN = "thorbisdb:db:Grant"
 ObjectType = Literal[
@@ -83,10 +82,12 @@ def role_oid(conn: psycopg.Connection, name: str) -> int | None:
 
 
 class GrantSpec(Spec):
-    grantee: str = Field(description="Role that receives the privileges (PUBLIC for everyone).")
+    grantee: Replace[str] = Field(description="Role that receives the privileges (PUBLIC for everyone).")
     privileges: list[str] = Field(description='Privileges, e.g. ["SELECT", "INSERT"], ["USAGE"], ["EXECUTE"].')
-    object_type: ObjectType = Field(description="What the privileges are on.")
-    schema_name: str | None = Field(default=None, description="Schema of the objects; required but for database.")
+    object_type: Replace[ObjectType] = Field(description="What the privileges are on.")
+    schema_name: Replace[str | None] = Field(
+        default=None, description="Schema of the objects; required but for database."
+    )
     objects: list[str] = Field(
         default_factory=list,
         description="Names of tables, sequences or databases (default: this one), or functions with their "
@@ -160,7 +161,7 @@ ONE_FUNCTION_QUERY = (
 
 
 @dataclass(frozen=True)
-class Target:
+class Granted:
     """One object a grant covers: its name as declared, its oid, and how GRANT names it."""
 
     declared: str
@@ -173,7 +174,7 @@ def function_name(schema: str, proname: str, identity_arguments: str) -> sql.Com
     return sql.Identifier(schema, proname) + sql.SQL("({})").format(sql.SQL(identity_arguments))
 
 
-def resolve_function(conn: psycopg.Connection, schema: str, declared: str) -> Target | None:
+def resolve_function(conn: psycopg.Connection, schema: str, declared: str) -> Granted | None:
     match = _SIGNATURE.fullmatch(declared)
     assert match is not None  # the spec checked it
     signature = f"{sql.Identifier(schema, match[1]).as_string(conn)}({match[2]})"
@@ -182,10 +183,10 @@ def resolve_function(conn: psycopg.Connection, schema: str, declared: str) -> Ta
     except psycopg.Error as error:
         raise ProviderError(f"grant on function {schema}.{declared}: not a valid signature: {error}") from error
     row = None if oid is None else conn.execute(ONE_FUNCTION_QUERY, (oid,)).fetchone()
-    return None if row is None else Target(declared, int(row[0]), function_name(schema, row[1], row[2]))
+    return None if row is None else Granted(declared, int(row[0]), function_name(schema, row[1], row[2]))
 
 
-def resolve(conn: psycopg.Connection, spec: GrantSpec, objects: list[str] | None = None) -> list[Target]:
+def resolve(conn: psycopg.Connection, spec: GrantSpec, objects: list[str] | None = None) -> list[Granted]:
     """The existing objects the spec covers (`objects` overrides the declared names), in a stable order."""
     names = spec.objects if objects is None else objects
     family, schema = FAMILY[spec.object_type], spec.schema_name or ""
@@ -193,26 +194,26 @@ def resolve(conn: psycopg.Connection, spec: GrantSpec, objects: list[str] | None
         wanted = names or [conn.info.dbname]
         rows = conn.execute("SELECT oid, datname FROM pg_database WHERE datname = ANY(%s)", (wanted,)).fetchall()
         found = {name: oid for oid, name in rows}
-        return [Target(name, int(found[name]), sql.Identifier(name)) for name in wanted if name in found]
+        return [Granted(name, int(found[name]), sql.Identifier(name)) for name in wanted if name in found]
     if family == "schema":
         oid = scalar(conn, "SELECT oid FROM pg_namespace WHERE nspname = %s", (schema,))
-        return [] if oid is None else [Target(schema, int(oid), sql.Identifier(schema))]
+        return [] if oid is None else [Granted(schema, int(oid), sql.Identifier(schema))]
     named = spec.object_type in NAMED_OBJECTS
     if family == "function":
         if named:
             return [target for name in names if (target := resolve_function(conn, schema, name)) is not None]
         return [  # ALL FUNCTIONS IN SCHEMA: aggregates and window functions too, procedures not
-            Target(f"{proname}({arguments})", int(oid), function_name(schema, proname, arguments))
+            Granted(f"{proname}({arguments})", int(oid), function_name(schema, proname, arguments))
             for oid, proname, arguments in conn.execute(FUNCTIONS_QUERY, (schema,))
         ]
     filter_names = names if named else None
     rows = conn.execute(RELATIONS_QUERY, (schema, RELKINDS[family], filter_names, filter_names)).fetchall()
     found = {name: oid for oid, name in rows}
     order = names if named else sorted(found)
-    return [Target(name, int(found[name]), sql.Identifier(schema, name)) for name in order if name in found]
+    return [Granted(name, int(found[name]), sql.Identifier(schema, name)) for name in order if name in found]
 
 
-def held(conn: psycopg.Connection, family: str, targets: list[Target], grantee: int) -> dict[int, dict[str, bool]]:
+def held(conn: psycopg.Connection, family: str, targets: list[Granted], grantee: int) -> dict[int, dict[str, bool]]:
     """oid -> {privilege: grantable} granted directly to `grantee` (a NULL ACL is the owner's default)."""
     catalog = CATALOGS[family]
     query = sql.SQL(
@@ -231,7 +232,7 @@ def held(conn: psycopg.Connection, family: str, targets: list[Target], grantee: 
     return acl
 
 
-def holds(acl: dict[int, dict[str, bool]], target: Target, privilege: str, with_grant_option: bool) -> bool:
+def holds(acl: dict[int, dict[str, bool]], target: Granted, privilege: str, with_grant_option: bool) -> bool:
     grantable = acl[target.oid].get(privilege)
     return grantable is not None and (grantable or not with_grant_option)
 
@@ -239,7 +240,7 @@ def holds(acl: dict[int, dict[str, bool]], target: Target, privilege: str, with_
 # --- render: GRANT and REVOKE ---------------------------------------------------------------------------
 
 
-def grant_statement(spec: GrantSpec, privilege: str, targets: Iterable[Target]) -> Statement:
+def grant_statement(spec: GrantSpec, privilege: str, targets: Iterable[Granted]) -> Statement:
     return sql.SQL("GRANT {} ON {} {} TO {}{}").format(
         sql.SQL(privilege),
         sql.SQL(CATALOGS[FAMILY[spec.object_type]].keyword),
@@ -250,7 +251,7 @@ def grant_statement(spec: GrantSpec, privilege: str, targets: Iterable[Target]) 
 
 
 def revoke_statement(
-    spec: GrantSpec, privileges: list[str], targets: list[Target], grant_option_only: bool = False
+    spec: GrantSpec, privileges: list[str], targets: list[Granted], grant_option_only: bool = False
 ) -> Statement:
     return sql.SQL("REVOKE {}{} ON {} {} FROM {}").format(
         sql.SQL("GRANT OPTION FOR " if grant_option_only else ""),
@@ -261,7 +262,7 @@ def revoke_statement(
     )
 
 
-def grant_statements(conn: psycopg.Connection, spec: GrantSpec, old: dict[str, Any]) -> list[Statement]:
+def grant_operations(conn: psycopg.Connection, spec: GrantSpec, old: dict[str, Any]) -> list[Operation]:
     """REVOKE what was declared before and is no longer, then GRANT what is missing."""
     grantee = role_oid(conn, spec.grantee)
     if grantee is None:
@@ -283,7 +284,7 @@ def grant_statements(conn: psycopg.Connection, spec: GrantSpec, old: dict[str, A
         lacking = [target for target in targets if not holds(acl, target, privilege, spec.with_grant_option)]
         if lacking:
             statements.append(grant_statement(spec, privilege, lacking))
-    return statements
+    return shared(statements)
 
 
 def grant_id(spec: GrantSpec) -> str:
@@ -291,12 +292,11 @@ def grant_id(spec: GrantSpec) -> str:
     return f"{spec.grantee}:{spec.object_type}:{where}"
 
 
-class GrantKind(DatabaseKind[GrantSpec]):
+class GrantKind(DatabaseKind[GrantSpec, NoStatus]):
     token = TOKEN
     spec_type = GrantSpec
-    replace_on = frozenset({"grantee", "objectType", "schemaName"})
 
-    def observe(self, resource_id: str, spec: GrantSpec) -> dict[str, Any] | None:
+    def observe(self, resource_id: str, spec: GrantSpec) -> Observed[NoStatus] | None:
         with connect(self.target) as conn:
             grantee = role_oid(conn, spec.grantee)
             if grantee is None:
@@ -304,7 +304,7 @@ class GrantKind(DatabaseKind[GrantSpec]):
             targets = resolve(conn, spec)
             acl = held(conn, FAMILY[spec.object_type], targets, grantee)
         found = {target.declared for target in targets}
-        return {
+        inputs = {
             **spec.model_dump(by_alias=True),
             "privileges": [
                 privilege
@@ -313,15 +313,15 @@ class GrantKind(DatabaseKind[GrantSpec]):
             ],
             "objects": [name for name in spec.objects if name in found],
         }
+        return Observed(inputs, NoStatus())
 
-    def create(self, spec: GrantSpec) -> tuple[str, dict[str, Any]]:
-        self.update("", {}, spec)
-        return grant_id(spec), {}
+    def create(self, spec: GrantSpec) -> tuple[str, NoStatus]:
+        return grant_id(spec), self.update("", {}, spec)
 
-    def update(self, resource_id: str, old: dict[str, Any], spec: GrantSpec) -> dict[str, Any]:
+    def update(self, resource_id: str, old: dict[str, Any], spec: GrantSpec) -> NoStatus:
         with connect(self.target) as conn:
-            run_ddl(conn, grant_statements(conn, spec, old), self.target.lock_timeout, what=f"grant {grant_id(spec)}")
-        return {}
+            self.apply(conn, grant_operations(conn, spec, old), what=f"grant {grant_id(spec)}")
+        return NoStatus()
 
     def delete(self, resource_id: str, spec: GrantSpec) -> None:
         with connect(self.target) as conn:
@@ -329,25 +329,5 @@ class GrantKind(DatabaseKind[GrantSpec]):
                 return
             targets = resolve(conn, spec)
             if targets:
-                run_ddl(
-                    conn,
-                    [revoke_statement(spec, spec.privileges, targets)],
-                    self.target.lock_timeout,
-                    what=f"revoke {grant_id(spec)}",
-                )
-
-
-@dataclass
-class GrantArgs:
-    grantee: pulumi.Input[str]
-    privileges: pulumi.Input[list[str]]
-    object_type: pulumi.Input[str]
-    schema_name: pulumi.Input[str] | None = None
-    objects: pulumi.Input[list[str]] = field(default_factory=list)
-    with_grant_option: pulumi.Input[bool] = False
-    covers: pulumi.Input[list[str]] = field(default_factory=list)
-
-
-class Grant(pulumi.CustomResource):
-    def __init__(self, name: str, args: GrantArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(TOKEN, name, provider_inputs(args), opts)
+                revoke = revoke_statement(spec, spec.privileges, targets)
+                self.apply(conn, shared([revoke]), what=f"revoke {grant_id(spec)}")

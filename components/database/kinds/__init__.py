@@ -1,0 +1,1 @@
+"""The kinds of object inside the database, one module each: spec, status, read, plan and apply."""

@@ -1,0 +1,72 @@
+"""thorbisdb:db:Schema — a schema and its owner."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg import sql
+from pydantic import Field
+
+from components.database.base import DatabaseKind
+from components.database.ddl import Operation, shared
+from components.database.session import Statement, connect, scalar
+from components.kind import Observed, ProviderError, Replace, Spec, Status
+
+TOKEN = "thorbisdb:db:Schema"
+
+
+class SchemaSpec(Spec):
+    name: Replace[str] = Field(description="Schema name.")
+    owner: str = Field(description="Role that owns the schema.")
+
+
+class SchemaStatus(Status):
+    adopted: bool | None = Field(default=None, description="The schema existed before the stack declared it.")
+
+
+def owner_statement(spec: SchemaSpec) -> Statement:
+    return sql.SQL("ALTER SCHEMA {} OWNER TO {}").format(sql.Identifier(spec.name), sql.Identifier(spec.owner))
+
+
+def create_operations(spec: SchemaSpec) -> list[Operation]:
+    return shared([sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(spec.name)), owner_statement(spec)])
+
+
+def drop_operations(spec: SchemaSpec) -> list[Operation]:
+    return shared([sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(spec.name))])
+
+
+class SchemaKind(DatabaseKind[SchemaSpec, SchemaStatus]):
+    token = TOKEN
+    spec_type = SchemaSpec
+    status_type = SchemaStatus
+
+    def observe(self, resource_id: str, spec: SchemaSpec) -> Observed[SchemaStatus] | None:
+        with connect(self.target) as conn:
+            owner = scalar(conn, "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = %s", (spec.name,))
+        return None if owner is None else Observed({"owner": owner.strip('"')}, SchemaStatus())
+
+    def create(self, spec: SchemaSpec) -> tuple[str, SchemaStatus]:
+        existed = self.observe(spec.name, spec) is not None
+        with connect(self.target) as conn:
+            self.apply(conn, create_operations(spec), what=f"schema {spec.name}")
+        return spec.name, SchemaStatus(adopted=existed)
+
+    def update(self, resource_id: str, old: dict[str, Any], spec: SchemaSpec) -> SchemaStatus:
+        with connect(self.target) as conn:
+            self.apply(conn, shared([owner_statement(spec)]), what=f"schema {spec.name}")
+        return SchemaStatus()
+
+    def delete(self, resource_id: str, spec: SchemaSpec) -> None:
+        with connect(self.target) as conn:
+            objects = scalar(
+                conn,
+                "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE nspname = %s",
+                (spec.name,),
+            )
+            if objects and not self.target.allow_data_loss:
+                raise ProviderError(
+                    f"refusing to drop schema {spec.name}: it still holds {objects} relations; "
+                    "set thorbis:allowDataLoss true to drop them with it"
+                )
+            self.apply(conn, drop_operations(spec), what=f"drop schema {spec.name}")

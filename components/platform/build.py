@@ -1,0 +1,29 @@
+"""Where the servers run. Each platform is a component that ends in one typed ConnectionSpec."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import pulumi
+
+from components.connection import ConnectionSpec
+from config import StackSettings
+
+
+class Platform(Protocol):
+    connection: pulumi.Output[ConnectionSpec]
+
+
+def build_platform(name: str, settings: StackSettings) -> Platform:
+    """The platform the stack's config names: local (default), docker or external."""
+    if settings.platform == "docker":
+        from components.platform.docker.platform import DockerPlatform
+
+        return DockerPlatform(name, settings)
+    if settings.platform == "external":
+        from components.platform.external.platform import ExternalPlatform
+
+        return ExternalPlatform(name, settings)
+    from components.platform.local.platform import LocalPlatform
+
+    return LocalPlatform(name, settings)

@@ -1,0 +1,230 @@
+"""The `docker` platform: the local topology as containers (pulumi-docker), for hosts with a Docker engine.
+
+Our machines have no Docker engine, so this platform is tested with Pulumi mocks (tests/unit), which
+assert the resource graph: one network, images, a volume per PostgreSQL server, containers with health
+checks, ports bound to 127.0.0.1, and passwords only in (secret) environment variables.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pulumi
+import pulumi_docker as docker
+
+from components.connection import ConnectionSpec, Endpoint
+from components.platform.local.platform import HOST, postgres_settings
+from components.platform.secrets import secret_of
+from config import StackSettings
+
+POSTGRES_IMAGE_DOCKERFILE = Path(__file__).with_name("postgres.Dockerfile")
+INIT_SCRIPT = Path(__file__).with_name("init-primary.sh")
+PG_INTERNAL_PORT = 5432
+
+
+def postgres_command(settings: StackSettings) -> list[str]:
+    command = ["postgres"]
+    for name, value in postgres_settings(settings).items():
+        command += ["-c", f"{name}={value}"]
+    return command
+
+
+def env(name: str, value: pulumi.Input[str]) -> pulumi.Output[str]:
+    return pulumi.Output.concat(name, "=", value)
+
+
+def healthcheck(*test: str) -> docker.ContainerHealthcheckArgs:
+    return docker.ContainerHealthcheckArgs(
+        tests=["CMD-SHELL", " ".join(test)], interval="5s", timeout="3s", retries=10, start_period="10s"
+    )
+
+
+def published(internal: int, external: int) -> list[docker.ContainerPortArgs]:
+    return [docker.ContainerPortArgs(internal=internal, external=external, ip=HOST)]
+
+
+class DockerPlatform(pulumi.ComponentResource):
+    """Primary, replicas, PgBouncer and Redis containers on one network of the stack's own."""
+
+    connection: pulumi.Output[ConnectionSpec]
+
+    def __init__(self, name: str, settings: StackSettings, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("thorbis:platform:Docker", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        spec = settings.docker
+        superuser = secret_of(settings, "postgres_password")
+        replication = secret_of(settings, "replication_password")
+        auth = secret_of(settings, "pgbouncer_auth_password")
+        redis_password = secret_of(settings, "redis_password")
+        network = docker.Network(f"{name}-network", docker.NetworkArgs(name=spec.network), child)
+        joined = [docker.ContainerNetworksAdvancedArgs(name=network.name)]
+
+        # The official image lacks pg_cron, pg_partman and hypopg: we add Debian's packages to it.
+        postgres_image = docker.Image(
+            f"{name}-postgres-image",
+            docker.ImageArgs(
+                image_name=f"thorbis-postgres:{settings.docker.postgres_image.replace(':', '-').replace('/', '-')}",
+                build=docker.DockerBuildArgs(
+                    context=str(POSTGRES_IMAGE_DOCKERFILE.parent),
+                    dockerfile=str(POSTGRES_IMAGE_DOCKERFILE),
+                    args={"BASE_IMAGE": spec.postgres_image},
+                ),
+                skip_push=True,
+            ),
+            child,
+        )
+        database = settings.postgres.database
+        primary_volume = docker.Volume(f"{name}-primary-data", docker.VolumeArgs(name=f"{spec.network}-primary"), child)
+        primary = docker.Container(
+            f"{name}-primary",
+            docker.ContainerArgs(
+                name=f"{spec.network}-primary",
+                image=postgres_image.image_name,
+                command=postgres_command(settings),
+                envs=[
+                    env("POSTGRES_PASSWORD", superuser),
+                    env("POSTGRES_DB", database),
+                    env("REPLICATION_PASSWORD", replication),
+                    env("PGBOUNCER_AUTH_PASSWORD", auth),
+                    "POSTGRES_INITDB_ARGS=--data-checksums --auth=scram-sha-256",
+                ],
+                uploads=[
+                    docker.ContainerUploadArgs(
+                        file="/docker-entrypoint-initdb.d/10-thorbis.sh",
+                        content=INIT_SCRIPT.read_text(),
+                        executable=True,
+                    )
+                ],
+                volumes=[
+                    docker.ContainerVolumeArgs(
+                        volume_name=primary_volume.name, container_path="/var/lib/postgresql/data"
+                    )
+                ],
+                networks_advanced=joined,
+                ports=published(PG_INTERNAL_PORT, settings.postgres.port),
+                healthcheck=healthcheck("pg_isready", "-U", "postgres", "-d", database),
+                restart="unless-stopped",
+                wait=True,
+            ),
+            child,
+        )
+        replicas = [
+            self.replica(name, settings, index, port, postgres_image, primary, replication, joined)
+            for index, port in enumerate(settings.replica_ports)
+        ]
+        pooler = docker.Container(
+            f"{name}-pgbouncer",
+            docker.ContainerArgs(
+                name=f"{spec.network}-pgbouncer",
+                image=docker.RemoteImage(
+                    f"{name}-pgbouncer-image",
+                    docker.RemoteImageArgs(name=spec.pgbouncer_image, keep_locally=True),
+                    child,
+                ).image_id,
+                envs=[
+                    f"DB_HOST={spec.network}-primary",
+                    "AUTH_TYPE=scram-sha-256",
+                    "AUTH_USER=pgbouncer_auth",
+                    env("DB_USER", "pgbouncer_auth"),
+                    env("DB_PASSWORD", auth),
+                    "AUTH_QUERY=SELECT usename, passwd FROM pgbouncer.get_auth($1)",
+                    f"POOL_MODE={settings.pgbouncer.pool_mode}",
+                    f"MAX_CLIENT_CONN={settings.pgbouncer.max_client_conn}",
+                    f"DEFAULT_POOL_SIZE={settings.pgbouncer.default_pool_size}",
+                    f"RESERVE_POOL_SIZE={settings.pgbouncer.reserve_pool_size}",
+                    f"RESERVE_POOL_TIMEOUT={settings.pgbouncer.reserve_pool_timeout}",
+                    f"MAX_DB_CONNECTIONS={settings.pgbouncer.max_db_connections}",
+                ],
+                networks_advanced=joined,
+                ports=published(5432, settings.pgbouncer.port),
+                healthcheck=healthcheck("pg_isready", "-h", "127.0.0.1", "-p", "5432"),
+                restart="unless-stopped",
+            ),
+            pulumi.ResourceOptions(parent=self, depends_on=[primary]),
+        )
+        redis_volume = docker.Volume(f"{name}-redis-data", docker.VolumeArgs(name=f"{spec.network}-redis"), child)
+        persistence = "--appendonly yes" if settings.redis.persistence else "--appendonly no --save ''"
+        redis = docker.Container(
+            f"{name}-redis",
+            docker.ContainerArgs(
+                name=f"{spec.network}-redis",
+                image=docker.RemoteImage(
+                    f"{name}-redis-image",
+                    docker.RemoteImageArgs(name=spec.redis_image, keep_locally=True),
+                    child,
+                ).image_id,
+                # The password reaches redis-server through the environment, never its command line.
+                command=[
+                    "sh",
+                    "-c",
+                    'exec redis-server --requirepass "$REDIS_PASSWORD" '
+                    f"--maxmemory {settings.redis.maxmemory} --maxmemory-policy {settings.redis.maxmemory_policy} "
+                    f"{persistence}",
+                ],
+                envs=[env("REDIS_PASSWORD", redis_password), env("REDISCLI_AUTH", redis_password)],
+                volumes=[docker.ContainerVolumeArgs(volume_name=redis_volume.name, container_path="/data")],
+                networks_advanced=joined,
+                ports=published(6379, settings.redis.port),
+                healthcheck=healthcheck("redis-cli", "ping"),
+                restart="unless-stopped",
+            ),
+            child,
+        )
+        ready = [primary.id, pooler.id, redis.id, *(replica.id for replica in replicas)]
+        self.connection = pulumi.Output.all(superuser, redis_password, *ready).apply(
+            lambda values: ConnectionSpec(
+                platform="docker",
+                primary=Endpoint(HOST, settings.postgres.port),
+                database=database,
+                admin_user="postgres",
+                admin_password=values[0],
+                pooler=Endpoint(HOST, settings.pgbouncer.port),
+                replicas=tuple(Endpoint(HOST, port) for port in settings.replica_ports),
+                redis=Endpoint(HOST, settings.redis.port),
+                redis_password=values[1],
+            )
+        )
+        self.register_outputs({})
+
+    def replica(
+        self,
+        name: str,
+        settings: StackSettings,
+        index: int,
+        port: int,
+        image: docker.Image,
+        primary: docker.Container,
+        replication: pulumi.Output[str],
+        joined: list[docker.ContainerNetworksAdvancedArgs],
+    ) -> docker.Container:
+        network = settings.docker.network
+        volume = docker.Volume(
+            f"{name}-replica-{index}-data",
+            docker.VolumeArgs(name=f"{network}-replica-{index}"),
+            pulumi.ResourceOptions(parent=self),
+        )
+        backup = f'pg_basebackup -h {network}-primary -U replicator -D "$PGDATA" -R -X stream -S replica_{index}'
+        # A retry starts from an empty directory, and reuses the slot an interrupted first try created.
+        start = (
+            'if [ ! -s "$PGDATA/PG_VERSION" ]; then '
+            f'until rm -rf "$PGDATA"/* && {{ {backup} -C || {{ rm -rf "$PGDATA"/* && {backup}; }}; }}; '
+            "do sleep 2; done; fi; exec docker-entrypoint.sh " + " ".join(postgres_command(settings))
+        )
+        return docker.Container(
+            f"{name}-replica-{index}",
+            docker.ContainerArgs(
+                name=f"{network}-replica-{index}",
+                image=image.image_name,
+                user="postgres",
+                command=["bash", "-c", start],
+                envs=[env("PGPASSWORD", replication), "PGDATA=/var/lib/postgresql/data"],
+                volumes=[
+                    docker.ContainerVolumeArgs(volume_name=volume.name, container_path="/var/lib/postgresql/data")
+                ],
+                networks_advanced=joined,
+                ports=published(PG_INTERNAL_PORT, port),
+                healthcheck=healthcheck("pg_isready", "-U", "postgres"),
+                restart="unless-stopped",
+            ),
+            pulumi.ResourceOptions(parent=self, depends_on=[primary]),
+        )

@@ -1,0 +1,215 @@
+"""The `local` platform: real PostgreSQL, replicas, PgBouncer and Redis processes on this host."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pulumi
+
+from components.connection import ConnectionSpec, Endpoint
+from components.platform.local.backup import BackupRepositoryKind
+from components.platform.local.pgbackrest import Repository, archive_command, directory_problem
+from components.platform.local.pgbouncer import PgBouncerKind
+from components.platform.local.postgres import PostgresServerKind
+from components.platform.local.process import read_pid
+from components.platform.local.redis import RedisKind
+from components.platform.local.replica import PostgresReplicaKind
+from components.platform.secrets import secret_of
+from components.resource import declare
+from config import ConfigError, Problem, StackSettings, check_host_ports
+
+HOST = "127.0.0.1"
+
+
+def postgres_settings(settings: StackSettings) -> dict[str, str]:
+    """postgresql.conf of every server of the stack (replicas need the primary's limits or more)."""
+    postgres = settings.postgres
+    wal_senders = str(max(10, settings.replicas.count + 5))
+    return {
+        "shared_preload_libraries": "pg_cron,pg_stat_statements",
+        "cron.database_name": postgres.database,
+        # jobs run in background workers: pg_cron's default, a libpq connection to localhost, has no
+        # password to give our scram-only pg_hba.conf; workers for jobs come out of max_worker_processes
+        "cron.use_background_workers": "on",
+        "max_worker_processes": "16",
+        "wal_level": "replica",
+        "max_wal_senders": wal_senders,
+        "max_replication_slots": wal_senders,
+        "hot_standby": "on",
+        "password_encryption": "scram-sha-256",
+        "max_connections": str(postgres.max_connections),
+        "shared_buffers": postgres.shared_buffers,
+        "work_mem": postgres.work_mem,
+        "maintenance_work_mem": postgres.maintenance_work_mem,
+        "effective_cache_size": postgres.effective_cache_size,
+        **postgres.settings,
+        **archive_settings(settings),
+    }
+
+
+def backup_repository(settings: StackSettings) -> Repository | None:
+    """The stack's pgBackRest repository (stanza: the stack's name), or None when backups are off."""
+    backup = settings.backup
+    if settings.platform != "local" or not backup.enabled:
+        return None
+    return Repository(
+        path=str(backup.repository(settings.state_dir)),
+        stanza=settings.stack,
+        config_dir=str(settings.state_dir / "pgbackrest"),
+        retention_full=backup.retention,
+        create_path=backup.directory is None,
+        restore_on_provision=backup.restore_on_provision,
+    )
+
+
+def archive_settings(settings: StackSettings) -> dict[str, str]:
+    """Continuous WAL archiving into the stack's repository (archive_mode takes a restart: the
+    PostgresServer kind restarts when a setting is pending_restart)."""
+    repo = backup_repository(settings)
+    if repo is None:
+        return {}
+    return {
+        "archive_mode": "on",
+        "archive_command": archive_command(repo),
+        "archive_timeout": settings.backup.archive_timeout,
+    }
+
+
+def check_backup_directory(settings: StackSettings) -> None:
+    """Before any resource exists: a configured backup directory that is missing or not writable stops
+    preview and up with an error naming thorbis:backup.directory (nothing is changed)."""
+    repo = backup_repository(settings)
+    problem = directory_problem(repo) if repo is not None else None
+    if repo is not None and problem is not None:
+        raise ConfigError(settings.stack, [Problem("thorbis:backup.directory", f'"{repo.path}"', problem)])
+
+
+def ports_held(state_dir: Path) -> set[int]:
+    """Ports that this stack's own running servers listen on (so they do not count as taken)."""
+    held: set[int] = set()
+    for pidfile in state_dir.glob("*/data/postmaster.pid"):
+        lines = pidfile.read_text().splitlines()
+        if read_pid(pidfile) is not None and len(lines) > 3:
+            held.add(int(lines[3]))
+    for pidfile, conf, pattern in (
+        (
+            state_dir / "pgbouncer" / "pgbouncer.pid",
+            state_dir / "pgbouncer" / "pgbouncer.ini",
+            r"listen_port = (\d+)",
+        ),
+        (state_dir / "redis" / "redis.pid", state_dir / "redis" / "redis.conf", r"^port (\d+)"),
+    ):
+        if read_pid(pidfile) is not None and conf.exists():
+            held.update(int(port) for port in re.findall(pattern, conf.read_text(), re.MULTILINE))
+    return held
+
+
+class LocalPlatform(pulumi.ComponentResource):
+    """Primary, N streaming replicas, PgBouncer and Redis of one stack, under its state directory."""
+
+    connection: pulumi.Output[ConnectionSpec]
+
+    def __init__(self, name: str, settings: StackSettings, opts: pulumi.ResourceOptions | None = None) -> None:
+        check_host_ports(settings, owned_ports=ports_held(settings.state_dir))  # before any resource exists
+        check_backup_directory(settings)
+        super().__init__("thorbis:platform:Local", name, None, opts)
+        base = settings.state_dir
+        superuser = secret_of(settings, "postgres_password")
+        replication = secret_of(settings, "replication_password")
+        gucs = postgres_settings(settings)
+        repository = backup_repository(settings)
+        child = pulumi.ResourceOptions(parent=self)
+
+        primary = declare(
+            PostgresServerKind,
+            f"{name}-primary",
+            {
+                "state_dir": str(base / "postgres-primary"),
+                "port": settings.postgres.port,
+                "database": settings.postgres.database,
+                "superuser_password": superuser,
+                "replication_password": replication,
+                "settings": gucs,
+                "allow_data_loss": settings.allow_data_loss,
+                "backup": repository,
+            },
+            child,
+        )
+        after_primary = pulumi.ResourceOptions(parent=self, depends_on=[primary])
+        if repository is not None:  # archiving of the primary; backups are taken by scripts/backup
+            backups = {
+                "repository": repository,
+                "primary_state_dir": str(base / "postgres-primary"),
+                "port": settings.postgres.port,
+                "superuser_password": superuser,
+                "allow_data_loss": settings.allow_data_loss,
+            }
+            declare(BackupRepositoryKind, f"{name}-backups", backups, after_primary)
+        replicas = [
+            declare(
+                PostgresReplicaKind,
+                f"{name}-replica-{index}",
+                {
+                    "state_dir": str(base / f"postgres-replica-{index}"),
+                    "port": port,
+                    "primary_port": settings.postgres.port,
+                    "slot_name": f"replica_{index}",
+                    "superuser_password": superuser,
+                    "replication_password": replication,
+                    "settings": gucs,
+                },
+                after_primary,
+            )
+            for index, port in enumerate(settings.replica_ports)
+        ]
+        pgbouncer = settings.pgbouncer
+        pooler = declare(
+            PgBouncerKind,
+            f"{name}-pgbouncer",
+            {
+                "state_dir": str(base / "pgbouncer"),
+                "port": pgbouncer.port,
+                "primary_port": settings.postgres.port,
+                "database": settings.postgres.database,
+                "superuser_password": superuser,
+                "auth_password": secret_of(settings, "pgbouncer_auth_password"),
+                "max_client_conn": pgbouncer.max_client_conn,
+                "default_pool_size": pgbouncer.default_pool_size,
+                "reserve_pool_size": pgbouncer.reserve_pool_size,
+                "reserve_pool_timeout": pgbouncer.reserve_pool_timeout,
+                "max_db_connections": pgbouncer.max_db_connections,
+                "pool_mode": pgbouncer.pool_mode,
+            },
+            after_primary,
+        )
+        redis_password = secret_of(settings, "redis_password")
+        cache = declare(
+            RedisKind,
+            f"{name}-redis",
+            {
+                "state_dir": str(base / "redis"),
+                "port": settings.redis.port,
+                "password": redis_password,
+                "maxmemory": settings.redis.maxmemory,
+                "maxmemory_policy": settings.redis.maxmemory_policy,
+                "persistence": settings.redis.persistence,
+                "allow_data_loss": settings.allow_data_loss,
+            },
+            child,
+        )
+        ready = [primary.id, pooler.id, cache.id, *(replica.id for replica in replicas)]
+        self.connection = pulumi.Output.all(superuser, redis_password, *ready).apply(
+            lambda values: ConnectionSpec(
+                platform="local",
+                primary=Endpoint(HOST, settings.postgres.port),
+                database=settings.postgres.database,
+                admin_user="postgres",
+                admin_password=values[0],
+                pooler=Endpoint(HOST, settings.pgbouncer.port),
+                replicas=tuple(Endpoint(HOST, port) for port in settings.replica_ports),
+                redis=Endpoint(HOST, settings.redis.port),
+                redis_password=values[1],
+            )
+        )
+        self.register_outputs({})
