@@ -4,8 +4,9 @@ Safe to run when nothing was interrupted: every step then finds nothing to do.
 
 1. The lock. An interrupted update leaves the stack locked. On a file backend the lock names the process
    and host that took it: when that process still runs here, an update is in progress and we stop;
-   otherwise the lock is removed (`pulumi cancel`). On other backends the update history says whether an
-   update is in progress; it is cancelled.
+   otherwise what a kill during a save of the stack left is undone (see repair_writes: without it the
+   stack cannot even be read) and the lock is removed (`pulumi cancel`). On other backends the update
+   history says whether an update is in progress; it is cancelled.
 2. Pending operations: what the engine started and never saw finish. Pending creates are cleared (`pulumi
    refresh --clear-pending-creates`, which asks on a terminal and not here): every kind adopts what already
    exists, so the next `up` creates what is missing and finishes what was half done. The engine drops the
@@ -33,9 +34,7 @@ from urllib.parse import unquote, urlsplit
 import pulumi.automation as auto
 
 from components.platform.local import process
-from ops.stack import ToolError, last_line, open_stack
-
-LOCKS = Path(".pulumi") / "locks"
+from ops.stack import ROOT, ToolError, last_line, open_stack
 
 
 @dataclass(frozen=True)
@@ -69,18 +68,42 @@ def process_started_at(pid: int) -> datetime | None:
     return datetime.fromtimestamp(booted + ticks / os.sysconf("SC_CLK_TCK"), UTC)
 
 
-def file_backend(stack: auto.Stack) -> Path | None:
-    """The directory of a file:// backend, or None for any other backend."""
-    url = urlsplit(stack.workspace.who_am_i().url or "")
-    return Path(unquote(url.path)) if url.scheme == "file" else None
+@dataclass(frozen=True)
+class FileBackend:
+    """One stack's files in a file:// backend, laid out as pkg/backend/diy writes them."""
+
+    root: Path
+    project: str
+    stack: str
+
+    def locks(self) -> list[Lock]:
+        """.pulumi/locks/organization/<project>/<stack>/<id>.json (older backends: .pulumi/locks/<stack>/)."""
+        locks = self.root / ".pulumi" / "locks"
+        return [*locks_in(locks / "organization" / self.project / self.stack), *locks_in(locks / self.stack)]
+
+    def written(self, suffix: str) -> list[Path]:
+        """The stack's checkpoint and history blobs (and their side files) whose names end with `suffix`."""
+        pulumi = self.root / ".pulumi"
+        checkpoints = [
+            path
+            for directory in (pulumi / "stacks" / self.project, pulumi / "stacks")
+            for path in directory.glob(f"{self.stack}.json*{suffix}")
+        ]
+        histories = [
+            path
+            for directory in (pulumi / "history" / self.project / self.stack, pulumi / "history" / self.stack)
+            for path in directory.glob(f"*{suffix}")
+        ]
+        return sorted(checkpoints + histories)
 
 
-def locks_of(stack: auto.Stack, backend: Path) -> list[Lock]:
-    """The stack's lock files: .pulumi/locks/<organization>/<project>/<stack>/<id>.json (older backends
-    without projects: .pulumi/locks/<stack>/)."""
-    project = stack.workspace.project_settings().name
-    directories = [backend / LOCKS / "organization" / project / stack.name, backend / LOCKS / stack.name]
-    return [lock for directory in directories for lock in locks_in(directory)]
+def file_backend(name: str, work_dir: Path | None) -> FileBackend | None:
+    """The stack's files when the backend is a file:// one (PULUMI_BACKEND_URL), else None."""
+    workspace = auto.LocalWorkspace(work_dir=str(work_dir or ROOT))
+    url = urlsplit(workspace.who_am_i().url or "")
+    if url.scheme != "file":
+        return None
+    return FileBackend(Path(unquote(url.path)), workspace.project_settings().name, name)
 
 
 def locks_in(directory: Path) -> list[Lock]:
@@ -97,20 +120,39 @@ class UpdateRunning(Exception):
     """The stack's lock belongs to an update that is still running."""
 
 
-def release_lock(stack: auto.Stack) -> list[str]:
-    """Remove the lock an interrupted update left; refuse while the update that took it still runs."""
-    backend = file_backend(stack)
+def refuse_while_running(backend: FileBackend) -> None:
+    live = [lock for lock in backend.locks() if lock.held_by_a_live_update()]
+    if live:
+        raise UpdateRunning(
+            f"stack '{backend.stack}' is locked by an update that is still running ({live[0].describe()}); "
+            "wait for it to end, or stop it, then run this again"
+        )
+
+
+def repair_writes(backend: FileBackend) -> list[str]:
+    """Undo what a kill while the CLI saved the stack leaves. The file backend (gocloud's fileblob) writes a
+    blob's new content to `<name>.<random>.tmp`, then its metadata file `<name>.attrs` in place (content
+    type, MD5), then renames the content over the old: killed in between, the last whole checkpoint is
+    still there, beside an empty `.attrs` the backend cannot read ("failed to load checkpoint: EOF")."""
+    done = []
+    for attrs in backend.written(".attrs"):
+        try:
+            json.loads(attrs.read_text())
+        except ValueError:
+            attrs.unlink()  # only metadata: without it the blob reads as plain content
+            done.append(f"removed {attrs}, the metadata of a blob the kill cut short (the blob is whole)")
+    for unfinished in backend.written(".tmp"):
+        unfinished.unlink()
+        done.append(f"removed {unfinished}, a save of the stack that the kill interrupted before it was used")
+    return done
+
+
+def release_lock(stack: auto.Stack, backend: FileBackend | None) -> list[str]:
+    """Remove the lock an interrupted update left (its update was found not to run any more)."""
     if backend is not None:
-        locks = locks_of(stack, backend)
-        live = [lock for lock in locks if lock.held_by_a_live_update()]
-        if live:
-            raise UpdateRunning(
-                f"stack '{stack.name}' is locked by an update that is still running ({live[0].describe()}); "
-                "wait for it to end, or stop it, then run this again"
-            )
-        if not locks:
-            return []
-        stack.cancel()
+        locks = backend.locks()
+        if locks:
+            stack.cancel()
         return [f"removed the lock left by an interrupted update ({lock.describe()})" for lock in locks]
     history = stack.history(page_size=1)
     if history and history[0].result == "in-progress":
@@ -132,9 +174,15 @@ def say(message: str) -> None:
     print(f"recover: {message}", flush=True)
 
 
-def recover(stack: auto.Stack) -> None:
+def recover(name: str, work_dir: Path | None) -> None:
     """The steps of the module's docstring; raises auto.CommandError when one of them fails."""
-    for line in release_lock(stack):
+    backend = file_backend(name, work_dir)
+    if backend is not None:
+        refuse_while_running(backend)
+        for line in repair_writes(backend):
+            say(line)
+    stack = open_stack(name, work_dir)
+    for line in release_lock(stack, backend):
         say(line)
     pending = pending_operations(stack)
     for line in pending:
@@ -158,8 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", type=Path, help="the project directory (default: this clone)")
     args = parser.parse_args(argv)
     try:
-        stack = open_stack(args.stack, args.work_dir)
-        recover(stack)
+        recover(args.stack, args.work_dir)
     except (ToolError, UpdateRunning) as error:
         print(f"recover: {error}", file=sys.stderr)
         return 2

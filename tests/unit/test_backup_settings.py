@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from components.platform.local.pgbackrest import segment_number, segments_after
 from components.platform.local.platform import (
     archive_settings,
     backup_repository,
     check_backup_directory,
     postgres_settings,
 )
-from components.platform.local.pgbackrest import segment_number, segments_after
 from config import ConfigError
 from tests.unit.test_config import ROOT, Stack, the_line
 

@@ -9,7 +9,7 @@ import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from recovery.recover import Lock, locks_in, process_started_at
+from recovery.recover import FileBackend, Lock, locks_in, process_started_at, repair_writes
 
 
 def lock(pid: int, taken_at: datetime, hostname: str | None = None) -> Lock:
@@ -44,3 +44,26 @@ def test_lock_files_are_read_as_pulumi_writes_them(tmp_path: Path) -> None:
     (found,) = locks_in(tmp_path)
     assert (found.pid, found.hostname) == (4242, "vm")
     assert found.taken_at == datetime(2026, 11, 28, 19, 54, 54, 123456, tzinfo=UTC)
+
+
+def test_a_save_cut_by_a_kill_is_undone_and_the_last_whole_checkpoint_kept(tmp_path: Path) -> None:
+    """As found after a kill (gocloud's fileblob: content aside, .attrs in place, then the rename)."""
+    backend = FileBackend(tmp_path, "thorbis-db", "dev")
+    stacks = tmp_path / ".pulumi" / "stacks" / "thorbis-db"
+    stacks.mkdir(parents=True)
+    whole = {"version": 3, "deployment": {}}
+    (stacks / "dev.json").write_text(json.dumps(whole))
+    (stacks / "dev.json.attrs").write_text("")
+    (stacks / "dev.json.18ec5470fc912bb1.tmp").write_text('{"version": 3, "deplo')
+    (stacks / "dev.json.bak").write_text(json.dumps(whole))
+    (stacks / "dev.json.bak.attrs").write_text('{"user.content_type": "text/plain; charset=utf-8", "md5": "x"}')
+    (stacks / "dev-2.json.attrs").write_text("")  # another stack's: not ours to touch
+    done = repair_writes(backend)
+    assert len(done) == 2
+    assert sorted(path.name for path in stacks.iterdir()) == [
+        "dev-2.json.attrs",
+        "dev.json",
+        "dev.json.bak",
+        "dev.json.bak.attrs",
+    ]
+    assert repair_writes(backend) == []
