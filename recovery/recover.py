@@ -190,11 +190,8 @@ def recover(name: str, work_dir: Path | None) -> None:
     creates = any(line.startswith("creating ") for line in pending)
     say("refreshing: the state takes what really exists" + (", pending creates cleared" if creates else ""))
     stack.refresh(clear_pending_creates=creates or None, on_output=print, on_error=print)
-    left = pending_operations(stack)
     say("up: what is missing is made, what a kill left half-made is set aside and rebuilt")
     stack.up(on_output=print, on_error=print)
-    if left:
-        say(f"the engine dropped {len(left)} pending operation(s) the refresh had read back")
     preview = stack.preview(expect_no_changes=True)
     same = dict(preview.change_summary).get(auto.OpType.SAME, 0)
     say(f"stack '{stack.name}' matches its code again: {same} resources, a preview shows no change")
