@@ -15,9 +15,11 @@ import resource
 import statistics
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from components.connection import ConnectionSpec
 
 PGBENCH = Path("/usr/lib/postgresql/15/bin/pgbench")
 SCRIPT = """\\set n random(0, {last})
@@ -31,15 +33,21 @@ NOFILE = 8192  # 1,000 clients need more descriptors than the usual soft limit o
 
 
 @dataclass(frozen=True)
-class Target:
-    """Where pgbench connects: PgBouncer's port or the primary's, as `authenticator`."""
+class Route:
+    """One way pgbench reaches the database, by name: libpq's keywords for PgBouncer or for the primary."""
 
     name: str
-    port: int
-    password: str
-    host: str = "127.0.0.1"
-    user: str = "authenticator"
-    database: str = "thorbis"
+    conninfo: dict[str, Any] = field(repr=False)
+
+
+def routes(connection: ConnectionSpec, user: str, password: str) -> tuple[Route, Route]:
+    """Pooled (through PgBouncer) and direct (to the primary), both as `user`."""
+    if connection.pooler is None:
+        raise ValueError(f"the {connection.platform} platform has no PgBouncer to benchmark")
+    return (
+        Route("pgbouncer", connection.conninfo(connection.pooler, user=user, password=password)),
+        Route("direct", connection.conninfo(user=user, password=password)),
+    )
 
 
 def raise_file_limit() -> None:
@@ -79,21 +87,22 @@ def summary_number(output: str, pattern: str) -> float | None:
 
 
 def run_pgbench(
-    target: Target, company: str, customers: int, clients: int, seconds: int, rate: int | None = None
+    route: Route, company: str, customers: int, clients: int, seconds: int, rate: int | None = None
 ) -> dict[str, Any]:
     """One pgbench run; its figures, or what went wrong, as a dict."""
+    login = route.conninfo
     with tempfile.TemporaryDirectory(prefix="thorbis-pgbench-") as tmp:
         work = Path(tmp)
         script = work / "read_customer.sql"
         script.write_text(SCRIPT.format(last=customers - 1, company=company))
         command = [
-            str(PGBENCH), "-n", "-M", "simple", "-h", target.host, "-p", str(target.port), "-U", target.user,
+            str(PGBENCH), "-n", "-M", "simple", "-h", login["host"], "-p", str(login["port"]), "-U", login["user"],
             "-c", str(clients), "-j", "2", "-T", str(seconds), "-f", str(script), "--log",
-            f"--log-prefix={work / 'pgbench_log'}", "--failures-detailed", target.database,
+            f"--log-prefix={work / 'pgbench_log'}", "--failures-detailed", login["dbname"],
         ]  # fmt: skip
         if rate:
             command[1:1] = ["-R", str(rate)]
-        environment = {**os.environ, "PGPASSWORD": target.password, "PGCONNECT_TIMEOUT": "30"}
+        environment = {**os.environ, "PGPASSWORD": login["password"], "PGCONNECT_TIMEOUT": "30"}
         done = subprocess.run(
             command,
             capture_output=True,
@@ -107,7 +116,7 @@ def run_pgbench(
     output = done.stdout + done.stderr
     errors = [line for line in done.stderr.splitlines() if "error" in line.lower() or "fatal" in line.lower()]
     return {
-        "target": target.name,
+        "target": route.name,
         "clients": clients,
         "seconds": seconds,
         "rate_limit_tps": rate,
@@ -147,8 +156,7 @@ def direct_capacity(max_connections: int, reserved: int, in_use: int, headroom: 
 
 
 def run_all(
-    pooled: Target,
-    direct: Target,
+    pooled_and_direct: tuple[Route, Route],
     company: str,
     customers: int,
     direct_limit: int,
@@ -159,15 +167,16 @@ def run_all(
     """Pooled and direct, unpaced (the most each does) and paced at `rate` transactions per second in all
     (1 per client per second at 1,000 clients): the latency an application sees at that load."""
     runs = []
-    plan: list[tuple[Target, int, int | None, int]] = [
+    pooled, direct = pooled_and_direct
+    plan: list[tuple[Route, int, int | None, int]] = [
         (pooled, clients, None, seconds),
         (pooled, clients, rate, seconds),
         (direct, clients, None, max(5, seconds // 2)),
         (direct, direct_limit, None, seconds),
         (direct, direct_limit, rate, seconds),
     ]
-    for target, count, paced, duration in plan:
-        run = run_pgbench(target, company, customers, count, duration, paced)
+    for route, count, paced, duration in plan:
+        run = run_pgbench(route, company, customers, count, duration, paced)
         print_run(run)
         runs.append(run)
     return runs

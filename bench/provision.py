@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import re
-import secrets
 import subprocess
 import tempfile
 import time
@@ -24,25 +23,17 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import psycopg
-import pulumi.automation as auto
 from psycopg import sql
 
-from tests.support import copy_project, free_ports, reachable_state_dir
+from components.connection import ConnectionSpec
+from ops.stack import read_connection
+from testbed.stacks import throwaway_stack
+from testbed.support import copy_project
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
+RESULTS = Path(__file__).resolve().parent / "results"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
-DATABASE = "thorbis"
 FLOOR_DATABASE = "thorbis_psql_floor"
 CRON = re.compile(r"\b(pg_)?cron\b")
-PASSWORD_KEYS = (
-    "postgresPassword",
-    "replicationPassword",
-    "pgbouncerAuthPassword",
-    "redisPassword",
-    "authenticatorPassword",
-    "reportingPassword",
-)
 T = TypeVar("T")
 
 
@@ -54,13 +45,21 @@ def timed(step: str, action: Callable[[], T], figures: dict[str, float]) -> T:
     return result
 
 
-def libpq_env(password: str) -> dict[str, str]:
-    return {**os.environ, "PGPASSWORD": password, "PGHOST": "127.0.0.1", "PGUSER": "postgres"}
+def libpq_env(connection: ConnectionSpec) -> dict[str, str]:
+    """pg_dump's, pg_restore's and psql's environment: the admin connection to the primary."""
+    primary = connection.primary
+    return {
+        **os.environ,
+        "PGHOST": primary.host,
+        "PGPORT": str(primary.port),
+        "PGUSER": connection.admin_user,
+        "PGPASSWORD": connection.admin_password,
+    }
 
 
-def views_reading_cron(conninfo: dict[str, Any]) -> set[str]:
+def views_reading_cron(connection: ConnectionSpec) -> set[str]:
     """Names of the views outside `cron` whose query reads one of pg_cron's tables."""
-    with psycopg.connect(**conninfo, dbname=DATABASE) as conn:
+    with psycopg.connect(**connection.conninfo()) as conn:
         rows = conn.execute(
             "SELECT DISTINCT v.relname FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid "
             "JOIN pg_class v ON v.oid = r.ev_class JOIN pg_class t ON t.oid = d.refobjid "
@@ -69,18 +68,18 @@ def views_reading_cron(conninfo: dict[str, Any]) -> set[str]:
     return {name for (name,) in rows}
 
 
-def psql_floor(port: int, password: str, work: Path) -> dict[str, Any]:
+def psql_floor(connection: ConnectionSpec, work: Path) -> dict[str, Any]:
     """Dump the schema of the provisioned database, then time `psql -f` of it into an empty database."""
-    env = {**libpq_env(password), "PGPORT": str(port)}
+    env = libpq_env(connection)
+    database = connection.database
     archive, listing, script = work / "schema.dump", work / "schema.list", work / "schema.sql"
-    subprocess.run([PG_BIN / "pg_dump", "-Fc", "--schema-only", "-f", archive, DATABASE], env=env, check=True)
+    subprocess.run([PG_BIN / "pg_dump", "-Fc", "--schema-only", "-f", archive, database], env=env, check=True)
     entries = subprocess.run(
         [PG_BIN / "pg_restore", "-l", archive], env=env, check=True, capture_output=True, text=True
     ).stdout.splitlines()
-    conninfo = {"host": "127.0.0.1", "port": port, "user": "postgres", "password": password}
     # pg_cron lives in one database only: leave out the extension, what names its `cron` schema, and the
     # views that read its tables
-    cron_readers = views_reading_cron(conninfo)
+    cron_readers = views_reading_cron(connection)
     kept = [
         entry
         for entry in entries
@@ -88,7 +87,7 @@ def psql_floor(port: int, password: str, work: Path) -> dict[str, Any]:
     ]
     listing.write_text("\n".join(kept) + "\n")
     subprocess.run([PG_BIN / "pg_restore", "-L", listing, "-f", script, archive], env=env, check=True)
-    with psycopg.connect(**conninfo, dbname=DATABASE, autocommit=True) as conn:  # type: ignore[arg-type]
+    with psycopg.connect(**connection.conninfo(), autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(FLOOR_DATABASE)))
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(FLOOR_DATABASE)))
     try:
@@ -104,7 +103,7 @@ def psql_floor(port: int, password: str, work: Path) -> dict[str, Any]:
             raise RuntimeError(f"psql -f of the dumped schema failed: {applied.stderr.strip()[-800:]}")
         seconds = round(time.perf_counter() - started, 2)
     finally:
-        with psycopg.connect(**conninfo, dbname=DATABASE, autocommit=True) as conn:  # type: ignore[arg-type]
+        with psycopg.connect(**connection.conninfo(), autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(FLOOR_DATABASE)))
     statements = sum(1 for entry in kept if entry and not entry.startswith(";"))
     print(f"{'psql -f floor':<24} {seconds:>8.2f} s  ({statements} dump entries)", flush=True)
@@ -114,44 +113,23 @@ def psql_floor(port: int, password: str, work: Path) -> dict[str, Any]:
 def measure(replicas: int = 0) -> dict[str, Any]:
     """Up from nothing, no-change preview and up, the psql floor, refresh, destroy, on a throwaway stack."""
     figures: dict[str, float] = {}
-    name = f"bench-{secrets.token_hex(3)}"
-    with reachable_state_dir("thorbis-bench-") as state_dir, tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         backend = Path(tmp) / "backend"
         backend.mkdir()
         project = copy_project(Path(tmp) / "project")
-        ports = free_ports(3 + replicas)
-        stack = auto.create_stack(
-            name,
-            work_dir=str(project),
-            opts=auto.LocalWorkspaceOptions(env_vars={"PULUMI_BACKEND_URL": f"file://{backend}"}),
-        )
-        passwords = {key: secrets.token_urlsafe(18) for key in PASSWORD_KEYS}
-        try:
-            values = {
-                "thorbis:stateDir": str(state_dir),
-                "thorbis:allowDataLoss": "true",
-                "thorbis:postgres.port": str(ports[0]),
-                "thorbis:pgbouncer.port": str(ports[1]),
-                "thorbis:redis.port": str(ports[2]),
-                "thorbis:replicas.count": str(replicas),
-            }
-            if replicas:
-                values["thorbis:replicas.basePort"] = str(ports[3])
-            stack.set_all_config({k: auto.ConfigValue(v) for k, v in values.items()}, path=True)
-            stack.set_all_config({f"thorbis:{k}": auto.ConfigValue(v, secret=True) for k, v in passwords.items()})
+        with throwaway_stack(backend, "bench", replicas=replicas, work_dir=project) as live:
+            stack = live.stack
             created = timed("up from nothing", stack.up, figures)
             timed("no-change preview", lambda: stack.preview(expect_no_changes=True), figures)
             timed("no-change up", stack.up, figures)
             with tempfile.TemporaryDirectory(prefix="thorbis-floor-") as work:
                 try:
-                    floor = psql_floor(ports[0], passwords["postgresPassword"], Path(work))
+                    floor = psql_floor(read_connection(stack), Path(work))
                 except (RuntimeError, subprocess.CalledProcessError) as error:  # reported, the run goes on
                     print(f"psql floor failed: {error}", flush=True)
                     floor = {"seconds": None, "error": str(error)}
             timed("refresh", stack.refresh, figures)
             timed("destroy", stack.destroy, figures)
-        finally:
-            stack.workspace.remove_stack(name, force=True)
     resources = cast(dict[str, int], dict(created.summary.resource_changes or {})).get("create", 0)
     engine = subprocess.run(["pulumi", "version"], capture_output=True, text=True, check=True).stdout.strip()
     ratios = {

@@ -2,7 +2,7 @@
 
 1. Provisioning (bench/provision.py): its own stack, from nothing, against the `psql -f` floor.
 2. Queries and connections: a stack whose program has an empty sql/schema (servers, roles, extensions
-   only); the review's before database is built on it (tests/fixtures/before_state.py) and filled
+   only); the review's before database is built on it (testbed/before_state.py) and filled
    (bench/generate.py); the six query classes are timed; the full schema is put back and `pulumi up`
    adopts the populated database; the classes are timed again (RLS and owner), then pgbench runs.
 Results: bench/results/results.json, REPORT.md, charts, plans/. Each stack is destroyed at the end.
@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import secrets
 import shutil
 import tempfile
 import time
@@ -24,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -31,64 +31,61 @@ import psycopg
 import pulumi.automation as auto
 
 from bench import connections, generate, provision, queries, report
-from tests.e2e.conftest import PASSWORD_KEYS, configure
-from tests.fixtures.before_state import build_before_state
-from tests.support import copy_project_without_tables, free_ports, reachable_state_dir
+from components.connection import ConnectionSpec
+from ops.stack import read_connection
+from testbed.before_state import build_before_state
+from testbed.stacks import LiveStack, throwaway_stack
+from testbed.support import PROJECT_ROOT, copy_project_without_tables
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
-POOL_SIZE = 10  # thorbis:pgbouncer.defaultPoolSize as tests/e2e/conftest.configure sets it
+RESULTS = Path(__file__).resolve().parent / "results"
+POOL_SIZE = 10  # thorbis:pgbouncer.defaultPoolSize as testbed.stacks.configure sets it
+#: The applications' login role (sql/access.yaml) and the config key of its password.
+APPLICATION_LOGIN, APPLICATION_PASSWORD_KEY = "authenticator", "authenticatorPassword"
 
 
 @dataclass
 class DataStack:
-    stack: auto.Stack
+    live: LiveStack
     project: Path
-    postgres_port: int
-    pgbouncer_port: int
-    passwords: dict[str, str]
 
-    def connect(self, user: str = "postgres", port: int | None = None) -> psycopg.Connection[Any]:
-        password = self.passwords["postgresPassword" if user == "postgres" else "authenticatorPassword"]
-        return psycopg.connect(
-            host="127.0.0.1",
-            port=port or self.postgres_port,
-            user=user,
-            password=password,
-            dbname="thorbis",
-            autocommit=True,
-            prepare_threshold=None,
-            connect_timeout=30,
+    @property
+    def stack(self) -> auto.Stack:
+        return self.live.stack
+
+    @cached_property
+    def connection(self) -> ConnectionSpec:
+        """The stack's ConnectionSpec, from its outputs (the stack must be up)."""
+        return read_connection(self.stack)
+
+    @property
+    def application_password(self) -> str:
+        return self.live.passwords[APPLICATION_PASSWORD_KEY]
+
+    def connect(self, application: bool = False) -> psycopg.Connection[Any]:
+        """The admin connection, or the applications' login (RLS applies once it sets its claims)."""
+        connection = self.connection
+        conninfo = (
+            connection.conninfo(user=APPLICATION_LOGIN, password=self.application_password)
+            if application
+            else connection.conninfo()
         )
+        conninfo["connect_timeout"] = 30
+        return psycopg.connect(**conninfo, autocommit=True, prepare_threshold=None)
 
 
 def restore_schema(project: Path) -> None:
     shutil.rmtree(project / "sql")
-    shutil.copytree(ROOT / "sql", project / "sql")
+    shutil.copytree(PROJECT_ROOT / "sql", project / "sql")
 
 
 @contextmanager
 def data_stack() -> Iterator[DataStack]:
-    with reachable_state_dir("thorbis-bench-") as state_dir, tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         project = copy_project_without_tables(Path(tmp) / "project")
         backend = Path(tmp) / "backend"
         backend.mkdir()
-        name = f"bench-data-{secrets.token_hex(3)}"
-        ports = free_ports(4)
-        passwords = {key: secrets.token_urlsafe(18) for key in PASSWORD_KEYS}
-        stack = auto.create_stack(
-            name,
-            work_dir=str(project),
-            opts=auto.LocalWorkspaceOptions(env_vars={"PULUMI_BACKEND_URL": f"file://{backend}"}),
-        )
-        try:
-            configure(stack, state_dir, ports, passwords, 0)
-            yield DataStack(stack, project, ports[0], ports[2], passwords)
-        finally:
-            try:
-                stack.destroy()
-            finally:
-                stack.workspace.remove_stack(name, force=True)
+        with throwaway_stack(backend, "bench-data", work_dir=project) as live:
+            yield DataStack(live, project)
 
 
 def step(title: str) -> float:
@@ -133,7 +130,7 @@ def query_and_connection_benchmarks(scale: float, runs: int, budget: float, seco
         with live.connect() as admin:
             vacuum_analyze(admin)
             step("query classes, after")
-            with live.connect("authenticator") as app:
+            with live.connect(application=True) as app:
                 after = queries.run_mode(app, "after", params, plans, runs, budget)
             owner = queries.run_mode(admin, "after_owner", params, plans, runs, budget)
             settings = dict(
@@ -153,15 +150,13 @@ def query_and_connection_benchmarks(scale: float, runs: int, budget: float, seco
             "comparison": queries.compare(before, after, owner),
         }
         step("connection scale (pgbench)")
-        password = live.passwords["authenticatorPassword"]
         limit = connections.direct_capacity(
             int(settings["max_connections"]),
             int(settings["superuser_reserved_connections"]),
             int(in_use[0]) if in_use else 0,
         )
         runs_ = connections.run_all(
-            connections.Target("pgbouncer", live.pgbouncer_port, password),
-            connections.Target("direct", live.postgres_port, password),
+            connections.routes(live.connection, APPLICATION_LOGIN, live.application_password),
             company,
             dataset["largest_company_customers"],
             limit,

@@ -1,82 +1,79 @@
-"""The one typed spec that joins the platform layer (where servers run) and the database layer."""
+"""The one typed spec that joins the platform layer (where servers run) and the database layer.
+
+A platform hands the database layer a ConnectionSpec; the explicit database provider holds it as its
+`connection` input, and the stack exports it once (the `connection` output) for the tools that reach a
+stack from outside (ops/, recovery/, bench/, scripts/connect-info). On the wire it is
+`model_dump(mode="json")` (camelCase keys) and it is read back with `model_validate`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
 
-@dataclass(frozen=True)
-class Endpoint:
+#: The address the servers of the local platform listen on, and the docker platform publishes ports on:
+#: loopback only, never a public interface.
+LOOPBACK = "127.0.0.1"
+
+
+class _Wire(BaseModel):
+    """camelCase on the wire, snake_case in Python, immutable, unknown fields refused."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, validate_by_name=True, serialize_by_alias=True, frozen=True, extra="forbid"
+    )
+
+
+class Endpoint(_Wire):
     """A host and port something listens on."""
 
     host: str
     port: int
 
+    @classmethod
+    def loopback(cls, port: int) -> Endpoint:
+        return cls(host=LOOPBACK, port=port)
 
-@dataclass(frozen=True)
-class ConnectionSpec:
+
+class ConnectionSpec(_Wire):
     """How to reach a stack's data platform, whatever platform started it.
 
     `admin_password` and `redis_password` are secrets: the platform hands this spec over inside a secret
-    Output, and it is never exported whole.
+    Output, and the stack exports it only as a secret.
     """
 
     platform: str
     primary: Endpoint
     database: str
     admin_user: str
-    admin_password: str = field(repr=False)
+    admin_password: str = Field(repr=False)
     pooler: Endpoint | None = None
     replicas: tuple[Endpoint, ...] = ()
     redis: Endpoint | None = None
-    redis_password: str | None = field(default=None, repr=False)
+    redis_password: str | None = Field(default=None, repr=False)
     sslmode: str = "prefer"
+    #: Decided by the platform: roles that already exist on the server are the platform's (Supabase's anon,
+    #: authenticated, ...): the database layer adopts them and never drops them.
+    platform_owns_roles: bool = False
 
-    def admin_conninfo(self, endpoint: Endpoint | None = None, database: str | None = None) -> dict[str, Any]:
-        """Keyword arguments for psycopg.connect as the admin user."""
+    def conninfo(
+        self,
+        endpoint: Endpoint | None = None,
+        *,
+        user: str | None = None,
+        password: str | None = None,
+        database: str | None = None,
+    ) -> dict[str, Any]:
+        """Keyword arguments for psycopg.connect: the admin user on the primary unless told otherwise."""
         target = endpoint or self.primary
         return {
             "host": target.host,
             "port": target.port,
             "dbname": database or self.database,
-            "user": self.admin_user,
-            "password": self.admin_password,
+            "user": user or self.admin_user,
+            "password": self.admin_password if user is None else password,
             "sslmode": self.sslmode,
             "connect_timeout": 5,
         }
-
-    def to_property(self) -> dict[str, Any]:
-        """The spec as a plain mapping, the shape resources of the database layer take as an input."""
-        return {
-            "platform": self.platform,
-            "primary": vars(self.primary),
-            "database": self.database,
-            "adminUser": self.admin_user,
-            "adminPassword": self.admin_password,
-            "pooler": vars(self.pooler) if self.pooler else None,
-            "replicas": [vars(r) for r in self.replicas],
-            "redis": vars(self.redis) if self.redis else None,
-            "redisPassword": self.redis_password,
-            "sslmode": self.sslmode,
-        }
-
-    @classmethod
-    def from_property(cls, value: dict[str, Any]) -> ConnectionSpec:
-        def endpoint(raw: dict[str, Any] | None) -> Endpoint | None:
-            return Endpoint(raw["host"], int(raw["port"])) if raw else None
-
-        primary = endpoint(value["primary"])
-        assert primary is not None
-        return cls(
-            platform=value["platform"],
-            primary=primary,
-            database=value["database"],
-            admin_user=value["adminUser"],
-            admin_password=value["adminPassword"],
-            pooler=endpoint(value.get("pooler")),
-            replicas=tuple(Endpoint(r["host"], int(r["port"])) for r in value.get("replicas") or []),
-            redis=endpoint(value.get("redis")),
-            redis_password=value.get("redisPassword"),
-            sslmode=value.get("sslmode", "prefer"),
-        )

@@ -1,29 +1,31 @@
-"""The stack's outputs: where to connect, with passwords only as secrets."""
+"""The stack's one output: its ConnectionSpec, as a secret (it holds the admin and Redis passwords).
+
+Tools that reach a stack from outside (ops/, recovery/, bench/, scripts/connect-info) read it back with
+`connection_of`; everything else one might export (host, ports, a DSN) is derived from it there.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import pulumi
 
 from components.connection import ConnectionSpec
-from config import StackSettings
+
+if TYPE_CHECKING:
+    from pulumi.automation import OutputValue
+
+CONNECTION = "connection"
+"""The name of the output."""
 
 
-def dsn(spec: ConnectionSpec, port: int, user: str, password: str) -> str:
-    return f"postgresql://{user}:{password}@{spec.primary.host}:{port}/{spec.database}"
+def export_outputs(connection: pulumi.Output[ConnectionSpec]) -> None:
+    pulumi.export(CONNECTION, pulumi.Output.secret(connection.apply(lambda spec: spec.model_dump(mode="json"))))
 
 
-def export_outputs(settings: StackSettings, connection: pulumi.Output[ConnectionSpec]) -> None:
-    pulumi.export("platform", settings.platform)
-    pulumi.export("host", pulumi.Output.unsecret(connection.apply(lambda c: c.primary.host)))
-    pulumi.export("port", pulumi.Output.unsecret(connection.apply(lambda c: c.primary.port)))
-    pulumi.export("database", pulumi.Output.unsecret(connection.apply(lambda c: c.database)))
-    pulumi.export("adminUser", pulumi.Output.unsecret(connection.apply(lambda c: c.admin_user)))
-    pulumi.export("poolerPort", pulumi.Output.unsecret(connection.apply(lambda c: c.pooler.port if c.pooler else None)))
-    pulumi.export("replicaPorts", pulumi.Output.unsecret(connection.apply(lambda c: [r.port for r in c.replicas])))
-    pulumi.export("redisPort", pulumi.Output.unsecret(connection.apply(lambda c: c.redis.port if c.redis else None)))
-    pulumi.export("adminPassword", pulumi.Output.secret(connection.apply(lambda c: c.admin_password)))
-    pulumi.export("redisPassword", pulumi.Output.secret(connection.apply(lambda c: c.redis_password)))
-    pulumi.export(
-        "adminDsn",
-        pulumi.Output.secret(connection.apply(lambda c: dsn(c, c.primary.port, c.admin_user, c.admin_password))),
-    )
+def connection_of(outputs: Mapping[str, OutputValue]) -> ConnectionSpec | None:
+    """The ConnectionSpec among a stack's outputs as the Automation API returns them (secrets in clear), or
+    None when the stack has not exported one (never brought up)."""
+    exported = outputs.get(CONNECTION)
+    return None if exported is None else ConnectionSpec.model_validate(exported.value)

@@ -11,12 +11,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -24,13 +24,19 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    PrivateAttr,
     SecretStr,
     StringConstraints,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
+
+from components.database.declared.jobs import JobData, JobsFile, load_jobs
+from components.platform.local.pgbouncer import PoolMode
+from components.platform.local.redis import EvictionPolicy
 
 NAMESPACE = "thorbis"
 """The Pulumi config namespace of this project: every key is `thorbis:<name>`."""
@@ -38,7 +44,12 @@ NAMESPACE = "thorbis"
 PROD_STACK = "prod"
 MIN_PASSWORD_LENGTH = 12
 GUC_NAME_PATTERN = r"^[a-z_][a-z0-9_.]*$"
-Platform = Literal["local", "docker", "external"]
+PlatformName = Literal["local", "docker", "external"]
+
+
+def one_of(choices: Any) -> str:
+    """The allowed values of a Literal, in words: 'one of "a", "b"'."""
+    return "one of " + ", ".join(f'"{choice}"' for choice in get_args(choices))
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,11 @@ class SettingsContext:
     stack: str
     project_root: Path
 
+    @cached_property
+    def declared_jobs(self) -> JobsFile:
+        """sql/jobs.yaml, read once per validation."""
+        return load_jobs()
+
 
 def _context(info: ValidationInfo) -> SettingsContext:
     if not isinstance(info.context, SettingsContext):
@@ -55,12 +71,19 @@ def _context(info: ValidationInfo) -> SettingsContext:
     return info.context
 
 
-def setting(default: Any, doc: str, allowed: str, *, validate_default: bool = False) -> Any:
-    """A documented config field: `doc` says what it is (and its default), `allowed` what values pass."""
+#: Whose secret a key is: the servers' (local and docker), a login role's (sql/access.yaml), or the DSN.
+SecretOf = Literal["server", "role", "dsn"]
+
+
+def setting(
+    default: Any, doc: str, allowed: str, *, validate_default: bool = False, secret: SecretOf | None = None
+) -> Any:
+    """A documented config field: `doc` says what it is (and its default), `allowed` what values pass;
+    `secret` marks a key that must be set with `pulumi config set --secret`."""
     return Field(
         default,
         description=doc,
-        json_schema_extra={"allowed": allowed},
+        json_schema_extra={"allowed": allowed, **({"secret": secret} if secret else {})},
         validate_default=validate_default,
     )
 
@@ -176,7 +199,7 @@ PORT_ALLOWED = "an integer port from 1024 to 65535"
 PG_MEMORY_ALLOWED = "a PostgreSQL memory size: digits with an optional unit kB, MB, GB or TB, e.g. 128MB"
 
 
-class Spec(BaseModel):
+class Settings(BaseModel):
     """Base of every config object: immutable, camelCase keys, unknown keys rejected."""
 
     model_config = ConfigDict(
@@ -193,7 +216,7 @@ class Spec(BaseModel):
 # --- sections ----------------------------------------------------------------------------------------
 
 
-class PostgresSpec(Spec):
+class PostgresSettings(Settings):
     """`thorbis:postgres`: the primary PostgreSQL server."""
 
     port: Port = setting(5432, "TCP port of the primary. Default 5432.", PORT_ALLOWED)
@@ -217,7 +240,7 @@ class PostgresSpec(Spec):
     )
 
 
-class ReplicasSpec(Spec):
+class ReplicasSettings(Settings):
     """`thorbis:replicas`: streaming replicas of the primary."""
 
     count: Annotated[Int, Field(ge=0)] = setting(
@@ -230,7 +253,7 @@ class ReplicasSpec(Spec):
     )
 
 
-class PgBouncerSpec(Spec):
+class PgBouncerSettings(Settings):
     """`thorbis:pgbouncer`: the connection pooler in front of the primary."""
 
     port: Port = setting(6432, "TCP port of PgBouncer. Default 6432.", PORT_ALLOWED)
@@ -245,12 +268,10 @@ class PgBouncerSpec(Spec):
     max_db_connections: Annotated[Int, Field(ge=0)] = setting(
         0, "max_db_connections; 0 means unlimited. Default 0.", "an integer >= 0 (0 = unlimited)"
     )
-    pool_mode: Literal["transaction", "session"] = setting(
-        "transaction", "pool_mode. Default transaction.", 'one of "transaction", "session"'
-    )
+    pool_mode: PoolMode = setting("transaction", "pool_mode. Default transaction.", one_of(PoolMode))
 
 
-class RedisSpec(Spec):
+class RedisSettings(Settings):
     """`thorbis:redis`: the cache."""
 
     port: Port = setting(6379, "TCP port of Redis. Default 6379.", PORT_ALLOWED)
@@ -259,25 +280,13 @@ class RedisSpec(Spec):
         "maxmemory. Default 256mb.",
         "a Redis memory size: digits with an optional unit k, kb, m, mb, g or gb, e.g. 256mb",
     )
-    maxmemory_policy: Literal[
-        "noeviction",
-        "allkeys-lru",
-        "allkeys-lfu",
-        "allkeys-random",
-        "volatile-lru",
-        "volatile-lfu",
-        "volatile-random",
-        "volatile-ttl",
-    ] = setting(
-        "allkeys-lru",
-        "maxmemory-policy. Default allkeys-lru.",
-        'one of "noeviction", "allkeys-lru", "allkeys-lfu", "allkeys-random", "volatile-lru", '
-        '"volatile-lfu", "volatile-random", "volatile-ttl"',
+    maxmemory_policy: EvictionPolicy = setting(
+        "allkeys-lru", "maxmemory-policy. Default allkeys-lru.", one_of(EvictionPolicy)
     )
     persistence: Flag = setting(False, "Keep data across restarts (append-only file). Default false.", "true or false")
 
 
-class DockerSpec(Spec):
+class DockerSettings(Settings):
     """`thorbis:docker`: used on platform docker only, ignored elsewhere."""
 
     network: Annotated[str, StringConstraints(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")] = setting(
@@ -302,7 +311,7 @@ class DockerSpec(Spec):
         return f"thorbis-{_context(info).stack}" if value is None else value
 
 
-class PartitioningSpec(Spec):
+class PartitioningSettings(Settings):
     """`thorbis:partitioning`: pg_partman's care of the monthly partitioned tables (sql/schema `partition`)."""
 
     premake: Annotated[Int, Field(ge=1, le=60)] = setting(
@@ -324,13 +333,7 @@ CronSchedule = Annotated[
 PositiveInt = Annotated[Int, Field(ge=1)]
 
 
-def _declared_jobs(project_root: Path) -> tuple[set[str], set[str]]:
-    """Job names and parameter names of sql/jobs.yaml, which the stack's config may override."""
-    content = yaml.safe_load((project_root / "sql" / "jobs.yaml").read_text())
-    return {job["name"] for job in content["jobs"]}, set(content["parameters"])
-
-
-class JobsSpec(Spec):
+class JobsSettings(Settings):
     """`thorbis:jobs`: the pg_cron jobs of sql/jobs.yaml (maintenance, refresh, retention)."""
 
     schedules: Mapping[str, CronSchedule] = setting(
@@ -342,12 +345,14 @@ class JobsSpec(Spec):
         "defaults in sql/jobs.yaml. Default: the file's.",
         "a mapping of parameter name to an integer >= 1",
     )
+    #: Where the settings were validated: sql/jobs.yaml is read from there once, when first needed.
+    _context: SettingsContext = PrivateAttr()
 
     @field_validator("schedules", "parameters", mode="after")
     @classmethod
-    def _declared(cls, value: Mapping[str, object], info: ValidationInfo) -> Mapping[str, object]:
-        jobs, parameters = _declared_jobs(_context(info).project_root)
-        known = jobs if info.field_name == "schedules" else parameters
+    def _known(cls, value: Mapping[str, object], info: ValidationInfo) -> Mapping[str, object]:
+        declared = _context(info).declared_jobs
+        known = declared.job_names if info.field_name == "schedules" else set(declared.parameters)
         unknown = sorted(set(value) - known)
         if unknown:
             raise PydanticCustomError(
@@ -356,6 +361,15 @@ class JobsSpec(Spec):
                 {"unknown": ", ".join(unknown), "known": ", ".join(sorted(known))},
             )
         return value
+
+    @model_validator(mode="after")
+    def _keep_context(self, info: ValidationInfo) -> JobsSettings:
+        self._context = _context(info)
+        return self
+
+    def resolved(self) -> list[JobData]:
+        """The jobs of sql/jobs.yaml with this stack's schedules and parameters."""
+        return self._context.declared_jobs.resolved(self.schedules, self.parameters)
 
 
 OS_CRON_ALLOWED = "an OS cron schedule: five cron fields ('30 2 * * *') or '@daily'-style"
@@ -400,7 +414,7 @@ def _backup_directory(value: object, info: ValidationInfo) -> object:
     return path if path.is_absolute() else (_context(info).project_root / path).resolve()
 
 
-class BackupSpec(Spec):
+class BackupSettings(Settings):
     """`thorbis:backup`: pgBackRest base backups and continuous WAL archiving of the primary (platform local).
 
     Backups are taken by `scripts/backup STACK` (pgBackRest runs as an OS command, which pg_cron cannot
@@ -460,14 +474,14 @@ class BackupSpec(Spec):
 SECRET_ALLOWED = f"a secret string of at least {MIN_PASSWORD_LENGTH} characters"
 
 
-class StackSettings(Spec):
+class StackSettings(Settings):
     """Everything under `thorbis:` for one stack, validated; build it with `parse_settings`."""
 
     stack: str = Field(description="Name of the Pulumi stack; not a config key.")
-    platform: Platform = setting(
+    platform: PlatformName = setting(
         "local",
         "Where the servers run: local processes, Docker containers, or an external server. Default local.",
-        'one of "local", "docker", "external"',
+        one_of(PlatformName),
     )
     state_dir: Path = setting(
         None,
@@ -484,50 +498,57 @@ class StackSettings(Spec):
         "lock_timeout of schema changes. Default 5s.",
         "a PostgreSQL duration: digits with an optional unit us, ms, s, min, h or d, e.g. 5s or 500ms",
     )
-    postgres: PostgresSpec = section("The primary PostgreSQL server (PostgresSpec).")
-    replicas: ReplicasSpec = section("Streaming replicas of the primary (ReplicasSpec).")
-    pgbouncer: PgBouncerSpec = section("The PgBouncer pooler (PgBouncerSpec).")
-    redis: RedisSpec = section("The Redis cache (RedisSpec).")
-    docker: DockerSpec = section("Docker settings, used on platform docker only (DockerSpec).")
-    partitioning: PartitioningSpec = section("pg_partman's premake and retention (PartitioningSpec).")
-    jobs: JobsSpec = section("Schedules and parameters of the pg_cron jobs (JobsSpec).")
-    backup: BackupSpec = section("pgBackRest backups and WAL archiving of the primary (BackupSpec).")
+    postgres: PostgresSettings = section("The primary PostgreSQL server (PostgresSettings).")
+    replicas: ReplicasSettings = section("Streaming replicas of the primary (ReplicasSettings).")
+    pgbouncer: PgBouncerSettings = section("The PgBouncer pooler (PgBouncerSettings).")
+    redis: RedisSettings = section("The Redis cache (RedisSettings).")
+    docker: DockerSettings = section("Docker settings, used on platform docker only (DockerSettings).")
+    partitioning: PartitioningSettings = section("pg_partman's premake and retention (PartitioningSettings).")
+    jobs: JobsSettings = section("Schedules and parameters of the pg_cron jobs (JobsSettings).")
+    backup: BackupSettings = section("pgBackRest backups and WAL archiving of the primary (BackupSettings).")
     postgres_password: Password | None = setting(
         None,
         "Password of the postgres superuser; required on local and docker. Secret; default unset.",
         SECRET_ALLOWED,
+        secret="server",
     )
     replication_password: Password | None = setting(
         None,
         "Password of the replication role; required on local and docker. Secret; default unset.",
         SECRET_ALLOWED,
+        secret="server",
     )
     pgbouncer_auth_password: Password | None = setting(
         None,
         "Password of PgBouncer's auth_user; required on local and docker. Secret; default unset.",
         SECRET_ALLOWED,
+        secret="server",
     )
     redis_password: Password | None = setting(
         None,
         "Password of Redis; required on local and docker, optional on external. Secret; default unset.",
         SECRET_ALLOWED,
+        secret="server",
     )
     authenticator_password: Password | None = setting(
         None,
         "Password of `authenticator`, the role applications log in as (they then SET LOCAL ROLE authenticated); "
         "required on every platform. Secret; default unset.",
         SECRET_ALLOWED,
+        secret="role",
     )
     reporting_password: Password | None = setting(
         None,
         "Password of `reporting`, the read-only role for reports and BI tools; required on every platform. "
         "Secret; default unset.",
         SECRET_ALLOWED,
+        secret="role",
     )
     external_dsn: PostgresUrl | None = setting(
         None,
         "URL of the server, postgres://...; required on platform external, ignored elsewhere. Secret; default unset.",
         "a secret postgres:// or postgresql:// URL",
+        secret="dsn",
     )
 
     @field_validator("state_dir", mode="before")
@@ -584,22 +605,28 @@ def _field_alias(name: str) -> str:
 
 def _is_section(name: str) -> bool:
     annotation = StackSettings.model_fields[name].annotation
-    return isinstance(annotation, type) and issubclass(annotation, Spec)
+    return isinstance(annotation, type) and issubclass(annotation, Settings)
 
 
 CONFIG_KEYS: tuple[str, ...] = tuple(_field_alias(name) for name in StackSettings.model_fields if name != "stack")
 """Every key allowed under `thorbis:`, as written in the stack file."""
 OBJECT_KEYS: frozenset[str] = frozenset(_field_alias(n) for n in StackSettings.model_fields if _is_section(n))
 """Keys whose value is a mapping (Pulumi passes them as JSON strings)."""
-SERVER_PASSWORD_KEYS: tuple[str, ...] = (
-    "postgresPassword",
-    "replicationPassword",
-    "pgbouncerAuthPassword",
-    "redisPassword",
-)
-"""Secrets the servers need on platforms local and docker."""
 
-ROLE_PASSWORD_KEYS: tuple[str, ...] = ("authenticatorPassword", "reportingPassword")
-"""Secrets of the database's login roles, needed on every platform."""
-SECRET_KEYS: frozenset[str] = frozenset({*SERVER_PASSWORD_KEYS, *ROLE_PASSWORD_KEYS, "externalDsn"})
+
+def _secret_keys(*of: SecretOf) -> tuple[str, ...]:
+    """The keys whose field is marked as a secret of `of`, in declaration order."""
+    marked = {name: (info.json_schema_extra or {}) for name, info in StackSettings.model_fields.items()}
+    return tuple(
+        _field_alias(name) for name, extra in marked.items() if isinstance(extra, dict) and extra.get("secret") in of
+    )
+
+
+SERVER_PASSWORD_KEYS: tuple[str, ...] = _secret_keys("server")
+"""Secrets the servers need on platforms local and docker."""
+ROLE_PASSWORD_KEYS: tuple[str, ...] = _secret_keys("role")
+"""Secrets of the database's login roles (sql/access.yaml names them), needed on every platform."""
+PASSWORD_KEYS: tuple[str, ...] = (*SERVER_PASSWORD_KEYS, *ROLE_PASSWORD_KEYS)
+"""Every password a stack on platform local or docker is given."""
+SECRET_KEYS: frozenset[str] = frozenset(_secret_keys("server", "role", "dsn"))
 """Keys that must be set with `pulumi config set --secret`."""

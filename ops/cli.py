@@ -1,4 +1,5 @@
-"""Entry points of scripts/pr-preview, scripts/drift and scripts/verify (exit codes: ops/__init__.py)."""
+"""Entry points of scripts/pr-preview, scripts/drift, scripts/verify and scripts/connect-info (exit codes:
+ops/__init__.py)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from ops import EXIT_DRIFT, EXIT_FAILED, EXIT_OK
+from ops import EXIT_DRIFT, EXIT_FAILED, EXIT_OK, connect_info
 from ops.drift import find_drift, render_text
 from ops.preview import render_markdown, run_preview
-from ops.stack import ToolError, open_stack, read_target
+from ops.stack import ToolError, open_stack, read_access, read_connection
 from ops.verify import render_table, verify
 
 
@@ -47,7 +48,7 @@ def drift(argv: list[str]) -> int:
 def verify_stack(argv: list[str]) -> int:
     """0 every check passed (or was skipped), 1 any failed."""
     args = arguments("verify", "The live platform against the review's success metrics.", argv)
-    results = verify(read_target(open_stack(args.stack, args.work_dir)))
+    results = verify(read_access(open_stack(args.stack, args.work_dir)))
     sys.stdout.write(render_table(results))
     failed = [result.check for result in results if result.result == "FAIL"]
     print(f"\nverify: {len(results) - len(failed)} of {len(results)} checks passed or skipped", end="")
@@ -55,7 +56,31 @@ def verify_stack(argv: list[str]) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
-COMMANDS: dict[str, Callable[[list[str]], int]] = {"pr-preview": pr_preview, "drift": drift, "verify": verify_stack}
+def connect(argv: list[str]) -> int:
+    """Where the stack's platform listens; with --admin-dsn or --redis-password, only that secret."""
+    parser = argparse.ArgumentParser(prog="connect-info", description="How to connect to a stack's platform.")
+    parser.add_argument("stack", help="the stack's name (dev, staging, prod, ...)")
+    parser.add_argument("--work-dir", type=Path, default=None, help="the project directory (default: this clone)")
+    secret = parser.add_mutually_exclusive_group()
+    secret.add_argument("--admin-dsn", action="store_true", help="print the admin connection string (a secret)")
+    secret.add_argument("--redis-password", action="store_true", help="print Redis's password (a secret)")
+    args = parser.parse_args(argv)
+    connection = read_connection(open_stack(args.stack, args.work_dir))
+    if args.admin_dsn:
+        print(connect_info.admin_dsn(connection))
+    elif args.redis_password:
+        print(connection.redis_password or "")
+    else:
+        sys.stdout.write(connect_info.render(args.stack, connection))
+    return EXIT_OK
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "pr-preview": pr_preview,
+    "drift": drift,
+    "verify": verify_stack,
+    "connect-info": connect,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

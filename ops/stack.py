@@ -1,13 +1,15 @@
-"""Selecting a stack through the Automation API, and where its platform listens (from its outputs)."""
+"""Selecting a stack through the Automation API, and its ConnectionSpec (from its `connection` output)."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pulumi.automation as auto
+
+from components.connection import ConnectionSpec
+from components.outputs import CONNECTION, connection_of
 
 #: The project directory: the clone this package lives in (THORBIS_ROOT when scripts/pulumi-env.sh set it).
 ROOT = Path(os.environ.get("THORBIS_ROOT") or Path(__file__).resolve().parents[1])
@@ -36,34 +38,12 @@ def last_line(text: str) -> str:
     return lines[-1] if lines else text.strip()
 
 
-@dataclass(frozen=True)
-class Target:
-    """Where the stack's platform listens, from its outputs and config (passwords never printed)."""
-
-    platform: str
-    host: str
-    port: int
-    database: str
-    admin_user: str
-    admin_password: str = field(repr=False)
-    pooler_port: int | None = None
-    replica_ports: tuple[int, ...] = ()
-    redis_port: int | None = None
-    redis_password: str | None = field(default=None, repr=False)
-    pooler_auth_password: str | None = field(default=None, repr=False)
-    authenticator_password: str | None = field(default=None, repr=False)
-
-    def conninfo(self, port: int | None = None, **extra: Any) -> dict[str, Any]:
-        """psycopg.connect keywords for the admin user on the primary (or another port)."""
-        return {
-            "host": self.host,
-            "port": port or self.port,
-            "dbname": self.database,
-            "user": self.admin_user,
-            "password": self.admin_password,
-            "connect_timeout": 5,
-            **extra,
-        }
+def read_connection(stack: auto.Stack) -> ConnectionSpec:
+    """The ConnectionSpec the stack exported (secrets come back in clear to the Automation API)."""
+    connection = connection_of(stack.outputs())
+    if connection is None:
+        raise ToolError(f"stack {stack.name} has no output `{CONNECTION}`: run `pulumi up` on it first")
+    return connection
 
 
 def optional_config(stack: auto.Stack, key: str) -> str | None:
@@ -73,23 +53,19 @@ def optional_config(stack: auto.Stack, key: str) -> str | None:
         return None  # not set on this stack (an external platform has no PgBouncer password)
 
 
-def read_target(stack: auto.Stack) -> Target:
-    """The stack's outputs (secrets come back in clear to the Automation API) and two config secrets."""
-    outputs = {key: value.value for key, value in stack.outputs().items()}
-    missing = [key for key in ("host", "port", "database", "adminUser", "adminPassword") if outputs.get(key) is None]
-    if missing:
-        raise ToolError(f"stack {stack.name} has no output(s) {', '.join(missing)}: run `pulumi up` on it first")
-    return Target(
-        platform=str(outputs.get("platform", "")),
-        host=str(outputs["host"]),
-        port=int(outputs["port"]),
-        database=str(outputs["database"]),
-        admin_user=str(outputs["adminUser"]),
-        admin_password=str(outputs["adminPassword"]),
-        pooler_port=int(outputs["poolerPort"]) if outputs.get("poolerPort") else None,
-        replica_ports=tuple(int(port) for port in outputs.get("replicaPorts") or []),
-        redis_port=int(outputs["redisPort"]) if outputs.get("redisPort") else None,
-        redis_password=outputs.get("redisPassword"),
+@dataclass(frozen=True)
+class StackAccess:
+    """What `verify` reaches a stack with: its ConnectionSpec, and two logins of its config that the
+    ConnectionSpec does not hold (passwords never printed)."""
+
+    connection: ConnectionSpec
+    pooler_auth_password: str | None = field(default=None, repr=False)
+    authenticator_password: str | None = field(default=None, repr=False)
+
+
+def read_access(stack: auto.Stack) -> StackAccess:
+    return StackAccess(
+        connection=read_connection(stack),
         pooler_auth_password=optional_config(stack, "thorbis:pgbouncerAuthPassword"),
         authenticator_password=optional_config(stack, "thorbis:authenticatorPassword"),
     )

@@ -13,8 +13,9 @@ from typing import Any, Literal
 import psycopg
 import redis
 
-from components.platform.local.pgbouncer import AUTH_ROLE
-from ops.stack import Target
+from components.connection import Endpoint
+from components.platform.local.pgbouncer import AUTH_ROLE, CONSOLE_DATABASE
+from ops.stack import StackAccess
 
 Result = Literal["PASS", "FAIL", "SKIP"]
 #: A pool whose oldest waiting client has waited this long is not healthy.
@@ -38,8 +39,8 @@ def verdict(ok: bool, detail: str) -> Finding:
     return ("PASS" if ok else "FAIL"), detail
 
 
-def rows(target: Target, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    with psycopg.connect(**target.conninfo(), autocommit=True) as conn:
+def rows(access: StackAccess, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    with psycopg.connect(**access.connection.conninfo(), autocommit=True) as conn:
         return conn.execute(query, params).fetchall()
 
 
@@ -56,8 +57,8 @@ FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN (
 """
 
 
-def row_level_security(target: Target) -> Finding:
-    tables = rows(target, RLS_QUERY)
+def row_level_security(access: StackAccess) -> Finding:
+    tables = rows(access, RLS_QUERY)
     unsecured = [name for name, secured in tables if not secured]
     detail = f"{len(tables) - len(unsecured)}/{len(tables)} public tables and partitions enabled and forced"
     return verdict(bool(tables) and not unsecured, detail + (f"; not: {listing(unsecured)}" if unsecured else ""))
@@ -76,15 +77,15 @@ ORDER BY 1, 2
 """
 
 
-def foreign_key_indexes(target: Target) -> Finding:
-    keys = rows(target, FK_INDEX_QUERY)
+def foreign_key_indexes(access: StackAccess) -> Finding:
+    keys = rows(access, FK_INDEX_QUERY)
     uncovered = [f"{table}.{name}" for table, name, covered in keys if not covered]
     detail = f"{len(keys) - len(uncovered)}/{len(keys)} foreign keys led by a valid index"
     return verdict(not uncovered, detail + (f"; not: {listing(uncovered)}" if uncovered else ""))
 
 
-def invalid_indexes(target: Target) -> Finding:
-    found = rows(target, "SELECT schema_name || '.' || index_name FROM monitoring.invalid_indexes ORDER BY 1")
+def invalid_indexes(access: StackAccess) -> Finding:
+    found = rows(access, "SELECT schema_name || '.' || index_name FROM monitoring.invalid_indexes ORDER BY 1")
     names = [name for (name,) in found]
     return verdict(not names, f"INVALID: {listing(names)}" if names else "none (monitoring.invalid_indexes)")
 
@@ -95,64 +96,68 @@ FROM monitoring.replication_lag ORDER BY 1
 """
 
 
-def replicas_streaming(target: Target) -> Finding:
-    if not target.replica_ports:
+def replicas_streaming(access: StackAccess) -> Finding:
+    replicas = access.connection.replicas
+    if not replicas:
         return "SKIP", "the stack declares no replica"
-    standbys = rows(target, REPLICATION_QUERY)
+    standbys = rows(access, REPLICATION_QUERY)
     streaming = [row for row in standbys if row[1] == "streaming"]
     parts = [
         f"{name}: {state}, {lag_bytes} B, {float(seconds):.3f} s behind" for name, state, lag_bytes, seconds in standbys
     ]
-    missing = len(target.replica_ports) - len(streaming)
+    missing = len(replicas) - len(streaming)
     if missing > 0:
-        ports = listing([str(port) for port in target.replica_ports])
-        parts.append(f"{missing} of {len(target.replica_ports)} not streaming (replica ports {ports})")
+        ports = listing([str(replica.port) for replica in replicas])
+        parts.append(f"{missing} of {len(replicas)} not streaming (replica ports {ports})")
     slow = [row[0] for row in streaming if float(row[3]) > MAX_REPLAY_LAG_SECONDS]
     if slow:
         parts.append(f"more than {MAX_REPLAY_LAG_SECONDS:.0f} s behind: {listing(slow)}")
     return verdict(missing <= 0 and not slow, "; ".join(parts))
 
 
-def pgbouncer_pools(target: Target) -> Finding:
-    if target.pooler_port is None:
+def pgbouncer_pools(access: StackAccess) -> Finding:
+    connection = access.connection
+    if connection.pooler is None:
         return "SKIP", "the stack has no PgBouncer"
-    through = select_one_through_pooler(target)  # first, so the application pool exists to be shown
+    through = select_one_through_pooler(access, connection.pooler)  # first: the application pool is shown
     console = psycopg.connect(
-        host=target.host, port=target.pooler_port, dbname="pgbouncer", user=AUTH_ROLE,
-        password=target.pooler_auth_password, autocommit=True, connect_timeout=5,
-        cursor_factory=psycopg.ClientCursor, prepare_threshold=None,
+        **connection.conninfo(
+            connection.pooler, user=AUTH_ROLE, password=access.pooler_auth_password, database=CONSOLE_DATABASE
+        ),
+        autocommit=True, cursor_factory=psycopg.ClientCursor, prepare_threshold=None,
     )  # fmt: skip
     with console:
         cursor = console.execute("SHOW POOLS")
         columns = [column.name for column in cursor.description or []]
         pools = [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
-    ours = [pool for pool in pools if pool.get("database") == target.database]
+    ours = [pool for pool in pools if pool.get("database") == connection.database]
     stuck = [
         f"{pool['user']} ({pool['maxwait']} s)"
         for pool in ours
         if int(pool.get("maxwait") or 0) >= MAX_POOL_WAIT_SECONDS
     ]
-    detail = f"{len(ours)} pool(s) on {target.database}, none waiting {MAX_POOL_WAIT_SECONDS} s or more; {through}"
+    detail = f"{len(ours)} pool(s) on {connection.database}, none waiting {MAX_POOL_WAIT_SECONDS} s or more; {through}"
     if stuck:
         detail = f"clients waiting: {listing(stuck)}; {through}"
     return verdict(not stuck and through.endswith("ok"), detail)
 
 
-def select_one_through_pooler(target: Target) -> str:
+def select_one_through_pooler(access: StackAccess, pooler: Endpoint) -> str:
     """A query as the applications' login role, through the pooler (auth_query, pool, server)."""
-    if not target.authenticator_password:
+    if not access.authenticator_password:
         return "SELECT 1 through it not tried (no thorbis:authenticatorPassword)"
-    conninfo = target.conninfo(target.pooler_port, user="authenticator", password=target.authenticator_password)
+    conninfo = access.connection.conninfo(pooler, user="authenticator", password=access.authenticator_password)
     with psycopg.connect(**conninfo, prepare_threshold=None, autocommit=True) as conn:
         row = conn.execute("SELECT 1").fetchone()
     return "SELECT 1 through it as authenticator: " + ("ok" if row == (1,) else f"got {row}")
 
 
-def redis_with_auth(target: Target) -> Finding:
-    if target.redis_port is None:
+def redis_with_auth(access: StackAccess) -> Finding:
+    cache = access.connection.redis
+    if cache is None:
         return "SKIP", "the stack has no Redis"
-    options: dict[str, Any] = {"host": target.host, "port": target.redis_port, "socket_timeout": 5}
-    with redis.Redis(**options, password=target.redis_password) as client:
+    options: dict[str, Any] = {"host": cache.host, "port": cache.port, "socket_timeout": 5}
+    with redis.Redis(**options, password=access.connection.redis_password) as client:
         answered = bool(client.ping())
     try:
         with redis.Redis(**options) as anonymous:
@@ -174,8 +179,8 @@ WHERE j.active ORDER BY 1
 """
 
 
-def cron_jobs(target: Target) -> Finding:
-    jobs = rows(target, CRON_QUERY)
+def cron_jobs(access: StackAccess) -> Finding:
+    jobs = rows(access, CRON_QUERY)
     failed = [f"{name}: {(message or '').strip()[:80]}" for name, status, message in jobs if status == "failed"]
     ran = sum(1 for _, status, _ in jobs if status is not None)
     detail = (
@@ -184,17 +189,17 @@ def cron_jobs(target: Target) -> Finding:
     return verdict(not failed, detail + (f"; failed: {listing(failed, 3)}" if failed else ""))
 
 
-def partitions_ahead(target: Target) -> Finding:
-    (sets,) = rows(target, "SELECT count(*) FROM partman.part_config")
+def partitions_ahead(access: StackAccess) -> Finding:
+    (sets,) = rows(access, "SELECT count(*) FROM partman.part_config")
     short = rows(
-        target, "SELECT parent_table, premake, partitions_ahead FROM monitoring.partitions_missing_ahead ORDER BY 1"
+        access, "SELECT parent_table, premake, partitions_ahead FROM monitoring.partitions_missing_ahead ORDER BY 1"
     )
     missing = [f"{parent} ({ahead}/{premake})" for parent, premake, ahead in short]
     detail = f"{sets[0] - len(missing)}/{sets[0]} partition sets have their premake months made ahead"
     return verdict(not missing, detail + (f"; short: {listing(missing)}" if missing else ""))
 
 
-CHECKS: tuple[tuple[str, Callable[[Target], Finding]], ...] = (
+CHECKS: tuple[tuple[str, Callable[[StackAccess], Finding]], ...] = (
     ("RLS on every table", row_level_security),
     ("FK index coverage", foreign_key_indexes),
     ("no INVALID index", invalid_indexes),
@@ -206,17 +211,17 @@ CHECKS: tuple[tuple[str, Callable[[Target], Finding]], ...] = (
 )
 
 
-def run_check(name: str, check: Callable[[Target], Finding], target: Target) -> CheckResult:
+def run_check(name: str, check: Callable[[StackAccess], Finding], access: StackAccess) -> CheckResult:
     """A check that cannot even ask (a server down, a view missing) has failed, with the reason."""
     try:
-        return CheckResult(name, *check(target))
+        return CheckResult(name, *check(access))
     except (psycopg.Error, redis.RedisError, OSError) as error:
         reason = " ".join(str(error).split())[:160] or type(error).__name__
         return CheckResult(name, "FAIL", reason)
 
 
-def verify(target: Target) -> list[CheckResult]:
-    return [run_check(name, check, target) for name, check in CHECKS]
+def verify(access: StackAccess) -> list[CheckResult]:
+    return [run_check(name, check, access) for name, check in CHECKS]
 
 
 def render_table(results: list[CheckResult]) -> str:

@@ -69,23 +69,24 @@ def dump_schema(opened: OpenStack) -> Path:
     directory = schema_dump_dir(opened)
     process.make_private_dir(directory)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    target = directory / f"{opened.settings.postgres.database}-schema-{stamp}.sql"
+    target = directory / f"{opened.connection.database}-schema-{stamp}.sql"
+    primary = opened.connection.primary
     process.run(
         process.as_service_user(
             [
                 "env",
                 f"PGPASSFILE={opened.repository.passfile}",
                 process.pg_tool("pg_dump"),
-                "--host=127.0.0.1",
-                f"--port={opened.settings.postgres.port}",
-                "--username=postgres",
-                f"--dbname={opened.settings.postgres.database}",
+                f"--host={primary.host}",
+                f"--port={primary.port}",
+                f"--username={opened.connection.admin_user}",
+                f"--dbname={opened.connection.database}",
                 "--schema-only",
                 "--no-password",
                 f"--file={target}",
             ]
         ),
-        f"pg_dump --schema-only of {opened.settings.postgres.database}",
+        f"pg_dump --schema-only of {opened.connection.database}",
         timeout=600,
     )
     return target

@@ -44,11 +44,13 @@ import pulumi.automation as auto
 import redis
 from psycopg import sql
 
+from components.database.declared.access import load_access
 from components.kind import ProviderError
 from components.platform.local import postgres_files as pg
 from components.platform.local import process
 from components.platform.local.postgres import TOKEN as POSTGRES_SERVER
 from config import ConfigError
+from config.settings import attribute_of
 from recovery.backup import take_backup
 from recovery.stack import OpenStack, OperationError, open_stack
 
@@ -295,9 +297,9 @@ def replicas_streaming(conn: psycopg.Connection) -> int:
 
 def replicas_have(opened: OpenStack, latest_id: int) -> bool:
     query = sql.SQL("SELECT 1 FROM {} WHERE id = %s").format(sql.Identifier(DRILL_SCHEMA, MARKER_TABLE))
-    for port in opened.settings.replica_ports:
+    for endpoint in opened.connection.replicas:
         deadline = time.monotonic() + 30
-        with opened.admin(port) as replica:
+        with opened.admin(endpoint) as replica:
             while replica.execute(query, (latest_id,)).fetchone() is None:
                 if time.monotonic() > deadline:
                     return False
@@ -307,26 +309,19 @@ def replicas_have(opened: OpenStack, latest_id: int) -> bool:
 
 def secrets_work(opened: OpenStack) -> bool:
     """The login roles' and Redis's passwords from the stack's config open the re-provisioned platform."""
-    settings = opened.settings
+    settings, connection = opened.settings, opened.connection
+    if connection.pooler is None or connection.redis is None:
+        return False
     try:
-        for role, secret in (
-            ("authenticator", settings.authenticator_password),
-            ("reporting", settings.reporting_password),
-        ):
+        for role, key in ((role.name, role.password) for role in load_access().roles if role.password):
+            secret = getattr(settings, attribute_of(key))
             if secret is None:
                 return False
-            with psycopg.connect(
-                host="127.0.0.1",
-                port=settings.pgbouncer.port,
-                user=role,
-                password=secret.get_secret_value(),
-                dbname=settings.postgres.database,
-                connect_timeout=5,
-                prepare_threshold=None,
-            ) as conn:
+            login = connection.conninfo(connection.pooler, user=role, password=secret.get_secret_value())
+            with psycopg.connect(**login, prepare_threshold=None) as conn:
                 conn.execute("SELECT 1")
-        password = settings.redis_password.get_secret_value() if settings.redis_password else None
-        with redis.Redis(port=settings.redis.port, password=password, socket_timeout=5) as cache:
+        cache_at, password = connection.redis, connection.redis_password
+        with redis.Redis(host=cache_at.host, port=cache_at.port, password=password, socket_timeout=5) as cache:
             return bool(cache.ping())
     except (psycopg.Error, redis.RedisError):
         return False

@@ -8,11 +8,11 @@ from pathlib import Path
 import psycopg
 import pulumi.automation as auto
 
+from components.connection import ConnectionSpec, Endpoint
 from components.platform.local.pgbackrest import Repository
 from components.platform.local.platform import backup_repository
 from config import StackSettings, parse_settings
-
-ROOT = Path(__file__).resolve().parents[1]
+from ops.stack import ROOT, ToolError, read_connection
 
 
 class OperationError(Exception):
@@ -24,18 +24,11 @@ class OpenStack:
     stack: auto.Stack
     settings: StackSettings
     repository: Repository
+    connection: ConnectionSpec
 
-    def admin(self, port: int | None = None, dbname: str | None = None) -> psycopg.Connection:
-        password = self.settings.postgres_password
-        return psycopg.connect(
-            host="127.0.0.1",
-            port=port or self.settings.postgres.port,
-            user="postgres",
-            password=password.get_secret_value() if password else None,
-            dbname=dbname or self.settings.postgres.database,
-            autocommit=True,
-            connect_timeout=5,
-        )
+    def admin(self, endpoint: Endpoint | None = None) -> psycopg.Connection:
+        """The admin connection to the primary (or to `endpoint`, a replica)."""
+        return psycopg.connect(**self.connection.conninfo(endpoint), autocommit=True)
 
 
 def open_stack(name: str, work_dir: Path | None = None) -> OpenStack:
@@ -53,4 +46,8 @@ def open_stack(name: str, work_dir: Path | None = None) -> OpenStack:
             f"stack '{name}': backups are off (platform {settings.platform}, thorbis:backup.enabled "
             f"{str(settings.backup.enabled).lower()}); backups need platform local and thorbis:backup.enabled true"
         )
-    return OpenStack(stack, settings, repository)
+    try:
+        connection = read_connection(stack)
+    except ToolError as error:
+        raise OperationError(str(error)) from error
+    return OpenStack(stack, settings, repository, connection)

@@ -57,6 +57,19 @@ def qualified(schema: str, name: str) -> sql.Identifier:
     return sql.Identifier(schema, name)
 
 
+def default_partition_name(table: str) -> str:
+    """pg_partman's name for the default partition (check_name_length(table, '_default')): the Table kind
+    makes it under this name, so that pg_partman finds it and a conversion swaps it."""
+    return f"{table[: 63 - len('_default')]}_default"
+
+
+def partition_name(table: str, suffix: str) -> str:
+    """pg_partman's name for a child (check_name_length(table, suffix, true)): `<table>_p<YYYY_MM>`."""
+    if len(table) + len(suffix) >= 61:
+        return f"{table[: 61 - len(suffix)]}_p{suffix}"
+    return f"{table}_p{suffix}"
+
+
 def copied_grants(
     conn: psycopg.Connection, source: sql.Identifier, target: sql.Identifier | None = None
 ) -> list[Statement]:

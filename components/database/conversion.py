@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
-from components.database.base import bounded, copied_grants, qualified
+from components.database.base import bounded, copied_grants, default_partition_name, partition_name, qualified
 from components.database.kinds.index import definition_tail
 from components.database.session import Deferred, Statement, run_ddl, scalar
 from components.database.table_shape import LiveTable, TableSpec, create_statement, read_table, rls_statements
@@ -136,7 +136,7 @@ def convert_to_partitioned(
     views = dependent_views(conn, names)
     run_ddl(conn, swap_statements(conn, conversion, rows, checksum, views), lock_timeout, what=f"swap {names.table}")
     phase("swapped")
-    default = qualified(names.schema, default_name(names.table))
+    default = qualified(names.schema, default_partition_name(names.table))
     return ConversionResult(
         rows=rows,
         checksum=checksum,
@@ -220,18 +220,6 @@ def prepare(conn: psycopg.Connection, spec: TableSpec, premake: int) -> Conversi
     return Conversion(spec, Names.of(spec), live, columns, list(spec.primary_key), premake)
 
 
-def default_name(table: str) -> str:
-    """pg_partman's name for the default partition (check_name_length(table, '_default'))."""
-    return f"{table[: 63 - len('_default')]}_default"
-
-
-def partition_name(table: str, suffix: str) -> str:
-    """pg_partman's name for a child (check_name_length(table, suffix, true)): `<table>_p<YYYY_MM>`."""
-    if len(table) + len(suffix) >= 61:
-        return f"{table[: 61 - len(suffix)]}_p{suffix}"
-    return f"{table}_p{suffix}"
-
-
 # --- 1. build the partitioned copy -------------------------------------------------------------------
 
 
@@ -284,9 +272,9 @@ def build_statements(conn: psycopg.Connection, conversion: Conversion) -> list[S
                 part, building, sql.Literal(start), sql.Literal(end)
             )
         )
-    default = names.relation(default_name(names.table))
+    default = names.relation(default_partition_name(names.table))
     statements.append(sql.SQL("CREATE TABLE {} PARTITION OF {} DEFAULT").format(default, building))
-    for name in [*conversion.partitions, default_name(names.table)]:
+    for name in [*conversion.partitions, default_partition_name(names.table)]:
         statements.append(partition_security(names.relation(name), owner))
     statements += copied_objects(conn, conversion)
     if spec.comment:
@@ -629,7 +617,7 @@ def stray_row_statements(conn: psycopg.Connection, conversion: Conversion) -> li
     beyond the premade window stay in the default partition, as pg_partman leaves them."""
     spec, names = conversion.spec, conversion.names
     assert spec.partition is not None
-    column, default = sql.Identifier(spec.partition.column), names.relation(default_name(names.table))
+    column, default = sql.Identifier(spec.partition.column), names.relation(default_partition_name(names.table))
     months = conn.execute(
         sql.SQL(STRAY_MONTHS_QUERY).format(column=column, default=default, premake=sql.Literal(conversion.premake))
     ).fetchall()

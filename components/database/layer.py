@@ -16,7 +16,7 @@ import pulumi
 from components.connection import ConnectionSpec
 from components.database.declared.access import load_access
 from components.database.declared.model import TABLE_SCHEMA, TableData, load_schema
-from components.database.declared.operations import load_jobs, load_maintenance, load_monitoring
+from components.database.declared.operations import load_maintenance, load_monitoring
 from components.database.declared.reporting import load_reporting
 from components.database.declared.tenancy import tenant_policies
 from components.database.kinds.cron_job import CronJobKind
@@ -37,6 +37,7 @@ from components.database.kinds.trigger import TriggerKind
 from components.database.kinds.view import ViewKind
 from components.resource import declare, fields_of
 from config import StackSettings
+from config.settings import attribute_of
 
 
 def database_provider(
@@ -48,7 +49,7 @@ def database_provider(
 ) -> pulumi.ProviderResource:
     """The thorbisdb provider instance that database objects are created through (connection is secret)."""
     inputs: dict[str, Any] = {
-        "connection": pulumi.Output.secret(connection.apply(lambda spec: spec.to_property())),
+        "connection": pulumi.Output.secret(connection.apply(lambda spec: spec.model_dump(mode="json"))),
         "lockTimeout": lock_timeout,
         "allowDataLoss": allow_data_loss,
     }
@@ -84,7 +85,7 @@ class DatabaseLayer(pulumi.ComponentResource):
             ManifestSpec(tables={t.name: {c.name: c.type for c in t.columns} for t in self.schema.tables}),
             self.options(),
         )
-        self.roles = self.declare_roles()
+        self.roles = self.declare_roles(connection)
         self.schemas = self.declare_schemas(list(self.roles.values()))
         self.extensions = self.declare_extensions(list(self.schemas.values()))
         functions = self.declare_functions([*self.schemas.values(), *self.extensions.values()])
@@ -107,18 +108,18 @@ class DatabaseLayer(pulumi.ComponentResource):
         after = [*depends_on, *([self.manifest] if self.manifest else [])]
         return pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=after, **extra)  # type: ignore[arg-type]
 
-    def declare_roles(self) -> dict[str, pulumi.Resource]:
-        adopt = self.settings.platform == "external"  # Supabase's own roles exist: adopt, never recreate
+    def declare_roles(self, connection: pulumi.Output[ConnectionSpec]) -> dict[str, pulumi.Resource]:
+        adopt = pulumi.Output.unsecret(connection.apply(lambda spec: spec.platform_owns_roles))
         declared: dict[str, pulumi.Resource] = {}
         for role in self.access.roles:
             password = None
             if role.password:
-                secret = getattr(self.settings, _attribute(role.password))
+                secret = getattr(self.settings, attribute_of(role.password))
                 password = pulumi.Output.secret(secret.get_secret_value()) if secret else None
             declared[role.name] = declare(
                 RoleKind,
                 f"role-{role.name}",
-                {**fields_of(role.role_spec(adopt)), "password": password},
+                {**fields_of(role.role_spec()), "password": password, "adopt_existing": adopt},
                 self.options([declared[m] for m in role.member_of if m in declared]),
             )
         return declared
@@ -265,8 +266,7 @@ class DatabaseLayer(pulumi.ComponentResource):
     def declare_jobs(self, connection: pulumi.Output[ConnectionSpec], after: Sequence[pulumi.Resource]) -> None:
         """pg_cron jobs of sql/jobs.yaml with the stack's schedules and parameters, after what they run."""
         database = connection.apply(lambda spec: spec.database)
-        jobs = load_jobs(self.settings.jobs.schedules, self.settings.jobs.parameters)
-        for job in jobs:
+        for job in self.settings.jobs.resolved():
             declare(
                 CronJobKind,
                 f"cron-job-{job.name}",
@@ -310,8 +310,3 @@ class DatabaseLayer(pulumi.ComponentResource):
                 ),
                 self.options(after),
             )
-
-
-def _attribute(config_key: str) -> str:
-    """The settings attribute of a config key: authenticatorPassword -> authenticator_password."""
-    return "".join(f"_{c.lower()}" if c.isupper() else c for c in config_key)

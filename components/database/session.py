@@ -42,7 +42,7 @@ class DatabaseTarget:
                 "components/database declares"
             )
         return cls(
-            connection=ConnectionSpec.from_property(config["connection"]),
+            connection=ConnectionSpec.model_validate(config["connection"]),
             lock_timeout=str(config.get("lockTimeout", "5s")),
             allow_data_loss=bool(config.get("allowDataLoss", False)),
         )
@@ -57,7 +57,7 @@ def connect(target: DatabaseTarget) -> Iterator[psycopg.Connection]:
     spec = target.connection
     try:
         # Extensions live in their own schema; DDL must resolve their types and operator classes.
-        conn = psycopg.connect(**spec.admin_conninfo(), autocommit=True, options="-c search_path=public,extensions")
+        conn = psycopg.connect(**spec.conninfo(), autocommit=True, options="-c search_path=public,extensions")
     except psycopg.OperationalError as error:
         raise DatabaseUnreachable(
             f"cannot connect to {spec.database} on {spec.primary.host}:{spec.primary.port}: {str(error).strip()}"

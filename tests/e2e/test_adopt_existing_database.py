@@ -2,7 +2,7 @@
 
 One stack (platform local, no replica, allowDataLoss false) on a copy of the program. Its first `up` has an
 empty sql/schema: the servers, roles, schemas and extensions only. The review's "before" database
-(tests/fixtures/before_state.py) is then built on it, and the next `up` has the full schema: every existing
+(testbed/before_state.py) is then built on it, and the next `up` has the full schema: every existing
 table is adopted in place and completed (columns, checks, row level security, foreign-key indexes built
 CONCURRENTLY) while a writer keeps inserting rows, and the rows that were there are untouched. Then
 changes that would lose data are refused. The tests run in file order; each builds on the one before.
@@ -29,14 +29,14 @@ import yaml
 from psycopg import sql
 
 from components.database.declared.model import load_schema
+from testbed.before_state import BeforeTable, build_before_state, fingerprint
+from testbed.stacks import LiveStack, throwaway_stack
+from testbed.support import copy_project_without_tables
 from tests.conftest import ROOT
-from tests.e2e.conftest import LiveStack, throwaway_stack
-from tests.fixtures.before_state import BeforeTable, build_before_state, fingerprint
-from tests.support import copy_project_without_tables
 
 pytestmark = pytest.mark.e2e
 LOCK_TIMEOUT_SECONDS = 5  # the stack's default thorbis:lockTimeout
-WRITER_COMPANY = "a0000000-0000-4000-8000-000000000001"  # ids of tests/fixtures/before_rows.sql
+WRITER_COMPANY = "a0000000-0000-4000-8000-000000000001"  # ids of testbed/before_rows.sql
 WRITER_PROPERTY = "d0000000-0000-4000-8000-000000000001"
 CREATE_INDEX = re.compile(
     r'CREATE (?:UNIQUE )?INDEX (CONCURRENTLY )?"?([a-z0-9_]+)"? ON (ONLY )?"public"\."([a-z0-9_]+)"', re.IGNORECASE

@@ -9,7 +9,8 @@ from pathlib import Path
 import pulumi.automation as auto
 import pytest
 
-from tests.support import copy_project, free_ports
+from components.connection import LOOPBACK
+from testbed.support import copy_project, free_ports
 
 pytestmark = pytest.mark.e2e
 PROJECT_PARTS = ("Pulumi.yaml", "__main__.py", "components", "config", "provider")
@@ -82,7 +83,7 @@ def test_prod_rules_are_enforced_before_any_change(project: Path, tmp_path: Path
 def test_a_port_taken_on_the_host_is_named(project: Path, tmp_path: Path) -> None:
     ports = free_ports(3)
     with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", 0))
+        squatter.bind((LOOPBACK, 0))
         squatter.listen()
         taken = squatter.getsockname()[1]
         stack = stack_with(

@@ -15,9 +15,9 @@ import pulumi.automation as auto
 import pytest
 
 from recovery.drill import PUSH_ALLOWANCE_SECONDS
+from testbed.stacks import LiveStack, throwaway_stack
+from testbed.support import processes_under
 from tests.conftest import ROOT
-from tests.e2e.conftest import LiveStack, throwaway_stack
-from tests.support import processes_under
 
 pytestmark = pytest.mark.e2e
 BOUND = 5  # thorbis:backup.archiveTimeout of the drill's stack, in seconds

@@ -11,9 +11,11 @@ import pulumi.automation as auto
 import pytest
 from psycopg import sql
 
+from components.connection import LOOPBACK
+from components.outputs import CONNECTION, connection_of
 from components.platform.local.postgres import PostgresServerKind, PostgresServerSpec
+from testbed.support import free_port, reachable_state_dir
 from tests.conftest import ROOT
-from tests.support import free_port, reachable_state_dir
 
 pytestmark = pytest.mark.e2e
 
@@ -39,7 +41,7 @@ def existing_server() -> Iterator[PostgresServerSpec]:
 
 
 def dsn(spec: PostgresServerSpec) -> str:
-    return f"postgresql://postgres:{spec.superuser_password}@127.0.0.1:{spec.port}/{spec.database}"
+    return f"postgresql://postgres:{spec.superuser_password}@{LOOPBACK}:{spec.port}/{spec.database}"
 
 
 SUPABASE_ROLES = ["anon", "authenticated", "authenticator", "service_role"]
@@ -93,10 +95,10 @@ def test_up_checks_the_server_and_exports_where_it_is(existing_server: PostgresS
             stack.set_config(f"thorbis:{key}", auto.ConfigValue(secrets.token_urlsafe(16), secret=True))
         make_it_look_like_supabase(existing_server)
         result = stack.up()
-        assert result.outputs["platform"].value == "external"
-        assert result.outputs["port"].value == existing_server.port
-        assert result.outputs["database"].value == "supabase_like"
-        assert result.outputs["adminDsn"].secret
+        exported = connection_of(result.outputs)
+        assert exported is not None and result.outputs[CONNECTION].secret
+        assert (exported.platform, exported.primary.port) == ("external", existing_server.port)
+        assert (exported.database, exported.platform_owns_roles) == ("supabase_like", True)
         assert existing_server.superuser_password not in "".join(p.read_text() for p in tmp_path.rglob("*.json"))
         created = (result.summary.resource_changes or {}).get(auto.OpType.CREATE, 0)
         assert created > 500  # the platform check plus the whole database layer

@@ -30,9 +30,8 @@ import pulumi.automation as auto
 import pytest
 from psycopg import sql
 
-from tests.conftest import ROOT
-from tests.e2e.conftest import LiveStack, throwaway_stack
-from tests.support import (
+from testbed.stacks import LiveStack, throwaway_stack
+from testbed.support import (
     copy_project_without_tables,
     kill_tree,
     live_processes_under,
@@ -43,6 +42,7 @@ from tests.support import (
     stop_when_seen,
     write_schema,
 )
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.e2e
 TABLES = ["companies", "audit_logs"]

@@ -18,9 +18,11 @@ import pytest
 import redis
 from psycopg import sql
 
+from components.connection import LOOPBACK, Endpoint
 from components.database.declared.model import load_schema
-from tests.e2e.conftest import LiveStack
-from tests.support import listening, processes_under
+from components.outputs import CONNECTION, connection_of
+from testbed.stacks import LiveStack
+from testbed.support import listening, processes_under
 
 pytestmark = pytest.mark.e2e
 MARKER = "written on the primary"
@@ -42,10 +44,16 @@ def test_up_creates_every_server(live_stack: LiveStack) -> None:
     assert list(changes) == [auto.OpType.CREATE]
     live_stack.resources = changes[auto.OpType.CREATE]
     assert all(listening(port) for port in live_stack.all_ports)
-    outputs = result.outputs
-    assert outputs["port"].value == live_stack.postgres_port
-    assert outputs["replicaPorts"].value == live_stack.replica_ports
-    assert outputs["adminPassword"].secret and outputs["redisPassword"].secret and outputs["adminDsn"].secret
+    assert list(result.outputs) == [CONNECTION] and result.outputs[CONNECTION].secret  # exported once, secret
+    exported = connection_of(result.outputs)
+    assert exported is not None
+    assert exported.primary == Endpoint.loopback(live_stack.postgres_port)
+    assert exported.replicas == tuple(Endpoint.loopback(port) for port in live_stack.replica_ports)
+    assert exported.pooler == Endpoint.loopback(live_stack.pgbouncer_port)
+    assert exported.redis == Endpoint.loopback(live_stack.redis_port)
+    assert exported.admin_password == live_stack.passwords["postgresPassword"]
+    assert exported.redis_password == live_stack.passwords["redisPassword"]
+    assert not exported.platform_owns_roles
 
 
 def test_a_row_written_on_the_primary_is_read_on_every_replica(live_stack: LiveStack) -> None:
@@ -86,7 +94,7 @@ def test_300_clients_through_pgbouncer_while_the_server_sees_at_most_the_pool(li
 
         def client(_: int) -> int:
             with psycopg.connect(
-                host="127.0.0.1",
+                host=LOOPBACK,
                 port=live_stack.pgbouncer_port,
                 user="e2e_app",
                 password="e2e-app-password-1",

@@ -12,14 +12,15 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from components.database.declared.jobs import load_jobs
 from components.database.declared.model import load_schema
-from components.database.declared.operations import load_jobs, load_monitoring
+from components.database.declared.operations import load_monitoring
 from components.database.declared.reporting import load_reporting
-from tests.e2e.conftest import LiveStack
+from testbed.stacks import LiveStack
 
 pytestmark = pytest.mark.e2e
 PARTITIONED = [table.name for table in load_schema().tables if table.partition]
-JOBS = load_jobs()
+JOBS = load_jobs().resolved({}, {})
 PREMAKE = 4  # thorbis:partitioning.premake's default, which this stack keeps
 Conn = psycopg.Connection[Any]
 

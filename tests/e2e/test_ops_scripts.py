@@ -22,13 +22,15 @@ import pulumi.automation as auto
 import pytest
 from psycopg import sql
 
+from components.connection import LOOPBACK
 from components.database.declared.model import load_schema
 from components.platform.local import process
+from components.platform.local.pgbouncer import AUTH_ROLE, CONSOLE_DATABASE
 from ops import EXIT_DESTRUCTIVE, EXIT_DRIFT, EXIT_FAILED, EXIT_OK
+from testbed.stacks import LiveStack, throwaway_stack
+from testbed.support import copy_project
 from tests.conftest import ROOT
-from tests.e2e.conftest import LiveStack, throwaway_stack
 from tests.e2e.test_adopt_existing_database import edited_table, without_column
-from tests.support import copy_project
 
 pytestmark = pytest.mark.e2e
 JOBS_INDEX = next(index for index in load_schema().table("jobs").foreign_key_indexes())
@@ -84,6 +86,29 @@ def test_verify_passes_on_a_fresh_stack(ops_stack: LiveStack) -> None:
     assert "FAIL" not in run.output
 
 
+def test_connect_info_says_where_each_server_listens_from_the_stacks_connection(ops_stack: LiveStack) -> None:
+    run = script(ops_stack, "connect-info")  # `script` fails the test if a password is printed
+    assert run.code == EXIT_OK, run.output
+    assert f"PostgreSQL primary : {LOOPBACK}:{ops_stack.postgres_port}  database thorbis, user postgres" in run.output
+    assert f"PgBouncer          : {LOOPBACK}:{ops_stack.pgbouncer_port}" in run.output
+    assert f"Read replicas      : {LOOPBACK}:{ops_stack.replica_ports[0]}" in run.output
+    assert f"Redis              : {LOOPBACK}:{ops_stack.redis_port}" in run.output
+
+
+def test_connect_info_hands_out_the_admin_dsn_and_redis_password_only_when_asked(ops_stack: LiveStack) -> None:
+    env = {**os.environ, "PULUMI_BACKEND_URL": f"file://{ops_stack.backend}"}
+    asked = {
+        flag: subprocess.run(
+            ["bash", str(ROOT / "scripts" / "connect-info"), ops_stack.stack.name, flag],
+            capture_output=True, text=True, env=env, timeout=120, check=True,
+        ).stdout.strip()
+        for flag in ("--admin-dsn", "--redis-password")
+    }  # fmt: skip
+    with psycopg.connect(asked["--admin-dsn"]) as conn:  # a libpq connection string, as psql takes it
+        assert conn.execute("SELECT current_user, current_database()").fetchone() == ("postgres", "thorbis")
+    assert asked["--redis-password"] == ops_stack.passwords["redisPassword"]
+
+
 def test_pr_preview_of_an_unchanged_stack_says_no_changes(ops_stack: LiveStack, tmp_path: Path) -> None:
     summary = tmp_path / "summary.md"
     run = script(ops_stack, "pr-preview", "--out", str(summary))
@@ -99,7 +124,7 @@ def change_behind_the_stacks_back(live: LiveStack) -> None:
         conn.execute("ALTER TABLE public.customers DISABLE ROW LEVEL SECURITY")
         conn.execute("ALTER POLICY invoices_tenant_select ON public.invoices USING (true)")
     console = psycopg.connect(
-        host="127.0.0.1", port=live.pgbouncer_port, dbname="pgbouncer", user="pgbouncer_auth",
+        host=LOOPBACK, port=live.pgbouncer_port, dbname=CONSOLE_DATABASE, user=AUTH_ROLE,
         password=live.passwords["pgbouncerAuthPassword"], autocommit=True, cursor_factory=psycopg.ClientCursor,
         prepare_threshold=None,
     )  # fmt: skip

@@ -20,9 +20,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from components.connection import LOOPBACK
 from components.database.base import bounded
 from components.database.declared.model import IndexData, load_schema
-from tests.e2e.conftest import LiveStack
+from testbed.stacks import LiveStack
 from tests.e2e.rows import (
     Synthesizer,
     World,
@@ -73,7 +74,7 @@ def tenants(admin: Conn) -> Tenants:
 
 def authenticator(stack: LiveStack, port: int | None = None) -> Conn:
     return psycopg.connect(
-        host="127.0.0.1",
+        host=LOOPBACK,
         port=port or stack.postgres_port,
         user="authenticator",
         password=stack.passwords["authenticatorPassword"],

@@ -15,11 +15,12 @@ from urllib.parse import quote
 import psycopg
 import pytest
 
+from components.connection import LOOPBACK
 from components.kind import Observed, Status, reported
 from components.platform.local import postgres_files as pg
 from components.platform.local.postgres import PostgresServerKind, PostgresServerSpec
 from components.platform.local.replica import PostgresReplicaKind, PostgresReplicaSpec
-from tests.support import free_port, reachable_state_dir
+from testbed.support import free_port, reachable_state_dir
 
 SUPERUSER_PASSWORD = "it-Super'user:0123"  # a quote and a colon: quoting and .pgpass escaping are exercised
 REPLICATION_PASSWORD = "it-Replic:ation\\0123"
@@ -92,7 +93,7 @@ class Primary:
     @property
     def dsn(self) -> str:
         """A postgresql:// URL, the form thorbis:externalDsn takes."""
-        return f"postgresql://postgres:{quote(SUPERUSER_PASSWORD, safe='')}@127.0.0.1:{self.port}/{DATABASE}"
+        return f"postgresql://postgres:{quote(SUPERUSER_PASSWORD, safe='')}@{LOOPBACK}:{self.port}/{DATABASE}"
 
     def state(self, observed: dict[str, Any] | None = None) -> dict[str, Any]:
         """The state Pulumi keeps: inputs, then outputs (those of a refresh when given)."""
@@ -100,7 +101,7 @@ class Primary:
 
     def connect(self, dbname: str = DATABASE) -> psycopg.Connection[tuple[Any, ...]]:
         return psycopg.connect(
-            host="127.0.0.1",
+            host=LOOPBACK,
             port=self.port,
             user="postgres",
             password=SUPERUSER_PASSWORD,

@@ -14,8 +14,9 @@ from psycopg.rows import dict_row
 from components.connection import ConnectionSpec, Endpoint
 from components.kind import Kind, Observed, Spec, Status, reported
 from components.platform.local.postgres import PostgresServerKind, PostgresServerSpec
+from components.platform.local.postgres_files import SUPERUSER
 from components.provider import spec_fields
-from tests.support import free_port, reachable_state_dir
+from testbed.support import free_port, reachable_state_dir
 
 KindT = TypeVar("KindT", bound=Kind[Any, Any])
 Query = str | sql.Composable
@@ -30,7 +31,7 @@ class Database:
     def kind(self, kind_type: type[KindT], lock_timeout: str = "5s") -> KindT:
         kind = kind_type()
         kind.provider_config = {
-            "connection": self.connection.to_property(),
+            "connection": self.connection.model_dump(mode="json"),
             "lockTimeout": lock_timeout,
             "allowDataLoss": False,
         }
@@ -39,7 +40,7 @@ class Database:
     def connect(self, user: str | None = None, password: str | None = None, **options: Any) -> psycopg.Connection:
         """Autocommit, as the admin role unless another login is given."""
         login = {"user": user, "password": password} if user else {}
-        return psycopg.connect(**{**self.connection.admin_conninfo(), **login, **options}, autocommit=True)
+        return psycopg.connect(**{**self.connection.conninfo(), **login, **options}, autocommit=True)
 
     def execute(self, statement: Query, params: tuple[Any, ...] | None = None) -> None:
         with self.connect() as conn:
@@ -63,9 +64,9 @@ class Database:
 def local_connection(port: int, database: str, password: str) -> ConnectionSpec:
     return ConnectionSpec(
         platform="local",
-        primary=Endpoint("127.0.0.1", port),
+        primary=Endpoint.loopback(port),
         database=database,
-        admin_user="postgres",
+        admin_user=SUPERUSER,
         admin_password=password,
         sslmode="disable",
     )

@@ -14,14 +14,15 @@ from typing import Any
 import psycopg
 import pytest
 
+from components.connection import LOOPBACK
 from components.kind import ProviderError, reported
 from components.platform.local import pgbackrest
 from components.platform.local import postgres_files as pg
 from components.platform.local.backup import BackupRepositoryKind, BackupRepositorySpec, BackupStatus
 from components.platform.local.pgbackrest import Repository
 from components.platform.local.postgres import PostgresServerKind, wait_for_promotion
+from testbed.support import free_port, reachable_state_dir
 from tests.integration.conftest import SETTINGS, SUPERUSER_PASSWORD, Primary, eventually, primary_spec
-from tests.support import free_port, reachable_state_dir
 
 STANZA = "it-backup"
 
@@ -140,7 +141,7 @@ def test_a_backup_restores_to_a_point_in_time_and_to_the_latest_point(archived: 
         {
             **SETTINGS,
             "port": str(copy_port),
-            "listen_addresses": "127.0.0.1",
+            "listen_addresses": LOOPBACK,
             "unix_socket_directories": str(to_time.socket_dir),
         },
     )
@@ -178,7 +179,7 @@ def test_a_backup_restores_to_a_point_in_time_and_to_the_latest_point(archived: 
 
 def connection(port: int) -> dict[str, Any]:
     return {
-        "host": "127.0.0.1",
+        "host": LOOPBACK,
         "port": port,
         "user": "postgres",
         "password": SUPERUSER_PASSWORD,

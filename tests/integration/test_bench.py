@@ -17,7 +17,7 @@ from psycopg import sql
 from bench import connections, generate, queries, report
 from components.database.declared.model import load_schema
 from components.database.kinds.table import TableKind
-from tests.fixtures.before_state import build_before_state
+from testbed.before_state import build_before_state
 from tests.integration.databases import Database, database_server
 
 DATABASE = "thorbis_bench"
@@ -83,7 +83,7 @@ def test_the_dataset_loads_into_the_before_database_and_the_queries_run_there(
 ) -> None:
     with database.connect(dbname=BEFORE) as conn:
         build_before_state(conn)
-        fixture_rows = counts(conn)  # tests/fixtures/before_rows.sql
+        fixture_rows = counts(conn)  # testbed/before_rows.sql
         loaded = generate.load(conn, SCALE)
         assert counts(conn) == {table: fixture_rows[table] + loaded["rows"][table] for table in generate.TABLES}
         results = run_classes(conn, loaded, "before", tmp_path / "plans")

@@ -17,7 +17,6 @@ import pytest
 from psycopg import sql
 from pydantic import ValidationError
 
-from components.connection import ConnectionSpec, Endpoint
 from components.database.base import DatabaseKind
 from components.database.kinds.default_privileges import DefaultPrivilegesKind, DefaultPrivilegesSpec
 from components.database.kinds.extension import ExtensionKind, ExtensionSpec, ExtensionStatus
@@ -25,8 +24,9 @@ from components.database.kinds.grant import GrantKind, GrantSpec
 from components.database.kinds.role import RoleKind, RoleSpec
 from components.kind import ProviderError
 from components.platform.local.postgres import PostgresServerKind, PostgresServerSpec
-from tests.integration.databases import changes, recorded
-from tests.support import free_port, reachable_state_dir
+from components.platform.local.postgres_files import SUPERUSER
+from testbed.support import free_port, reachable_state_dir
+from tests.integration.databases import Database, changes, local_connection, recorded
 
 DATABASE = "thorbis_access_it"
 SUPERUSER_PASSWORD = "it-Access'super:0123"
@@ -44,30 +44,15 @@ class Server:
     def log(self) -> Path:
         return Path(self.spec.state_dir) / "postgres.log"
 
-    def kind(self, kind_type: type[KindT]) -> KindT:
-        kind = kind_type()
-        connection = ConnectionSpec(
-            platform="local",
-            primary=Endpoint("127.0.0.1", self.spec.port),
-            database=DATABASE,
-            admin_user="postgres",
-            admin_password=SUPERUSER_PASSWORD,
-        )
-        kind.provider_config = {"connection": connection.to_property(), "lockTimeout": "5s", "allowDataLoss": False}
-        return kind
+    @property
+    def database(self) -> Database:
+        return Database(local_connection(self.spec.port, DATABASE, SUPERUSER_PASSWORD))
 
-    def connect(
-        self, user: str = "postgres", password: str = SUPERUSER_PASSWORD
-    ) -> psycopg.Connection[tuple[Any, ...]]:
-        return psycopg.connect(
-            host="127.0.0.1",
-            port=self.spec.port,
-            user=user,
-            password=password,
-            dbname=DATABASE,
-            autocommit=True,
-            connect_timeout=5,
-        )
+    def kind(self, kind_type: type[KindT]) -> KindT:
+        return self.database.kind(kind_type)
+
+    def connect(self, user: str = SUPERUSER, password: str = SUPERUSER_PASSWORD) -> psycopg.Connection[tuple[Any, ...]]:
+        return self.database.connect(user, password)
 
     def run(self, statement: str, **names: str) -> None:
         """A change made by hand; `{name}` placeholders are filled in as identifiers."""

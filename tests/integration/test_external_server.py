@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 
+from components.connection import LOOPBACK
 from components.kind import Observed, ProviderError
+from components.platform.external.platform import required_extensions
 from components.platform.external.postgres import (
     MINIMUM_VERSION_NUM,
-    REQUIRED_EXTENSIONS,
     ExternalPostgresKind,
     ExternalPostgresSpec,
     ExternalPostgresStatus,
     inspect,
 )
+from testbed.support import free_port
 from tests.integration.conftest import DATABASE, Primary
-from tests.support import free_port
 
 UNREACHABLE_PASSWORD = "it-Never-Shown-0123"
+
+
+def checked(dsn: str, **overrides: Any) -> ExternalPostgresSpec:
+    """The spec the external platform declares for a server at `dsn`."""
+    return ExternalPostgresSpec(dsn=dsn, **{"required_extensions": required_extensions(), **overrides})
 
 
 def refusal(spec: ExternalPostgresSpec) -> str:
@@ -28,7 +35,7 @@ def refusal(spec: ExternalPostgresSpec) -> str:
 
 
 def test_inspect_reports_the_version_of_a_reachable_server(primary: Primary) -> None:
-    found = inspect(ExternalPostgresSpec(dsn=primary.dsn))
+    found = inspect(checked(primary.dsn))
     assert found == ExternalPostgresStatus(
         server_version=primary.scalar("SHOW server_version"),
         server_version_num=int(primary.scalar("SHOW server_version_num")),
@@ -39,50 +46,49 @@ def test_inspect_reports_the_version_of_a_reachable_server(primary: Primary) -> 
 
 def test_every_required_extension_is_offered_by_our_own_server_image(primary: Primary) -> None:
     """The local primary is what dev stacks test against: it must pass the check a managed server gets."""
-    assert ExternalPostgresSpec(dsn=primary.dsn).required_extensions == list(REQUIRED_EXTENSIONS)
-    assert inspect(ExternalPostgresSpec(dsn=primary.dsn)).reachable is True
+    assert inspect(checked(primary.dsn)).reachable is True
 
 
 def test_a_missing_extension_is_named(primary: Primary) -> None:
-    message = refusal(ExternalPostgresSpec(dsn=primary.dsn, required_extensions=["pg_trgm", "no_such_ext"]))
+    message = refusal(checked(primary.dsn, required_extensions=["pg_trgm", "no_such_ext"]))
     assert "no_such_ext" in message
     assert "pg_trgm" not in message, "an extension the server offers is reported missing"
 
 
 def test_a_server_older_than_the_minimum_is_refused(primary: Primary) -> None:
-    message = refusal(ExternalPostgresSpec(dsn=primary.dsn, minimum_version_num=990000))
+    message = refusal(checked(primary.dsn, minimum_version_num=990000))
     assert "needs 99 or newer" in message
     assert primary.scalar("SHOW server_version") in message
 
 
 def test_an_unreachable_server_is_a_quick_clear_error_without_its_password() -> None:
     port = free_port()  # nothing listens there
-    spec = ExternalPostgresSpec(dsn=f"postgresql://app:{UNREACHABLE_PASSWORD}@127.0.0.1:{port}/{DATABASE}")
+    spec = checked(f"postgresql://app:{UNREACHABLE_PASSWORD}@{LOOPBACK}:{port}/{DATABASE}")
     started = time.monotonic()
     message = refusal(spec)
     assert time.monotonic() - started < 15
-    assert message.startswith("cannot reach the external PostgreSQL at 127.0.0.1")
+    assert message.startswith(f"cannot reach the external PostgreSQL at {LOOPBACK}")
     assert str(port) in message
     assert UNREACHABLE_PASSWORD not in message
 
 
 def test_a_wrong_password_is_a_clear_error_without_the_password(primary: Primary) -> None:
     wrong = "it-Wrong-Pass-0123"
-    message = refusal(ExternalPostgresSpec(dsn=f"postgresql://postgres:{wrong}@127.0.0.1:{primary.port}/{DATABASE}"))
+    message = refusal(checked(f"postgresql://postgres:{wrong}@{LOOPBACK}:{primary.port}/{DATABASE}"))
     assert "password authentication failed" in message
     assert wrong not in message
 
 
 def test_kind_adopts_observes_and_forgets_without_touching_the_server(primary: Primary) -> None:
-    kind, spec = ExternalPostgresKind(), ExternalPostgresSpec(dsn=primary.dsn)
+    kind, spec = ExternalPostgresKind(), checked(primary.dsn)
     resource_id, outputs = kind.create(spec)
-    assert resource_id == f"127.0.0.1:{primary.port}/{DATABASE}"
+    assert resource_id == f"{LOOPBACK}:{primary.port}/{DATABASE}"
     assert outputs.reachable is True
     assert kind.observe(resource_id, spec) == Observed({}, outputs)
     assert kind.update(resource_id, {**spec.model_dump(by_alias=True), **outputs.wire()}, spec) == outputs
     assert kind.drifted(outputs, spec) == []
 
-    gone = spec.model_copy(update={"dsn": f"postgresql://postgres@127.0.0.1:{free_port()}/{DATABASE}"})
+    gone = spec.model_copy(update={"dsn": f"postgresql://postgres@{LOOPBACK}:{free_port()}/{DATABASE}"})
     observed = kind.observe(resource_id, gone)
     assert observed == Observed({}, ExternalPostgresStatus(reachable=False))
     assert kind.drifted(observed.status, gone) == ["reachable"]

@@ -16,8 +16,8 @@ import pytest
 from components.platform.local import postgres_files as pg
 from components.platform.local import process
 from components.platform.local.postgres import PostgresServerKind
+from testbed.support import free_port, live_processes_under, reachable_state_dir
 from tests.integration.conftest import SUPERUSER_PASSWORD, primary_spec
-from tests.support import free_port, live_processes_under, reachable_state_dir
 
 
 @pytest.fixture

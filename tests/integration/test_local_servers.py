@@ -21,10 +21,12 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from components.connection import LOOPBACK
 from components.kind import ProviderError, Spec, reported
 from components.platform.local import process
 from components.platform.local.pgbouncer import AUTH_ROLE, AUTH_SCHEMA, PgBouncerKind, PgBouncerSpec, admin_console
 from components.platform.local.redis import RedisKind, RedisSpec, memory_bytes
+from testbed.support import free_port, listening, processes_under, reachable_state_dir
 from tests.integration.conftest import (
     DATABASE,
     REPLICATION_PASSWORD,
@@ -36,7 +38,6 @@ from tests.integration.conftest import (
     flat,
     running_replica,
 )
-from tests.support import free_port, listening, processes_under, reachable_state_dir
 
 AUTH_PASSWORD = 'it-"bouncer" pass:0123'  # a double quote: userlist.txt must escape it
 REDIS_PASSWORD = 'it-re"dis\\ pass word'  # quote, backslash and space: redis.conf must quote them
@@ -92,7 +93,7 @@ def test_primary_has_checksums_scram_preloads_app_database_and_replicator(primar
     assert primary.scalar("SELECT rolreplication AND rolcanlogin FROM pg_roles WHERE rolname = 'replicator'")
     assert primary.scalar("SELECT rolpassword FROM pg_authid WHERE rolname = 'replicator'").startswith("SCRAM-SHA-256$")
     with psycopg.connect(
-        host="127.0.0.1",
+        host=LOOPBACK,
         port=primary.port,
         user="replicator",
         password=REPLICATION_PASSWORD,
@@ -102,7 +103,7 @@ def test_primary_has_checksums_scram_preloads_app_database_and_replicator(primar
     ) as walsender:
         assert walsender.info.status == psycopg.pq.ConnStatus.OK
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
-        psycopg.connect(host="127.0.0.1", port=primary.port, user="postgres", password="wrong", connect_timeout=5)
+        psycopg.connect(host=LOOPBACK, port=primary.port, user="postgres", password="wrong", connect_timeout=5)
 
 
 def test_update_reloads_work_mem_and_restarts_for_shared_buffers(own_primary: Primary) -> None:
@@ -257,7 +258,7 @@ class Bouncer:
 
     def connect(self, role: str) -> psycopg.Connection[tuple[Any, ...]]:
         return psycopg.connect(
-            host="127.0.0.1",
+            host=LOOPBACK,
             port=self.spec.port,
             user=role,
             password=APP_PASSWORD,
@@ -407,7 +408,7 @@ class RedisServer:
 
     def client(self, password: str | None = REDIS_PASSWORD) -> redis.Redis:
         return redis.Redis(
-            host="127.0.0.1", port=self.spec.port, password=password, socket_timeout=5, retry=Retry(NoBackoff(), 0)
+            host=LOOPBACK, port=self.spec.port, password=password, socket_timeout=5, retry=Retry(NoBackoff(), 0)
         )
 
     def config(self, name: str) -> str:

@@ -149,6 +149,19 @@ def test_registration_premakes_and_takes_over_our_default_partition(events: Data
     assert set(partitions(db, "events")) == set(made)
 
 
+def test_a_long_named_table_gets_its_default_partition_under_pg_partmans_name(database: Database) -> None:
+    """The Table kind, the PartitionSet kind and the conversion name the default partition alike: as
+    pg_partman's check_name_length does, which cuts the table's name to fit the suffix into 63 bytes."""
+    name = "events_of_a_tenant_with_a_name_long_enough_to_be_cut_by_partman"[:60]
+    database.kind(TableKind).create(EVENTS.model_copy(update={"name": name}))
+    try:
+        expected = database.scalar("SELECT partman.check_name_length(%s, '_default')", (name,))
+        assert expected != f"{name}_default"[:63]  # PostgreSQL's own truncation would name it otherwise
+        assert set(partitions(database, name)) == {expected}
+    finally:
+        database.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier("public", name)))
+
+
 def test_part_config_drift_is_seen_and_repaired(events: Database) -> None:
     db = events
     kind = db.kind(PartitionSetKind)
@@ -170,7 +183,7 @@ def test_partitions_made_by_maintenance_as_another_role_get_forced_rls(events: D
     kind = db.kind(PartitionSetKind)
     more = EVENTS_SET.model_copy(update={"premake": 5})
     kind.update("public.events", {}, more)
-    with psycopg.connect(**{**db.connection.admin_conninfo(), "user": "maint", "password": MAINT_PASSWORD}) as maint:
+    with psycopg.connect(**{**db.connection.conninfo(), "user": "maint", "password": MAINT_PASSWORD}) as maint:
         assert maint.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone() == (False,)
         maint.execute("SELECT partman.run_maintenance(p_parent_table := 'public.events', p_jobmon := false)")
         maint.execute(  # and a partition made by hand

@@ -28,8 +28,8 @@ from components.platform.local.postgres import PostgresServerKind
 from components.platform.local.redis import RedisKind
 from components.platform.local.replica import PostgresReplicaKind
 from components.provider import DECLARED, ThorbisProvider, plain, property_value
+from testbed.support import free_port, processes_under, reachable_state_dir
 from tests.integration.conftest import DATABASE, REPLICATION_PASSWORD, SETTINGS, SUPERUSER_PASSWORD
-from tests.support import free_port, processes_under, reachable_state_dir
 
 T = TypeVar("T")
 SERVER = postgres.TOKEN

@@ -15,14 +15,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from components.database.declared.jobs import JobData, load_jobs
 from components.database.declared.model import TABLE_SCHEMA, load_schema
-from components.database.declared.operations import (
-    JobData,
-    cron_job_spec,
-    load_jobs,
-    load_maintenance,
-    load_monitoring,
-)
+from components.database.declared.operations import cron_job_spec, load_maintenance, load_monitoring
 from components.database.kinds.cron_job import CronJobKind, CronJobSpec, CronJobStatus
 from components.database.kinds.function import FunctionKind, FunctionStatus
 from components.database.kinds.table import TableKind
@@ -86,7 +81,7 @@ def database(primary: Primary) -> Database:
 
 def job(name: str, **overrides: Any) -> JobData:
     """One job of sql/jobs.yaml, with its parameters resolved (overrides as the stack's config gives them)."""
-    return next(job for job in load_jobs(parameters=overrides) if job.name == name)
+    return next(job for job in load_jobs().resolved({}, overrides) if job.name == name)
 
 
 def job_id_of(status: CronJobStatus) -> int:
@@ -146,7 +141,7 @@ def test_cron_job_creates_observes_drifts_repairs_and_deletes(database: Database
 
 def test_every_job_of_the_data_is_accepted_by_pg_cron(database: Database) -> None:
     kind = database.kind(CronJobKind)
-    specs = [cron_job_spec(job, DATABASE) for job in load_jobs()]
+    specs = [cron_job_spec(job, DATABASE) for job in load_jobs().resolved({}, {})]
     try:
         for spec in specs:
             resource_id, _ = kind.create(spec)
@@ -159,17 +154,13 @@ def test_every_job_of_the_data_is_accepted_by_pg_cron(database: Database) -> Non
     assert database.scalar("SELECT count(*) FROM cron.job") == 0
 
 
-def test_job_schedules_and_parameters_come_from_config_or_fail_naming_the_key() -> None:
-    jobs = {job.name: job for job in load_jobs({"purge-webhook-logs": "0 1 * * *"}, {"webhookLogRetentionDays": 7})}
+def test_job_schedules_and_parameters_come_from_config() -> None:
+    """(Names the file does not have are refused by config: tests/unit/test_config.py, job-* cases.)"""
+    resolved = load_jobs().resolved({"purge-webhook-logs": "0 1 * * *"}, {"webhookLogRetentionDays": 7})
+    jobs = {job.name: job for job in resolved}
     assert jobs["purge-webhook-logs"].schedule == "0 1 * * *"
     assert re.fullmatch(r"CALL app\.purge_webhook_logs\(7, \d+\)", jobs["purge-webhook-logs"].command)
     assert all("{" not in job.command for job in jobs.values())
-    with pytest.raises(ValueError, match="no job named purge-everything"):
-        load_jobs({"purge-everything": "* * * * *"})
-    with pytest.raises(ValueError, match="no job parameter webhookRetention"):
-        load_jobs(parameters={"webhookRetention": 3})
-    with pytest.raises(ValueError, match="retentionBatchSize must be a positive integer"):
-        load_jobs(parameters={"retentionBatchSize": 0})
 
 
 # --- retention procedures -----------------------------------------------------------------------------
@@ -302,7 +293,7 @@ def missing_ahead(database: Database) -> dict[str, int]:
 
 
 def test_refresh_jobs_refresh_the_reporting_views_concurrently(database: Database) -> None:
-    refreshes = [job for job in load_jobs() if job.name.startswith("refresh-")]
+    refreshes = [job for job in load_jobs().jobs if job.name.startswith("refresh-")]
     assert len(refreshes) == 3
     for refresh in refreshes:  # stand-ins for the views sql/reporting.yaml declares, with their unique index
         match = re.fullmatch(r"REFRESH MATERIALIZED VIEW CONCURRENTLY (\w+)\.(\w+)", refresh.command)

@@ -14,7 +14,8 @@ from components.platform.local.platform import (
     postgres_settings,
 )
 from config import ConfigError
-from tests.unit.test_config import ROOT, Stack, the_line
+from tests.conftest import ROOT
+from tests.unit.test_config import Stack, the_line
 
 
 def test_backups_are_on_by_default_under_the_state_dir() -> None:

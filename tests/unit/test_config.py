@@ -15,24 +15,26 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 import config
+from components.connection import LOOPBACK
+from components.database.declared.access import load_access
 from config import (
-    BackupSpec,
+    BackupSettings,
     ConfigError,
-    DockerSpec,
-    JobsSpec,
-    PartitioningSpec,
-    PgBouncerSpec,
-    PostgresSpec,
-    RedisSpec,
-    ReplicasSpec,
+    DockerSettings,
+    JobsSettings,
+    PartitioningSettings,
+    PgBouncerSettings,
+    PostgresSettings,
+    RedisSettings,
+    ReplicasSettings,
     StackSettings,
     check_host_ports,
     load_settings,
     parse_settings,
 )
 from config.settings import SettingsContext
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 PASSWORD_KEYS = ("postgresPassword", "replicationPassword", "pgbouncerAuthPassword", "redisPassword")
 ROLE_PASSWORD_KEYS = ("authenticatorPassword", "reportingPassword")
 SECRET_VALUES = {name: f"{name}-Val-0123456789" for name in (*PASSWORD_KEYS, *ROLE_PASSWORD_KEYS)}
@@ -88,7 +90,7 @@ def free_ports(count: int) -> list[int]:
     probes = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
     try:
         for probe in probes:
-            probe.bind(("127.0.0.1", 0))
+            probe.bind((LOOPBACK, 0))
         return [int(probe.getsockname()[1]) for probe in probes]
     finally:
         for probe in probes:
@@ -99,7 +101,7 @@ def free_ports(count: int) -> list[int]:
 def busy_port() -> Iterator[int]:
     """A port another process (this test) listens on, on 127.0.0.1."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
-        holder.bind(("127.0.0.1", 0))
+        holder.bind((LOOPBACK, 0))
         holder.listen()
         port: int = holder.getsockname()[1]
         yield port
@@ -115,7 +117,7 @@ def test_defaults() -> None:
     assert settings.state_dir == ROOT / ".state" / "stacks" / "dev"
     assert settings.allow_data_loss is False
     assert settings.lock_timeout == "5s"
-    assert settings.postgres == PostgresSpec()
+    assert settings.postgres == PostgresSettings()
     assert (settings.postgres.port, settings.postgres.database, settings.postgres.max_connections) == (
         5432,
         "thorbis",
@@ -128,7 +130,7 @@ def test_defaults() -> None:
     )
     assert dict(settings.postgres.settings) == {}
     assert (settings.replicas.count, settings.replicas.base_port, settings.replica_ports) == (0, None, [])
-    assert settings.pgbouncer == PgBouncerSpec()
+    assert settings.pgbouncer == PgBouncerSettings()
     assert (settings.pgbouncer.port, settings.pgbouncer.pool_mode, settings.pgbouncer.default_pool_size) == (
         6432,
         "transaction",
@@ -277,23 +279,23 @@ def test_settings_are_immutable() -> None:
 
 
 def test_python_code_may_use_snake_case_names() -> None:
-    assert PostgresSpec(max_connections=300).max_connections == 300
-    assert PostgresSpec.model_validate({"maxConnections": 300}).max_connections == 300
-    assert ReplicasSpec(base_port=7000).base_port == 7000
+    assert PostgresSettings(max_connections=300).max_connections == 300
+    assert PostgresSettings.model_validate({"maxConnections": 300}).max_connections == 300
+    assert ReplicasSettings(base_port=7000).base_port == 7000
 
 
 @pytest.mark.parametrize(
     "model",
     [
         StackSettings,
-        PostgresSpec,
-        ReplicasSpec,
-        PgBouncerSpec,
-        RedisSpec,
-        DockerSpec,
-        PartitioningSpec,
-        JobsSpec,
-        BackupSpec,
+        PostgresSettings,
+        ReplicasSettings,
+        PgBouncerSettings,
+        RedisSettings,
+        DockerSettings,
+        PartitioningSettings,
+        JobsSettings,
+        BackupSettings,
     ],
 )
 def test_every_key_is_documented_with_its_default_and_allowed_values(model: type[BaseModel]) -> None:
@@ -792,7 +794,7 @@ def _local_stack_on(postgres_port: int) -> StackSettings:
 def test_a_port_held_by_another_process_is_reported(busy_port: int) -> None:
     settings = _local_stack_on(busy_port)
     with pytest.raises(ConfigError) as caught:
-        check_host_ports(settings, owned_ports=[])
+        check_host_ports(settings, LOOPBACK, owned_ports=[])
     line = the_line(caught.value, "thorbis:postgres.port")
     assert f"= {busy_port}:" in line
     assert "already in use" in line
@@ -802,7 +804,7 @@ def test_a_port_held_by_another_process_is_reported(busy_port: int) -> None:
 
 def test_a_port_held_by_the_stack_itself_passes(busy_port: int) -> None:
     settings = _local_stack_on(busy_port)
-    check_host_ports(settings, owned_ports={busy_port})
+    check_host_ports(settings, LOOPBACK, owned_ports={busy_port})
 
 
 def test_a_busy_replica_port_names_the_base_port_key(busy_port: int) -> None:
@@ -818,13 +820,13 @@ def test_a_busy_replica_port_names_the_base_port_key(busy_port: int) -> None:
         .parse()
     )
     with pytest.raises(ConfigError) as caught:
-        check_host_ports(settings, owned_ports=())
+        check_host_ports(settings, LOOPBACK, owned_ports=())
     line = the_line(caught.value, "thorbis:replicas.basePort+0")
     assert f"= {busy_port}:" in line and "set thorbis:replicas.basePort to a free port" in line
 
 
 def test_free_ports_pass() -> None:
-    check_host_ports(_local_stack_on(free_ports(1)[0]), owned_ports=())
+    check_host_ports(_local_stack_on(free_ports(1)[0]), LOOPBACK, owned_ports=())
 
 
 def test_external_platform_listens_on_no_host_port(busy_port: int) -> None:
@@ -833,7 +835,7 @@ def test_external_platform_listens_on_no_host_port(busy_port: int) -> None:
         secret={"externalDsn", *ROLE_PASSWORD_KEYS},
     )
     settings = stack.with_values(postgres={"port": busy_port}).parse()
-    check_host_ports(settings, owned_ports=())
+    check_host_ports(settings, LOOPBACK, owned_ports=())
 
 
 # --- load_settings: what the engine hands the program ------------------------------------------------
@@ -904,3 +906,10 @@ def _megabytes(size: str) -> int:
     units = {"kB": 1 / 1024, "MB": 1, "GB": 1024, "TB": 1024 * 1024}
     number = size.rstrip("kBMGT")
     return int(int(number) * units[size[len(number) :]])
+
+
+def test_every_login_password_that_sql_access_yaml_names_is_a_secret_key_of_the_config() -> None:
+    """The roles' password keys live in the data; the config must have a typed, secret key for each."""
+    named = {role.password for role in load_access().roles if role.password}
+    assert named == set(config.settings.ROLE_PASSWORD_KEYS)
+    assert named <= config.settings.SECRET_KEYS

@@ -6,25 +6,25 @@ graph (type, name, inputs, parent, dependencies) and the component's `connection
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import shlex
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pulumi
 import pytest
-from pulumi.runtime.mocks import MockCallArgs, MockMonitor, MockResourceArgs
+from psycopg import sql
 from pulumi.runtime.rpc import is_rpc_secret, unwrap_rpc_secret
 
-from components.connection import ConnectionSpec, Endpoint
-from components.platform.docker.platform import DockerPlatform
+from components.connection import LOOPBACK, ConnectionSpec, Endpoint
+from components.platform.docker.platform import DockerPlatform, init_script
+from components.platform.local.pgbouncer import auth_lookup_statements, auth_role_statement
 from config import StackSettings, parse_settings
+from tests.conftest import ROOT
+from tests.unit.mocks import Created, Wiring, record
 
-ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "components" / "platform" / "docker" / "postgres.Dockerfile"
 STACK = "staging"
 NETWORK = "thorbis-staging"  # the default network: thorbis-<stack>
@@ -39,7 +39,6 @@ PASSWORDS = {
     "reportingPassword": "Reporting-Secret-0123456789",
 }
 PGDATA = "/var/lib/postgresql/data"
-HOST = "127.0.0.1"
 
 COMPONENT = "thorbis:platform:Docker"
 NETWORK_TYPE = "docker:index/network:Network"
@@ -47,9 +46,6 @@ IMAGE_TYPE = "docker:index/image:Image"
 REMOTE_IMAGE_TYPE = "docker:index/remoteImage:RemoteImage"
 VOLUME_TYPE = "docker:index/volume:Volume"
 CONTAINER_TYPE = "docker:index/container:Container"
-
-# pulumi.runtime.test is untyped; this names the shape it has (a test body in, a runnable test out)
-run_with_mocks: Callable[[Callable[[], pulumi.Output[None]]], Callable[[], None]] = pulumi.runtime.test
 
 
 def stack_settings(replicas: int) -> StackSettings:
@@ -65,57 +61,6 @@ def stack_settings(replicas: int) -> StackSettings:
     }
     raw = {f"thorbis:{key}": v if isinstance(v, str) else json.dumps(v) for key, v in values.items()}
     return parse_settings(STACK, raw, {f"thorbis:{key}" for key in PASSWORDS}, ROOT)
-
-
-# --- recording the graph -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Created:
-    """One `new_resource` call: what the program asked the engine to create."""
-
-    type: str
-    name: str
-    inputs: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Wiring:
-    """Where a registration sits in the graph: its URN, its parent's, and every URN it depends on."""
-
-    urn: str
-    parent: str
-    dependencies: frozenset[str]
-
-
-class RecordingMocks(pulumi.runtime.Mocks):
-    """Echoes inputs as outputs (plus the image id a pull would report) and records every call."""
-
-    def __init__(self) -> None:
-        self.created: list[Created] = []
-
-    def new_resource(self, args: MockResourceArgs) -> tuple[str | None, dict[Any, Any]]:
-        self.created.append(Created(args.typ, args.name, dict(args.inputs)))
-        outputs = dict(args.inputs)
-        if args.typ == REMOTE_IMAGE_TYPE:
-            outputs["imageId"] = f"sha256:{args.name}"
-        return f"{args.name}-id", outputs
-
-    def call(self, args: MockCallArgs) -> tuple[dict[Any, Any], list[tuple[str, str]] | None]:
-        raise AssertionError(f"the docker platform calls no provider function, yet called {args.token}")
-
-
-class WiringMonitor(MockMonitor):
-    """The mock monitor, also keeping each registration's parent and dependencies (new_resource sees neither)."""
-
-    def __init__(self, mocks: RecordingMocks) -> None:
-        super().__init__(mocks)
-        self.wiring: dict[str, Wiring] = {}
-
-    def RegisterResource(self, request: Any) -> Any:
-        urn = self.make_urn(request.parent, request.type, request.name)
-        self.wiring[request.name] = Wiring(urn, request.parent, frozenset(request.dependencies))
-        return super().RegisterResource(request)  # type: ignore[no-untyped-call]  # pulumi leaves it untyped
 
 
 @dataclass
@@ -141,12 +86,12 @@ class Deployment:
         return {str(c.inputs["name"]): c for c in self.of_type(CONTAINER_TYPE)}
 
 
+def pulled_image_ids(created: Created) -> dict[str, Any]:
+    """What a pull reports beside the inputs: the image id."""
+    return {"imageId": f"sha256:{created.name}"} if created.type == REMOTE_IMAGE_TYPE else {}
+
+
 def deploy(settings: StackSettings) -> Deployment:
-    mocks = RecordingMocks()
-    monitor = WiringMonitor(mocks)
-    # Pulumi's mocks run on the thread's current event loop; an earlier asyncio.run() leaves none set.
-    asyncio.set_event_loop(asyncio.new_event_loop())
-    pulumi.runtime.set_mocks(mocks, project="thorbis-db", stack=STACK, preview=False, monitor=monitor)
     seen: dict[str, Any] = {}
 
     def program() -> pulumi.Output[None]:
@@ -158,8 +103,8 @@ def deploy(settings: StackSettings) -> Deployment:
 
         return pulumi.Output.from_input(observe())
 
-    run_with_mocks(program)()  # returns once every registration has been answered
-    return Deployment(mocks.created, monitor.wiring, seen["connection"], seen["secret"])
+    created, wiring = record(program, STACK, pulled_image_ids)
+    return Deployment(created, wiring, seen["connection"], seen["secret"])
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +164,7 @@ def test_pgbouncer_and_redis_images_are_pulled(staging: Deployment) -> None:
     pulled = {str(image.inputs["name"]): image for image in staging.of_type(REMOTE_IMAGE_TYPE)}
     assert set(pulled) == {"edoburu/pgbouncer:latest", "redis:7"}
     for image_name, container in (("edoburu/pgbouncer:latest", "pgbouncer"), ("redis:7", "redis")):
-        expected_id = f"sha256:{pulled[image_name].name}"  # the id RecordingMocks reports for the pull
+        expected_id = f"sha256:{pulled[image_name].name}"  # the id pulled_image_ids reports for the pull
         assert staging.containers[f"{NETWORK}-{container}"].inputs["image"] == expected_id
 
 
@@ -256,7 +201,7 @@ def test_container_has_a_healthcheck_and_publishes_its_port_on_loopback_only(
 ) -> None:
     inputs = staging.containers[f"{NETWORK}-{container}"].inputs
     published = [(port.get("ip"), int(port["internal"]), int(port["external"])) for port in inputs["ports"]]
-    assert published == [(HOST, internal, external)]
+    assert published == [(LOOPBACK, internal, external)]
     check = inputs["healthcheck"]
     assert check["tests"][0] == "CMD-SHELL"
     assert check["tests"][1].strip()
@@ -293,8 +238,9 @@ def test_primary_uploads_the_init_script_that_creates_the_roles(staging: Deploym
     assert upload["file"].startswith("/docker-entrypoint-initdb.d/")
     assert upload["executable"] is True
     script = upload["content"]
-    assert "CREATE ROLE replicator WITH REPLICATION LOGIN" in script
-    assert "CREATE ROLE pgbouncer_auth WITH LOGIN" in script
+    assert script == init_script()  # run against a real server in tests/integration/test_local_servers.py
+    for statement in (*auth_lookup_statements(), auth_role_statement("CREATE", sql.SQL(":'auth_password'"))):
+        assert statement.as_string() in script, "the docker primary's auth lookup differs from the local one"
     assert not any(password in script for password in PASSWORDS.values())
 
 
@@ -347,13 +293,13 @@ def test_passwords_reach_containers_through_secret_envs(
 def test_connection_describes_the_containers_and_is_secret(staging: Deployment) -> None:
     assert staging.connection == ConnectionSpec(
         platform="docker",
-        primary=Endpoint(HOST, PRIMARY_PORT),
+        primary=Endpoint.loopback(PRIMARY_PORT),
         database="thorbis",
         admin_user="postgres",
         admin_password=PASSWORDS["postgresPassword"],
-        pooler=Endpoint(HOST, PGBOUNCER_PORT),
-        replicas=(Endpoint(HOST, REPLICA_BASE_PORT), Endpoint(HOST, REPLICA_BASE_PORT + 1)),
-        redis=Endpoint(HOST, REDIS_PORT),
+        pooler=Endpoint.loopback(PGBOUNCER_PORT),
+        replicas=(Endpoint.loopback(REPLICA_BASE_PORT), Endpoint.loopback(REPLICA_BASE_PORT + 1)),
+        redis=Endpoint.loopback(REDIS_PORT),
         redis_password=PASSWORDS["redisPassword"],
     )
     assert staging.connection_is_secret
@@ -369,5 +315,5 @@ def test_no_replicas_means_no_replica_containers_or_volumes() -> None:
     assert volumes == {f"{NETWORK}-primary", f"{NETWORK}-redis"}
     assert not any("pg_basebackup" in " ".join(command_of(c)) for c in deployment.containers.values())
     assert deployment.connection.replicas == ()
-    assert deployment.connection.primary == Endpoint(HOST, PRIMARY_PORT)
+    assert deployment.connection.primary == Endpoint.loopback(PRIMARY_PORT)
     assert deployment.connection_is_secret

@@ -170,7 +170,14 @@ def layer_settings() -> StackSettings:
 
 
 def test_every_object_the_layer_declares_is_a_valid_spec_of_its_kind() -> None:
-    connection = ConnectionSpec("external", Endpoint("db.example", 5432), "thorbis", "postgres", "pw")
+    connection = ConnectionSpec(
+        platform="external",
+        primary=Endpoint(host="db.example", port=5432),
+        database="thorbis",
+        admin_user="postgres",
+        admin_password="pw",
+        platform_owns_roles=True,
+    )
 
     def program() -> None:
         DatabaseLayer("thorbis", pulumi.Output.secret(connection), layer_settings())

@@ -24,15 +24,15 @@ class RoleData(Data):
     password: str | None = Field(default=None, description="The config key holding its password.")
     member_of: list[str] = Field(default_factory=list)
 
-    def role_spec(self, adopt_existing: bool) -> RoleSpec:
-        """The role without its password, which comes from the stack's config (the key `password` names)."""
+    def role_spec(self) -> RoleSpec:
+        """The role without its password, which comes from the stack's config (the key `password` names),
+        nor whether it is adopted, which the platform says (ConnectionSpec.platform_owns_roles)."""
         return RoleSpec(
             name=self.name,
             login=self.login,
             bypass_rls=self.bypass_rls,
             inherit=self.inherit,
             member_of=self.member_of,
-            adopt_existing=adopt_existing,
         )
 
 

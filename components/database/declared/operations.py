@@ -3,15 +3,14 @@ the monitoring views (`sql/monitoring.yaml`), read into typed models that give t
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import Field
 
 from components.database.declared import SQL_DIR
+from components.database.declared.jobs import JobData
 from components.database.declared.model import Data
 from components.database.kinds.cron_job import CronJobSpec
 from components.database.kinds.function import FunctionSpec
@@ -19,10 +18,7 @@ from components.database.kinds.grant import GrantSpec
 from components.database.kinds.view import ViewSpec
 
 MAINTENANCE_FILE = SQL_DIR / "maintenance.yaml"
-JOBS_FILE = SQL_DIR / "jobs.yaml"
 MONITORING_FILE = SQL_DIR / "monitoring.yaml"
-#: `{name}` in a job's command: a parameter (camelCase, as a config key).
-PLACEHOLDER = re.compile(r"\{([a-z][A-Za-z0-9]*)\}")
 
 
 # --- maintenance.yaml: procedures ---------------------------------------------------------------------
@@ -62,54 +58,7 @@ def load_maintenance(path: Path = MAINTENANCE_FILE) -> MaintenanceModel:
     return MaintenanceModel.model_validate(yaml.safe_load(path.read_text()))
 
 
-# --- jobs.yaml: pg_cron jobs --------------------------------------------------------------------------
-
-
-class JobData(Data):
-    name: str
-    description: str
-    schedule: str
-    command: str
-
-
-class JobsModel(Data):
-    parameters: dict[str, PositiveInt]
-    jobs: list[JobData]
-
-    @model_validator(mode="after")
-    def placeholders_are_parameters(self) -> JobsModel:
-        for job in self.jobs:
-            unknown = set(PLACEHOLDER.findall(job.command)) - set(self.parameters)
-            if unknown:
-                raise ValueError(f"job {job.name}: unknown parameter(s) {', '.join(sorted(unknown))}")
-        return self
-
-    def resolved(self, schedules: Mapping[str, str], parameters: Mapping[str, int]) -> list[JobData]:
-        """The jobs with the stack's schedules and parameter values, where set, in place of the defaults."""
-        problems = [f"no job named {name}" for name in sorted(set(schedules) - {job.name for job in self.jobs})]
-        problems += [f"no job parameter {name}" for name in sorted(set(parameters) - set(self.parameters))]
-        problems += [f"{name} must be a positive integer, not {value!r}" for name, value in parameters.items()
-                     if isinstance(value, bool) or not isinstance(value, int) or value < 1]  # fmt: skip
-        if problems:
-            raise ValueError(f"jobs ({JOBS_FILE.name}): {'; '.join(problems)}")
-        values = {**self.parameters, **parameters}
-        return [
-            job.model_copy(
-                update={
-                    "schedule": schedules.get(job.name, job.schedule),
-                    "command": PLACEHOLDER.sub(lambda match: str(values[match.group(1)]), job.command),
-                }
-            )
-            for job in self.jobs
-        ]
-
-
-def load_jobs(
-    schedules: Mapping[str, str] | None = None, parameters: Mapping[str, int] | None = None, path: Path = JOBS_FILE
-) -> list[JobData]:
-    """The jobs of `jobs.yaml`, their schedules and parameters overridden by the stack's config."""
-    model = JobsModel.model_validate(yaml.safe_load(path.read_text()))
-    return model.resolved(schedules or {}, parameters or {})
+# --- jobs.yaml: pg_cron jobs (read by config, which may override their schedules and parameters) ---------
 
 
 def cron_job_spec(job: JobData, database: str) -> CronJobSpec:

@@ -161,7 +161,7 @@ ONE_FUNCTION_QUERY = (
 
 
 @dataclass(frozen=True)
-class Granted:
+class Grantable:
     """One object a grant covers: its name as declared, its oid, and how GRANT names it."""
 
     declared: str
@@ -174,7 +174,7 @@ def function_name(schema: str, proname: str, identity_arguments: str) -> sql.Com
     return sql.Identifier(schema, proname) + sql.SQL("({})").format(sql.SQL(identity_arguments))
 
 
-def resolve_function(conn: psycopg.Connection, schema: str, declared: str) -> Granted | None:
+def resolve_function(conn: psycopg.Connection, schema: str, declared: str) -> Grantable | None:
     match = _SIGNATURE.fullmatch(declared)
     assert match is not None  # the spec checked it
     signature = f"{sql.Identifier(schema, match[1]).as_string(conn)}({match[2]})"
@@ -183,10 +183,10 @@ def resolve_function(conn: psycopg.Connection, schema: str, declared: str) -> Gr
     except psycopg.Error as error:
         raise ProviderError(f"grant on function {schema}.{declared}: not a valid signature: {error}") from error
     row = None if oid is None else conn.execute(ONE_FUNCTION_QUERY, (oid,)).fetchone()
-    return None if row is None else Granted(declared, int(row[0]), function_name(schema, row[1], row[2]))
+    return None if row is None else Grantable(declared, int(row[0]), function_name(schema, row[1], row[2]))
 
 
-def resolve(conn: psycopg.Connection, spec: GrantSpec, objects: list[str] | None = None) -> list[Granted]:
+def resolve(conn: psycopg.Connection, spec: GrantSpec, objects: list[str] | None = None) -> list[Grantable]:
     """The existing objects the spec covers (`objects` overrides the declared names), in a stable order."""
     names = spec.objects if objects is None else objects
     family, schema = FAMILY[spec.object_type], spec.schema_name or ""
@@ -194,26 +194,26 @@ def resolve(conn: psycopg.Connection, spec: GrantSpec, objects: list[str] | None
         wanted = names or [conn.info.dbname]
         rows = conn.execute("SELECT oid, datname FROM pg_database WHERE datname = ANY(%s)", (wanted,)).fetchall()
         found = {name: oid for oid, name in rows}
-        return [Granted(name, int(found[name]), sql.Identifier(name)) for name in wanted if name in found]
+        return [Grantable(name, int(found[name]), sql.Identifier(name)) for name in wanted if name in found]
     if family == "schema":
         oid = scalar(conn, "SELECT oid FROM pg_namespace WHERE nspname = %s", (schema,))
-        return [] if oid is None else [Granted(schema, int(oid), sql.Identifier(schema))]
+        return [] if oid is None else [Grantable(schema, int(oid), sql.Identifier(schema))]
     named = spec.object_type in NAMED_OBJECTS
     if family == "function":
         if named:
             return [target for name in names if (target := resolve_function(conn, schema, name)) is not None]
         return [  # ALL FUNCTIONS IN SCHEMA: aggregates and window functions too, procedures not
-            Granted(f"{proname}({arguments})", int(oid), function_name(schema, proname, arguments))
+            Grantable(f"{proname}({arguments})", int(oid), function_name(schema, proname, arguments))
             for oid, proname, arguments in conn.execute(FUNCTIONS_QUERY, (schema,))
         ]
     filter_names = names if named else None
     rows = conn.execute(RELATIONS_QUERY, (schema, RELKINDS[family], filter_names, filter_names)).fetchall()
     found = {name: oid for oid, name in rows}
     order = names if named else sorted(found)
-    return [Granted(name, int(found[name]), sql.Identifier(schema, name)) for name in order if name in found]
+    return [Grantable(name, int(found[name]), sql.Identifier(schema, name)) for name in order if name in found]
 
 
-def held(conn: psycopg.Connection, family: str, targets: list[Granted], grantee: int) -> dict[int, dict[str, bool]]:
+def held(conn: psycopg.Connection, family: str, targets: list[Grantable], grantee: int) -> dict[int, dict[str, bool]]:
     """oid -> {privilege: grantable} granted directly to `grantee` (a NULL ACL is the owner's default)."""
     catalog = CATALOGS[family]
     query = sql.SQL(
@@ -232,7 +232,7 @@ def held(conn: psycopg.Connection, family: str, targets: list[Granted], grantee:
     return acl
 
 
-def holds(acl: dict[int, dict[str, bool]], target: Granted, privilege: str, with_grant_option: bool) -> bool:
+def holds(acl: dict[int, dict[str, bool]], target: Grantable, privilege: str, with_grant_option: bool) -> bool:
     grantable = acl[target.oid].get(privilege)
     return grantable is not None and (grantable or not with_grant_option)
 
@@ -240,7 +240,7 @@ def holds(acl: dict[int, dict[str, bool]], target: Granted, privilege: str, with
 # --- render: GRANT and REVOKE ---------------------------------------------------------------------------
 
 
-def grant_statement(spec: GrantSpec, privilege: str, targets: Iterable[Granted]) -> Statement:
+def grant_statement(spec: GrantSpec, privilege: str, targets: Iterable[Grantable]) -> Statement:
     return sql.SQL("GRANT {} ON {} {} TO {}{}").format(
         sql.SQL(privilege),
         sql.SQL(CATALOGS[FAMILY[spec.object_type]].keyword),
@@ -251,7 +251,7 @@ def grant_statement(spec: GrantSpec, privilege: str, targets: Iterable[Granted])
 
 
 def revoke_statement(
-    spec: GrantSpec, privileges: list[str], targets: list[Granted], grant_option_only: bool = False
+    spec: GrantSpec, privileges: list[str], targets: list[Grantable], grant_option_only: bool = False
 ) -> Statement:
     return sql.SQL("REVOKE {}{} ON {} {} FROM {}").format(
         sql.SQL("GRANT OPTION FOR " if grant_option_only else ""),

@@ -22,7 +22,7 @@ import psycopg
 from psycopg import sql
 from pydantic import Field
 
-from components.database.base import DatabaseKind, qualified
+from components.database.base import DatabaseKind, default_partition_name, qualified
 from components.database.ddl import Operation, shared
 from components.database.kinds.partition_guard import secure_statements, unsecured_partitions
 from components.database.session import Statement, connect, scalar
@@ -194,7 +194,7 @@ def register_statements(conn: psycopg.Connection, schema: str, spec: PartitionSe
         )
     )
     # create_parent returns before making its default when every premade month exists already
-    default = qualified(spec.schema_name, f"{spec.table[: 63 - len('_default')]}_default")
+    default = qualified(spec.schema_name, default_partition_name(spec.table))
     statements.append(sql.SQL("CREATE TABLE IF NOT EXISTS {} PARTITION OF {} DEFAULT").format(default, parent))
     if ours is not None:
         columns = sql.SQL(", ").join(sql.Identifier(c) for c in column_names(conn, spec.schema_name, spec.table))

@@ -16,7 +16,7 @@ from psycopg import sql
 from pydantic import Field
 
 from components import engine_log
-from components.database.base import DatabaseKind, qualified
+from components.database.base import DatabaseKind, default_partition_name, qualified
 from components.database.conversion import convert_to_partitioned, drop_unpartitioned
 from components.database.ddl import Operation, Transaction, shared
 from components.database.session import Statement, connect, scalar
@@ -122,7 +122,7 @@ def create_operations(spec: TableSpec) -> list[Operation]:
     relation = qualified(spec.schema_name, spec.name)
     statements = [create_statement(spec, relation), *rls_statements(relation)]
     if spec.partition:  # rows outside every partition land here until maintenance makes theirs
-        default_partition = qualified(spec.schema_name, f"{spec.name}_default")
+        default_partition = qualified(spec.schema_name, default_partition_name(spec.name))
         statements.append(sql.SQL("CREATE TABLE {} PARTITION OF {} DEFAULT").format(default_partition, relation))
         # a partition read directly would skip the parent's policies: it gets RLS and no policy
         statements += rls_statements(default_partition)

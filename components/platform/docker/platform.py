@@ -11,15 +11,44 @@ from pathlib import Path
 
 import pulumi
 import pulumi_docker as docker
+from psycopg import sql
 
-from components.connection import ConnectionSpec, Endpoint
-from components.platform.local.platform import HOST, postgres_settings
+from components.connection import LOOPBACK, ConnectionSpec
+from components.platform.local.pgbouncer import AUTH_QUERY, AUTH_ROLE, auth_lookup_statements, auth_role_statement
+from components.platform.local.platform import loopback_connection, postgres_settings, replication_slot
+from components.platform.local.postgres import replication_role_statement
+from components.platform.local.postgres_files import REPLICATION_ROLE, SUPERUSER
 from components.platform.secrets import secret_of
 from config import StackSettings
 
 POSTGRES_IMAGE_DOCKERFILE = Path(__file__).with_name("postgres.Dockerfile")
-INIT_SCRIPT = Path(__file__).with_name("init-primary.sh")
 PG_INTERNAL_PORT = 5432
+PGBOUNCER_INTERNAL_PORT = 5432
+REDIS_INTERNAL_PORT = 6379
+#: The primary's first start (docker-entrypoint-initdb.d) runs this with the replication role, PgBouncer's
+#: auth role and its lookup, made by the statements of the local platform; the passwords are psql variables
+#: from the container's secret environment.
+INIT_SCRIPT = """#!/bin/bash
+set -euo pipefail
+psql -v ON_ERROR_STOP=1 --username {superuser} --dbname "$POSTGRES_DB" \\
+     -v replication_password="$REPLICATION_PASSWORD" -v auth_password="$PGBOUNCER_AUTH_PASSWORD" <<'SQL'
+{statements}
+SQL
+echo "host replication {replication_role} all scram-sha-256" >> "$PGDATA/pg_hba.conf"
+"""
+
+
+def init_script() -> str:
+    statements = [
+        replication_role_statement("CREATE", sql.SQL(":'replication_password'")),
+        auth_role_statement("CREATE", sql.SQL(":'auth_password'")),
+        *auth_lookup_statements(),
+    ]
+    return INIT_SCRIPT.format(
+        superuser=SUPERUSER,
+        statements="\n".join(f"{statement.as_string()};" for statement in statements),
+        replication_role=REPLICATION_ROLE,
+    )
 
 
 def postgres_command(settings: StackSettings) -> list[str]:
@@ -40,7 +69,7 @@ def healthcheck(*test: str) -> docker.ContainerHealthcheckArgs:
 
 
 def published(internal: int, external: int) -> list[docker.ContainerPortArgs]:
-    return [docker.ContainerPortArgs(internal=internal, external=external, ip=HOST)]
+    return [docker.ContainerPortArgs(internal=internal, external=external, ip=LOOPBACK)]
 
 
 class DockerPlatform(pulumi.ComponentResource):
@@ -91,7 +120,7 @@ class DockerPlatform(pulumi.ComponentResource):
                 uploads=[
                     docker.ContainerUploadArgs(
                         file="/docker-entrypoint-initdb.d/10-thorbis.sh",
-                        content=INIT_SCRIPT.read_text(),
+                        content=init_script(),
                         executable=True,
                     )
                 ],
@@ -102,7 +131,7 @@ class DockerPlatform(pulumi.ComponentResource):
                 ],
                 networks_advanced=joined,
                 ports=published(PG_INTERNAL_PORT, settings.postgres.port),
-                healthcheck=healthcheck("pg_isready", "-U", "postgres", "-d", database),
+                healthcheck=healthcheck("pg_isready", "-U", SUPERUSER, "-d", database),
                 restart="unless-stopped",
                 wait=True,
             ),
@@ -124,10 +153,10 @@ class DockerPlatform(pulumi.ComponentResource):
                 envs=[
                     f"DB_HOST={spec.network}-primary",
                     "AUTH_TYPE=scram-sha-256",
-                    "AUTH_USER=pgbouncer_auth",
-                    env("DB_USER", "pgbouncer_auth"),
+                    f"AUTH_USER={AUTH_ROLE}",
+                    env("DB_USER", AUTH_ROLE),
                     env("DB_PASSWORD", auth),
-                    "AUTH_QUERY=SELECT usename, passwd FROM pgbouncer.get_auth($1)",
+                    f"AUTH_QUERY={AUTH_QUERY}",
                     f"POOL_MODE={settings.pgbouncer.pool_mode}",
                     f"MAX_CLIENT_CONN={settings.pgbouncer.max_client_conn}",
                     f"DEFAULT_POOL_SIZE={settings.pgbouncer.default_pool_size}",
@@ -136,8 +165,8 @@ class DockerPlatform(pulumi.ComponentResource):
                     f"MAX_DB_CONNECTIONS={settings.pgbouncer.max_db_connections}",
                 ],
                 networks_advanced=joined,
-                ports=published(5432, settings.pgbouncer.port),
-                healthcheck=healthcheck("pg_isready", "-h", "127.0.0.1", "-p", "5432"),
+                ports=published(PGBOUNCER_INTERNAL_PORT, settings.pgbouncer.port),
+                healthcheck=healthcheck("pg_isready", "-h", LOOPBACK, "-p", str(PGBOUNCER_INTERNAL_PORT)),
                 restart="unless-stopped",
             ),
             pulumi.ResourceOptions(parent=self, depends_on=[primary]),
@@ -164,7 +193,7 @@ class DockerPlatform(pulumi.ComponentResource):
                 envs=[env("REDIS_PASSWORD", redis_password), env("REDISCLI_AUTH", redis_password)],
                 volumes=[docker.ContainerVolumeArgs(volume_name=redis_volume.name, container_path="/data")],
                 networks_advanced=joined,
-                ports=published(6379, settings.redis.port),
+                ports=published(REDIS_INTERNAL_PORT, settings.redis.port),
                 healthcheck=healthcheck("redis-cli", "ping"),
                 restart="unless-stopped",
             ),
@@ -172,17 +201,7 @@ class DockerPlatform(pulumi.ComponentResource):
         )
         ready = [primary.id, pooler.id, redis.id, *(replica.id for replica in replicas)]
         self.connection = pulumi.Output.all(superuser, redis_password, *ready).apply(
-            lambda values: ConnectionSpec(
-                platform="docker",
-                primary=Endpoint(HOST, settings.postgres.port),
-                database=database,
-                admin_user="postgres",
-                admin_password=values[0],
-                pooler=Endpoint(HOST, settings.pgbouncer.port),
-                replicas=tuple(Endpoint(HOST, port) for port in settings.replica_ports),
-                redis=Endpoint(HOST, settings.redis.port),
-                redis_password=values[1],
-            )
+            lambda values: loopback_connection(settings, "docker", values[0], values[1])
         )
         self.register_outputs({})
 
@@ -203,7 +222,10 @@ class DockerPlatform(pulumi.ComponentResource):
             docker.VolumeArgs(name=f"{network}-replica-{index}"),
             pulumi.ResourceOptions(parent=self),
         )
-        backup = f'pg_basebackup -h {network}-primary -U replicator -D "$PGDATA" -R -X stream -S replica_{index}'
+        backup = (
+            f'pg_basebackup -h {network}-primary -U {REPLICATION_ROLE} -D "$PGDATA" -R -X stream '
+            f"-S {replication_slot(index)}"
+        )
         # A retry starts from an empty directory, and reuses the slot an interrupted first try created.
         start = (
             'if [ ! -s "$PGDATA/PG_VERSION" ]; then '
@@ -223,7 +245,7 @@ class DockerPlatform(pulumi.ComponentResource):
                 ],
                 networks_advanced=joined,
                 ports=published(PG_INTERNAL_PORT, port),
-                healthcheck=healthcheck("pg_isready", "-U", "postgres"),
+                healthcheck=healthcheck("pg_isready", "-U", SUPERUSER),
                 restart="unless-stopped",
             ),
             pulumi.ResourceOptions(parent=self, depends_on=[primary]),

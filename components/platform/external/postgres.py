@@ -11,14 +11,12 @@ from pydantic import Field
 from components.kind import Expect, Kind, Observed, ProviderError, Secret, Spec, Status
 
 TOKEN = "thorbisdb:external:Postgres"
-#: Extensions the database layer installs; the server must offer each one.
-REQUIRED_EXTENSIONS = ("pg_trgm", "ltree", "hypopg", "pg_cron", "pg_stat_statements", "pgcrypto", "uuid-ossp")
 MINIMUM_VERSION_NUM = 150000
 
 
 class ExternalPostgresSpec(Spec):
     dsn: Secret[str] = Field(description="postgresql:// URL of the server (secret).")
-    required_extensions: list[str] = Field(default_factory=lambda: list(REQUIRED_EXTENSIONS))
+    required_extensions: list[str] = Field(description="Extensions the server must offer.")
     minimum_version_num: int = Field(default=MINIMUM_VERSION_NUM, description="server_version_num at least.")
 
 

@@ -15,6 +15,7 @@ import psycopg
 from psycopg import sql
 from pydantic import Field
 
+from components.connection import LOOPBACK
 from components.kind import Expect, Kind, Observed, ProviderError, Replace, Secret, Spec, Status
 from components.platform.local import postgres_files as pg
 from components.platform.local import process
@@ -22,6 +23,12 @@ from components.platform.local import process
 TOKEN = "thorbisdb:local:PgBouncer"
 AUTH_ROLE = "pgbouncer_auth"
 AUTH_SCHEMA = "pgbouncer"
+PoolMode = Literal["transaction", "session"]
+"""PgBouncer's pool_mode values we support (statement mode breaks transactions)."""
+#: How PgBouncer looks up an application user's SCRAM verifier (through the function of auth_lookup_statements).
+AUTH_QUERY = f"SELECT usename, passwd FROM {AUTH_SCHEMA}.get_auth($1)"
+#: PgBouncer's admin console: the pseudo-database of SHOW POOLS and friends.
+CONSOLE_DATABASE = "pgbouncer"
 
 #: Spec fields that are PgBouncer settings, with their names in pgbouncer.ini / SHOW CONFIG.
 POOL_SETTINGS = {
@@ -46,7 +53,7 @@ class PgBouncerSpec(Spec):
     reserve_pool_size: int = Field(default=5, ge=0)
     reserve_pool_timeout: int = Field(default=3, ge=0)
     max_db_connections: int = Field(default=0, ge=0)
-    pool_mode: Literal["transaction", "session"] = "transaction"
+    pool_mode: PoolMode = "transaction"
 
 
 class PgBouncerStatus(Status):
@@ -65,13 +72,13 @@ def ini_text(spec: PgBouncerSpec) -> str:
     base = Path(spec.state_dir)
     values = spec.model_dump(by_alias=True)
     settings = {
-        "listen_addr": "127.0.0.1",
+        "listen_addr": LOOPBACK,
         "listen_port": str(spec.port),
         "unix_socket_dir": str(base),
         "auth_type": "scram-sha-256",
         "auth_file": str(userlist),
         "auth_user": AUTH_ROLE,
-        "auth_query": f"SELECT usename, passwd FROM {AUTH_SCHEMA}.get_auth($1)",
+        "auth_query": AUTH_QUERY,
         "admin_users": AUTH_ROLE,
         "stats_users": AUTH_ROLE,
         "ignore_startup_parameters": "extra_float_digits",
@@ -83,7 +90,7 @@ def ini_text(spec: PgBouncerSpec) -> str:
         [
             "; Managed by thorbis-db: edits are overwritten by the next `pulumi up`.",
             "[databases]",
-            f"* = host=127.0.0.1 port={spec.primary_port}",
+            f"* = host={LOOPBACK} port={spec.primary_port}",
             "[pgbouncer]",
             *(f"{name} = {value}" for name, value in settings.items()),
             "",
@@ -97,18 +104,16 @@ def userlist_text(spec: PgBouncerSpec) -> str:
     return f'"{AUTH_ROLE}" "{password}"\n'
 
 
-def install_auth_lookup(spec: PgBouncerSpec) -> None:
-    """The auth role, and a SECURITY DEFINER lookup that only it may call, in the app database."""
-    with pg.connect(spec.primary_port, spec.superuser_password, dbname=spec.database) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (AUTH_ROLE,)).fetchone()
-        conn.execute(
-            sql.SQL("{} ROLE {} WITH LOGIN PASSWORD {}").format(
-                sql.SQL("ALTER" if exists else "CREATE"),
-                sql.Identifier(AUTH_ROLE),
-                sql.Literal(spec.auth_password),
-            )
-        )
-        ids = {"schema": sql.Identifier(AUTH_SCHEMA), "role": sql.Identifier(AUTH_ROLE)}
+def auth_role_statement(verb: Literal["CREATE", "ALTER"], password: sql.Composable) -> sql.Composed:
+    """PgBouncer's auth user (the password a literal here, a psql variable in docker's init script)."""
+    return sql.SQL("{} ROLE {} WITH LOGIN PASSWORD {}").format(sql.SQL(verb), sql.Identifier(AUTH_ROLE), password)
+
+
+def auth_lookup_statements() -> list[sql.Composed]:
+    """A SECURITY DEFINER lookup of non-superusers' verifiers that only the auth user may call."""
+    ids = {"schema": sql.Identifier(AUTH_SCHEMA), "role": sql.Identifier(AUTH_ROLE)}
+    return [
+        sql.SQL(statement).format(**ids)
         for statement in (
             "CREATE SCHEMA IF NOT EXISTS {schema}",
             "REVOKE ALL ON SCHEMA {schema} FROM PUBLIC",
@@ -120,16 +125,25 @@ def install_auth_lookup(spec: PgBouncerSpec) -> None:
                      WHERE s.usename = p_usename AND NOT s.usesuper $$""",
             "REVOKE ALL ON FUNCTION {schema}.get_auth(text) FROM PUBLIC",
             "GRANT EXECUTE ON FUNCTION {schema}.get_auth(text) TO {role}",
-        ):
-            conn.execute(sql.SQL(statement).format(**ids))
+        )
+    ]
+
+
+def install_auth_lookup(spec: PgBouncerSpec) -> None:
+    """The auth role, and a SECURITY DEFINER lookup that only it may call, in the app database."""
+    with pg.connect(spec.primary_port, spec.superuser_password, dbname=spec.database) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (AUTH_ROLE,)).fetchone()
+        conn.execute(auth_role_statement("ALTER" if exists else "CREATE", sql.Literal(spec.auth_password)))
+        for statement in auth_lookup_statements():
+            conn.execute(statement)
 
 
 def admin_console(spec: PgBouncerSpec, port: int | None = None) -> psycopg.Connection:
     """PgBouncer's admin console speaks the simple query protocol only: a client-side cursor."""
     return psycopg.connect(
-        host="127.0.0.1",
+        host=LOOPBACK,
         port=port or spec.port,
-        dbname="pgbouncer",
+        dbname=CONSOLE_DATABASE,
         user=AUTH_ROLE,
         password=spec.auth_password,
         autocommit=True,

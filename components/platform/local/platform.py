@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pulumi
 
-from components.connection import ConnectionSpec, Endpoint
+from components.connection import LOOPBACK, ConnectionSpec, Endpoint
 from components.platform.local.backup import BackupRepositoryKind
 from components.platform.local.pgbackrest import Repository, archive_command, directory_problem
 from components.platform.local.pgbouncer import PgBouncerKind
 from components.platform.local.postgres import PostgresServerKind
+from components.platform.local.postgres_files import SUPERUSER
 from components.platform.local.process import read_pid
 from components.platform.local.redis import RedisKind
 from components.platform.local.replica import PostgresReplicaKind
@@ -19,7 +20,28 @@ from components.platform.secrets import secret_of
 from components.resource import declare
 from config import ConfigError, Problem, StackSettings, check_host_ports
 
-HOST = "127.0.0.1"
+
+def replication_slot(index: int) -> str:
+    """The physical replication slot of replica `index` (also its application_name)."""
+    return f"replica_{index}"
+
+
+def loopback_connection(
+    settings: StackSettings, platform: str, admin_password: str, redis_password: str
+) -> ConnectionSpec:
+    """The ConnectionSpec of a platform whose servers listen (or are published) on loopback at the stack's
+    ports, the superuser its admin."""
+    return ConnectionSpec(
+        platform=platform,
+        primary=Endpoint.loopback(settings.postgres.port),
+        database=settings.postgres.database,
+        admin_user=SUPERUSER,
+        admin_password=admin_password,
+        pooler=Endpoint.loopback(settings.pgbouncer.port),
+        replicas=tuple(Endpoint.loopback(port) for port in settings.replica_ports),
+        redis=Endpoint.loopback(settings.redis.port),
+        redis_password=redis_password,
+    )
 
 
 def postgres_settings(settings: StackSettings) -> dict[str, str]:
@@ -111,7 +133,7 @@ class LocalPlatform(pulumi.ComponentResource):
     connection: pulumi.Output[ConnectionSpec]
 
     def __init__(self, name: str, settings: StackSettings, opts: pulumi.ResourceOptions | None = None) -> None:
-        check_host_ports(settings, owned_ports=ports_held(settings.state_dir))  # before any resource exists
+        check_host_ports(settings, LOOPBACK, owned_ports=ports_held(settings.state_dir))  # before any resource exists
         check_backup_directory(settings)
         super().__init__("thorbis:platform:Local", name, None, opts)
         base = settings.state_dir
@@ -154,7 +176,7 @@ class LocalPlatform(pulumi.ComponentResource):
                     "state_dir": str(base / f"postgres-replica-{index}"),
                     "port": port,
                     "primary_port": settings.postgres.port,
-                    "slot_name": f"replica_{index}",
+                    "slot_name": replication_slot(index),
                     "superuser_password": superuser,
                     "replication_password": replication,
                     "settings": gucs,
@@ -200,16 +222,6 @@ class LocalPlatform(pulumi.ComponentResource):
         )
         ready = [primary.id, pooler.id, cache.id, *(replica.id for replica in replicas)]
         self.connection = pulumi.Output.all(superuser, redis_password, *ready).apply(
-            lambda values: ConnectionSpec(
-                platform="local",
-                primary=Endpoint(HOST, settings.postgres.port),
-                database=settings.postgres.database,
-                admin_user="postgres",
-                admin_password=values[0],
-                pooler=Endpoint(HOST, settings.pgbouncer.port),
-                replicas=tuple(Endpoint(HOST, port) for port in settings.replica_ports),
-                redis=Endpoint(HOST, settings.redis.port),
-                redis_password=values[1],
-            )
+            lambda values: loopback_connection(settings, "local", values[0], values[1])
         )
         self.register_outputs({})

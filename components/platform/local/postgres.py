@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from psycopg import sql
 from pydantic import Field
 
 from components import engine_log
+from components.connection import LOOPBACK
 from components.kind import Expect, Kind, Observed, ProviderError, Replace, Secret, Spec, Status
 from components.platform.local import pgbackrest, process
 from components.platform.local import postgres_files as pg
 from components.platform.local.pgbackrest import Replayed, Repository
 
 TOKEN = "thorbisdb:local:PostgresServer"
-REPLICATION_ROLE = "replicator"
+
+
+def replication_role_statement(verb: Literal["CREATE", "ALTER"], password: sql.Composable) -> sql.Composed:
+    """The replication role, as the primary's bootstrap makes it here and docker's init script there (where
+    the password is a psql variable from the container's secret environment)."""
+    return sql.SQL("{} ROLE {} WITH REPLICATION LOGIN PASSWORD {}").format(
+        sql.SQL(verb), sql.Identifier(pg.REPLICATION_ROLE), password
+    )
 
 
 class PostgresServerSpec(Spec):
@@ -50,7 +58,7 @@ def server_settings(spec: PostgresServerSpec) -> dict[str, str]:
     server = pg.ServerDir(Path(spec.state_dir))
     return {
         **spec.settings,
-        "listen_addresses": "127.0.0.1",
+        "listen_addresses": LOOPBACK,
         "port": str(spec.port),
         "unix_socket_directories": str(server.socket_dir),
     }
@@ -120,13 +128,14 @@ class PostgresServerKind(Kind[PostgresServerSpec, PostgresServerStatus]):
     def bootstrap(self, spec: PostgresServerSpec, current_password: str) -> None:
         """Passwords, the replication role and the application database, made to match the spec."""
         with pg.connect(spec.port, current_password) as conn:
-            conn.execute(sql.SQL("ALTER ROLE postgres PASSWORD {}").format(sql.Literal(spec.superuser_password)))
-            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (REPLICATION_ROLE,)).fetchone()
-            verb = sql.SQL("ALTER" if exists else "CREATE")
             conn.execute(
-                sql.SQL("{} ROLE {} WITH REPLICATION LOGIN PASSWORD {}").format(
-                    verb, sql.Identifier(REPLICATION_ROLE), sql.Literal(spec.replication_password)
+                sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                    sql.Identifier(pg.SUPERUSER), sql.Literal(spec.superuser_password)
                 )
+            )
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (pg.REPLICATION_ROLE,)).fetchone()
+            conn.execute(
+                replication_role_statement("ALTER" if exists else "CREATE", sql.Literal(spec.replication_password))
             )
             if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (spec.database,)).fetchone():
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(spec.database)))

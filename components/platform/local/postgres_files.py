@@ -16,14 +16,19 @@ import psycopg
 from psycopg import sql
 
 from components import engine_log
+from components.connection import LOOPBACK
 from components.kind import ProviderError
 from components.platform.local import process
 
+#: The superuser initdb makes (and the official image's), which the platform's admin connection logs in as.
+SUPERUSER = "postgres"
+#: The role replicas stream as.
+REPLICATION_ROLE = "replicator"
 MANAGED_CONF = "thorbis.conf"
-HBA = """# Managed by thorbis-db. Passwords only (SCRAM), loopback only.
+HBA = f"""# Managed by thorbis-db. Passwords only (SCRAM), loopback only.
 local   all          all                          scram-sha-256
-host    all          all          127.0.0.1/32    scram-sha-256
-host    replication  replicator   127.0.0.1/32    scram-sha-256
+host    all          all          {LOOPBACK}/32    scram-sha-256
+host    replication  {REPLICATION_ROLE}   {LOOPBACK}/32    scram-sha-256
 """
 
 
@@ -202,7 +207,7 @@ def initdb(server: ServerDir, superuser_password: str) -> None:
                     str(target),
                     "--data-checksums",
                     "--auth=scram-sha-256",
-                    "--username=postgres",
+                    f"--username={SUPERUSER}",
                     "--pwfile=/dev/stdin",
                     "--encoding=UTF8",
                     "--locale=C.UTF-8",
@@ -265,10 +270,10 @@ def stop(server: ServerDir) -> None:
         pg_ctl(server, "stop", "-m", "fast")
 
 
-def connect(port: int, password: str, dbname: str = "postgres", user: str = "postgres") -> psycopg.Connection:
+def connect(port: int, password: str, dbname: str = "postgres", user: str = SUPERUSER) -> psycopg.Connection:
     try:
         return psycopg.connect(
-            host="127.0.0.1",
+            host=LOOPBACK,
             port=port,
             user=user,
             password=password,
@@ -277,7 +282,7 @@ def connect(port: int, password: str, dbname: str = "postgres", user: str = "pos
             autocommit=True,
         )
     except psycopg.OperationalError as error:
-        raise ProviderError(f"cannot connect to PostgreSQL on 127.0.0.1:{port} as {user}: {error}") from error
+        raise ProviderError(f"cannot connect to PostgreSQL on {LOOPBACK}:{port} as {user}: {error}") from error
 
 
 def answering(port: int, password: str) -> bool:

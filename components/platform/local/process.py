@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from components.connection import LOOPBACK
 from components.kind import ProviderError
 
 SERVICE_USER = "postgres"
@@ -207,7 +208,7 @@ def terminate(pid: int, what: str, timeout: float = 30) -> None:
     wait_until(lambda: not pid_alive(pid), timeout, f"{what} (pid {pid}) to stop")
 
 
-def port_open(port: int, host: str = "127.0.0.1") -> bool:
+def port_open(port: int, host: str = LOOPBACK) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.settimeout(1)
         return probe.connect_ex((host, port)) == 0

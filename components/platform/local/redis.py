@@ -11,6 +11,7 @@ from pydantic import Field, field_validator
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from components.connection import LOOPBACK
 from components.kind import Expect, Kind, Observed, ProviderError, Replace, Secret, Spec, Status
 from components.platform.local import process
 
@@ -25,6 +26,7 @@ EvictionPolicy = Literal[
     "volatile-random",
     "volatile-ttl",
 ]
+"""Redis's maxmemory-policy values."""
 _MEMORY = re.compile(r"^(\d+)\s*(b|k|kb|m|mb|g|gb)?$", re.IGNORECASE)
 _FACTORS = {"": 1, "b": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3, "gb": 1024**3}
 
@@ -61,7 +63,7 @@ class RedisStatus(Status):
 def conf_text(spec: RedisSpec) -> str:
     base = Path(spec.state_dir)
     lines = {
-        "bind": "127.0.0.1",
+        "bind": LOOPBACK,
         "port": str(spec.port),
         "protected-mode": "yes",
         "daemonize": "yes",
@@ -80,7 +82,7 @@ def conf_text(spec: RedisSpec) -> str:
 def client(spec: RedisSpec, port: int | None = None, password: str | None = None) -> redis.Redis:
     """One try per call: redis-py retries with backoff by default, which turns a refused password into seconds."""
     return redis.Redis(
-        host="127.0.0.1",
+        host=LOOPBACK,
         port=port or spec.port,
         password=password if password is not None else spec.password,
         socket_timeout=5,

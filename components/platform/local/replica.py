@@ -9,10 +9,11 @@ from typing import Annotated, Any
 import psycopg
 from pydantic import Field, field_validator
 
+from components.connection import LOOPBACK
 from components.kind import Expect, Kind, Observed, ProviderError, Replace, Secret, Spec, Status
 from components.platform.local import postgres_files as pg
 from components.platform.local import process
-from components.platform.local.postgres import REPLICATION_ROLE
+from components.platform.local.postgres_files import REPLICATION_ROLE
 
 TOKEN = "thorbisdb:local:PostgresReplica"
 
@@ -47,13 +48,13 @@ def replica_settings(spec: PostgresReplicaSpec) -> dict[str, str]:
     server = pg.ServerDir(Path(spec.state_dir))
     return {
         **spec.settings,
-        "listen_addresses": "127.0.0.1",
+        "listen_addresses": LOOPBACK,
         "port": str(spec.port),
         "unix_socket_directories": str(server.socket_dir),
         "hot_standby": "on",
         "primary_slot_name": spec.slot_name,
         "primary_conninfo": (
-            f"host=127.0.0.1 port={spec.primary_port} user={REPLICATION_ROLE} "
+            f"host={LOOPBACK} port={spec.primary_port} user={REPLICATION_ROLE} "
             f"passfile={server.base / '.pgpass'} application_name={spec.slot_name}"
         ),
     }
@@ -62,7 +63,7 @@ def replica_settings(spec: PostgresReplicaSpec) -> dict[str, str]:
 def write_passfile(spec: PostgresReplicaSpec) -> Path:
     passfile = Path(spec.state_dir) / ".pgpass"
     escaped = spec.replication_password.replace("\\", "\\\\").replace(":", "\\:")
-    process.write_private_file(passfile, f"127.0.0.1:{spec.primary_port}:*:{REPLICATION_ROLE}:{escaped}\n")
+    process.write_private_file(passfile, f"{LOOPBACK}:{spec.primary_port}:*:{REPLICATION_ROLE}:{escaped}\n")
     return passfile
 
 
@@ -90,7 +91,7 @@ def base_backup(spec: PostgresReplicaSpec) -> None:
             process.as_service_user(
                 [
                     process.pg_tool("pg_basebackup"),
-                    f"--dbname=host=127.0.0.1 port={spec.primary_port} user={REPLICATION_ROLE} passfile={passfile}",
+                    f"--dbname=host={LOOPBACK} port={spec.primary_port} user={REPLICATION_ROLE} passfile={passfile}",
                     f"--pgdata={target}",
                     "--write-recovery-conf",
                     "--wal-method=stream",
@@ -98,7 +99,7 @@ def base_backup(spec: PostgresReplicaSpec) -> None:
                     f"--slot={spec.slot_name}",
                 ]
             ),
-            f"pg_basebackup from 127.0.0.1:{spec.primary_port} into {server.data}",
+            f"pg_basebackup from {LOOPBACK}:{spec.primary_port} into {server.data}",
             timeout=600,
         )
         # -R wrote standby.signal and a primary_conninfo into postgresql.auto.conf, which would override

@@ -1,4 +1,4 @@
-"""Helpers the tests share: free ports, a state directory the postgres OS user can reach, processes."""
+"""Free ports, a state directory the postgres OS user can reach, processes, copies of the program."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from components.connection import LOOPBACK
 
 _handed_out: set[int] = set()
 _random = random.Random()  # its own: a test plugin that seeds `random` would make every run pick the same ports
@@ -49,7 +51,7 @@ def free_port() -> int:
 def _bindable(port: int) -> bool:
     with socket.socket() as probe:
         try:
-            probe.bind(("127.0.0.1", port))
+            probe.bind((LOOPBACK, port))
         except OSError:
             return False
     return not listening(port)
@@ -74,7 +76,7 @@ def reachable_state_dir(prefix: str = "thorbis-test-") -> Iterator[Path]:
 def listening(port: int) -> bool:
     with socket.socket() as probe:
         probe.settimeout(0.5)
-        return probe.connect_ex(("127.0.0.1", port)) == 0
+        return probe.connect_ex((LOOPBACK, port)) == 0
 
 
 def processes_under(path: Path) -> list[str]:
