@@ -261,7 +261,8 @@ def crash_host(opened: OpenStack) -> list[str]:
     or archived first), then everything under its state directory removed except the backup repository
     (which lives on storage that survives the machine)."""
     state_dir = opened.settings.state_dir
-    for pidfile in (state_dir / "pgbouncer" / "pgbouncer.pid", state_dir / "redis" / "redis.pid"):
+    pidfiles = ("pgbouncer/pgbouncer.pid", "router/router.pid", "redis/redis.pid")
+    for pidfile in (state_dir / name for name in pidfiles):
         pid = process.read_pid(pidfile)  # Redis renames its process: it may not name its directory
         if pid is not None:
             os.kill(pid, signal.SIGKILL)
