@@ -7,9 +7,9 @@
 3. A writer commits one marker row after another, as an application would, for `--write-seconds` (by
    default thorbis:backup.archiveTimeout + 5 s + a random part of it, so the crash falls anywhere in the
    archive's cycle), and then, while it still writes, the host is lost: every process of the stack is
-   killed at once (SIGKILL: primary, replicas, their archiver, PgBouncer, Redis) and everything under
-   thorbis:stateDir is removed except the backup repository. Nothing is flushed or switched before: no
-   `pg_switch_wal()`, no wait for the archive. Whatever the archiver had not pushed yet is lost, as in a
+   killed at once (SIGKILL: primary, replicas, their archiver, PgBouncer, the read router, Redis) and
+   everything under thorbis:stateDir is removed except the backup repository. Nothing is flushed or
+   switched before: no `pg_switch_wal()`, no wait for the archive. Whatever the archiver had not pushed yet is lost, as in a
    real crash.
 4. Re-provision from nothing with the same program and config: `pulumi up --refresh`. The primary's data
    directory is missing and the repository holds a backup, so it is restored to the end of the archived
