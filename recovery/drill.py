@@ -9,8 +9,8 @@
    archive's cycle), and then, while it still writes, the host is lost: every process of the stack is
    killed at once (SIGKILL: primary, replicas, their archiver, PgBouncer, the read router, Redis) and
    everything under thorbis:stateDir is removed except the backup repository. Nothing is flushed or
-   switched before: no `pg_switch_wal()`, no wait for the archive. Whatever the archiver had not pushed yet is lost, as in a
-   real crash.
+   switched before: no `pg_switch_wal()`, no wait for the archive. Whatever the archiver had not pushed
+   yet is lost, as in a real crash.
 4. Re-provision from nothing with the same program and config: `pulumi up --refresh`. The primary's data
    directory is missing and the repository holds a backup, so it is restored to the end of the archived
    WAL (thorbis:backup.restoreOnProvision), and says so; replicas are re-made from it.
