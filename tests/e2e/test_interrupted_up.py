@@ -144,9 +144,9 @@ def interrupted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Interrupte
 
 
 def server_pids(state_dir: Path) -> set[int]:
-    """The servers the stack runs: postmasters, PgBouncer and Redis, by their pidfiles."""
-    pidfiles = [*state_dir.glob("postgres-*/data/postmaster.pid"), state_dir / "pgbouncer" / "pgbouncer.pid"]
-    pidfiles.append(state_dir / "redis" / "redis.pid")
+    """The servers the stack runs: postmasters, PgBouncer, the read router and Redis, by their pidfiles."""
+    pidfiles = [*state_dir.glob("postgres-*/data/postmaster.pid")]
+    pidfiles += [state_dir / name for name in ("pgbouncer/pgbouncer.pid", "router/router.pid", "redis/redis.pid")]
     pids = set()
     for pidfile in pidfiles:
         try:
