@@ -35,6 +35,7 @@ from components.database.kinds.policy import PolicyKind
 from components.database.kinds.role import RoleKind
 from components.database.kinds.row_security import RowSecurityKind, RowSecuritySpec
 from components.database.kinds.schema import SchemaKind, SchemaSpec
+from components.database.kinds.statistics_access import StatisticsAccessKind
 from components.database.kinds.table import TableKind
 from components.database.kinds.trigger import TriggerKind
 from components.database.kinds.view import ViewKind
@@ -115,7 +116,7 @@ class DatabaseLayer(pulumi.ComponentResource):
         ]
         self.tables = self.declare_tables([*functions, *self.extensions.values(), creates_bare, *may_own])
         partition_sets = self.declare_partition_sets()
-        self.declare_partition_guard(partition_sets, functions)
+        self.declare_partition_guard([*partition_sets, *functions])
         procedures = self.declare_procedures()
         self.declare_searches()
         tenant_views = self.declare_reporting()
@@ -235,11 +236,11 @@ class DatabaseLayer(pulumi.ComponentResource):
             if data.partition
         ]
 
-    def declare_partition_guard(self, partition_sets: list[pulumi.Resource], functions: list[pulumi.Resource]) -> None:
-        """Every partition of the partitioned tables secured (and checked at each `up`), after pg_partman made them
-        and after the securing function exists (a program without partitioned tables has no table to wait for)."""
+    def declare_partition_guard(self, after_made: list[pulumi.Resource]) -> None:
+        """Every partition of the partitioned tables secured (and checked at each `up`) by app.secure_partitions,
+        after pg_partman made them (`after_made`: the partition sets and the functions)."""
         tables = [f"{TABLE_SCHEMA}.{data.name}" for data in self.schema.tables if data.partition]
-        after = [*functions, *partition_sets, *(self.tables[name.split(".")[1]] for name in tables)]
+        after = [*after_made, *(self.tables[name.split(".")[1]] for name in tables)]
         declare(PartitionGuardKind, "partition-guard", PartitionGuardSpec(tables=tables), self.options(after))
 
     def declare_procedures(self) -> list[pulumi.Resource]:
@@ -289,7 +290,8 @@ class DatabaseLayer(pulumi.ComponentResource):
         ]
 
     def declare_monitoring(self) -> list[pulumi.Resource]:
-        """Views over the server's statistics, read by `reporting`; they read pg_cron's and pg_partman's tables."""
+        """Views over the server's statistics, read by `reporting`; they read pg_cron's and pg_partman's tables.
+        The statistics themselves are withheld from everyone else."""
         monitoring = load_monitoring()
         schema = self.schemas[monitoring.schema_name]
         views: list[pulumi.Resource] = [
@@ -303,6 +305,12 @@ class DatabaseLayer(pulumi.ComponentResource):
         ]
         for grant in monitoring.grant_specs():
             self.declare_grant(grant, [self.roles[grant.grantee], *views, *self.extensions.values()])
+        declare(
+            StatisticsAccessKind,
+            "statistics-access",
+            monitoring.statistics_access_spec(),
+            self.options([*self.roles.values(), *self.extensions.values()]),
+        )
         return views
 
     def declare_grant(

@@ -11,5 +11,6 @@ def secret_of(settings: StackSettings, name: str) -> pulumi.Output[str]:
     """A password of the settings as a secret Output; config validation has made sure it is set."""
     value = getattr(settings, name)
     if value is None:
-        raise ValueError(f"thorbis:{name} is not set: pulumi config set --secret thorbis:{name} ...")
+        key = "".join(word if i == 0 else word.capitalize() for i, word in enumerate(name.split("_")))
+        raise ValueError(f"thorbis:{key} is not set: pulumi config set --secret thorbis:{key} ...")
     return pulumi.Output.secret(value.get_secret_value())

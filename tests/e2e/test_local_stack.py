@@ -44,7 +44,9 @@ def test_up_creates_every_server(live_stack: LiveStack) -> None:
     assert list(changes) == [auto.OpType.CREATE]
     live_stack.resources = changes[auto.OpType.CREATE]
     assert all(listening(port) for port in live_stack.all_ports)
-    assert list(result.outputs) == [CONNECTION] and result.outputs[CONNECTION].secret  # exported once, secret
+    # the connection exported once for tools, the application's DSNs and cache policy (issue 15): secrets secret
+    assert set(result.outputs) == {CONNECTION, "writeDsn", "readDsn", "redisUrl", "cachePolicy"}
+    assert [name for name, output in result.outputs.items() if not output.secret] == ["cachePolicy"]
     exported = connection_of(result.outputs)
     assert exported is not None
     assert exported.primary == Endpoint.loopback(live_stack.postgres_port)
@@ -140,7 +142,7 @@ def test_database_drift_made_by_hand_is_previewed_and_repaired(live_stack: LiveS
     preview = live_stack.stack.preview(diff=True)
     assert preview.change_summary.get(auto.OpType.CREATE, 0) == 1, preview.stdout  # the dropped index
     assert preview.change_summary.get(auto.OpType.UPDATE, 0) == 2, preview.stdout  # RLS, the policy
-    for name in (f"index-{jobs_index}", "table-customers", "policy-invoices_tenant_select"):
+    for name in (f"index-{jobs_index}", "row-security-customers", "policy-invoices_tenant_select"):
         assert name in preview.stdout
 
     live_stack.stack.up()

@@ -30,9 +30,11 @@ from components.database.table_shape import (
     ForeignKeySpec,
     LiveTable,
     TableSpec,
+    UniqueSpec,
     canonical,
     column_definition,
     column_losses,
+    columns_list,
     create_statement,
     read_table,
     rls_statements,
@@ -195,6 +197,19 @@ def empty_rows(conn: psycopg.Connection, rows: sql.Composable, column: ColumnSpe
     return int(scalar(conn, sql.SQL("SELECT count(*) FROM {} WHERE {} IS NULL").format(rows, value)) or 0)
 
 
+def duplicates(conn: psycopg.Connection, spec: TableSpec, unique: UniqueSpec) -> int:
+    """Rows that share their key (all of its columns set) with another row: a unique key would refuse them."""
+    columns = columns_list(unique.columns)
+    query = sql.SQL(
+        "SELECT coalesce(sum(n), 0) FROM (SELECT count(*) n FROM {} WHERE {} GROUP BY {} HAVING count(*) > 1) d"
+    ).format(
+        qualified(spec.schema_name, spec.name),
+        sql.SQL(" AND ").join(sql.SQL("{} IS NOT NULL").format(sql.Identifier(c)) for c in unique.columns),
+        columns,
+    )
+    return int(scalar(conn, query) or 0)
+
+
 def relation_exists(conn: psycopg.Connection, relation: sql.Identifier) -> bool:
     return bool(scalar(conn, "SELECT to_regclass(%s) IS NOT NULL", (relation.as_string(conn),)))
 
@@ -345,6 +360,13 @@ class TableKind(DatabaseKind[TableSpec, TableStatus]):
             and all(column in live.columns for column in fk.columns)  # a column added now holds no value yet
             and relation_exists(conn, qualified(fk.ref_schema, fk.ref_table))
             and (count := orphans(conn, spec, fk))
+        }
+        broken |= {  # a key added or changed: rows that share a value of it
+            unique.name: count
+            for unique in spec.uniques
+            if live.uniques.get(unique.name) != unique
+            and all(column in live.columns for column in unique.columns)
+            and (count := duplicates(conn, spec, unique))
         }
         if broken:
             listing = ", ".join(f"{name}: {count} row(s)" for name, count in broken.items())

@@ -18,11 +18,11 @@ from components.platform.local.pgbackrest import Replayed, Repository
 TOKEN = "thorbisdb:local:PostgresServer"
 
 
-def replication_role_statement(verb: Literal["CREATE", "ALTER"], password: sql.Composable) -> sql.Composed:
+def replication_role_statement(verb: Literal["CREATE", "ALTER"], verifier: sql.Composable) -> sql.Composed:
     """The replication role, as the primary's bootstrap makes it here and docker's init script there (where
-    the password is a psql variable from the container's secret environment)."""
+    the verifier is a psql variable computed in the container): its password only ever as a SCRAM verifier."""
     return sql.SQL("{} ROLE {} WITH REPLICATION LOGIN PASSWORD {}").format(
-        sql.SQL(verb), sql.Identifier(pg.REPLICATION_ROLE), password
+        sql.SQL(verb), sql.Identifier(pg.REPLICATION_ROLE), verifier
     )
 
 
@@ -128,15 +128,12 @@ class PostgresServerKind(Kind[PostgresServerSpec, PostgresServerStatus]):
     def bootstrap(self, spec: PostgresServerSpec, current_password: str) -> None:
         """Passwords, the replication role and the application database, made to match the spec."""
         with pg.connect(spec.port, current_password) as conn:
-            conn.execute(
-                sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-                    sql.Identifier(pg.SUPERUSER), sql.Literal(spec.superuser_password)
-                )
-            )
+            superuser = sql.Identifier(pg.SUPERUSER)
+            verifier = pg.password_verifier(conn, pg.SUPERUSER, spec.superuser_password)
+            conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(superuser, verifier))
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (pg.REPLICATION_ROLE,)).fetchone()
-            conn.execute(
-                replication_role_statement("ALTER" if exists else "CREATE", sql.Literal(spec.replication_password))
-            )
+            verifier = pg.password_verifier(conn, pg.REPLICATION_ROLE, spec.replication_password)
+            conn.execute(replication_role_statement("ALTER" if exists else "CREATE", verifier))
             if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (spec.database,)).fetchone():
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(spec.database)))
 

@@ -19,6 +19,7 @@ from components import engine_log
 from components.connection import LOOPBACK
 from components.kind import ProviderError
 from components.platform.local import process
+from components.scram import is_verifier_of, scram_verifier
 
 #: The superuser initdb makes (and the official image's), which the platform's admin connection logs in as.
 SUPERUSER = "postgres"
@@ -196,7 +197,7 @@ def write_config(server: ServerDir, settings: dict[str, str]) -> bool:
 
 
 def initdb(server: ServerDir, superuser_password: str) -> None:
-    """A new cluster with data checksums and SCRAM; the password reaches initdb through a pipe."""
+    """A new cluster with data checksums and SCRAM; the password's verifier reaches initdb through a pipe."""
     process.make_private_dir(server.socket_dir)
     with built_aside(server) as target:
         process.run(
@@ -214,7 +215,8 @@ def initdb(server: ServerDir, superuser_password: str) -> None:
                 ]
             ),
             f"initdb of {server.data}",
-            secret_input=superuser_password + "\n",
+            # initdb stores a verifier as given: the password itself never reaches initdb
+            secret_input=scram_verifier(superuser_password) + "\n",
         )
 
 
@@ -268,6 +270,15 @@ def in_archive_recovery(server: ServerDir) -> bool:
 def stop(server: ServerDir) -> None:
     if server.postmaster_pid() is not None:
         pg_ctl(server, "stop", "-m", "fast")
+
+
+def password_verifier(conn: psycopg.Connection, role: str, password: str) -> sql.Literal:
+    """The role's password as a SCRAM verifier computed here (never the text: the server's log and
+    pg_stat_statements keep statements): the one the server holds when it is this password's, else new."""
+    stored = conn.execute("SELECT rolpassword FROM pg_catalog.pg_authid WHERE rolname = %s", (role,)).fetchone()
+    if stored is not None and is_verifier_of(stored[0], password):
+        return sql.Literal(stored[0])
+    return sql.Literal(scram_verifier(password))
 
 
 def connect(port: int, password: str, dbname: str = "postgres", user: str = SUPERUSER) -> psycopg.Connection:
