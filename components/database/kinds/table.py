@@ -11,13 +11,13 @@ so the application using it is never refused in between.
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated, Any
 
 import psycopg
 from psycopg import sql
 from pydantic import Field
 
+from components import engine_log
 from components.database.base import DatabaseKind, default_partition_name, qualified
 from components.database.conversion import convert_to_partitioned, drop_unpartitioned
 from components.database.ddl import Operation, shared
@@ -319,10 +319,9 @@ class TableKind(DatabaseKind[TableSpec, TableStatus]):
             )
         result = convert_to_partitioned(conn, spec, self.target.timeouts)
         if result is not None:
-            print(
-                f"thorbisdb: {spec.schema_name}.{spec.name} converted online to monthly partitions: {result.rows} "
-                f"rows verified (md5 {result.checksum}) in {len(result.partitions)} partitions",
-                file=sys.stderr,
+            engine_log.info(
+                f"{spec.schema_name}.{spec.name} converted online to monthly partitions: {result.rows} "
+                f"rows verified (md5 {result.checksum}) in {len(result.partitions)} partitions"
             )
         drop_unpartitioned(conn, spec, self.target.timeouts)
 
