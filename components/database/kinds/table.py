@@ -244,13 +244,16 @@ class TableKind(DatabaseKind[TableSpec, TableStatus]):
     def planned_delete(self, spec: TableSpec) -> list[Operation] | None:
         return drop_operations(spec)
 
-    def planned_live(self, conn: psycopg.Connection, old: TableSpec, new: TableSpec) -> list[Operation] | None:
+    def planned_live(
+        self, conn: psycopg.Connection, old: TableSpec, new: TableSpec, recorded: TableStatus | None = None
+    ) -> list[Operation] | None:
         """What `up` would run now against the live table (read-only: the comparisons run on temporary
         copies in rolled-back transactions); None when the table is not there yet or is converted."""
         live = read_table(conn, new.schema_name, new.name)
         if live is None or live.partitioned != (new.partition is not None):
             return None
-        return self.plan(conn, new, live, dropped_columns(old, new)).operations
+        adopted = bool(recorded and recorded.adopted)
+        return self.plan(conn, new, live, dropped_columns(old, new), adopted).operations
 
     def create(self, spec: TableSpec) -> tuple[str, TableStatus]:
         with connect(self.target) as conn:
