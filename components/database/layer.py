@@ -85,6 +85,7 @@ class DatabaseLayer(pulumi.ComponentResource):
             ManifestKind,
             f"{name}-manifest",
             ManifestSpec(
+                schema_name=TABLE_SCHEMA,
                 tables={t.name: {c.name: c.type for c in t.columns} for t in self.schema.tables},
                 renamed={
                     t.name: {c.name: c.renamed_from for c in t.columns if c.renamed_from}
