@@ -127,7 +127,9 @@ def create_operations(spec: TableSpec) -> list[Operation]:
         statements.append(sql.SQL("ALTER TABLE {} OWNER TO {}").format(relation, sql.Identifier(spec.owner)))
     if spec.comment:
         statements.append(sql.SQL("COMMENT ON TABLE {} IS {}").format(relation, sql.Literal(spec.comment)))
-    return shared(statements)
+    # its foreign keys lock the tables they point at: up front, before a snapshot a CONCURRENTLY build waits for
+    referenced = {(fk.ref_schema, fk.ref_table) for fk in spec.foreign_keys} - {(spec.schema_name, spec.name)}
+    return shared(statements, *(TableLock(schema, table, Lock.SHARE_ROW_EXCLUSIVE) for schema, table in referenced))
 
 
 def drop_operations(spec: TableSpec) -> list[Operation]:
