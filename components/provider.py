@@ -166,6 +166,8 @@ class ThorbisProvider(Provider):
 
     async def diff(self, request: DiffRequest) -> DiffResponse:
         kind = self.kind_of(request.type)
+        if kind.changes_nothing:
+            return DiffResponse(changes=False)
         old, new = plain_map(request.old_state), plain_map(request.new_inputs)
         changed = [
             key for key in spec_fields(kind) if key not in request.ignore_changes and old.get(key) != new.get(key)

@@ -144,9 +144,9 @@ def run_batches(conn: psycopg.Connection, batches: Batches, timeouts: Timeouts, 
     pages = int(  # of its largest partition, for a partitioned table (each has its own pages)
         scalar(
             conn,
-            "SELECT max(pg_relation_size(relid)) / current_setting('block_size')::int "
-            "FROM pg_partition_tree(to_regclass(%s))",
-            (batches.table.relation.as_string(conn),),
+            sql.SQL("SELECT max(pg_relation_size(relid)) / current_setting('block_size')::int FROM ({}) t").format(
+                batches.table.leaves
+            ),
         )
         or 0
     )

@@ -86,6 +86,7 @@ class DatabaseLayer(pulumi.ComponentResource):
             ManifestKind,
             f"{name}-manifest",
             ManifestSpec(
+                schema_name=TABLE_SCHEMA,
                 tables={t.name: {c.name: c.type for c in t.columns} for t in self.schema.tables},
                 renamed={
                     t.name: {c.name: c.renamed_from for c in t.columns if c.renamed_from}
@@ -282,8 +283,9 @@ class DatabaseLayer(pulumi.ComponentResource):
             )
             for spec in reporting.materialized_view_specs()
         ]
-        for grant in reader_grants:
-            self.declare_grant(grant, [*views, self.roles.get(grant.grantee, schema)])
+        for grant in reader_grants:  # after the schema itself: a stack may declare no materialized view
+            grantee = [self.roles[grant.grantee]] if grant.grantee in self.roles else []
+            self.declare_grant(grant, [schema, *views, *grantee])
         return [
             declare(ViewKind, f"view-{spec.schema_name}-{spec.name}", spec, self.options(views))
             for spec in reporting.tenant_view_specs()

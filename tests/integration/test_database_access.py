@@ -475,6 +475,16 @@ def test_grant_observes_a_dropped_object_and_a_dropped_grantee(server: Server, a
     assert kind.observe(grant_id, spec) is None
 
 
+def test_a_grant_on_a_schema_not_made_yet_is_refused_not_recorded_as_done(server: Server) -> None:
+    """Declared before its schema, a grant found nothing to grant on and recorded its privileges as given."""
+    kind = server.kind(GrantKind)
+    grantee = make_role(server, "it_api")
+    spec = GrantSpec(grantee=grantee, privileges=["USAGE"], object_type="schema", schema_name=unique("it_later"))
+    with pytest.raises(ProviderError, match=r"the schema does not exist; declare it first"):
+        kind.create(spec)
+    server.run("DROP ROLE {grantee}", grantee=grantee)
+
+
 def test_grant_spec_is_checked(server: Server) -> None:
     with pytest.raises(ValidationError, match="EXECUTE cannot be granted on table"):
         GrantSpec(grantee="x", privileges=["EXECUTE"], object_type="table", schema_name="s", objects=["t"])

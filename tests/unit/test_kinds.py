@@ -33,7 +33,7 @@ from components.database.kinds.index import IndexKind, IndexSpec
 from components.database.kinds.partition_guard import PartitionGuardStatus
 from components.database.kinds.role import RoleKind, RoleSpec
 from components.database.kinds.row_security import RowSecurityStatus
-from components.database.kinds.table import TableStatus
+from components.database.kinds.table import TableKind, TableStatus
 from components.database.layer import DatabaseLayer
 from components.database.session import Timeouts
 from components.kind import SECRET, Kind, marked
@@ -233,3 +233,16 @@ def test_the_partition_guard_runs_after_the_function_it_calls_even_with_no_table
             after.add(urn)
             waiting.append(name_of[urn])
     assert "function-app-secure_partitions" in {name_of[urn] for urn in after}
+
+
+def test_a_new_tables_create_takes_every_table_its_foreign_keys_point_at_up_front() -> None:
+    """Otherwise its transaction has a snapshot before it waits for them, and a CONCURRENTLY build on one of
+    them waits for that snapshot while it waits for the build: a deadlock (every declared table)."""
+    pointing = 0
+    for data in load_schema().tables:
+        spec = data.table_spec("thorbis_owner")
+        locked = {(lock.schema, lock.table) for op in TableKind().planned_create(spec) or [] for lock in op.locks}
+        pointed = {(fk.ref_schema, fk.ref_table) for fk in spec.foreign_keys} - {(spec.schema_name, spec.name)}
+        assert pointed <= locked, spec.name
+        pointing += bool(pointed)
+    assert pointing > 10

@@ -302,6 +302,8 @@ def grant_operations(
     if grantee is None:
         raise ProviderError(f"grant to {spec.grantee}: the role does not exist; declare it (a Role) first")
     targets = resolve(conn, spec)
+    if not targets and FAMILY[spec.object_type] in ("schema", "database"):
+        raise ProviderError(f"grant {grant_id(spec)}: the {FAMILY[spec.object_type]} does not exist; declare it first")
     acl = held(conn, FAMILY[spec.object_type], targets, grantee)
     statements: list[Statement] = []
     old_privileges = normalise_privileges(old.get("privileges") or [])

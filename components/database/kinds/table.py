@@ -129,7 +129,9 @@ def create_operations(spec: TableSpec) -> list[Operation]:
         statements.append(sql.SQL("ALTER TABLE {} OWNER TO {}").format(relation, sql.Identifier(spec.owner)))
     if spec.comment:
         statements.append(sql.SQL("COMMENT ON TABLE {} IS {}").format(relation, sql.Literal(spec.comment)))
-    return shared(statements)
+    # its foreign keys lock the tables they point at: up front, before a snapshot a CONCURRENTLY build waits for
+    referenced = {(fk.ref_schema, fk.ref_table) for fk in spec.foreign_keys} - {(spec.schema_name, spec.name)}
+    return shared(statements, *(TableLock(schema, table, Lock.SHARE_ROW_EXCLUSIVE) for schema, table in referenced))
 
 
 def drop_operations(spec: TableSpec) -> list[Operation]:
@@ -259,13 +261,16 @@ class TableKind(DatabaseKind[TableSpec, TableStatus]):
     def planned_delete(self, spec: TableSpec) -> list[Operation] | None:
         return drop_operations(spec)
 
-    def planned_live(self, conn: psycopg.Connection, old: TableSpec, new: TableSpec) -> list[Operation] | None:
+    def planned_live(
+        self, conn: psycopg.Connection, old: TableSpec, new: TableSpec, recorded: TableStatus | None = None
+    ) -> list[Operation] | None:
         """What `up` would run now against the live table (read-only: the comparisons run on temporary
         copies in rolled-back transactions); None when the table is not there yet or is converted."""
         live = read_table(conn, new.schema_name, new.name)
         if live is None or live.partitioned != (new.partition is not None):
             return None
-        return self.plan(conn, new, live, dropped_columns(old, new)).operations
+        adopted = bool(recorded and recorded.adopted)
+        return self.plan(conn, new, live, dropped_columns(old, new), adopted).operations
 
     def create(self, spec: TableSpec) -> tuple[str, TableStatus]:
         with connect(self.target) as conn:
