@@ -125,9 +125,10 @@ def archive_settings(settings: StackSettings) -> dict[str, str]:
     repo = backup_repository(settings)
     if repo is None:
         return {}
+    shared = {"archive_mode": "on", "archive_timeout": settings.backup.archive_timeout}
     if settings.ha.enabled:  # each Patroni node pushes through a pgBackRest config of its own (ha/node.py)
-        return {"archive_mode": "on"}
-    return {"archive_mode": "on", "archive_command": archive_command(repo)}
+        return shared
+    return {**shared, "archive_command": archive_command(repo)}
 
 
 def check_backup_directory(settings: StackSettings) -> None:

@@ -57,6 +57,11 @@ class NodeFiles:
         return self.base / "patroni.log"
 
     @property
+    def temporary(self) -> Path:
+        """Patroni's TMPDIR: its initdb takes the superuser password from a file it makes there."""
+        return self.base / "tmp"
+
+    @property
     def supervisor(self) -> Path:
         return self.base / "supervise.py"
 
@@ -160,6 +165,7 @@ def start(base: Path) -> None:
     if shutil.which("patroni") is None:
         raise ProviderError("patroni is not installed: run scripts/install-deps")
     process.make_private_dir(files.server.socket_dir)
+    clear_remains(files)
     pid = process.spawn(
         [
             SYSTEM_PYTHON,
@@ -171,8 +177,18 @@ def start(base: Path) -> None:
         ],
         files.log,
         base,
+        env={"TMPDIR": str(files.temporary)},
     )
     process.write_private_file(files.supervisor_pidfile, f"{pid}\n")
+
+
+def clear_remains(files: NodeFiles) -> None:
+    """Before Patroni starts: what a kill of the node left. A data directory that is not a whole cluster
+    (Patroni's initdb or base backup interrupted) is set aside, as the local platform's are; the password
+    file of an interrupted initdb (Patroni's own, in its TMPDIR: never the shared /tmp) is removed."""
+    pg.clear_half_made(files.server)
+    process.remove_tree(files.temporary)
+    process.make_private_dir(files.temporary)
 
 
 def stop(base: Path, timeout: float = 120) -> None:
