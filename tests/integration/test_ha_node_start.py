@@ -1,0 +1,82 @@
+"""What a Patroni node's start meets and passes on, with the real supervisor and Patroni (no etcd: the node
+never gets to run PostgreSQL here; the whole cluster is tests/e2e/test_ha_failover.py): a half-made data
+directory set aside and kept, the password file of an interrupted initdb removed, and no secret of the
+caller in the environment of the processes that outlive it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from components.platform.local import process
+from components.platform.local.ha import patroni
+from testbed.support import free_port, reachable_state_dir
+from tests.integration.conftest import SUPERUSER_PASSWORD, eventually
+
+CALLER_SECRETS = {"PGPASSWORD": "caller-secret-pgpassword", "PULUMI_CONFIG": json.dumps({"x": "caller-secret"})}
+
+
+@pytest.fixture
+def node(monkeypatch: pytest.MonkeyPatch) -> Iterator[patroni.NodeFiles]:
+    """A node's files, its patroni.yml naming an etcd nobody listens on; stopped after the test."""
+    for name, value in CALLER_SECRETS.items():
+        monkeypatch.setenv(name, value)
+    with reachable_state_dir() as directory:
+        config = patroni.NodeConfig(
+            base=directory / "ha-node-0",
+            scope="thorbis-start",
+            name="node-0",
+            port=free_port(),
+            rest_port=free_port(),
+            etcd_ports=(free_port(),),
+            superuser_password=SUPERUSER_PASSWORD,
+            replication_password="replication-" + SUPERUSER_PASSWORD,
+        )
+        patroni.write_files(config)
+        files = patroni.NodeFiles(config.base)
+        try:
+            yield files
+        finally:
+            patroni.stop(files.base, timeout=30)
+
+
+def environment_of(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(entry.decode().split("=", 1) for entry in raw.split(b"\0") if b"=" in entry)
+
+
+def test_a_node_starts_with_no_secret_of_the_caller_and_a_private_tmpdir(node: patroni.NodeFiles) -> None:
+    """The supervisor and Patroni outlive the provider, whose environment holds the caller's PGPASSWORD and
+    the stack's decrypted config; Patroni's TMPDIR (where its initdb writes the superuser password) is a
+    directory of the node only the postgres OS user enters, not the shared /tmp."""
+    patroni.start(node.base)
+    supervisor = patroni.supervisor_pid(node.base)
+    assert supervisor is not None
+    eventually(lambda: patroni.patroni_pid(node.base) is not None, 30, "Patroni to start")
+    for pid in (supervisor, patroni.patroni_pid(node.base)):
+        assert pid is not None
+        environment = environment_of(pid)
+        assert not environment.keys() & CALLER_SECRETS.keys(), sorted(environment)
+        assert not any("caller-secret" in value for value in environment.values())
+        assert environment["TMPDIR"] == str(node.temporary)
+    assert node.temporary.stat().st_mode & 0o077 == 0
+
+
+def test_a_node_start_sets_aside_a_half_made_cluster_and_removes_an_interrupted_initdbs_password_file(
+    node: patroni.NodeFiles,
+) -> None:
+    """What a kill inside Patroni's initdb or base backup leaves: a data directory without pg_control (kept
+    aside: it may hold data) and, from initdb, the file holding the superuser password."""
+    data = node.server.data
+    (data / "base").mkdir(parents=True)
+    (data / "PG_VERSION").write_text("15\n")
+    (data / "base" / "copied-so-far").write_text("a page\n")
+    process.make_private_dir(node.temporary)
+    (node.temporary / "tmpleft").write_text(SUPERUSER_PASSWORD)
+    patroni.start(node.base)
+    aside = list(node.base.glob("data.incomplete-*"))
+    assert len(aside) == 1 and (aside[0] / "base" / "copied-so-far").read_text() == "a page\n"
+    assert node.temporary.is_dir() and not list(node.temporary.iterdir())
