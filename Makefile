@@ -15,11 +15,16 @@ engine: deps
 
 setup: engine
 
+# Pulumi.yaml's `refresh: always`: preview, up and destroy read the live servers before they compare.
+LIVE := echo "pulumi reads the live servers first (Pulumi.yaml refresh: always): what was changed by hand shows as drift"
+
 up: setup
+	@$(LIVE) "and is put back"
 	@$(ENV) pulumi stack select --create $(STACK) --non-interactive && pulumi up --yes --non-interactive --stack $(STACK)
 	@$(ENV) scripts/connect-info $(STACK)
 
 preview: setup
+	@$(LIVE) "and as the change that would put it back"
 	@$(ENV) pulumi stack select --create $(STACK) --non-interactive && pulumi preview --diff --stack $(STACK)
 
 destroy: setup

@@ -3,7 +3,8 @@
 One throwaway stack with one replica (its own, not the shared database stack: a replica is stopped here).
 The tests run in file order, each on the state the one before left: a fresh stack verifies; an unchanged
 one previews with no change; changes made by hand behind its back are drift and fail verification; a
-program that drops a column previews as destructive; `refresh` and `up` repair it all.
+program that drops a column previews as destructive; a plain `preview` (which reads the live servers first)
+fails on the drift and a plain `up` repairs it all.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from components.database.declared.model import load_schema
 from components.platform.local import process
 from components.platform.local.pgbouncer import AUTH_ROLE, CONSOLE_DATABASE
 from ops import EXIT_DESTRUCTIVE, EXIT_DRIFT, EXIT_FAILED, EXIT_OK
+from ops.events import EventLog
 from testbed.stacks import LiveStack, throwaway_stack
 from testbed.support import copy_project
 from tests.conftest import ROOT
@@ -35,6 +37,14 @@ from tests.e2e.test_adopt_existing_database import edited_table, without_column
 pytestmark = pytest.mark.e2e
 JOBS_INDEX = next(index for index in load_schema().table("jobs").foreign_key_indexes())
 JOBS_FK = next(fk.name for fk in load_schema().table("jobs").foreign_key_constraints if fk.columns == JOBS_INDEX.keys)
+#: What change_behind_the_stacks_back does, as (resource, property) the drift report names.
+DRIFT = [
+    (f"index-{JOBS_INDEX.name}", "(the object)"),
+    ("table-customers", "rowLevelSecurity"),
+    ("policy-invoices_tenant_select", "using"),
+    ("thorbis-replica-0", "streaming"),
+    ("thorbis-pgbouncer", "defaultPoolSize"),
+]
 
 
 @dataclass
@@ -140,13 +150,7 @@ def test_drift_made_by_hand_is_reported_with_exit_3(ops_stack: LiveStack) -> Non
     run = script(ops_stack, "drift")
     assert run.code == EXIT_DRIFT, run.output
     rows = run.output.splitlines()
-    for name, property_ in [
-        (f"index-{JOBS_INDEX.name}", "(the object)"),
-        ("table-customers", "rowLevelSecurity"),
-        ("policy-invoices_tenant_select", "using"),
-        ("thorbis-replica-0", "streaming"),
-        ("thorbis-pgbouncer", "defaultPoolSize"),
-    ]:
+    for name, property_ in DRIFT:
         assert any(name in row and property_ in row for row in rows), f"{name} {property_} not in:\n{run.output}"
     pool_row = next(row for row in rows if "defaultPoolSize" in row)
     assert pool_row.split()[-2:] == ["10", "7"]
@@ -181,9 +185,23 @@ def test_a_destructive_change_is_said_at_the_top_with_exit_2(
     assert top.index("Destructive change") < top.index("**Drift**")
 
 
-def test_refresh_and_up_repair_and_verify_passes_again(ops_stack: LiveStack) -> None:
-    ops_stack.stack.refresh()
+def test_a_plain_preview_sees_the_drift_and_fails_expecting_no_changes(ops_stack: LiveStack) -> None:
+    """`pulumi preview` with no --refresh (what `make preview` runs) reads the live servers first."""
+    log = EventLog()
+    with pytest.raises(auto.CommandError):
+        ops_stack.stack.preview(expect_no_changes=True, on_event=log)
+    drifted = {name for name, _ in DRIFT}
+    assert {change.name for change in log.drift} >= drifted, log.drift
+    assert {change.name for change in log.listed} >= drifted, log.listed  # and it plans their repair
+
+
+def test_a_plain_up_repairs_it_all_and_the_next_plain_preview_is_clean(ops_stack: LiveStack) -> None:
     assert ops_stack.stack.up().summary.result == "succeeded"
+    with admin(ops_stack) as conn:
+        rls = conn.execute("SELECT relrowsecurity FROM pg_class WHERE oid = 'public.customers'::regclass").fetchone()
+        assert rls == (True,)
+        assert conn.execute("SELECT to_regclass(%s)", (f"public.{JOBS_INDEX.name}",)).fetchone() != (None,)
+    ops_stack.stack.preview(expect_no_changes=True)
     drift = script(ops_stack, "drift")
     assert drift.code == EXIT_OK, drift.output
     run = script(ops_stack, "verify")

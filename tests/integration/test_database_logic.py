@@ -18,6 +18,7 @@ from components.database.kinds.function import FunctionKind, FunctionSpec, Funct
 from components.database.kinds.policy import PolicyKind, PolicySpec, PolicyStatus
 from components.database.kinds.trigger import TriggerKind, TriggerSpec, TriggerStatus
 from components.database.kinds.view import ViewKind, ViewSpec, ViewStatus
+from components.database.session import DatabaseTarget, connect, scalar
 from components.kind import Observed, ProviderError
 from tests.integration.databases import Database, changes, database_server, declared, recorded
 
@@ -392,3 +393,28 @@ def test_rls_helper_and_policies_isolate_companies(database: Database, helper: F
         with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
             conn.execute("SET LOCAL ROLE anon")
             conn.execute("SELECT app.current_company_id()")
+
+
+def test_a_session_is_reused_by_the_next_request_clean_and_never_when_broken(database: Database) -> None:
+    """The provider keeps its sessions between requests (a new login costs most of a refresh): the next one
+    gets the same backend with nothing of the last one's work (SET, temporary tables, a transaction), and a
+    session the server closed meanwhile is replaced, not handed out."""
+    target = DatabaseTarget(database.connection)
+    with connect(target) as conn:
+        first = conn.info.backend_pid
+        conn.execute("SET lock_timeout = '1ms'")
+        conn.execute("CREATE TEMPORARY TABLE leftover (x int)")
+    with connect(target) as conn:
+        assert conn.info.backend_pid == first
+        assert scalar(conn, "SHOW lock_timeout") == "0"
+        assert scalar(conn, "SELECT to_regclass('pg_temp.leftover')") is None
+        assert scalar(conn, "SHOW deadlock_timeout") == "10ms"  # set again after the reset
+        assert scalar(conn, "SHOW search_path") == "public,extensions"  # the startup option, kept by RESET
+        conn.execute("BEGIN")  # left open: never handed out again
+    with connect(target) as conn:
+        assert conn.info.backend_pid != first
+        second = conn.info.backend_pid
+    database.execute("SELECT pg_terminate_backend(%s)", (second,))
+    with connect(target) as conn:
+        assert conn.info.backend_pid not in (first, second)
+        assert scalar(conn, "SELECT 1") == 1
