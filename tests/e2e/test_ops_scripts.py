@@ -21,6 +21,7 @@ from typing import Any
 import psycopg
 import pulumi.automation as auto
 import pytest
+import redis
 from psycopg import sql
 
 from components.connection import LOOPBACK
@@ -44,6 +45,7 @@ DRIFT = [
     ("policy-invoices_tenant_select", "using"),
     ("thorbis-replica-0", "streaming"),
     ("thorbis-pgbouncer", "defaultPoolSize"),
+    ("thorbis-redis", "passwordRequired"),
 ]
 
 
@@ -82,6 +84,10 @@ def script(live: LiveStack, name: str, *args: str) -> Run:
 def admin(live: LiveStack) -> psycopg.Connection[Any]:
     conninfo: dict[str, Any] = live.admin()
     return psycopg.connect(**conninfo, autocommit=True)
+
+
+def redis_client(live: LiveStack, password: str | None) -> redis.Redis:
+    return redis.Redis(host=LOOPBACK, port=live.redis_port, password=password, socket_timeout=5)
 
 
 def check_row(output: str, check: str) -> str:
@@ -140,6 +146,8 @@ def change_behind_the_stacks_back(live: LiveStack) -> None:
     )  # fmt: skip
     with console:
         console.execute("SET default_pool_size = 7")
+    with redis_client(live, live.passwords["redisPassword"]) as cache:
+        cache.config_set("requirepass", "")
     replica_data = live.state_dir / "postgres-replica-0" / "data"
     stop = [process.pg_tool("pg_ctl"), "stop", "-D", str(replica_data), "-m", "fast", "-w"]
     process.run(process.as_service_user(stop), "pg_ctl stop of the replica")
@@ -201,6 +209,8 @@ def test_a_plain_up_repairs_it_all_and_the_next_plain_preview_is_clean(ops_stack
         rls = conn.execute("SELECT relrowsecurity FROM pg_class WHERE oid = 'public.customers'::regclass").fetchone()
         assert rls == (True,)
         assert conn.execute("SELECT to_regclass(%s)", (f"public.{JOBS_INDEX.name}",)).fetchone() != (None,)
+    with redis_client(ops_stack, None) as anonymous, pytest.raises(redis.AuthenticationError):
+        anonymous.ping()
     ops_stack.stack.preview(expect_no_changes=True)
     drift = script(ops_stack, "drift")
     assert drift.code == EXIT_OK, drift.output
