@@ -455,6 +455,7 @@ def test_redis_observe_and_update(redis_server: RedisServer) -> None:
         "maxmemory": "64mb",
         "maxmemoryPolicy": "allkeys-lru",
         "persistence": False,
+        "passwordRequired": True,
     }
     assert redis_server.outputs == expected
     assert flat(redis_server.kind.observe(redis_server.resource_id, redis_server.spec)) == expected
@@ -488,6 +489,23 @@ def test_redis_config_set_by_hand_is_drift_that_update_restores(redis_server: Re
     )
     assert restored["maxmemory"] == "64mb"
     assert redis_server.config("maxmemory") == str(memory_bytes("64mb"))
+
+
+def test_redis_password_removed_by_hand_is_drift_that_update_sets_again(redis_server: RedisServer) -> None:
+    with redis_server.client() as connection:
+        connection.config_set("requirepass", "")
+    observed = flat(redis_server.kind.observe(redis_server.resource_id, redis_server.spec))
+    assert observed == {**redis_server.outputs, "passwordRequired": False}  # read without the password
+    assert redis_server.kind.drifted(redis_server.kind.status_of(observed), redis_server.spec) == ["passwordRequired"]
+
+    restored = reported(
+        redis_server.kind.update(
+            redis_server.resource_id, recorded(redis_server.spec, redis_server.outputs, observed), redis_server.spec
+        )
+    )
+    assert restored == redis_server.outputs
+    with redis_server.client(password=None) as anonymous, pytest.raises(redis.AuthenticationError):
+        anonymous.ping()
 
 
 def test_redis_delete_leaves_no_listener(redis_server: RedisServer) -> None:
