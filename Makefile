@@ -38,7 +38,7 @@ lint: deps
 
 # Operating a stack (README "Operating it"): exit codes are the scripts' own.
 .PHONY: pr-preview drift verify backup dr-drill bench
-BENCH_SCALE ?= 1.5
+BENCH_SCALE ?= 1.5  # one scale, or several for the scale curve (README: 0.5,2,8); the largest is the report's
 
 pr-preview: setup
 	@$(ENV) scripts/pr-preview $(STACK)

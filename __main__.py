@@ -10,4 +10,4 @@ from config import load_settings
 settings = load_settings(Path(__file__).parent)
 platform = build_platform("thorbis", settings)
 database = DatabaseLayer("thorbis", platform.connection, settings)
-export_outputs(platform.connection)
+export_outputs(settings, platform.connection)

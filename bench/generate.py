@@ -1,7 +1,8 @@
 """A realistic multi-tenant dataset for the benchmarks, loaded with COPY.
 
 Companies of Zipf-skewed sizes (a few large, many small), their users, customers, properties, jobs,
-schedules, invoices, payments, communications and activities, spread over the two years before now.
+schedules, invoices, payments, communications and activities, spread over the two years before now, and
+a price book each.
 Every value satisfies the CHECK constraints and foreign keys of sql/schema, and the partitioned tables'
 columns stay inside their premade window. Rows are written per batch of companies in dependency order,
 and only into the columns the live table has: the same generator fills the review's "before" tables
@@ -21,10 +22,11 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import psycopg
 from psycopg import sql
@@ -41,10 +43,11 @@ TABLES = (
     "payments",
     "communications",
     "activities",
+    "price_book_items",
 )
 COMPANIES_PER_SCALE = 100
 CUSTOMERS_PER_SCALE = 20_000
-ZIPF_EXPONENT = 1.1
+ZIPF_EXPONENT = 1.4  # the largest company holds a third of the customers: 54,549 at --scale 8
 HISTORY_DAYS = 730
 FUTURE_DAYS = 45  # inside pg_partman's premade window (4 months by default)
 BATCH_ROWS = 200_000
@@ -290,6 +293,25 @@ COMM_KINDS = (  # type, direction, status
     ("phone_call", "outbound", "missed"),
     ("note", "internal", "sent"),
 )
+PARTS = (
+    "condenser fan motor",
+    "run capacitor",
+    "contactor",
+    "blower motor",
+    "programmable thermostat",
+    "flame sensor",
+    "hot surface igniter",
+    "pressure switch",
+    "refrigerant r-410a",
+    "pleated air filter",
+    "water heater element",
+    "gas control valve",
+    "expansion valve",
+    "drain pan",
+    "circuit breaker",
+    "ball valve",
+)
+MAKERS = ("carrier", "trane", "lennox", "goodman", "rheem", "honeywell", "emerson", "york")
 ACTIVITY_ACTIONS = (
     ("job", "job.created"),
     ("job", "job.status_changed"),
@@ -502,6 +524,17 @@ COLUMNS: dict[str, list[str]] = {
         "created_at",
         "updated_at",
     ],
+    "price_book_items": [
+        "id",
+        "company_id",
+        "item_type",
+        "sku",
+        "name",
+        "unit_cost",
+        "unit_price",
+        "created_at",
+        "updated_at",
+    ],
 }
 
 
@@ -580,6 +613,21 @@ class Generator:
         technicians = users[1:] or users
         for number in range(customers):
             self.customer(batch, company, index, number, users[0], technicians)
+        self.price_book(batch, company, min(2000, 20 + customers // 20), founded)
+
+    def price_book(self, batch: Batch, company: str, items: int, at: datetime) -> None:
+        """Parts of a few makers and sizes: names close enough to each other for a fuzzy search to sort."""
+        rng = self.rng
+        for number in range(items):
+            part, maker = rng.choice(PARTS), rng.choice(MAKERS)
+            cost = rng.randrange(500, 90_000)
+            batch.add(
+                "price_book_items",
+                (
+                    self.uuid(), company, "material", f"P-{number:05d}", f"{maker} {part} {rng.randrange(1, 60)}",
+                    money(cost), money(cost * 2), ts(at), ts(at),
+                ),
+            )  # fmt: skip
 
     def user(self, batch: Batch, company: str, index: int, number: int, founded: datetime) -> str:
         first, last = self.rng.choice(FIRST_NAMES), self.rng.choice(LAST_NAMES)
@@ -796,7 +844,7 @@ class Generator:
         batch = Batch()
         for index, customers in enumerate(company_sizes(scale)):
             self.company(batch, index, customers)
-            if batch.rows >= BATCH_ROWS:
+            if batch.rows >= BATCH_ROWS:  # read here, not bound at definition: a test makes batches tiny
                 yield batch
                 batch = Batch()
         if batch.rows:
@@ -804,6 +852,49 @@ class Generator:
 
 
 # --- load ---------------------------------------------------------------------------------------------
+
+T = TypeVar("T")
+_END = object()
+
+
+@contextmanager
+def prefetched(items: Iterable[T], depth: int = 2) -> Iterator[Iterator[T]]:
+    """The items, produced by a thread of their own up to `depth` ahead of the caller. An error while
+    producing is raised to the caller; a caller that stops early (its own error) stops the producer, which
+    would otherwise wait for ever to hand over its next item."""
+    ready: queue.Queue[object] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    failure: list[Exception] = []
+
+    def offer(item: object) -> bool:
+        while not stop.is_set():
+            with suppress(queue.Full):
+                ready.put(item, timeout=0.1)
+                return True
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not offer(item):
+                    return
+        except Exception as error:
+            failure.append(error)
+        offer(_END)
+
+    def consume() -> Iterator[T]:
+        while (item := ready.get()) is not _END:
+            yield cast(T, item)
+        if failure:
+            raise failure[0]
+
+    producer = threading.Thread(target=produce, name="bench-generate", daemon=True)
+    producer.start()
+    try:
+        yield consume()
+    finally:
+        stop.set()
+        producer.join()
 
 
 def live_columns(conn: psycopg.Connection[Any], table: str) -> set[str]:
@@ -843,7 +934,8 @@ def load(
 ) -> dict[str, Any]:
     """Generate and COPY the dataset at `scale` (each batch in its own transaction); return what was loaded.
 
-    The next batch is generated in a thread while the server ingests the current one. With
+    The next batch is generated in a thread while the server ingests the current one; a failed COPY or a
+    failed batch stops the load with its error. With
     trust_foreign_keys (a superuser only) the load runs with session_replication_role = replica, which
     skips the per-row foreign-key triggers: the rows are valid by construction (tests/integration/
     test_bench.py loads them with every constraint checked), and CHECKs are still checked."""
@@ -856,29 +948,18 @@ def load(
         keep[table] = [i for i, column in enumerate(COLUMNS[table]) if column in present]
     counts = dict.fromkeys(TABLES, 0)
     started = time.perf_counter()
-    ready: queue.Queue[Batch | None] = queue.Queue(maxsize=2)
-
-    def produce() -> None:
-        try:
-            for batch in generator.batches(scale):
-                ready.put(batch)
-        finally:
-            ready.put(None)
-
-    producer = threading.Thread(target=produce, name="bench-generate", daemon=True)
-    producer.start()
     if trust_foreign_keys:
         conn.execute("SET session_replication_role = replica")
     try:
-        while (batch := ready.get()) is not None:
-            with conn.transaction():
-                for table in TABLES:
-                    copy_lines(conn, table, batch.lines[table], keep[table])
-                    counts[table] += len(batch.lines[table])
+        with prefetched(generator.batches(scale)) as batches:
+            for batch in batches:
+                with conn.transaction():
+                    for table in TABLES:
+                        copy_lines(conn, table, batch.lines[table], keep[table])
+                        counts[table] += len(batch.lines[table])
     finally:
         if trust_foreign_keys:
             conn.execute("RESET session_replication_role")
-        producer.join()
     seconds = time.perf_counter() - started
     sizes = company_sizes(scale)
     return {

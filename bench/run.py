@@ -1,13 +1,18 @@
 """Every benchmark end to end on throwaway stacks, then the report.
 
 1. Provisioning (bench/provision.py): its own stack, from nothing, against the `psql -f` floor.
-2. Queries and connections: a stack whose program has an empty sql/schema (servers, roles, extensions
-   only); the review's before database is built on it (testbed/before_state.py) and filled
-   (bench/generate.py); the six query classes are timed; the full schema is put back and `pulumi up`
-   adopts the populated database; the classes are timed again (RLS and owner), then pgbench runs.
-Results: bench/results/results.json, REPORT.md, charts, plans/. Each stack is destroyed at the end.
+2. Queries and connections, per scale: a stack whose program has an empty sql/schema (servers, roles,
+   extensions only); the review's before database is built on it (testbed/before_state.py) and filled
+   (bench/generate.py); the query classes are timed; the full schema is put back and `pulumi up` adopts
+   the populated database; the classes are timed again (RLS and owner). At the largest scale pgbench runs
+   too, and its figures and plans are the report's; the smaller scales give the curve of the after side's
+   p95 per class (does a class's cost grow with the tenant?).
+The stacks run with the PostgreSQL settings of Pulumi.prod.yaml (thorbis:postgres.settings: the
+planner's costs of SSD storage) and a lock timeout long enough for index builds on one populated table to
+wait for each other. Results: bench/results/results.json, REPORT.md, charts, plans/. Each stack is
+destroyed at the end.
 
-    source scripts/pulumi-env.sh && python -m bench.run [--scale 2] [--skip-provisioning]
+    source scripts/pulumi-env.sh && python -m bench.run [--scale 0.5,2,8] [--skip-provisioning]
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Any
 
 import psycopg
 import pulumi.automation as auto
+import yaml
 
 from bench import connections, generate, provision, queries, report
 from components.connection import ConnectionSpec
@@ -41,6 +47,19 @@ RESULTS = Path(__file__).resolve().parent / "results"
 POOL_SIZE = 10  # thorbis:pgbouncer.defaultPoolSize as testbed.stacks.configure sets it
 #: The applications' login role (sql/access.yaml) and the config key of its password.
 APPLICATION_LOGIN, APPLICATION_PASSWORD_KEY = "authenticator", "authenticatorPassword"
+PROD_CONFIG = PROJECT_ROOT / "Pulumi.prod.yaml"
+#: Building the indexes of a table of millions of rows takes minutes, and builds on one table wait for each
+#: other (CREATE INDEX CONCURRENTLY takes a self-conflicting lock): far beyond the default 5 s x 8 attempts.
+LOCK_TIMEOUT = "30min"
+#: Concurrent CREATE INDEX CONCURRENTLY builds wait for each other's snapshots and, at millions of rows,
+#: deadlock more often than the Index kind retries: a failed adopting `up` is run again (README, Benchmarks).
+UP_ATTEMPTS = 4
+
+
+def prod_postgres_settings() -> dict[str, str]:
+    """thorbis:postgres.settings of the prod stack (planner costs and the like; not its memory sizes)."""
+    config = yaml.safe_load(PROD_CONFIG.read_text())["config"]
+    return {name: str(value) for name, value in config["thorbis:postgres"].get("settings", {}).items()}
 
 
 @dataclass
@@ -85,7 +104,26 @@ def data_stack() -> Iterator[DataStack]:
         backend = Path(tmp) / "backend"
         backend.mkdir()
         with throwaway_stack(backend, "bench-data", work_dir=project) as live:
+            settings = {f"thorbis:postgres.settings.{name}": value for name, value in prod_postgres_settings().items()}
+            values = {**settings, "thorbis:lockTimeout": LOCK_TIMEOUT}
+            live.stack.set_all_config({key: auto.ConfigValue(value) for key, value in values.items()}, path=True)
             yield DataStack(live, project)
+
+
+def up_until_done(stack: auto.Stack, attempts: int = UP_ATTEMPTS) -> tuple[auto.UpResult, float, list[str]]:
+    """`pulumi up`, run again while it fails (at most `attempts` runs; a failed run keeps what it finished
+    and the next does the rest): its result, the seconds of all runs, and why each failed run failed."""
+    failures: list[str] = []
+    started = time.perf_counter()
+    while True:
+        try:
+            return stack.up(), round(time.perf_counter() - started, 2), failures
+        except auto.CommandError as error:
+            if len(failures) + 1 >= attempts:
+                raise
+            lines = [line.strip() for line in str(error).splitlines() if "error:" in line] or ["(no error line)"]
+            failures.append(lines[0][:300])
+            print(f"  up failed, running it again: {failures[-1]}", flush=True)
 
 
 def step(title: str) -> float:
@@ -98,19 +136,15 @@ def vacuum_analyze(conn: psycopg.Connection[Any]) -> None:
     conn.execute("VACUUM (ANALYZE)")
 
 
-def query_and_connection_benchmarks(scale: float, runs: int, budget: float, seconds: int) -> dict[str, Any]:
-    plans = RESULTS / "plans"
+def query_and_connection_benchmarks(
+    scale: float, runs: int, budget: float, seconds: int | None, plans: Path
+) -> dict[str, Any]:
+    """The query classes before and after at one scale; pgbench too unless `seconds` is None."""
     shutil.rmtree(plans, ignore_errors=True)
     out: dict[str, Any] = {}
     with data_stack() as live:
-        started = step("up: servers, roles, extensions (empty schema)")
-        try:
-            live.stack.up()
-        except auto.CommandError as error:  # e.g. the DefaultPrivileges race on pg_default_acl: retried once
-            print(f"  first up failed, retrying once: {str(error).splitlines()[-1][:200]}", flush=True)
-            out["empty_up_retried"] = True
-            live.stack.up()
-        out["empty_up_seconds"] = round(time.perf_counter() - started, 2)
+        step("up: servers, roles, extensions (empty schema)")
+        _, out["empty_up_seconds"], out["empty_up_failures"] = up_until_done(live.stack)
         with live.connect() as admin:
             step("before state and dataset")
             build_before_state(admin)
@@ -123,15 +157,14 @@ def query_and_connection_benchmarks(scale: float, runs: int, budget: float, seco
             before = queries.run_mode(admin, "before", params, plans, runs, budget)
         out["dataset"] = dataset
         restore_schema(live.project)
-        started = step("up: the full schema adopts the populated database")
-        adopted = live.stack.up()
-        adoption = round(time.perf_counter() - started, 2)
+        step("up: the full schema adopts the populated database")
+        adopted, adoption, out["adoption_failures"] = up_until_done(live.stack)
         print(f"  {adoption} s, {adopted.summary.resource_changes}", flush=True)
         with live.connect() as admin:
             vacuum_analyze(admin)
             step("query classes, after")
             with live.connect(application=True) as app:
-                after = queries.run_mode(app, "after", params, plans, runs, budget)
+                after = queries.run_mode(app, "after", params, plans, runs, budget, admin=admin)
             owner = queries.run_mode(admin, "after_owner", params, plans, runs, budget)
             settings = dict(
                 admin.execute(
@@ -149,6 +182,9 @@ def query_and_connection_benchmarks(scale: float, runs: int, budget: float, seco
             "after_owner": owner,
             "comparison": queries.compare(before, after, owner),
         }
+        if seconds is None:
+            step("destroy")
+            return out
         step("connection scale (pgbench)")
         limit = connections.direct_capacity(
             int(settings["max_connections"]),
@@ -172,9 +208,34 @@ def query_and_connection_benchmarks(scale: float, runs: int, budget: float, seco
     return out
 
 
+def scales(text: str) -> list[float]:
+    """`0.5,2,8` -> [0.5, 2.0, 8.0], ascending: the largest runs last and is the report's."""
+    try:
+        values = sorted({float(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        values = []
+    if not values or values[0] <= 0:
+        raise argparse.ArgumentTypeError(f"--scale {text!r}: expected positive numbers separated by commas")
+    return values
+
+
+def curve_point(out: dict[str, Any]) -> dict[str, Any]:
+    """One scale's dataset and the after side's figures per class."""
+    dataset, after = out["dataset"], out["queries"]["after"]
+    keep = ("median_ms", "p95_ms", "rows_kept", "rows_filtered")
+    return {
+        "scale": dataset["scale"],
+        "total_rows": dataset["total_rows"],
+        "largest_company_customers": dataset["largest_company_customers"],
+        "after": {key: {name: figures[name] for name in keep} for key, figures in after.items()},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scale", type=float, default=generate.DEFAULT_SCALE)
+    parser.add_argument(
+        "--scale", type=scales, default=[generate.DEFAULT_SCALE], help="one scale, or several for the curve: 0.5,2,8"
+    )
     parser.add_argument("--runs", type=int, default=30, help="timed runs per query class and mode")
     parser.add_argument("--budget", type=float, default=15.0, help="seconds per class and mode (at least 5 runs)")
     parser.add_argument("--pgbench-seconds", type=int, default=20)
@@ -196,7 +257,17 @@ def main() -> None:
         step("provisioning")
         results["provisioning"] = provision.measure()
         (RESULTS / "provisioning.json").write_text(json.dumps(results["provisioning"], indent=2) + "\n")
-    results.update(query_and_connection_benchmarks(args.scale, args.runs, args.budget, args.pgbench_seconds))
+    *smaller, largest = args.scale
+    curve = []
+    for scale in smaller:
+        step(f"scale {scale} (for the curve)")
+        with tempfile.TemporaryDirectory(prefix="thorbis-bench-plans-") as plans:
+            curve.append(curve_point(query_and_connection_benchmarks(scale, args.runs, args.budget, None, Path(plans))))
+    step(f"scale {largest}")
+    results.update(
+        query_and_connection_benchmarks(largest, args.runs, args.budget, args.pgbench_seconds, RESULTS / "plans")
+    )
+    results["curve"] = [*curve, curve_point(results)]
     results["total_seconds"] = round(time.perf_counter() - started, 1)
     (RESULTS / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(f"\nreport: {report.render(results, RESULTS)} ({results['total_seconds']} s in all)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from psycopg.conninfo import make_conninfo
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
@@ -54,9 +55,8 @@ class ConnectionSpec(_Wire):
     redis: Endpoint | None = None
     redis_password: str | None = Field(default=None, repr=False)
     sslmode: str = "prefer"
-    #: Decided by the platform: roles that already exist on the server are the platform's (Supabase's anon,
-    #: authenticated, ...): the database layer adopts them and never drops them.
-    platform_owns_roles: bool = False
+    #: The pooler's database whose server connections go to the replicas (None: reads use `database`).
+    read_database: str | None = None
 
     def conninfo(
         self,
@@ -77,3 +77,14 @@ class ConnectionSpec(_Wire):
             "sslmode": self.sslmode,
             "connect_timeout": 5,
         }
+
+    def dsn(
+        self,
+        endpoint: Endpoint | None = None,
+        *,
+        user: str | None = None,
+        password: str | None = None,
+        database: str | None = None,
+    ) -> str:
+        """`conninfo` as a libpq connection string (psycopg, psql and libpq take it as their dsn/dbname)."""
+        return make_conninfo("", **self.conninfo(endpoint, user=user, password=password, database=database))

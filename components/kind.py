@@ -30,10 +30,13 @@ class Marker:
 
 REPLACE = Marker("replace")
 SECRET = Marker("secret")
+ACCESS = Marker("access")
 #: An input whose change cannot be applied in place: the object is replaced.
 Replace = Annotated[T, REPLACE]
 #: An input or status field that holds a secret: always sent and returned as a secret, in `read` too.
 Secret = Annotated[T, SECRET]
+#: A status field that lists access beyond the declaration (a privilege, a policy): a risk, not only drift.
+Access = Annotated[T, ACCESS]
 
 
 @dataclass(frozen=True)
@@ -150,8 +153,10 @@ class Kind(ABC, Generic[SpecT, StatusT]):
         """Make the object; return its id and its status (or the object read back: Observed)."""
 
     @abstractmethod
-    def observe(self, resource_id: str, spec: SpecT) -> Observed[StatusT] | None:
-        """What really exists (see Observed); None when it is gone."""
+    def observe(self, resource_id: str, spec: SpecT, recorded: StatusT | None = None) -> Observed[StatusT] | None:
+        """What really exists (see Observed); None when it is gone. `recorded` is the status the stack last
+        recorded for the object (None before its first create): an object the stack adopted (`adopted`)
+        is read as the stack found it, not as it would have made it."""
 
     @abstractmethod
     def update(self, resource_id: str, old: dict[str, Any], spec: SpecT) -> StatusT | Observed[StatusT]:
@@ -159,8 +164,10 @@ class Kind(ABC, Generic[SpecT, StatusT]):
         the object read back (Observed), which the state then records in place of the inputs."""
 
     @abstractmethod
-    def delete(self, resource_id: str, spec: SpecT) -> None:
-        """Remove the object, or raise ProviderError when that would lose data that is not allowed."""
+    def delete(self, resource_id: str, spec: SpecT, recorded: StatusT | None = None) -> None:
+        """Remove the object, or raise ProviderError when that would lose data that is not allowed. With the
+        status the stack recorded, a kind removes only what the stack made: never an adopted object, and only
+        the privileges it granted."""
 
     def drifted(self, status: StatusT, spec: SpecT) -> list[str]:
         """Properties that changed behind the stack's back although the inputs did not: by default the

@@ -127,8 +127,9 @@ class ThorbisProvider(Provider):
         """The spec the object was last made from (older states: its input fields)."""
         declared = state.get(DECLARED)
         if not isinstance(declared, dict):
-            declared = {key: state[key] for key in spec_fields(kind) if key in state}
-        spec: Spec = kind.parse(declared)
+            declared = state
+        # an input a newer spec no longer has is left out: the object stays readable and deletable
+        spec: Spec = kind.parse({key: value for key, value in declared.items() if key in spec_fields(kind)})
         return spec
 
     async def run(self, work: Callable[[], T]) -> T:
@@ -205,7 +206,7 @@ class ThorbisProvider(Provider):
             )
         spec = self.declared_spec(kind, state)
         try:
-            observed = await self.run(lambda: kind.observe(request.resource_id, spec))
+            observed = await self.run(lambda: kind.observe(request.resource_id, spec, kind.status_of(state)))
         except Unreachable as error:
             # A server that is down (the drift `refresh` reports on the server itself) hides its objects:
             # they are kept as recorded rather than reported gone.
@@ -234,8 +235,9 @@ class ThorbisProvider(Provider):
 
     async def delete(self, request: DeleteRequest) -> None:
         kind = self.kind_of(request.type)
-        spec = self.declared_spec(kind, plain_map(request.properties))
-        await self.run(lambda: kind.delete(request.resource_id, spec))
+        state = plain_map(request.properties)
+        spec = self.declared_spec(kind, state)
+        await self.run(lambda: kind.delete(request.resource_id, spec, kind.status_of(state)))
 
 
 def main() -> None:

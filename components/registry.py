@@ -10,6 +10,7 @@ from typing import Any
 
 from components.database.kinds.cron_job import CronJobKind
 from components.database.kinds.default_privileges import DefaultPrivilegesKind
+from components.database.kinds.exact_privileges import ExactPrivilegesKind
 from components.database.kinds.extension import ExtensionKind
 from components.database.kinds.function import FunctionKind
 from components.database.kinds.grant import GrantKind
@@ -20,6 +21,7 @@ from components.database.kinds.partition_guard import PartitionGuardKind
 from components.database.kinds.partition_set import PartitionSetKind
 from components.database.kinds.policy import PolicyKind
 from components.database.kinds.role import RoleKind
+from components.database.kinds.row_security import RowSecurityKind
 from components.database.kinds.schema import SchemaKind
 from components.database.kinds.table import TableKind
 from components.database.kinds.trigger import TriggerKind
@@ -31,12 +33,14 @@ from components.platform.local.pgbouncer import PgBouncerKind
 from components.platform.local.postgres import PostgresServerKind
 from components.platform.local.redis import RedisKind
 from components.platform.local.replica import PostgresReplicaKind
+from components.platform.local.router import ReadRouterKind
 
 KINDS: tuple[type[Kind[Any, Any]], ...] = (
     # the platforms' servers
     PostgresServerKind,
     PostgresReplicaKind,
     PgBouncerKind,
+    ReadRouterKind,
     RedisKind,
     BackupRepositoryKind,
     ExternalPostgresKind,
@@ -48,6 +52,7 @@ KINDS: tuple[type[Kind[Any, Any]], ...] = (
     FunctionKind,
     TableKind,
     PolicyKind,
+    RowSecurityKind,
     IndexKind,
     TriggerKind,
     ViewKind,
@@ -56,6 +61,7 @@ KINDS: tuple[type[Kind[Any, Any]], ...] = (
     PartitionGuardKind,
     GrantKind,
     DefaultPrivilegesKind,
+    ExactPrivilegesKind,
     CronJobKind,
 )
 

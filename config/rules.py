@@ -64,13 +64,18 @@ def _secret_required(name: str) -> Callable[[StackSettings], list[Problem]]:
     return check
 
 
+#: Login roles an external server such as Supabase has already: adopted and never altered there, so their
+#: password is needed only where the stack creates them.
+EXISTING_ON_EXTERNAL = frozenset({"authenticatorPassword"})
+
+
 def _role_password_required(name: str) -> Callable[[StackSettings], list[Problem]]:
     def check(settings: StackSettings) -> list[Problem]:
-        if getattr(settings, attribute_of(name)) is not None:
+        adopted = name in EXISTING_ON_EXTERNAL and settings.platform == "external"
+        if adopted or getattr(settings, attribute_of(name)) is not None:
             return []
-        reason = (
-            f"required on every platform (a login role's password); set it with {_set_secret(settings.stack, name)}"
-        )
+        where = "on platforms local and docker" if name in EXISTING_ON_EXTERNAL else "on every platform"
+        reason = f"required {where} (a login role's password); set it with {_set_secret(settings.stack, name)}"
         return [Problem(_key(name), None, reason)]
 
     return check
@@ -125,6 +130,12 @@ def _pool_fits_postgres(settings: StackSettings) -> list[Problem]:
             f"{limit}; lower the pool or raise maxConnections"
         )
         problems.append(Problem(_key("pgbouncer.defaultPoolSize"), show_value(bouncer.default_pool_size), reason))
+    if bouncer.min_pool_size > bouncer.default_pool_size:
+        reason = (
+            f"is more than {_key('pgbouncer.defaultPoolSize')} = {bouncer.default_pool_size}: a pool cannot keep "
+            "more idle server connections than it may open; lower it"
+        )
+        problems.append(Problem(_key("pgbouncer.minPoolSize"), show_value(bouncer.min_pool_size), reason))
     if bouncer.max_db_connections > limit:
         reason = (
             f"is more than {_key('postgres.maxConnections')} = {limit}; "
@@ -140,7 +151,7 @@ RULES: tuple[Rule, ...] = (
     Rule(frozenset({"allowDataLoss"}), _prod_keeps_data),
     Rule(frozenset({"replicas"}), _prod_has_replicas),
     *(Rule(frozenset({"platform", name}), _secret_required(name)) for name in SERVER_PASSWORD_KEYS),
-    *(Rule(frozenset({name}), _role_password_required(name)) for name in ROLE_PASSWORD_KEYS),
+    *(Rule(frozenset({"platform", name}), _role_password_required(name)) for name in ROLE_PASSWORD_KEYS),
     Rule(frozenset({"platform", "externalDsn"}), _external_dsn_required),
     Rule(frozenset({"postgres", "replicas"}), _replicas_fit),
     Rule(_PORT_KEYS, _ports_distinct),

@@ -186,6 +186,9 @@ PgMemory = Annotated[str, BeforeValidator(_number_as_text), StringConstraints(pa
 PgDuration = Annotated[str, BeforeValidator(_number_as_text), StringConstraints(pattern=r"^\d+(us|ms|s|min|h|d)?$")]
 RedisMemory = Annotated[str, BeforeValidator(_number_as_text), StringConstraints(pattern=r"(?i)^\d+(k|kb|m|mb|g|gb)?$")]
 Identifier = Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_]{0,62}$")]
+#: The JWT claim that names the caller's company, unless thorbis:companyClaim says another.
+DEFAULT_COMPANY_CLAIM = "company_id"
+ClaimPath = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")]
 GucName = Annotated[str, StringConstraints(pattern=GUC_NAME_PATTERN), AfterValidator(_own_key_guc)]
 GucValue = Annotated[str, BeforeValidator(_guc_value)]
 GucSettings = Annotated[Mapping[GucName, GucValue], AfterValidator(_frozen), PlainSerializer(_plain)]
@@ -252,7 +255,9 @@ class ReplicasSettings(Settings):
 
 
 class PgBouncerSettings(Settings):
-    """`thorbis:pgbouncer`: the connection pooler in front of the primary."""
+    """`thorbis:pgbouncer`: the connection pooler: database `<database>` is the write pool (the primary),
+    `<database>_read` the read pool (the streaming replicas, or the primary when none streams). The pool
+    settings apply to each pool (database and user)."""
 
     port: Port = setting(6432, "TCP port of PgBouncer. Default 6432.", PORT_ALLOWED)
     max_client_conn: Annotated[Int, Field(ge=1)] = setting(1000, "max_client_conn. Default 1000.", "an integer >= 1")
@@ -266,7 +271,31 @@ class PgBouncerSettings(Settings):
     max_db_connections: Annotated[Int, Field(ge=0)] = setting(
         0, "max_db_connections; 0 means unlimited. Default 0.", "an integer >= 0 (0 = unlimited)"
     )
+    min_pool_size: Annotated[Int, Field(ge=0)] = setting(
+        0,
+        "min_pool_size: server connections each pool keeps open even when idle (the review's 10). Default 0.",
+        "an integer >= 0, at most defaultPoolSize",
+    )
+    server_login_retry: Annotated[Int, Field(ge=1, le=60)] = setting(
+        1,
+        "server_login_retry in seconds: how long a pool waits after a failed server login. PgBouncer's own "
+        "default, 15, would shut a read pool for 15 s after a replica stops; the router re-points it within "
+        "routeCheckMs. Default 1.",
+        "an integer number of seconds from 1 to 60",
+    )
     pool_mode: PoolMode = setting("transaction", "pool_mode. Default transaction.", one_of(PoolMode))
+    read_max_lag_bytes: Annotated[Int, Field(ge=0)] = setting(
+        16 * 1024 * 1024,
+        "A replica whose replay is more than this many bytes of WAL behind the primary leaves the read pool "
+        "(the database `<database>_read`) until it catches up. Default 16777216 (16 MiB).",
+        "an integer number of bytes >= 0",
+    )
+    route_check_ms: Annotated[Int, Field(ge=100, le=60000)] = setting(
+        500,
+        "How often the read router checks every server and re-points PgBouncer's slots, in milliseconds "
+        "(platform local). Default 500.",
+        "an integer number of milliseconds from 100 to 60000",
+    )
 
 
 class RedisSettings(Settings):
@@ -282,6 +311,97 @@ class RedisSettings(Settings):
         "allkeys-lru", "maxmemory-policy. Default allkeys-lru.", one_of(EvictionPolicy)
     )
     persistence: Flag = setting(False, "Keep data across restarts (append-only file). Default false.", "true or false")
+
+
+CACHE_FAMILY_PATTERN = r"^[a-z][a-z0-9_]*(:[a-z][a-z0-9_]*)*:\*$"
+CacheFamily = Annotated[str, StringConstraints(pattern=CACHE_FAMILY_PATTERN)]
+TierName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-zA-Z0-9]{0,39}$")]
+
+
+class CacheTierSettings(Settings):
+    """One cache tier: how long its entries live and which key families it holds."""
+
+    ttl_seconds: Annotated[Int, Field(ge=1, le=7 * 86400)] = setting(
+        ...,
+        "Time to live of the tier's entries, in seconds. Required: no default.",
+        "an integer number of seconds from 1 to 604800",
+    )
+    families: Annotated[list[CacheFamily], Field(min_length=1)] = setting(
+        ...,
+        "Key families, written as the review does: 'customers:*', 'jobs:status:*'. Required: no default.",
+        "a non-empty list of key families: lower-case words joined by ':' and ending in ':*', e.g. 'jobs:status:*'",
+    )
+
+
+def _review_tiers() -> dict[str, Any]:
+    return {
+        "shortLived": {"ttlSeconds": 300, "families": ["schedules:*", "jobs:status:*"]},
+        "mediumLived": {"ttlSeconds": 3600, "families": ["customers:*", "price_book:*", "equipment:*"]},
+        "longLived": {"ttlSeconds": 86400, "families": ["companies:*", "users:preferences:*", "settings:*"]},
+    }
+
+
+def _one_tier_per_family(tiers: Mapping[str, CacheTierSettings]) -> Mapping[str, CacheTierSettings]:
+    seen: dict[str, str] = {}
+    for name, tier in tiers.items():
+        for family in tier.families:
+            if family in seen:
+                raise PydanticCustomError(
+                    "thorbis_cache_family",
+                    "family {family} is in tiers {first} and {second}; a family has one TTL: keep it in one",
+                    {"family": family, "first": seen[family], "second": name},
+                )
+            seen[family] = name
+    return tiers
+
+
+class CacheSettings(Settings):
+    """`thorbis:cache`: the cache policy applications follow (published as the `cachePolicy` output and
+    read by thorbis_client). Keys are `<keyPrefix>:<company id>:<family>:<key>`: a company's keys never
+    name another's."""
+
+    key_prefix: Identifier = setting(
+        "thorbis", "First part of every cache key. Default thorbis.", "a lower-case identifier: [a-z_][a-z0-9_]*"
+    )
+    tiers: Annotated[Mapping[TierName, CacheTierSettings], AfterValidator(_one_tier_per_family)] = setting(
+        _review_tiers(),
+        "Tiers by name, each {ttlSeconds, families}. Default the review's: shortLived 300 s (schedules:*, "
+        "jobs:status:*), mediumLived 3600 s (customers:*, price_book:*, equipment:*), longLived 86400 s "
+        "(companies:*, users:preferences:*, settings:*).",
+        "a mapping of tier name ([a-z][a-zA-Z0-9]*) to {ttlSeconds: an integer from 1 to 604800, families: a "
+        "non-empty list of key families such as 'customers:*' or 'jobs:status:*', each in one tier only}",
+        validate_default=True,
+    )
+    stampede_lock_ms: Annotated[Int, Field(ge=10, le=60000)] = setting(
+        3000,
+        "How long the one loader of a cold key holds its lock; others wait for its value up to this long, "
+        "then read the database themselves. Default 3000.",
+        "an integer number of milliseconds from 10 to 60000",
+    )
+    redis_timeout_ms: Annotated[Int, Field(ge=10, le=10000)] = setting(
+        200,
+        "Connect and read timeout of a cache call; past it the database answers. Default 200.",
+        "an integer number of milliseconds from 10 to 10000",
+    )
+    redis_retry_ms: Annotated[Int, Field(ge=100, le=600000)] = setting(
+        2000,
+        "After a failed cache call, the cache is skipped for this long before it is tried again, so Redis "
+        "down costs one timeout, not one per read. Default 2000.",
+        "an integer number of milliseconds from 100 to 600000",
+    )
+
+    def policy(self) -> dict[str, Any]:
+        """The published policy: the settings, and each family's TTL (the family without its ':*')."""
+        return {
+            "keyPrefix": self.key_prefix,
+            "tiers": {name: tier.model_dump(by_alias=True) for name, tier in self.tiers.items()},
+            "familyTtlSeconds": {
+                family.removesuffix(":*"): tier.ttl_seconds for tier in self.tiers.values() for family in tier.families
+            },
+            "stampedeLockMs": self.stampede_lock_ms,
+            "redisTimeoutMs": self.redis_timeout_ms,
+            "redisRetryMs": self.redis_retry_ms,
+        }
 
 
 class DockerSettings(Settings):
@@ -458,10 +578,24 @@ class StackSettings(Settings):
         "lock_timeout of schema changes. Default 5s.",
         "a PostgreSQL duration: digits with an optional unit us, ms, s, min, h or d, e.g. 5s or 500ms",
     )
+    statement_timeout: PgDuration = setting(
+        "5s",
+        "statement_timeout of schema changes that hold a lock blocking writers (online builds, validations "
+        "and backfills have none). Default 5s.",
+        "a PostgreSQL duration: digits with an optional unit us, ms, s, min, h or d, e.g. 5s or 500ms",
+    )
+    company_claim: ClaimPath = setting(
+        DEFAULT_COMPANY_CLAIM,
+        "Where the caller's company id is in the JWT claims that applications set per transaction "
+        "(request.jwt.claims): a top-level claim, or a dotted path such as app_metadata.company_id (Supabase "
+        "puts custom claims there, or a custom access-token hook puts them where it likes). Default company_id.",
+        "claim names of letters, digits and _ joined by dots, e.g. company_id or app_metadata.company_id",
+    )
     postgres: PostgresSettings = section("The primary PostgreSQL server (PostgresSettings).")
     replicas: ReplicasSettings = section("Streaming replicas of the primary (ReplicasSettings).")
     pgbouncer: PgBouncerSettings = section("The PgBouncer pooler (PgBouncerSettings).")
     redis: RedisSettings = section("The Redis cache (RedisSettings).")
+    cache: CacheSettings = section("The cache policy: tiers, TTLs, key families (CacheSettings).")
     docker: DockerSettings = section("Docker settings, used on platform docker only (DockerSettings).")
     partitioning: PartitioningSettings = section("pg_partman's premake and retention (PartitioningSettings).")
     jobs: JobsSettings = section("Schedules and parameters of the pg_cron jobs (JobsSettings).")
@@ -493,7 +627,8 @@ class StackSettings(Settings):
     authenticator_password: Password | None = setting(
         None,
         "Password of `authenticator`, the role applications log in as (they then SET LOCAL ROLE authenticated); "
-        "required on every platform. Secret; default unset.",
+        "required on local and docker; on external only where the server lacks the role (Supabase has it, and "
+        "its password is never changed). Secret; default unset.",
         SECRET_ALLOWED,
         secret="role",
     )

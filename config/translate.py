@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
+from typing import get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
@@ -45,24 +46,43 @@ def _reason(detail: ErrorDetails) -> str:
         allowed = _aliases(parent) if parent is not None else []
         where = f"under {PREFIX}{'.'.join(loc[:-1])}"
         return unknown_key_reason(loc[-1], allowed, where)
-    if loc and loc[-1] == _KEY_MARKER:  # a mapping key failed its pattern: only GUC names have one
-        return "is not a valid GUC name: use lower-case letters, digits, _ and . (^[a-z_][a-z0-9_.]*$)"
+    if loc and loc[-1] == _KEY_MARKER:  # a mapping key failed its pattern
+        if loc[:-2] == ["postgres", "settings"]:
+            return "is not a valid GUC name: use lower-case letters, digits, _ and . (^[a-z_][a-z0-9_.]*$)"
+        return f"is not a valid name here; expected {_allowed(loc[:-2])}"
     allowed_text = _allowed(loc)
     return f"expected {allowed_text}" if allowed_text else detail["msg"]
 
 
 def _walk(loc: list[str]) -> Iterator[FieldInfo]:
-    """The fields along `loc`, from StackSettings down, stopping where the path leaves the models."""
+    """The fields along `loc`, from StackSettings down, stopping where the path leaves the models (a
+    mapping of models, such as cache tiers by name, is walked through its key)."""
     model: type[BaseModel] | None = StackSettings
-    for part in loc:
+    parts = iter(loc)
+    for part in parts:
         if model is None:
             return
         field = _field_by_alias(model, part)
         if field is None:
             return
         yield field
-        annotation = field.annotation
-        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        model = _model_of(field.annotation)
+        values = _mapping_values(field.annotation)
+        if model is None and values is not None and next(parts, None) is not None:
+            model = values
+
+
+def _model_of(annotation: object) -> type[BaseModel] | None:
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def _mapping_values(annotation: object) -> type[BaseModel] | None:
+    """The model of a mapping's values (`Mapping[str, CacheTierSpec]`), or None."""
+    origin = get_origin(annotation)
+    if not (isinstance(origin, type) and issubclass(origin, Mapping)):
+        return None
+    arguments = get_args(annotation)
+    return _model_of(arguments[-1]) if arguments else None
 
 
 def _allowed(loc: list[str]) -> str | None:
@@ -75,13 +95,20 @@ def _allowed(loc: list[str]) -> str | None:
 
 
 def _model_at(loc: list[str]) -> type[BaseModel] | None:
-    if not loc:
-        return StackSettings
-    fields = list(_walk(loc))
-    if len(fields) != len(loc):
-        return None
-    annotation = fields[-1].annotation
-    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    """The model at the end of `loc` (through mapping keys), or None when the path leaves the models."""
+    model: type[BaseModel] | None = StackSettings
+    parts = iter(loc)
+    for part in parts:
+        field = _field_by_alias(model, part) if model is not None else None
+        if field is None:
+            return None
+        model = _model_of(field.annotation)
+        values = _mapping_values(field.annotation)
+        if model is None and values is not None:
+            if next(parts, None) is None:
+                return None
+            model = values
+    return model
 
 
 def _field_by_alias(model: type[BaseModel], alias: str) -> FieldInfo | None:

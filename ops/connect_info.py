@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from psycopg.conninfo import make_conninfo
-
 from components.connection import ConnectionSpec, Endpoint
 
 
@@ -20,9 +18,12 @@ def render(stack: str, connection: ConnectionSpec) -> str:
         f"user {connection.admin_user}",
         f"  PgBouncer          : {at(connection.pooler)}"
         + ("  (transaction pooling: applications connect here)" if connection.pooler else ""),
+        *pools(connection),
         f"  Read replicas      : {replicas}",
         f"  Redis              : {at(connection.redis)}",
         "",
+        f"  Applications: pulumi stack output --json --show-secrets --stack {stack}  (writeDsn, readDsn, redisUrl,",
+        f'                cachePolicy; thorbis_client.ClientConfig.from_stack("{stack}") reads them)',
         f'  psql "$(scripts/connect-info {stack} --admin-dsn)"',
     ]
     if connection.redis is not None:
@@ -33,6 +34,15 @@ def render(stack: str, connection: ConnectionSpec) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pools(connection: ConnectionSpec) -> list[str]:
+    if connection.pooler is None or connection.read_database is None:
+        return []
+    return [
+        f"                       database {connection.database} writes to the primary, "
+        f"{connection.read_database} reads from the replicas"
+    ]
+
+
 def admin_dsn(connection: ConnectionSpec) -> str:
     """The admin connection as a libpq connection string (psql takes it as its dbname); a secret."""
-    return make_conninfo("", **connection.conninfo())
+    return connection.dsn()

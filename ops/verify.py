@@ -14,6 +14,7 @@ import psycopg
 import redis
 
 from components.connection import Endpoint
+from components.outputs import APPLICATION_USER
 from components.platform.local.pgbouncer import AUTH_ROLE, CONSOLE_DATABASE
 from ops.stack import StackAccess
 
@@ -62,6 +63,28 @@ def row_level_security(access: StackAccess) -> Finding:
     unsecured = [name for name, secured in tables if not secured]
     detail = f"{len(tables) - len(unsecured)}/{len(tables)} public tables and partitions enabled and forced"
     return verdict(bool(tables) and not unsecured, detail + (f"; not: {listing(unsecured)}" if unsecured else ""))
+
+
+#: What would let the API's roles past row level security: TRUNCATE (it ignores RLS), TRIGGER and REFERENCES
+#: on a table, or a permissive policy that lets them see or write every row.
+PAST_RLS_QUERY = """
+SELECT format('%s holds %s on %s', r.rolname, p.privilege, c.relname)
+FROM pg_class c CROSS JOIN pg_roles r CROSS JOIN unnest(ARRAY['TRUNCATE', 'TRIGGER', 'REFERENCES']) p(privilege)
+WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p') AND r.rolname IN ('anon', 'authenticated')
+  AND has_table_privilege(r.oid, c.oid, p.privilege)
+UNION ALL
+SELECT format('policy %s on %s lets %s %s every row', policyname, tablename, array_to_string(roles, ', '), cmd)
+FROM pg_policies
+WHERE schemaname = 'public' AND permissive = 'PERMISSIVE' AND roles && ARRAY['anon', 'authenticated', 'public']::name[]
+  AND coalesce(qual, with_check) = 'true'
+ORDER BY 1
+"""
+
+
+def api_roles_within_rls(access: StackAccess) -> Finding:
+    found = [line for (line,) in rows(access, PAST_RLS_QUERY)]
+    detail = "anon and authenticated: no TRUNCATE, TRIGGER or REFERENCES, no policy open to every row"
+    return verdict(not found, f"{len(found)} way(s) past RLS: {listing(found)}" if found else detail)
 
 
 #: A foreign key is covered by a valid, non-partial index whose leading columns are the key's columns.
@@ -130,26 +153,43 @@ def pgbouncer_pools(access: StackAccess) -> Finding:
         cursor = console.execute("SHOW POOLS")
         columns = [column.name for column in cursor.description or []]
         pools = [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
-    ours = [pool for pool in pools if pool.get("database") == connection.database]
+    databases = [name for name in (connection.database, connection.read_database) if name is not None]
+    ours = [pool for pool in pools if pool.get("database") in databases]
     stuck = [
         f"{pool['user']} ({pool['maxwait']} s)"
         for pool in ours
         if int(pool.get("maxwait") or 0) >= MAX_POOL_WAIT_SECONDS
     ]
-    detail = f"{len(ours)} pool(s) on {connection.database}, none waiting {MAX_POOL_WAIT_SECONDS} s or more; {through}"
+    detail = f"{len(ours)} pool(s) on {listing(databases)}, none waiting {MAX_POOL_WAIT_SECONDS} s or more; {through}"
     if stuck:
         detail = f"clients waiting: {listing(stuck)}; {through}"
     return verdict(not stuck and through.endswith("ok"), detail)
 
 
 def select_one_through_pooler(access: StackAccess, pooler: Endpoint) -> str:
-    """A query as the applications' login role, through the pooler (auth_query, pool, server)."""
+    """A query as the applications' login role, through the pooler (auth_query, pool, server), and where
+    the read pool's transactions land."""
     if not access.authenticator_password:
         return "SELECT 1 through it not tried (no thorbis:authenticatorPassword)"
-    conninfo = access.connection.conninfo(pooler, user="authenticator", password=access.authenticator_password)
-    with psycopg.connect(**conninfo, prepare_threshold=None, autocommit=True) as conn:
+    with application_session(access, pooler) as conn:
         row = conn.execute("SELECT 1").fetchone()
-    return "SELECT 1 through it as authenticator: " + ("ok" if row == (1,) else f"got {row}")
+    through = "SELECT 1 through it as authenticator: " + ("ok" if row == (1,) else f"got {row}")
+    return through if access.connection.read_database is None else f"{read_pool_server(access, pooler)}; {through}"
+
+
+def application_session(access: StackAccess, pooler: Endpoint, database: str | None = None) -> psycopg.Connection:
+    conninfo = access.connection.conninfo(
+        pooler, user=APPLICATION_USER, password=access.authenticator_password, database=database
+    )
+    return psycopg.connect(**conninfo, prepare_threshold=None, autocommit=True)
+
+
+def read_pool_server(access: StackAccess, pooler: Endpoint) -> str:
+    """Where the read pool's transactions land now: a replica, or the primary when none qualifies."""
+    database = access.connection.read_database
+    with application_session(access, pooler, database) as conn:
+        row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+    return f"{database} reads from " + ("a replica" if row == (True,) else "the primary (no replica qualifies)")
 
 
 def redis_with_auth(access: StackAccess) -> Finding:
@@ -201,6 +241,7 @@ def partitions_ahead(access: StackAccess) -> Finding:
 
 CHECKS: tuple[tuple[str, Callable[[StackAccess], Finding]], ...] = (
     ("RLS on every table", row_level_security),
+    ("API roles within RLS", api_roles_within_rls),
     ("FK index coverage", foreign_key_indexes),
     ("no INVALID index", invalid_indexes),
     ("replicas streaming", replicas_streaming),

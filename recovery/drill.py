@@ -223,7 +223,8 @@ def destroy_platform(opened: OpenStack) -> list[str]:
         server = pg.ServerDir(data.parent)
         if server.postmaster_pid() is not None:
             pg.pg_ctl(server, "stop", "-m", "immediate")
-    for pidfile in (state_dir / "pgbouncer" / "pgbouncer.pid", state_dir / "redis" / "redis.pid"):
+    pidfiles = ("pgbouncer/pgbouncer.pid", "router/router.pid", "redis/redis.pid")
+    for pidfile in (state_dir / name for name in pidfiles):
         pid = process.read_pid(pidfile)
         if pid is not None:
             process.terminate(pid, str(pidfile.parent.name))

@@ -47,7 +47,14 @@ class LiveStack:
         return "\n".join(p.read_text(errors="replace") for p in self.backend.rglob("*") if p.is_file())
 
 
-def configure(stack: auto.Stack, state_dir: Path, ports: list[int], passwords: dict[str, str], replicas: int) -> None:
+def configure(
+    stack: auto.Stack,
+    state_dir: Path,
+    ports: list[int],
+    passwords: dict[str, str],
+    replicas: int,
+    settings: dict[str, str] | None = None,
+) -> None:
     values = {
         "thorbis:platform": "local",
         "thorbis:stateDir": str(state_dir),
@@ -59,6 +66,7 @@ def configure(stack: auto.Stack, state_dir: Path, ports: list[int], passwords: d
         "thorbis:pgbouncer.defaultPoolSize": "10",
         "thorbis:pgbouncer.reservePoolSize": "2",
         "thorbis:redis.port": str(ports[-1]),
+        **{f"thorbis:postgres.settings.{name}": value for name, value in (settings or {}).items()},
     }
     stack.set_all_config({key: auto.ConfigValue(value) for key, value in values.items()}, path=True)
     stack.set_all_config({f"thorbis:{key}": auto.ConfigValue(value, secret=True) for key, value in passwords.items()})
@@ -81,9 +89,11 @@ def throwaway_stack(
     replicas: int = 0,
     work_dir: Path = PROJECT_ROOT,
     before_destroy: Callable[[auto.Stack], object] | None = None,
+    settings: dict[str, str] | None = None,
 ) -> Iterator[LiveStack]:
     """A stack of the program in `work_dir` on free ports, with its own backend, state directory and
-    passwords; destroyed and removed afterwards (its servers must be gone then). The caller runs `up`."""
+    passwords (and thorbis:postgres.settings); destroyed and removed afterwards (its servers must be gone
+    then). The caller runs `up`."""
     name = f"{prefix}-{secrets.token_hex(3)}"
     replica_ports = consecutive_free_ports(replicas) if replicas else []
     postgres_port, replica_base, pgbouncer_port, redis_port = free_ports(4)
@@ -97,7 +107,7 @@ def throwaway_stack(
         )
         live = LiveStack(stack, state_dir, backend, postgres_port, replica_ports, pgbouncer_port, redis_port, passwords)
         try:
-            configure(stack, state_dir, ports, passwords, replicas)
+            configure(stack, state_dir, ports, passwords, replicas, settings)
             yield live
         finally:
             try:

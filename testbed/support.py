@@ -108,7 +108,12 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 #: What a copy of the program needs to run as its own Pulumi project.
 PROJECT_PARTS = ("Pulumi.yaml", "__main__.py", "components", "config", "provider", "sql")
 #: Data files of objects that read the tables (file -> its list of them): emptied with sql/schema.
-OBJECTS_ON_TABLES = {"reporting.yaml": "materialized_views", "maintenance.yaml": "procedures", "jobs.yaml": "jobs"}
+OBJECTS_ON_TABLES = {
+    "reporting.yaml": "materialized_views",
+    "maintenance.yaml": "procedures",
+    "jobs.yaml": "jobs",
+    "search.yaml": "searches",
+}
 
 
 def copy_project(destination: Path, parts: tuple[str, ...] = PROJECT_PARTS) -> Path:

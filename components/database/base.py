@@ -25,8 +25,8 @@ class DatabaseKind(Kind[SpecT, StatusT]):
         return DatabaseTarget.from_config(self.provider_config)
 
     def apply(self, conn: psycopg.Connection, operations: Iterable[Operation], what: str) -> None:
-        """Run a plan with the stack's lock_timeout (components/database/ddl.py)."""
-        apply(conn, operations, self.target.lock_timeout, what)
+        """Run a plan with the stack's lock and statement timeouts (components/database/ddl.py)."""
+        apply(conn, operations, self.target.timeouts, what)
 
     # What a change runs where it is known without the server, as the PR preview shows it: the same
     # operations the apply runs. None (the default) where the live catalog decides.
@@ -39,6 +39,11 @@ class DatabaseKind(Kind[SpecT, StatusT]):
 
     def planned_delete(self, spec: SpecT) -> list[Operation] | None:
         return None
+
+    def planned_live(self, conn: psycopg.Connection, old: SpecT, new: SpecT) -> list[Operation] | None:
+        """What an update would run now, planned against the live database (read-only), as the PR preview shows
+        it where it can reach the database; by default the plan known without it."""
+        return self.planned_update(old, new)
 
 
 #: PostgreSQL's longest name (NAMEDATALEN - 1 bytes).

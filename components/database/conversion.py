@@ -5,7 +5,8 @@ mirror, and the swap). The steps:
 
 1. build: the partitioned copy (`<name>_partitioned`) from the spec, with a partition for every month
    that holds rows up to the premade window and for every month of that window, a default partition,
-   RLS forced, the owner, and copies of the old table's indexes, policies, triggers and grants;
+   the old table's RLS (enabled, forced or neither), the owner, partitions with RLS forced, and copies of
+   the old table's indexes, policies, triggers and grants;
 2. capture: a trigger on the old table logs every row change (jsonb) from now on;
 3. copy: the rows, in ctid ranges, one transaction each (a row copied twice or missed is in the log);
 4. replay: the log, in order, idempotently (per key: delete, then insert its last version), each batch
@@ -34,7 +35,8 @@ from psycopg import sql
 
 from components.database.base import bounded, copied_grants, default_partition_name, partition_name, qualified
 from components.database.kinds.index import definition_tail
-from components.database.session import Deferred, Statement, run_ddl, scalar
+from components.database.locks import Lock, TableLock
+from components.database.session import Deferred, Statement, Timeouts, run_ddl, scalar
 from components.database.table_shape import LiveTable, TableSpec, create_statement, read_table, rls_statements
 from components.kind import ProviderError
 
@@ -71,6 +73,9 @@ class Names:
     def relation(self, name: str) -> sql.Identifier:
         return qualified(self.schema, name)
 
+    def lock(self, name: str, lock: Lock) -> TableLock:
+        return TableLock(self.schema, name, lock)
+
 
 @dataclass
 class Conversion:
@@ -103,7 +108,7 @@ Phase = Callable[[str], None]
 def convert_to_partitioned(
     conn: psycopg.Connection,
     spec: TableSpec,
-    lock_timeout: str,
+    timeouts: Timeouts,
     *,
     premake: int = 4,
     batch_pages: int = 1000,
@@ -115,26 +120,32 @@ def convert_to_partitioned(
         return None
     phase = on_phase or (lambda _: None)
     names = conversion.names
-    run_ddl(conn, leftover_statements(names), lock_timeout, what=f"conversion of {names.table}: clean-up")
-    run_ddl(conn, build_statements(conn, conversion), lock_timeout, what=f"conversion of {names.table}: build")
-    run_ddl(conn, capture_statements(conn, names), lock_timeout, what=f"conversion of {names.table}: capture")
+    run_ddl(conn, leftover_statements(names), timeouts, what=f"conversion of {names.table}: clean-up")
+    referenced = [TableLock(fk.ref_schema, fk.ref_table, Lock.SHARE_ROW_EXCLUSIVE) for fk in spec.foreign_keys]
+    build = build_statements(conn, conversion)
+    run_ddl(conn, build, timeouts, what=f"conversion of {names.table}: build", locks=referenced)
+    capture = capture_statements(conn, names)
+    held = [names.lock(names.table, Lock.SHARE_ROW_EXCLUSIVE)]
+    run_ddl(conn, capture, timeouts, what=f"conversion of {names.table}: capture", locks=held)
     phase("capturing")
-    copy_rows(conn, conversion, batch_pages, lock_timeout)
+    copy_rows(conn, conversion, batch_pages, timeouts)
     phase("copied")
     while replay(conn, conversion, batch=5000) >= 1000:  # catch up while writers run freely
         pass
     mirror = [
-        sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(names.relation(names.table)),
         *replay_statements(conn, conversion, None),
         sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(names.capture), names.relation(names.table)),
         *mirror_statements(conn, conversion, target=names.building, source=names.table, timing="AFTER"),
     ]
-    run_ddl(conn, mirror, lock_timeout, what=f"conversion of {names.table}: mirror")
+    held = [names.lock(names.table, Lock.SHARE_ROW_EXCLUSIVE), names.lock(names.building, Lock.ROW_EXCLUSIVE)]
+    run_ddl(conn, mirror, timeouts, what=f"conversion of {names.table}: mirror", locks=held)
     phase("mirrored")
-    rows, checksum = verify(conn, conversion, lock_timeout)
+    rows, checksum = verify(conn, conversion, timeouts)
     phase("verified")
     views = dependent_views(conn, names)
-    run_ddl(conn, swap_statements(conn, conversion, rows, checksum, views), lock_timeout, what=f"swap {names.table}")
+    swapped = [names.lock(names.table, Lock.ACCESS_EXCLUSIVE), names.lock(names.building, Lock.ACCESS_EXCLUSIVE)]
+    swap = swap_statements(conn, conversion, rows, checksum, views)
+    run_ddl(conn, swap, timeouts, what=f"swap {names.table}", locks=swapped)
     phase("swapped")
     default = qualified(names.schema, default_partition_name(names.table))
     return ConversionResult(
@@ -147,8 +158,13 @@ def convert_to_partitioned(
     )
 
 
-def drop_unpartitioned(conn: psycopg.Connection, spec: TableSpec, lock_timeout: str) -> bool:
-    """Drop the old table a conversion kept, once it carries a passed verification; False if none is left."""
+def drop_unpartitioned(conn: psycopg.Connection, spec: TableSpec, timeouts: Timeouts) -> bool:
+    """Drop the old table a conversion kept, once it carries a passed verification; False if none is left.
+
+    Dropping a foreign key takes ACCESS EXCLUSIVE on the table it points at (PostgreSQL drops its triggers
+    there), and dropping the table drops them all in one transaction: the hot tables it references would be
+    locked together, each while the others are waited for. So its foreign keys go first, one per
+    transaction (each lock held for the catalog change only), and the table after them."""
     names = Names.of(spec)
     kept = names.relation(names.kept)
     if read_table(conn, names.schema, names.kept) is None:
@@ -159,14 +175,25 @@ def drop_unpartitioned(conn: psycopg.Connection, spec: TableSpec, lock_timeout: 
             f"refusing to drop {names.schema}.{names.kept}: it carries no passed verification of the conversion "
             f"of {names.table}; compare it with {names.table} and drop it by hand if it is not needed"
         )
+    what = f"drop {names.schema}.{names.kept}"
+    for name, ref_schema, ref_table in conn.execute(
+        "SELECT c.conname, n.nspname, r.relname FROM pg_constraint c JOIN pg_class r ON r.oid = c.confrelid "
+        "JOIN pg_namespace n ON n.oid = r.relnamespace WHERE c.conrelid = to_regclass(%s) AND c.contype = 'f' "
+        "ORDER BY 1",
+        (kept.as_string(conn),),
+    ).fetchall():
+        locks = [names.lock(names.kept, Lock.ACCESS_EXCLUSIVE), TableLock(ref_schema, ref_table, Lock.ACCESS_EXCLUSIVE)]
+        statement = sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(kept, sql.Identifier(name))
+        run_ddl(conn, [statement], timeouts, what=f"{what}: its foreign key {name}", locks=locks)
     run_ddl(
         conn,
         [
             sql.SQL("DROP TABLE {}").format(kept),
             sql.SQL("DROP FUNCTION IF EXISTS {}()").format(names.relation(names.mirror)),
         ],
-        lock_timeout,
-        what=f"drop {names.schema}.{names.kept}",
+        timeouts,
+        what=what,
+        locks=[names.lock(names.kept, Lock.ACCESS_EXCLUSIVE)],
     )
     return True
 
@@ -255,7 +282,10 @@ def build_statements(conn: psycopg.Connection, conversion: Conversion) -> list[S
     temporary_uniques = [u.model_copy(update={"name": bounded(f"{u.name}_new")}) for u in spec.uniques]
     shape = spec.model_copy(update={"uniques": temporary_uniques})
     owner = owner_of(conversion)
-    statements: list[Statement] = [create_statement(shape, building), *rls_statements(building)]
+    # RLS as the old table has it: an adopted table gets it from its RowSecurity, once its policies exist
+    live = conversion.live
+    rls = [on for on, held in zip(rls_statements(building), (live.rls_enabled, live.rls_forced), strict=True) if held]
+    statements: list[Statement] = [create_statement(shape, building), *rls]
     statements.append(sql.SQL("ALTER TABLE {} OWNER TO {}").format(building, owner))
     months = conn.execute(
         sql.SQL(MONTHS_QUERY).format(
@@ -384,7 +414,9 @@ def capture_statements(conn: psycopg.Connection, names: Names) -> list[Statement
         "CASE WHEN TG_OP <> 'DELETE' THEN pg_catalog.to_jsonb(NEW) END); RETURN NULL; END"
     ).format(log)
     return [
-        sql.SQL("CREATE TABLE {} (seq bigserial PRIMARY KEY, old_row jsonb, new_row jsonb)").format(log),
+        sql.SQL(
+            "CREATE TABLE {} (seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, old_row jsonb, new_row jsonb)"
+        ).format(log),
         *rls_statements(log),  # nobody but the capture function (the migrating role) reads or writes it
         function_statement(capture, body.as_string(conn)),
         sql.SQL("CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW EXECUTE FUNCTION {}()").format(
@@ -393,7 +425,7 @@ def capture_statements(conn: psycopg.Connection, names: Names) -> list[Statement
     ]
 
 
-def copy_rows(conn: psycopg.Connection, conversion: Conversion, batch_pages: int, lock_timeout: str) -> None:
+def copy_rows(conn: psycopg.Connection, conversion: Conversion, batch_pages: int, timeouts: Timeouts) -> None:
     """Every row, a range of pages per transaction (rows moved meanwhile are in the log)."""
     names = conversion.names
     old = names.relation(names.table)
@@ -418,7 +450,7 @@ def copy_rows(conn: psycopg.Connection, conversion: Conversion, batch_pages: int
             sql.Literal(f"({start + batch_pages},0)"),
         )
         # its foreign-key checks lock referenced rows while other tables' DDL runs: a deadlock is retried
-        run_ddl(conn, [batch], lock_timeout, what=f"conversion of {names.table}: copy")
+        run_ddl(conn, [batch], timeouts, what=f"conversion of {names.table}: copy")
 
 
 def replay_statements(conn: psycopg.Connection, conversion: Conversion, upto: int | None) -> list[Statement]:
@@ -502,7 +534,7 @@ def table_digest(conn: psycopg.Connection, relation: sql.Identifier, columns: li
     return int(result[0]), str(result[1])
 
 
-def verify(conn: psycopg.Connection, conversion: Conversion, lock_timeout: str) -> tuple[int, str]:
+def verify(conn: psycopg.Connection, conversion: Conversion, timeouts: Timeouts) -> tuple[int, str]:
     """Both tables in one snapshot (the mirror keeps them equal in every snapshot): counts and checksums."""
     names = conversion.names
     with conn.transaction():
@@ -510,7 +542,7 @@ def verify(conn: psycopg.Connection, conversion: Conversion, lock_timeout: str) 
         old = table_digest(conn, names.relation(names.table), conversion.columns)
         new = table_digest(conn, names.relation(names.building), conversion.columns)
     if old != new:
-        run_ddl(conn, leftover_statements(names), lock_timeout, what=f"conversion of {names.table}: undo")
+        run_ddl(conn, leftover_statements(names), timeouts, what=f"conversion of {names.table}: undo")
         raise ProviderError(
             f"converting {names.schema}.{names.table}: verification failed (old {old[0]} rows, checksum {old[1]}; "
             f"copy {new[0]} rows, checksum {new[1]}); the copy was removed and the table is unchanged"
@@ -541,9 +573,7 @@ def swap_statements(
 ) -> list[Statement | Deferred]:
     names = conversion.names
     old, building = names.relation(names.table), names.relation(names.building)
-    locked: list[Statement | Deferred] = [
-        sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(old),
-        sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(building),
+    locked: list[Statement | Deferred] = [  # both tables are locked up front (run_ddl's locks)
         sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(names.mirror), old),
         lambda conn_locked: stray_row_statements(conn_locked, conversion),
     ]

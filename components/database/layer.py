@@ -8,7 +8,7 @@ It sees only the ConnectionSpec: which platform started the server is none of it
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pulumi
@@ -18,9 +18,11 @@ from components.database.declared.access import load_access
 from components.database.declared.model import TABLE_SCHEMA, TableData, load_schema
 from components.database.declared.operations import load_maintenance, load_monitoring
 from components.database.declared.reporting import load_reporting
-from components.database.declared.tenancy import tenant_policies
+from components.database.declared.search import load_searches
+from components.database.declared.tenancy import read_all_policy, tenant_policies
 from components.database.kinds.cron_job import CronJobKind
 from components.database.kinds.default_privileges import DefaultPrivilegesKind, DefaultPrivilegesSpec
+from components.database.kinds.exact_privileges import ExactPrivilegesKind, ExactPrivilegesSpec, managed_objects
 from components.database.kinds.extension import ExtensionKind, ExtensionSpec
 from components.database.kinds.function import FunctionKind
 from components.database.kinds.grant import GrantKind, GrantSpec
@@ -31,6 +33,7 @@ from components.database.kinds.partition_guard import PartitionGuardKind, Partit
 from components.database.kinds.partition_set import PartitionSetKind, PartitionSetSpec
 from components.database.kinds.policy import PolicyKind
 from components.database.kinds.role import RoleKind
+from components.database.kinds.row_security import RowSecurityKind, RowSecuritySpec
 from components.database.kinds.schema import SchemaKind, SchemaSpec
 from components.database.kinds.table import TableKind
 from components.database.kinds.trigger import TriggerKind
@@ -43,15 +46,15 @@ from config.settings import attribute_of
 def database_provider(
     name: str,
     connection: pulumi.Output[ConnectionSpec],
-    lock_timeout: str,
-    allow_data_loss: bool,
+    settings: StackSettings,
     opts: pulumi.ResourceOptions | None = None,
 ) -> pulumi.ProviderResource:
     """The thorbisdb provider instance that database objects are created through (connection is secret)."""
     inputs: dict[str, Any] = {
         "connection": pulumi.Output.secret(connection.apply(lambda spec: spec.model_dump(mode="json"))),
-        "lockTimeout": lock_timeout,
-        "allowDataLoss": allow_data_loss,
+        "lockTimeout": settings.lock_timeout,
+        "statementTimeout": settings.statement_timeout,
+        "allowDataLoss": settings.allow_data_loss,
     }
     return pulumi.ProviderResource("thorbisdb", name, inputs, opts)
 
@@ -74,31 +77,51 @@ class DatabaseLayer(pulumi.ComponentResource):
         self.provider = database_provider(
             f"{name}-provider",
             connection,
-            settings.lock_timeout,
-            settings.allow_data_loss,
+            settings,
             pulumi.ResourceOptions(parent=self),
         )
         self.manifest: pulumi.Resource | None = None
         self.manifest = declare(
             ManifestKind,
             f"{name}-manifest",
-            ManifestSpec(tables={t.name: {c.name: c.type for c in t.columns} for t in self.schema.tables}),
+            ManifestSpec(
+                tables={t.name: {c.name: c.type for c in t.columns} for t in self.schema.tables},
+                renamed={
+                    t.name: {c.name: c.renamed_from for c in t.columns if c.renamed_from}
+                    for t in self.schema.tables
+                    if any(c.renamed_from for c in t.columns)
+                },
+            ),
             self.options(),
         )
-        self.roles = self.declare_roles(connection)
+        self.roles = self.declare_roles()
         self.schemas = self.declare_schemas(list(self.roles.values()))
         self.extensions = self.declare_extensions(list(self.schemas.values()))
         functions = self.declare_functions([*self.schemas.values(), *self.extensions.values()])
-        guard = declare(
-            PartitionGuardKind, "partition-guard", PartitionGuardSpec(), self.options([self.schemas["app"]])
-        )
         self.indexes: dict[str, list[pulumi.Resource]] = {}
-        self.tables = self.declare_tables([*functions, *self.extensions.values(), guard])
-        partition_sets = self.declare_partition_sets(guard)
+        self.row_security: dict[str, pulumi.Resource] = {}
+        self.grants: list[GrantSpec] = []
+        self.grant_resources: list[pulumi.Resource] = []
+        # new tables and partitions start with no privilege: the admin's default privileges grant nothing
+        creates_bare = self.declare_exact_privileges("exact-privileges-defaults", self.schemas.values(), defaults=True)
+        may_own = [
+            self.declare_grant(
+                GrantSpec(grantee=grantee, privileges=["CREATE"], object_type="schema", schema_name=schema_name),
+                [*self.roles.values(), *self.schemas.values()],
+                f"grant-create-{schema_name}-{grantee}",
+            )
+            for schema_name, grantees in self.access.schema_create.items()
+            for grantee in grantees
+        ]
+        self.tables = self.declare_tables([*functions, *self.extensions.values(), creates_bare, *may_own])
+        partition_sets = self.declare_partition_sets()
+        self.declare_partition_guard(partition_sets)
         procedures = self.declare_procedures()
+        self.declare_searches()
         tenant_views = self.declare_reporting()
         monitoring = self.declare_monitoring()
         self.declare_privileges([*self.roles.values(), *self.schemas.values(), *self.tables.values(), *tenant_views])
+        self.declare_exact_privileges("exact-privileges", [*self.grant_resources, *tenant_views, *monitoring])
         self.declare_jobs(connection, [*partition_sets, *procedures, *tenant_views, *monitoring])
         self.table_count = len(self.tables)
         self.register_outputs({})
@@ -108,10 +131,10 @@ class DatabaseLayer(pulumi.ComponentResource):
         after = [*depends_on, *([self.manifest] if self.manifest else [])]
         return pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=after, **extra)  # type: ignore[arg-type]
 
-    def declare_roles(self, connection: pulumi.Output[ConnectionSpec]) -> dict[str, pulumi.Resource]:
-        adopt = pulumi.Output.unsecret(connection.apply(lambda spec: spec.platform_owns_roles))
+    def declare_roles(self) -> dict[str, pulumi.Resource]:
+        """Roles that exist already (Supabase's) are adopted and left as they are; the others are made."""
         declared: dict[str, pulumi.Resource] = {}
-        for role in self.access.roles:
+        for role, spec in zip(self.access.roles, self.access.role_specs(), strict=True):
             password = None
             if role.password:
                 secret = getattr(self.settings, attribute_of(role.password))
@@ -119,7 +142,7 @@ class DatabaseLayer(pulumi.ComponentResource):
             declared[role.name] = declare(
                 RoleKind,
                 f"role-{role.name}",
-                {**fields_of(role.role_spec()), "password": password, "adopt_existing": adopt},
+                {**fields_of(spec), "password": password},
                 self.options([declared[m] for m in role.member_of if m in declared]),
             )
         return declared
@@ -151,7 +174,7 @@ class DatabaseLayer(pulumi.ComponentResource):
             declare(
                 FunctionKind,
                 f"function-{function.schema_name}-{function.name}",
-                function.function_spec(self.access.owner),
+                function.function_spec(self.access.owner, self.settings.company_claim),
                 self.options(after),
             )
             for function in self.access.functions
@@ -168,21 +191,30 @@ class DatabaseLayer(pulumi.ComponentResource):
                 self.options([*after, *referenced], protect=not self.settings.allow_data_loss),
             )
             tables[data.name] = table
-            self.declare_table_objects(data, table)
+            self.row_security[data.name] = self.declare_table_objects(data, table)
         return tables
 
-    def declare_table_objects(self, data: TableData, table: pulumi.Resource) -> None:
+    def declare_table_objects(self, data: TableData, table: pulumi.Resource) -> pulumi.Resource:
+        """Its trigger, policies and indexes; then its row level security, which drops any policy not declared
+        and turns RLS on only once the declared ones exist. Returns the latter."""
         trigger = data.updated_at_trigger()
         if trigger is not None:
             declare(TriggerKind, f"trigger-{data.name}-updated-at", trigger, self.options([table]))
-        for policy in tenant_policies(data, self.schema):
-            declare(PolicyKind, f"policy-{policy.name}", policy, self.options([table]))
+        specs = [*tenant_policies(data, self.schema), read_all_policy(data, self.access.read_all)]
+        policies = [declare(PolicyKind, f"policy-{policy.name}", policy, self.options([table])) for policy in specs]
+        row_security = declare(
+            RowSecurityKind,
+            f"row-security-{data.name}",
+            RowSecuritySpec(schema_name=TABLE_SCHEMA, table=data.name, policies=[policy.name for policy in specs]),
+            self.options([table, *policies]),
+        )
         self.indexes[data.name] = [
             declare(IndexKind, f"index-{index.name}", index, self.options([table]))
             for index in [*data.declared_indexes(), *data.foreign_key_indexes()]
         ]
+        return row_security
 
-    def declare_partition_sets(self, guard: pulumi.Resource) -> list[pulumi.Resource]:
+    def declare_partition_sets(self) -> list[pulumi.Resource]:
         """pg_partman takes over each partitioned table once its indexes are built (it copies them)."""
         partitioning = self.settings.partitioning
         retention = f"{partitioning.retention_months} months" if partitioning.retention_months else None
@@ -197,11 +229,17 @@ class DatabaseLayer(pulumi.ComponentResource):
                     premake=partitioning.premake,
                     retention=retention,
                 ),
-                self.options([self.tables[data.name], self.extensions["pg_partman"], guard, *self.indexes[data.name]]),
+                self.options([self.tables[data.name], self.extensions["pg_partman"], *self.indexes[data.name]]),
             )
             for data in self.schema.tables
             if data.partition
         ]
+
+    def declare_partition_guard(self, partition_sets: list[pulumi.Resource]) -> None:
+        """Every partition of the partitioned tables secured (and checked at each `up`), after pg_partman made them."""
+        tables = [f"{TABLE_SCHEMA}.{data.name}" for data in self.schema.tables if data.partition]
+        after = [*partition_sets, *(self.tables[name.split(".")[1]] for name in tables)]
+        declare(PartitionGuardKind, "partition-guard", PartitionGuardSpec(tables=tables), self.options(after))
 
     def declare_procedures(self) -> list[pulumi.Resource]:
         """The retention procedures of sql/maintenance.yaml, after the tables they delete from."""
@@ -215,24 +253,30 @@ class DatabaseLayer(pulumi.ComponentResource):
             for spec in load_maintenance().procedure_specs(self.access.owner)
         ]
 
+    def declare_searches(self) -> None:
+        """The tenant-scoped searches of sql/search.yaml, after the tables they read: each matcher, then
+        the function applications call, which calls it."""
+        searches = load_searches(self.schema)
+        after = [self.roles[searches.owner], *self.schemas.values(), *self.tables.values()]
+        for spec in searches.function_specs(self.access.owner):
+            after.append(declare(FunctionKind, f"function-{spec.schema_name}-{spec.name}", spec, self.options(after)))
+
     def declare_reporting(self) -> list[pulumi.Resource]:
         """Materialized views (no RLS: readable whole by `reporting` only) and the tenant views applications
         read them through; returns the tenant views, which the table grants of their schema cover."""
         reporting = self.reporting
         owner_grant, *reader_grants = reporting.grant_specs()
         schema = self.schemas[reporting.schema_name]
-        owner_access = declare(
-            GrantKind,
-            f"grant-{reporting.schema_name}-{owner_grant.grantee}",
-            owner_grant,
-            self.options([schema, self.roles[reporting.owner]]),
+        owner_access = self.declare_grant(
+            owner_grant, [schema, self.roles[reporting.owner]], f"grant-{reporting.schema_name}-{owner_grant.grantee}"
         )
         views = [
             declare(
                 MaterializedViewKind,
                 f"materialized-view-{spec.name}",
                 spec,
-                self.options([schema, owner_access, self.roles[reporting.owner], *self.tables.values()]),
+                # a REFRESH reads the tables as the owner: through their policies (read_all), once RLS is on
+                self.options([schema, owner_access, self.roles[reporting.owner], *self.row_security.values()]),
             )
             for spec in reporting.materialized_view_specs()
         ]
@@ -260,8 +304,36 @@ class DatabaseLayer(pulumi.ComponentResource):
             self.declare_grant(grant, [self.roles[grant.grantee], *views, *self.extensions.values()])
         return views
 
-    def declare_grant(self, grant: GrantSpec, after: Sequence[pulumi.Resource]) -> None:
-        declare(GrantKind, f"grant-{grant.schema_name}-{grant.object_type}-{grant.grantee}", grant, self.options(after))
+    def declare_grant(
+        self, grant: GrantSpec, after: Sequence[pulumi.Resource], name: str | None = None
+    ) -> pulumi.Resource:
+        """A declared grant; ExactPrivileges takes away whatever no such grant gives."""
+        self.grants.append(grant)
+        resource_name = name or f"grant-{grant.schema_name}-{grant.object_type}-{grant.grantee}"
+        resource = declare(GrantKind, resource_name, grant, self.options(after))
+        self.grant_resources.append(resource)
+        return resource
+
+    def declare_exact_privileges(
+        self, name: str, after: Iterable[pulumi.Resource], defaults: bool = False
+    ) -> pulumi.Resource:
+        """Nothing granted beyond the declaration: on every object (after its grants), or, with `defaults`, in
+        the admin's default privileges in the stack's schemas (before any table is made)."""
+        schemas = [TABLE_SCHEMA, *(schema.name for schema in self.access.schemas)]
+        spec = ExactPrivilegesSpec(roles=[role.name for role in self.access.roles])
+        if defaults:
+            spec = spec.model_copy(update={"default_schemas": schemas})
+        else:
+            relations = [
+                *((TABLE_SCHEMA, table) for table in self.tables),
+                *((view.schema_name, view.name) for view in self.reporting.tenant_view_specs()),
+                *((view.schema_name, view.name) for view in self.reporting.materialized_view_specs()),
+                *((view.schema_name, view.name) for view in load_monitoring().view_specs(self.access.owner)),
+            ]
+            spec = spec.model_copy(
+                update={"objects": managed_objects(self.grants, relations, schemas, self.access.owner)}
+            )
+        return declare(ExactPrivilegesKind, name, spec, self.options(list(after)))
 
     def declare_jobs(self, connection: pulumi.Output[ConnectionSpec], after: Sequence[pulumi.Resource]) -> None:
         """pg_cron jobs of sql/jobs.yaml with the stack's schedules and parameters, after what they run."""
@@ -277,18 +349,15 @@ class DatabaseLayer(pulumi.ComponentResource):
     def declare_privileges(self, after: list[pulumi.Resource]) -> None:
         for schema_name, grantees in self.access.schema_usage.items():
             for grantee in grantees:
-                declare(
-                    GrantKind,
-                    f"grant-usage-{schema_name}-{grantee}",
+                self.declare_grant(
                     GrantSpec(grantee=grantee, privileges=["USAGE"], object_type="schema", schema_name=schema_name),
-                    self.options(after),
+                    after,
+                    f"grant-usage-{schema_name}-{grantee}",
                 )
         # adopted tables and the tenant views were not created by the owner: default privileges miss them
         covered = sorted([*self.tables, *(view.name for view in self.reporting.tenant_view_specs())])
         for grantee, privileges in self.access.table_privileges.items():
-            declare(
-                GrantKind,
-                f"grant-tables-{grantee}",
+            self.declare_grant(
                 GrantSpec(
                     grantee=grantee,
                     privileges=privileges,
@@ -296,7 +365,8 @@ class DatabaseLayer(pulumi.ComponentResource):
                     schema_name=TABLE_SCHEMA,
                     covers=covered,
                 ),
-                self.options(after),
+                after,
+                f"grant-tables-{grantee}",
             )
             declare(
                 DefaultPrivilegesKind,

@@ -24,6 +24,10 @@ class ColumnSpec(Spec):
     type: str
     nullable: bool = True
     default: str | None = None
+    renamed_from: str | None = Field(default=None, description="The column's name before: `up` renames it.")
+    backfill: str | None = Field(
+        default=None, description="SQL expression that fills the existing rows when the column becomes NOT NULL."
+    )
 
 
 class UniqueSpec(Spec):
@@ -218,12 +222,8 @@ def rls_statements(relation: sql.Identifier) -> list[Statement]:
     ]
 
 
-def column_losses(table: str, old: dict[str, str], new: dict[str, str]) -> list[str]:
-    """Columns (name -> type) that going from `old` to `new` would drop or retype."""
-    losses = [f"column {table}.{name} would be dropped" for name in old if name not in new]
-    losses += [
-        f"column {table}.{name} would change type from {old[name]} to {type_}"
-        for name, type_ in new.items()
-        if name in old and " ".join(old[name].lower().split()) != " ".join(type_.lower().split())
-    ]
-    return losses
+def column_losses(table: str, old: list[str], new: list[str], renamed: dict[str, str]) -> list[str]:
+    """Columns that going from `old` to `new` would drop: gone, and not renamed (new name -> old name) either.
+    A column that changes type keeps its data (components/database/evolution.py)."""
+    kept = set(new) | set(renamed.values())
+    return [f"column {table}.{name} would be dropped" for name in old if name not in kept]

@@ -53,7 +53,6 @@ def test_up_creates_every_server(live_stack: LiveStack) -> None:
     assert exported.redis == Endpoint.loopback(live_stack.redis_port)
     assert exported.admin_password == live_stack.passwords["postgresPassword"]
     assert exported.redis_password == live_stack.passwords["redisPassword"]
-    assert not exported.platform_owns_roles
 
 
 def test_a_row_written_on_the_primary_is_read_on_every_replica(live_stack: LiveStack) -> None:

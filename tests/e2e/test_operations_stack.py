@@ -90,7 +90,7 @@ def row_count(conn: Conn, view: str) -> int:
 
 @pytest.mark.parametrize("view", [view.name for view in load_monitoring().views])
 def test_each_monitoring_view_answers_the_reporting_role(view: str, admin: Conn, database_stack: LiveStack) -> None:
-    """`reporting` (BYPASSRLS, the views' reader) sees every row the admin sees: its grants reach whatever
+    """`reporting` (the views' reader) sees every row the admin sees: its grants reach whatever
     each view reads. Counted between two reads of the admin, so rows that come or go meanwhile do not count."""
     conninfo = {
         **database_stack.admin(),

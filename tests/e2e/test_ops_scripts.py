@@ -41,8 +41,10 @@ JOBS_FK = next(fk.name for fk in load_schema().table("jobs").foreign_key_constra
 #: What change_behind_the_stacks_back does, as (resource, property) the drift report names.
 DRIFT = [
     (f"index-{JOBS_INDEX.name}", "(the object)"),
-    ("table-customers", "rowLevelSecurity"),
+    ("row-security-customers", "enabled"),
     ("policy-invoices_tenant_select", "using"),
+    ("row-security-estimates", "undeclaredPolicies"),
+    ("exact-privileges", "undeclared"),
     ("thorbis-replica-0", "streaming"),
     ("thorbis-pgbouncer", "defaultPoolSize"),
     ("thorbis-redis", "passwordRequired"),
@@ -107,6 +109,7 @@ def test_connect_info_says_where_each_server_listens_from_the_stacks_connection(
     assert run.code == EXIT_OK, run.output
     assert f"PostgreSQL primary : {LOOPBACK}:{ops_stack.postgres_port}  database thorbis, user postgres" in run.output
     assert f"PgBouncer          : {LOOPBACK}:{ops_stack.pgbouncer_port}" in run.output
+    assert "database thorbis writes to the primary, thorbis_read reads from the replicas" in run.output
     assert f"Read replicas      : {LOOPBACK}:{ops_stack.replica_ports[0]}" in run.output
     assert f"Redis              : {LOOPBACK}:{ops_stack.redis_port}" in run.output
 
@@ -139,6 +142,8 @@ def change_behind_the_stacks_back(live: LiveStack) -> None:
         conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier("public", JOBS_INDEX.name)))
         conn.execute("ALTER TABLE public.customers DISABLE ROW LEVEL SECURITY")
         conn.execute("ALTER POLICY invoices_tenant_select ON public.invoices USING (true)")
+        conn.execute("GRANT TRUNCATE ON public.jobs TO anon")
+        conn.execute("CREATE POLICY backdoor ON public.estimates FOR ALL TO authenticated USING (true)")
     console = psycopg.connect(
         host=LOOPBACK, port=live.pgbouncer_port, dbname=CONSOLE_DATABASE, user=AUTH_ROLE,
         password=live.passwords["pgbouncerAuthPassword"], autocommit=True, cursor_factory=psycopg.ClientCursor,
@@ -167,11 +172,12 @@ def test_drift_made_by_hand_is_reported_with_exit_3(ops_stack: LiveStack) -> Non
 def test_verify_fails_naming_the_failed_checks(ops_stack: LiveStack) -> None:
     run = script(ops_stack, "verify")
     assert run.code == EXIT_FAILED, run.output
-    for check in ("replicas streaming", "FK index coverage", "RLS on every table"):
+    for check in ("replicas streaming", "FK index coverage", "RLS on every table", "API roles within RLS"):
         assert check_row(run.output, check).split()[len(check.split())] == "FAIL", run.output
     assert "0 of 1 not streaming" not in run.output and "1 of 1 not streaming" in run.output
     assert f"jobs.{JOBS_FK}" in run.output
-    assert "FAILED: RLS on every table, FK index coverage, replicas streaming" in run.output
+    assert "anon holds TRUNCATE on jobs" in run.output and "policy backdoor on estimates" in run.output
+    assert "FAILED: RLS on every table, API roles within RLS, FK index coverage, replicas streaming" in run.output
 
 
 def test_a_destructive_change_is_said_at_the_top_with_exit_2(
@@ -209,6 +215,9 @@ def test_a_plain_up_repairs_it_all_and_the_next_plain_preview_is_clean(ops_stack
         rls = conn.execute("SELECT relrowsecurity FROM pg_class WHERE oid = 'public.customers'::regclass").fetchone()
         assert rls == (True,)
         assert conn.execute("SELECT to_regclass(%s)", (f"public.{JOBS_INDEX.name}",)).fetchone() != (None,)
+        assert conn.execute("SELECT count(*) FROM pg_policy WHERE polname = 'backdoor'").fetchone() == (0,)
+        truncate = conn.execute("SELECT has_table_privilege('anon', 'public.jobs', 'TRUNCATE')").fetchone()
+        assert truncate == (False,)
     with redis_client(ops_stack, None) as anonymous, pytest.raises(redis.AuthenticationError):
         anonymous.ping()
     ops_stack.stack.preview(expect_no_changes=True)

@@ -22,8 +22,11 @@ from psycopg import sql
 
 from components.connection import LOOPBACK
 from components.database.base import bounded
+from components.database.declared.access import load_access
 from components.database.declared.model import IndexData, load_schema
+from components.database.declared.search import SearchData, load_searches
 from testbed.stacks import LiveStack
+from tests.e2e.plans import leave_only_indexes
 from tests.e2e.rows import (
     Synthesizer,
     World,
@@ -42,6 +45,8 @@ SCHEMA = load_schema()
 SYNTHESIZER = Synthesizer(SCHEMA)
 TABLES = [table.name for table in SCHEMA.in_dependency_order()]
 TENANT_POLICIES = ["DELETE", "INSERT", "SELECT", "UPDATE"]
+SEARCHES = load_searches(SCHEMA)
+READ_ALL = sorted(load_access().read_all)
 Conn = psycopg.Connection[Any]
 
 
@@ -93,7 +98,9 @@ def app(database_stack: LiveStack, tenants: Tenants) -> Iterator[Conn]:
 
 
 def claims(company: str) -> str:
-    return json.dumps({"company_id": company})
+    """Where the stack's default reads the company (company_id) and where Supabase puts custom claims (the
+    stack of tests/e2e/test_supabase.py reads app_metadata.company_id): each stack reads its own."""
+    return json.dumps({"company_id": company, "app_metadata": {"company_id": company}})
 
 
 @contextmanager
@@ -118,22 +125,27 @@ def test_every_table_and_partition_has_row_level_security_enabled_and_forced(adm
     assert [name for name, secured in tables if not secured] == []
 
 
-def test_every_table_has_exactly_its_four_tenant_policies_for_authenticated(admin: Conn) -> None:
-    """Per table, the commands of its policies that are tenant policies: permissive, for authenticated
-    only, comparing with the claims' company, USING and WITH CHECK where the command has them."""
+def test_every_table_has_exactly_its_declared_policies(admin: Conn) -> None:
+    """Per table, the commands of its policies that are tenant policies (permissive, for authenticated only,
+    comparing with the claims' company, USING and WITH CHECK where the command has them), and the one that
+    lets the read_all roles read every row (in place of BYPASSRLS); nothing else."""
     rows = admin.execute(
         "SELECT c.relname, count(p.policyname), coalesce(array_agg(p.cmd::text ORDER BY p.cmd) FILTER ("
         "  WHERE p.roles = '{authenticated}' AND p.permissive = 'PERMISSIVE'"
-        "  AND concat_ws(' ', p.qual, p.with_check) LIKE '%app.current_company_id()%'"
+        "  AND concat_ws(' ', p.qual, p.with_check) LIKE '%%app.current_company_id()%%'"
         "  AND (p.cmd IN ('SELECT', 'DELETE')) = (p.with_check IS NULL)"
-        "  AND (p.cmd = 'INSERT') = (p.qual IS NULL)), '{}') "
+        "  AND (p.cmd = 'INSERT') = (p.qual IS NULL)), '{}'), "
+        "  count(*) FILTER (WHERE p.cmd = 'SELECT' AND p.qual = 'true' AND p.with_check IS NULL"
+        "  AND p.permissive = 'PERMISSIVE' AND p.roles::text[] @> %s AND p.roles::text[] <@ %s) "
         "FROM pg_class c LEFT JOIN pg_policies p ON p.schemaname = 'public' AND p.tablename = c.relname "
         "WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p') AND NOT c.relispartition "
-        "GROUP BY c.relname ORDER BY 1"
+        "GROUP BY c.relname ORDER BY 1",
+        (READ_ALL, READ_ALL),
     ).fetchall()
-    assert sorted(name for name, _, _ in rows) == sorted(TABLES)
-    wrong = {name: (count, commands) for name, count, commands in rows if (count, commands) != (4, TENANT_POLICIES)}
-    assert wrong == {}, "tables whose policies are not exactly the four tenant ones"
+    assert sorted(name for name, *_ in rows) == sorted(TABLES)
+    declared = (5, TENANT_POLICIES, 1)
+    wrong = {name: found for name, *found in rows if tuple(found) != declared}
+    assert wrong == {}, "tables whose policies are not exactly the four tenant ones and the read_all one"
 
 
 def test_partitions_have_no_policy_and_read_directly_show_no_row(admin: Conn, app: Conn, tenants: Tenants) -> None:
@@ -145,7 +157,7 @@ def test_partitions_have_no_policy_and_read_directly_show_no_row(admin: Conn, ap
         )
     ]
     assert "communications_default" in partitions
-    granted = 0
+    shown = []
     with as_company(app, tenants.a_id):
         for partition in partitions:
             try:
@@ -154,10 +166,9 @@ def test_partitions_have_no_policy_and_read_directly_show_no_row(admin: Conn, ap
                         psycopg.sql.SQL("SELECT count(*) FROM {}").format(psycopg.sql.Identifier("public", partition))
                     ).fetchone()
             except psycopg.errors.InsufficientPrivilege:
-                continue  # made later by maintenance, with no privilege of its own: nothing shows either
-            granted += 1
-            assert counted == (0,), f"{partition} read directly shows rows"
-    assert granted > 0, "no partition the application may read: row level security was not put to the test"
+                continue  # no privilege of its own: access goes through the parent and its policies
+            shown.append((partition, counted))
+    assert shown == [], "partitions the application may read directly, past their parent's policies"
 
 
 def test_every_foreign_key_has_an_index_led_by_its_columns(admin: Conn) -> None:
@@ -223,21 +234,12 @@ def index_names(plan: Any) -> set[str]:
 
 @pytest.mark.parametrize(("table_name", "index"), QUERY_INDEXES, ids=[index.name for _, index in QUERY_INDEXES])
 def test_each_query_index_is_chosen_for_the_query_it_serves(table_name: str, index: IndexData, admin: Conn) -> None:
-    """The index serves its query: with sequential scans priced out and the table's other indexes
-    dropped (in a transaction rolled back; on nearly empty tables the planner's choice between fitting
-    indexes is a coin toss), the planner uses it, so its keys, expression and predicate really match what
-    the application sends. On a partitioned table the plan names partitions of the declared index."""
+    """The index serves its query: with the table's other indexes gone (leave_only_indexes) the planner uses
+    it, so its keys, expression and predicate really match what the application sends. On a partitioned
+    table the plan names partitions of the declared index."""
     assert index.serves is not None
     with admin.transaction(force_rollback=True):
-        others = admin.execute(
-            "SELECT i.indexrelid::regclass::text FROM pg_index i WHERE i.indrelid = %s::regclass "
-            "AND i.indexrelid <> %s::regclass "
-            "AND NOT EXISTS (SELECT FROM pg_constraint c WHERE c.conindid = i.indexrelid)",
-            (f"public.{table_name}", f"public.{index.name}"),
-        ).fetchall()
-        for (other,) in others:
-            admin.execute(psycopg.sql.SQL("DROP INDEX {}").format(psycopg.sql.SQL(other)))
-        admin.execute("SET LOCAL enable_seqscan = off")
+        leave_only_indexes(admin, table_name, [index.name])
         admin.execute("SET LOCAL search_path = public, extensions")
         plan = admin.execute(psycopg.sql.SQL("EXPLAIN (FORMAT JSON) ") + psycopg.sql.SQL(index.serves)).fetchone()
         assert plan is not None
@@ -355,7 +357,154 @@ def test_without_claims_no_row_is_visible(table_name: str, app: Conn, tenants: T
         assert visible_keys(app, SCHEMA.table(table_name)) == set()
 
 
-# 3. Claims through PgBouncer's transaction pooling -----------------------------------------------------
+# 3. Tenant-scoped searches (sql/search.yaml): they read past RLS, so each is attacked as a caller would ----
+
+SEARCH_IDS = [search.name for search in SEARCHES.searches]
+
+
+def search_function(search: SearchData, matcher: bool = False) -> sql.Composable:
+    if matcher:
+        return sql.Identifier(SEARCHES.matcher_schema, search.matcher_name)
+    return sql.Identifier(SEARCHES.schema_name, search.name)
+
+
+def example_arguments(admin: Conn, search: SearchData, row: dict[str, Any]) -> dict[str, Any]:
+    """The arguments that find `row`, by name, from each argument's `example` (SQL over the row)."""
+    query = sql.SQL("SELECT {} FROM {} AS {} WHERE {} = %s").format(
+        sql.SQL(", ").join(sql.SQL(argument.example) for argument in search.arguments),
+        relation(search.table),
+        sql.Identifier(search.table),
+        sql.Identifier(search.table, "id"),
+    )
+    found = admin.execute(query, (str(row["id"]),)).fetchone()
+    assert found is not None and None not in found, f"{search.table}: the row has no value to search it by"
+    return {argument.name: value for argument, value in zip(search.arguments, found, strict=True)}
+
+
+def call(conn: Conn, search: SearchData, arguments: dict[str, Any], matcher: bool = False) -> list[str]:
+    """The ids a search returns to `conn` (the caller of the moment), arguments passed by name."""
+    placeholders = sql.SQL(", ").join(
+        sql.SQL("{} => {}").format(sql.Identifier(name), sql.Placeholder(name)) for name in arguments
+    )
+    function = search_function(search, matcher)
+    column = sql.SQL("found") if matcher else sql.SQL("found.id")
+    statement = sql.SQL("SELECT {}::text FROM {}({}) AS found").format(column, function, placeholders)
+    return [found for (found,) in conn.execute(statement, arguments)]
+
+
+def companies_of(admin: Conn, table: str, ids: list[str]) -> set[str]:
+    statement = sql.SQL("SELECT DISTINCT company_id::text FROM {} WHERE id = ANY(%s::uuid[])").format(relation(table))
+    return {company for (company,) in admin.execute(statement, (ids,))}
+
+
+@pytest.mark.parametrize("search", SEARCHES.searches, ids=SEARCH_IDS)
+def test_a_search_finds_the_own_companys_row_and_never_the_other_companys(
+    search: SearchData, admin: Conn, app: Conn, tenants: Tenants
+) -> None:
+    """As each company in turn: its own row's values find its row; the other company's row's values (the
+    same phone number, a name that differs by a few letters) find none of the other company's rows, through
+    the function applications call and through its matcher called directly."""
+    for ours, theirs, company in ((tenants.a, tenants.b, tenants.a_id), (tenants.b, tenants.a, tenants.b_id)):
+        own_values = example_arguments(admin, search, ours[search.table])
+        their_values = example_arguments(admin, search, theirs[search.table])
+        with as_company(app, company):
+            found_own = call(app, search, own_values)
+            found_theirs = [call(app, search, their_values, matcher) for matcher in (False, True)]
+        assert str(ours[search.table]["id"]) in found_own
+        for found in [found_own, *found_theirs]:
+            assert str(theirs[search.table]["id"]) not in found
+            assert companies_of(admin, search.table, found) <= {company}
+
+
+FORGED_CLAIMS = {
+    "no claims": None,
+    "empty claims": "{}",
+    "a null company": '{"company_id": null}',
+    "the company under another key": '{"sub": "%(a)s", "app_metadata": {"company_id": "%(a)s"}}',
+    "a company id that is no uuid": '{"company_id": "%(a)s OR true"}',
+}
+
+
+@pytest.mark.parametrize("forged", FORGED_CLAIMS, ids=list(FORGED_CLAIMS))
+@pytest.mark.parametrize("search", SEARCHES.searches, ids=SEARCH_IDS)
+def test_a_search_without_a_company_in_the_claims_finds_nothing(
+    search: SearchData, forged: str, admin: Conn, app: Conn, tenants: Tenants
+) -> None:
+    """Claims that name no company (or name it where the helper does not look) find no row, with values
+    that find company A's row: the function and its matcher return nothing, or refuse."""
+    values = example_arguments(admin, search, tenants.a[search.table])
+    template = FORGED_CLAIMS[forged]
+    for matcher in (False, True):
+        with app.transaction(force_rollback=True):
+            if template is not None:
+                app.execute("SELECT set_config('request.jwt.claims', %s, true)", (template % {"a": tenants.a_id},))
+            app.execute("SET LOCAL ROLE authenticated")
+            try:
+                with app.transaction():
+                    found = call(app, search, values, matcher)
+            except psycopg.errors.InvalidTextRepresentation:
+                found = []  # the helper's cast refuses it
+        assert found == [], f"{forged}: {found}"
+
+
+@pytest.mark.parametrize("search", SEARCHES.searches, ids=SEARCH_IDS)
+def test_a_search_returns_what_row_level_security_shows(
+    search: SearchData, admin: Conn, app: Conn, tenants: Tenants
+) -> None:
+    """The function's rows are those the table's own policy shows for the same match: the fast path
+    changes no answer (the match as a plain query under RLS, no company written, is the slow path)."""
+    for row in (tenants.a[search.table], tenants.b[search.table]):
+        values = example_arguments(admin, search, row)
+        slow = sql.SQL("SELECT {}::text FROM {} AS {} CROSS JOIN (SELECT {}) AS search WHERE {}").format(
+            sql.Identifier(search.table, "id"),
+            relation(search.table),
+            sql.Identifier(search.table),
+            sql.SQL(", ").join(
+                sql.SQL("{}::{} AS {}").format(
+                    sql.Literal(values[argument.name]), sql.SQL(argument.type), sql.Identifier(argument.name)
+                )
+                for argument in search.arguments
+            ),
+            sql.SQL(search.where),
+        )
+        with as_company(app, tenants.a_id):
+            shown = sorted(found for (found,) in app.execute(slow))
+            found = sorted(call(app, search, values))
+        assert len(shown) <= search.limit, "more rows than the search's limit: compare a narrower match"
+        assert found == shown
+
+
+@pytest.mark.parametrize("search", SEARCHES.searches, ids=SEARCH_IDS)
+def test_only_the_callers_may_run_a_search(search: SearchData, admin: Conn, app: Conn, tenants: Tenants) -> None:
+    values = example_arguments(admin, search, tenants.a[search.table])
+    for matcher in (False, True):
+        with app.transaction(force_rollback=True):
+            app.execute("SELECT set_config('request.jwt.claims', %s, true)", (claims(tenants.a_id),))
+            app.execute("SET LOCAL ROLE anon")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                call(app, search, values, matcher)
+
+
+def test_only_the_declared_searches_read_past_row_level_security_for_the_application(admin: Conn) -> None:
+    """Every SECURITY DEFINER function an application role can reach (EXECUTE and its schema's USAGE) whose
+    owner reads past RLS (BYPASSRLS, a superuser, or a read_all role) is a declared search's matcher: no
+    other path past the policies."""
+    reachable = admin.execute(
+        "SELECT p.oid::regprocedure::text FROM pg_proc p JOIN pg_roles r ON r.oid = p.proowner "
+        "WHERE p.prosecdef AND (r.rolbypassrls OR r.rolsuper OR r.rolname = ANY(%s)) AND EXISTS ("
+        "  SELECT FROM unnest(ARRAY['anon', 'authenticated']) caller(name)"
+        "  WHERE has_function_privilege(caller.name, p.oid, 'EXECUTE')"
+        "  AND has_schema_privilege(caller.name, p.pronamespace, 'USAGE')) ORDER BY 1",
+        (READ_ALL,),
+    ).fetchall()
+    declared = {
+        f"{SEARCHES.matcher_schema}.{search.matcher_name}({','.join(a.type for a in search.arguments)})"
+        for search in SEARCHES.searches
+    }
+    assert {function for (function,) in reachable} == declared
+
+
+# 4. Claims through PgBouncer's transaction pooling -----------------------------------------------------
 
 CLIENTS = 200
 ROUNDS = 3

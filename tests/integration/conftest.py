@@ -18,6 +18,7 @@ import pytest
 from components.connection import LOOPBACK
 from components.kind import Observed, Status, reported
 from components.platform.local import postgres_files as pg
+from components.platform.local.pgbouncer import PgBouncerSpec
 from components.platform.local.postgres import PostgresServerKind, PostgresServerSpec
 from components.platform.local.replica import PostgresReplicaKind, PostgresReplicaSpec
 from testbed.support import free_port, reachable_state_dir
@@ -128,6 +129,20 @@ def running_primary() -> Iterator[Primary]:
             yield Primary(kind, spec, resource_id, reported(outputs))
         finally:
             kind.delete(resource_id, spec.model_copy(update={"allow_data_loss": True}))
+
+
+def pgbouncer_spec(primary: Primary, state_dir: Path, auth_password: str, **changes: Any) -> PgBouncerSpec:
+    """PgBouncer in front of `primary` on a free port, its files under `state_dir`."""
+    spec = PgBouncerSpec(
+        state_dir=str(state_dir),
+        port=free_port(),
+        primary_port=primary.port,
+        primary_socket_dir=str(primary.server.socket_dir),
+        database=DATABASE,
+        superuser_password=SUPERUSER_PASSWORD,
+        auth_password=auth_password,
+    )
+    return spec.model_copy(update=changes)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ database; the six query classes run on both; the report is written from results 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -90,11 +91,62 @@ def test_the_dataset_loads_into_the_before_database_and_the_queries_run_there(
     assert all(result["runs"] == 1 for result in results.values())
 
 
+def load_in_thread(conn: psycopg.Connection[Any], seconds: float = 120) -> BaseException | None:
+    """generate.load at SCALE in a thread: what it raised (None if nothing); fails if it is still running."""
+    raised: list[BaseException] = []
+
+    def attempt() -> None:
+        try:
+            generate.load(conn, SCALE)
+        except BaseException as error:
+            raised.append(error)
+
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"the load is still running after {seconds} s: it hangs"
+    return raised[0] if raised else None
+
+
+def test_a_failed_copy_stops_the_load_with_its_error(database: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first COPY fails while the generator thread has batches ready: the load raises the COPY's error
+    (before, it joined a producer blocked on its full queue and hung for ever)."""
+    monkeypatch.setattr(generate, "BATCH_ROWS", 1)  # a batch per company: the queue of batches fills up
+    with database.connect() as conn:
+        conn.execute("ALTER TABLE public.companies ADD CONSTRAINT bench_refuses_rows CHECK (false) NOT VALID")
+        try:
+            raised = load_in_thread(conn)
+        finally:
+            conn.execute("ALTER TABLE public.companies DROP CONSTRAINT bench_refuses_rows")
+    assert isinstance(raised, psycopg.errors.CheckViolation), raised
+
+
+def test_a_failed_batch_stops_the_load_with_its_error(database: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Generating a batch fails in the generator's thread: the load raises that error (before, the thread
+    died, the load ended as if the dataset were complete and returned its partial counts)."""
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("no customer today")
+
+    monkeypatch.setattr(generate.Generator, "customer", broken)
+    with database.connect() as conn:
+        raised = load_in_thread(conn)
+    assert isinstance(raised, RuntimeError) and str(raised) == "no customer today", raised
+
+
 def test_the_report_renders_tables_and_charts(tmp_path: Path) -> None:
-    timing = {"runs": 5, "median_ms": 2.0, "p95_ms": 3.0, "min_ms": 1.0, "max_ms": 4.0, "rows_first_run": 1}
+    timing = {
+        "runs": 5, "median_ms": 2.0, "p95_ms": 3.0, "min_ms": 1.0, "max_ms": 4.0, "rows_first_run": 1,
+        "rows_kept": 5, "rows_filtered": 0, "index_conditions": True,
+    }  # fmt: skip
     slow = {**timing, "median_ms": 40.0, "p95_ms": 60.0}
     before = {query.key: slow for query in queries.CLASSES}
     after = {query.key: timing for query in queries.CLASSES}
+    scanning = {**after, "job_list": {**timing, "p95_ms": 70.0, "rows_filtered": 900, "index_conditions": False}}
+    curve = [
+        {"scale": scale, "total_rows": rows, "largest_company_customers": rows // 10, "after": figures}
+        for scale, rows, figures in ((0.5, 1000, after), (2.0, 4000, scanning))
+    ]
     run = {
         "target": "pgbouncer", "clients": 1000, "seconds": 20, "rate_limit_tps": 1000, "exit_code": 0, "tps": 990.0,
         "transactions": 19800, "failed_transactions": 0, "aborted_clients": 0, "errors": 0, "first_errors": [],
@@ -106,7 +158,9 @@ def test_the_report_renders_tables_and_charts(tmp_path: Path) -> None:
             "scale": SCALE, "companies": 5, "largest_company_customers": 300, "median_company_customers": 60,
             "rows": dict.fromkeys(generate.TABLES, 10), "total_rows": 100, "load_seconds": 1.0,
         },
-        "queries": {"runs": 5, "comparison": queries.compare(before, after, after), "adoption_seconds": 12.0},
+        "queries": {"runs": 5, "comparison": queries.compare(before, scanning, after), "adoption_seconds": 12.0},
+        "curve": curve,
+        "adoption_failures": ["error: index x: deadlock"],
         "connections": {"max_connections": 200, "pool_size": 10, "runs": [run, {**run, "target": "direct"}]},
         "provisioning": {
             "resources": 900, "replicas": 0, "pulumi": "v3.260.0", "psql_floor": {"seconds": 2.0},
@@ -117,7 +171,13 @@ def test_the_report_renders_tables_and_charts(tmp_path: Path) -> None:
     }  # fmt: skip
     written = report.render(json.loads(json.dumps(results)), tmp_path)
     text = written.read_text()
-    assert "| fk joins | 500 → 25-50 ms | 40.00 / 60.00 | 2.00 / 3.00 | 20.0x | 0.0 % |" in text
+    assert "| fk joins | 500 → 25-50 ms | 40.00 / 60.00 | 2.00 / 3.00 | 20.0x | 0.0 % (+0.00 ms) | 5 / 0 |" in text
+    assert "| fk joins | met | met (0.0 %) | met (20.0x) | met |" in text
+    assert "| job list | **not met** | met (0.0 %) | n/a (20.0x) | **not met** |" in text
+    assert "| Index conditions under RLS, every class | 8 of 9 classes | **not met** |" in text
+    assert "| job list | 3.00 | 70.00 |" in text  # the curve: p95 at scale 0.5, then 2
+    assert "took 12.0 s, in 2 runs (a failed run keeps what it finished; each failed with: `error: index x" in text
     assert "| Pooled simple read p95 < 20 ms (paced) | p95 4.00 ms | met |" in text
-    assert {"queries.png", "latency.png", "provisioning.png"} <= {path.name for path in tmp_path.glob("*.png")}
+    charts = {"queries.png", "latency.png", "provisioning.png", "curve.png"}
+    assert charts <= {path.name for path in tmp_path.glob("*.png")}
     assert connections.percentile([1.0, 2.0, 3.0, 4.0, 5.0], 0.5) == 3.0

@@ -18,7 +18,9 @@ from psycopg import sql
 from pydantic import ValidationError
 
 from components.database.base import DatabaseKind
+from components.database.declared.access import load_access
 from components.database.kinds.default_privileges import DefaultPrivilegesKind, DefaultPrivilegesSpec
+from components.database.kinds.exact_privileges import ExactPrivilegesKind, ExactPrivilegesSpec, ObjectPrivileges
 from components.database.kinds.extension import ExtensionKind, ExtensionSpec, ExtensionStatus
 from components.database.kinds.grant import GrantKind, GrantSpec
 from components.database.kinds.role import RoleKind, RoleSpec
@@ -48,8 +50,10 @@ class Server:
     def database(self) -> Database:
         return Database(local_connection(self.spec.port, DATABASE, SUPERUSER_PASSWORD))
 
-    def kind(self, kind_type: type[KindT]) -> KindT:
-        return self.database.kind(kind_type)
+    def kind(self, kind_type: type[KindT], admin: str = SUPERUSER, password: str = SUPERUSER_PASSWORD) -> KindT:
+        """The kind as the provider serves it, connecting as `admin` (the superuser unless given)."""
+        login = {"admin_user": admin, "admin_password": password}
+        return Database(self.database.connection.model_copy(update=login)).kind(kind_type)
 
     def connect(self, user: str = SUPERUSER, password: str = SUPERUSER_PASSWORD) -> psycopg.Connection[tuple[Any, ...]]:
         return self.database.connect(user, password)
@@ -196,30 +200,81 @@ def test_password_reaches_the_server_only_as_a_scram_verifier(server: Server, pa
     assert kind.observe(role_id, role) is None
 
 
-def test_existing_roles_are_adopted_and_platform_roles_never_dropped(server: Server) -> None:
+def test_an_existing_role_is_adopted_and_never_altered_or_dropped(server: Server) -> None:
+    """Supabase's authenticator, say: its attributes, password and memberships stay as they were; it only
+    gets the declared memberships it lacks, and destroy leaves it."""
     kind = server.kind(RoleKind)
-    platform_role = make_role(server, "it_anon")
-    spec = RoleSpec(name=platform_role, adopt_existing=True)
+    theirs, declared_group = make_role(server, "it_theirs"), make_role(server, "it_declared")
+    existing = make_role(server, "it_existing")
+    server.run("ALTER ROLE {role} LOGIN NOINHERIT CONNECTION LIMIT 3 PASSWORD 'it-Their-own-0123'", role=existing)
+    server.run("GRANT {group} TO {role}", group=theirs, role=existing)
+    before = server.scalar("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (existing,))
+    attributes = "SELECT (rolinherit, rolconnlimit, rolbypassrls)::text FROM pg_roles WHERE rolname = %s"
+    found = server.scalar(attributes, (existing,))
+    spec = RoleSpec(name=existing, login=True, password="it-Declared-0123", bypass_rls=True, member_of=[declared_group])
     role_id, outputs = kind.create(spec)
-    assert outputs.adopted is True
-    assert changes(kind, spec, kind.observe(role_id, spec)) == []
-    kind.delete(role_id, spec)
-    assert server.scalar("SELECT count(*) FROM pg_roles WHERE rolname = %s", (platform_role,)) == 1
+    assert outputs.adopted is True and outputs.password_matches is None
+    assert server.scalar("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (existing,)) == before
+    assert server.scalar(attributes, (existing,)) == found == "(f,3,f)"
+    assert server.scalar("SELECT pg_has_role(%s, %s, 'MEMBER')", (existing, theirs)) is True
+    assert server.scalar("SELECT pg_has_role(%s, %s, 'MEMBER')", (existing, declared_group)) is True
+    adopted = kind.status_of(outputs.wire())
+    assert changes(kind, spec, kind.observe(role_id, spec, adopted)) == []
+    kind.update(role_id, recorded(spec, outputs), spec)
+    assert server.scalar("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (existing,)) == before
+    kind.delete(role_id, spec, adopted)
+    assert server.scalar("SELECT count(*) FROM pg_roles WHERE rolname = %s", (existing,)) == 1
 
-    absent = RoleSpec(name=unique("it_absent"), adopt_existing=True)  # a plain server lacks Supabase's roles
-    absent_id, outputs = kind.create(absent)
+    made = RoleSpec(name=unique("it_made"), adopt_existing=True)  # never dropped, though the stack made it
+    made_id, outputs = kind.create(made)
     assert outputs.adopted is False
-    assert changes(kind, absent, kind.observe(absent_id, absent)) == []
-    kind.delete(absent_id, absent)  # maybe others use it now: the stack never drops a platform role
-    assert server.scalar("SELECT count(*) FROM pg_roles WHERE rolname = %s", (absent.name,)) == 1
+    kind.delete(made_id, made, kind.status_of(outputs.wire()))
+    assert server.scalar("SELECT count(*) FROM pg_roles WHERE rolname = %s", (made.name,)) == 1
 
-    leftover = make_role(server, "it_leftover")  # e.g. a stack whose state was lost: adopted and converged
-    wanted = RoleSpec(name=leftover, login=True)
-    leftover_id, outputs = kind.create(wanted)
-    assert outputs.adopted is True
-    assert changes(kind, wanted, kind.observe(leftover_id, wanted)) == []
-    kind.delete(leftover_id, wanted)
-    assert kind.observe(leftover_id, wanted) is None
+
+def test_a_created_role_has_exactly_its_declared_attributes_and_memberships(server: Server) -> None:
+    """Of a role the stack made, an undeclared attribute, group or member is drift that update revokes."""
+    kind = server.kind(RoleKind)
+    group, other_group, member, stranger = (make_role(server, prefix) for prefix in ("it_g", "it_og", "it_m", "it_s"))
+    spec = RoleSpec(name=unique("it_exact"), member_of=[group], members=[member], admin_member=True)
+    role_id, outputs = kind.create(spec)
+    assert outputs.adopted is False
+    server.run("GRANT {role} TO {member}", role=spec.name, member=member)  # the member declares it from its side
+    assert server.scalar("SELECT pg_has_role('postgres', %s, 'MEMBER')", (spec.name,)) is True
+    assert changes(kind, spec, kind.observe(role_id, spec)) == []
+
+    server.run("GRANT {group} TO {role}", group=other_group, role=spec.name)
+    server.run("GRANT {role} TO {stranger}", role=spec.name, stranger=stranger)
+    server.run("ALTER ROLE {role} CREATEDB", role=spec.name)
+    drifted = kind.observe(role_id, spec)
+    assert changes(kind, spec, drifted) == ["createDb", "memberOf", "members"]
+    assert drifted is not None and drifted.inputs["memberOf"] == [group, other_group]
+    assert drifted.inputs["members"] == [member, stranger]
+    kind.update(role_id, recorded(spec, outputs, drifted), spec)
+    assert changes(kind, spec, kind.observe(role_id, spec)) == []
+    assert server.scalar("SELECT pg_has_role(%s, %s, 'MEMBER')", (spec.name, other_group)) is False
+    assert server.scalar("SELECT pg_has_role(%s, %s, 'MEMBER')", (stranger, spec.name)) is False
+    assert server.scalar("SELECT pg_has_role(%s, %s, 'MEMBER')", (member, spec.name)) is True
+    server.run("REVOKE {role} FROM {member}", role=spec.name, member=member)
+    kind.delete(role_id, spec, kind.status_of(outputs.wire()))
+    assert server.scalar("SELECT count(*) FROM pg_roles WHERE rolname = %s", (spec.name,)) == 0
+
+
+def test_a_failed_create_role_never_shows_the_password_or_its_verifier(server: Server) -> None:
+    """As an admin that may create roles but is no superuser (Supabase's postgres): a BYPASSRLS role is
+    refused by PostgreSQL 15, and the error says so without the statement that carried the verifier."""
+    admin, admin_password = unique("it_admin"), "it-Admin-pass-0123"
+    server.run("CREATE ROLE {role} LOGIN CREATEROLE", role=admin)
+    server.run(f"ALTER ROLE {{role}} PASSWORD '{admin_password}'", role=admin)
+    password = "it-Never-shown-" + uuid.uuid4().hex[:8]
+    spec = RoleSpec(name=unique("it_bypass"), login=True, password=password, bypass_rls=True)
+    with pytest.raises(ProviderError) as refused:
+        server.kind(RoleKind, admin, admin_password).create(spec)
+    message = str(refused.value)
+    assert "must be superuser to create bypassrls users" in message
+    assert password not in message and "SCRAM-SHA-256" not in message
+    assert refused.value.__cause__ is None and refused.value.__suppress_context__
+    assert server.scalar("SELECT count(*) FROM pg_roles WHERE rolname = %s", (spec.name,)) == 0
 
 
 def test_a_role_that_owns_objects_is_not_dropped(server: Server) -> None:
@@ -327,6 +382,26 @@ def test_grant_update_revokes_what_is_no_longer_declared(server: Server, app: st
     server.run("DROP ROLE {grantee}", grantee=grantee)
 
 
+def test_grant_delete_revokes_exactly_what_the_stack_granted(server: Server, app: str) -> None:
+    """As Supabase's USAGE on public for anon: a privilege the grantee held before the stack stays."""
+    kind = server.kind(GrantKind)
+    grantee = make_role(server, "it_api")
+    server.run("GRANT SELECT ON {schema}.jobs TO {grantee}", schema=app, grantee=grantee)
+    spec = GrantSpec(grantee=grantee, privileges=["SELECT", "INSERT"], object_type="table", schema_name=app,
+                     objects=["jobs", "invoices"])  # fmt: skip
+    grant_id, outputs = kind.create(spec)
+    assert outputs.granted == ["SELECT invoices", "INSERT jobs", "INSERT invoices"]
+    kind.delete(grant_id, spec, kind.status_of(outputs.wire()))
+
+    def has(table: str, privilege: str) -> bool:
+        return bool(server.scalar("SELECT has_table_privilege(%s, %s, %s)", (grantee, f"{app}.{table}", privilege)))
+
+    assert [has("jobs", "SELECT"), has("invoices", "SELECT"), has("jobs", "INSERT"), has("invoices", "INSERT")] == [
+        True, False, False, False,
+    ]  # fmt: skip
+    server.run("REVOKE SELECT ON {schema}.jobs FROM {grantee}; DROP ROLE {grantee}", schema=app, grantee=grantee)
+
+
 def test_grant_observes_a_dropped_object_and_a_dropped_grantee(server: Server, app: str) -> None:
     kind = server.kind(GrantKind)
     grantee = make_role(server, "it_api")
@@ -395,6 +470,65 @@ def test_default_privileges_round_trip(server: Server, app: str) -> None:
     server.run("DROP ROLE {grantee}", grantee=grantee)
 
 
+# --- ExactPrivileges -----------------------------------------------------------------------------------
+
+
+def test_exact_privileges_take_away_what_no_grant_declares_and_put_back_the_defaults(server: Server, app: str) -> None:
+    """On tables every role's extra privilege goes (grant options too); on a schema the stack did not make
+    only its own roles'; the admin's default privileges grant nothing, and delete puts back those found."""
+    kind = server.kind(ExactPrivilegesKind)
+    api, stranger = make_role(server, "it_api"), make_role(server, "it_stranger")
+    server.run("GRANT ALL ON {schema}.jobs TO {api}", schema=app, api=api)
+    server.run("GRANT SELECT ON {schema}.invoices TO {stranger} WITH GRANT OPTION", schema=app, stranger=stranger)
+    server.run("GRANT CREATE, USAGE ON SCHEMA {schema} TO {api}, {stranger}", schema=app, api=api, stranger=stranger)
+    server.run(
+        "ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT SELECT, TRUNCATE ON TABLES TO {api}", schema=app, api=api
+    )
+    spec = ExactPrivilegesSpec(
+        roles=[api],
+        objects=[
+            ObjectPrivileges(object_type="table", schema_name=app, name="jobs", allowed={api: ["SELECT"]}),
+            ObjectPrivileges(object_type="table", schema_name=app, name="invoices"),
+            ObjectPrivileges(object_type="schema", name=app, owner="thorbis_no_such_owner", allowed={api: ["USAGE"]}),
+        ],
+        default_schemas=[app],
+    )
+    observed = kind.observe("exact", spec)
+    assert observed is not None and changes(kind, spec, observed) == ["undeclared"]
+    undeclared = observed.status.undeclared or []
+    assert (
+        f"{api}: TRUNCATE on table {app}.jobs" in undeclared and f"{api}: SELECT on table {app}.jobs" not in undeclared
+    )
+    assert f"{stranger}: SELECT on table {app}.invoices" in undeclared
+    assert f"{api}: CREATE on schema {app}" in undeclared
+    assert not [item for item in undeclared if item.startswith(f"{stranger}:") and "schema" in item]  # not ours
+    assert f"{api}: TRUNCATE on new tables of postgres in schema {app} (default privileges)" in undeclared
+
+    resource_id, outputs = kind.create(spec)
+    assert outputs.undeclared == [] and {(g.grantee, g.privilege) for g in outputs.found_defaults or []} == {
+        (api, "SELECT"), (api, "TRUNCATE"),
+    }  # fmt: skip
+    assert changes(kind, spec, kind.observe(resource_id, spec)) == []
+
+    def has(role: str, privilege: str, table: str = "jobs") -> bool:
+        return bool(server.scalar("SELECT has_table_privilege(%s, %s, %s)", (role, f"{app}.{table}", privilege)))
+
+    assert (has(api, "SELECT"), has(api, "INSERT"), has(stranger, "SELECT", "invoices")) == (True, False, False)
+    assert server.scalar("SELECT has_schema_privilege(%s, %s, 'CREATE')", (api, app)) is False
+    assert server.scalar("SELECT has_schema_privilege(%s, %s, 'CREATE')", (stranger, app)) is True
+
+    kind.delete(resource_id, spec, kind.status_of(outputs.wire()))  # the defaults as they were found
+    made = unique("it_new")
+    server.run("CREATE TABLE {schema}.{table} (id int)", schema=app, table=made)
+    assert (has(api, "SELECT", made), has(api, "TRUNCATE", made)) == (True, True)
+    server.run("DROP TABLE {schema}.{table}", schema=app, table=made)
+    server.run("ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} REVOKE ALL ON TABLES FROM {api}", schema=app, api=api)
+    server.run("REVOKE ALL ON SCHEMA {schema} FROM {api}, {stranger}", schema=app, api=api, stranger=stranger)
+    server.run("REVOKE ALL ON ALL TABLES IN SCHEMA {schema} FROM {api}, {stranger}", schema=app, api=api,
+               stranger=stranger)  # fmt: skip
+    server.run("DROP ROLE {api}; DROP ROLE {stranger}", api=api, stranger=stranger)
+
+
 # --- Extension -----------------------------------------------------------------------------------------
 
 
@@ -431,12 +565,20 @@ def test_extension_round_trip_schema_and_version(server: Server) -> None:
     assert kind.observe(extension_id, newer) is None
 
 
-def test_pg_cron_picks_its_schema_and_its_jobs_are_not_dropped_with_it(server: Server) -> None:
+def test_pg_cron_is_registered_in_pg_catalog_and_its_jobs_are_not_dropped_with_it(server: Server) -> None:
+    """As declared (sql/access.yaml) and as Supabase has it: the extension in pg_catalog, never in public;
+    its objects in its own schema, cron."""
     kind = server.kind(ExtensionKind)
-    spec = ExtensionSpec(name="pg_cron")
+    spec = next(ExtensionSpec(name=e.name, schema_name=e.schema_name) for e in load_access().extensions
+                if e.name == "pg_cron")  # fmt: skip
     extension_id, _ = kind.create(spec)
     assert changes(kind, spec, kind.observe(extension_id, spec)) == []
-    assert server.scalar("SELECT count(*) FROM pg_namespace WHERE nspname = 'cron'") == 1
+    assert server.scalar("SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'pg_cron'") == (
+        "pg_catalog"
+    )
+    assert server.scalar(
+        "SELECT count(*) FROM pg_proc WHERE proname = 'schedule' AND pronamespace = 'cron'::regnamespace"
+    )
 
     server.run("SELECT cron.schedule('it-never', '0 0 1 1 *', 'SELECT 1')")
     with pytest.raises(ProviderError, match=r"cron\.job hold rows"):
@@ -444,6 +586,38 @@ def test_pg_cron_picks_its_schema_and_its_jobs_are_not_dropped_with_it(server: S
     server.run("SELECT cron.unschedule('it-never')")
     kind.delete(extension_id, spec)
     assert kind.observe(extension_id, spec) is None
+
+
+def test_an_extension_installed_before_the_stack_is_never_moved_or_dropped(server: Server) -> None:
+    kind = server.kind(ExtensionKind)
+    theirs, declared_schema = unique("it_theirs"), unique("it_ours")
+    server.run("CREATE SCHEMA {theirs}; CREATE SCHEMA {ours}", theirs=theirs, ours=declared_schema)
+    server.run("CREATE EXTENSION ltree WITH SCHEMA {theirs}", theirs=theirs)
+    spec = ExtensionSpec(name="ltree", schema_name=declared_schema)
+    extension_id, outputs = kind.create(spec)
+    assert outputs.adopted is True and outputs.installed_schema == theirs
+    adopted = kind.status_of(outputs.wire())
+    assert changes(kind, spec, kind.observe(extension_id, spec, adopted)) == []
+    kind.update(extension_id, recorded(spec, outputs), spec)
+    kind.delete(extension_id, spec, adopted)
+    assert server.scalar("SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'ltree'") == theirs
+    server.run("DROP EXTENSION ltree")
+
+
+def test_an_extension_only_a_superuser_may_create_is_named_with_where_to_enable_it(server: Server) -> None:
+    admin, password = unique("it_admin"), "it-Admin-pass-0123"
+    server.run("CREATE ROLE {role} LOGIN CREATEROLE", role=admin)
+    server.run(f"ALTER ROLE {{role}} PASSWORD '{password}'", role=admin)
+    server.run(f"GRANT CREATE ON DATABASE {DATABASE} TO {{role}}", role=admin)
+    home = unique("it_home")
+    server.run("CREATE SCHEMA {home} AUTHORIZATION {role}", home=home, role=admin)
+    kind = server.kind(ExtensionKind, admin, password)
+    with pytest.raises(ProviderError, match=r"hypopg can only be created by a superuser.*Database > Extensions"):
+        kind.create(ExtensionSpec(name="hypopg", schema_name=home))
+    trusted = ExtensionSpec(name="pg_trgm", schema_name=home)  # a trusted extension needs no superuser
+    made, _ = kind.create(trusted)
+    kind.delete(made, trusted)
+    server.run("DROP SCHEMA {home}; DROP OWNED BY {role}; DROP ROLE {role}", home=home, role=admin)
 
 
 def test_a_missing_extension_is_named_with_what_to_install(server: Server) -> None:

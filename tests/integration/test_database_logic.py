@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from components.database.kinds.function import FunctionKind, FunctionSpec, FunctionStatus
 from components.database.kinds.policy import PolicyKind, PolicySpec, PolicyStatus
+from components.database.kinds.row_security import RowSecurityKind, RowSecuritySpec, RowSecurityStatus
 from components.database.kinds.trigger import TriggerKind, TriggerSpec, TriggerStatus
 from components.database.kinds.view import ViewKind, ViewSpec, ViewStatus
 from components.database.session import DatabaseTarget, connect, scalar
@@ -309,6 +310,54 @@ def test_policy_observes_as_declared_drifts_repairs_and_deletes(database: Databa
     kind.delete(resource_id, every_command)
     assert kind.observe(resource_id, every_command) is None
     kind.delete(resource_id, every_command)
+
+
+def rls_of(database: Database, table: str) -> tuple[bool, bool, list[str]]:
+    """(enabled, forced, its policies) of a table of schema app."""
+    enabled, forced = database.rows(
+        "SELECT relrowsecurity, relforcerowsecurity FROM pg_class WHERE oid = to_regclass(%s)", (f"app.{table}",)
+    )[0]
+    policies = [name for (name,) in database.rows("SELECT polname FROM pg_policy WHERE polrelid = to_regclass(%s) "
+                                                  "ORDER BY 1", (f"app.{table}",))]  # fmt: skip
+    return enabled, forced, policies
+
+
+def test_row_security_goes_on_with_the_declared_policies_and_drops_the_others(
+    database: Database, helper: FunctionSpec
+) -> None:
+    """An adopted table with a dashboard's leaky policy: RLS goes on, and the leak goes, in one step once
+    the declared policy exists, never before; what is added by hand afterwards is drift, removed by update."""
+    database.execute(
+        "CREATE TABLE app.leads (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), company_id uuid NOT NULL);"
+        "ALTER TABLE app.leads OWNER TO app_owner; GRANT SELECT, INSERT ON app.leads TO authenticated;"
+        "CREATE POLICY leak ON app.leads FOR SELECT USING (true)"
+    )
+    kind = database.kind(RowSecurityKind)
+    spec = RowSecuritySpec(schema_name="app", table="leads", policies=["leads_tenant"])
+    with pytest.raises(ProviderError, match="refusing to turn it on without the declared policies leads_tenant"):
+        kind.create(spec)
+    assert rls_of(database, "leads") == (False, False, ["leak"])  # nothing changed: the application reads on
+
+    tenant = PolicySpec(schema_name="app", table="leads", name="leads_tenant", roles=["authenticated"],
+                        using=TENANT_CLAUSE)  # fmt: skip
+    database.kind(PolicyKind).create(tenant)
+    resource_id, outputs = kind.create(spec)
+    assert outputs == RowSecurityStatus(enabled=True, undeclared_policies=[])
+    assert rls_of(database, "leads") == (True, True, ["leads_tenant"])
+    assert changes(kind, spec, kind.observe(resource_id, spec)) == []
+
+    database.execute("CREATE POLICY backdoor ON app.leads TO authenticated USING (true)")
+    database.execute("ALTER TABLE app.leads NO FORCE ROW LEVEL SECURITY")
+    drifted = kind.observe(resource_id, spec)
+    assert drifted is not None and changes(kind, spec, drifted) == ["enabled", "undeclaredPolicies"]
+    assert drifted.status.undeclared_policies == ["backdoor: PERMISSIVE FOR ALL TO authenticated USING (true)"]
+    kind.update(resource_id, recorded(spec, outputs, drifted), spec)
+    assert rls_of(database, "leads") == (True, True, ["leads_tenant"])
+    assert changes(kind, spec, kind.observe(resource_id, spec)) == []
+
+    kind.delete(resource_id, spec)  # RLS stays on: turning it off would open the table
+    assert rls_of(database, "leads") == (True, True, ["leads_tenant"])
+    database.execute("DROP TABLE app.leads")
 
 
 @pytest.mark.parametrize(

@@ -95,3 +95,24 @@ def test_kind_adopts_observes_and_forgets_without_touching_the_server(primary: P
 
     kind.delete(resource_id, spec)
     assert primary.scalar("SELECT 1") == 1, "delete of an external server must leave it alone"
+
+
+def test_the_dsn_role_needs_bypassrls_createrole_and_create_but_no_superuser(primary: Primary) -> None:
+    """Supabase's postgres has them, and is no superuser: it passes; a role without them is named."""
+    password = "it-Least-0123"
+    with primary.connect() as conn:
+        conn.execute(f"CREATE ROLE it_weak LOGIN PASSWORD '{password}'")
+        conn.execute(f"CREATE ROLE it_least LOGIN NOSUPERUSER CREATEROLE BYPASSRLS PASSWORD '{password}'")
+        conn.execute(f"GRANT CREATE ON DATABASE {DATABASE} TO it_least")
+    try:
+        weak = f"postgresql://it_weak:{password}@{LOOPBACK}:{primary.port}/{DATABASE}"
+        message = refusal(checked(weak))
+        assert "it_weak" in message and "BYPASSRLS, CREATEROLE, CREATE on the database" in message
+        assert password not in message
+        least = f"postgresql://it_least:{password}@{LOOPBACK}:{primary.port}/{DATABASE}"
+        assert inspect(checked(least)).reachable is True
+    finally:
+        with primary.connect() as conn:
+            conn.execute(f"REVOKE CREATE ON DATABASE {DATABASE} FROM it_least")
+            conn.execute("DROP ROLE it_weak")
+            conn.execute("DROP ROLE it_least")

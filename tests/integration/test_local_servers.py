@@ -31,11 +31,11 @@ from tests.integration.conftest import (
     DATABASE,
     REPLICATION_PASSWORD,
     SETTINGS,
-    SUPERUSER_PASSWORD,
     Primary,
     Replica,
     eventually,
     flat,
+    pgbouncer_spec,
     running_replica,
 )
 
@@ -276,16 +276,7 @@ class Bouncer:
 @pytest.fixture
 def bouncer(primary: Primary) -> Iterator[Bouncer]:
     with reachable_state_dir() as base:
-        spec = PgBouncerSpec(
-            state_dir=str(base / "pgbouncer"),
-            port=free_port(),
-            primary_port=primary.port,
-            database=DATABASE,
-            superuser_password=SUPERUSER_PASSWORD,
-            auth_password=AUTH_PASSWORD,
-            default_pool_size=4,
-            reserve_pool_size=1,
-        )
+        spec = pgbouncer_spec(primary, base / "pgbouncer", AUTH_PASSWORD, default_pool_size=4, reserve_pool_size=1)
         kind = PgBouncerKind()
         resource_id, outputs = kind.create(spec)
         try:

@@ -1,6 +1,7 @@
 """Monthly partitions against a real PostgreSQL 15 with pg_partman 4.7: registration (premake, retention,
-our default partition reconciled with partman's), part_config drift repaired, forced RLS on every partition
-however it is made (partman's maintenance run by another role included), default rows counted and moved,
+our default partition reconciled with partman's), part_config drift repaired, forced RLS and no privileges
+on every partition (the maintenance job, run by another role, secures what it makes; one made by hand is
+drift the guard repairs), default rows counted and moved,
 retention; and the online conversion of a populated plain table with a writer running throughout."""
 
 from __future__ import annotations
@@ -18,10 +19,16 @@ import pytest
 from psycopg import sql
 
 from components.database.conversion import convert_to_partitioned, drop_unpartitioned
+from components.database.declared.access import load_access
+from components.database.declared.jobs import load_jobs, partitioned_tables
 from components.database.declared.model import load_schema
+from components.database.declared.operations import load_maintenance
+from components.database.kinds.function import FunctionKind
 from components.database.kinds.partition_guard import PartitionGuardKind, PartitionGuardSpec, PartitionGuardStatus
-from components.database.kinds.partition_set import PartitionSetKind, PartitionSetSpec, PartitionSetStatus
+from components.database.kinds.partition_set import PartitionSetKind, PartitionSetSpec, PartitionSetStatus, month_moves
 from components.database.kinds.table import TableKind
+from components.database.locks import Lock
+from components.database.session import Timeouts
 from components.database.table_shape import ColumnSpec, PartitionSpec, TableSpec, create_statement
 from components.kind import Observed, ProviderError
 from tests.integration.databases import Database, changes, database_server
@@ -110,8 +117,13 @@ def insert_event(db: Database, note: str, at: str) -> None:
 
 @pytest.fixture(scope="module")
 def events(database: Database) -> Database:
-    """The guard, then a partitioned table made by the Table kind (with its own default), holding rows."""
-    database.kind(PartitionGuardKind).create(PartitionGuardSpec())
+    """The functions that secure partitions and run their maintenance (as sql/ declares them), then a
+    partitioned table made by the Table kind (with its own default), holding rows."""
+    securing = next(function for function in load_access().functions if function.name == "secure_partitions")
+    database.kind(FunctionKind).create(securing.function_spec(OWNER))
+    for procedure in load_maintenance().procedure_specs(OWNER):
+        if procedure.name == "maintain_partitions":
+            database.kind(FunctionKind).create(procedure)
     database.kind(TableKind).create(EVENTS)
     database.execute(
         "CREATE POLICY events_tenant ON public.events TO authenticated "
@@ -178,29 +190,54 @@ def test_part_config_drift_is_seen_and_repaired(events: Database) -> None:
     assert changes(kind, EVENTS_SET, kind.observe("public.events", EVENTS_SET)) == []
 
 
-def test_partitions_made_by_maintenance_as_another_role_get_forced_rls(events: Database) -> None:
+def acl_of_partitions(db: Database, table: str) -> dict[str, list[str]]:
+    """Partition name -> its ACL entries but the owner's (none: no privilege of its own)."""
+    return {
+        name: list(entries)
+        for name, entries in db.rows(
+            "SELECT c.relname, ARRAY(SELECT DISTINCT a.grantee::regrole::text FROM aclexplode(c.relacl) a "
+            "WHERE a.grantee <> c.relowner) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = to_regclass(%s)",
+            (f"public.{table}",),
+        )
+    }
+
+
+def test_partitions_made_by_the_maintenance_job_as_another_role_are_secured(events: Database) -> None:
+    """No event trigger: the job's own procedure secures what pg_partman made, run as a role that is no
+    superuser and whose default privileges would grant `authenticated` everything (as Supabase's do)."""
     db = events
     kind = db.kind(PartitionSetKind)
     more = EVENTS_SET.model_copy(update={"premake": 5})
     kind.update("public.events", {}, more)
+    db.execute("ALTER DEFAULT PRIVILEGES FOR ROLE maint IN SCHEMA public GRANT ALL ON TABLES TO authenticated")
     with psycopg.connect(**{**db.connection.conninfo(), "user": "maint", "password": MAINT_PASSWORD}) as maint:
+        maint.autocommit = True
         assert maint.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone() == (False,)
-        maint.execute("SELECT partman.run_maintenance(p_parent_table := 'public.events', p_jobmon := false)")
-        maint.execute(  # and a partition made by hand
+        job = next(job.command for job in load_jobs().resolved({}, {}) if job.name == "partman-maintenance")
+        maint.execute(job.replace(partitioned_tables(), "ARRAY['public.events']::text[]"))
+    made = partitions(db, "events")
+    assert {f"events_p{month_suffix(db, offset)}" for offset in (4, 5)} <= set(made)
+    assert {name: state for name, state in made.items() if state != (True, True, OWNER)} == {}
+    assert {name: grantees for name, grantees in acl_of_partitions(db, "events").items() if grantees} == {}
+
+    # a partition made by hand is drift, secured by the guard's update
+    with psycopg.connect(**{**db.connection.conninfo(), "user": "maint", "password": MAINT_PASSWORD}) as maint:
+        maint.execute(
             "CREATE TABLE public.events_manual PARTITION OF public.events "
             "FOR VALUES FROM ('1990-01-01') TO ('1990-02-01')"
         )
-        maint.commit()
-    made = partitions(db, "events")
-    assert {f"events_p{month_suffix(db, offset)}" for offset in (4, 5)} <= set(made)
-    assert "events_manual" in made
-    assert {name: state for name, state in made.items() if state != (True, True, OWNER)} == {}
-    guard = db.kind(PartitionGuardKind)
-    secured = PartitionGuardStatus(enabled=True, current=True, unsecured_partitions=0)
-    assert guard.observe("guard", PartitionGuardSpec()) == Observed(
-        PartitionGuardSpec().model_dump(by_alias=True), secured
+    guard, spec = db.kind(PartitionGuardKind), PartitionGuardSpec(tables=["public.events"])
+    assert changes(guard, spec, guard.observe("guard", spec)) == ["unsecuredPartitions"]
+    assert acl_of_partitions(db, "events")["events_manual"] == ["authenticated"]
+    guard.update("guard", {}, spec)
+    assert partitions(db, "events")["events_manual"] == (True, True, OWNER)
+    assert acl_of_partitions(db, "events")["events_manual"] == []
+    assert guard.observe("guard", spec) == Observed(
+        spec.model_dump(by_alias=True), PartitionGuardStatus(unsecured_partitions=0)
     )
     db.execute("DROP TABLE public.events_manual")
+    db.execute("ALTER DEFAULT PRIVILEGES FOR ROLE maint IN SCHEMA public REVOKE ALL ON TABLES FROM authenticated")
 
     # through the parent a company sees its rows; a partition read directly shows nothing
     db.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO authenticated")
@@ -215,18 +252,12 @@ def test_partitions_made_by_maintenance_as_another_role_get_forced_rls(events: D
         assert conn.execute("SELECT count(*) FROM public.events_default").fetchone() == (0,)
     assert db.scalar(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier("public", current))) == 1
 
-    # the guard puts RLS back at once when it is turned off on a partition
-    unforce = sql.SQL("ALTER TABLE {} NO FORCE ROW LEVEL SECURITY").format(sql.Identifier("public", current))
-    db.execute(unforce)
+    # RLS turned off on a partition by hand is drift, repaired by the guard's update (as are the grants above)
+    db.execute(sql.SQL("ALTER TABLE {} NO FORCE ROW LEVEL SECURITY").format(sql.Identifier("public", current)))
+    assert changes(guard, spec, guard.observe("guard", spec)) == ["unsecuredPartitions"]
+    guard.update("guard", {}, spec)
     assert partitions(db, "events")[current] == (True, True, OWNER)
-    # with the guard disabled behind our back, both show as drift, repaired by its update
-    db.execute("ALTER EVENT TRIGGER thorbis_secure_new_partitions DISABLE")
-    db.execute(unforce)
-    drift = changes(guard, PartitionGuardSpec(), guard.observe("guard", PartitionGuardSpec()))
-    assert drift == ["enabled", "unsecuredPartitions"]
-    guard.update("guard", {}, PartitionGuardSpec())
-    assert partitions(db, "events")[current] == (True, True, OWNER)
-    assert changes(guard, PartitionGuardSpec(), guard.observe("guard", PartitionGuardSpec())) == []
+    assert changes(guard, spec, guard.observe("guard", spec)) == []
 
 
 def test_default_rows_are_counted_moved_and_expired_by_retention(events: Database) -> None:
@@ -240,7 +271,7 @@ def test_default_rows_are_counted_moved_and_expired_by_retention(events: Databas
     assert not [name for name in partitions(db, "events") if name.startswith("events_p2099")]
     assert where_is(db, "events", "far future") == "events_default"
 
-    # a wrong future row is fixed at its source; past rows are moved into their (new, secured) partitions
+    # a wrong future row is fixed at its source; past rows are moved into their (new) partitions
     db.execute("DELETE FROM public.events WHERE note = 'far future'")
     insert_event(db, "expired", str(db.scalar("SELECT now() - interval '30 months'")))
     assert db.scalar(monitored) == 2
@@ -249,6 +280,10 @@ def test_default_rows_are_counted_moved_and_expired_by_retention(events: Databas
     assert where_is(db, "events", "far past") == "events_p2001_03"
     expired = f"events_p{month_suffix(db, -30)}"
     assert where_is(db, "events", "expired") == expired
+    # made by partition_data_proc, outside the job: drift until the guard's next up (or the next job) secures it
+    guard, spec = db.kind(PartitionGuardKind), PartitionGuardSpec(tables=["public.events"])
+    assert changes(guard, spec, guard.observe("guard", spec)) == ["unsecuredPartitions"]
+    guard.update("guard", {}, spec)
     assert partitions(db, "events")["events_p2001_03"] == (True, True, OWNER)
 
     # retention (24 months, tables dropped) removes whole expired partitions at maintenance
@@ -272,6 +307,74 @@ def test_delete_forgets_the_set_and_keeps_every_partition(events: Database) -> N
     kind.create(EVENTS_SET)  # registered again over existing monthly partitions and partman's own default
     assert set(partitions(db, "events")) == before
     assert changes(kind, EVENTS_SET, kind.observe("public.events", EVENTS_SET)) == []
+
+
+VISITS = EVENTS.model_copy(update={"name": "visits"})
+VISITS_SET = EVENTS_SET.model_copy(update={"table": "visits", "retention": None})
+VISIT_ROWS = 30_000
+
+
+def test_registration_moves_the_default_partitions_rows_a_month_per_transaction(database: Database) -> None:
+    """Rows the default partition holds for months create_parent makes go to their partitions a month per
+    transaction (the registration itself moves none of them): a reader of the table sees every row all the
+    while, and a writer is never refused."""
+    db = database
+    db.kind(PartitionGuardKind).create(PartitionGuardSpec())
+    db.kind(TableKind).create(VISITS)
+    db.execute(
+        "INSERT INTO public.visits (company_id, note, occurred_at) SELECT %s, 'seed', "
+        "date_trunc('month', now()) + (g %% 3 - 1) * interval '1 month' + (g %% 600) * interval '1 hour' "
+        "FROM generate_series(1, %s) g",
+        (COMPANY_A, VISIT_ROWS),
+    )
+    insert_event_into(db, "visits", "far past", "2001-03-05")
+    with db.connect() as conn:
+        moves = month_moves(conn, VISITS_SET)
+    assert len(moves) == 3  # last month, this one, the next
+    for month in moves:
+        held = {(lock.table, lock.lock) for operation in month for lock in operation.locks}
+        assert held == {("visits", Lock.ACCESS_EXCLUSIVE), ("visits_default", Lock.ACCESS_EXCLUSIVE)}
+
+    seen: set[int] = set()
+    errors: list[str] = []
+    halt = threading.Event()
+
+    def read_and_write() -> None:
+        with db.connect() as conn:
+            while not halt.is_set():
+                row = conn.execute("SELECT count(*) FROM public.visits WHERE note = 'seed'").fetchone()
+                seen.add(int(row[0]) if row else -1)
+                try:
+                    conn.execute("INSERT INTO public.visits (company_id, note) VALUES (%s, 'live')", (COMPANY_A,))
+                except psycopg.Error as error:
+                    errors.append(str(error))
+                halt.wait(0.005)
+
+    worker = threading.Thread(target=read_and_write, daemon=True)
+    worker.start()
+    try:
+        db.kind(PartitionSetKind).create(VISITS_SET)
+    finally:
+        halt.set()
+        worker.join(timeout=30)
+    assert seen == {VISIT_ROWS} and errors == [], (seen, errors[:3])
+    in_default = db.rows("SELECT note, count(*) FROM ONLY public.visits_default GROUP BY 1")
+    assert in_default == [("far past", 1)]
+    by_month = db.rows(
+        "SELECT tableoid::regclass::text, count(*) FROM public.visits WHERE note = 'seed' GROUP BY 1 ORDER BY 1"
+    )
+    assert [name for name, _ in by_month] == [f"visits_p{month_suffix(db, offset)}" for offset in (-1, 0, 1)]
+    assert sum(count for _, count in by_month) == VISIT_ROWS
+    assert {name: state for name, state in partitions(db, "visits").items() if state != (True, True, OWNER)} == {}
+
+
+def insert_event_into(db: Database, table: str, note: str, at: str) -> None:
+    db.execute(
+        sql.SQL("INSERT INTO {} (company_id, note, occurred_at) VALUES (%s, %s, %s)").format(
+            sql.Identifier("public", table)
+        ),
+        (COMPANY_A, note, at),
+    )
 
 
 # --- online conversion of a populated plain table ----------------------------------------------------
@@ -370,11 +473,11 @@ def test_conversion_refuses_what_would_keep_pointing_at_the_old_table(database: 
     )
     database.execute("CREATE TABLE public.notes_plain (id uuid PRIMARY KEY, at timestamptz NOT NULL, extra text)")
     with database.connect() as conn, pytest.raises(ProviderError, match="extra are not in the spec"):
-        convert_to_partitioned(conn, spec, "2s")
+        convert_to_partitioned(conn, spec, Timeouts("2s"))
     database.execute("ALTER TABLE public.notes_plain DROP COLUMN extra")
     database.execute("CREATE TABLE public.notes_child (note_id uuid REFERENCES public.notes_plain (id))")
     with database.connect() as conn, pytest.raises(ProviderError, match="foreign key notes_child_note_id_fkey"):
-        convert_to_partitioned(conn, spec, "2s")
+        convert_to_partitioned(conn, spec, Timeouts("2s"))
     assert database.scalar("SELECT relkind FROM pg_class WHERE oid = 'public.notes_plain'::regclass") == "r"
     database.execute("DROP TABLE public.notes_child, public.notes_plain")
 
@@ -415,7 +518,7 @@ def test_online_conversion_under_a_writer_loses_and_duplicates_nothing(database:
     try:
         time.sleep(0.3)
         with db.connect() as conn:
-            result = convert_to_partitioned(conn, spec, "2s", premake=3, batch_pages=100, on_phase=during)
+            result = convert_to_partitioned(conn, spec, Timeouts("2s"), premake=3, batch_pages=100, on_phase=during)
         time.sleep(0.3)  # the writer keeps writing, now into the partitioned table
     finally:
         writer.stop.set()
@@ -523,8 +626,8 @@ def test_online_conversion_under_a_writer_loses_and_duplicates_nothing(database:
 
     # converting again changes nothing; then the verified old table may go
     with db.connect() as conn:
-        assert convert_to_partitioned(conn, spec, "2s") is None
-        assert drop_unpartitioned(conn, spec, "2s")
-        assert not drop_unpartitioned(conn, spec, "2s")
+        assert convert_to_partitioned(conn, spec, Timeouts("2s")) is None
+        assert drop_unpartitioned(conn, spec, Timeouts("2s"))
+        assert not drop_unpartitioned(conn, spec, Timeouts("2s"))
     assert db.scalar("SELECT to_regclass('public.communications_unpartitioned')") is None
     assert db.scalar("SELECT count(*) FROM public.communications WHERE id = %s", (late,)) == 1

@@ -30,6 +30,7 @@ from psycopg.rows import dict_row
 from components.database.declared.access import load_access
 from components.database.declared.model import load_schema
 from components.database.declared.reporting import REPORTING_FILE, ReportingModel, load_reporting
+from components.database.declared.tenancy import read_all_policy
 from components.database.kinds.function import FunctionKind
 from components.database.kinds.grant import GrantKind, GrantSpec
 from components.database.kinds.materialized_view import (
@@ -37,6 +38,7 @@ from components.database.kinds.materialized_view import (
     MaterializedViewSpec,
     MaterializedViewStatus,
 )
+from components.database.kinds.policy import PolicyKind
 from components.database.kinds.schema import SchemaKind, SchemaSpec
 from components.database.kinds.table import TableKind
 from components.database.kinds.view import ViewKind, ViewStatus
@@ -54,8 +56,9 @@ CREATE ROLE thorbis_owner NOLOGIN;
 CREATE ROLE anon NOLOGIN;
 CREATE ROLE authenticated NOLOGIN;
 CREATE ROLE service_role NOLOGIN BYPASSRLS;
-CREATE ROLE reporting_owner NOLOGIN BYPASSRLS;
-CREATE ROLE reporting LOGIN BYPASSRLS PASSWORD {password};
+CREATE ROLE reporting_owner NOLOGIN;
+CREATE ROLE search_owner NOLOGIN;
+CREATE ROLE reporting LOGIN PASSWORD {password};
 CREATE ROLE authenticator LOGIN NOINHERIT PASSWORD {password} IN ROLE anon, authenticated, service_role;
 CREATE SCHEMA app AUTHORIZATION thorbis_owner;
 GRANT USAGE ON SCHEMA app TO anon, authenticated, service_role, reporting;
@@ -88,10 +91,11 @@ def make_tables(db: Database) -> None:
         if name not in needed:
             needed.add(name)
             pending += [fk.ref_table for fk in schema.table(name).foreign_key_constraints]
-    tables = db.kind(TableKind)
+    tables, policies = db.kind(TableKind), db.kind(PolicyKind)
     for data in schema.in_dependency_order():
         if data.name in needed:
             tables.create(data.table_spec(OWNER))
+            policies.create(read_all_policy(data, load_access().read_all))  # what the readers see every row by
     # what access.yaml's table_privileges give (plus the reports' owner: it reads every table to refresh)
     db.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO reporting, reporting_owner")
 

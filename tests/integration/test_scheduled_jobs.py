@@ -15,6 +15,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from components.database.declared.access import load_access
 from components.database.declared.jobs import JobData, load_jobs
 from components.database.declared.model import TABLE_SCHEMA, load_schema
 from components.database.declared.operations import cron_job_spec, load_maintenance, load_monitoring
@@ -74,6 +75,8 @@ def database(primary: Primary) -> Database:
             )
         )
     procedures = db.kind(FunctionKind)
+    securing = next(function for function in load_access().functions if function.name == "secure_partitions")
+    procedures.create(securing.function_spec(OWNER))  # what the partition maintenance job calls
     for procedure in load_maintenance().procedure_specs(OWNER):
         procedures.create(procedure)
     return db

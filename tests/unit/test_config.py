@@ -32,7 +32,7 @@ from config import (
     load_settings,
     parse_settings,
 )
-from config.settings import SettingsContext
+from config.settings import CacheSettings, CacheTierSettings, SettingsContext
 from tests.conftest import ROOT
 
 PASSWORD_KEYS = ("postgresPassword", "replicationPassword", "pgbouncerAuthPassword", "redisPassword")
@@ -108,6 +108,12 @@ def busy_port() -> Iterator[int]:
 
 
 # --- good configurations -----------------------------------------------------------------------------
+
+
+def test_the_company_claim_is_top_level_by_default_or_a_dotted_path() -> None:
+    assert Stack().parse().company_claim == "company_id"
+    nested = Stack().with_values(companyClaim="app_metadata.company_id").parse()
+    assert nested.company_claim == "app_metadata.company_id"
 
 
 def test_defaults() -> None:
@@ -296,6 +302,8 @@ def test_python_code_may_use_snake_case_names() -> None:
         PartitioningSettings,
         JobsSettings,
         BackupSettings,
+        CacheSettings,
+        CacheTierSettings,
     ],
 )
 def test_every_key_is_documented_with_its_default_and_allowed_values(model: type[BaseModel]) -> None:
@@ -338,6 +346,12 @@ BAD = [
     ),
     Bad("lock-timeout-unit", {"lockTimeout": "5sec"}, "thorbis:lockTimeout", ('"5sec"', "PostgreSQL duration")),
     Bad("state-dir-empty", {"stateDir": " "}, "thorbis:stateDir", ("must not be empty",)),
+    Bad(
+        "company-claim-path",
+        {"companyClaim": "app_metadata..company-id"},
+        "thorbis:companyClaim",
+        ('"app_metadata..company-id"', "app_metadata.company_id"),
+    ),
     Bad("premake-zero", {"partitioning": {"premake": 0}}, "thorbis:partitioning.premake", ("= 0:", "1 to 60")),
     Bad(
         "retention-text",

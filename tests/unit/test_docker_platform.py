@@ -233,6 +233,16 @@ def test_primary_preloads_pg_cron_and_streams_wal(staging: Deployment) -> None:
     assert "wal_level=replica" in settings
 
 
+def test_pgbouncer_serves_a_write_pool_and_a_read_pool_over_the_replicas(staging: Deployment) -> None:
+    [upload] = staging.containers[f"{NETWORK}-pgbouncer"].inputs["uploads"]
+    assert upload["file"] == "/etc/pgbouncer/pgbouncer.ini"
+    lines = upload["content"].splitlines()
+    assert f"thorbis = host={NETWORK}-primary port=5432 dbname=thorbis" in lines
+    assert f"thorbis_read = host={NETWORK}-replica-0,{NETWORK}-replica-1 port=5432 dbname=thorbis" in lines
+    assert {"min_pool_size = 0", "server_login_retry = 1", "pool_mode = transaction"} <= set(lines)
+    assert not any(password in upload["content"] for password in PASSWORDS.values())
+
+
 def test_primary_uploads_the_init_script_that_creates_the_roles(staging: Deployment) -> None:
     [upload] = staging.containers[f"{NETWORK}-primary"].inputs["uploads"]
     assert upload["file"].startswith("/docker-entrypoint-initdb.d/")
@@ -301,6 +311,7 @@ def test_connection_describes_the_containers_and_is_secret(staging: Deployment) 
         replicas=(Endpoint.loopback(REPLICA_BASE_PORT), Endpoint.loopback(REPLICA_BASE_PORT + 1)),
         redis=Endpoint.loopback(REDIS_PORT),
         redis_password=PASSWORDS["redisPassword"],
+        read_database="thorbis_read",
     )
     assert staging.connection_is_secret
 
@@ -317,3 +328,11 @@ def test_no_replicas_means_no_replica_containers_or_volumes() -> None:
     assert deployment.connection.replicas == ()
     assert deployment.connection.primary == Endpoint.loopback(PRIMARY_PORT)
     assert deployment.connection_is_secret
+
+
+def test_without_replicas_the_read_pool_is_the_primary() -> None:
+    """The read DSN names the read pool on every stack: with no replica it reads from the primary."""
+    deployment = deploy(stack_settings(replicas=0))
+    [upload] = deployment.containers[f"{NETWORK}-pgbouncer"].inputs["uploads"]
+    assert f"thorbis_read = host={NETWORK}-primary port=5432 dbname=thorbis" in upload["content"].splitlines()
+    assert deployment.connection.read_database == "thorbis_read"

@@ -29,8 +29,10 @@ from components.database.declared.model import load_schema
 from components.database.kinds.index import IndexKind, IndexSpec
 from components.database.kinds.partition_guard import PartitionGuardStatus
 from components.database.kinds.role import RoleKind, RoleSpec
+from components.database.kinds.row_security import RowSecurityStatus
 from components.database.kinds.table import TableStatus
 from components.database.layer import DatabaseLayer
+from components.database.session import Timeouts
 from components.kind import SECRET, Kind, marked
 from components.resource import declare
 from config import StackSettings, parse_settings
@@ -117,8 +119,12 @@ def test_an_input_the_spec_does_not_have_is_refused_when_the_program_runs() -> N
 
 
 def test_drift_is_a_status_field_that_is_not_as_expected_and_unknown_is_not_drift() -> None:
-    assert TableStatus(row_level_security=False, not_validated=["fk"]).drift() == ["rowLevelSecurity", "notValidated"]
-    assert TableStatus(row_level_security=True, not_validated=[]).drift() == []
+    drifted = RowSecurityStatus(
+        enabled=False, undeclared_policies=["leak: PERMISSIVE FOR SELECT TO public USING (true)"]
+    )
+    assert drifted.drift() == ["enabled", "undeclaredPolicies"]
+    assert RowSecurityStatus(enabled=True, undeclared_policies=[]).drift() == []
+    assert TableStatus(not_validated=["fk"]).drift() == ["notValidated"]
     assert TableStatus().drift() == []  # a state recorded before the field existed
     assert PartitionGuardStatus(unsecured_partitions=2).drift() == ["unsecuredPartitions"]
     assert TableStatus(adopted=True).wire() == {"adopted": True}  # only what a step set is recorded
@@ -130,7 +136,7 @@ def test_drift_is_a_status_field_that_is_not_as_expected_and_unknown_is_not_drif
 def test_a_plan_runs_shared_operations_together_and_the_others_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     runs: list[tuple[list[str], bool, bool]] = []
 
-    def run_ddl(conn: Any, statements: list[sql.Composable], lock_timeout: str, **options: Any) -> None:
+    def run_ddl(conn: Any, statements: list[sql.Composable], timeouts: Timeouts, **options: Any) -> None:
         if statements:
             texts = [statement.as_string(None) for statement in statements]
             runs.append((texts, options.get("transactional", True), options.get("before_retry") is not None))
@@ -144,7 +150,7 @@ def test_a_plan_runs_shared_operations_together_and_the_others_alone(monkeypatch
         Operation(sql.SQL("CREATE INDEX CONCURRENTLY i ON t (c)"), Transaction.NONE, cleanup=sql.SQL("DROP INDEX i")),
         Operation(sql.SQL("COMMENT ON TABLE t IS 'x'")),
     ]
-    ddl.apply(conn, plan, "5s", "table t")
+    ddl.apply(conn, plan, Timeouts(), "table t")
     assert runs == [
         (["ALTER TABLE t ADD COLUMN c int", "ALTER TABLE t ADD CONSTRAINT k CHECK (c > 0) NOT VALID"], True, False),
         (["ALTER TABLE t VALIDATE CONSTRAINT k"], True, False),
@@ -176,7 +182,6 @@ def test_every_object_the_layer_declares_is_a_valid_spec_of_its_kind() -> None:
         database="thorbis",
         admin_user="postgres",
         admin_password="pw",
-        platform_owns_roles=True,
     )
 
     def program() -> None:
@@ -197,4 +202,4 @@ def test_every_object_the_layer_declares_is_a_valid_spec_of_its_kind() -> None:
     tables = [name for name, (typ, _) in made.items() if typ == "thorbisdb:db:Table"]
     policies = [name for name, (typ, _) in made.items() if typ == "thorbisdb:db:Policy"]
     assert sorted(tables) == sorted(f"table-{table.name}" for table in schema.tables)
-    assert len(policies) == 4 * len(schema.tables)
+    assert len(policies) == 5 * len(schema.tables)  # four tenant policies and the read_all one

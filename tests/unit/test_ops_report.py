@@ -72,8 +72,9 @@ def test_the_drift_report_is_one_row_per_property_and_says_how_to_repair() -> No
 def test_a_plain_preview_finds_the_drift_in_its_refresh_and_plans_the_repair() -> None:
     log = replay("preview_refreshed.jsonl")
     found = {(d.name, d.property): (d.recorded, d.live) for change in log.drift for d in differences(change)}
+    # recorded before RLS became a kind of its own (RowSecurity): no kind says the field's healthy value now
     assert found == {
-        ("table-customers", "rowLevelSecurity"): ("true", "false"),
+        ("table-customers", "rowLevelSecurity"): ("(none)", "false"),
         ("index-jobs_company_id_customer_id_idx", "(the object)"): ("exists", "gone"),
         ("policy-invoices_tenant_select", "using"): ("company_id = (SELECT app.current_company_id())", "true"),
     }
@@ -106,7 +107,7 @@ def test_secrets_are_shown_masked() -> None:
 def test_sql_of_new_indexes_policies_and_tables_comes_from_the_kinds_renderers() -> None:
     changes = by_name(replay("preview_allowed.jsonl"))
     assert planned_sql(changes["index-customers_loyalty_tier_idx"]) == [
-        'CREATE INDEX CONCURRENTLY "customers_loyalty_tier_idx" ON "public"."customers" '
+        'CREATE INDEX CONCURRENTLY IF NOT EXISTS "customers_loyalty_tier_idx" ON "public"."customers" '
         'USING btree ("company_id", "loyalty_tier")'
     ]
     assert planned_sql(changes["policy-customer_badges_tenant_select"]) == [
@@ -164,6 +165,35 @@ def test_drift_is_called_out_above_the_changes() -> None:
     assert summary.splitlines()[0].endswith(": drift")
     assert "`thorbisdb:db:Index` `index-jobs_customer_id_idx`: gone" in summary
     assert summary.index("**Drift**") < summary.index("**No changes**")
+
+
+def test_access_beyond_the_declaration_is_a_risk_listed_worst_first() -> None:
+    """Undeclared privileges and policies found by the refresh (status fields marked Access), by kind, not name."""
+    leaks = [
+        Change(
+            "update",
+            "urn:x::exact-privileges",
+            "thorbisdb:db:ExactPrivileges",
+            ("undeclared",),
+            old_outputs={"undeclared": []},
+            new_outputs={"undeclared": ["anon: SELECT on table public.jobs", "anon: TRUNCATE on table public.jobs"]},
+        ),
+        Change(
+            "update",
+            "urn:x::row-security-customers",
+            "thorbisdb:db:RowSecurity",
+            ("undeclaredPolicies",),
+            old_outputs={"undeclaredPolicies": []},
+            new_outputs={"undeclaredPolicies": ["leak: PERMISSIVE FOR SELECT TO public USING (true)"]},
+        ),
+    ]
+    summary = render_markdown(PreviewOutcome("dev", [], 576, drift=leaks))
+    risks = summary[summary.index("**Access beyond the declaration**") : summary.index("**Drift**")]
+    assert risks.splitlines()[1:4] == [
+        "> - `exact-privileges`: anon: TRUNCATE on table public.jobs",
+        "> - `exact-privileges`: anon: SELECT on table public.jobs",
+        "> - `row-security-customers`: leak: PERMISSIVE FOR SELECT TO public USING (true)",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
-"""What a platform hands the database layer, under Pulumi's mocks: the layer decides from the ConnectionSpec
-alone (never from the platform's name), and the external platform checks every extension the layer installs."""
+"""What a platform hands the database layer, under Pulumi's mocks: the layer declares the same whatever the
+platform (whether a role is adopted is decided against the live catalog, not by the platform), and the
+external platform checks every extension the layer installs."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import json
 from typing import Any
 
 import pulumi
-import pytest
 
 from components.connection import ConnectionSpec, Endpoint
 from components.database.declared.access import load_access
@@ -31,14 +31,13 @@ def settings_of(platform: str) -> StackSettings:
     return parse_settings("dev", raw, secrets, ROOT)
 
 
-def connection(platform_owns_roles: bool) -> ConnectionSpec:
+def connection(platform: str) -> ConnectionSpec:
     return ConnectionSpec(
-        platform="local",
+        platform=platform,
         primary=Endpoint.loopback(15432),
         database="thorbis",
         admin_user="postgres",
         admin_password="Admin-Secret-0123456789",
-        platform_owns_roles=platform_owns_roles,
     )
 
 
@@ -51,17 +50,23 @@ def declared_layer(settings: StackSettings, handed_over: ConnectionSpec) -> list
     return created
 
 
-@pytest.mark.parametrize("owns", [True, False])
-def test_roles_are_adopted_when_the_connection_says_the_platform_owns_them(owns: bool) -> None:
-    """On platform `local` in the settings, yet the ConnectionSpec decides."""
-    roles = [c for c in declared_layer(settings_of("local"), connection(owns)) if c.type == ROLE_TYPE]
-    assert {str(role.inputs["name"]) for role in roles} == {role.name for role in load_access().roles}
-    assert {role.inputs["name"]: role.inputs["adoptExisting"] for role in roles} == {
-        role.inputs["name"]: owns for role in roles
+def test_roles_are_declared_alike_on_every_platform() -> None:
+    """Supabase's roles exist on external and not on local: the Role kind adopts the ones it finds (never
+    altered, never dropped), so the program declares them the same and never marks them by platform."""
+    declared = {
+        platform: {
+            str(role.inputs["name"]): role.inputs
+            for role in declared_layer(settings_of(platform), connection(platform))
+            if role.type == ROLE_TYPE
+        }
+        for platform in ("local", "external")
     }
+    assert set(declared["local"]) == {role.name for role in load_access().roles}
+    assert declared["local"] == declared["external"]
+    assert not any(inputs.get("adoptExisting") for inputs in declared["local"].values())
 
 
-def test_the_external_platform_checks_every_extension_the_layer_installs_and_owns_the_roles() -> None:
+def test_the_external_platform_checks_every_extension_the_layer_installs() -> None:
     seen: dict[str, ConnectionSpec] = {}
 
     def program() -> pulumi.Output[None]:
@@ -78,5 +83,4 @@ def test_the_external_platform_checks_every_extension_the_layer_installs_and_own
     [server] = [c for c in created if c.type == EXTERNAL_TYPE]
     assert server.inputs["requiredExtensions"] == [extension.name for extension in load_access().extensions]
     assert "pg_partman" in server.inputs["requiredExtensions"]
-    assert seen["connection"].platform_owns_roles
     assert seen["connection"].primary == Endpoint(host="db.example.com", port=5432)

@@ -391,7 +391,7 @@ def test_invoice_total_check_is_not_null_blind() -> None:
 
 # --- query indexes -----------------------------------------------------------------------------------------
 
-INDEX_KEYS = frozenset({"name", "keys", "method", "unique", "where", "serves"})
+INDEX_KEYS = frozenset({"name", "keys", "method", "unique", "include", "where", "serves"})
 # The review's P2-2 list: composite, partial and trigram indexes, each tied to the query it serves.
 REVIEW_QUERY_INDEXES = frozenset(
     {

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
+from psycopg import sql
 from pydantic import BaseModel, ConfigDict, PositiveInt, model_validator
 
 from components.database.declared import SQL_DIR
@@ -39,7 +40,7 @@ class JobsFile(BaseModel):
     @model_validator(mode="after")
     def placeholders_are_parameters(self) -> JobsFile:
         for job in self.jobs:
-            unknown = set(PLACEHOLDER.findall(job.command)) - set(self.parameters)
+            unknown = set(PLACEHOLDER.findall(job.command)) - set(self.parameters) - set(DERIVED)
             if unknown:
                 raise ValueError(f"job {job.name}: unknown parameter(s) {', '.join(sorted(unknown))}")
         return self
@@ -51,7 +52,7 @@ class JobsFile(BaseModel):
     def resolved(self, schedules: Mapping[str, str], parameters: Mapping[str, int]) -> list[JobData]:
         """The jobs with these schedules and parameter values (names the config validated) in place of the
         defaults."""
-        values = {**self.parameters, **parameters}
+        values = {**{name: derive() for name, derive in DERIVED.items()}, **self.parameters, **parameters}
         return [
             job.model_copy(
                 update={
@@ -61,6 +62,19 @@ class JobsFile(BaseModel):
             )
             for job in self.jobs
         ]
+
+
+def partitioned_tables() -> str:
+    """The partitioned tables of sql/schema as an SQL array, for the partition maintenance job."""
+    # imported here, not above: config reads this module, and the schema model imports the kinds
+    from components.database.declared.model import TABLE_SCHEMA, load_schema
+
+    names = [f"{TABLE_SCHEMA}.{table.name}" for table in load_schema().tables if table.partition]
+    return sql.SQL("ARRAY[{}]::text[]").format(sql.SQL(", ").join(sql.Literal(name) for name in names)).as_string()
+
+
+#: Parameters of job commands that the program derives from the schema data (never set by config).
+DERIVED = {"partitionedTables": partitioned_tables}
 
 
 def load_jobs(path: Path = JOBS_FILE) -> JobsFile:

@@ -40,6 +40,12 @@ class ColumnData(Data):
     default: str | None = None
     references: Reference | None = None
     description: str | None = None
+    renamed_from: str | None = Field(default=None, description="The column's name before: `up` renames it.")
+    backfill: str | None = Field(
+        default=None,
+        description="SQL expression (may use the row's other columns) that fills the existing rows when the "
+        "column becomes NOT NULL without a default.",
+    )
 
 
 class ForeignKeyTarget(Data):
@@ -69,6 +75,7 @@ class IndexData(Data):
     keys: list[str]
     method: Literal["btree", "gin", "gist", "hash", "brin"] = "btree"
     unique: bool = False
+    include: list[str] = Field(default_factory=list, description="Columns stored in the index (index-only scans).")
     where: str | None = None
     serves: str | None = Field(default=None, description="The query this index is for.")
 
@@ -190,9 +197,7 @@ class TableData(Data):
             schema_name=TABLE_SCHEMA,
             name=self.name,
             owner=owner,
-            columns=[
-                ColumnSpec(name=c.name, type=c.type, nullable=c.nullable, default=c.default) for c in self.columns
-            ],
+            columns=[ColumnSpec(**c.model_dump(include=set(ColumnSpec.model_fields))) for c in self.columns],
             primary_key=self.primary_key,
             uniques=self.unique_constraints,
             checks=[CheckSpec(name=c.name, expression=c.expression) for c in self.checks],
@@ -210,6 +215,7 @@ class TableData(Data):
                 keys=index.keys,
                 method=index.method,
                 unique=index.unique,
+                include=index.include,
                 where=index.where,
             )
             for index in self.indexes

@@ -8,7 +8,8 @@ from components.database.base import bounded
 from components.database.declared.model import TABLE_SCHEMA, SchemaModel, TableData
 from components.database.kinds.policy import Command, PolicySpec
 
-CURRENT_COMPANY = "(SELECT app.current_company_id())"
+COMPANY_HELPER = "app.current_company_id()"
+CURRENT_COMPANY = f"(SELECT {COMPANY_HELPER})"
 TENANT_ROLES = ["authenticated"]
 
 
@@ -66,3 +67,16 @@ def tenant_policies(table: TableData, schema: SchemaModel) -> list[PolicySpec]:
         policy("UPDATE", predicate, written),
         policy("DELETE", predicate, None),
     ]
+
+
+def read_all_policy(table: TableData, readers: list[str]) -> PolicySpec:
+    """Every row of the table, to read only, for `readers` (reports across companies, the materialized
+    views' owner): a policy in place of BYPASSRLS, which only a superuser may give a role."""
+    return PolicySpec(
+        schema_name=TABLE_SCHEMA,
+        table=table.name,
+        name=bounded(f"{table.name}_read_all"),
+        command="SELECT",
+        roles=readers,
+        using="true",
+    )

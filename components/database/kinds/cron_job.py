@@ -118,7 +118,9 @@ class CronJobKind(DatabaseKind[CronJobSpec, CronJobStatus]):
     spec_type = CronJobSpec
     status_type = CronJobStatus
 
-    def observe(self, resource_id: str, spec: CronJobSpec) -> Observed[CronJobStatus] | None:
+    def observe(
+        self, resource_id: str, spec: CronJobSpec, recorded: CronJobStatus | None = None
+    ) -> Observed[CronJobStatus] | None:
         with connect(self.target) as conn:
             live = read_job(conn, spec.name)
             return None if live is None else observed(live, spec)
@@ -139,7 +141,7 @@ class CronJobKind(DatabaseKind[CronJobSpec, CronJobStatus]):
         assert after is not None
         return after.job_id
 
-    def delete(self, resource_id: str, spec: CronJobSpec) -> None:
+    def delete(self, resource_id: str, spec: CronJobSpec, recorded: CronJobStatus | None = None) -> None:
         with connect(self.target) as conn:
             live = read_job(conn, spec.name)
             if live is None:

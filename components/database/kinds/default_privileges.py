@@ -85,7 +85,9 @@ class DefaultPrivilegesKind(DatabaseKind[DefaultPrivilegesSpec, NoStatus]):
     token = TOKEN
     spec_type = DefaultPrivilegesSpec
 
-    def observe(self, resource_id: str, spec: DefaultPrivilegesSpec) -> Observed[NoStatus] | None:
+    def observe(
+        self, resource_id: str, spec: DefaultPrivilegesSpec, recorded: NoStatus | None = None
+    ) -> Observed[NoStatus] | None:
         with connect(self.target) as conn:
             live = held(conn, spec)
         if live is None:
@@ -106,7 +108,7 @@ class DefaultPrivilegesKind(DatabaseKind[DefaultPrivilegesSpec, NoStatus]):
             self.apply(conn, change_operations(spec, live, old), what=describe(spec))
         return NoStatus()
 
-    def delete(self, resource_id: str, spec: DefaultPrivilegesSpec) -> None:
+    def delete(self, resource_id: str, spec: DefaultPrivilegesSpec, recorded: NoStatus | None = None) -> None:
         with connect(self.target) as conn:
             if held(conn, spec) is None:
                 return

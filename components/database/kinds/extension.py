@@ -1,8 +1,10 @@
 """thorbisdb:db:Extension — an extension, its schema and version.
 
-An extension the server does not ship is reported with what to install, before anything changes. Drop
-is RESTRICT: objects that depend on the extension, or rows in its configuration tables (pg_cron's jobs),
-are named and kept rather than cascaded away.
+An extension the server does not ship is reported with what to install, before anything changes; one
+only a superuser may create, when the stack's role is none, with where to enable it (Supabase's
+dashboard). An extension installed before the stack is adopted where it is: never moved, updated or
+dropped. Drop is RESTRICT: objects that depend on the extension, or rows in its configuration tables
+(pg_cron's jobs), are named and kept rather than cascaded away.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from components.kind import Observed, ProviderError, Replace, Spec, Status
 
 TOKEN = "thorbisdb:db:Extension"
 EXTENSION_QUERY = """
-SELECT n.nspname, e.extversion FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+SELECT n.nspname, e.extversion, e.extrelocatable FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
 WHERE e.extname = %s
 """
 CONFIG_TABLES_QUERY = """
@@ -48,11 +50,12 @@ class ExtensionStatus(Status):
 class LiveExtension:
     schema: str
     version: str
+    relocatable: bool
 
 
 def read_extension(conn: psycopg.Connection, name: str) -> LiveExtension | None:
     row = conn.execute(EXTENSION_QUERY, (name,)).fetchone()
-    return None if row is None else LiveExtension(row[0], row[1])
+    return None if row is None else LiveExtension(row[0], row[1], row[2])
 
 
 def installed(live: LiveExtension) -> ExtensionStatus:
@@ -82,6 +85,14 @@ def ensure_available(conn: psycopg.Connection, spec: ExtensionSpec, where: str) 
         )
 
 
+def unmovable(spec: ExtensionSpec, live: LiveExtension) -> ProviderError:
+    return ProviderError(
+        f"extension {spec.name} is installed in schema {live.schema}, not {spec.schema_name}, and cannot be moved "
+        f"(it is not relocatable). To move it: DROP EXTENSION {spec.name} as a superuser (what it holds goes with "
+        "it; the stack makes its own objects again), then run `pulumi up`"
+    )
+
+
 def extension_operations(spec: ExtensionSpec, live: LiveExtension | None) -> list[Operation]:
     name = sql.Identifier(spec.name)
     if live is None:
@@ -98,6 +109,8 @@ def extension_operations(spec: ExtensionSpec, live: LiveExtension | None) -> lis
         )
     statements: list[Statement] = []
     if spec.schema_name is not None and live.schema != spec.schema_name:
+        if not live.relocatable:
+            raise unmovable(spec, live)
         statements.append(sql.SQL("ALTER EXTENSION {} SET SCHEMA {}").format(name, sql.Identifier(spec.schema_name)))
     if spec.version is not None and live.version != spec.version:
         statements.append(sql.SQL("ALTER EXTENSION {} UPDATE TO {}").format(name, sql.Literal(spec.version)))
@@ -123,11 +136,15 @@ class ExtensionKind(DatabaseKind[ExtensionSpec, ExtensionStatus]):
         spec = self.target.connection
         return f"the {spec.platform} server {spec.primary.host}:{spec.primary.port} (database {spec.database})"
 
-    def observe(self, resource_id: str, spec: ExtensionSpec) -> Observed[ExtensionStatus] | None:
+    def observe(
+        self, resource_id: str, spec: ExtensionSpec, recorded: ExtensionStatus | None = None
+    ) -> Observed[ExtensionStatus] | None:
         with connect(self.target) as conn:
             live = read_extension(conn, spec.name)
         if live is None:
             return None
+        if recorded is not None and recorded.adopted:  # where it was found is where it stays
+            return Observed(spec.model_dump(by_alias=True), installed(live))
         inputs = {
             **spec.model_dump(by_alias=True),
             "schemaName": live.schema if spec.schema_name is not None else None,
@@ -137,24 +154,38 @@ class ExtensionKind(DatabaseKind[ExtensionSpec, ExtensionStatus]):
 
     def create(self, spec: ExtensionSpec) -> tuple[str, ExtensionStatus]:
         with connect(self.target) as conn:
-            existed = read_extension(conn, spec.name) is not None
-            live = self.converge(conn, spec)
-        return spec.name, installed(live).model_copy(update={"adopted": existed})
+            found = read_extension(conn, spec.name)
+            live = found if found is not None else self.converge(conn, spec)
+        return spec.name, installed(live).model_copy(update={"adopted": found is not None})
 
     def update(self, resource_id: str, old: dict[str, Any], spec: ExtensionSpec) -> ExtensionStatus:
         with connect(self.target) as conn:
+            live = read_extension(conn, spec.name)
+            if self.status_of(old).adopted and live is not None:
+                return installed(live)
             return installed(self.converge(conn, spec))
 
     def converge(self, conn: psycopg.Connection, spec: ExtensionSpec) -> LiveExtension:
         live = read_extension(conn, spec.name)
         if live is None or (spec.version is not None and live.version != spec.version):
             ensure_available(conn, spec, self.where)
-        self.apply(conn, extension_operations(spec, live), what=f"extension {spec.name}")
+        try:
+            self.apply(conn, extension_operations(spec, live), what=f"extension {spec.name}")
+        except ProviderError as error:
+            if isinstance(error.__cause__, psycopg.errors.InsufficientPrivilege) and live is None:
+                raise ProviderError(
+                    f"extension {spec.name} can only be created by a superuser, and the role the stack connects as "
+                    f"on {self.where} is none: create it as a superuser (on Supabase: Database > Extensions, "
+                    f"schema {spec.schema_name or 'its own'}), then run `pulumi up` again; the stack adopts it"
+                ) from error
+            raise
         now = read_extension(conn, spec.name)
         assert now is not None
         return now
 
-    def delete(self, resource_id: str, spec: ExtensionSpec) -> None:
+    def delete(self, resource_id: str, spec: ExtensionSpec, recorded: ExtensionStatus | None = None) -> None:
+        if recorded is not None and recorded.adopted:  # installed before the stack: it stays
+            return
         with connect(self.target) as conn:
             if read_extension(conn, spec.name) is None:
                 return

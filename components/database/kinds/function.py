@@ -269,7 +269,9 @@ class FunctionKind(DatabaseKind[FunctionSpec, FunctionStatus]):
     spec_type = FunctionSpec
     status_type = FunctionStatus
 
-    def observe(self, resource_id: str, spec: FunctionSpec) -> Observed[FunctionStatus] | None:
+    def observe(
+        self, resource_id: str, spec: FunctionSpec, recorded: FunctionStatus | None = None
+    ) -> Observed[FunctionStatus] | None:
         with connect(self.target) as conn:
             live, wanted = read_declared(conn, spec)
             return None if live is None else observed(live, wanted, spec)
@@ -296,7 +298,7 @@ class FunctionKind(DatabaseKind[FunctionSpec, FunctionStatus]):
         if spec.grant_execute_to is not None and set(after.execute_grantees) - set(spec.grant_execute_to):
             self.apply(conn, shared(privilege_statements(spec, after.execute_grantees)), what=what)
 
-    def delete(self, resource_id: str, spec: FunctionSpec) -> None:
+    def delete(self, resource_id: str, spec: FunctionSpec, recorded: FunctionStatus | None = None) -> None:
         what = f"drop {spec.kind} {spec.schema_name}.{spec.name}({spec.arguments})"
         with connect(self.target) as conn:
-            apply_drop(conn, drop_operations(spec), self.target.lock_timeout, what)
+            apply_drop(conn, drop_operations(spec), self.target.timeouts, what)

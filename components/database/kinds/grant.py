@@ -3,6 +3,8 @@
 What is held is read from the objects' own ACLs (aclexplode), so only this grantee's direct grants count:
 a privilege it has through PUBLIC or a role it belongs to does not hide a grant revoked by hand. Each
 declared privilege is reported when every object holds it; a missing one drops out and shows as drift.
+The status records which privileges the stack itself granted (those the grantee lacked), so that deleting
+the grant revokes exactly those: Supabase's USAGE on `public` for anon, there before, stays.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pydantic import Field, field_validator, model_validator
 from components.database.base import DatabaseKind
 from components.database.ddl import Operation, shared
 from components.database.session import Statement, connect, scalar
-from components.kind import NoStatus, Observed, ProviderError, Replace, Spec
+from components.kind import Observed, ProviderError, Replace, Spec, Status
 
 TOKEN = "thorbisdb:db:Grant"
 ObjectType = Literal[
@@ -96,8 +98,9 @@ class GrantSpec(Spec):
     with_grant_option: bool = Field(default=False, description="Whether the grantee may grant them on.")
     covers: list[str] = Field(
         default_factory=list,
-        description="all_*_in_schema only: the objects the grant must cover. A change re-runs the grant, so "
-        "objects adopted or created after it (which default privileges miss) get its privileges too.",
+        description="all_*_in_schema only: the objects it covers, none other of the schema (a partition, a "
+        "table the stack does not declare); empty: every one. A change re-runs the grant, so objects adopted or "
+        "created after it (which default privileges miss) get its privileges too.",
     )
 
     @field_validator("privileges")
@@ -121,6 +124,14 @@ class GrantSpec(Spec):
             if unsigned:
                 raise ValueError(f"functions need their argument types, e.g. {unsigned[0]}(): {', '.join(unsigned)}")
         return self
+
+
+class GrantStatus(Status):
+    granted: list[str] | None = Field(
+        default=None,
+        description="What the stack granted (PRIVILEGE object), which delete revokes; None in states older than "
+        "the field, whose delete revokes every declared privilege.",
+    )
 
 
 # --- read: which objects the spec covers, and what the grantee holds on them ----------------------------
@@ -206,7 +217,8 @@ def resolve(conn: psycopg.Connection, spec: GrantSpec, objects: list[str] | None
             Grantable(f"{proname}({arguments})", int(oid), function_name(schema, proname, arguments))
             for oid, proname, arguments in conn.execute(FUNCTIONS_QUERY, (schema,))
         ]
-    filter_names = names if named else None
+    # ALL TABLES IN SCHEMA with `covers`: those only (a customer's own tables, partitions, are not the stack's)
+    filter_names = names if named else (spec.covers or None)
     rows = conn.execute(RELATIONS_QUERY, (schema, RELKINDS[family], filter_names, filter_names)).fetchall()
     found = {name: oid for oid, name in rows}
     order = names if named else sorted(found)
@@ -262,8 +274,10 @@ def revoke_statement(
     )
 
 
-def grant_operations(conn: psycopg.Connection, spec: GrantSpec, old: dict[str, Any]) -> list[Operation]:
-    """REVOKE what was declared before and is no longer, then GRANT what is missing."""
+def grant_operations(
+    conn: psycopg.Connection, spec: GrantSpec, old: dict[str, Any]
+) -> tuple[list[Operation], list[str]]:
+    """REVOKE what was declared before and is no longer, then GRANT what is missing; and what it grants."""
     grantee = role_oid(conn, spec.grantee)
     if grantee is None:
         raise ProviderError(f"grant to {spec.grantee}: the role does not exist; declare it (a Role) first")
@@ -280,11 +294,23 @@ def grant_operations(conn: psycopg.Connection, spec: GrantSpec, old: dict[str, A
         statements.append(revoke_statement(spec, old_privileges, gone_targets))
     if old.get("withGrantOption") and not spec.with_grant_option and targets:
         statements.append(revoke_statement(spec, spec.privileges, targets, grant_option_only=True))
+    granting: list[str] = []
     for privilege in spec.privileges:
         lacking = [target for target in targets if not holds(acl, target, privilege, spec.with_grant_option)]
         if lacking:
             statements.append(grant_statement(spec, privilege, lacking))
-    return shared(statements)
+            granting += [granted_item(privilege, target.declared) for target in lacking]
+    return shared(statements), granting
+
+
+def granted_item(privilege: str, declared: str) -> str:
+    return f"{privilege} {declared}"
+
+
+def still_granted(spec: GrantSpec, recorded: list[str], targets: list[Grantable]) -> list[str]:
+    """What the stack granted before and is still declared (and not revoked by this change)."""
+    declared = {granted_item(privilege, target.declared) for privilege in spec.privileges for target in targets}
+    return [item for item in recorded if item in declared]
 
 
 def grant_id(spec: GrantSpec) -> str:
@@ -292,11 +318,14 @@ def grant_id(spec: GrantSpec) -> str:
     return f"{spec.grantee}:{spec.object_type}:{where}"
 
 
-class GrantKind(DatabaseKind[GrantSpec, NoStatus]):
+class GrantKind(DatabaseKind[GrantSpec, GrantStatus]):
     token = TOKEN
     spec_type = GrantSpec
+    status_type = GrantStatus
 
-    def observe(self, resource_id: str, spec: GrantSpec) -> Observed[NoStatus] | None:
+    def observe(
+        self, resource_id: str, spec: GrantSpec, recorded: GrantStatus | None = None
+    ) -> Observed[GrantStatus] | None:
         with connect(self.target) as conn:
             grantee = role_oid(conn, spec.grantee)
             if grantee is None:
@@ -313,21 +342,29 @@ class GrantKind(DatabaseKind[GrantSpec, NoStatus]):
             ],
             "objects": [name for name in spec.objects if name in found],
         }
-        return Observed(inputs, NoStatus())
+        return Observed(inputs, GrantStatus())
 
-    def create(self, spec: GrantSpec) -> tuple[str, NoStatus]:
+    def create(self, spec: GrantSpec) -> tuple[str, GrantStatus]:
         return grant_id(spec), self.update("", {}, spec)
 
-    def update(self, resource_id: str, old: dict[str, Any], spec: GrantSpec) -> NoStatus:
+    def update(self, resource_id: str, old: dict[str, Any], spec: GrantSpec) -> GrantStatus:
         with connect(self.target) as conn:
-            self.apply(conn, grant_operations(conn, spec, old), what=f"grant {grant_id(spec)}")
-        return NoStatus()
+            operations, granting = grant_operations(conn, spec, old)
+            self.apply(conn, operations, what=f"grant {grant_id(spec)}")
+            before = self.status_of(old).granted or []
+            kept = still_granted(spec, before, resolve(conn, spec))
+        return GrantStatus(granted=[*kept, *(item for item in granting if item not in kept)])
 
-    def delete(self, resource_id: str, spec: GrantSpec) -> None:
+    def delete(self, resource_id: str, spec: GrantSpec, recorded: GrantStatus | None = None) -> None:
+        """Revoke what the stack granted (every declared privilege, for a state that did not record it)."""
         with connect(self.target) as conn:
             if role_oid(conn, spec.grantee) is None:
                 return
             targets = resolve(conn, spec)
-            if targets:
-                revoke = revoke_statement(spec, spec.privileges, targets)
-                self.apply(conn, shared([revoke]), what=f"revoke {grant_id(spec)}")
+            granted = None if recorded is None else recorded.granted
+            statements = [
+                revoke_statement(spec, [privilege], chosen)
+                for privilege in spec.privileges
+                if (chosen := [t for t in targets if granted is None or granted_item(privilege, t.declared) in granted])
+            ]
+            self.apply(conn, shared(statements), what=f"revoke {grant_id(spec)}")

@@ -1,7 +1,7 @@
 """thorbisdb:db:Index — an index, built without blocking writers.
 
-On a table that holds rows the index is built CONCURRENTLY (outside a transaction); on a partitioned
-table it is made ON ONLY the parent, built concurrently on each partition and attached. A build that
+The index is built CONCURRENTLY (outside a transaction; on an empty table it costs nothing more); on a
+partitioned table it is made ON ONLY the parent, built concurrently on each partition and attached. A build that
 failed leaves an INVALID index behind: it is found (`valid: false` is drift) and rebuilt.
 """
 
@@ -15,7 +15,8 @@ from psycopg import sql
 from pydantic import Field
 
 from components.database.base import DatabaseKind, qualified
-from components.database.ddl import Operation, Transaction
+from components.database.ddl import Operation, Transaction, Work
+from components.database.locks import Lock, TableLock
 from components.database.session import Statement, connect, scalar
 from components.kind import Expect, Observed, ProviderError, Replace, Spec, Status
 
@@ -51,9 +52,11 @@ def key_sql(key: str) -> sql.Composable:
 def create_statement(
     spec: IndexSpec, table: sql.Composable, name: sql.Identifier, *, concurrently: bool, only: bool = False
 ) -> Statement:
+    # CONCURRENTLY outside a transaction, IF NOT EXISTS so that a step run again is no error (a leftover of
+    # an interrupted build is dropped first: before the retry, and by `build` when it finds it INVALID)
     statement = sql.SQL("CREATE {unique}INDEX {concurrently}{name} ON {only}{table} USING {method} ({keys})").format(
         unique=sql.SQL("UNIQUE " if spec.unique else ""),
-        concurrently=sql.SQL("CONCURRENTLY " if concurrently else ""),
+        concurrently=sql.SQL("CONCURRENTLY IF NOT EXISTS " if concurrently else ""),
         name=name,
         only=sql.SQL("ONLY " if only else ""),
         table=table,
@@ -67,15 +70,21 @@ def create_statement(
     return statement
 
 
+def on_table(spec: IndexSpec, lock: Lock, only: bool = False) -> tuple[TableLock, ...]:
+    return (TableLock(spec.schema_name, spec.table, lock, only),)
+
+
 def create_operation(spec: IndexSpec, *, concurrently: bool, only: bool = False) -> Operation:
     """CREATE INDEX on the spec's table: CONCURRENTLY outside a transaction (a failed attempt's INVALID index
-    dropped before a retry), or plainly inside one."""
+    dropped before a retry; builds on one table take turns), or plainly inside one (an empty table, or ON
+    ONLY a partitioned table's parent, which reads no row)."""
     table = qualified(spec.schema_name, spec.table)
     statement = create_statement(spec, table, sql.Identifier(spec.name), concurrently=concurrently, only=only)
-    if not concurrently:
-        return Operation(statement)
+    if not concurrently:  # ON ONLY locks the parent alone: its partitions' own builds go on meanwhile
+        return Operation(statement, locks=on_table(spec, Lock.SHARE, only=only))
     cleanup = drop_statement(qualified(spec.schema_name, spec.name), concurrently=True)
-    return Operation(statement, Transaction.NONE, cleanup=cleanup)
+    locks = on_table(spec, Lock.SHARE_UPDATE_EXCLUSIVE)
+    return Operation(statement, Transaction.NONE, cleanup=cleanup, locks=locks, work=Work.SCAN)
 
 
 def drop_statement(index: sql.Identifier, *, concurrently: bool) -> Statement:
@@ -83,9 +92,14 @@ def drop_statement(index: sql.Identifier, *, concurrently: bool) -> Statement:
 
 
 def drop_operation(spec: IndexSpec, *, concurrently: bool) -> Operation:
-    """DROP INDEX: CONCURRENTLY outside a transaction, or inside one (an index of a partitioned table)."""
+    """DROP INDEX: CONCURRENTLY outside a transaction; an index of a partitioned table inside one, because
+    PostgreSQL 15 drops a partitioned index only whole (no CONCURRENTLY, and an attached partition's index
+    cannot be dropped alone): ACCESS EXCLUSIVE on the table and its partitions, taken up front and held for
+    the catalog change only (no row is read)."""
     statement = drop_statement(qualified(spec.schema_name, spec.name), concurrently=concurrently)
-    return Operation(statement, Transaction.NONE if concurrently else Transaction.SHARED)
+    if concurrently:
+        return Operation(statement, Transaction.NONE, locks=on_table(spec, Lock.SHARE_UPDATE_EXCLUSIVE))
+    return Operation(statement, locks=on_table(spec, Lock.ACCESS_EXCLUSIVE))
 
 
 def definition_tail(definition: str) -> str:
@@ -138,17 +152,14 @@ def is_partitioned(conn: psycopg.Connection, spec: IndexSpec) -> bool:
     return bool(scalar(conn, "SELECT relkind = 'p' FROM pg_class WHERE oid = to_regclass(%s)", (relation,)))
 
 
-def has_rows(conn: psycopg.Connection, spec: IndexSpec) -> bool:
-    table = qualified(spec.schema_name, spec.table)
-    return bool(scalar(conn, sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(table)))
-
-
 class IndexKind(DatabaseKind[IndexSpec, IndexStatus]):
     token = TOKEN
     spec_type = IndexSpec
     status_type = IndexStatus
 
-    def observe(self, resource_id: str, spec: IndexSpec) -> Observed[IndexStatus] | None:
+    def observe(
+        self, resource_id: str, spec: IndexSpec, recorded: IndexStatus | None = None
+    ) -> Observed[IndexStatus] | None:
         with connect(self.target) as conn:
             live = live_index(conn, spec)
             if live is None:
@@ -187,7 +198,7 @@ class IndexKind(DatabaseKind[IndexSpec, IndexStatus]):
         if partitioned:
             self.apply(conn, self.partitioned_operations(conn, spec), what=what)
             return
-        self.apply(conn, [create_operation(spec, concurrently=has_rows(conn, spec))], what=what)
+        self.apply(conn, [create_operation(spec, concurrently=True)], what=what)
         if live_index(conn, spec) == (canonical(conn, spec), False):
             raise ProviderError(f"index {spec.name} was built INVALID (a duplicate row?); it is rebuilt on the next up")
 
@@ -206,7 +217,7 @@ class IndexKind(DatabaseKind[IndexSpec, IndexStatus]):
             operations.append(Operation(attach, Transaction.OWN))
         return operations
 
-    def delete(self, resource_id: str, spec: IndexSpec) -> None:
+    def delete(self, resource_id: str, spec: IndexSpec, recorded: IndexStatus | None = None) -> None:
         with connect(self.target) as conn:
             operation = drop_operation(spec, concurrently=not is_partitioned(conn, spec))
             self.apply(conn, [operation], what=f"drop index {spec.name}")

@@ -4,7 +4,8 @@ Pulumi deletes a resource that left the program at the end of an update, after t
 depend on it: a removed table's policies, trigger and indexes would be gone before its `protect`
 stopped the table itself. The manifest is registered first and every database object waits for it,
 so a table or column that would go away is refused at `check`, in preview and up alike, while
-nothing has changed yet. It is a record of intent: it creates nothing in the database.
+nothing has changed yet (a column declared `renamed_from` is renamed, not dropped; a column that changes
+type keeps its data). It is a record of intent: it creates nothing in the database.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ TOKEN = "thorbisdb:db:Manifest"
 
 class ManifestSpec(Spec):
     tables: dict[str, dict[str, str]] = Field(description="Every declared table (schema.name): column -> type.")
+    renamed: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description="Per table, the columns declared `renamed_from`: new name -> old name."
+    )
 
 
 class ManifestKind(DatabaseKind[ManifestSpec, NoStatus]):
@@ -34,10 +38,12 @@ class ManifestKind(DatabaseKind[ManifestSpec, NoStatus]):
         losses = [f"table {name} would be dropped with its rows" for name in before if name not in spec.tables]
         for name, columns in before.items():
             if name in spec.tables:
-                losses += column_losses(name, columns, spec.tables[name])
+                losses += column_losses(name, list(columns), list(spec.tables[name]), spec.renamed.get(name, {}))
         return losses
 
-    def observe(self, resource_id: str, spec: ManifestSpec) -> Observed[NoStatus] | None:
+    def observe(
+        self, resource_id: str, spec: ManifestSpec, recorded: NoStatus | None = None
+    ) -> Observed[NoStatus] | None:
         return Observed({}, NoStatus())  # nothing lives in the database: the declared tables are the whole state
 
     def create(self, spec: ManifestSpec) -> tuple[str, NoStatus]:
@@ -46,5 +52,5 @@ class ManifestKind(DatabaseKind[ManifestSpec, NoStatus]):
     def update(self, resource_id: str, old: dict[str, Any], spec: ManifestSpec) -> NoStatus:
         return NoStatus()
 
-    def delete(self, resource_id: str, spec: ManifestSpec) -> None:
+    def delete(self, resource_id: str, spec: ManifestSpec, recorded: NoStatus | None = None) -> None:
         """Tables are protected resources of their own; forgetting the record loses nothing."""

@@ -7,8 +7,8 @@ A new query cannot be applied in place: the view is dropped and created again in
 its grants and remakes the plain views that read it from their own definitions (else DROP would refuse).
 
 REFRESH runs the query as the view's owner: when that owner is subject to the row level security of a table
-it reads (no BYPASSRLS, or the table's owner under FORCE), a refresh silently empties the view. That is
-refused before anything is made.
+it reads (no BYPASSRLS, or the table's owner under FORCE) and no policy shows it every row, a refresh
+silently empties the view. That is refused before anything is made.
 """
 
 from __future__ import annotations
@@ -70,7 +70,8 @@ JOIN pg_namespace n ON n.nspname = m.schemaname
 JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = m.matviewname
 WHERE m.schemaname = %s AND m.matviewname = %s
 """
-#: Tables the shadow view reads whose row level security applies to the would-be owner.
+#: Tables the shadow view reads whose row level security hides rows from the would-be owner: it neither
+#: bypasses RLS nor has a policy that shows it every row (`read_all` in sql/access.yaml).
 HIDDEN_TABLES_QUERY = """
 SELECT DISTINCT t.oid::regclass::text
 FROM pg_rewrite r
@@ -79,6 +80,10 @@ JOIN pg_class t ON t.oid = d.refobjid AND t.oid <> r.ev_class
 JOIN pg_roles o ON o.rolname = %s
 WHERE r.ev_class = to_regclass(%s) AND t.relrowsecurity AND NOT (o.rolsuper OR o.rolbypassrls)
   AND NOT (t.relowner = o.oid AND NOT t.relforcerowsecurity)
+  AND NOT EXISTS (SELECT FROM pg_policy p
+                  WHERE p.polrelid = t.oid AND p.polpermissive AND p.polcmd IN ('r', '*')
+                    AND (o.oid = ANY (p.polroles) OR 0 = ANY (p.polroles))
+                    AND pg_get_expr(p.polqual, p.polrelid) = 'true')
 ORDER BY 1
 """
 #: Plain views that read the materialized view directly: DROP ... RESTRICT would refuse while they exist.
@@ -253,7 +258,9 @@ class MaterializedViewKind(DatabaseKind[MaterializedViewSpec, MaterializedViewSt
     spec_type = MaterializedViewSpec
     status_type = MaterializedViewStatus
 
-    def observe(self, resource_id: str, spec: MaterializedViewSpec) -> Observed[MaterializedViewStatus] | None:
+    def observe(
+        self, resource_id: str, spec: MaterializedViewSpec, recorded: MaterializedViewStatus | None = None
+    ) -> Observed[MaterializedViewStatus] | None:
         with connect(self.target) as conn:
             return observed(conn, spec)
 
@@ -278,7 +285,7 @@ class MaterializedViewKind(DatabaseKind[MaterializedViewSpec, MaterializedViewSt
             raise ProviderError(
                 f"{what}: its owner {spec.owner or '(the connecting role)'} is subject to the row level security of "
                 f"{', '.join(hidden)}; REFRESH runs the query as the owner and would store no rows. Give it an owner "
-                "with BYPASSRLS (and SELECT on those tables)"
+                "with BYPASSRLS, or a SELECT policy USING (true) for it on those tables (and SELECT on them)"
             )
         live = read_matview(conn, spec)
         if live is None:
@@ -291,7 +298,7 @@ class MaterializedViewKind(DatabaseKind[MaterializedViewSpec, MaterializedViewSt
     def rebuild(self, conn: psycopg.Connection, spec: MaterializedViewSpec, what: str) -> None:
         dependents = dependent_views(conn, spec)
         try:
-            apply_drop(conn, rebuild_operations(conn, spec, dependents), self.target.lock_timeout, what)
+            apply_drop(conn, rebuild_operations(conn, spec, dependents), self.target.timeouts, what)
         except ProviderError as error:
             if not isinstance(error.__cause__, psycopg.errors.UndefinedColumn):
                 raise
@@ -301,8 +308,10 @@ class MaterializedViewKind(DatabaseKind[MaterializedViewSpec, MaterializedViewSt
                 "nothing was changed. Change or remove those views first, then run `pulumi up` again"
             ) from error
 
-    def delete(self, resource_id: str, spec: MaterializedViewSpec) -> None:
+    def delete(
+        self, resource_id: str, spec: MaterializedViewSpec, recorded: MaterializedViewStatus | None = None
+    ) -> None:
         drop = sql.SQL("DROP MATERIALIZED VIEW IF EXISTS {} RESTRICT").format(qualified(spec.schema_name, spec.name))
         with connect(self.target) as conn:
             what = f"drop materialized view {spec.schema_name}.{spec.name}"
-            apply_drop(conn, shared([drop]), self.target.lock_timeout, what)
+            apply_drop(conn, shared([drop]), self.target.timeouts, what)

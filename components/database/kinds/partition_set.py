@@ -8,9 +8,14 @@ years of partitions and then fail attaching the one its row belongs to). Deletin
 `part_config` row: partitions and rows stay.
 
 create_parent makes `<table>_default` itself and fails when it exists, so ours (made by the Table kind)
-is detached and set aside, and its rows are put back through the parent once the monthly partitions exist,
-all in one transaction: they land in their month's partition, or in the new default. (When every premade
-month exists already, create_parent returns early without a default: one is made then.)
+is detached and set aside, and its rows are put back through the parent once the monthly partitions exist:
+they land in their month's partition, or in the new default. (When every premade month exists already,
+create_parent returns early without a default: one is made then.) That transaction holds ACCESS EXCLUSIVE
+on the table, so the rows are moved out of the default partition before it, a month per transaction, as
+pg_partman's partition_data_proc does: the month's partition is made beside the table, the month's rows
+moved into it and it is attached. Each such transaction holds ACCESS EXCLUSIVE on the table for one
+month's rows (a weaker lock would let a query planned before the attach miss the month's rows); writers
+go on between months. Only the rows outside the premade window are left for the registration to move.
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ import psycopg
 from psycopg import sql
 from pydantic import Field
 
-from components.database.base import DatabaseKind, default_partition_name, qualified
-from components.database.ddl import Operation, shared
-from components.database.kinds.partition_guard import secure_statements, unsecured_partitions
+from components.database.base import DatabaseKind, default_partition_name, partition_name, qualified
+from components.database.conversion import partition_security
+from components.database.ddl import Operation, Work, shared
+from components.database.kinds.partition_guard import securing
+from components.database.locks import Lock, TableLock
 from components.database.session import Statement, connect, scalar
 from components.kind import Expect, Observed, ProviderError, Replace, Spec, Status
 
@@ -212,6 +219,64 @@ def register_statements(conn: psycopg.Connection, schema: str, spec: PartitionSe
     return statements
 
 
+#: The months create_parent makes (premake before and after this one) that hold rows in our default.
+STRAY_MONTHS = """
+SELECT DISTINCT date_trunc('month', {column})::timestamptz AS m FROM ONLY {default}
+WHERE {column} >= date_trunc('month', now()) - {premake} * interval '1 month'
+  AND {column} < date_trunc('month', now()) + ({premake} + 1) * interval '1 month' ORDER BY 1
+"""
+
+
+def month_moves(conn: psycopg.Connection, spec: PartitionSetSpec) -> list[list[Operation]]:
+    """For each month create_parent will make that holds rows in our default partition: a transaction that
+    makes the month's partition beside the table (pg_partman's name: create_parent then skips it), moves the
+    month's rows into it and attaches it. Older rows stay in the default partition, as pg_partman leaves
+    them (a partition made for them would fall to retention)."""
+    ours = default_partition(conn, spec.schema_name, spec.table)
+    if ours is None:
+        return []
+    parent, default = qualified(spec.schema_name, spec.table), qualified(spec.schema_name, ours)
+    column = sql.Identifier(spec.control)
+    months = conn.execute(
+        sql.SQL(STRAY_MONTHS).format(column=column, default=default, premake=sql.Literal(spec.premake))
+    ).fetchall()
+    owner = sql.Identifier(str(scalar(conn, "SELECT relowner::regrole::text FROM pg_class WHERE oid = %s::regclass",
+                                      (parent.as_string(conn),))).strip('"'))  # fmt: skip
+    # ATTACH needs only SHARE UPDATE EXCLUSIVE on the table, but a query planned before the commit would then
+    # read the default partition without the month's rows and not the new partition: ACCESS EXCLUSIVE keeps
+    # every row visible to every reader (held for one month's rows, and bounded by statement_timeout)
+    locks = (
+        TableLock(spec.schema_name, spec.table, Lock.ACCESS_EXCLUSIVE),
+        TableLock(spec.schema_name, ours, Lock.ACCESS_EXCLUSIVE),
+    )
+    moves: list[list[Operation]] = []
+    for (start,) in months:
+        name = partition_name(spec.table, start.strftime("%Y_%m"))
+        part = qualified(spec.schema_name, name)
+        bound = sql.Identifier(f"{name}_bound"[:63])
+        in_month = sql.SQL("{c} >= {s} AND {c} < {s}::timestamptz + interval '1 month'").format(
+            c=column, s=sql.Literal(start)
+        )
+        statements: list[Statement] = [
+            sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)").format(part, parent),
+            sql.SQL(
+                "WITH moved AS (DELETE FROM ONLY {} WHERE {} RETURNING *) INSERT INTO {} SELECT * FROM moved"
+            ).format(default, in_month, part),
+            # the bound lets the attach skip scanning the new partition (the default partition it scans)
+            sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK ({})").format(part, bound, in_month),
+            sql.SQL(
+                "ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({}::timestamptz + interval '1 month')"
+            ).format(parent, part, sql.Literal(start), sql.Literal(start)),
+            sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(part, bound),
+            partition_security(part, owner),
+        ]
+        works = [Work.CATALOG, Work.MOVE, *[Work.CATALOG] * (len(statements) - 2)]
+        moves.append(
+            [Operation(statement, locks=locks, work=work) for statement, work in zip(statements, works, strict=True)]
+        )
+    return moves
+
+
 def config_statement(schema: str, spec: PartitionSetSpec) -> Statement:
     return sql.SQL(
         "UPDATE {} SET premake = {}, retention = {}, retention_keep_table = {}, "
@@ -260,7 +325,9 @@ class PartitionSetKind(DatabaseKind[PartitionSetSpec, PartitionSetStatus]):
     spec_type = PartitionSetSpec
     status_type = PartitionSetStatus
 
-    def observe(self, resource_id: str, spec: PartitionSetSpec) -> Observed[PartitionSetStatus] | None:
+    def observe(
+        self, resource_id: str, spec: PartitionSetSpec, recorded: PartitionSetStatus | None = None
+    ) -> Observed[PartitionSetStatus] | None:
         with connect(self.target) as conn:
             live = read_config(conn, partman_schema(conn), spec)
         return None if live is None else observed_config(live, spec)
@@ -280,16 +347,20 @@ class PartitionSetKind(DatabaseKind[PartitionSetSpec, PartitionSetStatus]):
             schema = partman_schema(conn)
             ensure_range_partitioned(conn, spec)
             check_retention(conn, spec)
-            statements = [] if read_config(conn, schema, spec) else register_statements(conn, schema, spec)
-            self.apply(conn, shared([*statements, config_statement(schema, spec)]), what=what)
-            # the partitions create_parent made (and its new default) get RLS and the owner even before the guard
-            unsecured = unsecured_partitions(conn, [spec.schema_name])
-            self.apply(conn, shared(secure_statements(unsecured)), what=f"{what}: secure partitions")
+            registered = read_config(conn, schema, spec) is not None
+            if not registered:
+                for month in month_moves(conn, spec):
+                    self.apply(conn, month, what=f"{what}: rows of the default partition")
+            statements = [] if registered else register_statements(conn, schema, spec)
+            locks = [TableLock(spec.schema_name, spec.table, Lock.ACCESS_EXCLUSIVE)] if statements else []
+            self.apply(conn, shared([*statements, config_statement(schema, spec)], *locks), what=what)
+            # the partitions create_parent made (and its new default): forced RLS, the owner, no privileges
+            self.apply(conn, shared([securing([parent_name(spec)], True)]), what=f"{what}: secure partitions")
             live = read_config(conn, schema, spec)
         assert live is not None
         return config_status(live)
 
-    def delete(self, resource_id: str, spec: PartitionSetSpec) -> None:
+    def delete(self, resource_id: str, spec: PartitionSetSpec, recorded: PartitionSetStatus | None = None) -> None:
         """Forget the set in pg_partman; every partition and row stays (and the Table still owns them)."""
         with connect(self.target) as conn:
             operations = forget_operations(conn, partman_schema(conn), spec)

@@ -195,7 +195,9 @@ class PolicyKind(DatabaseKind[PolicySpec, PolicyStatus]):
     spec_type = PolicySpec
     status_type = PolicyStatus
 
-    def observe(self, resource_id: str, spec: PolicySpec) -> Observed[PolicyStatus] | None:
+    def observe(
+        self, resource_id: str, spec: PolicySpec, recorded: PolicyStatus | None = None
+    ) -> Observed[PolicyStatus] | None:
         with connect(self.target) as conn:
             return observed(conn, spec)
 
@@ -220,6 +222,6 @@ class PolicyKind(DatabaseKind[PolicySpec, PolicyStatus]):
         live = read_policy(conn, qualified(spec.schema_name, spec.table), spec.name)
         self.apply(conn, plan(spec, live), what=f"policy {spec.name} on {spec.schema_name}.{spec.table}")
 
-    def delete(self, resource_id: str, spec: PolicySpec) -> None:
+    def delete(self, resource_id: str, spec: PolicySpec, recorded: PolicyStatus | None = None) -> None:
         with connect(self.target) as conn:  # IF EXISTS: a missing table or policy is only a notice
             self.apply(conn, drop_operations(spec), what=f"drop policy {spec.name} on {spec.schema_name}.{spec.table}")

@@ -1,4 +1,8 @@
-"""thorbisdb:db:Schema — a schema and its owner."""
+"""thorbisdb:db:Schema — a schema and its owner.
+
+A schema that existed before the stack (Supabase's `extensions`, a `partman` made for pg_partman) is
+adopted: it keeps its owner, and destroy never drops it.
+"""
 
 from __future__ import annotations
 
@@ -41,23 +45,32 @@ class SchemaKind(DatabaseKind[SchemaSpec, SchemaStatus]):
     spec_type = SchemaSpec
     status_type = SchemaStatus
 
-    def observe(self, resource_id: str, spec: SchemaSpec) -> Observed[SchemaStatus] | None:
+    def observe(
+        self, resource_id: str, spec: SchemaSpec, recorded: SchemaStatus | None = None
+    ) -> Observed[SchemaStatus] | None:
         with connect(self.target) as conn:
             owner = scalar(conn, "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = %s", (spec.name,))
-        return None if owner is None else Observed({"owner": owner.strip('"')}, SchemaStatus())
+        if owner is None:
+            return None
+        adopted = recorded is not None and recorded.adopted
+        return Observed({"owner": spec.owner if adopted else owner.strip('"')}, SchemaStatus())
 
     def create(self, spec: SchemaSpec) -> tuple[str, SchemaStatus]:
         existed = self.observe(spec.name, spec) is not None
-        with connect(self.target) as conn:
-            self.apply(conn, create_operations(spec), what=f"schema {spec.name}")
+        if not existed:
+            with connect(self.target) as conn:
+                self.apply(conn, create_operations(spec), what=f"schema {spec.name}")
         return spec.name, SchemaStatus(adopted=existed)
 
     def update(self, resource_id: str, old: dict[str, Any], spec: SchemaSpec) -> SchemaStatus:
-        with connect(self.target) as conn:
-            self.apply(conn, shared([owner_statement(spec)]), what=f"schema {spec.name}")
+        if not self.status_of(old).adopted:  # an adopted schema keeps the owner it had
+            with connect(self.target) as conn:
+                self.apply(conn, shared([owner_statement(spec)]), what=f"schema {spec.name}")
         return SchemaStatus()
 
-    def delete(self, resource_id: str, spec: SchemaSpec) -> None:
+    def delete(self, resource_id: str, spec: SchemaSpec, recorded: SchemaStatus | None = None) -> None:
+        if recorded is not None and recorded.adopted:  # it was there before the stack: it stays
+            return
         with connect(self.target) as conn:
             objects = scalar(
                 conn,

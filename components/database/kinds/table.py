@@ -1,15 +1,17 @@
-"""thorbisdb:db:Table — a table: columns, keys, checks, foreign keys, row level security (enabled and forced).
+"""thorbisdb:db:Table — a table: columns, keys, checks, foreign keys, owner.
 
-Read the catalog into the spec's shape, compare, and close the gap with the smallest safe DDL:
-an existing table is adopted, never recreated; missing columns are added; constraints are added
-NOT VALID and then validated (no long lock for a full scan); NOT NULL goes through a validated CHECK.
-Dropping a column or a table, or changing a column's type, loses data: refused unless allowed.
+Read the catalog into the spec's shape, compare, and close the gap online (components/database/evolution.py):
+an existing table is adopted, never recreated; columns are added, renamed and retyped, keys changed,
+constraints added NOT VALID and then validated, without holding a lock that blocks writers for longer than
+a catalog change. Dropping a column or a table loses data: refused unless allowed. An adopted table keeps its
+owner and is never dropped. A new table is created with row level security enabled and forced in its CREATE
+transaction; an adopted one gets it from its RowSecurity (kinds/row_security.py), once its policies exist,
+so the application using it is never refused in between.
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import psycopg
@@ -18,25 +20,22 @@ from pydantic import Field
 
 from components.database.base import DatabaseKind, default_partition_name, qualified
 from components.database.conversion import convert_to_partitioned, drop_unpartitioned
-from components.database.ddl import Operation, Transaction, shared
-from components.database.session import Statement, connect, scalar
+from components.database.ddl import Operation, shared
+from components.database.evolution import Plan, plan_changes
+from components.database.locks import Lock, TableLock
+from components.database.session import connect, scalar
 from components.database.table_shape import (
     CheckSpec,
     ColumnSpec,
     ForeignKeySpec,
     LiveTable,
     TableSpec,
-    UniqueSpec,
     canonical,
-    check_clause,
     column_definition,
     column_losses,
-    columns_list,
     create_statement,
-    foreign_key_clause,
     read_table,
     rls_statements,
-    unique_clause,
 )
 from components.kind import Expect, Observed, ProviderError, Spec, Status
 
@@ -45,9 +44,6 @@ TOKEN = "thorbisdb:db:Table"
 
 class TableStatus(Status):
     adopted: bool | None = Field(default=None, description="The table existed before the stack declared it.")
-    row_level_security: Annotated[bool | None, Expect(True)] = Field(
-        default=None, description="Row level security is enabled and forced."
-    )
     not_validated: Annotated[list[str] | None, Expect([])] = Field(
         default=None,
         description="Declared checks and foreign keys that exist NOT VALID (rows may break them): `up` validates.",
@@ -65,9 +61,9 @@ def as_observed(declared: Spec, live: Spec | None, same: bool, validated: bool) 
     return (declared if same else live).model_dump(by_alias=True)
 
 
-def observed(conn: psycopg.Connection, spec: TableSpec) -> Observed[TableStatus] | None:
+def observed(conn: psycopg.Connection, spec: TableSpec, adopted: bool = False) -> Observed[TableStatus] | None:
     """The live table as a spec: where it matches the declared spec (as the server writes both), the
-    declared text is reported, so only real differences show as drift."""
+    declared text is reported, so only real differences show as drift. An adopted table's owner is its own."""
     live = read_table(conn, spec.schema_name, spec.name)
     if live is None:
         return None
@@ -102,14 +98,11 @@ def observed(conn: psycopg.Connection, spec: TableSpec) -> Observed[TableStatus]
         "uniques": [unique for unique in uniques if unique is not None],
         "checks": [check for check in checks if check is not None],
         "foreignKeys": [fk for fk in foreign_keys if fk is not None],
-        "owner": live.owner if spec.owner is not None else None,
+        "owner": spec.owner if adopted or spec.owner is None else live.owner,
         # a plain table adopted under a partitioned spec shows as drift: `up` converts it online
         "partition": spec.partition.model_dump(by_alias=True) if spec.partition and live.partitioned else None,
     }
-    status = TableStatus(
-        row_level_security=live.rls_enabled and live.rls_forced,
-        not_validated=[name for name in live.not_validated if name in declared_constraints],
-    )
+    status = TableStatus(not_validated=[name for name in live.not_validated if name in declared_constraints])
     return Observed(inputs, status)
 
 
@@ -141,148 +134,65 @@ def drop_operations(spec: TableSpec) -> list[Operation]:
     return shared([sql.SQL("DROP TABLE {} CASCADE").format(qualified(spec.schema_name, spec.name))])
 
 
-def alter(spec: TableSpec) -> sql.Composed:
-    return sql.SQL("ALTER TABLE {} ").format(qualified(spec.schema_name, spec.name))
-
-
-def add_column(spec: TableSpec, column: ColumnSpec) -> Statement:
-    return alter(spec) + sql.SQL("ADD COLUMN {}").format(column_definition(column))
-
-
-def drop_column(spec: TableSpec, name: str) -> Statement:
-    return alter(spec) + sql.SQL("DROP COLUMN {}").format(sql.Identifier(name))
+def add_column(spec: TableSpec, column: ColumnSpec) -> Operation:
+    statement = sql.SQL("ALTER TABLE {} ADD COLUMN {}").format(
+        qualified(spec.schema_name, spec.name), column_definition(column)
+    )
+    return Operation(statement, locks=(TableLock(spec.schema_name, spec.name, Lock.ACCESS_EXCLUSIVE),))
 
 
 def column_operations(old: TableSpec, new: TableSpec) -> list[Operation] | None:
-    """Columns added or dropped between two specs that differ in nothing else; None otherwise (any other
-    change is planned against the live table)."""
-    before = {column.name: column for column in old.columns}
-    after = {column.name: column for column in new.columns}
-    if old.model_copy(update={"columns": new.columns}) != new:
+    """Nullable columns without a default added, columns dropped, and nothing else changed: what the apply
+    runs too (one brief ALTER each). None otherwise: every other change is planned against the live table
+    (components/database/evolution.py), where the PR preview can reach it."""
+    before = {column.name for column in old.columns}
+    added = [column for column in new.columns if column.name not in before]
+    dropped = dropped_columns(old, new)
+    unchanged = [column for column in old.columns if column.name not in dropped]
+    if new.model_copy(update={"columns": [c for c in new.columns if c.name in before]}) != old.model_copy(
+        update={"columns": unchanged}
+    ):
         return None
-    if any(before[name] != column for name, column in after.items() if name in before):
+    if any(not column.nullable or column.default is not None or column.renamed_from for column in added):
         return None
-    statements = [add_column(new, column) for name, column in after.items() if name not in before]
-    return shared([*statements, *(drop_column(new, name) for name in before if name not in after)])
-
-
-# --- compare: what it takes to go from the live table to the spec ------------------------------------
-
-
-@dataclass
-class Plan:
-    """What it takes: unique indexes built CONCURRENTLY first, then the statements in one transaction, then
-    each validation in a transaction of its own; and what of it would lose data."""
-
-    statements: list[Statement] = field(default_factory=list)
-    validate: list[Statement] = field(default_factory=list)
-    concurrent_indexes: list[Operation] = field(default_factory=list)
-    data_loss: list[str] = field(default_factory=list)
-
-    @property
-    def operations(self) -> list[Operation]:
-        validations = [Operation(statement, Transaction.OWN) for statement in self.validate]
-        return [*self.concurrent_indexes, *shared(self.statements), *validations]
-
-
-def unique_index_operations(spec: TableSpec, unique: UniqueSpec) -> list[Operation]:
-    """The index a new unique constraint of a live table will use, built without blocking writes. One of
-    the same name without its constraint is what an interrupted build left: made again."""
-    drop = sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(qualified(spec.schema_name, unique.name))
-    build = sql.SQL("CREATE UNIQUE INDEX CONCURRENTLY {} ON {} ({})").format(
-        sql.Identifier(unique.name), qualified(spec.schema_name, spec.name), columns_list(unique.columns)
-    )
-    return [Operation(drop, Transaction.NONE), Operation(build, Transaction.NONE, cleanup=drop)]
-
-
-def plan_changes(conn: psycopg.Connection, spec: TableSpec, live: LiveTable, dropped: list[str]) -> Plan:
-    relation = qualified(spec.schema_name, spec.name)
-    wanted_columns, wanted_checks = canonical(conn, spec)
-    plan = Plan()
-    alter = sql.SQL("ALTER TABLE {} ").format(relation)
-    for column in spec.columns:
-        current, wanted = live.columns.get(column.name), wanted_columns[column.name]
-        if current is None:
-            plan.statements.append(add_column(spec, column))
-            continue
-        if current.type != wanted.type:
-            plan.data_loss.append(f"column {column.name} changes type from {current.type} to {wanted.type}")
-        if current.default != wanted.default:
-            change = (
-                sql.SQL("ALTER COLUMN {} SET DEFAULT {}").format(sql.Identifier(column.name), sql.SQL(column.default))
-                if column.default is not None
-                else sql.SQL("ALTER COLUMN {} DROP DEFAULT").format(sql.Identifier(column.name))
-            )
-            plan.statements.append(alter + change)
-        if current.nullable and not wanted.nullable:
-            plan_set_not_null(plan, alter, spec.name, column.name)
-        elif not current.nullable and wanted.nullable:
-            plan.statements.append(alter + sql.SQL("ALTER COLUMN {} DROP NOT NULL").format(sql.Identifier(column.name)))
-    plan.data_loss += [f"column {name} would be dropped" for name in dropped if name in live.columns]
-    plan.statements += [drop_column(spec, name) for name in dropped if name in live.columns]
-    plan_constraints(plan, alter, spec, live, wanted_checks)
-    if not (live.rls_enabled and live.rls_forced):
-        plan.statements += rls_statements(relation)
-    if spec.owner is not None and live.owner != spec.owner:
-        plan.statements.append(alter + sql.SQL("OWNER TO {}").format(sql.Identifier(spec.owner)))
-    return plan
-
-
-def plan_set_not_null(plan: Plan, alter: sql.Composed, table: str, column: str) -> None:
-    """SET NOT NULL without a long exclusive scan: a validated CHECK lets PostgreSQL skip it."""
-    guard = sql.Identifier(f"{table}_{column}_not_null_guard"[:63])
-    plan.statements.append(
-        alter + sql.SQL("ADD CONSTRAINT {} CHECK ({} IS NOT NULL) NOT VALID").format(guard, sql.Identifier(column))
-    )
-    plan.validate += [
-        alter + sql.SQL("VALIDATE CONSTRAINT {}").format(guard),
-        alter + sql.SQL("ALTER COLUMN {} SET NOT NULL").format(sql.Identifier(column)),
-        alter + sql.SQL("DROP CONSTRAINT {}").format(guard),
+    drops = [
+        Operation(
+            sql.SQL("ALTER TABLE {} DROP COLUMN {}").format(qualified(new.schema_name, new.name), sql.Identifier(name)),
+            locks=(TableLock(new.schema_name, new.name, Lock.ACCESS_EXCLUSIVE),),
+        )
+        for name in dropped
     ]
+    return [*(add_column(new, column) for column in added), *drops]
 
 
-def plan_constraints(
-    plan: Plan, alter: sql.Composed, spec: TableSpec, live: LiveTable, wanted_checks: dict[str, str]
-) -> None:
-    def replace(name: str, clause: sql.Composable, exists: bool, validate: bool) -> None:
-        if exists:
-            plan.statements.append(alter + sql.SQL("DROP CONSTRAINT {}").format(sql.Identifier(name)))
-        plan.statements.append(alter + sql.SQL("ADD ") + clause + (sql.SQL(" NOT VALID") if validate else sql.SQL("")))
-        if validate:
-            plan.validate.append(alter + sql.SQL("VALIDATE CONSTRAINT {}").format(sql.Identifier(name)))
-
-    if live.primary_key != spec.primary_key:
-        plan.data_loss.append(f"primary key changes from {live.primary_key} to {spec.primary_key}")
-    for unique in spec.uniques:
-        if unique.name not in live.uniques and not live.partitioned:
-            # its index is built CONCURRENTLY first (Plan.concurrent_indexes), so writers are never blocked
-            plan.concurrent_indexes += unique_index_operations(spec, unique)
-            plan.statements.append(
-                alter
-                + sql.SQL("ADD CONSTRAINT {} UNIQUE USING INDEX {}").format(
-                    sql.Identifier(unique.name), sql.Identifier(unique.name)
-                )
+def as_declared(spec: TableSpec, live: LiveTable) -> sql.Composable:
+    """The live rows as the spec will see them: renamed columns under their new names, added ones with their
+    default (or backfill) or empty; what the checks of the spec are counted against."""
+    extra: list[sql.Composable] = []
+    for column in spec.columns:
+        if column.name in live.columns:
+            continue
+        if column.renamed_from in live.columns:
+            value: sql.Composable = sql.SQL("t.{}").format(sql.Identifier(column.renamed_from or ""))
+        else:
+            value = sql.SQL("({})::{}").format(
+                sql.SQL(column.default or column.backfill or "NULL"), sql.SQL(column.type)
             )
-        elif live.uniques.get(unique.name) != unique:
-            replace(unique.name, unique_clause(unique), unique.name in live.uniques, validate=False)
-    for check in spec.checks:
-        if live.checks.get(check.name) != wanted_checks.get(check.name):
-            replace(check.name, check_clause(check), check.name in live.checks, validate=True)
-        elif check.name in live.not_validated:
-            plan.validate.append(alter + sql.SQL("VALIDATE CONSTRAINT {}").format(sql.Identifier(check.name)))
-    for fk in spec.foreign_keys:
-        if live.foreign_keys.get(fk.name) != fk:
-            # PostgreSQL 15 cannot add a foreign key NOT VALID to a partitioned table: it is checked at once
-            replace(fk.name, foreign_key_clause(fk), fk.name in live.foreign_keys, validate=not live.partitioned)
-        elif fk.name in live.not_validated:
-            plan.validate.append(alter + sql.SQL("VALIDATE CONSTRAINT {}").format(sql.Identifier(fk.name)))
+        extra.append(sql.SQL("{} AS {}").format(value, sql.Identifier(column.name)))
+    columns = sql.SQL(", ").join([sql.SQL("t.*"), *extra])
+    return sql.SQL("(SELECT {} FROM {} t) t").format(columns, qualified(spec.schema_name, spec.name))
 
 
-def violations(conn: psycopg.Connection, spec: TableSpec, check: CheckSpec) -> int:
-    query = sql.SQL("SELECT count(*) FROM {} WHERE NOT ({})").format(
-        qualified(spec.schema_name, spec.name), sql.SQL(check.expression)
+def violations(conn: psycopg.Connection, rows: sql.Composable, check: CheckSpec) -> int:
+    return int(
+        scalar(conn, sql.SQL("SELECT count(*) FROM {} WHERE NOT ({})").format(rows, sql.SQL(check.expression))) or 0
     )
-    return int(scalar(conn, query) or 0)
+
+
+def empty_rows(conn: psycopg.Connection, rows: sql.Composable, column: ColumnSpec) -> int:
+    """Rows a NOT NULL column would leave empty (its backfill fills the others)."""
+    value = sql.SQL("coalesce({}, {})").format(sql.Identifier(column.name), sql.SQL(column.backfill or "NULL"))
+    return int(scalar(conn, sql.SQL("SELECT count(*) FROM {} WHERE {} IS NULL").format(rows, value)) or 0)
 
 
 def relation_exists(conn: psycopg.Connection, relation: sql.Identifier) -> bool:
@@ -303,25 +213,27 @@ def orphans(conn: psycopg.Connection, spec: TableSpec, fk: ForeignKeySpec) -> in
     return int(scalar(conn, query) or 0)
 
 
+def dropped_columns(old: TableSpec, new: TableSpec) -> list[str]:
+    kept = {column.name for column in new.columns} | {column.renamed_from for column in new.columns}
+    return [column.name for column in old.columns if column.name not in kept]
+
+
 class TableKind(DatabaseKind[TableSpec, TableStatus]):
     token = TOKEN
     spec_type = TableSpec
     status_type = TableStatus
     deleting_loses = "table {name} would be dropped with its rows"
 
-    def observe(self, resource_id: str, spec: TableSpec) -> Observed[TableStatus] | None:
+    def observe(
+        self, resource_id: str, spec: TableSpec, recorded: TableStatus | None = None
+    ) -> Observed[TableStatus] | None:
         with connect(self.target) as conn:
-            return observed(conn, spec)
+            return observed(conn, spec, adopted=bool(recorded and recorded.adopted))
 
     def data_loss(self, old_inputs: dict[str, Any], spec: TableSpec) -> list[str]:
-        losses = column_losses(
-            spec.name,
-            {column["name"]: str(column["type"]) for column in old_inputs.get("columns", [])},
-            {column.name: column.type for column in spec.columns},
-        )
-        if old_inputs.get("primaryKey", spec.primary_key) != spec.primary_key:
-            losses.append(f"the primary key of {spec.name} would change")
-        return losses
+        renamed = {column.name: column.renamed_from for column in spec.columns if column.renamed_from}
+        before = [str(column["name"]) for column in old_inputs.get("columns", [])]
+        return column_losses(spec.name, before, [column.name for column in spec.columns], renamed)
 
     def planned_create(self, spec: TableSpec) -> list[Operation] | None:
         return create_operations(spec)  # as when nothing of its name exists (an existing table is adopted)
@@ -332,32 +244,43 @@ class TableKind(DatabaseKind[TableSpec, TableStatus]):
     def planned_delete(self, spec: TableSpec) -> list[Operation] | None:
         return drop_operations(spec)
 
+    def planned_live(self, conn: psycopg.Connection, old: TableSpec, new: TableSpec) -> list[Operation] | None:
+        """What `up` would run now against the live table (read-only: the comparisons run on temporary
+        copies in rolled-back transactions); None when the table is not there yet or is converted."""
+        live = read_table(conn, new.schema_name, new.name)
+        if live is None or live.partitioned != (new.partition is not None):
+            return None
+        return self.plan(conn, new, live, dropped_columns(old, new)).operations
+
     def create(self, spec: TableSpec) -> tuple[str, TableStatus]:
         with connect(self.target) as conn:
             existed = read_table(conn, spec.schema_name, spec.name) is not None
             if existed:  # the live database already has it: adopt, never recreate
-                self.converge(conn, spec, dropped=[])
+                self.converge(conn, spec, dropped=[], adopted=True)
             else:
                 self.apply(conn, create_operations(spec), what=f"create table {spec.schema_name}.{spec.name}")
             return f"{spec.schema_name}.{spec.name}", TableStatus(adopted=existed)
 
     def update(self, resource_id: str, old: dict[str, Any], spec: TableSpec) -> Observed[TableStatus]:
         declared_before = {column["name"] for column in old.get("columns", [])}
-        dropped = sorted(declared_before - {column.name for column in spec.columns})
+        kept = {column.name for column in spec.columns} | {column.renamed_from for column in spec.columns}
+        dropped = sorted(name for name in declared_before if name not in kept)
+        adopted = self.status_of(old).adopted is True
         with connect(self.target) as conn:
-            self.converge(conn, spec, dropped)
-            now = observed(conn, spec)  # what is there now, so drift recorded by a refresh is cleared
+            self.converge(conn, spec, dropped, adopted)
+            now = observed(conn, spec, adopted)  # what is there now, so drift recorded by a refresh is cleared
         assert now is not None
         return now
 
-    def converge(self, conn: psycopg.Connection, spec: TableSpec, dropped: list[str]) -> None:
+    def converge(self, conn: psycopg.Connection, spec: TableSpec, dropped: list[str], adopted: bool) -> None:
         live = read_table(conn, spec.schema_name, spec.name)
         assert live is not None
         if live.partitioned != (spec.partition is not None):
-            self.repartition(conn, spec, live)
+            # the partitioned copy of an adopted table keeps the owner the table had
+            self.repartition(conn, spec.model_copy(update={"owner": live.owner}) if adopted else spec, live)
             live = read_table(conn, spec.schema_name, spec.name)
             assert live is not None
-        plan = plan_changes(conn, spec, live, dropped)
+        plan = self.plan(conn, spec, live, dropped, adopted)
         if plan.data_loss and not self.target.allow_data_loss:
             raise ProviderError(
                 f"table {spec.schema_name}.{spec.name}: refusing changes that lose data: {'; '.join(plan.data_loss)}. "
@@ -365,6 +288,11 @@ class TableKind(DatabaseKind[TableSpec, TableStatus]):
             )
         self.report_violations(conn, spec, live)
         self.apply(conn, plan.operations, what=f"table {spec.schema_name}.{spec.name}")
+
+    def plan(
+        self, conn: psycopg.Connection, spec: TableSpec, live: LiveTable, dropped: list[str], adopted: bool = False
+    ) -> Plan:
+        return plan_changes(conn, spec, live, canonical(conn, spec), dropped, adopted)
 
     def repartition(self, conn: psycopg.Connection, spec: TableSpec, live: LiveTable) -> None:
         """A plain table whose spec is partitioned is converted online (components/database/conversion.py);
@@ -374,22 +302,42 @@ class TableKind(DatabaseKind[TableSpec, TableStatus]):
                 f"table {spec.schema_name}.{spec.name} is partitioned and its spec is not: turning a partitioned "
                 "table back into a plain one is not supported; declare its `partition` again"
             )
-        result = convert_to_partitioned(conn, spec, self.target.lock_timeout)
+        result = convert_to_partitioned(conn, spec, self.target.timeouts)
         if result is not None:
             print(
                 f"thorbisdb: {spec.schema_name}.{spec.name} converted online to monthly partitions: {result.rows} "
                 f"rows verified (md5 {result.checksum}) in {len(result.partitions)} partitions",
                 file=sys.stderr,
             )
-        drop_unpartitioned(conn, spec, self.target.lock_timeout)
+        drop_unpartitioned(conn, spec, self.target.timeouts)
 
     def report_violations(self, conn: psycopg.Connection, spec: TableSpec, live: LiveTable) -> None:
         """Rows that break a new rule are named and counted before anything changes."""
+        rows = as_declared(spec, live)
         broken = {
             check.name: count
             for check in spec.checks
             if (check.name not in live.checks or check.name in live.not_validated)
-            and (count := violations(conn, spec, check))
+            and (count := violations(conn, rows, check))
+        }
+        wanted_columns, _ = canonical(conn, spec)
+        broken |= {  # a NOT NULL column left empty: no default, no backfill
+            f"{column.name} NOT NULL": count
+            for column in spec.columns
+            if not wanted_columns[column.name].nullable
+            and (live_column := live.columns.get(column.name) or live.columns.get(column.renamed_from or ""))
+            is not None
+            and live_column.nullable
+            and (count := empty_rows(conn, rows, column))
+        }
+        broken |= {
+            f"{column.name} NOT NULL (no default or backfill)": count
+            for column in spec.columns
+            if not wanted_columns[column.name].nullable
+            and column.name not in live.columns
+            and column.renamed_from not in live.columns
+            and column.default is None
+            and (count := empty_rows(conn, rows, column))
         }
         broken |= {  # as between companies: a row of one company that points at another company's row
             fk.name: count
@@ -406,7 +354,9 @@ class TableKind(DatabaseKind[TableSpec, TableStatus]):
                 "fix those rows, then run `pulumi up` again (nothing was changed)"
             )
 
-    def delete(self, resource_id: str, spec: TableSpec) -> None:
+    def delete(self, resource_id: str, spec: TableSpec, recorded: TableStatus | None = None) -> None:
+        if recorded is not None and recorded.adopted:  # the table and its rows were there before the stack
+            return
         relation = qualified(spec.schema_name, spec.name)
         with connect(self.target) as conn:
             if read_table(conn, spec.schema_name, spec.name) is None:

@@ -123,7 +123,9 @@ class TriggerKind(DatabaseKind[TriggerSpec, TriggerStatus]):
     spec_type = TriggerSpec
     status_type = TriggerStatus
 
-    def observe(self, resource_id: str, spec: TriggerSpec) -> Observed[TriggerStatus] | None:
+    def observe(
+        self, resource_id: str, spec: TriggerSpec, recorded: TriggerStatus | None = None
+    ) -> Observed[TriggerStatus] | None:
         with connect(self.target) as conn:
             return observed(conn, spec)
 
@@ -141,7 +143,7 @@ class TriggerKind(DatabaseKind[TriggerSpec, TriggerStatus]):
     def recreate(self, conn: psycopg.Connection, spec: TriggerSpec) -> None:
         self.apply(conn, recreate_operations(spec), what=f"trigger {spec.name} on {spec.schema_name}.{spec.table}")
 
-    def delete(self, resource_id: str, spec: TriggerSpec) -> None:
+    def delete(self, resource_id: str, spec: TriggerSpec, recorded: TriggerStatus | None = None) -> None:
         with connect(self.target) as conn:  # IF EXISTS: a missing table or trigger is only a notice
             what = f"drop trigger {spec.name} on {spec.schema_name}.{spec.table}"
             self.apply(conn, shared([drop_statement(spec)]), what=what)

@@ -139,7 +139,9 @@ class ViewKind(DatabaseKind[ViewSpec, ViewStatus]):
     spec_type = ViewSpec
     status_type = ViewStatus
 
-    def observe(self, resource_id: str, spec: ViewSpec) -> Observed[ViewStatus] | None:
+    def observe(
+        self, resource_id: str, spec: ViewSpec, recorded: ViewStatus | None = None
+    ) -> Observed[ViewStatus] | None:
         with connect(self.target) as conn:
             return observed(conn, spec)
 
@@ -161,9 +163,9 @@ class ViewKind(DatabaseKind[ViewSpec, ViewStatus]):
         except ProviderError as error:
             if not isinstance(error.__cause__, psycopg.errors.InvalidTableDefinition):
                 raise
-            apply_drop(conn, remake_operations(conn, spec), self.target.lock_timeout, what)
+            apply_drop(conn, remake_operations(conn, spec), self.target.timeouts, what)
 
-    def delete(self, resource_id: str, spec: ViewSpec) -> None:
+    def delete(self, resource_id: str, spec: ViewSpec, recorded: ViewStatus | None = None) -> None:
         drop = sql.SQL("DROP VIEW IF EXISTS {} RESTRICT").format(qualified(spec.schema_name, spec.name))
         with connect(self.target) as conn:
-            apply_drop(conn, shared([drop]), self.target.lock_timeout, f"drop view {spec.schema_name}.{spec.name}")
+            apply_drop(conn, shared([drop]), self.target.timeouts, f"drop view {spec.schema_name}.{spec.name}")

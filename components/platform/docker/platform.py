@@ -14,10 +14,11 @@ import pulumi_docker as docker
 from psycopg import sql
 
 from components.connection import LOOPBACK, ConnectionSpec
-from components.platform.local.pgbouncer import AUTH_QUERY, AUTH_ROLE, auth_lookup_statements, auth_role_statement
+from components.platform.local.pgbouncer import AUTH_ROLE, auth_lookup_statements, auth_role_statement, shared_settings
 from components.platform.local.platform import loopback_connection, postgres_settings, replication_slot
 from components.platform.local.postgres import replication_role_statement
 from components.platform.local.postgres_files import REPLICATION_ROLE, SUPERUSER
+from components.platform.routing import read_database
 from components.platform.secrets import secret_of
 from config import StackSettings
 
@@ -66,6 +67,33 @@ def healthcheck(*test: str) -> docker.ContainerHealthcheckArgs:
     return docker.ContainerHealthcheckArgs(
         tests=["CMD-SHELL", " ".join(test)], interval="5s", timeout="3s", retries=10, start_period="10s"
     )
+
+
+def pgbouncer_ini(settings: StackSettings) -> str:
+    """The container's pgbouncer.ini: the write pool on the primary and the read pool over the replicas
+    (the primary when there are none).
+
+    The containers share one port, so the read pool is PgBouncer's own host list (round robin). There is
+    no read router here: a stopped replica keeps its turn in the list, and each connection PgBouncer tries
+    there costs that pool `serverLoginRetry` (thorbis_client retries the read).
+    """
+    network, database = settings.docker.network, settings.postgres.database
+    server = f"host={network}-primary port={PG_INTERNAL_PORT}"
+    replicas = ",".join(f"{network}-replica-{index}" for index in range(settings.replicas.count))
+    read = f"host={replicas} port={PG_INTERNAL_PORT}" if replicas else server
+    values = {
+        "listen_addr": "0.0.0.0",
+        "listen_port": str(PGBOUNCER_INTERNAL_PORT),
+        "auth_file": "/etc/pgbouncer/userlist.txt",
+        **shared_settings(settings.pgbouncer.model_dump(by_alias=True)),
+    }
+    lines = [
+        "[databases]",
+        f"{database} = {server} dbname={database}",
+        f"{read_database(database)} = {read} dbname={database}",
+        f"* = {server}",
+    ]
+    return "\n".join([*lines, "[pgbouncer]", *(f"{name} = {value}" for name, value in values.items()), ""])
 
 
 def published(internal: int, external: int) -> list[docker.ContainerPortArgs]:
@@ -150,19 +178,15 @@ class DockerPlatform(pulumi.ComponentResource):
                     docker.RemoteImageArgs(name=spec.pgbouncer_image, keep_locally=True),
                     child,
                 ).image_id,
+                # the image writes userlist.txt from these, and its own pgbouncer.ini only when none exists
                 envs=[
                     f"DB_HOST={spec.network}-primary",
                     "AUTH_TYPE=scram-sha-256",
-                    f"AUTH_USER={AUTH_ROLE}",
                     env("DB_USER", AUTH_ROLE),
                     env("DB_PASSWORD", auth),
-                    f"AUTH_QUERY={AUTH_QUERY}",
-                    f"POOL_MODE={settings.pgbouncer.pool_mode}",
-                    f"MAX_CLIENT_CONN={settings.pgbouncer.max_client_conn}",
-                    f"DEFAULT_POOL_SIZE={settings.pgbouncer.default_pool_size}",
-                    f"RESERVE_POOL_SIZE={settings.pgbouncer.reserve_pool_size}",
-                    f"RESERVE_POOL_TIMEOUT={settings.pgbouncer.reserve_pool_timeout}",
-                    f"MAX_DB_CONNECTIONS={settings.pgbouncer.max_db_connections}",
+                ],
+                uploads=[
+                    docker.ContainerUploadArgs(file="/etc/pgbouncer/pgbouncer.ini", content=pgbouncer_ini(settings))
                 ],
                 networks_advanced=joined,
                 ports=published(PGBOUNCER_INTERNAL_PORT, settings.pgbouncer.port),

@@ -27,7 +27,6 @@ def connection_from_dsn(dsn: str) -> ConnectionSpec:
         admin_user=str(params.get("user", "postgres")),
         admin_password=str(params.get("password", "")),
         sslmode=str(params.get("sslmode", "prefer")),
-        platform_owns_roles=True,  # Supabase's anon, authenticated, ... exist already: adopt, never drop
     )
 
 

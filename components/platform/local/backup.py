@@ -109,7 +109,9 @@ class BackupRepositoryKind(Kind[BackupRepositorySpec, BackupStatus]):
     def observed(self, spec: BackupRepositorySpec) -> BackupStatus:
         return combined(backup_status(spec.repository), archiver_status(spec))
 
-    def observe(self, resource_id: str, spec: BackupRepositorySpec) -> Observed[BackupStatus] | None:
+    def observe(
+        self, resource_id: str, spec: BackupRepositorySpec, recorded: BackupStatus | None = None
+    ) -> Observed[BackupStatus] | None:
         try:
             return Observed({}, self.observed(spec))
         except (ProviderError, psycopg.Error):
@@ -119,7 +121,7 @@ class BackupRepositoryKind(Kind[BackupRepositorySpec, BackupStatus]):
     def update(self, resource_id: str, old: dict[str, Any], spec: BackupRepositorySpec) -> BackupStatus:
         return self.apply(spec)
 
-    def delete(self, resource_id: str, spec: BackupRepositorySpec) -> None:
+    def delete(self, resource_id: str, spec: BackupRepositorySpec, recorded: BackupStatus | None = None) -> None:
         """Backups outlive the stack unless it allows data loss; then this stanza's (only) are deleted."""
         repo = spec.repository
         if not spec.allow_data_loss or not repo.config_file.exists() or not Path(repo.path).is_dir():

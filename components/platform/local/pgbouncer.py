@@ -1,13 +1,16 @@
-"""thorbisdb:local:PgBouncer — transaction pooling in front of the primary.
+"""thorbisdb:local:PgBouncer — transaction pooling: the write pool `<db>` and the read pool `<db>_read`.
 
 Application users are looked up with `auth_query` through a SECURITY DEFINER function, so no password
-file of theirs exists on disk; `auth_file` holds PgBouncer's own auth user only.
+file of theirs exists on disk; `auth_file` holds PgBouncer's own auth user only. Server connections go
+through slots (components/platform/local/slots.py) that the ReadRouter keeps pointed at healthy servers;
+a slot that does not exist yet points at the primary.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -18,7 +21,7 @@ from pydantic import Field
 from components.connection import LOOPBACK
 from components.kind import Expect, Kind, Observed, ProviderError, Replace, Secret, Spec, Status
 from components.platform.local import postgres_files as pg
-from components.platform.local import process
+from components.platform.local import process, slots
 
 TOKEN = "thorbisdb:local:PgBouncer"
 AUTH_ROLE = "pgbouncer_auth"
@@ -29,6 +32,8 @@ PoolMode = Literal["transaction", "session"]
 AUTH_QUERY = f"SELECT usename, passwd FROM {AUTH_SCHEMA}.get_auth($1)"
 #: PgBouncer's admin console: the pseudo-database of SHOW POOLS and friends.
 CONSOLE_DATABASE = "pgbouncer"
+HEALTH_FUNCTION = "server_health"
+"""What the read router asks every server: in recovery, streaming, and its WAL position."""
 
 #: Spec fields that are PgBouncer settings, with their names in pgbouncer.ini / SHOW CONFIG.
 POOL_SETTINGS = {
@@ -37,6 +42,8 @@ POOL_SETTINGS = {
     "reservePoolSize": "reserve_pool_size",
     "reservePoolTimeout": "reserve_pool_timeout",
     "maxDbConnections": "max_db_connections",
+    "minPoolSize": "min_pool_size",
+    "serverLoginRetry": "server_login_retry",
     "poolMode": "pool_mode",
 }
 
@@ -45,6 +52,8 @@ class PgBouncerSpec(Spec):
     state_dir: Replace[str] = Field(description="Directory of pgbouncer.ini, userlist.txt, its log and pidfile.")
     port: int = Field(ge=1024, le=65535, description="Port PgBouncer listens on (127.0.0.1).")
     primary_port: int = Field(ge=1024, le=65535, description="Port of the primary on 127.0.0.1.")
+    primary_socket_dir: str = Field(description="Socket directory of the primary, where new slots point.")
+    read_slots: int = Field(default=1, ge=1, description="Slots of the read pool's host list (one per replica).")
     database: str = Field(description="The application database, where the auth lookup function lives.")
     superuser_password: Secret[str] = Field(min_length=1, description="Password of `postgres`, to install the lookup.")
     auth_password: Secret[str] = Field(min_length=1, description="Password of PgBouncer's auth user (secret).")
@@ -53,6 +62,8 @@ class PgBouncerSpec(Spec):
     reserve_pool_size: int = Field(default=5, ge=0)
     reserve_pool_timeout: int = Field(default=3, ge=0)
     max_db_connections: int = Field(default=0, ge=0)
+    min_pool_size: int = Field(default=0, ge=0)
+    server_login_retry: int = Field(default=1, ge=0)
     pool_mode: PoolMode = "transaction"
 
 
@@ -60,6 +71,22 @@ class PgBouncerStatus(Status):
     running: Annotated[bool | None, Expect(True)] = Field(
         default=None, description="PgBouncer runs and its admin console answers (false: `up` starts it)."
     )
+
+
+def shared_settings(values: Mapping[str, Any]) -> dict[str, str]:
+    """pgbouncer.ini's settings of every platform: auth through the lookup function, and the pool settings
+    from values under their camelCase names (this spec's or the config's)."""
+    return {
+        "auth_type": "scram-sha-256",
+        "auth_user": AUTH_ROLE,
+        "auth_query": AUTH_QUERY,
+        "admin_users": AUTH_ROLE,
+        "stats_users": AUTH_ROLE,
+        "ignore_startup_parameters": "extra_float_digits",
+        # idle server connections are reused oldest first, so a pool's work spreads over its hosts
+        "server_round_robin": "1",
+        **{name: str(values[key]) for key, name in POOL_SETTINGS.items()},
+    }
 
 
 def files(spec: PgBouncerSpec) -> tuple[Path, Path, Path]:
@@ -70,27 +97,20 @@ def files(spec: PgBouncerSpec) -> tuple[Path, Path, Path]:
 def ini_text(spec: PgBouncerSpec) -> str:
     _, userlist, pidfile = files(spec)
     base = Path(spec.state_dir)
-    values = spec.model_dump(by_alias=True)
     settings = {
         "listen_addr": LOOPBACK,
         "listen_port": str(spec.port),
         "unix_socket_dir": str(base),
-        "auth_type": "scram-sha-256",
         "auth_file": str(userlist),
-        "auth_user": AUTH_ROLE,
-        "auth_query": AUTH_QUERY,
-        "admin_users": AUTH_ROLE,
-        "stats_users": AUTH_ROLE,
-        "ignore_startup_parameters": "extra_float_digits",
         "pidfile": str(pidfile),
         "logfile": str(base / "pgbouncer.log"),
-        **{name: str(values[key]) for key, name in POOL_SETTINGS.items()},
+        **shared_settings(spec.model_dump(by_alias=True)),
     }
     return "\n".join(
         [
             "; Managed by thorbis-db: edits are overwritten by the next `pulumi up`.",
             "[databases]",
-            f"* = host={LOOPBACK} port={spec.primary_port}",
+            *slots.databases_lines(base, spec.database, spec.read_slots),
             "[pgbouncer]",
             *(f"{name} = {value}" for name, value in settings.items()),
             "",
@@ -110,8 +130,13 @@ def auth_role_statement(verb: Literal["CREATE", "ALTER"], password: sql.Composab
 
 
 def auth_lookup_statements() -> list[sql.Composed]:
-    """A SECURITY DEFINER lookup of non-superusers' verifiers that only the auth user may call."""
-    ids = {"schema": sql.Identifier(AUTH_SCHEMA), "role": sql.Identifier(AUTH_ROLE)}
+    """SECURITY DEFINER functions only the auth user may call: the lookup of non-superusers' verifiers, and
+    the server's health for the read router."""
+    ids = {
+        "schema": sql.Identifier(AUTH_SCHEMA),
+        "role": sql.Identifier(AUTH_ROLE),
+        "health": sql.Identifier(HEALTH_FUNCTION),
+    }
     return [
         sql.SQL(statement).format(**ids)
         for statement in (
@@ -125,6 +150,18 @@ def auth_lookup_statements() -> list[sql.Composed]:
                      WHERE s.usename = p_usename AND NOT s.usesuper $$""",
             "REVOKE ALL ON FUNCTION {schema}.get_auth(text) FROM PUBLIC",
             "GRANT EXECUTE ON FUNCTION {schema}.get_auth(text) TO {role}",
+            # the WAL receiver's status is for superusers and pg_read_all_stats only: this shows the read
+            # router that one bit and nothing else of the server's statistics
+            """CREATE OR REPLACE FUNCTION {schema}.{health}(
+                   OUT in_recovery boolean, OUT streaming boolean, OUT wal_bytes numeric)
+               LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ''
+               AS $$ SELECT pg_catalog.pg_is_in_recovery(),
+                            EXISTS (SELECT FROM pg_catalog.pg_stat_wal_receiver WHERE status = 'streaming'),
+                            pg_catalog.pg_wal_lsn_diff(
+                                CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn()
+                                     ELSE pg_catalog.pg_current_wal_lsn() END, '0/0') $$""",
+            "REVOKE ALL ON FUNCTION {schema}.{health}() FROM PUBLIC",
+            "GRANT EXECUTE ON FUNCTION {schema}.{health}() TO {role}",
         )
     ]
 
@@ -138,19 +175,32 @@ def install_auth_lookup(spec: PgBouncerSpec) -> None:
             conn.execute(statement)
 
 
-def admin_console(spec: PgBouncerSpec, port: int | None = None) -> psycopg.Connection:
+def ensure_slots(spec: PgBouncerSpec) -> None:
+    """Slots that do not exist yet point at the primary (the router moves them once it runs)."""
+    base = Path(spec.state_dir)
+    primary = slots.Server("primary", spec.primary_port, spec.primary_socket_dir, primary=True)
+    for slot in slots.all_slots(spec.read_slots):
+        if not slots.slot_link(base, slot).is_symlink():
+            slots.point(base, slot, primary)
+
+
+def console(port: int, auth_password: str, timeout: int = 5) -> psycopg.Connection:
     """PgBouncer's admin console speaks the simple query protocol only: a client-side cursor."""
     return psycopg.connect(
         host=LOOPBACK,
-        port=port or spec.port,
+        port=port,
         dbname=CONSOLE_DATABASE,
         user=AUTH_ROLE,
-        password=spec.auth_password,
+        password=auth_password,
         autocommit=True,
-        connect_timeout=5,
+        connect_timeout=timeout,
         cursor_factory=psycopg.ClientCursor,
         prepare_threshold=None,
     )
+
+
+def admin_console(spec: PgBouncerSpec, port: int | None = None) -> psycopg.Connection:
+    return console(port or spec.port, spec.auth_password)
 
 
 def status(spec: PgBouncerSpec, port: int | None = None) -> Observed[PgBouncerStatus]:
@@ -195,12 +245,15 @@ class PgBouncerKind(Kind[PgBouncerSpec, PgBouncerStatus]):
         ini, userlist, _ = files(spec)
         process.make_private_dir(Path(spec.state_dir))
         install_auth_lookup(spec)
+        ensure_slots(spec)
         process.write_private_file(userlist, userlist_text(spec))
         process.write_private_file(ini, ini_text(spec))
         start(spec)
         return str(ini), status(spec)
 
-    def observe(self, resource_id: str, spec: PgBouncerSpec) -> Observed[PgBouncerStatus] | None:
+    def observe(
+        self, resource_id: str, spec: PgBouncerSpec, recorded: PgBouncerStatus | None = None
+    ) -> Observed[PgBouncerStatus] | None:
         if not Path(resource_id).exists():
             return None
         return status(spec)
@@ -208,6 +261,7 @@ class PgBouncerKind(Kind[PgBouncerSpec, PgBouncerStatus]):
     def update(self, resource_id: str, old: dict[str, Any], spec: PgBouncerSpec) -> Observed[PgBouncerStatus]:
         ini, userlist, pidfile = files(spec)
         install_auth_lookup(spec)
+        ensure_slots(spec)
         process.write_private_file(userlist, userlist_text(spec))
         process.write_private_file(ini, ini_text(spec))
         pid = process.read_pid(pidfile)
@@ -224,7 +278,7 @@ class PgBouncerKind(Kind[PgBouncerSpec, PgBouncerStatus]):
         start(spec)
         return status(spec)
 
-    def delete(self, resource_id: str, spec: PgBouncerSpec) -> None:
+    def delete(self, resource_id: str, spec: PgBouncerSpec, recorded: PgBouncerStatus | None = None) -> None:
         stop(spec)
         if process.port_open(spec.primary_port):
             try:

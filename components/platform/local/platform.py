@@ -12,13 +12,25 @@ from components.platform.local.backup import BackupRepositoryKind
 from components.platform.local.pgbackrest import Repository, archive_command, directory_problem
 from components.platform.local.pgbouncer import PgBouncerKind
 from components.platform.local.postgres import PostgresServerKind
-from components.platform.local.postgres_files import SUPERUSER
+from components.platform.local.postgres_files import SUPERUSER, ServerDir
 from components.platform.local.process import read_pid
 from components.platform.local.redis import RedisKind
 from components.platform.local.replica import PostgresReplicaKind
+from components.platform.local.router import ReadRouterKind
+from components.platform.routing import read_database
 from components.platform.secrets import secret_of
 from components.resource import declare
 from config import ConfigError, Problem, StackSettings, check_host_ports
+
+
+def server_dir(state_dir: Path, replica: int | None = None) -> Path:
+    """The directory of the primary (replica None) or of replica `replica` under the stack's state directory."""
+    return state_dir / ("postgres-primary" if replica is None else f"postgres-replica-{replica}")
+
+
+def router_dir(state_dir: Path) -> Path:
+    """The read router's directory (its routes.json says where the pools go now)."""
+    return state_dir / "router"
 
 
 def replication_slot(index: int) -> str:
@@ -41,6 +53,7 @@ def loopback_connection(
         replicas=tuple(Endpoint.loopback(port) for port in settings.replica_ports),
         redis=Endpoint.loopback(settings.redis.port),
         redis_password=redis_password,
+        read_database=read_database(settings.postgres.database),
     )
 
 
@@ -123,6 +136,21 @@ def ports_held(state_dir: Path) -> set[int]:
     return held
 
 
+def router_servers(settings: StackSettings) -> list[dict[str, object]]:
+    """The servers the read router watches, named as in its routes: primary, replica-0, replica-1, ..."""
+    named: list[tuple[str, int, int | None]] = [("primary", settings.postgres.port, None)]
+    named += [(f"replica-{index}", port, index) for index, port in enumerate(settings.replica_ports)]
+    return [
+        {
+            "name": name,
+            "port": port,
+            "socketDir": str(ServerDir(server_dir(settings.state_dir, replica)).socket_dir),
+            "primary": replica is None,
+        }
+        for name, port, replica in named
+    ]
+
+
 class LocalPlatform(pulumi.ComponentResource):
     """Primary, N streaming replicas, PgBouncer and Redis of one stack, under its state directory."""
 
@@ -143,7 +171,7 @@ class LocalPlatform(pulumi.ComponentResource):
             PostgresServerKind,
             f"{name}-primary",
             {
-                "state_dir": str(base / "postgres-primary"),
+                "state_dir": str(server_dir(base)),
                 "port": settings.postgres.port,
                 "database": settings.postgres.database,
                 "superuser_password": superuser,
@@ -158,7 +186,7 @@ class LocalPlatform(pulumi.ComponentResource):
         if repository is not None:  # archiving of the primary; backups are taken by scripts/backup
             backups = {
                 "repository": repository,
-                "primary_state_dir": str(base / "postgres-primary"),
+                "primary_state_dir": str(server_dir(base)),
                 "port": settings.postgres.port,
                 "superuser_password": superuser,
                 "allow_data_loss": settings.allow_data_loss,
@@ -169,7 +197,7 @@ class LocalPlatform(pulumi.ComponentResource):
                 PostgresReplicaKind,
                 f"{name}-replica-{index}",
                 {
-                    "state_dir": str(base / f"postgres-replica-{index}"),
+                    "state_dir": str(server_dir(base, index)),
                     "port": port,
                     "primary_port": settings.postgres.port,
                     "slot_name": replication_slot(index),
@@ -182,6 +210,8 @@ class LocalPlatform(pulumi.ComponentResource):
             for index, port in enumerate(settings.replica_ports)
         ]
         pgbouncer = settings.pgbouncer
+        auth = secret_of(settings, "pgbouncer_auth_password")
+        read_slots = max(1, settings.replicas.count)
         pooler = declare(
             PgBouncerKind,
             f"{name}-pgbouncer",
@@ -189,17 +219,37 @@ class LocalPlatform(pulumi.ComponentResource):
                 "state_dir": str(base / "pgbouncer"),
                 "port": pgbouncer.port,
                 "primary_port": settings.postgres.port,
+                "primary_socket_dir": str(ServerDir(server_dir(base)).socket_dir),
+                "read_slots": read_slots,
                 "database": settings.postgres.database,
                 "superuser_password": superuser,
-                "auth_password": secret_of(settings, "pgbouncer_auth_password"),
+                "auth_password": auth,
                 "max_client_conn": pgbouncer.max_client_conn,
                 "default_pool_size": pgbouncer.default_pool_size,
                 "reserve_pool_size": pgbouncer.reserve_pool_size,
                 "reserve_pool_timeout": pgbouncer.reserve_pool_timeout,
                 "max_db_connections": pgbouncer.max_db_connections,
+                "min_pool_size": pgbouncer.min_pool_size,
+                "server_login_retry": pgbouncer.server_login_retry,
                 "pool_mode": pgbouncer.pool_mode,
             },
             after_primary,
+        )
+        router = declare(
+            ReadRouterKind,
+            f"{name}-router",
+            {
+                "state_dir": str(router_dir(base)),
+                "pgbouncer_dir": str(base / "pgbouncer"),
+                "pgbouncer_port": pgbouncer.port,
+                "database": settings.postgres.database,
+                "auth_password": auth,
+                "servers": router_servers(settings),
+                "read_slots": read_slots,
+                "max_lag_bytes": pgbouncer.read_max_lag_bytes,
+                "interval_ms": pgbouncer.route_check_ms,
+            },
+            pulumi.ResourceOptions(parent=self, depends_on=[pooler, *replicas]),
         )
         redis_password = secret_of(settings, "redis_password")
         cache = declare(
@@ -216,7 +266,7 @@ class LocalPlatform(pulumi.ComponentResource):
             },
             child,
         )
-        ready = [primary.id, pooler.id, cache.id, *(replica.id for replica in replicas)]
+        ready = [primary.id, pooler.id, router.id, cache.id, *(replica.id for replica in replicas)]
         self.connection = pulumi.Output.all(superuser, redis_password, *ready).apply(
             lambda values: loopback_connection(settings, "local", values[0], values[1])
         )

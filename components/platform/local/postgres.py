@@ -139,7 +139,9 @@ class PostgresServerKind(Kind[PostgresServerSpec, PostgresServerStatus]):
             )
             return Observed({"settings": pg.live_settings(conn, spec.settings)}, status)
 
-    def observe(self, resource_id: str, spec: PostgresServerSpec) -> Observed[PostgresServerStatus] | None:
+    def observe(
+        self, resource_id: str, spec: PostgresServerSpec, recorded: PostgresServerStatus | None = None
+    ) -> Observed[PostgresServerStatus] | None:
         if not pg.ServerDir(Path(spec.state_dir)).initialised():
             return None
         return self.observed(spec)
@@ -166,7 +168,7 @@ class PostgresServerKind(Kind[PostgresServerSpec, PostgresServerStatus]):
         self.bootstrap(spec, old_password if pg.answering(spec.port, old_password) else spec.superuser_password)
         return self.observed(spec)
 
-    def delete(self, resource_id: str, spec: PostgresServerSpec) -> None:
+    def delete(self, resource_id: str, spec: PostgresServerSpec, recorded: PostgresServerStatus | None = None) -> None:
         if not spec.allow_data_loss:
             raise ProviderError(
                 f"refusing to delete the PostgreSQL data in {spec.state_dir}: this stack does not allow data loss. "

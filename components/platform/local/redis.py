@@ -153,7 +153,9 @@ class RedisKind(Kind[RedisSpec, RedisStatus]):
         }
         return Observed(inputs, RedisStatus(running=True, password_required=password == spec.password))
 
-    def observe(self, resource_id: str, spec: RedisSpec) -> Observed[RedisStatus] | None:
+    def observe(
+        self, resource_id: str, spec: RedisSpec, recorded: RedisStatus | None = None
+    ) -> Observed[RedisStatus] | None:
         if not Path(resource_id).exists():
             return None
         return self.status(spec)
@@ -178,7 +180,7 @@ class RedisKind(Kind[RedisSpec, RedisStatus]):
         self.start(spec)
         return self.status(spec)
 
-    def delete(self, resource_id: str, spec: RedisSpec) -> None:
+    def delete(self, resource_id: str, spec: RedisSpec, recorded: RedisStatus | None = None) -> None:
         if spec.persistence and not spec.allow_data_loss:
             raise ProviderError(
                 f"refusing to delete the persisted Redis data in {spec.state_dir}: this stack does not allow data "

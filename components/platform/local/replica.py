@@ -141,7 +141,9 @@ class PostgresReplicaKind(Kind[PostgresReplicaSpec, PostgresReplicaStatus]):
     def wait_streaming(self, spec: PostgresReplicaSpec) -> None:
         process.wait_until(lambda: bool(self.status(spec).status.streaming), 60, f"replica {spec.slot_name} to stream")
 
-    def observe(self, resource_id: str, spec: PostgresReplicaSpec) -> Observed[PostgresReplicaStatus] | None:
+    def observe(
+        self, resource_id: str, spec: PostgresReplicaSpec, recorded: PostgresReplicaStatus | None = None
+    ) -> Observed[PostgresReplicaStatus] | None:
         if not pg.ServerDir(Path(spec.state_dir)).initialised():
             return None
         return self.status(spec)
@@ -164,7 +166,9 @@ class PostgresReplicaKind(Kind[PostgresReplicaSpec, PostgresReplicaStatus]):
         self.wait_streaming(spec)
         return self.status(spec)
 
-    def delete(self, resource_id: str, spec: PostgresReplicaSpec) -> None:
+    def delete(
+        self, resource_id: str, spec: PostgresReplicaSpec, recorded: PostgresReplicaStatus | None = None
+    ) -> None:
         """A replica holds a copy only: its directory goes, and so does its slot on the primary."""
         server = pg.ServerDir(Path(spec.state_dir))
         pg.stop(server)
