@@ -10,6 +10,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from config.errors import Problem, show_value
+from config.gucs import guc_problems
 from config.settings import NAMESPACE, ROLE_PASSWORD_KEYS, SERVER_PASSWORD_KEYS, StackSettings, attribute_of
 
 MAX_PORT = 65535
@@ -156,5 +157,6 @@ RULES: tuple[Rule, ...] = (
     Rule(frozenset({"postgres", "replicas"}), _replicas_fit),
     Rule(_PORT_KEYS, _ports_distinct),
     Rule(frozenset({"postgres", "pgbouncer"}), _pool_fits_postgres),
+    Rule(frozenset({"postgres"}), guc_problems),
 )
 """Every cross-key rule, in the order their problems are listed."""
