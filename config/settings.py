@@ -240,7 +240,8 @@ class PostgresSettings(Settings):
     settings: GucSettings = setting(
         {},
         "Further postgresql.conf settings, GUC name to value, applied to every server. Default {}.",
-        "a mapping of GUC names (matching ^[a-z_][a-z0-9_.]*$) to string or number values",
+        "a mapping of GUC names (matching ^[a-z_][a-z0-9_.]*$) to string or number values that this host's "
+        "PostgreSQL accepts (checked at preview), none of those the stack sets itself (config/gucs.py OWNED_GUCS)",
         validate_default=True,
     )
 
