@@ -12,6 +12,8 @@ from config import StackSettings
 
 class Platform(Protocol):
     connection: pulumi.Output[ConnectionSpec]
+    #: `connection.for_database()`, known as soon as the primary is: what the database layer is given.
+    database_connection: pulumi.Output[ConnectionSpec]
 
 
 def build_platform(name: str, settings: StackSettings) -> Platform:

@@ -31,7 +31,7 @@ from components.platform.local.pgbouncer import AUTH_ROLE, CONSOLE_DATABASE
 from ops import EXIT_DESTRUCTIVE, EXIT_DRIFT, EXIT_FAILED, EXIT_OK
 from ops.events import EventLog
 from testbed.stacks import LiveStack, throwaway_stack
-from testbed.support import copy_project
+from testbed.support import copy_project, listening
 from tests.conftest import ROOT
 from tests.e2e.test_adopt_existing_database import edited_table, without_column
 
@@ -225,3 +225,20 @@ def test_a_plain_up_repairs_it_all_and_the_next_plain_preview_is_clean(ops_stack
     assert drift.code == EXIT_OK, drift.output
     run = script(ops_stack, "verify")
     assert run.code == EXIT_OK, run.output
+
+
+def test_adding_a_replica_previews_as_the_replica_alone(ops_stack: LiveStack) -> None:
+    """The database layer waits on the primary only: a new replica (unknown until created) leaves every
+    database object as it is in the preview."""
+    port = ops_stack.replica_ports[-1] + 1
+    if listening(port) or port in ops_stack.all_ports:
+        pytest.skip(f"port {port}, the second replica's, is taken on this host")
+    ops_stack.stack.set_config("thorbis:replicas.count", auto.ConfigValue("2"))
+    log = EventLog()
+    try:
+        ops_stack.stack.preview(on_event=log)
+    finally:
+        ops_stack.stack.set_config("thorbis:replicas.count", auto.ConfigValue("1"))
+    assert [change.name for change in log.listed if change.type.startswith("thorbisdb:db:")] == []
+    assert "thorbis-replica-1" in {change.name for change in log.listed if change.op == "create"}
+    assert len(log.listed) < 10, [(change.op, change.name) for change in log.listed]

@@ -104,6 +104,7 @@ class DockerPlatform(pulumi.ComponentResource):
     """Primary, replicas, PgBouncer and Redis containers on one network of the stack's own."""
 
     connection: pulumi.Output[ConnectionSpec]
+    database_connection: pulumi.Output[ConnectionSpec]
 
     def __init__(self, name: str, settings: StackSettings, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("thorbis:platform:Docker", name, None, opts)
@@ -226,6 +227,9 @@ class DockerPlatform(pulumi.ComponentResource):
         ready = [primary.id, pooler.id, redis.id, *(replica.id for replica in replicas)]
         self.connection = pulumi.Output.all(superuser, redis_password, *ready).apply(
             lambda values: loopback_connection(settings, "docker", values[0], values[1])
+        )
+        self.database_connection = pulumi.Output.all(superuser, primary.id).apply(
+            lambda values: loopback_connection(settings, "docker", values[0], "").for_database()
         )
         self.register_outputs({})
 

@@ -34,6 +34,7 @@ class ExternalPlatform(pulumi.ComponentResource):
     """Only the database layer is applied to an external server; nothing is started or stopped."""
 
     connection: pulumi.Output[ConnectionSpec]
+    database_connection: pulumi.Output[ConnectionSpec]
 
     def __init__(self, name: str, settings: StackSettings, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("thorbis:platform:External", name, None, opts)
@@ -45,4 +46,5 @@ class ExternalPlatform(pulumi.ComponentResource):
             pulumi.ResourceOptions(parent=self),
         )
         self.connection = pulumi.Output.all(dsn, server.id).apply(lambda values: connection_from_dsn(values[0]))
+        self.database_connection = self.connection.apply(ConnectionSpec.for_database)
         self.register_outputs({})

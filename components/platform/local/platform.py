@@ -155,6 +155,7 @@ class LocalPlatform(pulumi.ComponentResource):
     """Primary, N streaming replicas, PgBouncer and Redis of one stack, under its state directory."""
 
     connection: pulumi.Output[ConnectionSpec]
+    database_connection: pulumi.Output[ConnectionSpec]
 
     def __init__(self, name: str, settings: StackSettings, opts: pulumi.ResourceOptions | None = None) -> None:
         check_host_ports(settings, LOOPBACK, owned_ports=ports_held(settings.state_dir))  # before any resource exists
@@ -269,5 +270,8 @@ class LocalPlatform(pulumi.ComponentResource):
         ready = [primary.id, pooler.id, router.id, cache.id, *(replica.id for replica in replicas)]
         self.connection = pulumi.Output.all(superuser, redis_password, *ready).apply(
             lambda values: loopback_connection(settings, "local", values[0], values[1])
+        )
+        self.database_connection = pulumi.Output.all(superuser, primary.id).apply(
+            lambda values: loopback_connection(settings, "local", values[0], "").for_database()
         )
         self.register_outputs({})
