@@ -27,8 +27,9 @@ preview: setup
 	@$(LIVE) "and as the change that would put it back"
 	@$(ENV) pulumi stack select --create $(STACK) --non-interactive && pulumi preview --diff --stack $(STACK)
 
+# Refuses (exit 2, nothing changed) unless thorbis:allowDataLoss is true, naming the commands that allow it.
 destroy: setup
-	@$(ENV) pulumi destroy --yes --non-interactive --stack $(STACK)
+	@$(ENV) python -m ops.cli destroy $(STACK)
 
 test: setup
 	@$(ENV) python -m pytest $(PYTEST_ARGS)

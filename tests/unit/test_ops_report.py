@@ -18,6 +18,7 @@ import pytest
 from pulumi.automation import EngineEvent
 
 from ops import EXIT_DESTRUCTIVE, EXIT_DRIFT, EXIT_FAILED, EXIT_OK
+from ops.cli import destroy_refusal
 from ops.drift import Difference, differences, render_text, show
 from ops.events import Change, EventLog
 from ops.preview import PreviewOutcome, render_markdown
@@ -240,3 +241,17 @@ def test_a_status_field_the_state_never_recorded_is_shown_with_its_expected_valu
     assert differences(change) == [
         Difference("thorbisdb:db:Role", "role-reporting", "passwordMatches", "true", "false")
     ]
+
+
+def test_make_destroy_refuses_naming_allow_data_loss_and_the_commands_not_unprotect() -> None:
+    refusal = destroy_refusal("staging", allow_data_loss=False)
+    assert refusal is not None
+    assert "thorbis:allowDataLoss is false" in refusal and "Nothing was changed" in refusal
+    commands = [line.strip().split("  #")[0].strip() for line in refusal.splitlines() if line.startswith("  ")]
+    assert commands == [
+        "pulumi config set thorbis:allowDataLoss true --stack staging",
+        "pulumi up --stack staging",
+        "make destroy STACK=staging",
+    ]
+    assert "Do not use `pulumi state unprotect`" in refusal
+    assert destroy_refusal("staging", allow_data_loss=True) is None
