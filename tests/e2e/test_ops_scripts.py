@@ -48,6 +48,8 @@ DRIFT = [
     ("thorbis-replica-0", "streaming"),
     ("thorbis-pgbouncer", "defaultPoolSize"),
     ("thorbis-redis", "passwordRequired"),
+    ("thorbis-primary", "pgHba"),
+    ("thorbis-primary", "alteredSystem"),
 ]
 
 
@@ -90,6 +92,10 @@ def admin(live: LiveStack) -> psycopg.Connection[Any]:
 
 def redis_client(live: LiveStack, password: str | None) -> redis.Redis:
     return redis.Redis(host=LOOPBACK, port=live.redis_port, password=password, socket_timeout=5)
+
+
+def primary_hba(live: LiveStack) -> Path:
+    return live.state_dir / "postgres-primary" / "data" / "pg_hba.conf"
 
 
 def check_row(output: str, check: str) -> str:
@@ -144,6 +150,10 @@ def change_behind_the_stacks_back(live: LiveStack) -> None:
         conn.execute("ALTER POLICY invoices_tenant_select ON public.invoices USING (true)")
         conn.execute("GRANT TRUNCATE ON public.jobs TO anon")
         conn.execute("CREATE POLICY backdoor ON public.estimates FOR ALL TO authenticated USING (true)")
+        conn.execute("ALTER SYSTEM SET log_statement = 'all'")
+        conn.execute("SELECT pg_reload_conf()")
+    hba = primary_hba(live)
+    hba.write_text("host all all 127.0.0.1/32 trust\n" + hba.read_text())
     console = psycopg.connect(
         host=LOOPBACK, port=live.pgbouncer_port, dbname=CONSOLE_DATABASE, user=AUTH_ROLE,
         password=live.passwords["pgbouncerAuthPassword"], autocommit=True, cursor_factory=psycopg.ClientCursor,
@@ -218,6 +228,8 @@ def test_a_plain_up_repairs_it_all_and_the_next_plain_preview_is_clean(ops_stack
         assert conn.execute("SELECT count(*) FROM pg_policy WHERE polname = 'backdoor'").fetchone() == (0,)
         truncate = conn.execute("SELECT has_table_privilege('anon', 'public.jobs', 'TRUNCATE')").fetchone()
         assert truncate == (False,)
+        assert conn.execute("SHOW log_statement").fetchone() == ("none",)
+    assert "trust" not in primary_hba(ops_stack).read_text()
     with redis_client(ops_stack, None) as anonymous, pytest.raises(redis.AuthenticationError):
         anonymous.ping()
     ops_stack.stack.preview(expect_no_changes=True)

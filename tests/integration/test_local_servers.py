@@ -145,6 +145,33 @@ def test_alter_system_by_hand_is_drift_that_update_repairs(own_primary: Primary)
     assert flat(kind.observe(own_primary.resource_id, spec)) == repaired
 
 
+def test_a_trust_line_in_pg_hba_and_an_undeclared_alter_system_are_drift_that_update_removes(
+    own_primary: Primary,
+) -> None:
+    kind, spec, server = own_primary.kind, own_primary.spec, own_primary.server
+    hba = server.data / "pg_hba.conf"
+    hba.write_text("host all all 127.0.0.1/32 trust   # a backdoor\n" + hba.read_text())
+    with own_primary.connect() as conn:
+        conn.execute("ALTER SYSTEM SET log_statement = 'all'")
+        conn.execute("SELECT pg_reload_conf()")
+    eventually(lambda: own_primary.scalar("SHOW log_statement") == "all", 10, "log_statement set by hand to load")
+    with psycopg.connect(host=LOOPBACK, port=own_primary.port, user="postgres", dbname="postgres") as intruder:
+        assert intruder.execute("SELECT 1").fetchone() == (1,)  # no password: the backdoor works
+
+    observed = flat(kind.observe(own_primary.resource_id, spec))
+    assert observed is not None
+    assert observed["pgHba"] == ["+ host all all 127.0.0.1/32 trust"]
+    assert observed["alteredSystem"] == ["log_statement = all"]
+    assert kind.drifted(kind.status_of(own_primary.state(observed)), spec) == ["pgHba", "alteredSystem"]
+
+    repaired = reported(kind.update(own_primary.resource_id, own_primary.state(observed), spec))
+    assert (repaired["pgHba"], repaired["alteredSystem"]) == ([], [])
+    assert own_primary.scalar("SHOW log_statement") == "none"
+    assert "log_statement" not in (server.data / "postgresql.auto.conf").read_text()
+    with pytest.raises(psycopg.OperationalError, match="password"):
+        psycopg.connect(host=LOOPBACK, port=own_primary.port, user="postgres", dbname="postgres", connect_timeout=5)
+
+
 def test_killed_postmaster_is_reported_and_update_restarts_it_with_its_data(own_primary: Primary) -> None:
     kind, spec, server = own_primary.kind, own_primary.spec, own_primary.server
     with own_primary.connect() as conn:

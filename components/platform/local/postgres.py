@@ -47,6 +47,16 @@ class PostgresServerStatus(Status):
     )
     server_version: str | None = Field(default=None, description="SHOW server_version.")
     data_checksums: bool | None = Field(default=None, description="The cluster was initialised with data checksums.")
+    pg_hba: Annotated[list[str] | None, Expect([])] = Field(
+        default=None,
+        description="pg_hba.conf rules that are not the stack's (`+ rule` added by hand, `- rule` removed); "
+        "`up` writes the file back and reloads.",
+    )
+    altered_system: Annotated[list[str] | None, Expect([])] = Field(
+        default=None,
+        description="Settings set with ALTER SYSTEM that the stack does not declare (`name = value`); `up` "
+        "resets them.",
+    )
 
 
 def server_settings(spec: PostgresServerSpec) -> dict[str, str]:
@@ -136,6 +146,8 @@ class PostgresServerKind(Kind[PostgresServerSpec, PostgresServerStatus]):
                 running=True,
                 server_version=version[0] if version else "",
                 data_checksums=bool(checksums and checksums[0] == "on"),
+                pg_hba=pg.hba_differences(server),
+                altered_system=pg.undeclared_overrides(conn, server_settings(spec)),
             )
             return Observed({"settings": pg.live_settings(conn, spec.settings)}, status)
 
@@ -162,7 +174,8 @@ class PostgresServerKind(Kind[PostgresServerSpec, PostgresServerStatus]):
                 drifted = [
                     name for name, value in (old.get("settings") or {}).items() if value != spec.settings.get(name)
                 ]
-                pg.reset_overrides(conn, drifted)
+                undeclared = [line.split(" = ", 1)[0] for line in pg.undeclared_overrides(conn, server_settings(spec))]
+                pg.reset_overrides(conn, [*drifted, *undeclared])
                 pg.apply_settings(conn, server)
         process.wait_until(lambda: server.postmaster_pid() is not None, 60, f"PostgreSQL in {server.data}")
         self.bootstrap(spec, old_password if pg.answering(spec.port, old_password) else spec.superuser_password)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -209,6 +210,44 @@ def live_settings(conn: psycopg.Connection, wanted: dict[str, str]) -> dict[str,
         current = "" if row is None or row[0] is None else str(row[0])
         live[name] = value if normalised(current) == normalised(value) else current
     return live
+
+
+#: What pgBackRest's restore writes into postgresql.auto.conf (and a promoted server no longer reads).
+RESTORE_WRITES = ("restore_command", "recovery_target")
+
+
+def hba_differences(server: ServerDir) -> list[str]:
+    """pg_hba.conf's rules that are not the stack's (`+ line`, added by hand) and the stack's that are
+    missing (`- line`), spaces collapsed; [] when it is as written."""
+    ours, found = hba_rules(HBA), hba_rules(file_text(server.data / "pg_hba.conf"))
+    return [f"+ {rule}" for rule in found if rule not in ours] + [f"- {rule}" for rule in ours if rule not in found]
+
+
+def hba_rules(text: str) -> list[str]:
+    lines = (line.split("#", 1)[0].split() for line in text.splitlines())
+    return [" ".join(words) for words in lines if words]
+
+
+def file_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+
+
+def undeclared_overrides(conn: psycopg.Connection, managed: Iterable[str]) -> list[str]:
+    """`name = value` of the settings set with ALTER SYSTEM (postgresql.auto.conf) that the stack does not
+    manage (those it manages show as their own drift)."""
+    rows = conn.execute(
+        "SELECT name, setting FROM pg_file_settings WHERE sourcefile = current_setting('data_directory') || "
+        "'/postgresql.auto.conf' ORDER BY seqno"
+    ).fetchall()
+    skipped = {*managed}
+    return [
+        f"{name} = {setting}"
+        for name, setting in rows
+        if name not in skipped and not str(name).startswith(RESTORE_WRITES)
+    ]
 
 
 def reset_overrides(conn: psycopg.Connection, names: list[str]) -> None:
