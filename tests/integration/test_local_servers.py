@@ -40,6 +40,10 @@ from tests.integration.conftest import (
 )
 
 AUTH_PASSWORD = 'it-"bouncer" pass:0123'  # a double quote: userlist.txt must escape it
+CLEAN_FILES: dict[str, list[str]] = {
+    "pgHba": [],
+    "alteredSystem": [],
+}  # pg_hba.conf and postgresql.auto.conf as the stack has them
 REDIS_PASSWORD = 'it-re"dis\\ pass word'  # quote, backslash and space: redis.conf must quote them
 APP_PASSWORD = "it-App-Pass-0123"
 
@@ -228,7 +232,7 @@ def replica_has(replica: Replica, note: str) -> bool:
 
 
 def test_replica_streams_rows_through_its_own_slot(primary: Primary, replica: Replica) -> None:
-    assert replica.outputs == {"running": True, "streaming": True, "settings": SETTINGS}
+    assert replica.outputs == {**CLEAN_FILES, "running": True, "streaming": True, "settings": SETTINGS}
     note = uuid.uuid4().hex
     with primary.connect() as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS replicated (note text)")
@@ -250,9 +254,29 @@ def test_replica_streams_rows_through_its_own_slot(primary: Primary, replica: Re
 def test_replica_update_applies_settings_and_keeps_streaming(replica: Replica) -> None:
     changed = with_settings(replica.spec, work_mem="16MB")
     outputs = reported(replica.kind.update(replica.resource_id, recorded(replica.spec, replica.outputs), changed))
-    assert outputs == {"running": True, "streaming": True, "settings": changed.settings}
+    assert outputs == {**CLEAN_FILES, "running": True, "streaming": True, "settings": changed.settings}
     with replica.connect() as conn:
         assert conn.execute("SHOW work_mem").fetchone() == ("16MB",)
+
+
+def test_a_replicas_pg_hba_and_alter_system_by_hand_are_drift_that_update_removes(replica: Replica) -> None:
+    hba = replica.base / "data" / "pg_hba.conf"
+    hba.write_text(hba.read_text() + "host all all 127.0.0.1/32 trust\n")
+    with replica.connect() as conn:
+        conn.execute("ALTER SYSTEM SET log_connections = on")
+    observed = flat(replica.kind.observe(replica.resource_id, replica.spec))
+    assert observed is not None
+    assert (observed["pgHba"], observed["alteredSystem"]) == (
+        ["+ host all all 127.0.0.1/32 trust"],
+        ["log_connections = on"],
+    )
+
+    repaired = reported(
+        replica.kind.update(replica.resource_id, recorded(replica.spec, replica.outputs, observed), replica.spec)
+    )
+    assert repaired == replica.outputs
+    assert "trust" not in hba.read_text()
+    assert "log_connections" not in (replica.base / "data" / "postgresql.auto.conf").read_text()
 
 
 def test_replica_delete_drops_its_slot_and_directory(primary: Primary) -> None:

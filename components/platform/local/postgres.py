@@ -9,7 +9,7 @@ from psycopg import sql
 from pydantic import Field
 
 from components.connection import LOOPBACK
-from components.kind import Expect, Kind, Observed, ProviderError, Replace, Secret, Spec, Status
+from components.kind import Expect, Kind, Observed, ProviderError, Replace, Secret, Spec
 from components.platform.local import pgbackrest, process
 from components.platform.local import postgres_files as pg
 from components.platform.local.pgbackrest import Repository
@@ -41,22 +41,12 @@ class PostgresServerSpec(Spec):
     )
 
 
-class PostgresServerStatus(Status):
+class PostgresServerStatus(pg.ServerFilesStatus):
     running: Annotated[bool | None, Expect(True)] = Field(
         default=None, description="The postmaster runs and answers (false: stopped or killed; `up` starts it)."
     )
     server_version: str | None = Field(default=None, description="SHOW server_version.")
     data_checksums: bool | None = Field(default=None, description="The cluster was initialised with data checksums.")
-    pg_hba: Annotated[list[str] | None, Expect([])] = Field(
-        default=None,
-        description="pg_hba.conf rules that are not the stack's (`+ rule` added by hand, `- rule` removed); "
-        "`up` writes the file back and reloads.",
-    )
-    altered_system: Annotated[list[str] | None, Expect([])] = Field(
-        default=None,
-        description="Settings set with ALTER SYSTEM that the stack does not declare (`name = value`); `up` "
-        "resets them.",
-    )
 
 
 def server_settings(spec: PostgresServerSpec) -> dict[str, str]:

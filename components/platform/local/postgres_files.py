@@ -8,12 +8,14 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import psycopg
 from psycopg import sql
+from pydantic import Field
 
 from components.connection import LOOPBACK
-from components.kind import ProviderError
+from components.kind import Expect, ProviderError, Status
 from components.platform.local import process
 
 #: The superuser initdb makes (and the official image's), which the platform's admin connection logs in as.
@@ -210,6 +212,21 @@ def live_settings(conn: psycopg.Connection, wanted: dict[str, str]) -> dict[str,
         current = "" if row is None or row[0] is None else str(row[0])
         live[name] = value if normalised(current) == normalised(value) else current
     return live
+
+
+class ServerFilesStatus(Status):
+    """What a server's files say that its settings do not: pg_hba.conf and postgresql.auto.conf."""
+
+    pg_hba: Annotated[list[str] | None, Expect([])] = Field(
+        default=None,
+        description="pg_hba.conf rules that are not the stack's (`+ rule` added by hand, `- rule` removed); "
+        "`up` writes the file back and reloads.",
+    )
+    altered_system: Annotated[list[str] | None, Expect([])] = Field(
+        default=None,
+        description="Settings set with ALTER SYSTEM that the stack does not declare (`name = value`); `up` "
+        "resets them.",
+    )
 
 
 #: What pgBackRest's restore writes into postgresql.auto.conf (and a promoted server no longer reads).
