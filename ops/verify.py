@@ -197,8 +197,11 @@ def redis_with_auth(access: StackAccess) -> Finding:
     if cache is None:
         return "SKIP", "the stack has no Redis"
     options: dict[str, Any] = {"host": cache.host, "port": cache.port, "socket_timeout": 5}
-    with redis.Redis(**options, password=access.connection.redis_password) as client:
-        answered = bool(client.ping())
+    try:
+        with redis.Redis(**options, password=access.connection.redis_password) as client:
+            answered = bool(client.ping())
+    except redis.AuthenticationError:  # a password removed or changed by hand: said below, not an error
+        answered = False
     try:
         with redis.Redis(**options) as anonymous:
             anonymous.ping()

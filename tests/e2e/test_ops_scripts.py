@@ -182,12 +182,21 @@ def test_drift_made_by_hand_is_reported_with_exit_3(ops_stack: LiveStack) -> Non
 def test_verify_fails_naming_the_failed_checks(ops_stack: LiveStack) -> None:
     run = script(ops_stack, "verify")
     assert run.code == EXIT_FAILED, run.output
-    for check in ("replicas streaming", "FK index coverage", "RLS on every table", "API roles within RLS"):
+    checks = (
+        "replicas streaming",
+        "FK index coverage",
+        "RLS on every table",
+        "API roles within RLS",
+        "Redis with auth",
+    )
+    for check in checks:
         assert check_row(run.output, check).split()[len(check.split())] == "FAIL", run.output
     assert "0 of 1 not streaming" not in run.output and "1 of 1 not streaming" in run.output
     assert f"jobs.{JOBS_FK}" in run.output
     assert "anon holds TRUNCATE on jobs" in run.output and "policy backdoor on estimates" in run.output
-    assert "FAILED: RLS on every table, API roles within RLS, FK index coverage, replicas streaming" in run.output
+    assert "without: ANSWERED (no password required)" in check_row(run.output, "Redis with auth")
+    failed = "RLS on every table, API roles within RLS, FK index coverage, replicas streaming, Redis with auth"
+    assert f"FAILED: {failed}" in run.output
 
 
 def test_a_destructive_change_is_said_at_the_top_with_exit_2(
