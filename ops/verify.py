@@ -42,7 +42,8 @@ def verdict(ok: bool, detail: str) -> Finding:
 
 def rows(access: StackAccess, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     with psycopg.connect(**access.connection.conninfo(), autocommit=True) as conn:
-        return conn.execute(query, params).fetchall()
+        # no parameters: None, so a literal % (format('%s ...')) is not taken for a placeholder
+        return conn.execute(query, params or None).fetchall()
 
 
 def listing(names: list[str], limit: int = 5) -> str:
