@@ -15,6 +15,7 @@ import csv
 import json
 import re
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,7 @@ class Transaction:
 
 def log_lines(state_dir: Path) -> list[list[str]]:
     """Every line of the CSV logs of the servers under `state_dir`."""
+    csv.field_size_limit(sys.maxsize)  # a logged statement (a function's body, a long array) can be large
     rows: list[list[str]] = []
     for path in sorted(state_dir.rglob("log/*.csv")):
         with path.open(newline="", errors="replace") as handle:

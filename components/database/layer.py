@@ -115,7 +115,7 @@ class DatabaseLayer(pulumi.ComponentResource):
         ]
         self.tables = self.declare_tables([*functions, *self.extensions.values(), creates_bare, *may_own])
         partition_sets = self.declare_partition_sets()
-        self.declare_partition_guard(partition_sets)
+        self.declare_partition_guard([*partition_sets, *functions])
         procedures = self.declare_procedures()
         self.declare_searches()
         tenant_views = self.declare_reporting()
@@ -235,10 +235,11 @@ class DatabaseLayer(pulumi.ComponentResource):
             if data.partition
         ]
 
-    def declare_partition_guard(self, partition_sets: list[pulumi.Resource]) -> None:
-        """Every partition of the partitioned tables secured (and checked at each `up`), after pg_partman made them."""
+    def declare_partition_guard(self, after_made: list[pulumi.Resource]) -> None:
+        """Every partition of the partitioned tables secured (and checked at each `up`) by app.secure_partitions,
+        after pg_partman made them (`after_made`: the partition sets and the functions)."""
         tables = [f"{TABLE_SCHEMA}.{data.name}" for data in self.schema.tables if data.partition]
-        after = [*partition_sets, *(self.tables[name.split(".")[1]] for name in tables)]
+        after = [*after_made, *(self.tables[name.split(".")[1]] for name in tables)]
         declare(PartitionGuardKind, "partition-guard", PartitionGuardSpec(tables=tables), self.options(after))
 
     def declare_procedures(self) -> list[pulumi.Resource]:

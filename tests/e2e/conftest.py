@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 import pulumi.automation as auto
 import pytest
+from psycopg import sql
 
 from testbed.before_state import BeforeTable
 from testbed.stacks import LiveStack, throwaway_stack
@@ -95,7 +96,17 @@ def adoption(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Adoption]:
         backend, "adopt", work_dir=project, before_destroy=allow_data_loss, settings=LOG_SETTINGS
     ) as live:
         live.stack.set_config("thorbis:allowDataLoss", auto.ConfigValue("false"))
-        yield Adoption(live, project)
+        adoption = Adoption(live, project)
+        yield adoption
+        drop_adopted_tables(adoption)
+
+
+def drop_adopted_tables(adoption: Adoption) -> None:
+    """The tables that were there before the stack are adopted, and a destroy leaves them (with the columns
+    the stack added, so the extensions those use stay too): the test drops them, as their owner would."""
+    with adoption.connect() as conn:
+        for table in adoption.tables:
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(sql.Identifier("public", table.name)))
 
 
 def allow_data_loss(stack: auto.Stack) -> None:

@@ -44,7 +44,9 @@ def test_up_creates_every_server(live_stack: LiveStack) -> None:
     assert list(changes) == [auto.OpType.CREATE]
     live_stack.resources = changes[auto.OpType.CREATE]
     assert all(listening(port) for port in live_stack.all_ports)
-    assert list(result.outputs) == [CONNECTION] and result.outputs[CONNECTION].secret  # exported once, secret
+    # the connection exported once for tools, the application's DSNs and cache policy (issue 15): secrets secret
+    assert set(result.outputs) == {CONNECTION, "writeDsn", "readDsn", "redisUrl", "cachePolicy"}
+    assert [name for name, output in result.outputs.items() if not output.secret] == ["cachePolicy"]
     exported = connection_of(result.outputs)
     assert exported is not None
     assert exported.primary == Endpoint.loopback(live_stack.postgres_port)
