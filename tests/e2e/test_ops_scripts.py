@@ -254,12 +254,12 @@ def test_adding_a_replica_previews_as_the_replica_alone(ops_stack: LiveStack) ->
     port = ops_stack.replica_ports[-1] + 1
     if listening(port) or port in ops_stack.all_ports:
         pytest.skip(f"port {port}, the second replica's, is taken on this host")
-    ops_stack.stack.set_config("thorbis:replicas.count", auto.ConfigValue("2"))
+    ops_stack.stack.set_config("thorbis:replicas.count", auto.ConfigValue("2"), path=True)
     log = EventLog()
     try:
         ops_stack.stack.preview(on_event=log)
     finally:
-        ops_stack.stack.set_config("thorbis:replicas.count", auto.ConfigValue("1"))
+        ops_stack.stack.set_config("thorbis:replicas.count", auto.ConfigValue("1"), path=True)
     assert [change.name for change in log.listed if change.type.startswith("thorbisdb:db:")] == []
     assert "thorbis-replica-1" in {change.name for change in log.listed if change.op == "create"}
     assert len(log.listed) < 10, [(change.op, change.name) for change in log.listed]
