@@ -38,7 +38,7 @@ lint: deps
 	@$(ENV) ruff check . && ruff format --check . && mypy
 
 # Operating a stack (README "Operating it"): exit codes are the scripts' own.
-.PHONY: pr-preview drift verify backup dr-drill bench
+.PHONY: pr-preview drift verify backup dr-drill recover bench
 BENCH_SCALE ?= 1.5  # one scale, or several for the scale curve (README: 0.5,2,8); the largest is the report's
 
 pr-preview: setup
@@ -55,6 +55,10 @@ backup: setup
 
 dr-drill: setup
 	@$(ENV) scripts/dr-drill $(STACK)
+
+recover: setup
+	@$(ENV) scripts/recover $(STACK)
+	@$(ENV) scripts/connect-info $(STACK)
 
 bench: setup
 	@$(ENV) python -m bench.run --scale $(BENCH_SCALE)

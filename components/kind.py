@@ -133,6 +133,8 @@ class Kind(ABC, Generic[SpecT, StatusT]):
     delete_before_replace: ClassVar[bool] = True
     #: What deleting (or replacing) an object loses that exists nowhere else; `{name}` is its resource name.
     deleting_loses: ClassVar[str | None] = None
+    #: Its inputs are a record, with nothing to change: never a diff (the engine still keeps the new inputs).
+    changes_nothing: ClassVar[bool] = False
 
     def __init__(self) -> None:
         #: The provider instance's own config (an explicit provider's inputs), set at Configure.

@@ -35,17 +35,22 @@ def export_outputs(settings: StackSettings, connection: pulumi.Output[Connection
 
 
 def export_application_outputs(settings: StackSettings, connection: pulumi.Output[ConnectionSpec]) -> None:
-    """writeDsn, readDsn and redisUrl (secrets) and the cache policy of `thorbis:cache` (plain)."""
-    dsns = pulumi.Output.all(connection, secret_of(settings, "authenticator_password")).apply(
-        lambda values: application_dsns(values[0], values[1])
+    """writeDsn, readDsn and redisUrl (secrets) and the cache policy of `thorbis:cache` (plain). Without
+    thorbis:authenticatorPassword (optional on `external`, where an existing authenticator keeps its own),
+    the DSNs carry no password: the application adds the one it has."""
+    password = (
+        secret_of(settings, "authenticator_password")
+        if settings.authenticator_password is not None
+        else pulumi.Output.from_input(None)
     )
+    dsns = pulumi.Output.all(connection, password).apply(lambda values: application_dsns(values[0], values[1]))
     pulumi.export("writeDsn", pulumi.Output.secret(dsns.apply(lambda pair: pair[0])))
     pulumi.export("readDsn", pulumi.Output.secret(dsns.apply(lambda pair: pair[1])))
     pulumi.export("redisUrl", pulumi.Output.secret(connection.apply(redis_url)))
     pulumi.export("cachePolicy", settings.cache.policy())
 
 
-def application_dsns(spec: ConnectionSpec, password: str) -> tuple[str, str]:
+def application_dsns(spec: ConnectionSpec, password: str | None) -> tuple[str, str]:
     """The write and read DSNs an application uses: the pooler's two pools, or the server itself when
     the platform has no pooler (external); reads share the write DSN where there is no read pool."""
     endpoint = spec.pooler or spec.primary

@@ -7,6 +7,7 @@ nothing of the program: no layer, platform component or config).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -36,6 +37,7 @@ from pulumi.provider.experimental.server import main as serve
 from pulumi.runtime.rpc import UNKNOWN
 from pydantic import ValidationError
 
+from components import engine_log
 from components.kind import Kind, ProviderError, Spec, Unreachable, reported, wire_names
 from components.registry import served_kinds
 
@@ -132,9 +134,11 @@ class ThorbisProvider(Provider):
         spec: Spec = kind.parse({key: value for key, value in declared.items() if key in spec_fields(kind)})
         return spec
 
-    async def run(self, work: Callable[[], T]) -> T:
-        """Kinds block on servers and subprocesses: run them off the gRPC event loop."""
-        return await asyncio.to_thread(work)
+    async def run(self, work: Callable[[], T], urn: str = "") -> T:
+        """Kinds block on servers and subprocesses: run them off the gRPC event loop (what they log is
+        shown under `urn`)."""
+        with engine_log.about(urn):
+            return await asyncio.to_thread(work)
 
     async def check(self, request: CheckRequest) -> CheckResponse:
         kind = self.kind_of(request.type)
@@ -162,12 +166,14 @@ class ThorbisProvider(Provider):
 
     async def diff(self, request: DiffRequest) -> DiffResponse:
         kind = self.kind_of(request.type)
+        if kind.changes_nothing:
+            return DiffResponse(changes=False)
         old, new = plain_map(request.old_state), plain_map(request.new_inputs)
         changed = [
             key for key in spec_fields(kind) if key not in request.ignore_changes and old.get(key) != new.get(key)
         ]
         if not contains_unknown(new):
-            drift = await self.run(lambda: kind.drifted(kind.status_of(old), kind.parse(new)))
+            drift = await self.run(lambda: kind.drifted(kind.status_of(old), kind.parse(new)), request.urn)
             changed += [key for key in drift if key not in changed]
         replaces = [key for key in changed if key in kind.replace_on]
         detail = {
@@ -191,7 +197,7 @@ class ThorbisProvider(Provider):
         if request.preview:
             known = {} if contains_unknown(inputs) else kind.preview_status(kind.parse(inputs)).wire()
             return CreateResponse(properties={**request.properties, **self.outputs(kind, known)})
-        resource_id, result = await self.run(lambda: kind.create(kind.parse(inputs)))
+        resource_id, result = await self.run(lambda: kind.create(kind.parse(inputs)), request.urn)
         return CreateResponse(
             resource_id=resource_id, properties=self.outputs(kind, {**inputs, **reported(result), DECLARED: inputs})
         )
@@ -206,11 +212,14 @@ class ThorbisProvider(Provider):
             )
         spec = self.declared_spec(kind, state)
         try:
-            observed = await self.run(lambda: kind.observe(request.resource_id, spec, kind.status_of(state)))
+            observed = await self.run(
+                lambda: kind.observe(request.resource_id, spec, kind.status_of(state)), request.urn
+            )
         except Unreachable as error:
             # A server that is down (the drift `refresh` reports on the server itself) hides its objects:
             # they are kept as recorded rather than reported gone.
-            print(f"thorbisdb: {request.name}: kept as recorded: {error}", file=sys.stderr)
+            with engine_log.about(request.urn):
+                engine_log.status(f"kept as recorded: {error}")
             return ReadResponse(resource_id=request.resource_id, properties=request.properties, inputs=request.inputs)
         if observed is None:
             return ReadResponse()
@@ -230,17 +239,20 @@ class ThorbisProvider(Provider):
         olds, news = plain_map(request.olds), plain_map(request.news)
         if request.preview:
             return UpdateResponse(properties={**request.olds, **request.news})
-        result = await self.run(lambda: kind.update(request.resource_id, olds, kind.parse(news)))
+        result = await self.run(lambda: kind.update(request.resource_id, olds, kind.parse(news)), request.urn)
         return UpdateResponse(properties=self.outputs(kind, {**olds, **news, **reported(result), DECLARED: news}))
 
     async def delete(self, request: DeleteRequest) -> None:
         kind = self.kind_of(request.type)
         state = plain_map(request.properties)
         spec = self.declared_spec(kind, state)
-        await self.run(lambda: kind.delete(request.resource_id, spec, kind.status_of(state)))
+        await self.run(lambda: kind.delete(request.resource_id, spec, kind.status_of(state)), request.urn)
 
 
 def main() -> None:
+    arguments = argparse.ArgumentParser()
+    arguments.add_argument("engine")
+    engine_log.connect(arguments.parse_known_args()[0].engine)
     serve(sys.argv[1:], VERSION, ThorbisProvider(served_kinds()))
 
 

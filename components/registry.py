@@ -23,6 +23,7 @@ from components.database.kinds.policy import PolicyKind
 from components.database.kinds.role import RoleKind
 from components.database.kinds.row_security import RowSecurityKind
 from components.database.kinds.schema import SchemaKind
+from components.database.kinds.statistics_access import StatisticsAccessKind
 from components.database.kinds.table import TableKind
 from components.database.kinds.trigger import TriggerKind
 from components.database.kinds.view import ViewKind
@@ -62,6 +63,7 @@ KINDS: tuple[type[Kind[Any, Any]], ...] = (
     GrantKind,
     DefaultPrivilegesKind,
     ExactPrivilegesKind,
+    StatisticsAccessKind,
     CronJobKind,
 )
 

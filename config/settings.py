@@ -8,6 +8,7 @@ than one key (prod rules, required secrets, port clashes) live in `config.rules`
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -123,12 +124,13 @@ def _number_as_text(value: object) -> object:
 # GUCs that have a key of their own: setting them in `settings` too would leave two sources of truth
 DEDICATED_GUCS: Mapping[str, str] = MappingProxyType(
     {
-        "port": "port",
-        "max_connections": "maxConnections",
-        "shared_buffers": "sharedBuffers",
-        "work_mem": "workMem",
-        "maintenance_work_mem": "maintenanceWorkMem",
-        "effective_cache_size": "effectiveCacheSize",
+        "port": "postgres.port",
+        "max_connections": "postgres.maxConnections",
+        "shared_buffers": "postgres.sharedBuffers",
+        "work_mem": "postgres.workMem",
+        "maintenance_work_mem": "postgres.maintenanceWorkMem",
+        "effective_cache_size": "postgres.effectiveCacheSize",
+        "archive_timeout": "backup.archiveTimeout",
     }
 )
 
@@ -137,7 +139,7 @@ def _own_key_guc(name: str) -> str:
     if name in DEDICATED_GUCS:
         raise PydanticCustomError(
             "thorbis_dedicated_guc",
-            "{name} has a key of its own: set thorbis:postgres.{key} instead",
+            "{name} has a key of its own: set thorbis:{key} instead",
             {"name": name, "key": DEDICATED_GUCS[name]},
         )
     return name
@@ -504,6 +506,31 @@ OsCronSchedule = Annotated[
 ]
 
 
+_SECONDS = {"s": 1, "min": 60, "h": 3600}
+ARCHIVE_TIMEOUT_RANGE = (1, 3600)
+
+
+def _archive_timeout(value: str) -> str:
+    number, unit = re.fullmatch(r"(\d+)(\D*)", value).groups()  # type: ignore[union-attr]  # the pattern ran
+    seconds = int(number) * _SECONDS[unit or "s"]
+    low, high = ARCHIVE_TIMEOUT_RANGE
+    if not low <= seconds <= high:
+        raise PydanticCustomError(
+            "thorbis_archive_timeout",
+            "must be from {low} s to {high} s; 0 would turn it off and leave the loss unbounded",
+            {"low": low, "high": high},
+        )
+    return f"{seconds}s"  # the form PostgreSQL reports, so the live value compares equal
+
+
+ArchiveTimeout = Annotated[
+    str,
+    BeforeValidator(_number_as_text),
+    StringConstraints(pattern=r"^\d+(s|min|h)?$"),
+    AfterValidator(_archive_timeout),
+]
+
+
 def _backup_directory(value: object, info: ValidationInfo) -> object:
     if value is None:
         return None  # the stack's <stateDir>/backups, made on first use
@@ -545,12 +572,25 @@ class BackupSettings(Settings):
         "Default 30 2 * * * (daily at 02:30).",
         OS_CRON_ALLOWED,
     )
+    archive_timeout: ArchiveTimeout = setting(
+        "30s",
+        "The bound on what a crash that takes the primary's host loses: WAL is archived at least this often "
+        "when there were writes (archive_timeout forces a switch to a new segment, which is pushed to the "
+        "repository at once). Commits of the last archiveTimeout (plus the seconds one push takes) before the "
+        "crash may be lost; everything older is restored. Shorter costs repository space: each switch archives "
+        "one 16 MB segment, mostly zeros, which pgBackRest compresses. Default 30s.",
+        "a duration from 1 s to 1 h: digits with an optional unit s, min or h (a bare number is seconds), e.g. 30s",
+    )
     restore_on_provision: Flag = setting(
         True,
         "When the primary's data directory is missing and the repository holds a backup of this stack, restore "
         "it (replaying archived WAL to the latest point) instead of initialising an empty server. Default true.",
         "true or false",
     )
+
+    @property
+    def archive_timeout_seconds(self) -> int:
+        return int(self.archive_timeout.removesuffix("s"))
 
     def repository(self, state_dir: Path) -> Path:
         """Where the backups of a stack whose state lives in `state_dir` go."""

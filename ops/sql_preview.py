@@ -62,7 +62,7 @@ def planned_operations(
         if conn is None:
             return kind.planned_update(old, new)
         try:
-            return kind.planned_live(conn, old, new)
+            return kind.planned_live(conn, old, new, kind.status_of(change.old_outputs))
         except (ProviderError, psycopg.Error):
             return kind.planned_update(old, new)  # the apply will say what is wrong, with what it found then
     steps: list[list[Operation] | None] = []
@@ -105,8 +105,7 @@ def estimated_rows(conn: psycopg.Connection | None, lock: TableLock) -> int | No
     row = conn.execute(
         sql.SQL(
             "SELECT sum(CASE WHEN c.reltuples >= 0 THEN c.reltuples ELSE coalesce(s.n_live_tup, 0) END)::bigint "
-            "FROM pg_partition_tree(to_regclass({})) t JOIN pg_class c ON c.oid = t.relid "
-            "LEFT JOIN pg_stat_user_tables s ON s.relid = t.relid WHERE t.isleaf"
-        ).format(sql.Literal(lock.relation.as_string(conn)))
+            "FROM ({}) t JOIN pg_class c ON c.oid = t.relid LEFT JOIN pg_stat_user_tables s ON s.relid = t.relid"
+        ).format(lock.leaves)
     ).fetchone()
     return None if row is None or row[0] is None else int(row[0])

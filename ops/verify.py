@@ -42,8 +42,7 @@ def verdict(ok: bool, detail: str) -> Finding:
 
 def rows(access: StackAccess, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     with psycopg.connect(**access.connection.conninfo(), autocommit=True) as conn:
-        # no parameters: None, so a literal % (format('%s ...')) is not taken for a placeholder
-        return conn.execute(query, params or None).fetchall()
+        return conn.execute(query, params or None).fetchall()  # no parameters: its % signs are literal
 
 
 def listing(names: list[str], limit: int = 5) -> str:

@@ -104,9 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("stack", help="the Pulumi stack, e.g. dev")
     parser.add_argument("--type", choices=("full", "incr", "diff"), default="full", help="default: full")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--work-dir", type=Path, help="the project directory (default: this clone)")
     args = parser.parse_args(argv)
     try:
-        opened = open_stack(args.stack)
+        opened = open_stack(args.stack, args.work_dir)
         result = take_backup(opened, args.type)
     except (OperationError, ConfigError) as error:
         print(f"backup: {error}", file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg
 import pulumi.automation as auto
@@ -30,13 +31,15 @@ class OpenStack:
         return psycopg.connect(**self.connection.conninfo(endpoint), autocommit=True)
 
 
-def open_stack(name: str) -> OpenStack:
-    """The stack `name` of the project in this clone, its config validated as `pulumi up` would."""
-    stack = auto.select_stack(name, work_dir=str(ROOT))
+def open_stack(name: str, work_dir: Path | None = None) -> OpenStack:
+    """The stack `name` of the project in `work_dir` (default: this clone), its config validated as
+    `pulumi up` would."""
+    project = work_dir or ROOT
+    stack = auto.select_stack(name, work_dir=str(project))
     config = stack.get_all_config()
     raw = {key: value.value for key, value in config.items()}
     secret_keys = {key for key, value in config.items() if value.secret}
-    settings = parse_settings(name, raw, secret_keys, ROOT)
+    settings = parse_settings(name, raw, secret_keys, project)
     repository = backup_repository(settings)
     if repository is None:
         raise OperationError(

@@ -9,9 +9,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psycopg
 import pulumi.automation as auto
 
 from components.connection import LOOPBACK
+from components.platform.local.pgbouncer import AUTH_ROLE
 from components.platform.local.postgres_files import SUPERUSER
 from config import PASSWORD_KEYS
 from testbed.support import PROJECT_ROOT, free_port, free_ports, listening, processes_under, reachable_state_dir
@@ -42,6 +44,19 @@ class LiveStack:
             "dbname": dbname,
             "connect_timeout": 5,
         }
+
+    def pgbouncer_console(self) -> psycopg.Connection:
+        """PgBouncer's admin console, as its auth user (one of its admin_users)."""
+        return psycopg.connect(
+            host=LOOPBACK,
+            port=self.pgbouncer_port,
+            dbname="pgbouncer",
+            user=AUTH_ROLE,
+            password=self.passwords["pgbouncerAuthPassword"],
+            autocommit=True,
+            cursor_factory=psycopg.ClientCursor,  # the admin console speaks the simple protocol only
+            prepare_threshold=None,
+        )
 
     def backend_text(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in self.backend.rglob("*") if p.is_file())

@@ -9,9 +9,11 @@ import signal
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -140,3 +142,90 @@ def copy_project_without_tables(destination: Path) -> Path:
         content = yaml.safe_load((destination / "sql" / name).read_text())
         (destination / "sql" / name).write_text(yaml.safe_dump({**content, objects: []}, sort_keys=False))
     return destination
+
+
+def schema_subset(names: list[str], plain: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The tables `names` of sql/schema as one file's content, with their references to tables outside the
+    subset left out (the columns stay, as plain columns), and without `partition` for those in `plain`:
+    a small program of real tables, for tests that need a few of them and not the cost of all."""
+    tables = [
+        table
+        for schema_file in sorted((PROJECT_ROOT / "sql" / "schema").glob("*.yaml"))
+        for table in yaml.safe_load(schema_file.read_text())["tables"]
+        if table["name"] in names
+    ]
+    kept = {table["name"] for table in tables}
+    for table in tables:
+        for column in table["columns"]:
+            if "references" in column and column["references"]["table"] not in kept:
+                del column["references"]
+        table["foreign_keys"] = [key for key in table.get("foreign_keys", []) if key["references"]["table"] in kept]
+        if table["name"] in plain:
+            table.pop("partition", None)
+    return {"tables": tables}
+
+
+def write_schema(project: Path, content: dict[str, Any], name: str = "subset.yaml") -> None:
+    (project / "sql" / "schema" / name).write_text(yaml.safe_dump(content, sort_keys=False))
+
+
+# --- killing a process tree at a deterministic point -------------------------------------------------
+
+
+def parent_of(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def stop_tree(root: int) -> dict[int, str]:
+    """SIGSTOP a process and all its descendants, each stopped before its children are looked for, so
+    that none forks or exits unseen. Returns their command lines by pid."""
+    frozen: dict[int, str] = {}
+    pending = {root}
+    while pending:
+        for pid in pending:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+                frozen[pid] = command_line(pid)
+        numbers = [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+        pending = {pid for pid in numbers if pid not in frozen and parent_of(pid) in frozen}
+    return frozen
+
+
+def signal_all(pids: Iterable[int], signum: int) -> None:
+    for pid in pids:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+
+def kill_tree(root: int) -> list[str]:
+    """SIGKILL a process and all its descendants at once, as an OOM killer or a CI timeout would.
+    Returns their command lines."""
+    frozen = stop_tree(root)
+    signal_all(frozen, signal.SIGKILL)
+    return list(frozen.values())
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def stop_when_seen(matches: Callable[[str], bool], running: subprocess.Popen[bytes], timeout: float = 300) -> int:
+    """Poll until a process whose command line `matches` exists, while `running` has not ended, and stop
+    it there (SIGSTOP): the kill point of a fault test, reached by the work itself, not by a sleep."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and entry.name != str(os.getpid()) and matches(command_line(int(entry.name))):
+                with suppress(ProcessLookupError):
+                    os.kill(int(entry.name), signal.SIGSTOP)
+                    return int(entry.name)
+        if running.poll() is not None:
+            raise AssertionError(f"the command ended (exit {running.returncode}) before the kill point")
+        time.sleep(0.01)
+    raise AssertionError(f"no matching process within {timeout:.0f} s")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -93,6 +94,7 @@ class ThorbisClient:
                 if attempt == attempts:
                     raise
                 self.stats.add("read_retries")
+                time.sleep(self.config.read_retry_backoff_ms * attempt / 1000)
         raise AssertionError("unreachable")
 
     def cached(

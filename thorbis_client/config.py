@@ -51,6 +51,9 @@ class ClientConfig:
     pool_max_size: int = 10
     read_attempts: int = 3
     """A read-only unit of work that fails on a broken server connection is run again this many times in all."""
+    read_retry_backoff_ms: int = 600
+    """The wait before the n-th retry is n times this: long enough in all for PgBouncer's serverLoginRetry
+    (1 s) to pass and the read router to re-point the pool, which a quick retry would not outlast."""
     read_your_writes_wait_ms: int = 0
     """How long a read waits for its replica to replay the caller's last commit before going to the primary."""
 

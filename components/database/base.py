@@ -40,9 +40,12 @@ class DatabaseKind(Kind[SpecT, StatusT]):
     def planned_delete(self, spec: SpecT) -> list[Operation] | None:
         return None
 
-    def planned_live(self, conn: psycopg.Connection, old: SpecT, new: SpecT) -> list[Operation] | None:
+    def planned_live(
+        self, conn: psycopg.Connection, old: SpecT, new: SpecT, recorded: StatusT | None = None
+    ) -> list[Operation] | None:
         """What an update would run now, planned against the live database (read-only), as the PR preview shows
-        it where it can reach the database; by default the plan known without it."""
+        it where it can reach the database, knowing the status the stack recorded; by default the plan known
+        without it."""
         return self.planned_update(old, new)
 
 

@@ -158,13 +158,46 @@ def convert_to_partitioned(
     )
 
 
-def drop_unpartitioned(conn: psycopg.Connection, spec: TableSpec, timeouts: Timeouts) -> bool:
-    """Drop the old table a conversion kept, once it carries a passed verification; False if none is left.
+def referenced_tables(conn: psycopg.Connection, table: TableLock, lock: Lock) -> list[TableLock]:
+    """The other tables a table's foreign keys point at, each with `lock`: a statement that makes or drops
+    those keys (ATTACH and DETACH PARTITION clone or keep them) locks them too, so its transaction takes
+    them up front with the table's (components/database/locks.py)."""
+    return [
+        TableLock(str(schema), str(name), lock)
+        for schema, name in conn.execute(
+            "SELECT DISTINCT n.nspname, r.relname FROM pg_constraint c JOIN pg_class r ON r.oid = c.confrelid "
+            "JOIN pg_namespace n ON n.oid = r.relnamespace WHERE c.conrelid = to_regclass(%s) AND c.contype = 'f' "
+            "AND c.confrelid <> c.conrelid ORDER BY 1, 2",
+            (table.relation.as_string(conn),),
+        )
+    ]
+
+
+def drop_foreign_keys_first(
+    conn: psycopg.Connection, table: TableLock, also: list[Statement], timeouts: Timeouts, what: str
+) -> None:
+    """Drop a work table (and `also`, in the same transaction).
 
     Dropping a foreign key takes ACCESS EXCLUSIVE on the table it points at (PostgreSQL drops its triggers
     there), and dropping the table drops them all in one transaction: the hot tables it references would be
     locked together, each while the others are waited for. So its foreign keys go first, one per
     transaction (each lock held for the catalog change only), and the table after them."""
+    relation = table.relation
+    for name, ref_schema, ref_table in conn.execute(
+        "SELECT c.conname, n.nspname, r.relname FROM pg_constraint c JOIN pg_class r ON r.oid = c.confrelid "
+        "JOIN pg_namespace n ON n.oid = r.relnamespace WHERE c.conrelid = to_regclass(%s) AND c.contype = 'f' "
+        "ORDER BY 1",
+        (relation.as_string(conn),),
+    ).fetchall():
+        locks = [table, TableLock(ref_schema, ref_table, Lock.ACCESS_EXCLUSIVE)]
+        statement = sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(relation, sql.Identifier(name))
+        run_ddl(conn, [statement], timeouts, what=f"{what}: its foreign key {name}", locks=locks)
+    run_ddl(conn, [sql.SQL("DROP TABLE {}").format(relation), *also], timeouts, what=what, locks=[table])
+
+
+def drop_unpartitioned(conn: psycopg.Connection, spec: TableSpec, timeouts: Timeouts) -> bool:
+    """Drop the old table a conversion kept, once it carries a passed verification; False if none is left
+    (its foreign keys first: drop_foreign_keys_first)."""
     names = Names.of(spec)
     kept = names.relation(names.kept)
     if read_table(conn, names.schema, names.kept) is None:
@@ -175,25 +208,12 @@ def drop_unpartitioned(conn: psycopg.Connection, spec: TableSpec, timeouts: Time
             f"refusing to drop {names.schema}.{names.kept}: it carries no passed verification of the conversion "
             f"of {names.table}; compare it with {names.table} and drop it by hand if it is not needed"
         )
-    what = f"drop {names.schema}.{names.kept}"
-    for name, ref_schema, ref_table in conn.execute(
-        "SELECT c.conname, n.nspname, r.relname FROM pg_constraint c JOIN pg_class r ON r.oid = c.confrelid "
-        "JOIN pg_namespace n ON n.oid = r.relnamespace WHERE c.conrelid = to_regclass(%s) AND c.contype = 'f' "
-        "ORDER BY 1",
-        (kept.as_string(conn),),
-    ).fetchall():
-        locks = [names.lock(names.kept, Lock.ACCESS_EXCLUSIVE), TableLock(ref_schema, ref_table, Lock.ACCESS_EXCLUSIVE)]
-        statement = sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(kept, sql.Identifier(name))
-        run_ddl(conn, [statement], timeouts, what=f"{what}: its foreign key {name}", locks=locks)
-    run_ddl(
+    drop_foreign_keys_first(
         conn,
-        [
-            sql.SQL("DROP TABLE {}").format(kept),
-            sql.SQL("DROP FUNCTION IF EXISTS {}()").format(names.relation(names.mirror)),
-        ],
+        names.lock(names.kept, Lock.ACCESS_EXCLUSIVE),
+        [sql.SQL("DROP FUNCTION IF EXISTS {}()").format(names.relation(names.mirror))],
         timeouts,
-        what=what,
-        locks=[names.lock(names.kept, Lock.ACCESS_EXCLUSIVE)],
+        f"drop {names.schema}.{names.kept}",
     )
     return True
 

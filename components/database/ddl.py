@@ -18,7 +18,7 @@ from enum import Enum
 import psycopg
 from psycopg import sql
 
-from components.database.locks import TableLock, strongest
+from components.database.locks import Lock, TableLock, strongest
 from components.database.session import Statement, Timeouts, run_ddl, scalar
 from components.kind import ProviderError
 
@@ -117,7 +117,7 @@ def apply(conn: psycopg.Connection, operations: Iterable[Operation], timeouts: T
         if operation.batches is not None:
             run_batches(conn, operation.batches, timeouts, what)
             continue
-        with serialized(conn, operation):
+        with serialized(conn, operation.locks, concurrently=operation.transaction is Transaction.NONE):
             run_ddl(
                 conn,
                 [operation.statement],
@@ -135,7 +135,8 @@ def run_shared(conn: psycopg.Connection, batch: list[Operation], timeouts: Timeo
     locks = [lock for operation in batch for lock in operation.locks]
     statements = [operation.statement for operation in batch]
     secret = any(operation.secret for operation in batch)
-    run_ddl(conn, statements, timeouts, what=what, locks=locks, secret=secret)
+    with serialized(conn, locks, concurrently=False):
+        run_ddl(conn, statements, timeouts, what=what, locks=locks, secret=secret)
 
 
 def run_batches(conn: psycopg.Connection, batches: Batches, timeouts: Timeouts, what: str) -> None:
@@ -144,9 +145,9 @@ def run_batches(conn: psycopg.Connection, batches: Batches, timeouts: Timeouts, 
     pages = int(  # of its largest partition, for a partitioned table (each has its own pages)
         scalar(
             conn,
-            "SELECT max(pg_relation_size(relid)) / current_setting('block_size')::int "
-            "FROM pg_partition_tree(to_regclass(%s))",
-            (batches.table.relation.as_string(conn),),
+            sql.SQL("SELECT max(pg_relation_size(relid)) / current_setting('block_size')::int FROM ({}) t").format(
+                batches.table.leaves
+            ),
         )
         or 0
     )
@@ -165,26 +166,33 @@ def cleanup_step(conn: psycopg.Connection, cleanup: Statement | None, timeouts: 
     return lambda: run_ddl(conn, [cleanup], timeouts, transactional=False)
 
 
-#: How often a CONCURRENTLY statement waiting for its turn on a table asks again.
+#: How often a statement waiting for its turn on a table asks again.
 TURN_POLL_SECONDS = 0.1
+#: How long a transaction waits for its turn before going on (a deadlock is then detected and retried).
+TURN_WAIT_SECONDS = 60.0
 
 
 @contextmanager
-def serialized(conn: psycopg.Connection, operation: Operation) -> Iterator[None]:
-    """A CONCURRENTLY build or drop waits until no other session of ours runs one on the same tables: two of
-    them wait for each other's transactions and deadlock. The turn is a session advisory lock, asked for
-    with pg_try_advisory_lock in a loop: a session blocked inside pg_advisory_lock would hold a snapshot
-    that the running build waits for."""
-    if operation.transaction is not Transaction.NONE or not operation.locks:
-        yield
-        return
-    keys = [f"thorbisdb concurrently {lock.name}" for lock in strongest(operation.locks)]
+def serialized(conn: psycopg.Connection, locks: Iterable[TableLock], concurrently: bool) -> Iterator[None]:
+    """DDL on a table waits until no other session of ours runs DDL on it. A CONCURRENTLY build or drop waits
+    for every transaction that holds or awaits a lock on its table: two builds wait for each other, and a
+    transaction of ours queued behind the build's lock (policy, row security, a new table's foreign keys)
+    deadlocks with it. The turn is a session advisory lock per table, taken in the tables' order and asked
+    for with pg_try_advisory_lock in a loop: a session blocked inside pg_advisory_lock would hold a snapshot
+    that the running build waits for. A transaction takes turns only on the tables it locks as strongly as
+    a build (SHARE UPDATE EXCLUSIVE or more), and waits at most TURN_WAIT_SECONDS."""
+    wanted = [lock for lock in strongest(locks) if concurrently or lock.lock >= Lock.SHARE_UPDATE_EXCLUSIVE]
+    keys = [f"thorbisdb concurrently {lock.name}" for lock in wanted]
+    deadline = None if concurrently else time.monotonic() + TURN_WAIT_SECONDS
     taken: list[str] = []
     try:
         for key in keys:
             while not scalar(conn, "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (key,)):
+                if deadline is not None and time.monotonic() > deadline:
+                    break
                 time.sleep(TURN_POLL_SECONDS)
-            taken.append(key)
+            else:
+                taken.append(key)
         yield
     finally:
         for key in reversed(taken):

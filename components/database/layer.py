@@ -35,6 +35,7 @@ from components.database.kinds.policy import PolicyKind
 from components.database.kinds.role import RoleKind
 from components.database.kinds.row_security import RowSecurityKind, RowSecuritySpec
 from components.database.kinds.schema import SchemaKind, SchemaSpec
+from components.database.kinds.statistics_access import StatisticsAccessKind
 from components.database.kinds.table import TableKind
 from components.database.kinds.trigger import TriggerKind
 from components.database.kinds.view import ViewKind
@@ -85,6 +86,7 @@ class DatabaseLayer(pulumi.ComponentResource):
             ManifestKind,
             f"{name}-manifest",
             ManifestSpec(
+                schema_name=TABLE_SCHEMA,
                 tables={t.name: {c.name: c.type for c in t.columns} for t in self.schema.tables},
                 renamed={
                     t.name: {c.name: c.renamed_from for c in t.columns if c.renamed_from}
@@ -236,8 +238,8 @@ class DatabaseLayer(pulumi.ComponentResource):
         ]
 
     def declare_partition_guard(self, after_made: list[pulumi.Resource]) -> None:
-        """Every partition of the partitioned tables secured (and checked at each `up`) by app.secure_partitions,
-        after pg_partman made them (`after_made`: the partition sets and the functions)."""
+        """Every partition of the partitioned tables secured (and checked at each `up`), after pg_partman made them
+        and after the securing function exists (a stack with no tables has nothing else to order it by)."""
         tables = [f"{TABLE_SCHEMA}.{data.name}" for data in self.schema.tables if data.partition]
         after = [*after_made, *(self.tables[name.split(".")[1]] for name in tables)]
         declare(PartitionGuardKind, "partition-guard", PartitionGuardSpec(tables=tables), self.options(after))
@@ -281,15 +283,17 @@ class DatabaseLayer(pulumi.ComponentResource):
             )
             for spec in reporting.materialized_view_specs()
         ]
-        for grant in reader_grants:
-            self.declare_grant(grant, [*views, self.roles.get(grant.grantee, schema)])
+        for grant in reader_grants:  # after the schema itself: a stack may declare no materialized view
+            grantee = [self.roles[grant.grantee]] if grant.grantee in self.roles else []
+            self.declare_grant(grant, [schema, *views, *grantee])
         return [
             declare(ViewKind, f"view-{spec.schema_name}-{spec.name}", spec, self.options(views))
             for spec in reporting.tenant_view_specs()
         ]
 
     def declare_monitoring(self) -> list[pulumi.Resource]:
-        """Views over the server's statistics, read by `reporting`; they read pg_cron's and pg_partman's tables."""
+        """Views over the server's statistics, read by `reporting`; they read pg_cron's and pg_partman's tables.
+        The statistics themselves are withheld from everyone else."""
         monitoring = load_monitoring()
         schema = self.schemas[monitoring.schema_name]
         views: list[pulumi.Resource] = [
@@ -303,6 +307,12 @@ class DatabaseLayer(pulumi.ComponentResource):
         ]
         for grant in monitoring.grant_specs():
             self.declare_grant(grant, [self.roles[grant.grantee], *views, *self.extensions.values()])
+        declare(
+            StatisticsAccessKind,
+            "statistics-access",
+            monitoring.statistics_access_spec(),
+            self.options([*self.roles.values(), *self.extensions.values()]),
+        )
         return views
 
     def declare_grant(

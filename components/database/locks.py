@@ -74,6 +74,16 @@ class TableLock:
     def name(self) -> str:
         return f"{self.schema}.{self.table}"
 
+    @property
+    def leaves(self) -> sql.Composed:
+        """A query of the tables that hold its rows (`relid`): its leaf partitions, or the table itself when it
+        is not partitioned (pg_partition_tree lists nothing for a table outside any partition tree)."""
+        table = sql.SQL("to_regclass({})").format(sql.Literal(self.relation.as_string()))
+        return sql.SQL(
+            "SELECT c.oid AS relid FROM pg_class c WHERE c.relkind <> 'p' "
+            "AND c.oid IN (SELECT relid FROM pg_partition_tree({table}) UNION SELECT {table})"
+        ).format(table=table)
+
 
 def strongest(locks: Iterable[TableLock]) -> list[TableLock]:
     """One lock per table, the strongest asked for, in the order they are taken."""

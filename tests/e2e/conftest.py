@@ -92,18 +92,25 @@ def adoption(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Adoption]:
     project = copy_project_without_tables(tmp_path_factory.mktemp("adoption") / "project")
     backend = project.parent / "backend"
     backend.mkdir()
+    adopted: list[Adoption] = []
+
+    def before_destroy(stack: auto.Stack) -> None:
+        allow_data_loss(stack)  # the up it takes converges the tables first: it needs them all there
+        for adoption in adopted:
+            drop_adopted_tables(adoption)
+
     with throwaway_stack(
-        backend, "adopt", work_dir=project, before_destroy=allow_data_loss, settings=LOG_SETTINGS
+        backend, "adopt", work_dir=project, before_destroy=before_destroy, settings=LOG_SETTINGS
     ) as live:
         live.stack.set_config("thorbis:allowDataLoss", auto.ConfigValue("false"))
-        adoption = Adoption(live, project)
-        yield adoption
-        drop_adopted_tables(adoption)
+        adopted.append(Adoption(live, project))
+        yield adopted[0]
 
 
 def drop_adopted_tables(adoption: Adoption) -> None:
     """The tables that were there before the stack are adopted, and a destroy leaves them (with the columns
-    the stack added, so the extensions those use stay too): the test drops them, as their owner would."""
+    the stack added, so the extensions those use stay too): the test drops them, as their owner would, after
+    the last up and before the destroy."""
     with adoption.connect() as conn:
         for table in adoption.tables:
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(sql.Identifier("public", table.name)))

@@ -28,6 +28,7 @@ from components.database.table_shape import ForeignKeySpec
 OVERRIDES = Path(__file__).with_name("row_overrides.yaml")
 IN_LIST = re.compile(r"^\s*(\w+)\s+IN\s*\(([^()]*)\)\s*$", re.IGNORECASE)
 PARENT = "{parent}"  # an override value: fill this nullable foreign key with the company's parent row
+COMPANY = "{company}"  # in an override value: the id of the world's company
 QUOTED = re.compile(r"'((?:[^']|'')*)'")
 # In the future, so that `expires_at > created_at` (created_at defaults to now()) holds.
 EPOCH = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
@@ -178,7 +179,8 @@ class Synthesizer:
         values: dict[str, Any] = {}
         for position, column in enumerate(table.columns):
             if column.name in overrides and overrides[column.name] != PARENT:
-                values[column.name] = overrides[column.name].replace("{tag}", tag)
+                company = str(world[self.tenant_table.name]["id"]) if COMPANY in overrides[column.name] else ""
+                values[column.name] = overrides[column.name].replace("{tag}", tag).replace(COMPANY, company)
             elif not (column.name in fk_columns or column.nullable or column.default is not None):
                 values[column.name] = choices.get(column.name) or typed_value(column.type, column.name, tag, position)
         for fk in table.foreign_key_constraints:

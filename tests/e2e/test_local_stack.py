@@ -142,7 +142,7 @@ def test_database_drift_made_by_hand_is_previewed_and_repaired(live_stack: LiveS
     preview = live_stack.stack.preview(diff=True)
     assert preview.change_summary.get(auto.OpType.CREATE, 0) == 1, preview.stdout  # the dropped index
     assert preview.change_summary.get(auto.OpType.UPDATE, 0) == 2, preview.stdout  # RLS, the policy
-    for name in (f"index-{jobs_index}", "table-customers", "policy-invoices_tenant_select"):
+    for name in (f"index-{jobs_index}", "row-security-customers", "policy-invoices_tenant_select"):
         assert name in preview.stdout
 
     live_stack.stack.up()

@@ -24,6 +24,7 @@ from components.database.kinds.exact_privileges import ExactPrivilegesKind, Exac
 from components.database.kinds.extension import ExtensionKind, ExtensionSpec, ExtensionStatus
 from components.database.kinds.grant import GrantKind, GrantSpec
 from components.database.kinds.role import RoleKind, RoleSpec
+from components.database.kinds.statistics_access import StatisticsAccessKind, StatisticsAccessSpec
 from components.kind import ProviderError
 from components.platform.local.postgres import PostgresServerKind, PostgresServerSpec
 from components.platform.local.postgres_files import SUPERUSER
@@ -292,6 +293,27 @@ def test_a_role_that_owns_objects_is_not_dropped(server: Server) -> None:
     assert kind.observe(role_id, spec) is None
 
 
+# --- StatisticsAccess ----------------------------------------------------------------------------------
+
+
+def test_statistics_are_withheld_from_the_app_and_the_reader_can_still_be_dropped(server: Server) -> None:
+    """Every database: the app role reads no statistic (a grant by hand is drift that update revokes), the
+    reader reads them; delete withdraws the reader's grants, so that the stack can drop the role next."""
+    app_role, reader = make_role(server, "it_app"), make_role(server, "it_monitor")
+    kind = server.kind(StatisticsAccessKind)
+    spec = StatisticsAccessSpec(readers=[reader], withheld_from=["PUBLIC", app_role])
+    resource_id, status = kind.create(spec)
+    assert status.exposed == [] and status.unrevocable == []
+    for view in ("pg_catalog.pg_stat_activity", "pg_catalog.pg_locks", "pg_catalog.pg_stat_user_tables"):
+        assert server.scalar("SELECT has_table_privilege(%s, %s, 'SELECT')", (app_role, view)) is False
+        assert server.scalar("SELECT has_table_privilege(%s, %s, 'SELECT')", (reader, view)) is True
+    server.run("GRANT SELECT ON pg_catalog.pg_stat_activity TO {role}", role=app_role)
+    assert kind.status(spec).exposed == [f"{DATABASE}: pg_stat_activity"]
+    assert kind.update(resource_id, {}, spec).exposed == []
+    kind.delete(resource_id, spec)
+    server.run("DROP ROLE {reader}; DROP ROLE {app_role}", reader=reader, app_role=app_role)
+
+
 # --- Grant ---------------------------------------------------------------------------------------------
 
 GRANT_CASES: list[tuple[dict[str, Any], str, list[str]]] = [
@@ -382,6 +404,41 @@ def test_grant_update_revokes_what_is_no_longer_declared(server: Server, app: st
     server.run("DROP ROLE {grantee}", grantee=grantee)
 
 
+def test_grant_on_all_tables_gives_a_view_only_what_it_can_take(server: Server, app: str) -> None:
+    """A view over an aggregate takes no INSERT, UPDATE or DELETE: the grant never gives them to it, and one
+    given by hand is drift that update revokes; an updatable view and the tables get all of them."""
+    kind = server.kind(GrantKind)
+    grantee = make_role(server, "it_api")
+    server.run(
+        "CREATE VIEW {schema}.job_count AS SELECT count(*) AS n FROM {schema}.jobs;"
+        "CREATE VIEW {schema}.job_ids AS SELECT id FROM {schema}.jobs",
+        schema=app,
+    )
+    writes = ["SELECT", "INSERT", "UPDATE", "DELETE"]
+    spec = GrantSpec(grantee=grantee, privileges=writes, object_type="all_tables_in_schema", schema_name=app)
+    grant_id, outputs = kind.create(spec)
+
+    def held(relation: str) -> list[str]:
+        return [
+            p
+            for p in writes
+            if server.scalar("SELECT has_table_privilege(%s, %s, %s)", (grantee, f"{app}.{relation}", p))
+        ]
+
+    assert {relation: held(relation) for relation in ("jobs", "job_ids", "job_count")} == {
+        "jobs": writes, "job_ids": writes, "job_count": ["SELECT"]
+    }  # fmt: skip
+    assert changes(kind, spec, kind.observe(grant_id, spec)) == []
+    server.run("GRANT INSERT, DELETE ON {schema}.job_count TO {grantee}", schema=app, grantee=grantee)
+    observed = kind.observe(grant_id, spec)
+    assert observed is not None and observed.inputs["privileges"] == ["SELECT", "UPDATE"]
+    kind.update(grant_id, recorded(spec, outputs, observed), spec)
+    assert held("job_count") == ["SELECT"]
+    assert changes(kind, spec, kind.observe(grant_id, spec)) == []
+    kind.delete(grant_id, spec)
+    server.run("DROP VIEW {schema}.job_count, {schema}.job_ids; DROP ROLE {grantee}", schema=app, grantee=grantee)
+
+
 def test_grant_delete_revokes_exactly_what_the_stack_granted(server: Server, app: str) -> None:
     """As Supabase's USAGE on public for anon: a privilege the grantee held before the stack stays."""
     kind = server.kind(GrantKind)
@@ -416,6 +473,16 @@ def test_grant_observes_a_dropped_object_and_a_dropped_grantee(server: Server, a
     kind.delete(grant_id, spec)
     server.run("DROP ROLE {grantee}", grantee=grantee)
     assert kind.observe(grant_id, spec) is None
+
+
+def test_a_grant_on_a_schema_not_made_yet_is_refused_not_recorded_as_done(server: Server) -> None:
+    """Declared before its schema, a grant found nothing to grant on and recorded its privileges as given."""
+    kind = server.kind(GrantKind)
+    grantee = make_role(server, "it_api")
+    spec = GrantSpec(grantee=grantee, privileges=["USAGE"], object_type="schema", schema_name=unique("it_later"))
+    with pytest.raises(ProviderError, match=r"the schema does not exist; declare it first"):
+        kind.create(spec)
+    server.run("DROP ROLE {grantee}", grantee=grantee)
 
 
 def test_grant_spec_is_checked(server: Server) -> None:

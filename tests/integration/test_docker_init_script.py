@@ -12,6 +12,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from components import scram
 from components.connection import LOOPBACK
 from components.platform.docker.platform import init_script
 from components.platform.local import process
@@ -42,6 +43,7 @@ def initialised(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Prim
             "PGDATA": str(pgdata),
             "REPLICATION_PASSWORD": REPLICATION_PASSWORD,
             "PGBOUNCER_AUTH_PASSWORD": AUTH_PASSWORD,
+            "SCRAM_PROGRAM": scram.__file__,  # uploaded to the container beside the script
         }
         ran = subprocess.run(
             ["bash", "-s"], input=init_script(), env=environment, capture_output=True, text=True, check=False
@@ -54,6 +56,23 @@ def login(primary: Primary, user: str, password: str, dbname: str = DATABASE) ->
     return psycopg.connect(
         host=LOOPBACK, port=primary.port, user=user, password=password, dbname=dbname, autocommit=True
     )
+
+
+def test_the_roles_passwords_reached_the_server_as_verifiers_only(initialised: tuple[Primary, Path]) -> None:
+    """The statements pg_stat_statements kept (the server preloads it) hold the verifiers, never a password."""
+    primary, _ = initialised
+    with primary.connect() as admin:
+        admin.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        statements = [text for (text,) in admin.execute("SELECT query FROM pg_stat_statements")]
+    made = [text for text in statements if "CREATE ROLE" in text]
+    # the script's two roles (the local bootstrap of the server under test made its own before)
+    assert all(any(role in text for text in made) for role in (REPLICATION_ROLE, AUTH_ROLE))
+    assert all("SCRAM-SHA-256$" in text for text in made)
+    assert not any(password in text for text in statements for password in (REPLICATION_PASSWORD, AUTH_PASSWORD))
+    for role, password in ((REPLICATION_ROLE, REPLICATION_PASSWORD), (AUTH_ROLE, AUTH_PASSWORD)):
+        assert scram.is_verifier_of(
+            primary.scalar("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (role,)), password
+        )
 
 
 def test_the_replication_role_logs_in_with_its_password_and_may_replicate(initialised: tuple[Primary, Path]) -> None:

@@ -12,10 +12,14 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
-from components.database.ddl import Operation, Work
+from components.database.ddl import Batches, Operation, Work, run_batches
 from components.database.kinds.index import IndexKind, IndexSpec
+from components.database.kinds.manifest import ManifestKind, ManifestSpec
 from components.database.kinds.table import TableKind
+from components.database.locks import Lock, TableLock
+from components.database.session import Timeouts
 from components.database.table_shape import (
     CheckSpec,
     ColumnSpec,
@@ -25,6 +29,8 @@ from components.database.table_shape import (
     UniqueSpec,
 )
 from components.kind import ProviderError
+from ops.events import Change
+from ops.sql_preview import estimated_rows, planned_operations
 from tests.integration.databases import Database, database_server, recorded
 
 PASSWORD = "online-Changes'0123"
@@ -184,6 +190,55 @@ def test_a_not_null_column_without_a_value_for_the_rows_is_refused_naming_them(d
     assert f"code NOT NULL (no default or backfill): {ROWS} row(s)" in str(refused.value)
     assert "nothing was changed" in str(refused.value)
     assert "code" not in columns(database, "public.people")
+
+
+def test_a_backfill_covers_every_page_of_a_plain_table_and_the_preview_counts_its_rows(database: Database) -> None:
+    """A table outside any partition tree (pg_partition_tree lists nothing for it) is its own only leaf: the
+    batches run over all its pages and the PR preview's estimate counts its rows."""
+    make(database, PEOPLE, PEOPLE_ROWS)
+    pages = database.scalar("SELECT pg_relation_size('public.people') / current_setting('block_size')::int")
+    people = TableLock("public", "people", Lock.ROW_EXCLUSIVE)
+    fill = Batches(
+        people,
+        lambda first, end: sql.SQL("UPDATE public.people SET note = 'filled' WHERE ctid >= {}::tid AND ctid < {}::tid")
+        .format(first, end),
+        pages=pages // 4,  # the table's pages take several batches
+    )  # fmt: skip
+    with database.connect() as conn:
+        assert estimated_rows(conn, people) == ROWS
+        run_batches(conn, fill, Timeouts(), "fill people")
+    assert database.scalar("SELECT count(*) FILTER (WHERE note IS DISTINCT FROM 'filled') FROM people") == 0
+
+
+def test_the_preview_of_an_adopted_table_keeps_its_owner_as_the_apply_does(database: Database) -> None:
+    """The PR preview plans from the status the stack recorded: an adopted table's owner is its own."""
+    kind = make(database, PEOPLE, PEOPLE_ROWS)  # owned by the admin
+    old = PEOPLE.model_copy(update={"owner": "people_owner"})
+    new = with_columns(old, ColumnSpec(name="nickname", type="text", nullable=False, default="'none'"))
+    before, after = old.model_dump(by_alias=True), new.model_dump(by_alias=True)
+    plans = {}
+    for adopted in (True, False):
+        outputs = {**before, "adopted": adopted}
+        change = Change("update", "urn:table-people", kind.token, (), (), before, outputs, after)
+        with database.connect() as conn:
+            plans[adopted] = [op.render() for op in planned_operations(kind, change, conn) or []]
+    assert plans[True] and not any("OWNER TO" in statement for statement in plans[True])
+    assert any("OWNER TO" in statement for statement in plans[False])
+
+
+def test_the_manifest_counts_only_what_the_live_tables_hold_of_its_record(database: Database) -> None:
+    """An up that failed after the manifest's check leaves its record ahead of the tables: a column or table
+    recorded then but never made is declared away without a refusal; one the table holds is still refused."""
+    make(database, PEOPLE, PEOPLE_ROWS)
+    manifest = database.kind(ManifestKind)
+    people = {column.name: column.type for column in PEOPLE.columns}
+    record = {"tables": {"people": {**people, "code": "text"}, "never_made": {"id": "uuid"}}}
+    assert manifest.data_loss(record, ManifestSpec(tables={"people": people})) == []
+    without_note = {name: type_ for name, type_ in people.items() if name != "note"}
+    assert manifest.data_loss(record, ManifestSpec(tables={"people": without_note})) == [
+        "column people.note would be dropped"
+    ]
+    assert manifest.data_loss(record, ManifestSpec(tables={})) == ["table people would be dropped with its rows"]
 
 
 def test_a_renamed_column_keeps_its_values_and_is_no_data_loss(database: Database) -> None:

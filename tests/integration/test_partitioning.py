@@ -45,7 +45,7 @@ CREATE ROLE maint LOGIN PASSWORD '{MAINT_PASSWORD}' IN ROLE {OWNER};
 GRANT CREATE ON SCHEMA public TO {OWNER};
 CREATE SCHEMA app AUTHORIZATION {OWNER};
 GRANT USAGE ON SCHEMA app TO authenticated;
-CREATE FUNCTION app.current_company_id() RETURNS uuid LANGUAGE sql STABLE SECURITY DEFINER SET search_path = ''
+CREATE FUNCTION app.current_company_id() RETURNS uuid LANGUAGE sql STABLE SET search_path = ''
   AS $$ SELECT (nullif(pg_catalog.current_setting('request.jwt.claims', true), '')::jsonb ->> 'company_id')::uuid $$;
 CREATE FUNCTION app.set_updated_at() RETURNS trigger LANGUAGE plpgsql SET search_path = ''
   AS $$ BEGIN NEW.updated_at := pg_catalog.now(); RETURN NEW; END $$;

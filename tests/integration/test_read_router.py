@@ -163,6 +163,26 @@ def test_a_router_that_stopped_is_drift_that_update_restarts(pools: Pools) -> No
     assert pools.router_kind.update(pools.router_id, {}, pools.router).status.running is True
 
 
+def test_a_router_started_by_a_caller_with_secrets_in_its_environment_keeps_none_of_them(
+    pools: Pools, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The router outlives the provider, whose environment holds the caller's PGPASSWORD and the stack's
+    config (PULUMI_CONFIG, secrets decrypted): it starts with the servers' clean environment instead."""
+    pid = process.read_pid(files(pools.router)[1])
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    eventually(lambda: not process.pid_alive(pid), 10, "the router to die")
+    monkeypatch.setenv("PGPASSWORD", "caller-secret-pgpassword")
+    monkeypatch.setenv("PULUMI_CONFIG", json.dumps({"thorbis:postgresPassword": "caller-secret-config"}))
+    assert pools.router_kind.update(pools.router_id, {}, pools.router).status.running is True
+    restarted = process.read_pid(files(pools.router)[1])
+    assert restarted is not None
+    environment = Path(f"/proc/{restarted}/environ").read_bytes()
+    names = {entry.split(b"=", 1)[0].decode() for entry in environment.split(b"\0") if entry}
+    assert not names & {"PGPASSWORD", "PULUMI_CONFIG"}, sorted(names)
+    assert b"caller-secret" not in environment
+
+
 def test_the_auth_role_learns_the_servers_health_and_no_other_statistic(pools: Pools) -> None:
     with psycopg.connect(
         host=LOOPBACK,

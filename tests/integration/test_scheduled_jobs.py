@@ -53,7 +53,7 @@ CREATE EXTENSION pg_partman SCHEMA partman;
 DELETE_LOG_SQL = """
 CREATE TABLE it_deletions (table_name text, txid bigint);
 CREATE FUNCTION it_log_deletion() RETURNS trigger LANGUAGE plpgsql AS
-$$ BEGIN INSERT INTO it_deletions VALUES (TG_TABLE_NAME, txid_current()); RETURN OLD; END $$;
+$$ BEGIN INSERT INTO public.it_deletions VALUES (TG_TABLE_NAME, pg_catalog.txid_current()); RETURN OLD; END $$;
 """
 OLD = datetime.now(UTC) - timedelta(days=400)
 RECENT = datetime.now(UTC) - timedelta(days=1)
@@ -245,6 +245,45 @@ def test_queue_retention_deletes_only_finished_rows_past_their_age(database: Dat
     assert batches(database, "background_jobs") == [2, 1]
 
 
+HOSTILE_OPERATOR_SQL = """
+CREATE SCHEMA IF NOT EXISTS it_hostile;
+CREATE OR REPLACE FUNCTION it_hostile.always(timestamptz, timestamptz) RETURNS boolean LANGUAGE sql AS 'SELECT true';
+DO $$ BEGIN
+  CREATE OPERATOR it_hostile.< (LEFTARG = timestamptz, RIGHTARG = timestamptz, FUNCTION = it_hostile.always);
+EXCEPTION WHEN duplicate_function THEN NULL; END $$;
+"""
+
+
+RETENTION = [spec.name for spec in load_maintenance().procedure_specs(OWNER) if spec.name.startswith("purge_")]
+
+
+@pytest.mark.parametrize("procedure", RETENTION)
+def test_retention_runs_with_its_own_search_path_whatever_the_callers(database: Database, procedure: str) -> None:
+    """A caller whose search_path puts a schema of its own before pg_catalog offers its `<` for
+    timestamps ("every row is old"): the procedure resolves none of its names or operators there, and the
+    caller's search_path is as it was afterwards. Its data: one row of each table, changed long ago."""
+    database.execute(HOSTILE_OPERATOR_SQL)
+    company = str(uuid.uuid4())
+    recent = {  # table: (the column that names the row, the row)
+        "webhook_logs": ("event_type", {"company_id": company, "webhook_id": str(uuid.uuid4()),
+                                        "event_type": "recent", "payload": "{}", "status": "sent",
+                                        "created_at": RECENT}),
+        "notification_queue": ("notification_type", {"company_id": company, "user_id": str(uuid.uuid4()),
+                                                     "notification_type": "recent", "channel": "email",
+                                                     "body": "hi", "status": "sent", "updated_at": RECENT}),
+        "background_jobs": ("job_type", {"company_id": company, "job_type": "recent", "status": "completed",
+                                         "updated_at": RECENT}),
+    }  # fmt: skip
+    table = procedure.removeprefix("purge_")
+    column, row = recent[table]
+    with database.connect() as conn:
+        insert(conn, table, [row])
+        conn.execute("SET search_path = it_hostile, pg_catalog, public")
+        conn.execute(sql.SQL("CALL {}(30, 100)").format(sql.Identifier("app", procedure)))
+        assert conn.execute("SHOW search_path").fetchone() == ("it_hostile, pg_catalog, public",)
+    assert "recent" in remaining(database, table, column)
+
+
 def test_retention_refuses_a_non_positive_age(database: Database) -> None:
     with pytest.raises(psycopg.errors.RaiseException, match="must be positive"):
         database.execute("CALL app.purge_background_jobs(0, 100)")
@@ -279,6 +318,7 @@ def test_partition_maintenance_job_premakes_what_monitoring_shows_missing(databa
     )
     database.execute("INSERT INTO public.it_events (created_at) VALUES ('2000-01-01'), (now())")  # a stray, a current
     assert missing_ahead(database) == {"public.it_events": 1}
+    database.execute("SELECT pg_stat_force_next_flush()")  # the view counts by the statistics: sent at once
     assert database.dicts("SELECT * FROM monitoring.default_partition_rows") == [
         {"default_table": "public.it_events_default", "row_count": 1}
     ]

@@ -4,7 +4,10 @@ rule dropped or left unvalidated by hand is drift that `up` puts back."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import psycopg
 import pytest
@@ -201,4 +204,92 @@ def test_a_row_pointing_at_another_companys_row_is_reported_then_the_key_holds_w
     assert database.rows("SELECT company_id::text, customer_id FROM app.rule_jobs ORDER BY id") == [
         (A, None),  # the delete nulls the reference only: the job stays its company's
         (A, None),
+    ]
+
+
+# --- a unique key changed on a live table ---------------------------------------------------------------
+
+USERS = TableSpec(
+    schema_name="app",
+    name="rule_users",
+    columns=[
+        ColumnSpec(name="id", type="integer", nullable=False),
+        ColumnSpec(name="company_id", type="uuid", nullable=False),
+        ColumnSpec(name="email", type="text", nullable=False),
+    ],
+    primary_key=["id"],
+    uniques=[UniqueSpec(name="rule_users_email_key", columns=["email"])],
+)
+#: The same key within the company: an e-mail of company B no longer tells company A anything.
+SCOPED_USERS = USERS.model_copy(
+    update={"uniques": [UniqueSpec(name="rule_users_email_key", columns=["company_id", "email"])]}
+)
+
+
+@pytest.fixture
+def users(database: Database) -> Iterator[TableKind]:
+    kind = database.kind(TableKind, lock_timeout="20s")
+    kind.create(USERS)
+    database.execute("INSERT INTO app.rule_users VALUES (1, %s, 'one@example.com'), (2, %s, 'two@example.com')", (A, B))
+    try:
+        yield kind
+    finally:
+        database.execute("DROP TABLE IF EXISTS app.rule_users")
+
+
+def key_of_users(database: Database) -> list[tuple[Any, ...]]:
+    """The key's definition and whether its index (of the key's name) is valid; any index left beside it."""
+    return database.rows(
+        "SELECT c.conname, pg_get_constraintdef(c.oid), i.indexrelid::regclass::text, i.indisvalid "
+        "FROM pg_index i LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid "
+        "WHERE i.indrelid = 'app.rule_users'::regclass AND NOT i.indisprimary ORDER BY 1"
+    )
+
+
+def waiting_on_a_lock(database: Database, needle: str) -> bool:
+    return bool(
+        database.scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query ILIKE %s "
+            "AND pid <> pg_backend_pid()",
+            (f"%{needle}%",),
+        )
+    )
+
+
+def test_a_unique_key_changed_on_a_live_table_never_blocks_its_writers(database: Database, users: TableKind) -> None:
+    """Its new index is built CONCURRENTLY beside the old key (which holds until then) and takes the key's
+    place in one short transaction: while the build waits for a writer's open transaction, other writers
+    still write; on the same table, ADD CONSTRAINT would queue them all behind it."""
+    with database.connect() as open_writer, database.connect(options="-c lock_timeout=3s") as other_writer:
+        open_writer.execute("BEGIN")
+        open_writer.execute("INSERT INTO app.rule_users VALUES (3, %s, 'three@example.com')", (A,))
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            change = pool.submit(users.update, USERS.name, recorded(USERS, users.observe("", USERS)), SCOPED_USERS)
+            deadline = time.monotonic() + 60
+            while not waiting_on_a_lock(database, "rule_users"):  # the change waits for the open transaction
+                assert not change.done(), change.exception()
+                assert time.monotonic() < deadline, "the change never waited for the open transaction"
+                time.sleep(0.05)
+            other_writer.execute("INSERT INTO app.rule_users VALUES (4, %s, 'four@example.com')", (B,))
+            open_writer.execute("COMMIT")
+            change.result(timeout=60)
+    assert key_of_users(database) == [
+        ("rule_users_email_key", "UNIQUE (company_id, email)", "app.rule_users_email_key", True)
+    ]
+    database.execute("INSERT INTO app.rule_users VALUES (5, %s, 'one@example.com')", (B,))  # A's address, for B
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        database.execute("INSERT INTO app.rule_users VALUES (6, %s, 'one@example.com')", (A,))
+    observed = users.observe("", SCOPED_USERS)
+    assert observed is not None and changes(users, SCOPED_USERS, observed) == []
+
+
+def test_rows_that_a_new_or_changed_unique_key_would_refuse_are_named_and_counted(
+    database: Database, users: TableKind
+) -> None:
+    users.update(USERS.name, recorded(USERS, users.observe("", USERS)), SCOPED_USERS)
+    database.execute("INSERT INTO app.rule_users VALUES (3, %s, 'one@example.com')", (B,))  # A's address, for B
+    with pytest.raises(ProviderError, match=r"rule_users_email_key: 2 row\(s\).*nothing was changed"):
+        users.update(USERS.name, recorded(SCOPED_USERS, users.observe("", SCOPED_USERS)), USERS)
+    assert key_of_users(database) == [
+        ("rule_users_email_key", "UNIQUE (company_id, email)", "app.rule_users_email_key", True)
     ]

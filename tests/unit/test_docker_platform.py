@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,9 +20,11 @@ import pytest
 from psycopg import sql
 from pulumi.runtime.rpc import is_rpc_secret, unwrap_rpc_secret
 
+from components import scram
 from components.connection import LOOPBACK, ConnectionSpec, Endpoint
-from components.platform.docker.platform import DockerPlatform, init_script
+from components.platform.docker.platform import SCRAM_PROGRAM, DockerPlatform, init_script
 from components.platform.local.pgbouncer import auth_lookup_statements, auth_role_statement
+from components.platform.local.postgres import replication_role_statement
 from config import StackSettings, parse_settings
 from tests.conftest import ROOT
 from tests.unit.mocks import Created, Wiring, record
@@ -244,14 +248,30 @@ def test_pgbouncer_serves_a_write_pool_and_a_read_pool_over_the_replicas(staging
 
 
 def test_primary_uploads_the_init_script_that_creates_the_roles(staging: Deployment) -> None:
-    [upload] = staging.containers[f"{NETWORK}-primary"].inputs["uploads"]
+    [upload, program] = staging.containers[f"{NETWORK}-primary"].inputs["uploads"]
     assert upload["file"].startswith("/docker-entrypoint-initdb.d/")
     assert upload["executable"] is True
     script = upload["content"]
     assert script == init_script()  # run against a real server in tests/integration/test_local_servers.py
-    for statement in (*auth_lookup_statements(), auth_role_statement("CREATE", sql.SQL(":'auth_password'"))):
+    for statement in (*auth_lookup_statements(), auth_role_statement("CREATE", sql.SQL(":'auth_verifier'"))):
         assert statement.as_string() in script, "the docker primary's auth lookup differs from the local one"
+    assert replication_role_statement("CREATE", sql.SQL(":'replication_verifier'")).as_string() in script
     assert not any(password in script for password in PASSWORDS.values())
+    # the verifiers are computed in the container by the program the script names
+    assert program["file"] == SCRAM_PROGRAM and 'python3 "$SCRAM_PROGRAM"' in script
+    assert f"SCRAM_PROGRAM={SCRAM_PROGRAM}" in env_list(staging.containers[f"{NETWORK}-primary"])
+    assert program["content"] == Path(scram.__file__).read_text()
+
+
+def test_the_scram_program_prints_a_verifier_of_the_password_on_its_stdin() -> None:
+    password = PASSWORDS["replicationPassword"]
+    done = subprocess.run([sys.executable, scram.__file__], input=password, capture_output=True, text=True, check=True)
+    assert scram.is_verifier_of(done.stdout.strip(), password)
+
+
+def test_pgbouncer_resets_every_server_connection_after_each_transaction(staging: Deployment) -> None:
+    [upload] = staging.containers[f"{NETWORK}-pgbouncer"].inputs["uploads"]
+    assert {"server_reset_query = DISCARD ALL", "server_reset_query_always = 1"} <= set(upload["content"].splitlines())
 
 
 # --- secrets -------------------------------------------------------------------------------------------

@@ -11,11 +11,13 @@ import pkgutil
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pulumi
 import pytest
+import yaml
 from psycopg import sql
 from pulumi.runtime.mocks import MockCallArgs, MockResourceArgs
 from pulumi.runtime.rpc import is_rpc_secret, unwrap_rpc_secret
@@ -26,17 +28,19 @@ from components.connection import ConnectionSpec, Endpoint
 from components.database import ddl
 from components.database.ddl import Operation, Transaction
 from components.database.declared.model import load_schema
+from components.database.declared.search import SEARCH_FILE, SearchModel
 from components.database.kinds.index import IndexKind, IndexSpec
 from components.database.kinds.partition_guard import PartitionGuardStatus
 from components.database.kinds.role import RoleKind, RoleSpec
 from components.database.kinds.row_security import RowSecurityStatus
-from components.database.kinds.table import TableStatus
+from components.database.kinds.table import TableKind, TableStatus
 from components.database.layer import DatabaseLayer
 from components.database.session import Timeouts
 from components.kind import SECRET, Kind, marked
 from components.resource import declare
 from config import StackSettings, parse_settings
 from tests.conftest import ROOT
+from tests.unit.mocks import record
 
 #: What the plugin must not import when it starts: the program, its config, the docker platform.
 PROGRAM = ("config", "pulumi_docker", "components.database.layer", "components.resource", "components.platform.build")
@@ -175,14 +179,18 @@ def layer_settings() -> StackSettings:
     return parse_settings("unit", values, secret, ROOT)
 
 
-def test_every_object_the_layer_declares_is_a_valid_spec_of_its_kind() -> None:
-    connection = ConnectionSpec(
+def layer_connection() -> ConnectionSpec:
+    return ConnectionSpec(
         platform="external",
         primary=Endpoint(host="db.example", port=5432),
         database="thorbis",
         admin_user="postgres",
         admin_password="pw",
     )
+
+
+def test_every_object_the_layer_declares_is_a_valid_spec_of_its_kind() -> None:
+    connection = layer_connection()
 
     def program() -> None:
         DatabaseLayer("thorbis", pulumi.Output.secret(connection), layer_settings())
@@ -203,3 +211,38 @@ def test_every_object_the_layer_declares_is_a_valid_spec_of_its_kind() -> None:
     policies = [name for name, (typ, _) in made.items() if typ == "thorbisdb:db:Policy"]
     assert sorted(tables) == sorted(f"table-{table.name}" for table in schema.tables)
     assert len(policies) == 5 * len(schema.tables)  # four tenant policies and the read_all one
+
+
+def test_the_partition_guard_runs_after_the_function_it_calls_even_with_no_table(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A stack with an empty sql/schema (the adoption e2e's "before" stack) has no table to order it by."""
+    monkeypatch.setattr("components.database.layer.load_schema", lambda: load_schema(tmp_path))
+    no_searches = SearchModel.model_validate({**yaml.safe_load(SEARCH_FILE.read_text()), "searches": []})
+    monkeypatch.setattr("components.database.layer.load_searches", lambda schema: no_searches)
+
+    def program() -> pulumi.Output[None]:
+        DatabaseLayer("thorbis", pulumi.Output.secret(layer_connection()), layer_settings())
+        return pulumi.Output.from_input(None)
+
+    _, wiring = record(program, "unit")
+    name_of = {wired.urn: name for name, wired in wiring.items()}
+    after, waiting = set[str](), ["partition-guard"]
+    while waiting:
+        for urn in wiring[waiting.pop()].dependencies - after:
+            after.add(urn)
+            waiting.append(name_of[urn])
+    assert "function-app-secure_partitions" in {name_of[urn] for urn in after}
+
+
+def test_a_new_tables_create_takes_every_table_its_foreign_keys_point_at_up_front() -> None:
+    """Otherwise its transaction has a snapshot before it waits for them, and a CONCURRENTLY build on one of
+    them waits for that snapshot while it waits for the build: a deadlock (every declared table)."""
+    pointing = 0
+    for data in load_schema().tables:
+        spec = data.table_spec("thorbis_owner")
+        locked = {(lock.schema, lock.table) for op in TableKind().planned_create(spec) or [] for lock in op.locks}
+        pointed = {(fk.ref_schema, fk.ref_table) for fk in spec.foreign_keys} - {(spec.schema_name, spec.name)}
+        assert pointed <= locked, spec.name
+        pointing += bool(pointed)
+    assert pointing > 10

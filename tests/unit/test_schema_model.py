@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from components.database.base import bounded
 from components.database.declared.model import SchemaModel, load_schema
@@ -172,3 +173,57 @@ def test_a_link_table_writes_only_references_to_its_own_companys_rows() -> None:
     assert own_tag in (insert.with_check or "") and own_tag in (update.with_check or "")
     assert own_tag not in (update.using or "")  # reading is decided by the parent row alone
     assert write_predicate(schema.table("jobs")) == ""  # a company table's composite keys hold it
+
+
+def with_unique(unique: str, table: str = "jobs") -> str:
+    """SMALL with one more unique key (a YAML flow mapping) on `table`."""
+    content = yaml.safe_load(SMALL)
+    declared = next(entry for entry in content["tables"] if entry["name"] == table)
+    declared.setdefault("unique", []).append(yaml.safe_load(unique))
+    return yaml.safe_dump(content)
+
+
+@pytest.mark.parametrize(
+    ("unique", "table"),
+    [
+        ("{name: jobs_number_key, columns: [number]}", "jobs"),  # a number another company also uses
+        ("{name: job_tags_tag_key, columns: [tag]}", "job_tags"),  # a link table's key without its parent
+    ],
+)
+def test_a_unique_key_that_spans_companies_is_refused_unless_declared_global(
+    tmp_path: Path, unique: str, table: str
+) -> None:
+    (tmp_path / "small.yaml").write_text(with_unique(unique, table))
+    with pytest.raises(ValueError, match=f"{table}: unique key\\(s\\) {table}_\\w+_key span companies"):
+        load_schema(tmp_path)
+    declared = unique.replace("}", ", global: a reason}")
+    (tmp_path / "small.yaml").write_text(with_unique(declared, table))
+    assert load_schema(tmp_path).table(table).global_keys == {unique.split(",")[0].split(": ")[1]: "a reason"}
+
+
+@pytest.mark.parametrize(
+    ("unique", "table"),
+    [
+        ("{name: jobs_number_key, columns: [company_id, number]}", "jobs"),
+        ("{name: jobs_id_number_key, columns: [id, number]}", "jobs"),  # the row's own random id
+        ("{name: job_tags_job_tag_key, columns: [job_id, tag]}", "job_tags"),  # the parent column
+    ],
+)
+def test_a_scoped_unique_key_needs_no_reason_and_may_not_claim_one(tmp_path: Path, unique: str, table: str) -> None:
+    (tmp_path / "small.yaml").write_text(with_unique(unique, table))
+    assert load_schema(tmp_path).table(table).global_keys == {}
+    (tmp_path / "small.yaml").write_text(with_unique(unique.replace("}", ", global: needless}"), table))
+    with pytest.raises(ValueError, match="are scoped already: remove `global`"):
+        load_schema(tmp_path)
+
+
+def test_every_global_key_of_the_schema_says_why() -> None:
+    schema = load_schema()
+    reasons = {name: reason for table in schema.tables for name, reason in table.global_keys.items()}
+    assert set(reasons) == {
+        "companies_slug_key",
+        "verification_tokens_token_hash_key",
+        "email_logs_provider_message_key",
+    }
+    assert all(len(reason.split()) > 10 for reason in reasons.values())
+    assert next(u.columns for u in schema.table("users").unique) == ["company_id", "email"]

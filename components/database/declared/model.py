@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from components.database.base import bounded
 from components.database.declared import SQL_DIR
@@ -21,6 +21,7 @@ from components.database.table_shape import CheckSpec, ColumnSpec, ForeignKeySpe
 SCHEMA_DIR = SQL_DIR / "schema"
 TABLE_SCHEMA = "public"
 TENANT_COLUMN = "company_id"
+ROW_ID = "id"
 
 
 class Data(BaseModel):
@@ -65,6 +66,15 @@ class NamedColumns(Data):
     columns: list[str]
 
 
+class UniqueData(NamedColumns):
+    global_reason: str | None = Field(
+        default=None,
+        alias="global",
+        description="Why this key may span companies although an insert that collides tells whether a value "
+        "exists among another company's rows: only for values no company can guess or choose for another.",
+    )
+
+
 class CheckData(Data):
     name: str
     expression: str
@@ -100,13 +110,48 @@ class TableData(Data):
     partition: PartitionData | None = None
     columns: list[ColumnData]
     primary_key: list[str]
-    unique: list[NamedColumns] = Field(default_factory=list)
+    unique: list[UniqueData] = Field(default_factory=list)
     checks: list[CheckData] = Field(default_factory=list)
     foreign_keys: list[ForeignKeyData] = Field(default_factory=list)
     indexes: list[IndexData] = Field(default_factory=list)
     # Set by SchemaModel, which sees every table: the company tables, and whether one of them points here.
     _company_tables: frozenset[str] = PrivateAttr(default=frozenset())
     _referenced_in_company: bool = PrivateAttr(default=False)
+
+    @model_validator(mode="after")
+    def _keys_answer_within_the_company(self) -> TableData:
+        """A unique key is checked against every row of the table, RLS or not: one that spans companies
+        answers "that value exists" about another company's rows. Each must be scoped, or say why it is global."""
+        keys = {
+            f"{self.name}_pkey": self.primary_key,
+            **{unique.name: unique.columns for unique in self.unique if not unique.global_reason},
+            **{index.name: index.keys for index in self.indexes if index.unique},
+        }
+        spanning = [name for name, columns in keys.items() if self.spans_companies(columns)]
+        if spanning:
+            raise ValueError(
+                f"{self.name}: unique key(s) {', '.join(spanning)} span companies (a collision tells one company "
+                f"about another's rows): add {TENANT_COLUMN}, or say why the key is global (`global: <reason>`)"
+            )
+        needless = [
+            unique.name for unique in self.unique if unique.global_reason and not self.spans_companies(unique.columns)
+        ]
+        if needless:
+            raise ValueError(f"{self.name}: unique key(s) {', '.join(needless)} are scoped already: remove `global`")
+        return self
+
+    def spans_companies(self, columns: list[str]) -> bool:
+        """Whether a unique key on `columns` is checked against other companies' rows in a way that answers
+        something: not when it includes company_id; nor the parent column of a table without company_id (its
+        write policy makes that column name a row of the caller's company before any key is checked); nor
+        the row's own random id, which names one row (a collision tells only what the id's holder knew)."""
+        scoped_by = {TENANT_COLUMN, ROW_ID, *([self.parent.column] if self.tenancy == "parent" and self.parent else [])}
+        return not scoped_by & set(columns)
+
+    @property
+    def global_keys(self) -> dict[str, str]:
+        """Unique keys the data declares global, with the reason."""
+        return {unique.name: unique.global_reason for unique in self.unique if unique.global_reason}
 
     def column(self, name: str) -> ColumnData:
         return next(column for column in self.columns if column.name == name)

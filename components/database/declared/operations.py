@@ -15,6 +15,7 @@ from components.database.declared.model import Data
 from components.database.kinds.cron_job import CronJobSpec
 from components.database.kinds.function import FunctionSpec
 from components.database.kinds.grant import GrantSpec
+from components.database.kinds.statistics_access import StatisticsAccessSpec
 from components.database.kinds.view import ViewSpec
 
 MAINTENANCE_FILE = SQL_DIR / "maintenance.yaml"
@@ -78,7 +79,11 @@ class MonitoringModel(Data):
     schema_name: str = Field(alias="schema")
     readers: list[str]
     reads: dict[str, list[str]] = Field(default_factory=dict, description="Tables of other schemas the views read.")
+    statistics_withheld_from: list[str] = Field(description="Roles that read none of the server's statistics.")
     views: list[MonitoringViewData]
+
+    def statistics_access_spec(self) -> StatisticsAccessSpec:
+        return StatisticsAccessSpec(readers=self.readers, withheld_from=self.statistics_withheld_from)
 
     def view_specs(self, owner: str) -> list[ViewSpec]:
         return [

@@ -3,6 +3,8 @@
 What is held is read from the objects' own ACLs (aclexplode), so only this grantee's direct grants count:
 a privilege it has through PUBLIC or a role it belongs to does not hide a grant revoked by hand. Each
 declared privilege is reported when every object holds it; a missing one drops out and shows as drift.
+A relation is given only what it can honour: INSERT, UPDATE or DELETE on a view (or materialized view)
+that cannot take that command is never granted, and one held anyway is drift that `up` revokes.
 The status records which privileges the stack itself granted (those the grantee lacked), so that deleting
 the grant revokes exactly those: Supabase's USAGE on `public` for anon, there before, stays.
 """
@@ -156,8 +158,12 @@ CATALOGS = {
     "function": Catalog("pg_proc", "proacl", "proowner", "f", "FUNCTION"),
 }
 RELKINDS = {"table": ["r", "p", "v", "m", "f"], "sequence": ["S"]}  # what ALL TABLES / SEQUENCES IN SCHEMA cover
+#: pg_relation_is_updatable's bit of each command a relation may not be able to take (1 << CmdType).
+COMMAND_BITS = {"UPDATE": 1 << 2, "INSERT": 1 << 3, "DELETE": 1 << 4}
+ALL_COMMANDS = sum(COMMAND_BITS.values())
 RELATIONS_QUERY = """
-SELECT c.oid, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+SELECT c.oid, c.relname, pg_relation_is_updatable(c.oid, true)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = %s AND c.relkind::text = ANY(%s) AND (%s::text[] IS NULL OR c.relname = ANY(%s::text[]))
 ORDER BY c.relname
 """
@@ -173,11 +179,17 @@ ONE_FUNCTION_QUERY = (
 
 @dataclass(frozen=True)
 class Grantable:
-    """One object a grant covers: its name as declared, its oid, and how GRANT names it."""
+    """One object a grant covers: its name as declared, its oid, how GRANT names it, and for a relation
+    the commands it can take (pg_relation_is_updatable's bits)."""
 
     declared: str
     oid: int
     name: sql.Composable
+    commands: int = ALL_COMMANDS
+
+    def honours(self, privilege: str) -> bool:
+        """Whether the object can take what the privilege allows (a view over an aggregate takes no INSERT)."""
+        return privilege not in COMMAND_BITS or bool(self.commands & COMMAND_BITS[privilege])
 
 
 def function_name(schema: str, proname: str, identity_arguments: str) -> sql.Composable:
@@ -220,9 +232,14 @@ def resolve(conn: psycopg.Connection, spec: GrantSpec, objects: list[str] | None
     # ALL TABLES IN SCHEMA with `covers`: those only (a customer's own tables, partitions, are not the stack's)
     filter_names = names if named else (spec.covers or None)
     rows = conn.execute(RELATIONS_QUERY, (schema, RELKINDS[family], filter_names, filter_names)).fetchall()
-    found = {name: oid for oid, name in rows}
+    # a sequence's UPDATE is setval(), not a command: only tables and views are asked what they take
+    found = {name: (oid, commands if family == "table" else ALL_COMMANDS) for oid, name, commands in rows}
     order = names if named else sorted(found)
-    return [Grantable(name, int(found[name]), sql.Identifier(schema, name)) for name in order if name in found]
+    return [
+        Grantable(name, int(found[name][0]), sql.Identifier(schema, name), int(found[name][1]))
+        for name in order
+        if name in found
+    ]
 
 
 def held(conn: psycopg.Connection, family: str, targets: list[Grantable], grantee: int) -> dict[int, dict[str, bool]]:
@@ -245,7 +262,10 @@ def held(conn: psycopg.Connection, family: str, targets: list[Grantable], grante
 
 
 def holds(acl: dict[int, dict[str, bool]], target: Grantable, privilege: str, with_grant_option: bool) -> bool:
+    """As declared: held (with the grant option if declared) where the object honours it, absent where not."""
     grantable = acl[target.oid].get(privilege)
+    if not target.honours(privilege):
+        return grantable is None
     return grantable is not None and (grantable or not with_grant_option)
 
 
@@ -282,6 +302,8 @@ def grant_operations(
     if grantee is None:
         raise ProviderError(f"grant to {spec.grantee}: the role does not exist; declare it (a Role) first")
     targets = resolve(conn, spec)
+    if not targets and FAMILY[spec.object_type] in ("schema", "database"):
+        raise ProviderError(f"grant {grant_id(spec)}: the {FAMILY[spec.object_type]} does not exist; declare it first")
     acl = held(conn, FAMILY[spec.object_type], targets, grantee)
     statements: list[Statement] = []
     old_privileges = normalise_privileges(old.get("privileges") or [])
@@ -296,10 +318,12 @@ def grant_operations(
         statements.append(revoke_statement(spec, spec.privileges, targets, grant_option_only=True))
     granting: list[str] = []
     for privilege in spec.privileges:
-        lacking = [target for target in targets if not holds(acl, target, privilege, spec.with_grant_option)]
-        if lacking:
+        wrong = [target for target in targets if not holds(acl, target, privilege, spec.with_grant_option)]
+        if lacking := [target for target in wrong if target.honours(privilege)]:
             statements.append(grant_statement(spec, privilege, lacking))
             granting += [granted_item(privilege, target.declared) for target in lacking]
+        if cannot := [target for target in wrong if not target.honours(privilege)]:
+            statements.append(revoke_statement(spec, [privilege], cannot))
     return shared(statements), granting
 
 

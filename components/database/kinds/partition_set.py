@@ -28,7 +28,7 @@ from psycopg import sql
 from pydantic import Field
 
 from components.database.base import DatabaseKind, default_partition_name, partition_name, qualified
-from components.database.conversion import partition_security
+from components.database.conversion import drop_foreign_keys_first, partition_security, referenced_tables
 from components.database.ddl import Operation, Work, shared
 from components.database.kinds.partition_guard import securing
 from components.database.locks import Lock, TableLock
@@ -182,7 +182,7 @@ def register_statements(conn: psycopg.Connection, schema: str, spec: PartitionSe
     parent = qualified(spec.schema_name, spec.table)
     ours = default_partition(conn, spec.schema_name, spec.table)
     statements: list[Statement] = []
-    holding = f"{spec.table}_default_moving"[:63]
+    holding = holding_name(spec)
     if ours is not None:
         statements += [
             sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(parent, qualified(spec.schema_name, ours)),
@@ -214,9 +214,20 @@ def register_statements(conn: psycopg.Connection, schema: str, spec: PartitionSe
             sql.SQL("WITH moved AS (DELETE FROM {} RETURNING *) INSERT INTO {} ({}) SELECT {} FROM moved").format(
                 qualified(spec.schema_name, holding), parent, columns, columns
             ),
-            sql.SQL("DROP TABLE {}").format(qualified(spec.schema_name, holding)),
-        ]
+        ]  # the emptied table is dropped after the commit: drop_holding
     return statements
+
+
+def holding_name(spec: PartitionSetSpec) -> str:
+    """Where our default partition waits, detached, while create_parent runs."""
+    return f"{spec.table}_default_moving"[:63]
+
+
+def registration_locks(conn: psycopg.Connection, spec: PartitionSetSpec) -> list[TableLock]:
+    """The table, and the tables its foreign keys point at: ATTACH and DETACH PARTITION clone its keys
+    onto the partition (SHARE ROW EXCLUSIVE there), which the application writes meanwhile."""
+    table = TableLock(spec.schema_name, spec.table, Lock.ACCESS_EXCLUSIVE)
+    return [table, *referenced_tables(conn, table, Lock.SHARE_ROW_EXCLUSIVE)]
 
 
 #: The months create_parent makes (premake before and after this one) that hold rows in our default.
@@ -245,10 +256,7 @@ def month_moves(conn: psycopg.Connection, spec: PartitionSetSpec) -> list[list[O
     # ATTACH needs only SHARE UPDATE EXCLUSIVE on the table, but a query planned before the commit would then
     # read the default partition without the month's rows and not the new partition: ACCESS EXCLUSIVE keeps
     # every row visible to every reader (held for one month's rows, and bounded by statement_timeout)
-    locks = (
-        TableLock(spec.schema_name, spec.table, Lock.ACCESS_EXCLUSIVE),
-        TableLock(spec.schema_name, ours, Lock.ACCESS_EXCLUSIVE),
-    )
+    locks = (*registration_locks(conn, spec), TableLock(spec.schema_name, ours, Lock.ACCESS_EXCLUSIVE))
     moves: list[list[Operation]] = []
     for (start,) in months:
         name = partition_name(spec.table, start.strftime("%Y_%m"))
@@ -352,13 +360,23 @@ class PartitionSetKind(DatabaseKind[PartitionSetSpec, PartitionSetStatus]):
                 for month in month_moves(conn, spec):
                     self.apply(conn, month, what=f"{what}: rows of the default partition")
             statements = [] if registered else register_statements(conn, schema, spec)
-            locks = [TableLock(spec.schema_name, spec.table, Lock.ACCESS_EXCLUSIVE)] if statements else []
+            locks = registration_locks(conn, spec) if statements else []
             self.apply(conn, shared([*statements, config_statement(schema, spec)], *locks), what=what)
+            self.drop_holding(conn, spec, what)
             # the partitions create_parent made (and its new default): forced RLS, the owner, no privileges
             self.apply(conn, shared([securing([parent_name(spec)], True)]), what=f"{what}: secure partitions")
             live = read_config(conn, schema, spec)
         assert live is not None
         return config_status(live)
+
+    def drop_holding(self, conn: psycopg.Connection, spec: PartitionSetSpec, what: str) -> None:
+        """The default partition our registration emptied (left by an interrupted run too), its keys first."""
+        holding = TableLock(spec.schema_name, holding_name(spec), Lock.ACCESS_EXCLUSIVE)
+        if not scalar(conn, "SELECT to_regclass(%s) IS NOT NULL", (holding.relation.as_string(conn),)):
+            return
+        if scalar(conn, sql.SQL("SELECT EXISTS (SELECT FROM {})").format(holding.relation)):
+            raise ProviderError(f"{what}: {holding.name} still holds rows; move them into {spec.table} first")
+        drop_foreign_keys_first(conn, holding, [], self.target.timeouts, f"{what}: drop {holding.name}")
 
     def delete(self, resource_id: str, spec: PartitionSetSpec, recorded: PartitionSetStatus | None = None) -> None:
         """Forget the set in pg_partman; every partition and row stays (and the Table still owns them)."""

@@ -18,6 +18,7 @@ from pydantic import Field, field_validator, model_validator
 
 from components.database.base import DatabaseKind, qualified
 from components.database.ddl import Operation, shared
+from components.database.locks import Lock, TableLock
 from components.database.session import Statement, connect
 from components.kind import Observed, ProviderError, Replace, Spec, Status
 
@@ -162,12 +163,18 @@ def drop_statement(spec: PolicySpec) -> Statement:
     )
 
 
+def on_table(spec: PolicySpec) -> TableLock:
+    """CREATE, ALTER and DROP POLICY take ACCESS EXCLUSIVE on the table alone (not its partitions): taken up
+    front, before the transaction has a snapshot that a CONCURRENTLY build on the table would wait for."""
+    return TableLock(spec.schema_name, spec.table, Lock.ACCESS_EXCLUSIVE, only=True)
+
+
 def create_operations(spec: PolicySpec) -> list[Operation]:
-    return shared([create_statement(spec, qualified(spec.schema_name, spec.table))])
+    return shared([create_statement(spec, qualified(spec.schema_name, spec.table))], on_table(spec))
 
 
 def drop_operations(spec: PolicySpec) -> list[Operation]:
-    return shared([drop_statement(spec)])
+    return shared([drop_statement(spec)], on_table(spec))
 
 
 def plan(spec: PolicySpec, live: LivePolicy | None) -> list[Operation]:
@@ -187,7 +194,7 @@ def plan(spec: PolicySpec, live: LivePolicy | None) -> list[Operation]:
     alter = sql.SQL("ALTER POLICY {} ON {} {}").format(
         sql.Identifier(spec.name), relation, sql.SQL(" ").join(clauses(spec))
     )
-    return shared([alter])
+    return shared([alter], on_table(spec))
 
 
 class PolicyKind(DatabaseKind[PolicySpec, PolicyStatus]):
@@ -223,5 +230,7 @@ class PolicyKind(DatabaseKind[PolicySpec, PolicyStatus]):
         self.apply(conn, plan(spec, live), what=f"policy {spec.name} on {spec.schema_name}.{spec.table}")
 
     def delete(self, resource_id: str, spec: PolicySpec, recorded: PolicyStatus | None = None) -> None:
-        with connect(self.target) as conn:  # IF EXISTS: a missing table or policy is only a notice
+        with connect(self.target) as conn:  # a missing table takes its policies with it; IF EXISTS: the policy
+            if read_policy(conn, qualified(spec.schema_name, spec.table), spec.name) is None:
+                return
             self.apply(conn, drop_operations(spec), what=f"drop policy {spec.name} on {spec.schema_name}.{spec.table}")

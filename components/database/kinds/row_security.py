@@ -21,6 +21,7 @@ from pydantic import Field
 
 from components.database.base import DatabaseKind, qualified
 from components.database.ddl import Operation, shared
+from components.database.locks import Lock, TableLock
 from components.database.session import Statement, connect
 from components.database.table_shape import rls_statements
 from components.kind import Access, Expect, Observed, ProviderError, Replace, Spec, Status
@@ -101,7 +102,8 @@ def secure_operations(spec: RowSecuritySpec, live: LiveRowSecurity) -> list[Oper
     ]
     if not (live.enabled and live.forced):
         statements += rls_statements(relation)
-    return shared(statements)
+    # the table alone (neither statement recurses), up front as every DDL transaction's locks
+    return shared(statements, TableLock(spec.schema_name, spec.table, Lock.ACCESS_EXCLUSIVE, only=True))
 
 
 class RowSecurityKind(DatabaseKind[RowSecuritySpec, RowSecurityStatus]):

@@ -11,13 +11,13 @@ so the application using it is never refused in between.
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated, Any
 
 import psycopg
 from psycopg import sql
 from pydantic import Field
 
+from components import engine_log
 from components.database.base import DatabaseKind, default_partition_name, qualified
 from components.database.conversion import convert_to_partitioned, drop_unpartitioned
 from components.database.ddl import Operation, shared
@@ -30,9 +30,11 @@ from components.database.table_shape import (
     ForeignKeySpec,
     LiveTable,
     TableSpec,
+    UniqueSpec,
     canonical,
     column_definition,
     column_losses,
+    columns_list,
     create_statement,
     read_table,
     rls_statements,
@@ -127,7 +129,9 @@ def create_operations(spec: TableSpec) -> list[Operation]:
         statements.append(sql.SQL("ALTER TABLE {} OWNER TO {}").format(relation, sql.Identifier(spec.owner)))
     if spec.comment:
         statements.append(sql.SQL("COMMENT ON TABLE {} IS {}").format(relation, sql.Literal(spec.comment)))
-    return shared(statements)
+    # its foreign keys lock the tables they point at: up front, before a snapshot a CONCURRENTLY build waits for
+    referenced = {(fk.ref_schema, fk.ref_table) for fk in spec.foreign_keys} - {(spec.schema_name, spec.name)}
+    return shared(statements, *(TableLock(schema, table, Lock.SHARE_ROW_EXCLUSIVE) for schema, table in referenced))
 
 
 def drop_operations(spec: TableSpec) -> list[Operation]:
@@ -195,6 +199,19 @@ def empty_rows(conn: psycopg.Connection, rows: sql.Composable, column: ColumnSpe
     return int(scalar(conn, sql.SQL("SELECT count(*) FROM {} WHERE {} IS NULL").format(rows, value)) or 0)
 
 
+def duplicates(conn: psycopg.Connection, spec: TableSpec, unique: UniqueSpec) -> int:
+    """Rows that share their key (all of its columns set) with another row: a unique key would refuse them."""
+    columns = columns_list(unique.columns)
+    query = sql.SQL(
+        "SELECT coalesce(sum(n), 0) FROM (SELECT count(*) n FROM {} WHERE {} GROUP BY {} HAVING count(*) > 1) d"
+    ).format(
+        qualified(spec.schema_name, spec.name),
+        sql.SQL(" AND ").join(sql.SQL("{} IS NOT NULL").format(sql.Identifier(c)) for c in unique.columns),
+        columns,
+    )
+    return int(scalar(conn, query) or 0)
+
+
 def relation_exists(conn: psycopg.Connection, relation: sql.Identifier) -> bool:
     return bool(scalar(conn, "SELECT to_regclass(%s) IS NOT NULL", (relation.as_string(conn),)))
 
@@ -244,13 +261,16 @@ class TableKind(DatabaseKind[TableSpec, TableStatus]):
     def planned_delete(self, spec: TableSpec) -> list[Operation] | None:
         return drop_operations(spec)
 
-    def planned_live(self, conn: psycopg.Connection, old: TableSpec, new: TableSpec) -> list[Operation] | None:
+    def planned_live(
+        self, conn: psycopg.Connection, old: TableSpec, new: TableSpec, recorded: TableStatus | None = None
+    ) -> list[Operation] | None:
         """What `up` would run now against the live table (read-only: the comparisons run on temporary
         copies in rolled-back transactions); None when the table is not there yet or is converted."""
         live = read_table(conn, new.schema_name, new.name)
         if live is None or live.partitioned != (new.partition is not None):
             return None
-        return self.plan(conn, new, live, dropped_columns(old, new)).operations
+        adopted = bool(recorded and recorded.adopted)
+        return self.plan(conn, new, live, dropped_columns(old, new), adopted).operations
 
     def create(self, spec: TableSpec) -> tuple[str, TableStatus]:
         with connect(self.target) as conn:
@@ -304,10 +324,9 @@ class TableKind(DatabaseKind[TableSpec, TableStatus]):
             )
         result = convert_to_partitioned(conn, spec, self.target.timeouts)
         if result is not None:
-            print(
-                f"thorbisdb: {spec.schema_name}.{spec.name} converted online to monthly partitions: {result.rows} "
-                f"rows verified (md5 {result.checksum}) in {len(result.partitions)} partitions",
-                file=sys.stderr,
+            engine_log.info(
+                f"{spec.schema_name}.{spec.name} converted online to monthly partitions: {result.rows} "
+                f"rows verified (md5 {result.checksum}) in {len(result.partitions)} partitions"
             )
         drop_unpartitioned(conn, spec, self.target.timeouts)
 
@@ -346,6 +365,13 @@ class TableKind(DatabaseKind[TableSpec, TableStatus]):
             and all(column in live.columns for column in fk.columns)  # a column added now holds no value yet
             and relation_exists(conn, qualified(fk.ref_schema, fk.ref_table))
             and (count := orphans(conn, spec, fk))
+        }
+        broken |= {  # a key added or changed: rows that share a value of it
+            unique.name: count
+            for unique in spec.uniques
+            if live.uniques.get(unique.name) != unique
+            and all(column in live.columns for column in unique.columns)
+            and (count := duplicates(conn, spec, unique))
         }
         if broken:
             listing = ", ".join(f"{name}: {count} row(s)" for name, count in broken.items())

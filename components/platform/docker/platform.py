@@ -13,6 +13,7 @@ import pulumi
 import pulumi_docker as docker
 from psycopg import sql
 
+from components import scram
 from components.connection import LOOPBACK, ConnectionSpec
 from components.platform.local.pgbouncer import AUTH_ROLE, auth_lookup_statements, auth_role_statement, shared_settings
 from components.platform.local.platform import loopback_connection, postgres_settings, replication_slot
@@ -23,16 +24,21 @@ from components.platform.secrets import secret_of
 from config import StackSettings
 
 POSTGRES_IMAGE_DOCKERFILE = Path(__file__).with_name("postgres.Dockerfile")
+#: Where the init script finds the program that turns a password into its SCRAM verifier (components/scram.py).
+SCRAM_PROGRAM = "/usr/local/lib/thorbis/scram.py"
 PG_INTERNAL_PORT = 5432
 PGBOUNCER_INTERNAL_PORT = 5432
 REDIS_INTERNAL_PORT = 6379
 #: The primary's first start (docker-entrypoint-initdb.d) runs this with the replication role, PgBouncer's
-#: auth role and its lookup, made by the statements of the local platform; the passwords are psql variables
-#: from the container's secret environment.
+#: auth role and its lookup, made by the statements of the local platform; the passwords come from the
+#: container's secret environment and reach the server only as SCRAM verifiers computed here, in psql
+#: variables (by the program uploaded at SCRAM_PROGRAM, which the container's environment names).
 INIT_SCRIPT = """#!/bin/bash
 set -euo pipefail
+verifier() {{ printf '%s' "$1" | python3 "$SCRAM_PROGRAM"; }}
 psql -v ON_ERROR_STOP=1 --username {superuser} --dbname "$POSTGRES_DB" \\
-     -v replication_password="$REPLICATION_PASSWORD" -v auth_password="$PGBOUNCER_AUTH_PASSWORD" <<'SQL'
+     -v replication_verifier="$(verifier "$REPLICATION_PASSWORD")" \\
+     -v auth_verifier="$(verifier "$PGBOUNCER_AUTH_PASSWORD")" <<'SQL'
 {statements}
 SQL
 echo "host replication {replication_role} all scram-sha-256" >> "$PGDATA/pg_hba.conf"
@@ -41,8 +47,8 @@ echo "host replication {replication_role} all scram-sha-256" >> "$PGDATA/pg_hba.
 
 def init_script() -> str:
     statements = [
-        replication_role_statement("CREATE", sql.SQL(":'replication_password'")),
-        auth_role_statement("CREATE", sql.SQL(":'auth_password'")),
+        replication_role_statement("CREATE", sql.SQL(":'replication_verifier'")),
+        auth_role_statement("CREATE", sql.SQL(":'auth_verifier'")),
         *auth_lookup_statements(),
     ]
     return INIT_SCRIPT.format(
@@ -144,6 +150,7 @@ class DockerPlatform(pulumi.ComponentResource):
                     env("POSTGRES_DB", database),
                     env("REPLICATION_PASSWORD", replication),
                     env("PGBOUNCER_AUTH_PASSWORD", auth),
+                    f"SCRAM_PROGRAM={SCRAM_PROGRAM}",
                     "POSTGRES_INITDB_ARGS=--data-checksums --auth=scram-sha-256",
                 ],
                 uploads=[
@@ -151,7 +158,8 @@ class DockerPlatform(pulumi.ComponentResource):
                         file="/docker-entrypoint-initdb.d/10-thorbis.sh",
                         content=init_script(),
                         executable=True,
-                    )
+                    ),
+                    docker.ContainerUploadArgs(file=SCRAM_PROGRAM, content=Path(scram.__file__).read_text()),
                 ],
                 volumes=[
                     docker.ContainerVolumeArgs(

@@ -14,9 +14,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from pydantic import Field
 
-from components.kind import ProviderError, Spec
+from components.kind import ProviderError, Spec, Status
 from components.platform.local import postgres_files as pg
 from components.platform.local import process
 
@@ -183,6 +184,15 @@ def pitr_time(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "+00"
 
 
+def archive_get_command(repo: Repository, server: pg.ServerDir) -> str:
+    """The restore_command of a server restored into `server`: its WAL from the repository. pgBackRest would
+    name the directory it restored into, which is the temporary one the build was made in."""
+    return (
+        f"{PGBACKREST} --config-path={shlex.quote(repo.config_dir)} --pg1-path={shlex.quote(str(server.data))} "
+        f'--stanza={repo.stanza} archive-get %f "%p"'
+    )
+
+
 def restore(
     repo: Repository,
     server: pg.ServerDir,
@@ -192,15 +202,85 @@ def restore(
 ) -> None:
     """Restore the latest backup into `server` (which must not be initialised) and leave recovery set up:
     to the end of the archived WAL, or to `target_time` and then promote. `archive=False` keeps a copy
-    from archiving into the stack's repository (a restore made beside the primary, for inspection)."""
+    from archiving into the stack's repository (a restore made beside the primary, for inspection). The
+    restore is built aside and moved into place when pgBackRest has finished."""
     if server.initialised():
         raise ProviderError(f"refusing to restore into {server.data}: it already holds a data directory")
-    process.make_private_dir(server.base)
-    process.make_private_dir(server.data)
     process.make_private_dir(server.socket_dir)
-    options = [f"--pg1-path={server.data}", "--type=default"]
+    options = ["--type=default", f"--recovery-option=restore_command={archive_get_command(repo, server)}"]
     if target_time is not None:
-        options[1:] = ["--type=time", f"--target={pitr_time(target_time)}", "--target-action=promote"]
+        options[:1] = ["--type=time", f"--target={pitr_time(target_time)}", "--target-action=promote"]
     if not archive:
         options.append("--archive-mode=off")
-    run(repo, "restore", *options, timeout=3600)
+    with pg.built_aside(server) as target:
+        run(repo, "restore", f"--pg1-path={target}", *options, timeout=3600)
+
+
+def archive_end(repo: Repository) -> str | None:
+    """The newest WAL segment in the repository's archive (any timeline), or None when it holds none."""
+    archives = (info(repo) or {}).get("archive") or []
+    ends = [str(archive["max"]) for archive in archives if archive.get("max")]
+    return max(ends) if ends else None
+
+
+def segment_number(segment: str, segment_size: int) -> int:
+    """The position of a WAL segment file (TTTTTTTTXXXXXXXXYYYYYYYY) in the WAL, whatever its timeline."""
+    return int(segment[8:16], 16) * (0x1_0000_0000 // segment_size) + int(segment[16:24], 16)
+
+
+def lsn_number(lsn: str) -> int:
+    high, low = lsn.split("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+class Replayed(Status):
+    """Where a restored server's recovery ended, against the WAL the repository held when it began."""
+
+    backup: str = Field(description="Label of the backup restored.")
+    lsn: str = Field(description="The last WAL position replayed (pg_last_wal_replay_lsn).")
+    last_commit: str | None = Field(default=None, description="Commit time of the last transaction replayed.")
+    archive_end: str | None = Field(default=None, description="The newest WAL segment in the repository.")
+    segments_not_replayed: int = Field(default=0, description="Archived segments after the replayed point.")
+
+    def describe(self, data: Path, archive_timeout: str | None) -> str:
+        missing = (
+            f"{self.segments_not_replayed} archived segment(s) after it could not be replayed (a gap in the "
+            "archive: see pgbackrest's log)"
+            if self.segments_not_replayed
+            else "every archived segment was replayed"
+        )
+        unarchived = (
+            f"at most the last {archive_timeout} before the disaster (archive_timeout)"
+            if archive_timeout
+            else "unbounded: archive_timeout is off"
+        )
+        return (
+            f"restored {data} from backup {self.backup} and replayed the archived WAL to {self.lsn} (last "
+            f"transaction committed {self.last_commit or 'before the backup'}); the archive ends in segment "
+            f"{self.archive_end}: {missing}. What the lost primary wrote after its last archived segment was "
+            f"never in the repository and is lost: {unarchived}"
+        )
+
+
+def replayed(conn: psycopg.Connection[Any], backup: str, end: str | None) -> Replayed:
+    """What a promoted server replayed (pg_last_wal_replay_lsn stays at the end of its recovery)."""
+    row = conn.execute(
+        "SELECT pg_last_wal_replay_lsn()::text, pg_last_xact_replay_timestamp(), "
+        "(SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size')"
+    ).fetchone()
+    lsn, last_commit, segment_size = row if row else (None, None, 16 * 1024 * 1024)
+    return Replayed(
+        backup=backup,
+        lsn=str(lsn),
+        last_commit=last_commit.isoformat() if last_commit else None,
+        archive_end=end,
+        segments_not_replayed=segments_after(end, lsn, segment_size),
+    )
+
+
+def segments_after(end: str | None, lsn: str | None, segment_size: int) -> int:
+    """How many archived segments lie wholly after the WAL position `lsn`: none when replay reached the
+    archive's end (it stops inside the last segment, or at the start of the one after it)."""
+    if end is None or lsn is None:
+        return 0
+    return max(0, segment_number(end, segment_size) - lsn_number(lsn) // segment_size)

@@ -3,7 +3,9 @@
 Application users are looked up with `auth_query` through a SECURITY DEFINER function, so no password
 file of theirs exists on disk; `auth_file` holds PgBouncer's own auth user only. Server connections go
 through slots (components/platform/local/slots.py) that the ReadRouter keeps pointed at healthy servers;
-a slot that does not exist yet points at the primary.
+a slot that does not exist yet points at the primary. After every transaction a server connection of
+either pool is reset (DISCARD ALL) before another client gets it: nothing a client set, created or holds
+there outlives its transaction (README, "Security").
 """
 
 from __future__ import annotations
@@ -46,6 +48,14 @@ POOL_SETTINGS = {
     "serverLoginRetry": "server_login_retry",
     "poolMode": "pool_mode",
 }
+#: Spec fields that reset server connections, not in the stack's config: every platform resets alike.
+RESET_SETTINGS = {
+    "serverResetQuery": "server_reset_query",
+    "serverResetQueryAlways": "server_reset_query_always",
+}
+#: What resets a server connection between clients: session settings and role (claims however set, SET
+#: ROLE, search_path), temporary objects, prepared statements, cursors WITH HOLD, advisory locks, LISTEN.
+RESET_QUERY = "DISCARD ALL"
 
 
 class PgBouncerSpec(Spec):
@@ -65,6 +75,12 @@ class PgBouncerSpec(Spec):
     min_pool_size: int = Field(default=0, ge=0)
     server_login_retry: int = Field(default=1, ge=0)
     pool_mode: PoolMode = "transaction"
+    server_reset_query: str = Field(
+        default=RESET_QUERY, description="Run on a server connection when a client releases it, before another."
+    )
+    server_reset_query_always: bool = Field(
+        default=True, description="Reset in transaction pooling too: after every transaction (not only in session)."
+    )
 
 
 class PgBouncerStatus(Status):
@@ -86,12 +102,31 @@ def shared_settings(values: Mapping[str, Any]) -> dict[str, str]:
         # idle server connections are reused oldest first, so a pool's work spreads over its hosts
         "server_round_robin": "1",
         **{name: str(values[key]) for key, name in POOL_SETTINGS.items()},
+        **reset_settings(values),
     }
+
+
+def reset_settings(values: Mapping[str, Any]) -> dict[str, str]:
+    """After every transaction, in transaction pooling too: from the spec's fields, or their defaults
+    (the stack's config has none: every platform resets alike)."""
+    defaults = {field.alias: field.default for field in PgBouncerSpec.model_fields.values()}
+    return {name: ini_value(values.get(key, defaults[key])) for key, name in RESET_SETTINGS.items()}
 
 
 def files(spec: PgBouncerSpec) -> tuple[Path, Path, Path]:
     base = Path(spec.state_dir)
     return base / "pgbouncer.ini", base / "userlist.txt", base / "pgbouncer.pid"
+
+
+def ini_value(value: object) -> str:
+    return str(int(value)) if isinstance(value, bool) else str(value)
+
+
+def live_value(value: str | None, wanted: object) -> object:
+    """A value of SHOW CONFIG in the spec's type: a flag is "1" or "0", a number digits."""
+    if value is None or isinstance(wanted, bool):
+        return None if value is None else value == "1"
+    return int(value) if value.isdigit() else value
 
 
 def ini_text(spec: PgBouncerSpec) -> str:
@@ -124,9 +159,10 @@ def userlist_text(spec: PgBouncerSpec) -> str:
     return f'"{AUTH_ROLE}" "{password}"\n'
 
 
-def auth_role_statement(verb: Literal["CREATE", "ALTER"], password: sql.Composable) -> sql.Composed:
-    """PgBouncer's auth user (the password a literal here, a psql variable in docker's init script)."""
-    return sql.SQL("{} ROLE {} WITH LOGIN PASSWORD {}").format(sql.SQL(verb), sql.Identifier(AUTH_ROLE), password)
+def auth_role_statement(verb: Literal["CREATE", "ALTER"], verifier: sql.Composable) -> sql.Composed:
+    """PgBouncer's auth user, its password only ever as a SCRAM verifier (a literal here, a psql variable
+    computed in the container by docker's init script)."""
+    return sql.SQL("{} ROLE {} WITH LOGIN PASSWORD {}").format(sql.SQL(verb), sql.Identifier(AUTH_ROLE), verifier)
 
 
 def auth_lookup_statements() -> list[sql.Composed]:
@@ -170,7 +206,8 @@ def install_auth_lookup(spec: PgBouncerSpec) -> None:
     """The auth role, and a SECURITY DEFINER lookup that only it may call, in the app database."""
     with pg.connect(spec.primary_port, spec.superuser_password, dbname=spec.database) as conn:
         exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (AUTH_ROLE,)).fetchone()
-        conn.execute(auth_role_statement("ALTER" if exists else "CREATE", sql.Literal(spec.auth_password)))
+        verifier = pg.password_verifier(conn, AUTH_ROLE, spec.auth_password)
+        conn.execute(auth_role_statement("ALTER" if exists else "CREATE", verifier))
         for statement in auth_lookup_statements():
             conn.execute(statement)
 
@@ -214,10 +251,9 @@ def status(spec: PgBouncerSpec, port: int | None = None) -> Observed[PgBouncerSt
     except psycopg.Error:
         return Observed({}, PgBouncerStatus(running=False))
     live = {row[0]: row[1] for row in rows}
+    wanted = spec.model_dump(by_alias=True)
     observed: dict[str, Any] = {"port": int(live.get("listen_port", spec.port))}
-    for key, name in POOL_SETTINGS.items():
-        value = live.get(name)
-        observed[key] = int(value) if value is not None and value.isdigit() else value
+    observed |= {key: live_value(live.get(name), wanted[key]) for key, name in (POOL_SETTINGS | RESET_SETTINGS).items()}
     return Observed(observed, PgBouncerStatus(running=True))
 
 

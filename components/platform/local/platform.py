@@ -104,7 +104,11 @@ def archive_settings(settings: StackSettings) -> dict[str, str]:
     repo = backup_repository(settings)
     if repo is None:
         return {}
-    return {"archive_mode": "on", "archive_command": archive_command(repo)}
+    return {
+        "archive_mode": "on",
+        "archive_command": archive_command(repo),
+        "archive_timeout": settings.backup.archive_timeout,
+    }
 
 
 def check_backup_directory(settings: StackSettings) -> None:

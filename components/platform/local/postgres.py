@@ -8,20 +8,21 @@ from typing import Annotated, Any, Literal
 from psycopg import sql
 from pydantic import Field
 
+from components import engine_log
 from components.connection import LOOPBACK
 from components.kind import Expect, Kind, Observed, ProviderError, Replace, Secret, Spec
 from components.platform.local import pgbackrest, process
 from components.platform.local import postgres_files as pg
-from components.platform.local.pgbackrest import Repository
+from components.platform.local.pgbackrest import Replayed, Repository
 
 TOKEN = "thorbisdb:local:PostgresServer"
 
 
-def replication_role_statement(verb: Literal["CREATE", "ALTER"], password: sql.Composable) -> sql.Composed:
+def replication_role_statement(verb: Literal["CREATE", "ALTER"], verifier: sql.Composable) -> sql.Composed:
     """The replication role, as the primary's bootstrap makes it here and docker's init script there (where
-    the password is a psql variable from the container's secret environment)."""
+    the verifier is a psql variable computed in the container): its password only ever as a SCRAM verifier."""
     return sql.SQL("{} ROLE {} WITH REPLICATION LOGIN PASSWORD {}").format(
-        sql.SQL(verb), sql.Identifier(pg.REPLICATION_ROLE), password
+        sql.SQL(verb), sql.Identifier(pg.REPLICATION_ROLE), verifier
     )
 
 
@@ -47,6 +48,10 @@ class PostgresServerStatus(pg.ServerFilesStatus):
     )
     server_version: str | None = Field(default=None, description="SHOW server_version.")
     data_checksums: bool | None = Field(default=None, description="The cluster was initialised with data checksums.")
+    restored_to: Replayed | None = Field(
+        default=None,
+        description="Set when the server was restored from the backup repository: what its recovery replayed.",
+    )
 
 
 def server_settings(spec: PostgresServerSpec) -> dict[str, str]:
@@ -82,17 +87,29 @@ class PostgresServerKind(Kind[PostgresServerSpec, PostgresServerStatus]):
     def create(self, spec: PostgresServerSpec) -> tuple[str, Observed[PostgresServerStatus]]:
         server = pg.ServerDir(Path(spec.state_dir))
         self.write_backup_files(spec)
-        restored = False
-        if not server.initialised():  # an existing data directory is adopted, never overwritten
-            restored = self.restore_if_backed_up(spec, server)
-            if not restored:
-                pg.initdb(server, spec.superuser_password)
+        pg.clear_half_made(server)
+        # an existing data directory is adopted, never overwritten; a missing one is restored or initialised
+        if not server.initialised() and not self.restore_if_backed_up(spec, server):
+            pg.initdb(server, spec.superuser_password)
+        recovering = pg.in_archive_recovery(server)  # restored now, or by a run killed while it replayed
+        archive_end = pgbackrest.archive_end(spec.backup) if recovering and spec.backup else None
         pg.write_config(server, server_settings(spec))
         pg.start(server)
-        if restored:
-            wait_for_promotion(spec)
+        restored = self.promoted(spec, server, archive_end) if recovering else None
         self.bootstrap(spec, spec.superuser_password)
-        return str(server.data), self.observed(spec)
+        observed = self.observed(spec)
+        if restored is None:
+            return str(server.data), observed
+        return str(server.data), Observed(observed.inputs, observed.status.model_copy(update={"restored_to": restored}))
+
+    def promoted(self, spec: PostgresServerSpec, server: pg.ServerDir, archive_end: str | None) -> Replayed:
+        """Wait for a restored server to replay the archive and promote itself; say what it restored to."""
+        wait_for_promotion(spec)
+        backups = pgbackrest.backups(pgbackrest.info(spec.backup)) if spec.backup else []
+        with pg.connect(spec.port, spec.superuser_password) as conn:
+            outcome = pgbackrest.replayed(conn, backups[-1]["label"] if backups else "?", archive_end)
+        engine_log.warn(outcome.describe(server.data, spec.settings.get("archive_timeout")))
+        return outcome
 
     def write_backup_files(self, spec: PostgresServerSpec) -> None:
         """pgBackRest's config, before the server starts: its archive_command and a restore need it."""
@@ -111,15 +128,12 @@ class PostgresServerKind(Kind[PostgresServerSpec, PostgresServerStatus]):
     def bootstrap(self, spec: PostgresServerSpec, current_password: str) -> None:
         """Passwords, the replication role and the application database, made to match the spec."""
         with pg.connect(spec.port, current_password) as conn:
-            conn.execute(
-                sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-                    sql.Identifier(pg.SUPERUSER), sql.Literal(spec.superuser_password)
-                )
-            )
+            superuser = sql.Identifier(pg.SUPERUSER)
+            verifier = pg.password_verifier(conn, pg.SUPERUSER, spec.superuser_password)
+            conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(superuser, verifier))
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (pg.REPLICATION_ROLE,)).fetchone()
-            conn.execute(
-                replication_role_statement("ALTER" if exists else "CREATE", sql.Literal(spec.replication_password))
-            )
+            verifier = pg.password_verifier(conn, pg.REPLICATION_ROLE, spec.replication_password)
+            conn.execute(replication_role_statement("ALTER" if exists else "CREATE", verifier))
             if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (spec.database,)).fetchone():
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(spec.database)))
 

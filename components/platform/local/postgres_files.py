@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -14,9 +17,11 @@ import psycopg
 from psycopg import sql
 from pydantic import Field
 
+from components import engine_log
 from components.connection import LOOPBACK
 from components.kind import Expect, ProviderError, Status
 from components.platform.local import process
+from components.scram import is_verifier_of, scram_verifier
 
 #: The superuser initdb makes (and the official image's), which the platform's admin connection logs in as.
 SUPERUSER = "postgres"
@@ -48,11 +53,127 @@ class ServerDir:
     def log(self) -> Path:
         return self.base / "postgres.log"
 
+    @property
+    def building(self) -> Path:
+        """Where this process builds the data directory (same filesystem) before moving it into place."""
+        return self.base / f"{self.data.name}{BUILDING}{os.getpid()}"
+
     def initialised(self) -> bool:
-        return (self.data / "PG_VERSION").exists()
+        return whole_cluster(self.data)
 
     def postmaster_pid(self) -> int | None:
         return process.read_pid(self.data / "postmaster.pid")
+
+
+BUILDING = ".building-"  # data.building-<pid>: a build in progress, or the remains of one a kill interrupted
+SET_ASIDE = ".incomplete-"  # data.incomplete-<UTC time>: a data directory that was not a whole cluster
+#: Where the code before built-aside directories kept the superuser password during initdb; found, it
+#: means that initdb was killed and the data directory beside it is half-made.
+LEGACY_PASSWORD_FILE = ".initdb-password"
+
+
+def whole_cluster(data: Path) -> bool:
+    """Whether `data` holds a complete cluster. A data directory is moved into place only once its build
+    finished (built_aside); for one made otherwise, pg_control is what initdb's bootstrap, pg_basebackup
+    and pgBackRest's restore write last but one, last and last: PG_VERSION alone comes first."""
+    return (data / "PG_VERSION").is_file() and (data / "global" / "pg_control").is_file()
+
+
+@contextmanager
+def built_aside(server: ServerDir) -> Iterator[Path]:
+    """An empty directory beside `server.data` to build a cluster in (initdb, pg_basebackup, a restore),
+    renamed into place when the block ends without error: a kill at any moment leaves either no data
+    directory or a whole one, and the build's remains under a name `clear_half_made` recognises."""
+    target = server.building
+    process.make_private_dir(server.base)
+    discard_build(target)
+    process.make_private_dir(target)
+    try:
+        yield target
+    except BaseException:
+        discard_build(target)
+        raise
+    target.rename(server.data)  # fails rather than replace a data directory that appeared meanwhile
+    process.sync_directory(server.base)
+
+
+def working_in(directory: Path) -> list[int]:
+    """Processes whose working directory is in `directory` or whose arguments name it (initdb and its
+    single-user postgres, pg_basebackup, pgBackRest's restore and its workers)."""
+    paths = {str(directory), os.path.realpath(directory)}
+    return [
+        found.pid
+        for found in process.live_processes()
+        if found.pid != os.getpid()
+        and (
+            any(found.cwd == path or found.cwd.startswith(path + "/") for path in paths)
+            or any(names_path(arg, path) for arg in found.argv for path in paths)
+        )
+    ]
+
+
+def names_path(argument: str, path: str) -> bool:
+    return argument == path or argument.endswith("=" + path) or path + "/" in argument
+
+
+def stop_working_in(directory: Path) -> list[int]:
+    """Kill what still works in a directory being discarded or set aside (it is ours: named by us)."""
+    pids = working_in(directory)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+    process.wait_until(lambda: not working_in(directory), 30, f"the processes working in {directory} to exit")
+    return pids
+
+
+def discard_build(target: Path) -> list[int]:
+    """Remove an unfinished build: nothing ever ran on it, so it holds no row of its own, only what it was
+    being made from (nothing, the primary, the backup repository), and keeping it could fill the disk the
+    next build needs. Returns the processes that were still working in it."""
+    if not target.exists():
+        return []
+    stopped = stop_working_in(target)
+    process.remove_tree(target)
+    return stopped
+
+
+def clear_half_made(server: ServerDir) -> list[str]:
+    """Before a server directory is built: remove the remains of builds a kill interrupted, and set aside
+    (rename and keep: it may hold data) a data directory that is not a whole cluster. Says each act."""
+    done = remove_interrupted_builds(server)
+    legacy = server.base / LEGACY_PASSWORD_FILE
+    interrupted_initdb = legacy.exists()
+    if interrupted_initdb:
+        legacy.unlink()
+        done.append(f"removed {legacy}, the superuser password an interrupted initdb left")
+    if server.data.exists() and (interrupted_initdb or not whole_cluster(server.data)):
+        done.append(set_aside(server))
+    for line in done:
+        engine_log.warn(line)
+    return done
+
+
+def remove_interrupted_builds(server: ServerDir) -> list[str]:
+    done = []
+    for leftover in sorted(server.base.glob(f"{server.data.name}{BUILDING}*")):
+        if leftover != server.building:
+            stopped = discard_build(leftover)
+            still = f", stopping {len(stopped)} process(es) still working in it" if stopped else ""
+            done.append(f"removed {leftover}, the remains of a build that was interrupted{still}")
+    return done
+
+
+def set_aside(server: ServerDir) -> str:
+    stopped = stop_working_in(server.data)
+    aside = server.base / f"{server.data.name}{SET_ASIDE}{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+    server.data.rename(aside)
+    running = f"; stopped {len(stopped)} process(es) running on it" if stopped else ""
+    return (
+        f"set aside {server.data} as {aside.name}: it is not a whole cluster (an interrupted initdb, base "
+        f"backup or restore){running}; it is kept: remove it once you know it holds nothing you need"
+    )
 
 
 def conf_value(value: str) -> str:
@@ -78,29 +199,27 @@ def write_config(server: ServerDir, settings: dict[str, str]) -> bool:
 
 
 def initdb(server: ServerDir, superuser_password: str) -> None:
-    process.make_private_dir(server.base)
+    """A new cluster with data checksums and SCRAM; the password's verifier reaches initdb through a pipe."""
     process.make_private_dir(server.socket_dir)
-    password_file = server.base / ".initdb-password"
-    process.write_private_file(password_file, superuser_password + "\n")
-    try:
+    with built_aside(server) as target:
         process.run(
             process.as_service_user(
                 [
                     process.pg_tool("initdb"),
                     "--pgdata",
-                    str(server.data),
+                    str(target),
                     "--data-checksums",
                     "--auth=scram-sha-256",
                     f"--username={SUPERUSER}",
-                    f"--pwfile={password_file}",
+                    "--pwfile=/dev/stdin",
                     "--encoding=UTF8",
                     "--locale=C.UTF-8",
                 ]
             ),
             f"initdb of {server.data}",
+            # initdb stores a verifier as given: the password itself never reaches initdb
+            secret_input=scram_verifier(superuser_password) + "\n",
         )
-    finally:
-        password_file.unlink(missing_ok=True)
 
 
 def pg_ctl(server: ServerDir, action: str, *options: str, timeout: float = 120) -> None:
@@ -127,18 +246,11 @@ def lingering_pids(server: ServerDir) -> list[int]:
     except (OSError, ValueError, IndexError):
         dead_postmaster = None
     data = os.path.realpath(server.data)
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if int(entry.name) == dead_postmaster and (entry / "comm").read_text().strip() == "postgres":
-                found.append(dead_postmaster)
-            elif os.readlink(entry / "cwd") == data:
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
+    return [
+        found.pid
+        for found in process.live_processes()
+        if (found.pid == dead_postmaster and found.name == "postgres") or found.cwd == data
+    ]
 
 
 def start(server: ServerDir) -> None:
@@ -151,9 +263,24 @@ def start(server: ServerDir) -> None:
         pg_ctl(server, "start")
 
 
+def in_archive_recovery(server: ServerDir) -> bool:
+    """A restored cluster that has not finished replaying the archive (PostgreSQL removes the signal file
+    when it promotes itself)."""
+    return (server.data / "recovery.signal").exists()
+
+
 def stop(server: ServerDir) -> None:
     if server.postmaster_pid() is not None:
         pg_ctl(server, "stop", "-m", "fast")
+
+
+def password_verifier(conn: psycopg.Connection, role: str, password: str) -> sql.Literal:
+    """The role's password as a SCRAM verifier computed here (never the text: the server's log and
+    pg_stat_statements keep statements): the one the server holds when it is this password's, else new."""
+    stored = conn.execute("SELECT rolpassword FROM pg_catalog.pg_authid WHERE rolname = %s", (role,)).fetchone()
+    if stored is not None and is_verifier_of(stored[0], password):
+        return sql.Literal(stored[0])
+    return sql.Literal(scram_verifier(password))
 
 
 def connect(port: int, password: str, dbname: str = "postgres", user: str = SUPERUSER) -> psycopg.Connection:

@@ -10,7 +10,8 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -43,26 +44,65 @@ def as_service_user(argv: Sequence[str]) -> list[str]:
     return ["runuser", "-u", SERVICE_USER, "--", *argv] if running_as_root() else list(argv)
 
 
+#: What a server or tool of ours inherits from the environment: the rest (PGPASSWORD, PULUMI_* secrets,
+#: the caller's PG* defaults) stays out of the processes that outlive us.
+INHERITED_ENV = ("PATH", "LANG", "LANGUAGE", "TZ")
+
+
+def server_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A clean environment: PATH, the locale and time zone of this host, and `extra`."""
+    kept = {key: value for key, value in os.environ.items() if key in INHERITED_ENV or key.startswith("LC_")}
+    return {"PATH": os.defpath, **kept, **(extra or {})}
+
+
 def run(
-    argv: Sequence[str], what: str, *, env: Mapping[str, str] | None = None, timeout: float = 180
+    argv: Sequence[str],
+    what: str,
+    *,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 180,
+    secret_input: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run a command in a session of its own (so what it starts outlives us); fail with its last words."""
+    """Run a command in a session of its own (so what it starts outlives us) with a clean environment; fail
+    with its last words. `secret_input` is its standard input, through a pipe: never in a file a kill of
+    this process could leave behind (the command reads it as /dev/stdin)."""
+    stdin = secret_pipe(secret_input) if secret_input is not None else subprocess.DEVNULL
     try:
         result = subprocess.run(
             list(argv),
             capture_output=True,
             text=True,
             timeout=timeout,
-            env={**os.environ, **(env or {})},
+            env=server_environment(env),
             start_new_session=True,
-            stdin=subprocess.DEVNULL,
+            stdin=stdin,
         )
     except subprocess.TimeoutExpired as error:
         raise ProviderError(f"{what} did not finish within {timeout:.0f} s") from error
+    finally:
+        if isinstance(stdin, int) and stdin != subprocess.DEVNULL:
+            os.close(stdin)
     if result.returncode != 0:
         last_words = (result.stderr or result.stdout).strip().splitlines()[-3:]
         raise ProviderError(f"{what} failed (exit {result.returncode}): {' / '.join(last_words)}")
     return result
+
+
+def secret_pipe(content: str) -> int:
+    """The read end of a pipe holding `content` (up to the pipe's buffer), openable as /dev/stdin by the
+    service user: reopening a pipe through /proc checks its owner, which is whoever made it."""
+    read_end, write_end = os.pipe()
+    try:
+        if running_as_root():
+            user = pwd.getpwnam(SERVICE_USER)
+            os.fchown(read_end, user.pw_uid, user.pw_gid)
+        os.write(write_end, content.encode())
+    except BaseException:
+        os.close(read_end)
+        raise
+    finally:
+        os.close(write_end)
+    return read_end
 
 
 def give_to_service_user(path: Path) -> None:
@@ -89,14 +129,49 @@ def make_private_dir(path: Path) -> None:
 
 def write_private_file(path: Path, content: str) -> bool:
     """Write a file readable by the service user only; return whether its content changed."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.unlink(missing_ok=True)  # a copy a killed run left (these files hold passwords)
     if path.exists() and path.read_text() == content:
         return False
-    temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_text(content)
     temporary.chmod(0o600)
     give_to_service_user(temporary)
     temporary.replace(path)
     return True
+
+
+def sync_directory(path: Path) -> None:
+    """Make a rename inside `path` durable (the entry itself, not only the files it names)."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+@dataclass(frozen=True)
+class LiveProcess:
+    pid: int
+    name: str
+    cwd: str
+    argv: tuple[str, ...]
+
+
+def live_processes() -> Iterator[LiveProcess]:
+    """Every process of this host that can be read now (others come and go while we look), zombies too."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            name = (entry / "comm").read_text().strip()
+            argv = tuple((entry / "cmdline").read_bytes().decode(errors="replace").split("\0"))
+        except OSError:
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            cwd = ""  # a zombie, or another user's process when we are not root
+        yield LiveProcess(int(entry.name), name, cwd, argv)
 
 
 def remove_tree(path: Path) -> None:

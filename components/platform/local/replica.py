@@ -76,6 +76,7 @@ def drop_slot(spec: PostgresReplicaSpec) -> None:
 
 
 def base_backup(spec: PostgresReplicaSpec) -> None:
+    """A copy of the primary, built aside and moved into place once pg_basebackup has finished."""
     server = pg.ServerDir(Path(spec.state_dir))
     process.make_private_dir(server.base)
     passfile = write_passfile(spec)
@@ -85,30 +86,31 @@ def base_backup(spec: PostgresReplicaSpec) -> None:
     # this one needs ("requested WAL segment ... has already been removed").
     with pg.connect(spec.primary_port, spec.superuser_password) as conn:
         conn.execute("SELECT pg_create_physical_replication_slot(%s, true)", (spec.slot_name,))
-    process.run(
-        process.as_service_user(
-            [
-                process.pg_tool("pg_basebackup"),
-                f"--dbname=host={LOOPBACK} port={spec.primary_port} user={REPLICATION_ROLE} passfile={passfile}",
-                f"--pgdata={server.data}",
-                "--write-recovery-conf",
-                "--wal-method=stream",
-                "--checkpoint=fast",
-                f"--slot={spec.slot_name}",
-            ]
-        ),
-        f"pg_basebackup from {LOOPBACK}:{spec.primary_port} into {server.data}",
-        timeout=600,
-    )
-    # -R wrote standby.signal and a primary_conninfo into postgresql.auto.conf, which would override
-    # ours in thorbis.conf: keep the signal, drop those lines.
-    auto_conf = server.data / "postgresql.auto.conf"
-    kept = [
-        line
-        for line in auto_conf.read_text().splitlines()
-        if not line.startswith(("primary_conninfo", "primary_slot_name"))
-    ]
-    process.write_private_file(auto_conf, "\n".join(kept) + "\n")
+    with pg.built_aside(server) as target:
+        process.run(
+            process.as_service_user(
+                [
+                    process.pg_tool("pg_basebackup"),
+                    f"--dbname=host={LOOPBACK} port={spec.primary_port} user={REPLICATION_ROLE} passfile={passfile}",
+                    f"--pgdata={target}",
+                    "--write-recovery-conf",
+                    "--wal-method=stream",
+                    "--checkpoint=fast",
+                    f"--slot={spec.slot_name}",
+                ]
+            ),
+            f"pg_basebackup from {LOOPBACK}:{spec.primary_port} into {server.data}",
+            timeout=600,
+        )
+        # -R wrote standby.signal and a primary_conninfo into postgresql.auto.conf, which would override
+        # ours in thorbis.conf: keep the signal, drop those lines.
+        auto_conf = target / "postgresql.auto.conf"
+        kept = [
+            line
+            for line in auto_conf.read_text().splitlines()
+            if not line.startswith(("primary_conninfo", "primary_slot_name"))
+        ]
+        process.write_private_file(auto_conf, "\n".join(kept) + "\n")
 
 
 class PostgresReplicaKind(Kind[PostgresReplicaSpec, PostgresReplicaStatus]):
@@ -118,6 +120,7 @@ class PostgresReplicaKind(Kind[PostgresReplicaSpec, PostgresReplicaStatus]):
 
     def create(self, spec: PostgresReplicaSpec) -> tuple[str, Observed[PostgresReplicaStatus]]:
         server = pg.ServerDir(Path(spec.state_dir))
+        pg.clear_half_made(server)
         if not server.initialised():
             base_backup(spec)
         write_passfile(spec)

@@ -212,7 +212,7 @@ def start(spec: ReadRouterSpec) -> None:
             # as the provider's own user: the virtualenv's interpreter may not be readable by the service user
             [sys.executable, "-c", DAEMON, str(config_file)],
             cwd=PROJECT_ROOT,
-            env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+            env=process.server_environment({"PYTHONPATH": str(PROJECT_ROOT)}),  # no secret of the caller
             stdin=subprocess.DEVNULL,
             stdout=output,
             stderr=subprocess.STDOUT,
