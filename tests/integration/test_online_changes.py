@@ -463,3 +463,21 @@ def run_catching(work: Callable[[], object], failures: list[BaseException]) -> N
         work()
     except BaseException as error:
         failures.append(error)
+
+
+def test_only_a_table_with_something_of_someone_elses_is_adopted(database: Database) -> None:
+    """A kill between a table's CREATE and the engine's record of it leaves the table empty, of the declared
+    owner: recovery's `up` takes it as the stack's own (destroy drops it, and then its owner role). A table with
+    rows, or of another owner, existed before the stack: adopted, kept by destroy."""
+    database.execute("DO $$ BEGIN CREATE ROLE people_owner; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+    owned = PEOPLE.model_copy(update={"owner": "people_owner"})
+    kind = database.kind(TableKind)
+    found = {}
+    for case, rows, owner in (("killed create", None, "people_owner"), ("rows", PEOPLE_ROWS, "people_owner"),
+                              ("other owner", None, None)):  # fmt: skip
+        database.execute("DROP TABLE IF EXISTS public.people CASCADE")
+        kind.create(owned if owner else PEOPLE)
+        if rows:
+            database.execute(rows)
+        found[case] = kind.create(owned)[1].adopted
+    assert found == {"killed create": False, "rows": True, "other owner": True}

@@ -4,9 +4,10 @@ Read the catalog into the spec's shape, compare, and close the gap online (compo
 an existing table is adopted, never recreated; columns are added, renamed and retyped, keys changed,
 constraints added NOT VALID and then validated, without holding a lock that blocks writers for longer than
 a catalog change. Dropping a column or a table loses data: refused unless allowed. An adopted table keeps its
-owner and is never dropped. A new table is created with row level security enabled and forced in its CREATE
-transaction; an adopted one gets it from its RowSecurity (kinds/row_security.py), once its policies exist,
-so the application using it is never refused in between.
+owner and is never dropped (an empty one of the declared owner, which a killed `up` leaves, is not adopted).
+A new table is created with row level security enabled and forced in its CREATE transaction; an adopted one
+gets it from its RowSecurity (kinds/row_security.py), once its policies exist, so the application using it
+is never refused in between.
 """
 
 from __future__ import annotations
@@ -235,6 +236,16 @@ def dropped_columns(old: TableSpec, new: TableSpec) -> list[str]:
     return [column.name for column in old.columns if column.name not in kept]
 
 
+def left_by_an_interrupted_create(conn: psycopg.Connection, spec: TableSpec, live: LiveTable) -> bool:
+    """An empty table of the declared owner is what a create of the stack leaves when a kill stops the `up`
+    before the engine records it (recovery's `up` then meets it). Nothing in it is anyone else's: it is the
+    stack's own, which destroy drops like the tables it made, not one adopted (kept, and its owner role with it)."""
+    if spec.owner is None or live.owner != spec.owner:
+        return False
+    relation = qualified(spec.schema_name, spec.name)
+    return not scalar(conn, sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {} LIMIT 1) t").format(relation))
+
+
 class TableKind(DatabaseKind[TableSpec, TableStatus]):
     token = TOKEN
     spec_type = TableSpec
@@ -274,12 +285,13 @@ class TableKind(DatabaseKind[TableSpec, TableStatus]):
 
     def create(self, spec: TableSpec) -> tuple[str, TableStatus]:
         with connect(self.target) as conn:
-            existed = read_table(conn, spec.schema_name, spec.name) is not None
-            if existed:  # the live database already has it: adopt, never recreate
-                self.converge(conn, spec, dropped=[], adopted=True)
-            else:
+            live = read_table(conn, spec.schema_name, spec.name)
+            if live is None:
                 self.apply(conn, create_operations(spec), what=f"create table {spec.schema_name}.{spec.name}")
-            return f"{spec.schema_name}.{spec.name}", TableStatus(adopted=existed)
+                return f"{spec.schema_name}.{spec.name}", TableStatus(adopted=False)
+            adopted = not left_by_an_interrupted_create(conn, spec, live)
+            self.converge(conn, spec, dropped=[], adopted=True)  # the live database has it: never recreated
+            return f"{spec.schema_name}.{spec.name}", TableStatus(adopted=adopted)
 
     def update(self, resource_id: str, old: dict[str, Any], spec: TableSpec) -> Observed[TableStatus]:
         declared_before = {column["name"] for column in old.get("columns", [])}
