@@ -25,9 +25,17 @@ import redis
 from psycopg import sql
 
 from components.connection import LOOPBACK
-from components.database.declared.model import load_schema
+from components.database.base import qualified
+from components.database.declared.access import load_access
+from components.database.declared.jobs import load_jobs
+from components.database.declared.model import TableData, load_schema
+from components.database.declared.reporting import load_reporting
+from components.database.kinds import function, view
+from components.database.table_shape import ColumnSpec
 from components.platform.local import process
 from components.platform.local.pgbouncer import AUTH_ROLE, CONSOLE_DATABASE
+from components.platform.local.redis import memory_bytes
+from config.settings import RedisSettings
 from ops import EXIT_DESTRUCTIVE, EXIT_DRIFT, EXIT_FAILED, EXIT_OK
 from ops.events import EventLog
 from testbed.stacks import LiveStack, throwaway_stack
@@ -36,8 +44,41 @@ from tests.conftest import ROOT
 from tests.e2e.test_adopt_existing_database import edited_table, without_column
 
 pytestmark = pytest.mark.e2e
-JOBS_INDEX = next(index for index in load_schema().table("jobs").foreign_key_indexes())
-JOBS_FK = next(fk.name for fk in load_schema().table("jobs").foreign_key_constraints if fk.columns == JOBS_INDEX.keys)
+SCHEMA, ACCESS, REPORTING = load_schema(), load_access(), load_reporting()
+JOBS_INDEX = next(index for index in SCHEMA.table("jobs").foreign_key_indexes())
+JOBS_FK = next(fk.name for fk in SCHEMA.table("jobs").foreign_key_constraints if fk.columns == JOBS_INDEX.keys)
+#: The plain tables no other hand-made change touches, in the declared order: each change below takes its own.
+SPARE_TABLES = iter(
+    [
+        data
+        for data in SCHEMA.tables
+        if not data.partition and data.name not in {"jobs", "customers", "invoices", "estimates"}
+    ]
+)
+CHECKED = next(data for data in SPARE_TABLES if data.table_spec(ACCESS.owner).checks)
+KEYED = next(data for data in SPARE_TABLES if data.foreign_key_constraints)
+DEFAULTED = next(
+    data for data in SPARE_TABLES if any(c.type == "uuid" and c.default for c in data.table_spec(ACCESS.owner).columns)
+)
+TRIGGERED = next(data for data in SPARE_TABLES if data.updated_at_trigger() is not None)
+UNFORCED = next(SPARE_TABLES)
+GIVEN_AWAY = next(SPARE_TABLES)
+REPLACED_FUNCTION = ACCESS.functions[0].function_spec(ACCESS.owner)
+LEAKY_VIEW = REPORTING.tenant_view_specs()[0]
+DROPPED_MATVIEW = REPORTING.materialized_view_specs()[-1]
+RESCHEDULED_JOB, UNSCHEDULED_JOB = load_jobs().jobs[0], load_jobs().jobs[-1]
+HAND_MADE_UUID = "00000000-0000-0000-0000-000000000000"
+HAND_MADE_MAXMEMORY = "1mb"
+
+
+def first_check(data: TableData) -> str:
+    return data.table_spec(ACCESS.owner).checks[0].name
+
+
+def uuid_default(data: TableData) -> ColumnSpec:
+    return next(c for c in data.table_spec(ACCESS.owner).columns if c.type == "uuid" and c.default)
+
+
 #: What change_behind_the_stacks_back does, as (resource, property) the drift report names.
 DRIFT = [
     (f"index-{JOBS_INDEX.name}", "(the object)"),
@@ -50,6 +91,21 @@ DRIFT = [
     ("thorbis-redis", "passwordRequired"),
     ("thorbis-primary", "pgHba"),
     ("thorbis-primary", "alteredSystem"),
+    ("role-anon", "memberOf"),
+    ("role-authenticated", "members"),
+    ("role-authenticated", "bypassRls"),
+    (f"row-security-{UNFORCED.name}", "enabled"),
+    (f"table-{CHECKED.name}", "checks"),
+    (f"table-{KEYED.name}", "foreignKeys"),
+    (f"table-{DEFAULTED.name}", "columns"),
+    (f"trigger-{TRIGGERED.name}-updated-at", "(the object)"),
+    (f"function-{REPLACED_FUNCTION.schema_name}-{REPLACED_FUNCTION.name}", "body"),
+    (f"view-{LEAKY_VIEW.schema_name}-{LEAKY_VIEW.name}", "query"),
+    (f"cron-job-{RESCHEDULED_JOB.name}", "schedule"),
+    (f"cron-job-{UNSCHEDULED_JOB.name}", "(the object)"),
+    (f"materialized-view-{DROPPED_MATVIEW.name}", "(the object)"),
+    (f"table-{GIVEN_AWAY.name}", "owner"),
+    ("thorbis-redis", "maxmemory"),
 ]
 
 
@@ -143,6 +199,45 @@ def test_pr_preview_of_an_unchanged_stack_says_no_changes(ops_stack: LiveStack, 
     assert "**No changes**" in text and "Drift" not in text and "Destructive" not in text
 
 
+def change_the_catalog_by_hand(conn: psycopg.Connection[Any]) -> None:
+    """What a careless or hostile operator does with psql, one table (or role, job, view) each."""
+
+    def table(data: TableData) -> sql.Composable:
+        return qualified("public", data.name)
+
+    conn.execute("GRANT authenticated TO anon")
+    conn.execute("ALTER ROLE authenticated BYPASSRLS")
+    conn.execute(sql.SQL("ALTER TABLE {} NO FORCE ROW LEVEL SECURITY").format(table(UNFORCED)))
+    conn.execute(
+        sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(table(CHECKED), sql.Identifier(first_check(CHECKED)))
+    )
+    fk = KEYED.foreign_key_constraints[0].name
+    conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(table(KEYED), sql.Identifier(fk)))
+    conn.execute(
+        sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET DEFAULT {}::uuid").format(
+            table(DEFAULTED), sql.Identifier(uuid_default(DEFAULTED).name), sql.Literal(HAND_MADE_UUID)
+        )
+    )
+    trigger = TRIGGERED.updated_at_trigger()
+    assert trigger is not None
+    conn.execute(sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(trigger.name), table(TRIGGERED)))
+    replaced = REPLACED_FUNCTION.model_copy(update={"body": REPLACED_FUNCTION.body + "-- replaced by hand\n"})
+    conn.execute(function.create_statement(replaced, qualified(replaced.schema_name, replaced.name)))
+    read = next(mv for mv in REPORTING.materialized_view_specs() if mv.name in LEAKY_VIEW.query)
+    every_company = f"SELECT * FROM {qualified(read.schema_name, read.name).as_string(conn)}"
+    conn.execute(view.create_statement(LEAKY_VIEW.model_copy(update={"query": every_company}), replace=True))
+    conn.execute(
+        "SELECT cron.alter_job(jobid, schedule => '0 0 1 1 *') FROM cron.job WHERE jobname = %s",
+        (RESCHEDULED_JOB.name,),
+    )
+    conn.execute("SELECT cron.unschedule(%s)", (UNSCHEDULED_JOB.name,))
+    matview = qualified(DROPPED_MATVIEW.schema_name, DROPPED_MATVIEW.name)
+    conn.execute(sql.SQL("DROP MATERIALIZED VIEW {} CASCADE").format(matview))
+    conn.execute(sql.SQL("ALTER TABLE {} OWNER TO anon").format(table(GIVEN_AWAY)))
+    schemas = [sql.Identifier("public"), sql.Identifier(ACCESS.schemas[0].name)]
+    conn.execute(sql.SQL("GRANT CREATE ON SCHEMA {} TO anon").format(sql.SQL(", ").join(schemas)))
+
+
 def change_behind_the_stacks_back(live: LiveStack) -> None:
     with admin(live) as conn:
         conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier("public", JOBS_INDEX.name)))
@@ -152,6 +247,7 @@ def change_behind_the_stacks_back(live: LiveStack) -> None:
         conn.execute("CREATE POLICY backdoor ON public.estimates FOR ALL TO authenticated USING (true)")
         conn.execute("ALTER SYSTEM SET log_statement = 'all'")
         conn.execute("SELECT pg_reload_conf()")
+        change_the_catalog_by_hand(conn)
     hba = primary_hba(live)
     hba.write_text("host all all 127.0.0.1/32 trust\n" + hba.read_text())
     console = psycopg.connect(
@@ -162,6 +258,7 @@ def change_behind_the_stacks_back(live: LiveStack) -> None:
     with console:
         console.execute("SET default_pool_size = 7")
     with redis_client(live, live.passwords["redisPassword"]) as cache:
+        cache.config_set("maxmemory", HAND_MADE_MAXMEMORY)
         cache.config_set("requirepass", "")
     replica_data = live.state_dir / "postgres-replica-0" / "data"
     stop = [process.pg_tool("pg_ctl"), "stop", "-D", str(replica_data), "-m", "fast", "-w"]
@@ -238,14 +335,59 @@ def test_a_plain_up_repairs_it_all_and_the_next_plain_preview_is_clean(ops_stack
         truncate = conn.execute("SELECT has_table_privilege('anon', 'public.jobs', 'TRUNCATE')").fetchone()
         assert truncate == (False,)
         assert conn.execute("SHOW log_statement").fetchone() == ("none",)
+        assert_catalog_repaired(conn)
     assert "trust" not in primary_hba(ops_stack).read_text()
     with redis_client(ops_stack, None) as anonymous, pytest.raises(redis.AuthenticationError):
         anonymous.ping()
+    with redis_client(ops_stack, ops_stack.passwords["redisPassword"]) as cache:
+        assert int(cache.config_get("maxmemory")["maxmemory"]) == memory_bytes(RedisSettings().maxmemory)
     ops_stack.stack.preview(expect_no_changes=True)
     drift = script(ops_stack, "drift")
     assert drift.code == EXIT_OK, drift.output
     run = script(ops_stack, "verify")
     assert run.code == EXIT_OK, run.output
+
+
+def one(conn: psycopg.Connection[Any], query: str, *params: Any) -> Any:
+    row = conn.execute(query, params or None).fetchone()
+    assert row is not None, query
+    return row[0]
+
+
+def assert_catalog_repaired(conn: psycopg.Connection[Any]) -> None:
+    """Each change of change_the_catalog_by_hand undone, read back from the catalog."""
+    assert one(conn, "SELECT pg_has_role('anon', 'authenticated', 'MEMBER')") is False
+    assert one(conn, "SELECT rolbypassrls FROM pg_roles WHERE rolname = 'authenticated'") is False
+    assert one(conn, "SELECT relforcerowsecurity FROM pg_class WHERE oid = %s::regclass", f"public.{UNFORCED.name}")
+    constraint = "SELECT convalidated FROM pg_constraint WHERE conrelid = %s::regclass AND conname = %s"
+    assert one(conn, constraint, f"public.{CHECKED.name}", first_check(CHECKED)) is True
+    assert one(conn, constraint, f"public.{KEYED.name}", KEYED.foreign_key_constraints[0].name) is True
+    column = uuid_default(DEFAULTED)
+    default = "SELECT pg_get_expr(adbin, adrelid) FROM pg_attrdef WHERE adrelid = %s::regclass AND adnum = %s"
+    number = one(conn, "SELECT attnum FROM pg_attribute WHERE attrelid = %s::regclass AND attname = %s",
+                 f"public.{DEFAULTED.name}", column.name)  # fmt: skip
+    assert one(conn, default, f"public.{DEFAULTED.name}", number) == column.default
+    trigger = TRIGGERED.updated_at_trigger()
+    assert trigger is not None
+    triggers = "SELECT count(*) FROM pg_trigger WHERE tgrelid = %s::regclass AND tgname = %s"
+    assert one(conn, triggers, f"public.{TRIGGERED.name}", trigger.name) == 1
+    body = "SELECT prosrc FROM pg_proc WHERE oid = %s::regproc"
+    assert one(conn, body, f"{REPLACED_FUNCTION.schema_name}.{REPLACED_FUNCTION.name}") == REPLACED_FUNCTION.body
+    leaky = qualified(LEAKY_VIEW.schema_name, LEAKY_VIEW.name)
+    definition = one(conn, "SELECT pg_get_viewdef(%s::regclass)", leaky.as_string(conn))
+    assert definition == view.canonical_definition(conn, LEAKY_VIEW)
+    schedule = "SELECT schedule FROM cron.job WHERE jobname = %s"
+    assert one(conn, schedule, RESCHEDULED_JOB.name) == RESCHEDULED_JOB.schedule
+    assert one(conn, schedule, UNSCHEDULED_JOB.name) == UNSCHEDULED_JOB.schedule
+    for relation in (
+        qualified(DROPPED_MATVIEW.schema_name, DROPPED_MATVIEW.name),
+        *(qualified(v.schema_name, v.name) for v in REPORTING.tenant_view_specs()),
+    ):
+        assert one(conn, "SELECT to_regclass(%s)", relation.as_string(conn)) is not None, relation
+    owner = "SELECT relowner::regrole::text FROM pg_class WHERE oid = %s::regclass"
+    assert one(conn, owner, f"public.{GIVEN_AWAY.name}") == ACCESS.owner
+    for schema in ("public", ACCESS.schemas[0].name):
+        assert one(conn, "SELECT has_schema_privilege('anon', %s, 'CREATE')", schema) is False
 
 
 def test_adding_a_replica_previews_as_the_replica_alone(ops_stack: LiveStack) -> None:
