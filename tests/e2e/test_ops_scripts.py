@@ -291,6 +291,8 @@ def test_verify_fails_naming_the_failed_checks(ops_stack: LiveStack) -> None:
     assert "0 of 1 not streaming" not in run.output and "1 of 1 not streaming" in run.output
     assert f"jobs.{JOBS_FK}" in run.output
     assert "anon holds TRUNCATE on jobs" in run.output and "policy backdoor on estimates" in run.output
+    assert "anon is a member of authenticated" in run.output and "authenticated bypasses RLS" in run.output
+    assert "anon may act as authenticated, which bypasses RLS" in run.output
     assert "without: ANSWERED (no password required)" in check_row(run.output, "Redis with auth")
     failed = "RLS on every table, API roles within RLS, FK index coverage, replicas streaming, Redis with auth"
     assert f"FAILED: {failed}" in run.output
