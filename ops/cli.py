@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pulumi.automation as auto
 
+from components.database.kinds.destroy_guard import data_loss_commands
 from ops import EXIT_DESTRUCTIVE, EXIT_DRIFT, EXIT_FAILED, EXIT_OK, connect_info
 from ops.drift import find_drift, render_text
 from ops.preview import render_markdown, run_preview
@@ -78,19 +79,16 @@ def connect(argv: list[str]) -> int:
 
 
 def destroy_refusal(stack: str, allow_data_loss: bool) -> str | None:
-    """Why `make destroy` stops before Pulumi is asked (which would list one "protected" error per table,
-    each advising `pulumi state unprotect`), and the commands that destroy the data on purpose."""
+    """Why `make destroy` stops before Pulumi is asked, and the commands that destroy the data on purpose (a
+    plain `pulumi destroy` is refused by the stack's DestroyGuard, with the same commands, while tables hold
+    rows)."""
     if allow_data_loss:
         return None
     return "\n".join(
         [
-            f"destroy: refusing to destroy stack {stack}: thorbis:allowDataLoss is false, and its tables (with their",
-            "rows) are protected. Nothing was changed. To destroy the stack and its data on purpose:",
-            f"  pulumi config set thorbis:allowDataLoss true --stack {stack}",
-            f"  pulumi up --stack {stack}          # lifts the tables' protection",
-            f"  make destroy STACK={stack}",
-            "Do not use `pulumi state unprotect`: it lifts the protection behind the stack's back, and the next",
-            "up or destroy drops the tables.",
+            f"destroy: refusing to destroy stack {stack}: thorbis:allowDataLoss is false. Nothing was changed. To",
+            "destroy the stack and its data on purpose:",
+            *(f"  {command}" for command in data_loss_commands(stack)),
         ]
     )
 

@@ -15,6 +15,7 @@ import pytest
 from psycopg import sql
 
 from components.database.ddl import Batches, Operation, Work, run_batches
+from components.database.kinds.destroy_guard import DestroyGuardKind, DestroyGuardSpec
 from components.database.kinds.index import IndexKind, IndexSpec
 from components.database.kinds.manifest import ManifestKind, ManifestSpec
 from components.database.kinds.table import TableKind
@@ -481,3 +482,20 @@ def test_only_a_table_with_something_of_someone_elses_is_adopted(database: Datab
             database.execute(rows)
         found[case] = kind.create(owned)[1].adopted
     assert found == {"killed create": False, "rows": True, "other owner": True}
+
+
+def test_the_destroy_guard_refuses_while_a_declared_table_holds_rows(database: Database) -> None:
+    """The first delete of a destroy: refused naming the key and the commands while a declared table holds a
+    row; let through when the declared tables are empty or gone, or when data loss is allowed."""
+    guard = database.kind(DestroyGuardKind)
+    spec = DestroyGuardSpec(stack="prod", tables=["public.people", "public.never_made"])
+    make(database, PEOPLE, "SELECT 1")  # made, empty
+    guard.delete("destroy-guard", spec)
+    database.execute("INSERT INTO public.people (id) VALUES (1)")
+    with pytest.raises(ProviderError) as refused:
+        guard.delete("destroy-guard", spec)
+    message = str(refused.value)
+    assert "thorbis:allowDataLoss is false and 1 of its tables hold rows (public.people)" in message
+    assert "pulumi config set thorbis:allowDataLoss true --stack prod" in message
+    guard.provider_config = {**guard.provider_config, "allowDataLoss": True}
+    guard.delete("destroy-guard", spec)

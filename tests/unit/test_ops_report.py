@@ -243,7 +243,7 @@ def test_a_status_field_the_state_never_recorded_is_shown_with_its_expected_valu
     ]
 
 
-def test_make_destroy_refuses_naming_allow_data_loss_and_the_commands_not_unprotect() -> None:
+def test_make_destroy_refuses_naming_allow_data_loss_and_the_commands() -> None:
     refusal = destroy_refusal("staging", allow_data_loss=False)
     assert refusal is not None
     assert "thorbis:allowDataLoss is false" in refusal and "Nothing was changed" in refusal
@@ -253,5 +253,5 @@ def test_make_destroy_refuses_naming_allow_data_loss_and_the_commands_not_unprot
         "pulumi up --stack staging",
         "make destroy STACK=staging",
     ]
-    assert "Do not use `pulumi state unprotect`" in refusal
+    assert "unprotect" not in refusal
     assert destroy_refusal("staging", allow_data_loss=True) is None

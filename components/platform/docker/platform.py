@@ -15,6 +15,7 @@ from psycopg import sql
 
 from components import scram
 from components.connection import LOOPBACK, ConnectionSpec
+from components.platform.build import Platform
 from components.platform.local.pgbouncer import AUTH_ROLE, auth_lookup_statements, auth_role_statement, shared_settings
 from components.platform.local.platform import loopback_connection, postgres_settings, replication_slot
 from components.platform.local.postgres import replication_role_statement
@@ -106,7 +107,7 @@ def published(internal: int, external: int) -> list[docker.ContainerPortArgs]:
     return [docker.ContainerPortArgs(internal=internal, external=external, ip=LOOPBACK)]
 
 
-class DockerPlatform(pulumi.ComponentResource):
+class DockerPlatform(Platform):
     """Primary, replicas, PgBouncer and Redis containers on one network of the stack's own."""
 
     connection: pulumi.Output[ConnectionSpec]

@@ -7,6 +7,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from components.connection import ConnectionSpec, Endpoint
 from components.database.declared.access import load_access
+from components.platform.build import Platform
 from components.platform.external.postgres import ExternalPostgresKind
 from components.platform.secrets import secret_of
 from components.resource import declare
@@ -30,7 +31,7 @@ def connection_from_dsn(dsn: str) -> ConnectionSpec:
     )
 
 
-class ExternalPlatform(pulumi.ComponentResource):
+class ExternalPlatform(Platform):
     """Only the database layer is applied to an external server; nothing is started or stopped."""
 
     connection: pulumi.Output[ConnectionSpec]

@@ -8,6 +8,7 @@ from pathlib import Path
 import pulumi
 
 from components.connection import LOOPBACK, ConnectionSpec, Endpoint
+from components.platform.build import Platform
 from components.platform.local.backup import BackupRepositoryKind
 from components.platform.local.pgbackrest import Repository, archive_command, directory_problem
 from components.platform.local.pgbouncer import PgBouncerKind
@@ -155,7 +156,7 @@ def router_servers(settings: StackSettings) -> list[dict[str, object]]:
     ]
 
 
-class LocalPlatform(pulumi.ComponentResource):
+class LocalPlatform(Platform):
     """Primary, N streaming replicas, PgBouncer and Redis of one stack, under its state directory."""
 
     connection: pulumi.Output[ConnectionSpec]
