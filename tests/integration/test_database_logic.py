@@ -122,6 +122,21 @@ def test_function_observes_as_declared_drifts_repairs_and_deletes(database: Data
     kind.delete(resource_id, spec)  # already gone: nothing to do
 
 
+def test_a_function_whose_row_type_was_dropped_with_its_table_is_gone_not_an_error(database: Database) -> None:
+    """A table dropped by hand (CASCADE) takes the functions returning its rows with it: a refresh (which a
+    plain destroy runs first) reads them as gone; creating one still fails, naming the missing type."""
+    database.execute("CREATE TABLE app.scratch_rows (id int); ")
+    kind = database.kind(FunctionKind)
+    spec = FunctionSpec(
+        schema_name="app", name="scratch_all", returns="SETOF app.scratch_rows", body="select * from app.scratch_rows"
+    )
+    resource_id, _ = kind.create(spec)
+    database.execute("DROP TABLE app.scratch_rows CASCADE")
+    assert kind.observe(resource_id, spec) is None
+    with pytest.raises(ProviderError, match=r'type "app.scratch_rows" does not exist'):
+        kind.create(spec)
+
+
 def test_function_spec_refuses_definer_without_search_path_and_defaults() -> None:
     with pytest.raises(ValidationError, match="SECURITY DEFINER"):
         FunctionSpec.model_validate({**declared(HELPER), "searchPath": None})
