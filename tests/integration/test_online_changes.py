@@ -28,6 +28,7 @@ from components.database.table_shape import (
     PartitionSpec,
     TableSpec,
     UniqueSpec,
+    holds_rows,
 )
 from components.kind import ProviderError
 from ops.events import Change
@@ -499,3 +500,21 @@ def test_the_destroy_guard_refuses_while_a_declared_table_holds_rows(database: D
     assert "pulumi config set thorbis:allowDataLoss true --stack prod" in message
     guard.provider_config = {**guard.provider_config, "allowDataLoss": True}
     guard.delete("destroy-guard", spec)
+
+
+def test_rows_row_level_security_hides_from_the_admin_are_not_taken_for_an_empty_table(database: Database) -> None:
+    """An admin without BYPASSRLS counts no row where the policies hide them all: the destroy guard, the
+    table's delete and its adoption would take the table for empty. With row_security off the read fails."""
+    database.execute(
+        "DROP TABLE IF EXISTS public.hidden; CREATE TABLE public.hidden (id int); "
+        "INSERT INTO public.hidden VALUES (1); "
+        "ALTER TABLE public.hidden ENABLE ROW LEVEL SECURITY; "
+        "DO $$ BEGIN CREATE ROLE hidden_reader LOGIN PASSWORD 'Hidden-Reader-0123'; "
+        "EXCEPTION WHEN duplicate_object THEN NULL; END $$; GRANT SELECT ON public.hidden TO hidden_reader"
+    )
+    with database.connect("hidden_reader", "Hidden-Reader-0123") as conn:
+        assert conn.execute("SELECT count(*) FROM public.hidden").fetchone() == (0,)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            holds_rows(conn, "public", "hidden")
+    with database.connect() as conn:
+        assert holds_rows(conn, "public", "hidden")

@@ -11,11 +11,11 @@ security were gone, and would advise `pulumi state unprotect`.) It creates nothi
 from __future__ import annotations
 
 import psycopg
-from psycopg import sql
 from pydantic import Field
 
-from components.database.base import DatabaseKind, qualified
+from components.database.base import DatabaseKind
 from components.database.session import connect
+from components.database.table_shape import holds_rows
 from components.kind import NoStatus, Observed, ProviderError, Spec
 
 TOKEN = "thorbisdb:db:DestroyGuard"
@@ -36,23 +36,17 @@ def data_loss_commands(stack: str) -> list[str]:
 
 
 def holding_rows(conn: psycopg.Connection, tables: list[str]) -> list[str]:
-    """Those of the tables (schema.name) that exist and hold at least one row."""
-    relations = {name: qualified(*name.split(".", 1)) for name in tables}
-    quoted = {name: relation.as_string(conn) for name, relation in relations.items()}
+    """Those of the tables (schema.name) that exist and hold at least one row (read with row_security off)."""
+    split = {name: name.split(".", 1) for name in tables}
     present = {
         str(row[0])
         for row in conn.execute(
-            "SELECT q FROM unnest(%s::text[]) q WHERE to_regclass(q) IS NOT NULL", (list(quoted.values()),)
+            "SELECT name FROM unnest(%s::text[]) name WHERE to_regclass(quote_ident(split_part(name, '.', 1)) "
+            "|| '.' || quote_ident(split_part(name, '.', 2))) IS NOT NULL",
+            (tables,),
         )
     }
-    probes = [
-        sql.SQL("SELECT {} WHERE EXISTS (SELECT 1 FROM {})").format(sql.Literal(name), relations[name])
-        for name in tables
-        if quoted[name] in present
-    ]
-    if not probes:
-        return []
-    return [str(name) for (name,) in conn.execute(sql.SQL(" UNION ALL ").join(probes)).fetchall()]
+    return [name for name in tables if name in present and holds_rows(conn, *split[name])]
 
 
 class DestroyGuardKind(DatabaseKind[DestroyGuardSpec, NoStatus]):

@@ -37,6 +37,7 @@ from components.database.table_shape import (
     column_losses,
     columns_list,
     create_statement,
+    holds_rows,
     read_table,
     rls_statements,
 )
@@ -242,8 +243,10 @@ def left_by_an_interrupted_create(conn: psycopg.Connection, spec: TableSpec, liv
     stack's own, which destroy drops like the tables it made, not one adopted (kept, and its owner role with it)."""
     if spec.owner is None or live.owner != spec.owner:
         return False
-    relation = qualified(spec.schema_name, spec.name)
-    return not scalar(conn, sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {} LIMIT 1) t").format(relation))
+    try:
+        return not holds_rows(conn, spec.schema_name, spec.name)
+    except psycopg.errors.InsufficientPrivilege:  # rows hidden from the admin by RLS: it may hold some
+        return False
 
 
 class TableKind(DatabaseKind[TableSpec, TableStatus]):
@@ -395,12 +398,10 @@ class TableKind(DatabaseKind[TableSpec, TableStatus]):
     def delete(self, resource_id: str, spec: TableSpec, recorded: TableStatus | None = None) -> None:
         if recorded is not None and recorded.adopted:  # the table and its rows were there before the stack
             return
-        relation = qualified(spec.schema_name, spec.name)
         with connect(self.target) as conn:
             if read_table(conn, spec.schema_name, spec.name) is None:
                 return
-            rows = scalar(conn, sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {} LIMIT 1) t").format(relation))
-            if rows and not self.target.allow_data_loss:
+            if not self.target.allow_data_loss and holds_rows(conn, spec.schema_name, spec.name):
                 raise ProviderError(
                     f"refusing to drop table {spec.schema_name}.{spec.name}: it holds data. "
                     "Set thorbis:allowDataLoss true (and `pulumi up`) to allow it"
