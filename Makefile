@@ -15,15 +15,21 @@ engine: deps
 
 setup: engine
 
+# Pulumi.yaml's `refresh: always`: preview, up and destroy read the live servers before they compare.
+LIVE := echo "pulumi reads the live servers first (Pulumi.yaml refresh: always): what was changed by hand shows as drift"
+
 up: setup
+	@$(LIVE) "and is put back"
 	@$(ENV) pulumi stack select --create $(STACK) --non-interactive && pulumi up --yes --non-interactive --stack $(STACK)
 	@$(ENV) scripts/connect-info $(STACK)
 
 preview: setup
+	@$(LIVE) "and as the change that would put it back"
 	@$(ENV) pulumi stack select --create $(STACK) --non-interactive && pulumi preview --diff --stack $(STACK)
 
+# Refuses (exit 2, nothing changed) unless thorbis:allowDataLoss is true, naming the commands that allow it.
 destroy: setup
-	@$(ENV) pulumi destroy --yes --non-interactive --stack $(STACK)
+	@$(ENV) python -m ops.cli destroy $(STACK)
 
 test: setup
 	@$(ENV) python -m pytest $(PYTEST_ARGS)

@@ -9,5 +9,6 @@ from config import load_settings
 
 settings = load_settings(Path(__file__).parent)
 platform = build_platform("thorbis", settings)
-database = DatabaseLayer("thorbis", platform.connection, settings)
+database = DatabaseLayer("thorbis", platform.database_connection, settings)
+database.guard_destroy(platform)
 export_outputs(settings, platform.connection)

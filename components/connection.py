@@ -67,6 +67,14 @@ class ConnectionSpec(_Wire):
     #: The pooler's database whose server connections go to the replicas (None: reads use `database`).
     read_database: str | None = None
 
+    def for_database(self) -> ConnectionSpec:
+        """What the database layer uses: the primary (with ha, the write endpoint) and its admin; nothing of
+        the replicas, the HA nodes, the pooler or Redis, so that adding one of those does not make every
+        database object wait on it."""
+        return self.model_copy(
+            update={"pooler": None, "replicas": (), "redis": None, "redis_password": None, "ha": None}
+        )
+
     def conninfo(
         self,
         endpoint: Endpoint | None = None,

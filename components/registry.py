@@ -10,6 +10,7 @@ from typing import Any
 
 from components.database.kinds.cron_job import CronJobKind
 from components.database.kinds.default_privileges import DefaultPrivilegesKind
+from components.database.kinds.destroy_guard import DestroyGuardKind
 from components.database.kinds.exact_privileges import ExactPrivilegesKind
 from components.database.kinds.extension import ExtensionKind
 from components.database.kinds.function import FunctionKind
@@ -56,6 +57,7 @@ KINDS: tuple[type[Kind[Any, Any]], ...] = (
     HaRouterKind,
     # inside the database
     ManifestKind,
+    DestroyGuardKind,
     RoleKind,
     SchemaKind,
     ExtensionKind,

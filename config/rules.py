@@ -10,6 +10,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from config.errors import Problem, show_value
+from config.gucs import guc_problems
 from config.settings import NAMESPACE, ROLE_PASSWORD_KEYS, SERVER_PASSWORD_KEYS, StackSettings, attribute_of
 
 MAX_PORT = 65535
@@ -208,5 +209,6 @@ RULES: tuple[Rule, ...] = (
     Rule(frozenset({"ha"}), _ha_timings),
     Rule(frozenset({"ha", "backup"}), _ha_restores_not_built),
     Rule(frozenset({"postgres", "replicas", "ha"}), _ha_ports_fit),
+    Rule(frozenset({"postgres"}), guc_problems),
 )
 """Every cross-key rule, in the order their problems are listed."""

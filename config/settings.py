@@ -37,6 +37,7 @@ from pydantic_core import PydanticCustomError
 from components.database.declared.jobs import JobData, JobsFile, load_jobs
 from components.platform.local.pgbouncer import PoolMode
 from components.platform.local.redis import EvictionPolicy
+from config.cron import five_fields
 
 NAMESPACE = "thorbis"
 """The Pulumi config namespace of this project: every key is `thorbis:<name>`."""
@@ -198,6 +199,9 @@ ImageRef = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-zA-Z0-9_.\-/:@
 Password = Annotated[SecretStr, AfterValidator(_long_enough)]
 PostgresUrl = Annotated[SecretStr, AfterValidator(_postgres_url)]
 
+#: Each replica is a whole copy of the database on the same host or Docker engine, and a WAL sender of the
+#: primary: past this, more copies cost more than they spread.
+MAX_REPLICAS = 8
 PORT_ALLOWED = "an integer port from 1024 to 65535"
 PG_MEMORY_ALLOWED = "a PostgreSQL memory size: digits with an optional unit kB, MB, GB or TB, e.g. 128MB"
 
@@ -238,7 +242,8 @@ class PostgresSettings(Settings):
     settings: GucSettings = setting(
         {},
         "Further postgresql.conf settings, GUC name to value, applied to every server. Default {}.",
-        "a mapping of GUC names (matching ^[a-z_][a-z0-9_.]*$) to string or number values",
+        "a mapping of GUC names (matching ^[a-z_][a-z0-9_.]*$) to string or number values that this host's "
+        "PostgreSQL accepts (checked at preview), none of those the stack sets itself (config/gucs.py OWNED_GUCS)",
         validate_default=True,
     )
 
@@ -246,8 +251,8 @@ class PostgresSettings(Settings):
 class ReplicasSettings(Settings):
     """`thorbis:replicas`: streaming replicas of the primary."""
 
-    count: Annotated[Int, Field(ge=0)] = setting(
-        0, "Number of streaming replicas; at least 1 on prod. Default 0.", "an integer >= 0"
+    count: Annotated[Int, Field(ge=0, le=MAX_REPLICAS)] = setting(
+        0, "Number of streaming replicas; at least 1 on prod. Default 0.", f"an integer from 0 to {MAX_REPLICAS}"
     )
     base_port: Port | None = setting(
         None,
@@ -449,6 +454,7 @@ CRON_SCHEDULE_ALLOWED = "a pg_cron schedule: five cron fields ('*/5 * * * *'), '
 CronSchedule = Annotated[
     str,
     StringConstraints(pattern=r"^(@(hourly|daily|weekly|monthly|yearly|annually)|[1-5]?[0-9] seconds|(\S+ +){4}\S+)$"),
+    AfterValidator(five_fields),
 ]
 PositiveInt = Annotated[Int, Field(ge=1)]
 
@@ -494,7 +500,9 @@ class JobsSettings(Settings):
 
 OS_CRON_ALLOWED = "an OS cron schedule: five cron fields ('30 2 * * *') or '@daily'-style"
 OsCronSchedule = Annotated[
-    str, StringConstraints(pattern=r"^(@(hourly|daily|weekly|monthly|yearly|annually)|(\S+ +){4}\S+)$")
+    str,
+    StringConstraints(pattern=r"^(@(hourly|daily|weekly|monthly|yearly|annually)|(\S+ +){4}\S+)$"),
+    AfterValidator(five_fields),
 ]
 
 

@@ -8,10 +8,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from ops import EXIT_DRIFT, EXIT_FAILED, EXIT_OK, connect_info
+import pulumi.automation as auto
+
+from components.database.kinds.destroy_guard import data_loss_commands
+from ops import EXIT_DESTRUCTIVE, EXIT_DRIFT, EXIT_FAILED, EXIT_OK, connect_info
 from ops.drift import find_drift, render_text
 from ops.preview import render_markdown, run_preview
-from ops.stack import ToolError, open_stack, read_access, read_connection
+from ops.stack import ToolError, last_line, open_stack, read_access, read_connection
 from ops.verify import render_table, verify
 
 
@@ -75,7 +78,42 @@ def connect(argv: list[str]) -> int:
     return EXIT_OK
 
 
+def destroy_refusal(stack: str, allow_data_loss: bool) -> str | None:
+    """Why `make destroy` stops before Pulumi is asked, and the commands that destroy the data on purpose (a
+    plain `pulumi destroy` is refused by the stack's DestroyGuard, with the same commands, while tables hold
+    rows)."""
+    if allow_data_loss:
+        return None
+    return "\n".join(
+        [
+            f"destroy: refusing to destroy stack {stack}: thorbis:allowDataLoss is false. Nothing was changed. To",
+            "destroy the stack and its data on purpose:",
+            *(f"  {command}" for command in data_loss_commands(stack)),
+        ]
+    )
+
+
+def destroy(argv: list[str]) -> int:
+    """2 refused (data loss not allowed), 0 destroyed, 1 the destroy failed."""
+    args = arguments("destroy", "Destroy a stack, refusing first when it does not allow data loss.", argv)
+    stack = open_stack(args.stack, args.work_dir)
+    try:
+        allowed = stack.get_config("thorbis:allowDataLoss").value.strip().lower() == "true"
+    except auto.CommandError:  # not set: the default, false
+        allowed = False
+    refusal = destroy_refusal(args.stack, allowed)
+    if refusal is not None:
+        print(refusal, file=sys.stderr)
+        return EXIT_DESTRUCTIVE
+    try:
+        stack.destroy(on_output=print)
+    except auto.CommandError as error:
+        raise ToolError(last_line(str(error))) from error
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "destroy": destroy,
     "pr-preview": pr_preview,
     "drift": drift,
     "verify": verify_stack,

@@ -105,6 +105,6 @@ def render_text(stack_name: str, drift: list[Change]) -> str:
         lines.append("  ".join(str(cell).ljust(width) for cell, width in zip(cells, widths, strict=True)).rstrip())
     lines += [
         "",
-        f"To put the code's state back: pulumi refresh --stack {stack_name}, then pulumi up --stack {stack_name}.",
+        f"To put the code's state back: pulumi up --stack {stack_name} (it reads the live servers first).",
     ]
     return "\n".join(lines) + "\n"

@@ -2,12 +2,14 @@
 
 The Automation API hands every engine event to an `on_event` callback; `EventLog` is that callback. It
 keeps, per resource, what the engine plans to do (ResourcePreEvent) or, for a refresh, what it found
-(ResOutputsEvent: recorded state in `old`, live state in `new`), and the error diagnostics.
+(ResOutputsEvent: recorded state in `old`, live state in `new`), and the error diagnostics. A preview
+refreshes first (Pulumi.yaml `refresh: always`): what its refresh steps found differs is kept apart, as
+`drift`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pulumi.automation import EngineEvent, OpType, StepEventMetadata
@@ -65,14 +67,26 @@ class EventLog:
     changes: dict[str, Change] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     seen: set[str] = field(default_factory=set)
+    #: What the refresh steps of a preview found different from the state (a refresh alone reports it
+    #: with the result's op instead, in `changes`).
+    found_drift: dict[str, Change] = field(default_factory=dict)
 
     def __call__(self, event: EngineEvent) -> None:
         if event.resource_pre_event:
             self.keep(event.resource_pre_event.metadata)
         elif event.res_outputs_event:
+            self.keep_refreshed(event.res_outputs_event.metadata)
             self.keep(event.res_outputs_event.metadata)
         elif event.diagnostic_event and event.diagnostic_event.severity == "error":
             self.errors.append(event.diagnostic_event.message.strip())
+
+    def keep_refreshed(self, metadata: StepEventMetadata) -> None:
+        """A preview's refresh step that found the object changed or gone."""
+        if metadata.op != OpType.REFRESH or metadata.type == "pulumi:pulumi:Stack":
+            return
+        gone = metadata.new is None or metadata.new.outputs is None
+        if metadata.diffs or gone:
+            self.found_drift[metadata.urn] = replace(Change.from_metadata(metadata), op="delete" if gone else "update")
 
     def keep(self, metadata: StepEventMetadata) -> None:
         """The first event that shows a change wins: a refresh announces every step as `refresh` and
@@ -94,3 +108,7 @@ class EventLog:
     @property
     def listed(self) -> list[Change]:
         return list(self.changes.values())
+
+    @property
+    def drift(self) -> list[Change]:
+        return list(self.found_drift.values())

@@ -14,7 +14,7 @@ import pulumi.automation as auto
 from components.kind import ACCESS, marked
 from components.registry import kind_of
 from ops import EXIT_DESTRUCTIVE, EXIT_DRIFT, EXIT_FAILED, EXIT_OK
-from ops.drift import GONE, Difference, differences, find_drift
+from ops.drift import GONE, Difference, differences
 from ops.events import Change, EventLog
 from ops.risk import destructive, refusals
 from ops.sql_preview import Step, planned_steps
@@ -23,6 +23,8 @@ from ops.stack import ToolError, last_line, read_connection
 #: How each operation is said in the summary, in the order they are listed.
 DATABASE_KINDS = "thorbisdb:db:"
 NO_SQL = frozenset({"thorbisdb:db:Manifest"})
+#: Said under the title: what the preview compared the program with.
+LIVE_NOTE = "Compared with the live servers: `pulumi preview` reads them first (Pulumi.yaml `refresh: always`)."
 VERBS = {"create": "create", "update": "update", "replace": "replace", "delete": "delete", "import": "import"}
 
 
@@ -50,13 +52,16 @@ class PreviewOutcome:
 
 
 def run_preview(stack: auto.Stack) -> PreviewOutcome:
-    """Drift first (`refresh --preview-only`), then `preview`; a refusal to lose data is a finding, not a failure."""
-    outcome = PreviewOutcome(stack.name, drift=find_drift(stack))
+    """One `pulumi preview`, which reads the live servers first (Pulumi.yaml `refresh: always`): what its
+    refresh found is the drift, what it then plans the changes. A refusal to lose data is a finding, not a
+    failure."""
+    outcome = PreviewOutcome(stack.name)
     log = EventLog()
     try:
         stack.preview(on_event=log)
     except auto.CommandError as error:
         outcome.failure = last_line(log.errors[-1] if log.errors else str(error))
+    outcome.drift = log.drift
     outcome.changes = log.listed
     outcome.unchanged = log.unchanged
     outcome.destructive = destructive(log.listed, log.errors)
@@ -116,7 +121,8 @@ def risk_section(outcome: PreviewOutcome) -> list[str]:
         lines += [
             "> [!WARNING]",
             f"> **Drift**: {len(outcome.drift)} object(s) differ from what the stack recorded (changed by hand);",
-            f"> `pulumi refresh` then `pulumi up` puts them back. Details: `scripts/drift {outcome.stack}`.",
+            "> `pulumi up` puts them back (it reads the live servers first);",
+            f"> `scripts/drift {outcome.stack}` lists them.",
             *(f"> - {drift_line(d)}" for change in outcome.drift for d in differences(change)),
             "",
         ]
@@ -191,7 +197,7 @@ def render_markdown(outcome: PreviewOutcome) -> str:
         EXIT_DRIFT: "drift",
         EXIT_FAILED: "preview failed",
     }[outcome.exit_code]
-    lines = [f"## thorbis-db preview of stack `{outcome.stack}`: {verdict}", ""]
+    lines = [f"## thorbis-db preview of stack `{outcome.stack}`: {verdict}", "", LIVE_NOTE, ""]
     lines += risk_section(outcome)
     lines += changes_section(outcome)
     return "\n".join(lines).rstrip() + "\n"

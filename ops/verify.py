@@ -69,7 +69,8 @@ def row_level_security(access: StackAccess) -> Finding:
 
 
 #: What would let the API's roles past row level security: TRUNCATE (it ignores RLS), TRIGGER and REFERENCES
-#: on a table, or a permissive policy that lets them see or write every row.
+#: on a table, a permissive policy that lets them see or write every row, BYPASSRLS (or SUPERUSER) of theirs or
+#: of a role they may become, or a role they belong to (`GRANT authenticated TO anon` signs every visitor in).
 PAST_RLS_QUERY = """
 SELECT format('%s holds %s on %s', r.rolname, p.privilege, c.relname)
 FROM pg_class c CROSS JOIN pg_roles r CROSS JOIN unnest(ARRAY['TRUNCATE', 'TRIGGER', 'REFERENCES']) p(privilege)
@@ -80,14 +81,27 @@ SELECT format('policy %s on %s lets %s %s every row', policyname, tablename, arr
 FROM pg_policies
 WHERE schemaname = 'public' AND permissive = 'PERMISSIVE' AND roles && ARRAY['anon', 'authenticated', 'public']::name[]
   AND coalesce(qual, with_check) = 'true'
+UNION ALL
+SELECT CASE WHEN r.oid = g.oid THEN format('%s %s', r.rolname, a.what)
+            ELSE format('%s may act as %s, which %s', r.rolname, g.rolname, a.what) END
+FROM pg_roles r JOIN pg_roles g ON pg_has_role(r.oid, g.oid, 'MEMBER')
+CROSS JOIN LATERAL (SELECT CASE WHEN g.rolsuper THEN 'is a superuser' ELSE 'bypasses RLS' END) a(what)
+WHERE r.rolname IN ('anon', 'authenticated') AND (g.rolsuper OR g.rolbypassrls)
+UNION ALL
+SELECT format('%s is a member of %s', r.rolname, g.rolname)
+FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member JOIN pg_roles g ON g.oid = m.roleid
+WHERE r.rolname IN ('anon', 'authenticated')
 ORDER BY 1
 """
 
 
 def api_roles_within_rls(access: StackAccess) -> Finding:
     found = [line for (line,) in rows(access, PAST_RLS_QUERY)]
-    detail = "anon and authenticated: no TRUNCATE, TRIGGER or REFERENCES, no policy open to every row"
-    return verdict(not found, f"{len(found)} way(s) past RLS: {listing(found)}" if found else detail)
+    detail = (
+        "anon and authenticated: no TRUNCATE, TRIGGER or REFERENCES, no policy open to every row, no BYPASSRLS, "
+        "member of no role"
+    )
+    return verdict(not found, f"{len(found)} way(s) past RLS: {listing(found, 10)}" if found else detail)
 
 
 #: A foreign key is covered by a valid, non-partial index whose leading columns are the key's columns.
@@ -200,8 +214,11 @@ def redis_with_auth(access: StackAccess) -> Finding:
     if cache is None:
         return "SKIP", "the stack has no Redis"
     options: dict[str, Any] = {"host": cache.host, "port": cache.port, "socket_timeout": 5}
-    with redis.Redis(**options, password=access.connection.redis_password) as client:
-        answered = bool(client.ping())
+    try:
+        with redis.Redis(**options, password=access.connection.redis_password) as client:
+            answered = bool(client.ping())
+    except redis.AuthenticationError:  # a password removed or changed by hand: said below, not an error
+        answered = False
     try:
         with redis.Redis(**options) as anonymous:
             anonymous.ping()

@@ -22,6 +22,7 @@ from components.database.declared.search import load_searches
 from components.database.declared.tenancy import read_all_policy, tenant_policies
 from components.database.kinds.cron_job import CronJobKind
 from components.database.kinds.default_privileges import DefaultPrivilegesKind, DefaultPrivilegesSpec
+from components.database.kinds.destroy_guard import DestroyGuardKind, DestroyGuardSpec
 from components.database.kinds.exact_privileges import ExactPrivilegesKind, ExactPrivilegesSpec, managed_objects
 from components.database.kinds.extension import ExtensionKind, ExtensionSpec
 from components.database.kinds.function import FunctionKind
@@ -128,6 +129,14 @@ class DatabaseLayer(pulumi.ComponentResource):
         self.table_count = len(self.tables)
         self.register_outputs({})
 
+    def guard_destroy(self, *rest_of_the_stack: pulumi.Resource) -> pulumi.Resource:
+        """Declared last, after this layer and the rest of the stack: a destroy asks it first (its docstring)."""
+        spec = DestroyGuardSpec(
+            stack=pulumi.get_stack(), tables=[f"{TABLE_SCHEMA}.{t.name}" for t in self.schema.tables]
+        )
+        after = pulumi.ResourceOptions(provider=self.provider, depends_on=[self, *rest_of_the_stack])
+        return declare(DestroyGuardKind, "destroy-guard", spec, after)
+
     def options(self, depends_on: Sequence[pulumi.Resource] = (), **extra: object) -> pulumi.ResourceOptions:
         """Every object waits for the manifest: a refused data loss stops the update before any change."""
         after = [*depends_on, *([self.manifest] if self.manifest else [])]
@@ -190,7 +199,7 @@ class DatabaseLayer(pulumi.ComponentResource):
                 TableKind,
                 f"table-{data.name}",
                 data.table_spec(self.access.owner),
-                self.options([*after, *referenced], protect=not self.settings.allow_data_loss),
+                self.options([*after, *referenced]),
             )
             tables[data.name] = table
             self.row_security[data.name] = self.declare_table_objects(data, table)

@@ -9,6 +9,7 @@ holds that lock for long either.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
@@ -17,6 +18,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 
 from components.connection import ConnectionSpec
 from components.database.locks import TableLock, strongest, upfront_statements
@@ -77,12 +79,26 @@ class DatabaseUnreachable(Unreachable):
 
 @contextmanager
 def connect(target: DatabaseTarget) -> Iterator[psycopg.Connection]:
-    spec = target.connection
+    """A session on the target database: an idle one this process opened before, or a new one. It goes back
+    to the idle ones only when it ends clean (reset with DISCARD ALL), otherwise it is closed."""
+    key = target.connection.model_dump_json()
+    conn = IDLE.take(key) or opened(target.connection)
     try:
-        # Extensions live in their own schema; DDL must resolve their types and operator classes.
+        yield conn
+    except BaseException:
+        conn.close()
+        raise
+    IDLE.give_back(key, conn)
+
+
+def opened(spec: ConnectionSpec) -> psycopg.Connection:
+    try:
+        # Extensions live in their own schema; DDL must resolve their types and operator classes. Nothing is
+        # prepared server-side: DISCARD ALL (between two uses of a session) would drop it under psycopg.
         conn = psycopg.connect(
             **spec.conninfo(),
             autocommit=True,
+            prepare_threshold=None,
             options="-c search_path=public,extensions",
             application_name=APPLICATION_NAME,
         )
@@ -90,9 +106,55 @@ def connect(target: DatabaseTarget) -> Iterator[psycopg.Connection]:
         raise DatabaseUnreachable(
             f"cannot connect to {spec.database} on {spec.primary.host}:{spec.primary.port}: {str(error).strip()}"
         ) from error
-    with conn:
-        yield_to_applications(conn)
-        yield conn
+    yield_to_applications(conn)
+    return conn
+
+
+class IdleSessions:
+    """Sessions this provider process keeps open between requests, by target. Opening one (SCRAM, a backend
+    fork) costs ~10 ms, most of the time a refresh of the whole stack takes. Hand-written rather than
+    psycopg_pool: a pool waits out its timeout for a server that is down, where a read must fail at once
+    (its objects are then kept as recorded)."""
+
+    KEPT = 8
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.sessions: dict[str, list[psycopg.Connection]] = {}
+
+    def take(self, key: str) -> psycopg.Connection | None:
+        """An idle session that still answers (the server may have restarted since), or None."""
+        while True:
+            with self.lock:
+                kept = self.sessions.get(key)
+                if not kept:
+                    return None
+                conn = kept.pop()
+            try:
+                conn.execute("SELECT 1")
+                return conn
+            except psycopg.Error:
+                conn.close()
+
+    def give_back(self, key: str, conn: psycopg.Connection) -> None:
+        if conn.closed or conn.info.transaction_status != TransactionStatus.IDLE:
+            conn.close()
+            return
+        try:
+            conn.execute("DISCARD ALL")  # what the work set: temporary tables, SET, prepared statements
+            yield_to_applications(conn)
+        except psycopg.Error:
+            conn.close()
+            return
+        with self.lock:
+            kept = self.sessions.setdefault(key, [])
+            if len(kept) < self.KEPT:
+                kept.append(conn)
+                return
+        conn.close()
+
+
+IDLE = IdleSessions()
 
 
 def yield_to_applications(conn: psycopg.Connection) -> None:

@@ -107,6 +107,15 @@ class LiveTable:
     partitioned: bool
 
 
+def holds_rows(conn: psycopg.Connection, schema: str, name: str) -> bool:
+    """Whether the table holds a row, read with row_security off: where row level security would hide rows
+    from the admin (a role without BYPASSRLS), the read fails instead of finding the table empty."""
+    with conn.transaction():
+        conn.execute("SET LOCAL row_security = off")
+        row = conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(qualified(schema, name))).fetchone()
+    return bool(row and row[0])
+
+
 def read_table(conn: psycopg.Connection, schema: str, name: str) -> LiveTable | None:
     relation = sql.Identifier(schema, name).as_string(conn)
     row = conn.execute(

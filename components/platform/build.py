@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import pulumi
 
 from components.connection import ConnectionSpec
 from config import StackSettings
 
 
-class Platform(Protocol):
+class Platform(pulumi.ComponentResource):
+    """What each platform's component ends in."""
+
     connection: pulumi.Output[ConnectionSpec]
+    #: `connection.for_database()`, known as soon as the primary is: what the database layer is given.
+    database_connection: pulumi.Output[ConnectionSpec]
 
 
 def build_platform(name: str, settings: StackSettings) -> Platform:

@@ -117,6 +117,6 @@ def drop_adopted_tables(adoption: Adoption) -> None:
 
 
 def allow_data_loss(stack: auto.Stack) -> None:
-    """Data loss is not allowed on this stack (and its tables are protected): allow it before the destroy."""
+    """Data loss is not allowed on this stack (its DestroyGuard refuses a destroy): allow it before the destroy."""
     stack.set_config("thorbis:allowDataLoss", auto.ConfigValue("true"))
-    stack.up()  # lifts the tables' protection
+    stack.up()  # the provider learns it

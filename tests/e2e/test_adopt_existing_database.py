@@ -478,7 +478,7 @@ def test_dropping_a_column_is_refused_and_the_column_keeps_its_data(adoption: Ad
 
 def test_removing_a_table_is_refused_before_anything_changes(adoption: Adoption) -> None:
     """Refused by the manifest at check, so the table's policies, trigger and indexes are not deleted
-    ahead of it either (the table's `protect` alone would stop only the table, at the end)."""
+    ahead of it either (the table's own refusal would stop only the table, at the end)."""
     table = adoption.table("payments")
     with edited_table(adoption.schema_dir, table.name, lambda _: None):
         previewed = refusal(adoption.stack.preview)

@@ -274,6 +274,9 @@ def test_an_up_killed_at_a_random_point_while_creating_tables_is_recovered(inter
     running.wait(timeout=30)
     interrupted.recover("recover-random")
     assert_converged(interrupted)
+    resources = (interrupted.stack.export_stack().deployment or {}).get("resources", [])
+    adopted = [r["urn"] for r in resources if r["type"] == "thorbisdb:db:Table" and r["outputs"].get("adopted")]
+    assert adopted == [], "a table the killed up made is the stack's own, not adopted (destroy would keep it)"
 
 
 def resources_done(events: Path) -> int:

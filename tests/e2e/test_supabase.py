@@ -322,17 +322,24 @@ def fingerprints(supabase: SupabaseStack) -> dict[str, tuple[int, str]]:
 
 
 def test_destroy_without_allow_data_loss_drops_nothing(supabase: SupabaseStack) -> None:
+    """As the Automation API runs it (`destroy --skip-preview`): refused before anything is deleted, not after
+    the tables' policies, grants and row level security, naming the key and the commands."""
     before = fingerprints(supabase)
-    with pytest.raises(auto.CommandError):
+    with pytest.raises(auto.CommandError) as refused:
         supabase.stack.destroy()
+    message = str(refused.value)
+    assert "thorbis:allowDataLoss is false" in message and "Nothing was deleted" in message
+    assert f"pulumi config set thorbis:allowDataLoss true --stack {supabase.stack.name}" in message
+    assert "unprotect" not in message
     with supabase.server.connect() as conn:
         assert conn.execute("SELECT count(*) FROM pg_roles WHERE rolname = 'thorbis_owner'").fetchone() == (1,)
     assert fingerprints(supabase) == before
+    supabase.stack.preview(expect_no_changes=True)  # every resource is still there
 
 
 def test_destroy_removes_exactly_what_the_stack_created(supabase: SupabaseStack) -> None:
     supabase.stack.set_config("thorbis:allowDataLoss", auto.ConfigValue("true"))
-    supabase.stack.up()  # lifts the tables' protection
+    supabase.stack.up()  # the provider learns it
     kept = fingerprints(supabase)
     supabase.stack.destroy()
     supabase.destroyed[0] = True

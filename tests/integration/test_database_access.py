@@ -475,6 +475,32 @@ def test_grant_observes_a_dropped_object_and_a_dropped_grantee(server: Server, a
     assert kind.observe(grant_id, spec) is None
 
 
+def test_an_object_a_grant_covers_dropped_by_hand_is_drift_and_made_again_gets_the_grant(
+    server: Server, app: str
+) -> None:
+    """ALL TABLES IN SCHEMA with `covers`: a covered view dropped by hand (its own resource makes it again in the
+    same `up`, before the grant) is drift, so the grant runs again and the new view is not left without it."""
+    kind = server.kind(GrantKind)
+    grantee = make_role(server, "it_api")
+    view = unique("it_view")
+    make_view = "CREATE VIEW {schema}.{view} AS SELECT id FROM {schema}.jobs"
+    server.run(make_view, schema=app, view=view)
+    spec = GrantSpec(
+        grantee=grantee, privileges=["SELECT"], object_type="all_tables_in_schema", schema_name=app,
+        covers=["jobs", view],
+    )  # fmt: skip
+    grant_id, outputs = kind.create(spec)
+    server.run("DROP VIEW {schema}.{view}", schema=app, view=view)
+    observed = kind.observe(grant_id, spec)
+    assert changes(kind, spec, observed) == ["covers"]
+    server.run(make_view, schema=app, view=view)
+    kind.update(grant_id, recorded(spec, outputs, observed), spec)
+    assert server.scalar("SELECT has_table_privilege(%s, %s, 'SELECT')", (grantee, f"{app}.{view}")) is True
+    assert changes(kind, spec, kind.observe(grant_id, spec)) == []
+    kind.delete(grant_id, spec)
+    server.run("DROP VIEW {schema}.{view}; DROP ROLE {grantee}", schema=app, view=view, grantee=grantee)
+
+
 def test_a_grant_on_a_schema_not_made_yet_is_refused_not_recorded_as_done(server: Server) -> None:
     """Declared before its schema, a grant found nothing to grant on and recorded its privileges as given."""
     kind = server.kind(GrantKind)

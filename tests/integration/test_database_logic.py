@@ -19,6 +19,7 @@ from components.database.kinds.policy import PolicyKind, PolicySpec, PolicyStatu
 from components.database.kinds.row_security import RowSecurityKind, RowSecuritySpec, RowSecurityStatus
 from components.database.kinds.trigger import TriggerKind, TriggerSpec, TriggerStatus
 from components.database.kinds.view import ViewKind, ViewSpec, ViewStatus
+from components.database.session import DatabaseTarget, connect, scalar
 from components.kind import Observed, ProviderError
 from tests.integration.databases import Database, changes, database_server, declared, recorded
 
@@ -119,6 +120,21 @@ def test_function_observes_as_declared_drifts_repairs_and_deletes(database: Data
     kind.delete(resource_id, spec)
     assert kind.observe(resource_id, spec) is None
     kind.delete(resource_id, spec)  # already gone: nothing to do
+
+
+def test_a_function_whose_row_type_was_dropped_with_its_table_is_gone_not_an_error(database: Database) -> None:
+    """A table dropped by hand (CASCADE) takes the functions returning its rows with it: a refresh (which a
+    plain destroy runs first) reads them as gone; creating one still fails, naming the missing type."""
+    database.execute("CREATE TABLE app.scratch_rows (id int); ")
+    kind = database.kind(FunctionKind)
+    spec = FunctionSpec(
+        schema_name="app", name="scratch_all", returns="SETOF app.scratch_rows", body="select * from app.scratch_rows"
+    )
+    resource_id, _ = kind.create(spec)
+    database.execute("DROP TABLE app.scratch_rows CASCADE")
+    assert kind.observe(resource_id, spec) is None
+    with pytest.raises(ProviderError, match=r'type "app.scratch_rows" does not exist'):
+        kind.create(spec)
 
 
 def test_function_spec_refuses_definer_without_search_path_and_defaults() -> None:
@@ -441,3 +457,28 @@ def test_rls_helper_and_policies_isolate_companies(database: Database, helper: F
         with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
             conn.execute("SET LOCAL ROLE anon")
             conn.execute("SELECT app.current_company_id()")
+
+
+def test_a_session_is_reused_by_the_next_request_clean_and_never_when_broken(database: Database) -> None:
+    """The provider keeps its sessions between requests (a new login costs most of a refresh): the next one
+    gets the same backend with nothing of the last one's work (SET, temporary tables, a transaction), and a
+    session the server closed meanwhile is replaced, not handed out."""
+    target = DatabaseTarget(database.connection)
+    with connect(target) as conn:
+        first = conn.info.backend_pid
+        conn.execute("SET lock_timeout = '1ms'")
+        conn.execute("CREATE TEMPORARY TABLE leftover (x int)")
+    with connect(target) as conn:
+        assert conn.info.backend_pid == first
+        assert scalar(conn, "SHOW lock_timeout") == "0"
+        assert scalar(conn, "SELECT to_regclass('pg_temp.leftover')") is None
+        assert scalar(conn, "SHOW deadlock_timeout") == "10ms"  # set again after the reset
+        assert scalar(conn, "SHOW search_path") == "public,extensions"  # the startup option, kept by RESET
+        conn.execute("BEGIN")  # left open: never handed out again
+    with connect(target) as conn:
+        assert conn.info.backend_pid != first
+        second = conn.info.backend_pid
+    database.execute("SELECT pg_terminate_backend(%s)", (second,))
+    with connect(target) as conn:
+        assert conn.info.backend_pid not in (first, second)
+        assert scalar(conn, "SELECT 1") == 1

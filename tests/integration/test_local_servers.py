@@ -40,6 +40,10 @@ from tests.integration.conftest import (
 )
 
 AUTH_PASSWORD = 'it-"bouncer" pass:0123'  # a double quote: userlist.txt must escape it
+CLEAN_FILES: dict[str, list[str]] = {
+    "pgHba": [],
+    "alteredSystem": [],
+}  # pg_hba.conf and postgresql.auto.conf as the stack has them
 REDIS_PASSWORD = 'it-re"dis\\ pass word'  # quote, backslash and space: redis.conf must quote them
 APP_PASSWORD = "it-App-Pass-0123"
 
@@ -145,6 +149,33 @@ def test_alter_system_by_hand_is_drift_that_update_repairs(own_primary: Primary)
     assert flat(kind.observe(own_primary.resource_id, spec)) == repaired
 
 
+def test_a_trust_line_in_pg_hba_and_an_undeclared_alter_system_are_drift_that_update_removes(
+    own_primary: Primary,
+) -> None:
+    kind, spec, server = own_primary.kind, own_primary.spec, own_primary.server
+    hba = server.data / "pg_hba.conf"
+    hba.write_text("host all all 127.0.0.1/32 trust   # a backdoor\n" + hba.read_text())
+    with own_primary.connect() as conn:
+        conn.execute("ALTER SYSTEM SET log_statement = 'all'")
+        conn.execute("SELECT pg_reload_conf()")
+    eventually(lambda: own_primary.scalar("SHOW log_statement") == "all", 10, "log_statement set by hand to load")
+    with psycopg.connect(host=LOOPBACK, port=own_primary.port, user="postgres", dbname="postgres") as intruder:
+        assert intruder.execute("SELECT 1").fetchone() == (1,)  # no password: the backdoor works
+
+    observed = flat(kind.observe(own_primary.resource_id, spec))
+    assert observed is not None
+    assert observed["pgHba"] == ["+ host all all 127.0.0.1/32 trust"]
+    assert observed["alteredSystem"] == ["log_statement = all"]
+    assert kind.drifted(kind.status_of(own_primary.state(observed)), spec) == ["pgHba", "alteredSystem"]
+
+    repaired = reported(kind.update(own_primary.resource_id, own_primary.state(observed), spec))
+    assert (repaired["pgHba"], repaired["alteredSystem"]) == ([], [])
+    assert own_primary.scalar("SHOW log_statement") == "none"
+    assert "log_statement" not in (server.data / "postgresql.auto.conf").read_text()
+    with pytest.raises(psycopg.OperationalError, match="password"):
+        psycopg.connect(host=LOOPBACK, port=own_primary.port, user="postgres", dbname="postgres", connect_timeout=5)
+
+
 def test_killed_postmaster_is_reported_and_update_restarts_it_with_its_data(own_primary: Primary) -> None:
     kind, spec, server = own_primary.kind, own_primary.spec, own_primary.server
     with own_primary.connect() as conn:
@@ -201,7 +232,7 @@ def replica_has(replica: Replica, note: str) -> bool:
 
 
 def test_replica_streams_rows_through_its_own_slot(primary: Primary, replica: Replica) -> None:
-    assert replica.outputs == {"running": True, "streaming": True, "settings": SETTINGS}
+    assert replica.outputs == {**CLEAN_FILES, "running": True, "streaming": True, "settings": SETTINGS}
     note = uuid.uuid4().hex
     with primary.connect() as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS replicated (note text)")
@@ -223,9 +254,29 @@ def test_replica_streams_rows_through_its_own_slot(primary: Primary, replica: Re
 def test_replica_update_applies_settings_and_keeps_streaming(replica: Replica) -> None:
     changed = with_settings(replica.spec, work_mem="16MB")
     outputs = reported(replica.kind.update(replica.resource_id, recorded(replica.spec, replica.outputs), changed))
-    assert outputs == {"running": True, "streaming": True, "settings": changed.settings}
+    assert outputs == {**CLEAN_FILES, "running": True, "streaming": True, "settings": changed.settings}
     with replica.connect() as conn:
         assert conn.execute("SHOW work_mem").fetchone() == ("16MB",)
+
+
+def test_a_replicas_pg_hba_and_alter_system_by_hand_are_drift_that_update_removes(replica: Replica) -> None:
+    hba = replica.base / "data" / "pg_hba.conf"
+    hba.write_text(hba.read_text() + "host all all 127.0.0.1/32 trust\n")
+    with replica.connect() as conn:
+        conn.execute("ALTER SYSTEM SET log_connections = on")
+    observed = flat(replica.kind.observe(replica.resource_id, replica.spec))
+    assert observed is not None
+    assert (observed["pgHba"], observed["alteredSystem"]) == (
+        ["+ host all all 127.0.0.1/32 trust"],
+        ["log_connections = on"],
+    )
+
+    repaired = reported(
+        replica.kind.update(replica.resource_id, recorded(replica.spec, replica.outputs, observed), replica.spec)
+    )
+    assert repaired == replica.outputs
+    assert "trust" not in hba.read_text()
+    assert "log_connections" not in (replica.base / "data" / "postgresql.auto.conf").read_text()
 
 
 def test_replica_delete_drops_its_slot_and_directory(primary: Primary) -> None:
@@ -446,6 +497,7 @@ def test_redis_observe_and_update(redis_server: RedisServer) -> None:
         "maxmemory": "64mb",
         "maxmemoryPolicy": "allkeys-lru",
         "persistence": False,
+        "passwordRequired": True,
     }
     assert redis_server.outputs == expected
     assert flat(redis_server.kind.observe(redis_server.resource_id, redis_server.spec)) == expected
@@ -479,6 +531,23 @@ def test_redis_config_set_by_hand_is_drift_that_update_restores(redis_server: Re
     )
     assert restored["maxmemory"] == "64mb"
     assert redis_server.config("maxmemory") == str(memory_bytes("64mb"))
+
+
+def test_redis_password_removed_by_hand_is_drift_that_update_sets_again(redis_server: RedisServer) -> None:
+    with redis_server.client() as connection:
+        connection.config_set("requirepass", "")
+    observed = flat(redis_server.kind.observe(redis_server.resource_id, redis_server.spec))
+    assert observed == {**redis_server.outputs, "passwordRequired": False}  # read without the password
+    assert redis_server.kind.drifted(redis_server.kind.status_of(observed), redis_server.spec) == ["passwordRequired"]
+
+    restored = reported(
+        redis_server.kind.update(
+            redis_server.resource_id, recorded(redis_server.spec, redis_server.outputs, observed), redis_server.spec
+        )
+    )
+    assert restored == redis_server.outputs
+    with redis_server.client(password=None) as anonymous, pytest.raises(redis.AuthenticationError):
+        anonymous.ping()
 
 
 def test_redis_delete_leaves_no_listener(redis_server: RedisServer) -> None:

@@ -15,6 +15,7 @@ import pytest
 from psycopg import sql
 
 from components.database.ddl import Batches, Operation, Work, run_batches
+from components.database.kinds.destroy_guard import DestroyGuardKind, DestroyGuardSpec
 from components.database.kinds.index import IndexKind, IndexSpec
 from components.database.kinds.manifest import ManifestKind, ManifestSpec
 from components.database.kinds.table import TableKind
@@ -27,6 +28,7 @@ from components.database.table_shape import (
     PartitionSpec,
     TableSpec,
     UniqueSpec,
+    holds_rows,
 )
 from components.kind import ProviderError
 from ops.events import Change
@@ -463,3 +465,56 @@ def run_catching(work: Callable[[], object], failures: list[BaseException]) -> N
         work()
     except BaseException as error:
         failures.append(error)
+
+
+def test_only_a_table_with_something_of_someone_elses_is_adopted(database: Database) -> None:
+    """A kill between a table's CREATE and the engine's record of it leaves the table empty, of the declared
+    owner: recovery's `up` takes it as the stack's own (destroy drops it, and then its owner role). A table with
+    rows, or of another owner, existed before the stack: adopted, kept by destroy."""
+    database.execute("DO $$ BEGIN CREATE ROLE people_owner; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+    owned = PEOPLE.model_copy(update={"owner": "people_owner"})
+    kind = database.kind(TableKind)
+    found = {}
+    for case, rows, owner in (("killed create", None, "people_owner"), ("rows", PEOPLE_ROWS, "people_owner"),
+                              ("other owner", None, None)):  # fmt: skip
+        database.execute("DROP TABLE IF EXISTS public.people CASCADE")
+        kind.create(owned if owner else PEOPLE)
+        if rows:
+            database.execute(rows)
+        found[case] = kind.create(owned)[1].adopted
+    assert found == {"killed create": False, "rows": True, "other owner": True}
+
+
+def test_the_destroy_guard_refuses_while_a_declared_table_holds_rows(database: Database) -> None:
+    """The first delete of a destroy: refused naming the key and the commands while a declared table holds a
+    row; let through when the declared tables are empty or gone, or when data loss is allowed."""
+    guard = database.kind(DestroyGuardKind)
+    spec = DestroyGuardSpec(stack="prod", tables=["public.people", "public.never_made"])
+    make(database, PEOPLE, "SELECT 1")  # made, empty
+    guard.delete("destroy-guard", spec)
+    database.execute("INSERT INTO public.people (id) VALUES (1)")
+    with pytest.raises(ProviderError) as refused:
+        guard.delete("destroy-guard", spec)
+    message = str(refused.value)
+    assert "thorbis:allowDataLoss is false and 1 of its tables hold rows (public.people)" in message
+    assert "pulumi config set thorbis:allowDataLoss true --stack prod" in message
+    guard.provider_config = {**guard.provider_config, "allowDataLoss": True}
+    guard.delete("destroy-guard", spec)
+
+
+def test_rows_row_level_security_hides_from_the_admin_are_not_taken_for_an_empty_table(database: Database) -> None:
+    """An admin without BYPASSRLS counts no row where the policies hide them all: the destroy guard, the
+    table's delete and its adoption would take the table for empty. With row_security off the read fails."""
+    database.execute(
+        "DROP TABLE IF EXISTS public.hidden; CREATE TABLE public.hidden (id int); "
+        "INSERT INTO public.hidden VALUES (1); "
+        "ALTER TABLE public.hidden ENABLE ROW LEVEL SECURITY; "
+        "DO $$ BEGIN CREATE ROLE hidden_reader LOGIN PASSWORD 'Hidden-Reader-0123'; "
+        "EXCEPTION WHEN duplicate_object THEN NULL; END $$; GRANT SELECT ON public.hidden TO hidden_reader"
+    )
+    with database.connect("hidden_reader", "Hidden-Reader-0123") as conn:
+        assert conn.execute("SELECT count(*) FROM public.hidden").fetchone() == (0,)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            holds_rows(conn, "public", "hidden")
+    with database.connect() as conn:
+        assert holds_rows(conn, "public", "hidden")

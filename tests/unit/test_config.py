@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 import config
 from components.connection import LOOPBACK
 from components.database.declared.access import load_access
+from components.platform.local.platform import postgres_settings
 from config import (
     BackupSettings,
     ConfigError,
@@ -33,7 +34,8 @@ from config import (
     load_settings,
     parse_settings,
 )
-from config.settings import CacheSettings, CacheTierSettings, SettingsContext
+from config.gucs import OWNED_GUCS
+from config.settings import DEDICATED_GUCS, CacheSettings, CacheTierSettings, SettingsContext
 from tests.conftest import ROOT
 
 PASSWORD_KEYS = ("postgresPassword", "replicationPassword", "pgbouncerAuthPassword", "redisPassword")
@@ -458,8 +460,75 @@ BAD = [
         "thorbis:postgres.settings",
         ('["jit"]', "mapping"),
     ),
-    Bad("replica-count", {"replicas": {"count": -1}}, "thorbis:replicas.count", ("= -1:", ">= 0")),
-    Bad("replica-count-bool", {"replicas": {"count": True}}, "thorbis:replicas.count", ("= true:", "integer >= 0")),
+    Bad(
+        "guc-value-type",
+        {"postgres": {"settings": {"random_page_cost": "fast"}}},
+        "thorbis:postgres.settings.random_page_cost",
+        ('= "fast"', 'PostgreSQL refuses it: invalid value for parameter "random_page_cost": "fast"'),
+    ),
+    Bad(
+        "guc-unknown",
+        {"postgres": {"settings": {"random_page_costs": "2"}}},
+        "thorbis:postgres.settings.random_page_costs",
+        ('unrecognized configuration parameter "random_page_costs"',),
+    ),
+    Bad(
+        "guc-unit",
+        {"postgres": {"settings": {"log_min_duration_statement": "5 fortnights"}}},
+        "thorbis:postgres.settings.log_min_duration_statement",
+        ("invalid value", 'Valid units for this parameter are "us", "ms", "s", "min", "h", and "d"'),
+    ),
+    Bad(
+        "guc-range",
+        {"postgres": {"settings": {"lock_timeout": -5}}},
+        "thorbis:postgres.settings.lock_timeout",
+        ('= "-5"', "outside the valid range", "(0 .. 2147483647)"),
+    ),
+    Bad(
+        "guc-enum",
+        {"postgres": {"settings": {"default_transaction_isolation": "snapshot"}}},
+        "thorbis:postgres.settings.default_transaction_isolation",
+        ("Available values: serializable, repeatable read, read committed, read uncommitted",),
+    ),
+    Bad(
+        "guc-internal",
+        {"postgres": {"settings": {"data_checksums": "on"}}},
+        "thorbis:postgres.settings.data_checksums",
+        ('parameter "data_checksums" cannot be changed',),
+    ),
+    Bad(
+        "guc-owned-wal-level",
+        {"postgres": {"settings": {"wal_level": "minimal"}}},
+        "thorbis:postgres.settings.wal_level",
+        ("is set by the stack itself", "remove it"),
+    ),
+    Bad(
+        "guc-owned-preload",
+        {"postgres": {"settings": {"shared_preload_libraries": "auto_explain"}}},
+        "thorbis:postgres.settings.shared_preload_libraries",
+        ("is set by the stack itself",),
+    ),
+    Bad(
+        "job-schedule-minute",
+        {"jobs": {"schedules": {"partman-maintenance": "99 * * * *"}}},
+        "thorbis:jobs.schedules.partman-maintenance",
+        ("the minute field '99' has 99, outside 0-59",),
+    ),
+    Bad(
+        "job-schedule-step",
+        {"jobs": {"schedules": {"partman-maintenance": "*/0 * * * *"}}},
+        "thorbis:jobs.schedules.partman-maintenance",
+        ("has a step of 0",),
+    ),
+    Bad(
+        "backup-schedule-hour",
+        {"backup": {"schedule": "30 24 * * *"}},
+        "thorbis:backup.schedule",
+        ("the hour field '24' has 24, outside 0-23",),
+    ),
+    Bad("replica-count-high", {"replicas": {"count": 50}}, "thorbis:replicas.count", ("= 50:", "0 to 8")),
+    Bad("replica-count", {"replicas": {"count": -1}}, "thorbis:replicas.count", ("= -1:", "0 to 8")),
+    Bad("replica-count-bool", {"replicas": {"count": True}}, "thorbis:replicas.count", ("= true:", "integer from 0")),
     Bad("replica-count-text", {"replicas": {"count": "two"}}, "thorbis:replicas.count", ('"two"', "integer")),
     Bad(
         "replica-base-port",
@@ -734,6 +803,24 @@ def test_bad_config_is_reported_by_key_value_and_allowed_values(case: Bad) -> No
     assert line.startswith(f"stack '{case.stack}': {case.key} ")
     for fragment in case.says:
         assert fragment in line, f"{fragment!r} missing from: {line}"
+
+
+def test_good_settings_and_schedules_pass_the_servers_and_crons_checks() -> None:
+    settings = (
+        Stack("dev")
+        .with_values(
+            postgres={"settings": {"random_page_cost": 1.1, "log_min_duration_statement": "250ms", "jit": False}},
+            jobs={"schedules": {"partman-maintenance": "0 3 * jan-mar mon,fri"}},
+            backup={"schedule": "*/15 0-6 1,15 * *"},
+        )
+        .parse()
+    )
+    assert settings.postgres.settings["jit"] == "off"
+
+
+def test_the_settings_the_stack_owns_are_the_ones_it_writes() -> None:
+    written = set(postgres_settings(Stack("dev").with_values(backup={"enabled": True}).parse()))
+    assert written - set(DEDICATED_GUCS) - {"port"} <= OWNED_GUCS
 
 
 def test_the_example_message_reads_as_documented() -> None:

@@ -37,6 +37,7 @@ from components.database.kinds.table import TableKind, TableStatus
 from components.database.layer import DatabaseLayer
 from components.database.session import Timeouts
 from components.kind import SECRET, Kind, marked
+from components.platform.build import build_platform
 from components.resource import declare
 from config import StackSettings, parse_settings
 from tests.conftest import ROOT
@@ -193,7 +194,7 @@ def test_every_object_the_layer_declares_is_a_valid_spec_of_its_kind() -> None:
     connection = layer_connection()
 
     def program() -> None:
-        DatabaseLayer("thorbis", pulumi.Output.secret(connection), layer_settings())
+        DatabaseLayer("thorbis", pulumi.Output.secret(connection), layer_settings()).guard_destroy()
 
     made = registered(program)
     schema = load_schema()
@@ -211,6 +212,24 @@ def test_every_object_the_layer_declares_is_a_valid_spec_of_its_kind() -> None:
     policies = [name for name, (typ, _) in made.items() if typ == "thorbisdb:db:Policy"]
     assert sorted(tables) == sorted(f"table-{table.name}" for table in schema.tables)
     assert len(policies) == 5 * len(schema.tables)  # four tenant policies and the read_all one
+
+
+def test_a_destroy_asks_the_destroy_guard_before_anything_else_of_the_stack() -> None:
+    """A destroy deletes what depends on others first: the guard depends on every other resource of the
+    program (the platform's servers too), so none is deleted before the guard has allowed it."""
+
+    def program() -> pulumi.Output[None]:
+        settings = layer_settings()
+        platform = build_platform("thorbis", settings)
+        DatabaseLayer("thorbis", platform.database_connection, settings).guard_destroy(platform)
+        return pulumi.Output.from_input(None)
+
+    created, wiring = record(program, "unit")
+    guard = wiring["destroy-guard"]
+    custom = {wiring[item.name].urn for item in created if item.type.startswith("thorbisdb:")} - {guard.urn}
+    assert any("thorbisdb:external:Postgres" in urn for urn in custom)  # the platform's servers too
+    assert len(custom) > 500
+    assert custom - guard.dependencies == set()
 
 
 def test_the_partition_guard_runs_after_the_function_it_calls_even_with_no_table(

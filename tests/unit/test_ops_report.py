@@ -2,7 +2,9 @@
 
 tests/fixtures/ops_events/ holds events of a throwaway stack (secrets masked by the engine, as always):
 refresh_drift.jsonl from `refresh --preview-only` after changes made by hand (a stopped replica, a PgBouncer
-SET, RLS disabled, a dropped index, an altered policy); preview_allowed.jsonl from `preview` of a program
+SET, RLS disabled, a dropped index, an altered policy); preview_refreshed.jsonl from a plain `preview` (which
+refreshes first: Pulumi.yaml `refresh: always`) after RLS disabled, an index dropped and a policy altered by
+hand (events of unchanged objects left out but two); preview_allowed.jsonl from `preview` of a program
 with a new table, a new index and a column removed on a stack that allows data loss; preview_refused.jsonl
 the same on a stack that does not, where the provider refuses at check.
 """
@@ -16,6 +18,7 @@ import pytest
 from pulumi.automation import EngineEvent
 
 from ops import EXIT_DESTRUCTIVE, EXIT_DRIFT, EXIT_FAILED, EXIT_OK
+from ops.cli import destroy_refusal
 from ops.drift import Difference, differences, render_text, show
 from ops.events import Change, EventLog
 from ops.preview import PreviewOutcome, render_markdown
@@ -62,9 +65,31 @@ def test_the_drift_report_is_one_row_per_property_and_says_how_to_repair() -> No
     report = render_text("dev", log.listed)
     assert report.startswith(f"Drift on stack dev: {len(log.listed)} object(s) differ")
     assert "thorbisdb:local:PgBouncer thorbis-pgbouncer" in report and "defaultPoolSize" in report
-    assert "pulumi refresh --stack dev, then pulumi up --stack dev" in report
+    assert "pulumi up --stack dev (it reads the live servers first)" in report
     assert "[secret]" not in report  # no secret property drifted; none is shown even masked
     assert render_text("dev", []).startswith("No drift")
+
+
+def test_a_plain_preview_finds_the_drift_in_its_refresh_and_plans_the_repair() -> None:
+    log = replay("preview_refreshed.jsonl")
+    found = {(d.name, d.property): (d.recorded, d.live) for change in log.drift for d in differences(change)}
+    # recorded before RLS became a kind of its own (RowSecurity): no kind says the field's healthy value now
+    assert found == {
+        ("table-customers", "rowLevelSecurity"): ("(none)", "false"),
+        ("index-jobs_company_id_customer_id_idx", "(the object)"): ("exists", "gone"),
+        ("policy-invoices_tenant_select", "using"): ("company_id = (SELECT app.current_company_id())", "true"),
+    }
+    planned = {change.name: change.op for change in log.listed}
+    assert planned == {
+        "table-customers": "update",
+        "index-jobs_company_id_customer_id_idx": "create",
+        "policy-invoices_tenant_select": "update",
+    }
+    assert log.unchanged == 2
+    summary = render_markdown(PreviewOutcome("dev", log.listed, log.unchanged, drift=log.drift))
+    assert summary.splitlines()[0].endswith(": drift")
+    assert "`pulumi up` puts them back" in summary
+    assert "`thorbisdb:db:Index` `index-jobs_company_id_customer_id_idx`: gone" in summary
 
 
 def test_unchanged_objects_are_counted_not_listed() -> None:
@@ -118,7 +143,7 @@ def test_a_refusal_of_the_provider_is_destructive_and_said_first() -> None:
     summary = render_markdown(outcome)
     assert outcome.exit_code == EXIT_DESTRUCTIVE
     assert summary.splitlines()[0] == "## thorbis-db preview of stack `dev`: destructive change"
-    head = summary.split("**", 1)[0] + summary.split("\n\n", 2)[1]
+    head = summary.split("**", 1)[0] + summary.split("\n\n", 3)[2]  # the title, the note, the risks
     assert "Destructive change" in head and "column customers.notes would be dropped" in head
     assert "The preview stopped at the refusal" in summary
 
@@ -187,8 +212,10 @@ def test_exit_codes(outcome: PreviewOutcome, code: int) -> None:
 
 def test_no_changes_says_so() -> None:
     summary = render_markdown(PreviewOutcome("dev", unchanged=576))
-    assert (
-        summary == "## thorbis-db preview of stack `dev`: no risk found\n\n**No changes**. 576 object(s) unchanged.\n"
+    assert summary == (
+        "## thorbis-db preview of stack `dev`: no risk found\n\n"
+        "Compared with the live servers: `pulumi preview` reads them first (Pulumi.yaml `refresh: always`).\n\n"
+        "**No changes**. 576 object(s) unchanged.\n"
     )
 
 
@@ -214,3 +241,17 @@ def test_a_status_field_the_state_never_recorded_is_shown_with_its_expected_valu
     assert differences(change) == [
         Difference("thorbisdb:db:Role", "role-reporting", "passwordMatches", "true", "false")
     ]
+
+
+def test_make_destroy_refuses_naming_allow_data_loss_and_the_commands() -> None:
+    refusal = destroy_refusal("staging", allow_data_loss=False)
+    assert refusal is not None
+    assert "thorbis:allowDataLoss is false" in refusal and "Nothing was changed" in refusal
+    commands = [line.strip().split("  #")[0].strip() for line in refusal.splitlines() if line.startswith("  ")]
+    assert commands == [
+        "pulumi config set thorbis:allowDataLoss true --stack staging",
+        "pulumi up --stack staging",
+        "make destroy STACK=staging",
+    ]
+    assert "unprotect" not in refusal
+    assert destroy_refusal("staging", allow_data_loss=True) is None

@@ -154,10 +154,19 @@ def canonical(conn: psycopg.Connection, spec: FunctionSpec) -> tuple[str, LiveFu
             live = read_function(conn, sql.SQL("pg_my_temp_schema()"), spec.name, identity[0])
             assert live is not None
             return identity[0], live
+    except (psycopg.errors.UndefinedObject, psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName) as error:
+        raise TypeGone(
+            f"{spec.kind} {spec.schema_name}.{spec.name}: a type of its signature does not exist: {str(error).strip()}"
+        ) from error
     except psycopg.Error as error:
         raise ProviderError(
             f"{spec.kind} {spec.schema_name}.{spec.name}: the spec is not a valid {spec.kind}: {str(error).strip()}"
         ) from error
+
+
+class TypeGone(ProviderError):
+    """A type the declared signature names does not exist (a table dropped by hand takes its row type, and
+    the functions that return it, with it)."""
 
 
 def read_declared(conn: psycopg.Connection, spec: FunctionSpec) -> tuple[LiveFunction | None, LiveFunction]:
@@ -273,7 +282,10 @@ class FunctionKind(DatabaseKind[FunctionSpec, FunctionStatus]):
         self, resource_id: str, spec: FunctionSpec, recorded: FunctionStatus | None = None
     ) -> Observed[FunctionStatus] | None:
         with connect(self.target) as conn:
-            live, wanted = read_declared(conn, spec)
+            try:
+                live, wanted = read_declared(conn, spec)
+            except TypeGone:
+                return None  # no function can have a signature whose type is gone
             return None if live is None else observed(live, wanted, spec)
 
     def create(self, spec: FunctionSpec) -> tuple[str, FunctionStatus]:

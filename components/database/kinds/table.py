@@ -4,9 +4,10 @@ Read the catalog into the spec's shape, compare, and close the gap online (compo
 an existing table is adopted, never recreated; columns are added, renamed and retyped, keys changed,
 constraints added NOT VALID and then validated, without holding a lock that blocks writers for longer than
 a catalog change. Dropping a column or a table loses data: refused unless allowed. An adopted table keeps its
-owner and is never dropped. A new table is created with row level security enabled and forced in its CREATE
-transaction; an adopted one gets it from its RowSecurity (kinds/row_security.py), once its policies exist,
-so the application using it is never refused in between.
+owner and is never dropped (an empty one of the declared owner, which a killed `up` leaves, is not adopted).
+A new table is created with row level security enabled and forced in its CREATE transaction; an adopted one
+gets it from its RowSecurity (kinds/row_security.py), once its policies exist, so the application using it
+is never refused in between.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from components.database.table_shape import (
     column_losses,
     columns_list,
     create_statement,
+    holds_rows,
     read_table,
     rls_statements,
 )
@@ -235,6 +237,18 @@ def dropped_columns(old: TableSpec, new: TableSpec) -> list[str]:
     return [column.name for column in old.columns if column.name not in kept]
 
 
+def left_by_an_interrupted_create(conn: psycopg.Connection, spec: TableSpec, live: LiveTable) -> bool:
+    """An empty table of the declared owner is what a create of the stack leaves when a kill stops the `up`
+    before the engine records it (recovery's `up` then meets it). Nothing in it is anyone else's: it is the
+    stack's own, which destroy drops like the tables it made, not one adopted (kept, and its owner role with it)."""
+    if spec.owner is None or live.owner != spec.owner:
+        return False
+    try:
+        return not holds_rows(conn, spec.schema_name, spec.name)
+    except psycopg.errors.InsufficientPrivilege:  # rows hidden from the admin by RLS: it may hold some
+        return False
+
+
 class TableKind(DatabaseKind[TableSpec, TableStatus]):
     token = TOKEN
     spec_type = TableSpec
@@ -274,12 +288,13 @@ class TableKind(DatabaseKind[TableSpec, TableStatus]):
 
     def create(self, spec: TableSpec) -> tuple[str, TableStatus]:
         with connect(self.target) as conn:
-            existed = read_table(conn, spec.schema_name, spec.name) is not None
-            if existed:  # the live database already has it: adopt, never recreate
-                self.converge(conn, spec, dropped=[], adopted=True)
-            else:
+            live = read_table(conn, spec.schema_name, spec.name)
+            if live is None:
                 self.apply(conn, create_operations(spec), what=f"create table {spec.schema_name}.{spec.name}")
-            return f"{spec.schema_name}.{spec.name}", TableStatus(adopted=existed)
+                return f"{spec.schema_name}.{spec.name}", TableStatus(adopted=False)
+            adopted = not left_by_an_interrupted_create(conn, spec, live)
+            self.converge(conn, spec, dropped=[], adopted=True)  # the live database has it: never recreated
+            return f"{spec.schema_name}.{spec.name}", TableStatus(adopted=adopted)
 
     def update(self, resource_id: str, old: dict[str, Any], spec: TableSpec) -> Observed[TableStatus]:
         declared_before = {column["name"] for column in old.get("columns", [])}
@@ -383,12 +398,10 @@ class TableKind(DatabaseKind[TableSpec, TableStatus]):
     def delete(self, resource_id: str, spec: TableSpec, recorded: TableStatus | None = None) -> None:
         if recorded is not None and recorded.adopted:  # the table and its rows were there before the stack
             return
-        relation = qualified(spec.schema_name, spec.name)
         with connect(self.target) as conn:
             if read_table(conn, spec.schema_name, spec.name) is None:
                 return
-            rows = scalar(conn, sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {} LIMIT 1) t").format(relation))
-            if rows and not self.target.allow_data_loss:
+            if not self.target.allow_data_loss and holds_rows(conn, spec.schema_name, spec.name):
                 raise ProviderError(
                     f"refusing to drop table {spec.schema_name}.{spec.name}: it holds data. "
                     "Set thorbis:allowDataLoss true (and `pulumi up`) to allow it"

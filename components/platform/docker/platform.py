@@ -15,6 +15,7 @@ from psycopg import sql
 
 from components import scram
 from components.connection import LOOPBACK, ConnectionSpec
+from components.platform.build import Platform
 from components.platform.local.pgbouncer import AUTH_ROLE, auth_lookup_statements, auth_role_statement, shared_settings
 from components.platform.local.platform import loopback_connection, postgres_settings, replication_slot
 from components.platform.local.postgres import replication_role_statement
@@ -106,10 +107,11 @@ def published(internal: int, external: int) -> list[docker.ContainerPortArgs]:
     return [docker.ContainerPortArgs(internal=internal, external=external, ip=LOOPBACK)]
 
 
-class DockerPlatform(pulumi.ComponentResource):
+class DockerPlatform(Platform):
     """Primary, replicas, PgBouncer and Redis containers on one network of the stack's own."""
 
     connection: pulumi.Output[ConnectionSpec]
+    database_connection: pulumi.Output[ConnectionSpec]
 
     def __init__(self, name: str, settings: StackSettings, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("thorbis:platform:Docker", name, None, opts)
@@ -234,6 +236,9 @@ class DockerPlatform(pulumi.ComponentResource):
         ready = [primary.id, pooler.id, redis.id, *(replica.id for replica in replicas)]
         self.connection = pulumi.Output.all(superuser, redis_password, *ready).apply(
             lambda values: loopback_connection(settings, "docker", values[0], values[1])
+        )
+        self.database_connection = pulumi.Output.all(superuser, primary.id).apply(
+            lambda values: loopback_connection(settings, "docker", values[0], "").for_database()
         )
         self.register_outputs({})
 

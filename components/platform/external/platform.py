@@ -7,6 +7,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from components.connection import ConnectionSpec, Endpoint
 from components.database.declared.access import load_access
+from components.platform.build import Platform
 from components.platform.external.postgres import ExternalPostgresKind
 from components.platform.secrets import secret_of
 from components.resource import declare
@@ -30,10 +31,11 @@ def connection_from_dsn(dsn: str) -> ConnectionSpec:
     )
 
 
-class ExternalPlatform(pulumi.ComponentResource):
+class ExternalPlatform(Platform):
     """Only the database layer is applied to an external server; nothing is started or stopped."""
 
     connection: pulumi.Output[ConnectionSpec]
+    database_connection: pulumi.Output[ConnectionSpec]
 
     def __init__(self, name: str, settings: StackSettings, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("thorbis:platform:External", name, None, opts)
@@ -45,4 +47,5 @@ class ExternalPlatform(pulumi.ComponentResource):
             pulumi.ResourceOptions(parent=self),
         )
         self.connection = pulumi.Output.all(dsn, server.id).apply(lambda values: connection_from_dsn(values[0]))
+        self.database_connection = self.connection.apply(ConnectionSpec.for_database)
         self.register_outputs({})

@@ -8,6 +8,7 @@ from pathlib import Path
 import pulumi
 
 from components.connection import LOOPBACK, ConnectionSpec, Endpoint, HaEndpoints
+from components.platform.build import Platform
 from components.platform.local.backup import BackupRepositoryKind
 from components.platform.local.ha.declare import declare_ha_cluster
 from components.platform.local.pgbackrest import Repository, archive_command, directory_problem
@@ -186,10 +187,11 @@ def router_servers(settings: StackSettings) -> list[dict[str, object]]:
     ]
 
 
-class LocalPlatform(pulumi.ComponentResource):
+class LocalPlatform(Platform):
     """Primary, N streaming replicas, PgBouncer and Redis of one stack, under its state directory."""
 
     connection: pulumi.Output[ConnectionSpec]
+    database_connection: pulumi.Output[ConnectionSpec]
 
     def __init__(self, name: str, settings: StackSettings, opts: pulumi.ResourceOptions | None = None) -> None:
         check_host_ports(settings, LOOPBACK, owned_ports=ports_held(settings.state_dir))  # before any resource exists
@@ -255,6 +257,10 @@ class LocalPlatform(pulumi.ComponentResource):
         ready = [write_endpoint.id, pooler.id, cache.id, *(r.id for r in [*replicas, *routed])]
         self.connection = pulumi.Output.all(superuser, redis_password, *ready).apply(
             lambda values: loopback_connection(settings, "local", values[0], values[1])
+        )
+        # the database layer waits for the write endpoint alone (the primary, or HAProxy in front of the leader)
+        self.database_connection = pulumi.Output.all(superuser, write_endpoint.id).apply(
+            lambda values: loopback_connection(settings, "local", values[0], "").for_database()
         )
         self.register_outputs({})
 

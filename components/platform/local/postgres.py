@@ -10,7 +10,7 @@ from pydantic import Field
 
 from components import engine_log
 from components.connection import LOOPBACK
-from components.kind import Expect, Kind, Observed, ProviderError, Replace, Secret, Spec, Status
+from components.kind import Expect, Kind, Observed, ProviderError, Replace, Secret, Spec
 from components.platform.local import pgbackrest, process
 from components.platform.local import postgres_files as pg
 from components.platform.local.pgbackrest import Replayed, Repository
@@ -42,7 +42,7 @@ class PostgresServerSpec(Spec):
     )
 
 
-class PostgresServerStatus(Status):
+class PostgresServerStatus(pg.ServerFilesStatus):
     running: Annotated[bool | None, Expect(True)] = Field(
         default=None, description="The postmaster runs and answers (false: stopped or killed; `up` starts it)."
     )
@@ -158,6 +158,8 @@ class PostgresServerKind(Kind[PostgresServerSpec, PostgresServerStatus]):
                 running=True,
                 server_version=version[0] if version else "",
                 data_checksums=bool(checksums and checksums[0] == "on"),
+                pg_hba=pg.hba_differences(server),
+                altered_system=pg.undeclared_overrides(conn, server_settings(spec)),
             )
             return Observed({"settings": pg.live_settings(conn, spec.settings)}, status)
 
@@ -184,7 +186,8 @@ class PostgresServerKind(Kind[PostgresServerSpec, PostgresServerStatus]):
                 drifted = [
                     name for name, value in (old.get("settings") or {}).items() if value != spec.settings.get(name)
                 ]
-                pg.reset_overrides(conn, drifted)
+                undeclared = [line.split(" = ", 1)[0] for line in pg.undeclared_overrides(conn, server_settings(spec))]
+                pg.reset_overrides(conn, [*drifted, *undeclared])
                 pg.apply_settings(conn, server)
         process.wait_until(lambda: server.postmaster_pid() is not None, 60, f"PostgreSQL in {server.data}")
         self.bootstrap(spec, old_password if pg.answering(spec.port, old_password) else spec.superuser_password)

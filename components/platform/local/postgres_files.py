@@ -6,18 +6,20 @@ import os
 import re
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Annotated
 
 import psycopg
 from psycopg import sql
+from pydantic import Field
 
 from components import engine_log
 from components.connection import LOOPBACK
-from components.kind import ProviderError
+from components.kind import Expect, ProviderError, Status
 from components.platform.local import process
 from components.scram import is_verifier_of, scram_verifier
 
@@ -337,6 +339,59 @@ def live_settings(conn: psycopg.Connection, wanted: dict[str, str]) -> dict[str,
         current = "" if row is None or row[0] is None else str(row[0])
         live[name] = value if normalised(current) == normalised(value) else current
     return live
+
+
+class ServerFilesStatus(Status):
+    """What a server's files say that its settings do not: pg_hba.conf and postgresql.auto.conf."""
+
+    pg_hba: Annotated[list[str] | None, Expect([])] = Field(
+        default=None,
+        description="pg_hba.conf rules that are not the stack's (`+ rule` added by hand, `- rule` removed); "
+        "`up` writes the file back and reloads.",
+    )
+    altered_system: Annotated[list[str] | None, Expect([])] = Field(
+        default=None,
+        description="Settings set with ALTER SYSTEM that the stack does not declare (`name = value`); `up` "
+        "resets them.",
+    )
+
+
+#: What pgBackRest's restore writes into postgresql.auto.conf (and a promoted server no longer reads).
+RESTORE_WRITES = ("restore_command", "recovery_target")
+
+
+def hba_differences(server: ServerDir) -> list[str]:
+    """pg_hba.conf's rules that are not the stack's (`+ line`, added by hand) and the stack's that are
+    missing (`- line`), spaces collapsed; [] when it is as written."""
+    ours, found = hba_rules(HBA), hba_rules(file_text(server.data / "pg_hba.conf"))
+    return [f"+ {rule}" for rule in found if rule not in ours] + [f"- {rule}" for rule in ours if rule not in found]
+
+
+def hba_rules(text: str) -> list[str]:
+    lines = (line.split("#", 1)[0].split() for line in text.splitlines())
+    return [" ".join(words) for words in lines if words]
+
+
+def file_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+
+
+def undeclared_overrides(conn: psycopg.Connection, managed: Iterable[str]) -> list[str]:
+    """`name = value` of the settings set with ALTER SYSTEM (postgresql.auto.conf) that the stack does not
+    manage (those it manages show as their own drift)."""
+    rows = conn.execute(
+        "SELECT name, setting FROM pg_file_settings WHERE sourcefile = current_setting('data_directory') || "
+        "'/postgresql.auto.conf' ORDER BY seqno"
+    ).fetchall()
+    skipped = {*managed}
+    return [
+        f"{name} = {setting}"
+        for name, setting in rows
+        if name not in skipped and not str(name).startswith(RESTORE_WRITES)
+    ]
 
 
 def reset_overrides(conn: psycopg.Connection, names: list[str]) -> None:

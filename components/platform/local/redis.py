@@ -56,7 +56,12 @@ class RedisSpec(Spec):
 
 class RedisStatus(Status):
     running: Annotated[bool | None, Expect(True)] = Field(
-        default=None, description="Redis runs and answers with its password (false: `up` starts it)."
+        default=None, description="Redis runs and answers (false: `up` starts it)."
+    )
+    password_required: Annotated[bool | None, Expect(True)] = Field(
+        default=None,
+        description="Redis refuses a client without the declared password (false: it was removed or changed by "
+        "hand; `up` sets it again).",
     )
 
 
@@ -90,6 +95,24 @@ def client(spec: RedisSpec, port: int | None = None, password: str | None = None
     )
 
 
+def answering(spec: RedisSpec, port: int | None, passwords: list[str]) -> tuple[str | None, redis.Redis] | None:
+    """The first of `passwords` (then none at all: someone may have removed it) Redis accepts, with a client
+    logged in with it; None when it answers to none of them."""
+    for password in [*dict.fromkeys(passwords), None]:
+        connection = client(spec, port, password) if password is not None else anonymous(spec, port)
+        try:
+            connection.ping()
+        except redis.RedisError:
+            connection.close()
+            continue
+        return password, connection
+    return None
+
+
+def anonymous(spec: RedisSpec, port: int | None) -> redis.Redis:
+    return redis.Redis(host=LOOPBACK, port=port or spec.port, socket_timeout=5, retry=Retry(NoBackoff(), 0))
+
+
 class RedisKind(Kind[RedisSpec, RedisStatus]):
     token = TOKEN
     spec_type = RedisSpec
@@ -110,15 +133,16 @@ class RedisKind(Kind[RedisSpec, RedisStatus]):
             process.wait_until(lambda: bool(self.status(spec).status.running), 30, f"Redis on port {spec.port}")
 
     def status(self, spec: RedisSpec, port: int | None = None) -> Observed[RedisStatus]:
-        """Whether it runs and answers, and its port, memory limit, policy and persistence as it reports them."""
+        """Whether it runs and answers, whether it still wants the declared password, and its port, memory
+        limit, policy and persistence as it reports them (read with whatever it accepts)."""
         if process.read_pid(Path(spec.state_dir) / "redis.pid") is None:
             return Observed({}, RedisStatus(running=False))
-        try:
-            with client(spec, port) as connection:
-                connection.ping()
-                live = connection.config_get("maxmemory", "maxmemory-policy", "appendonly", "port")
-        except redis.RedisError:
+        found = answering(spec, port, [spec.password])
+        if found is None:
             return Observed({}, RedisStatus(running=False))
+        password, connection = found
+        with connection as reader:
+            live = reader.config_get("maxmemory", "maxmemory-policy", "appendonly", "port")
         inputs = {
             "port": int(live["port"]),
             "maxmemory": spec.maxmemory
@@ -127,7 +151,7 @@ class RedisKind(Kind[RedisSpec, RedisStatus]):
             "maxmemoryPolicy": live["maxmemory-policy"],
             "persistence": live["appendonly"] == "yes",
         }
-        return Observed(inputs, RedisStatus(running=True))
+        return Observed(inputs, RedisStatus(running=True, password_required=password == spec.password))
 
     def observe(
         self, resource_id: str, spec: RedisSpec, recorded: RedisStatus | None = None
@@ -139,8 +163,13 @@ class RedisKind(Kind[RedisSpec, RedisStatus]):
     def update(self, resource_id: str, old: dict[str, Any], spec: RedisSpec) -> Observed[RedisStatus]:
         process.write_private_file(Path(resource_id), conf_text(spec))
         old_port, old_password = int(old.get("port", spec.port)), old.get("password", spec.password)
-        if self.status(spec.model_copy(update={"password": old_password}), old_port).status.running:
-            with client(spec, old_port, old_password) as live:
+        found = (
+            answering(spec, old_port, [old_password, spec.password])
+            if process.read_pid(Path(spec.state_dir) / "redis.pid")
+            else None
+        )
+        if found is not None:
+            with found[1] as live:
                 if old_port != spec.port:
                     live.shutdown(save=spec.persistence, nosave=not spec.persistence)
                 else:

@@ -10,7 +10,7 @@ import psycopg
 from pydantic import Field, field_validator
 
 from components.connection import LOOPBACK
-from components.kind import Expect, Kind, Observed, ProviderError, Replace, Secret, Spec, Status
+from components.kind import Expect, Kind, Observed, ProviderError, Replace, Secret, Spec
 from components.platform.local import postgres_files as pg
 from components.platform.local import process
 from components.platform.local.postgres_files import REPLICATION_ROLE
@@ -35,7 +35,7 @@ class PostgresReplicaSpec(Spec):
         return value
 
 
-class PostgresReplicaStatus(Status):
+class PostgresReplicaStatus(pg.ServerFilesStatus):
     running: Annotated[bool | None, Expect(True)] = Field(
         default=None, description="The replica's postmaster runs and answers (false: `up` starts it)."
     )
@@ -139,7 +139,11 @@ class PostgresReplicaKind(Kind[PostgresReplicaSpec, PostgresReplicaStatus]):
             receiver = conn.execute("SELECT status FROM pg_stat_wal_receiver").fetchone()
             streaming = bool(recovery and recovery[0] and receiver and receiver[0] == "streaming")
             settings = pg.live_settings(conn, spec.settings)
-        return Observed({"settings": settings}, PostgresReplicaStatus(running=True, streaming=streaming))
+            files = {
+                "pg_hba": pg.hba_differences(server),
+                "altered_system": pg.undeclared_overrides(conn, replica_settings(spec)),
+            }
+        return Observed({"settings": settings}, PostgresReplicaStatus(running=True, streaming=streaming, **files))
 
     def wait_streaming(self, spec: PostgresReplicaSpec) -> None:
         process.wait_until(lambda: bool(self.status(spec).status.streaming), 60, f"replica {spec.slot_name} to stream")
@@ -163,6 +167,8 @@ class PostgresReplicaKind(Kind[PostgresReplicaSpec, PostgresReplicaStatus]):
             old_port = int(old.get("port", spec.port))
             try:
                 with pg.connect(old_port, spec.superuser_password) as conn:
+                    undeclared = pg.undeclared_overrides(conn, replica_settings(spec))
+                    pg.reset_overrides(conn, [line.split(" = ", 1)[0] for line in undeclared])
                     pg.apply_settings(conn, server)
             except (ProviderError, psycopg.Error):
                 pg.pg_ctl(server, "restart", "-m", "fast")
