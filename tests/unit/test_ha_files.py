@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from components.connection import ConnectionSpec
 from components.platform.local import pgbackrest, pgbouncer
 from components.platform.local import platform as local
 from components.platform.local import postgres_files as pg
@@ -125,6 +126,20 @@ def test_with_ha_the_connection_names_haproxys_endpoints_and_the_managers() -> N
     assert [e.port for e in connection.ha.patroni] == [n.rest_port for n in settings.ha_nodes]
     assert [e.port for e in connection.ha.etcd] == [p.client_port for p in settings.etcd_peers]
     assert local.loopback_connection(Stack().parse(), "local", "p" * 16, "r" * 16).ha is None
+
+
+def test_with_ha_the_database_layer_sees_the_write_endpoint_and_not_the_nodes() -> None:
+    """A node added or removed changes the HA endpoints: the database layer's connection must not change
+    with them (every database object would wait on the new node, as main keeps it from waiting on a replica)."""
+
+    def database_connection(count: int) -> ConnectionSpec:
+        settings = (
+            Stack().with_values(replicas={"count": count}, ha={"mode": "patroni"}, backup={"enabled": False}).parse()
+        )
+        return local.loopback_connection(settings, "local", "p" * 16, "").for_database()
+
+    assert database_connection(1) == database_connection(2)
+    assert database_connection(1).ha is None
 
 
 def test_with_ha_and_backups_every_node_pushes_wal_through_a_pgbackrest_config_naming_itself() -> None:
