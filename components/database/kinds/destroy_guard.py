@@ -13,8 +13,8 @@ from __future__ import annotations
 import psycopg
 from pydantic import Field
 
-from components.database.base import DatabaseKind
-from components.database.session import connect
+from components.database.base import DatabaseKind, qualified
+from components.database.session import connect, scalar
 from components.database.table_shape import holds_rows
 from components.kind import NoStatus, Observed, ProviderError, Spec
 
@@ -37,16 +37,13 @@ def data_loss_commands(stack: str) -> list[str]:
 
 def holding_rows(conn: psycopg.Connection, tables: list[str]) -> list[str]:
     """Those of the tables (schema.name) that exist and hold at least one row (read with row_security off)."""
-    split = {name: name.split(".", 1) for name in tables}
-    present = {
-        str(row[0])
-        for row in conn.execute(
-            "SELECT name FROM unnest(%s::text[]) name WHERE to_regclass(quote_ident(split_part(name, '.', 1)) "
-            "|| '.' || quote_ident(split_part(name, '.', 2))) IS NOT NULL",
-            (tables,),
-        )
-    }
-    return [name for name in tables if name in present and holds_rows(conn, *split[name])]
+    relations = {name: qualified(*name.split(".", 1)) for name in tables}
+    return [
+        name
+        for name, relation in relations.items()
+        if scalar(conn, "SELECT to_regclass(%s) IS NOT NULL", (relation.as_string(conn),))
+        and holds_rows(conn, *name.split(".", 1))
+    ]
 
 
 class DestroyGuardKind(DatabaseKind[DestroyGuardSpec, NoStatus]):
