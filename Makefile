@@ -31,8 +31,11 @@ preview: setup
 destroy: setup
 	@$(ENV) python -m ops.cli destroy $(STACK)
 
+# Two workers by default (most of an e2e test's time is spent waiting on servers and the engine);
+# TEST_WORKERS=0 runs in one process. tests/conftest.py keeps the modules that share a stack on one worker.
+TEST_WORKERS ?= 2
 test: setup
-	@$(ENV) python -m pytest $(PYTEST_ARGS)
+	@$(ENV) python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
 
 lint: deps
 	@$(ENV) ruff check . && ruff format --check . && mypy

@@ -16,7 +16,7 @@ from components.connection import LOOPBACK
 from components.platform.local.pgbouncer import AUTH_ROLE
 from components.platform.local.postgres_files import SUPERUSER
 from config import PASSWORD_KEYS
-from testbed.support import PROJECT_ROOT, free_port, free_ports, listening, processes_under, reachable_state_dir
+from testbed.support import PROJECT_ROOT, free_port, free_ports, processes_under, reachable_state_dir
 
 
 @dataclass
@@ -89,12 +89,8 @@ def configure(
 
 def consecutive_free_ports(count: int) -> list[int]:
     """Replicas listen on basePort + i: a run of ports that are all free."""
-    for _ in range(50):
-        start = free_port()
-        run = list(range(start, start + count))
-        if not any(listening(port) for port in run[1:]) and run[-1] <= 65535:
-            return run
-    raise RuntimeError(f"no run of {count} free ports found")
+    start = free_port(run=count)
+    return list(range(start, start + count))
 
 
 @contextmanager

@@ -31,20 +31,37 @@ def _ephemeral_floor() -> int:
         return 32768
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now, never the same twice in one test run.
+#: Parallel test workers (pytest-xdist) take ports from their own blocks, so two never pick the same one;
+#: the last ports of a block are left for runs of consecutive ports that start in it.
+PORT_BLOCK, RUN_ROOM = 1000, 32
+
+
+def _worker() -> tuple[int, int]:
+    """This test worker's index and the number of workers (0 and 1 without pytest-xdist)."""
+    index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    return index, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+
+
+def free_port(run: int = 1) -> int:
+    """A TCP port free on 127.0.0.1 now (with the `run - 1` after it), never the same twice in one test run.
 
     Chosen below the ephemeral range: a port the kernel picked with bind(0) is in that range, and any
     client connection opened before the server starts may take it (a CI run lost a stack that way).
     """
     floor = _ephemeral_floor()
     ceiling = floor - 2 if floor > 12000 else 65000
+    index, workers = _worker()
+    if run > RUN_ROOM:
+        raise ValueError(f"a run of {run} ports does not fit the room left at the end of a block ({RUN_ROOM})")
     while True:
         port = _random.randrange(10000, ceiling)
-        if port in _handed_out or port + 1 in _handed_out or port - 1 in _handed_out:
+        if (port // PORT_BLOCK) % workers != index or port % PORT_BLOCK >= PORT_BLOCK - RUN_ROOM:
             continue
-        if _bindable(port):
-            _handed_out.add(port)
+        ports = range(port - 1, port + run + 1)
+        if any(taken in _handed_out for taken in ports):
+            continue
+        if all(_bindable(candidate) for candidate in range(port, port + run)):
+            _handed_out.update(range(port, port + run))
             return port
 
 

@@ -6,6 +6,10 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
+from testbed.workers import group_for_workers
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -21,3 +25,8 @@ def _load_pulumi_env() -> None:
 
 
 _load_pulumi_env()
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which reads the groups this sets
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    group_for_workers(items)

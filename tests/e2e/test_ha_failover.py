@@ -45,7 +45,7 @@ from testbed.stacks import LiveStack, throwaway_stack
 from tests.e2e.rows import key_of, visible_keys
 from tests.e2e.test_tenant_isolation import SCHEMA, SYNTHESIZER, TABLES, as_company
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.long]
 COMMITS_BEFORE_FAULT = 50
 COMMITS_AFTER_RESUME = 50
 
