@@ -37,8 +37,15 @@ OWNED_GUCS = frozenset(
         "config_file",
         "hba_file",
         "ident_file",
+        # with thorbis:ha, Patroni's own: which standbys are synchronous, the cluster's name, what pg_rewind needs
+        "synchronous_standby_names",
+        "cluster_name",
+        "wal_log_hints",
     }
 )
+#: With Patroni's synchronous mode a commit is acknowledged once a standby has it (RPO 0); these values
+#: acknowledge it before, so a failover would lose it.
+RPO_BREAKING_COMMITS = frozenset({"off", "local"})
 SERVER_SAYS = ("FATAL:", "ERROR:")
 BARE_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 
@@ -47,7 +54,7 @@ def guc_problems(settings: StackSettings) -> list[Problem]:
     """One problem per bad entry of thorbis:postgres.settings, named by its own key."""
     problems = []
     for name, value in settings.postgres.settings.items():
-        reason = owned_reason(name) or server_refusal(name, value)
+        reason = owned_reason(name) or rpo_reason(settings, name, value) or server_refusal(name, value)
         if reason is not None:
             problems.append(Problem(f"{NAMESPACE}:postgres.settings.{name}", show_value(value), reason))
     return problems
@@ -57,6 +64,16 @@ def owned_reason(name: str) -> str | None:
     if name not in OWNED_GUCS:
         return None
     return "is set by the stack itself (replication, archiving, pg_cron and its own files depend on it): remove it"
+
+
+def rpo_reason(settings: StackSettings, name: str, value: str) -> str | None:
+    synchronous = settings.ha.mode == "patroni" and settings.ha.synchronous
+    if not synchronous or name != "synchronous_commit" or str(value).lower() not in RPO_BREAKING_COMMITS:
+        return None
+    return (
+        f"acknowledges a commit before a standby has it, which {NAMESPACE}:ha.synchronous true promises: "
+        "remove it, or use on, remote_write or remote_apply"
+    )
 
 
 def server_refusal(name: str, value: str) -> str | None:

@@ -509,6 +509,23 @@ BAD = [
         ("is set by the stack itself",),
     ),
     Bad(
+        "guc-owned-by-patroni",
+        {"postgres": {"settings": {"synchronous_standby_names": "*"}}},
+        "thorbis:postgres.settings.synchronous_standby_names",
+        ("is set by the stack itself",),
+    ),
+    Bad(
+        "guc-commit-before-the-standby",
+        {
+            "ha": {"mode": "patroni", "synchronous": True},
+            "replicas": {"count": 1},
+            "backup": {"restoreOnProvision": False},
+            "postgres": {"settings": {"synchronous_commit": "local"}},
+        },
+        "thorbis:postgres.settings.synchronous_commit",
+        ("= \"local\"", "thorbis:ha.synchronous true promises", "remote_write"),
+    ),
+    Bad(
         "job-schedule-minute",
         {"jobs": {"schedules": {"partman-maintenance": "99 * * * *"}}},
         "thorbis:jobs.schedules.partman-maintenance",
