@@ -523,7 +523,7 @@ BAD = [
             "postgres": {"settings": {"synchronous_commit": "local"}},
         },
         "thorbis:postgres.settings.synchronous_commit",
-        ("= \"local\"", "thorbis:ha.synchronous true promises", "remote_write"),
+        ('= "local"', "thorbis:ha.synchronous true promises", "remote_write"),
     ),
     Bad(
         "job-schedule-minute",
