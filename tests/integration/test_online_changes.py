@@ -18,6 +18,7 @@ from components.database.ddl import Batches, Operation, Work, run_batches
 from components.database.kinds.destroy_guard import DestroyGuardKind, DestroyGuardSpec
 from components.database.kinds.index import IndexKind, IndexSpec
 from components.database.kinds.manifest import ManifestKind, ManifestSpec
+from components.database.kinds.schema import SchemaKind, SchemaSpec
 from components.database.kinds.table import TableKind
 from components.database.locks import Lock, TableLock
 from components.database.session import Timeouts
@@ -518,3 +519,21 @@ def test_rows_row_level_security_hides_from_the_admin_are_not_taken_for_an_empty
             holds_rows(conn, "public", "hidden")
     with database.connect() as conn:
         assert holds_rows(conn, "public", "hidden")
+
+
+def test_only_a_schema_holding_something_or_of_someone_else_is_adopted(database: Database) -> None:
+    """The schema analogue: a kill between CREATE SCHEMA and the engine's record of it leaves it empty, of the
+    declared owner (what goes in it waits for that record): the stack's own, dropped by destroy."""
+    database.execute("DO $$ BEGIN CREATE ROLE people_owner; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+    spec = SchemaSpec(name="left_behind", owner="people_owner")
+    kind = database.kind(SchemaKind)
+    found = {}
+    for case, made in (
+        ("killed create", "CREATE SCHEMA left_behind AUTHORIZATION people_owner"),
+        ("holds a type", "CREATE SCHEMA left_behind AUTHORIZATION people_owner; CREATE TYPE left_behind.t AS (a int)"),
+        ("other owner", "CREATE SCHEMA left_behind"),
+    ):
+        database.execute("DROP SCHEMA IF EXISTS left_behind CASCADE")
+        database.execute(made)
+        found[case] = kind.create(spec)[1].adopted
+    assert found == {"killed create": False, "holds a type": True, "other owner": True}

@@ -1,13 +1,15 @@
 """thorbisdb:db:Schema — a schema and its owner.
 
 A schema that existed before the stack (Supabase's `extensions`, a `partman` made for pg_partman) is
-adopted: it keeps its owner, and destroy never drops it.
+adopted: it keeps its owner, and destroy never drops it. An empty one of the declared owner is what a create
+of the stack leaves when a kill stops the `up` before the engine records it: the stack's own, not adopted.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import psycopg
 from psycopg import sql
 from pydantic import Field
 
@@ -40,6 +42,19 @@ def drop_operations(spec: SchemaSpec) -> list[Operation]:
     return shared([sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(spec.name))])
 
 
+def left_by_an_interrupted_create(conn: psycopg.Connection, spec: SchemaSpec, found: dict[str, Any]) -> bool:
+    """Of the declared owner and holding nothing: no object of any kind depends on it."""
+    if found["owner"] != spec.owner:
+        return False
+    holding = scalar(
+        conn,
+        "SELECT count(*) FROM pg_depend WHERE refclassid = 'pg_namespace'::regclass "
+        "AND refobjid = (SELECT oid FROM pg_namespace WHERE nspname = %s)",
+        (spec.name,),
+    )
+    return bool(holding == 0)
+
+
 class SchemaKind(DatabaseKind[SchemaSpec, SchemaStatus]):
     token = TOKEN
     spec_type = SchemaSpec
@@ -56,11 +71,12 @@ class SchemaKind(DatabaseKind[SchemaSpec, SchemaStatus]):
         return Observed({"owner": spec.owner if adopted else owner.strip('"')}, SchemaStatus())
 
     def create(self, spec: SchemaSpec) -> tuple[str, SchemaStatus]:
-        existed = self.observe(spec.name, spec) is not None
-        if not existed:
-            with connect(self.target) as conn:
+        found = self.observe(spec.name, spec)
+        with connect(self.target) as conn:
+            if found is None:
                 self.apply(conn, create_operations(spec), what=f"schema {spec.name}")
-        return spec.name, SchemaStatus(adopted=existed)
+                return spec.name, SchemaStatus(adopted=False)
+            return spec.name, SchemaStatus(adopted=not left_by_an_interrupted_create(conn, spec, found.inputs))
 
     def update(self, resource_id: str, old: dict[str, Any], spec: SchemaSpec) -> SchemaStatus:
         if not self.status_of(old).adopted:  # an adopted schema keeps the owner it had
