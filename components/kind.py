@@ -180,6 +180,26 @@ class Kind(ABC, Generic[SpecT, StatusT]):
         """What going from `old_inputs` to `spec` would destroy; refused at check unless data loss is allowed."""
         return []
 
+    def unsupported(self, old_inputs: dict[str, Any], spec: SpecT) -> list[str]:
+        """Changes from `old_inputs` to `spec` this kind cannot make at all: refused at check, whatever
+        thorbis:allowDataLoss says."""
+        return []
+
+    def allows_data_loss(self, spec: SpecT) -> bool:
+        """Whether the stack allows data loss: an explicit provider's config says so (the database layer's);
+        the platform's kinds, served by the default provider (which has none), carry it in their spec."""
+        return bool(self.provider_config.get("allowDataLoss", getattr(spec, "allow_data_loss", False)))
+
+    def replaced_inputs(self, old_inputs: dict[str, Any], spec: SpecT) -> list[str]:
+        """The Replace inputs `spec` changes, each as `name old -> new` (a secret's values left out): the
+        object cannot take them in place, so it would be deleted and made again."""
+        new = spec.model_dump(by_alias=True, mode="json")
+        return [
+            key if key in self.secret_properties else f"{key} {old_inputs[key]} -> {new.get(key)}"
+            for key in sorted(self.replace_on)
+            if key in old_inputs and old_inputs[key] != new.get(key)
+        ]
+
     def preview_status(self, spec: SpecT) -> StatusT:
         """The status known before the object exists; the rest shows as unknown in a preview."""
         return self.status_type()  # type: ignore[return-value]

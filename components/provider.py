@@ -150,18 +150,15 @@ class ThorbisProvider(Provider):
         except ValidationError as error:
             return CheckResponse(failures=describe(error))
         olds = plain_map(request.old_inputs)
-        if olds and not contains_unknown(olds) and not kind.provider_config.get("allowDataLoss", False):
-            losses = kind.data_loss(olds, spec)
-            if losses:
-                return CheckResponse(
-                    failures=[
-                        CheckFailure(
-                            request.name,
-                            f"{loss}: refused because this stack does not allow data loss (thorbis:allowDataLoss)",
-                        )
-                        for loss in losses
-                    ]
-                )
+        if olds and not contains_unknown(olds):
+            refused = kind.unsupported(olds, spec)
+            if not kind.allows_data_loss(spec):
+                refused += [
+                    f"{loss}: refused because this stack does not allow data loss (thorbis:allowDataLoss)"
+                    for loss in kind.data_loss(olds, spec)
+                ]
+            if refused:
+                return CheckResponse(failures=[CheckFailure(request.name, problem) for problem in refused])
         return CheckResponse(inputs=self.outputs(kind, spec.model_dump(by_alias=True, mode="json")))
 
     async def diff(self, request: DiffRequest) -> DiffResponse:

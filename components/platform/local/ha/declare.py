@@ -54,6 +54,7 @@ def declare_ha_cluster(
                 "peer_port": peer.peer_port,
                 "cluster_token": scope,
                 "peers": peers,
+                "allow_data_loss": settings.allow_data_loss,
             },
             pulumi.ResourceOptions(parent=parent),
         )

@@ -1,14 +1,16 @@
 """thorbisdb:local:EtcdMember — one member of the etcd cluster Patroni keeps its leader lock in.
 
-Members are started as they are declared (`--initial-cluster-state new`, all at once by the first `up`);
-a member added to a running cluster is first announced to it (`member add`) and started as `existing`,
-a removed one is taken out (`member remove`) before it stops, so quorum is counted on the right members.
+Members are started as they are declared (`--initial-cluster-state new`, all at once by the first `up`).
+Changing the members of a running cluster (thorbis:ha.etcdMembers) is refused at check: every member was
+started with `--initial-cluster` naming the members declared then, and growing or shrinking that safely
+(one `member add` or `member remove` at a time, each member started with the list of its moment) is not
+built. A member that is deleted is taken out (`member remove`) before it stops, so quorum is counted on the
+right members.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -36,6 +38,7 @@ class EtcdMemberSpec(Spec):
     peer_port: Replace[int] = Field(ge=1024, le=65535, description="Port of the peer (raft) traffic on 127.0.0.1.")
     cluster_token: Replace[str] = Field(min_length=1, description="Token of the cluster, so two never mix.")
     peers: list[Peer] = Field(min_length=1, description="Every member of the cluster, this one included.")
+    allow_data_loss: bool = Field(default=False, description="Whether a replace may delete the member's data.")
 
 
 class EtcdMemberStatus(Status):
@@ -89,9 +92,16 @@ def healthy(client_port: int) -> bool:
     return status == 200 and isinstance(body, dict) and body.get("health") == "true"
 
 
+def v3(client_port: int, path: str, body: dict[str, Any]) -> Any:
+    """The answer of one call of the v3 gateway; a refusal (any status but 200) is raised, never ignored."""
+    code, answer = http.call(client_port, f"/v3/{path}", "POST", body)
+    if code != 200:
+        raise ProviderError(f"etcd on port {client_port} refused {path} {body}: {code} {answer}")
+    return answer
+
+
 def member_list(client_port: int) -> list[dict[str, Any]]:
-    _, body = http.call(client_port, "/v3/cluster/member/list", "POST", {})
-    return list((body or {}).get("members", []))
+    return list((v3(client_port, "cluster/member/list", {}) or {}).get("members", []))
 
 
 def running_peer(spec: EtcdMemberSpec) -> int | None:
@@ -109,7 +119,7 @@ def join_state(spec: EtcdMemberSpec) -> str:
         member.get("name") == spec.name or url(spec.peer_port) in member.get("peerURLs", [])
         for member in member_list(peer)
     ):
-        http.call(peer, "/v3/cluster/member/add", "POST", {"peerURLs": [url(spec.peer_port)]})
+        v3(peer, "cluster/member/add", {"peerURLs": [url(spec.peer_port)]})
     return "existing"
 
 
@@ -134,14 +144,21 @@ def stop(spec: EtcdMemberSpec) -> None:
         process.terminate(pid, f"etcd member {spec.name}")
 
 
+def listed_by_a_running_peer(spec: EtcdMemberSpec) -> bool:
+    """Another member is healthy (the cluster has quorum) and still counts this one as a member."""
+    peer = running_peer(spec)
+    return peer is not None and any(member.get("name") == spec.name for member in member_list(peer))
+
+
 def leave(spec: EtcdMemberSpec) -> None:
-    """Take this member out of the cluster's membership while the others still have quorum."""
+    """Take this member out of the cluster's membership while the others still have quorum (etcd refuses,
+    and this raises, when removing it would leave too few members running)."""
     peer = running_peer(spec)
     if peer is None:
         return
     for member in member_list(peer):
         if member.get("name") == spec.name:
-            http.call(peer, "/v3/cluster/member/remove", "POST", {"ID": member["ID"]})
+            v3(peer, "cluster/member/remove", {"ID": member["ID"]})
 
 
 def status(spec: EtcdMemberSpec) -> EtcdMemberStatus:
@@ -156,10 +173,7 @@ def encoded(text: str) -> str:
 
 
 def kv(client_port: int, action: str, body: dict[str, str]) -> Any:
-    code, answer = http.call(client_port, f"/v3/kv/{action}", "POST", body)
-    if code != 200:
-        raise ProviderError(f"etcd refused {action} of {body}: {answer}")
-    return answer
+    return v3(client_port, f"kv/{action}", body)
 
 
 def put(client_port: int, key: str, value: str) -> None:
@@ -181,10 +195,49 @@ def get(client_port: int, key: str) -> str | None:
     return base64.b64decode(found[0].get("value", "")).decode() if found else None
 
 
+def peer_names(peers: list[Any]) -> str:
+    return ", ".join(sorted(str(peer.get("name")) for peer in peers))
+
+
+def peer_set(peers: list[Any]) -> set[tuple[Any, ...]]:
+    """Members as their wire form names them, whatever the order."""
+    return {(peer.get("name"), peer.get("clientPort"), peer.get("peerPort")) for peer in peers}
+
+
 class EtcdMemberKind(Kind[EtcdMemberSpec, EtcdMemberStatus]):
     token = TOKEN
     spec_type = EtcdMemberSpec
     status_type = EtcdMemberStatus
+    deleting_loses = (
+        "the etcd member {name} and its data directory would be deleted (its copy of Patroni's leader lock, "
+        "members and dynamic configuration)"
+    )
+
+    def data_loss(self, old_inputs: dict[str, Any], spec: EtcdMemberSpec) -> list[str]:
+        changed = self.replaced_inputs(old_inputs, spec)
+        if not changed:
+            return []
+        return [
+            f"etcd member {old_inputs.get('name', spec.name)} would be replaced ({', '.join(changed)}): it is "
+            "deleted first with its data directory (its copy of Patroni's leader lock, members and dynamic "
+            "configuration); with every member replaced (as a change of thorbis:postgres.port or "
+            "thorbis:ha.etcdBasePort does) the Patroni nodes would meet an empty etcd. Keep the old value"
+        ]
+
+    def unsupported(self, old_inputs: dict[str, Any], spec: EtcdMemberSpec) -> list[str]:
+        before = old_inputs.get("peers")
+        after = [peer.model_dump(by_alias=True) for peer in spec.peers]
+        if not isinstance(before, list) or self.replaced_inputs(old_inputs, spec):
+            return []  # a member made again starts a new cluster with the others: data_loss says what that loses
+        if peer_set(before) == peer_set(after):
+            return []
+        return [
+            f"the members of the running etcd cluster would change from {peer_names(before)} to "
+            f"{peer_names(after)} (thorbis:ha.etcdMembers): changing the membership "
+            "of a running cluster is not built (each member was started naming the members of its first start, "
+            "and etcd would lose quorum). Set thorbis:ha.etcdMembers back to "
+            f"{len(before)}"
+        ]
 
     def create(self, spec: EtcdMemberSpec) -> tuple[str, EtcdMemberStatus]:
         start(spec)
@@ -202,7 +255,12 @@ class EtcdMemberKind(Kind[EtcdMemberSpec, EtcdMemberStatus]):
         return status(spec)
 
     def delete(self, resource_id: str, spec: EtcdMemberSpec, recorded: EtcdMemberStatus | None = None) -> None:
-        with contextlib.suppress(ProviderError):  # the whole cluster is going (destroy): no quorum to keep
+        try:
             leave(spec)
+        except ProviderError:
+            # the others going at the same time (destroy) leave no quorum to keep; a cluster that has one and
+            # still counts this member would lose a vote it counts on if it were stopped now
+            if listed_by_a_running_peer(spec):
+                raise
         stop(spec)
         process.remove_tree(Path(spec.state_dir))
