@@ -141,6 +141,30 @@ def check_backup_directory(settings: StackSettings) -> None:
         raise ConfigError(settings.stack, [Problem("thorbis:backup.directory", f'"{repo.path}"', problem)])
 
 
+def data_of_the_other_mode(settings: StackSettings) -> list[Path]:
+    """Data directories the stack's servers of the other value of thorbis:ha.mode hold under its state
+    directory: with ha, the primary's and replicas' (no Patroni); without, the Patroni nodes'."""
+    pattern = "postgres-*" if settings.ha.enabled else "ha-node-*"
+    return sorted(base / "data" for base in settings.state_dir.glob(pattern) if ServerDir(base).initialised())
+
+
+def check_mode_switch(settings: StackSettings) -> None:
+    """Before any resource exists: turning ha on or off for a stack whose servers hold data would declare a
+    new, empty cluster beside that data (and fail halfway, on the write port the old servers hold), so it
+    stops preview and up with an error naming thorbis:ha.mode (nothing is changed)."""
+    found = data_of_the_other_mode(settings)
+    if not found:
+        return
+    held = "a primary and replicas without Patroni" if settings.ha.enabled else "Patroni nodes"
+    reason = (
+        f"this stack's data is held by {held} ({', '.join(map(str, found))}): switching would start a new, "
+        "empty cluster beside it. Moving the data across is not built: keep the mode; or take a backup "
+        "(scripts/backup), destroy the stack, switch and restore it by hand (recovery/README.md); or move "
+        "those directories aside to start empty on purpose"
+    )
+    raise ConfigError(settings.stack, [Problem("thorbis:ha.mode", f'"{settings.ha.mode}"', reason)])
+
+
 def ha_port_files(state_dir: Path) -> list[tuple[Path, Path, str]]:
     """Pidfile, the file that names its ports, and their pattern, of each HA process of a stack."""
     listen = r"127\.0\.0\.1:(\d+)"
@@ -196,6 +220,7 @@ class LocalPlatform(Platform):
     def __init__(self, name: str, settings: StackSettings, opts: pulumi.ResourceOptions | None = None) -> None:
         check_host_ports(settings, LOOPBACK, owned_ports=ports_held(settings.state_dir))  # before any resource exists
         check_backup_directory(settings)
+        check_mode_switch(settings)
         super().__init__("thorbis:platform:Local", name, None, opts)
         base = settings.state_dir
         superuser = secret_of(settings, "postgres_password")
