@@ -26,6 +26,8 @@ from components.platform.local.ha import http
 from components.platform.local.ha.patroni import Member
 
 TOKEN = "thorbisdb:local:HaRouter"
+#: How long a session through HAProxy may stay silent both ways before HAProxy closes it.
+SESSION_IDLE_LIMIT = "24h"
 
 
 def checks(interval_ms: int) -> str:
@@ -78,8 +80,10 @@ def config_text(spec: HaRouterSpec) -> str:
             "defaults",
             "    mode tcp",
             "    timeout connect 3s",
-            "    timeout client 30m",
-            "    timeout server 30m",
+            # idle limits, not statement limits: a long statement (CREATE INDEX CONCURRENTLY, a report) sends
+            # nothing either way until it ends, so a short one would cut it; dead nodes are found by the checks
+            f"    timeout client {SESSION_IDLE_LIMIT}",
+            f"    timeout server {SESSION_IDLE_LIMIT}",
             "    timeout check 2s",
             f"    default-server {checks(spec.check_ms)}",
             "listen write",
