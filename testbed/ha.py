@@ -16,6 +16,7 @@ from typing import Any
 
 import psycopg
 import pulumi.automation as auto
+from psycopg import sql
 
 from components.platform.local import process
 from components.platform.local.ha import patroni
@@ -27,6 +28,7 @@ NODES = 2
 SPARE_NODES = 1
 ETCD_MEMBERS = 3
 PROBE_SCHEMA = "ha_probe"
+PROBE_TABLE = sql.Identifier(PROBE_SCHEMA, "commits")
 #: How long a writer may wait for the cluster to take writes again before the test fails.
 RESUME_TIMEOUT_SECONDS = 90
 
@@ -153,7 +155,7 @@ class Writer:
             try:
                 if conn is None:
                     conn = psycopg.connect(**self.conninfo, autocommit=True, prepare_threshold=None)
-                conn.execute(f"INSERT INTO {PROBE_SCHEMA}.commits (id) VALUES (%s)", (next_id,))
+                conn.execute(sql.SQL("INSERT INTO {} (id) VALUES (%s)").format(PROBE_TABLE), (next_id,))
                 self.acknowledged.append(next_id)
                 self.acknowledged_at.append(time.monotonic())
             except psycopg.Error as error:
@@ -226,29 +228,32 @@ def running(*workers: Writer | PrimaryWatch) -> Iterator[None]:
 
 def committed_ids(ha: HaStack, port: int) -> set[int]:
     with psycopg.connect(**ha.admin(port), autocommit=True) as conn:
-        return {row[0] for row in conn.execute(f"SELECT id FROM {PROBE_SCHEMA}.commits")}
+        return {row[0] for row in conn.execute(sql.SQL("SELECT id FROM {}").format(PROBE_TABLE))}
 
 
 def prepare_probe(ha: HaStack) -> None:
     """A table outside the declared schema, which the application's login role may write to."""
+    schema, application_role = sql.Identifier(PROBE_SCHEMA), sql.Identifier("authenticator")
     with psycopg.connect(**ha.admin(ha.live.postgres_port), autocommit=True) as conn:
         for statement in (
-            f"CREATE SCHEMA IF NOT EXISTS {PROBE_SCHEMA}",
-            f"CREATE TABLE IF NOT EXISTS {PROBE_SCHEMA}.commits (run int NOT NULL DEFAULT 0, id bigint NOT NULL)",
-            f"GRANT USAGE ON SCHEMA {PROBE_SCHEMA} TO authenticator",
-            f"GRANT INSERT, SELECT ON {PROBE_SCHEMA}.commits TO authenticator",
+            sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema),
+            sql.SQL("CREATE TABLE IF NOT EXISTS {} (run int NOT NULL DEFAULT 0, id bigint NOT NULL)").format(
+                PROBE_TABLE
+            ),
+            sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(schema, application_role),
+            sql.SQL("GRANT INSERT, SELECT ON {} TO {}").format(PROBE_TABLE, application_role),
         ):
             conn.execute(statement)
 
 
 def drop_probe(ha: HaStack) -> None:
     with psycopg.connect(**ha.admin(ha.live.postgres_port), autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA IF EXISTS {PROBE_SCHEMA} CASCADE")
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(PROBE_SCHEMA)))
 
 
 def reset_probe(ha: HaStack) -> None:
     with psycopg.connect(**ha.admin(ha.live.postgres_port), autocommit=True) as conn:
-        conn.execute(f"TRUNCATE {PROBE_SCHEMA}.commits")
+        conn.execute(sql.SQL("TRUNCATE {}").format(PROBE_TABLE))
 
 
 def application(ha: HaStack) -> dict[str, Any]:
