@@ -94,7 +94,7 @@ def _external_dsn_required(settings: StackSettings) -> list[Problem]:
 
 def _replicas_fit(settings: StackSettings) -> list[Problem]:
     ports = settings.replica_ports
-    if not ports or ports[-1] <= MAX_PORT:
+    if settings.ha.enabled or not ports or ports[-1] <= MAX_PORT:  # with ha, _ha_ports_fit checks the nodes'
         return []
     base = settings.replicas.base_port
     origin = f"basePort {base}" if base is not None else f"{_key('postgres.port')} + 1 = {ports[0]}"
@@ -201,7 +201,7 @@ RULES: tuple[Rule, ...] = (
     *(Rule(frozenset({"platform", name}), _secret_required(name)) for name in SERVER_PASSWORD_KEYS),
     *(Rule(frozenset({"platform", name}), _role_password_required(name)) for name in ROLE_PASSWORD_KEYS),
     Rule(frozenset({"platform", "externalDsn"}), _external_dsn_required),
-    Rule(frozenset({"postgres", "replicas"}), _replicas_fit),
+    Rule(frozenset({"postgres", "replicas", "ha"}), _replicas_fit),
     Rule(_PORT_KEYS, _ports_distinct),
     Rule(frozenset({"postgres", "pgbouncer"}), _pool_fits_postgres),
     Rule(frozenset({"platform", "ha"}), _ha_is_local),

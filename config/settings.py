@@ -256,7 +256,8 @@ class ReplicasSettings(Settings):
     )
     base_port: Port | None = setting(
         None,
-        "Port of replica 0; replica i listens on basePort + i. Default thorbis:postgres.port + 1.",
+        "Port of replica 0; replica i listens on basePort + i. Default thorbis:postgres.port + 1. Unused with "
+        "thorbis:ha (the replicas are Patroni nodes then, on thorbis:ha.basePort).",
         PORT_ALLOWED,
     )
 

@@ -285,6 +285,15 @@ def test_ha_nodes_and_etcd_members_have_ports_of_their_own() -> None:
     assert set(settings.all_ports.values()) == {40000, 40001, *range(40010, 40016), *range(40040, 40046), 6432, 6379}
 
 
+def test_with_ha_the_replicas_base_port_is_unused_so_it_neither_clashes_nor_overflows() -> None:
+    """With ha the replicas are Patroni nodes on ha.basePort: replicas.basePort names no port of the stack."""
+    ha = {"mode": "patroni", "readPort": 41000, "basePort": 41010, "etcdBasePort": 41040}
+    for replicas in ({"count": 1, "basePort": 41000}, {"count": 3, "basePort": 65534}):
+        settings = Stack().with_values(replicas=replicas, ha=ha, backup={"enabled": False}).parse()
+        assert not [key for key in settings.all_ports if key.startswith("thorbis:replicas.")]
+        assert settings.ha_read_port == 41000 and len(settings.ha_nodes) == replicas["count"] + 1
+
+
 def test_ha_is_off_by_default() -> None:
     settings = Stack().parse()
     assert settings.ha.mode == "off" and settings.ha_nodes == [] and settings.etcd_peers == []
@@ -773,6 +782,16 @@ BAD = [
     Bad("ha-mode", {"ha": {"mode": "on"}}, "thorbis:ha.mode", ('"on"', 'one of "off", "patroni"')),
     Bad("ha-even-etcd", {"ha": {"mode": "patroni", "etcdMembers": 2}}, "thorbis:ha.etcdMembers", ("odd number",)),
     Bad(
+        "ha-read-port-on-a-node",
+        {
+            "replicas": {"count": 1},
+            "ha": {"mode": "patroni", "readPort": 41000, "basePort": 41000},
+            "backup": {"enabled": False},
+        },
+        "thorbis:ha.basePort+0",
+        ("= 41000:", "thorbis:ha.readPort", "own port"),
+    ),
+    Bad(
         "ha-on-docker",
         {"platform": "docker", "replicas": {"count": 1}, "ha": {"mode": "patroni"}, "backup": {"enabled": False}},
         "thorbis:ha.mode",
@@ -1056,6 +1075,7 @@ def test_example_stack_files_validate(stack: str) -> None:
     if stack == "staging":
         assert len(settings.replica_ports) == 1
         assert settings.ha.mode == "patroni" and settings.ha.synchronous
+        assert "basePort" not in yaml.safe_load(raw["thorbis:replicas"]), "unused with ha: the nodes are on ha.basePort"
     else:
         assert settings.is_prod
         assert len(settings.replica_ports) == 2
