@@ -1,5 +1,5 @@
 """Taking an etcd member out, with three real etcd members (no Patroni): a removal the cluster refuses stops
-nothing, and a cluster that is going whole (no quorum left, as in a destroy) lets its last members go."""
+nothing, and a cluster that is going whole (a destroy deletes its members side by side) lets them all go."""
 
 from __future__ import annotations
 
@@ -58,6 +58,15 @@ def test_a_member_whose_removal_the_cluster_refuses_is_not_stopped(members: list
     assert etcd.status(leaving).running and Path(leaving.state_dir, "data").is_dir()
     assert names_listed_by(staying) == {spec.name for spec in members}
     process.wait_until(lambda: etcd.healthy(staying.client_port), 30, "the staying member to have quorum")
+
+
+def test_a_destroy_deleting_every_member_at_once_succeeds(members: list[etcd.EtcdMemberSpec]) -> None:
+    """Members leaving at the same moment refuse each other for a while (a cluster a few seconds old counts no
+    peer as connected yet, and a member that was just removed stops answering): each retries, then goes."""
+    kind = etcd.EtcdMemberKind()
+    with ThreadPoolExecutor(MEMBERS) as pool:
+        list(pool.map(lambda spec: kind.delete("id", spec), members))
+    assert not any(etcd.status(spec).running or Path(spec.state_dir).exists() for spec in members)
 
 
 def test_the_last_members_of_a_cluster_going_whole_are_deleted(members: list[etcd.EtcdMemberSpec]) -> None:

@@ -11,6 +11,7 @@ right members.
 from __future__ import annotations
 
 import base64
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,6 +22,8 @@ from components.platform.local import process
 from components.platform.local.ha import http
 
 TOKEN = "thorbisdb:local:EtcdMember"
+#: How long a member being deleted retries leaving a cluster that refuses it before it gives up.
+LEAVE_TIMEOUT_SECONDS = 10
 
 
 class Peer(Spec):
@@ -144,10 +147,13 @@ def stop(spec: EtcdMemberSpec) -> None:
         process.terminate(pid, f"etcd member {spec.name}")
 
 
-def listed_by_a_running_peer(spec: EtcdMemberSpec) -> bool:
-    """Another member is healthy (the cluster has quorum) and still counts this one as a member."""
-    peer = running_peer(spec)
-    return peer is not None and any(member.get("name") == spec.name for member in member_list(peer))
+def counted_by_a_running_peer(spec: EtcdMemberSpec) -> bool:
+    """Another member is healthy (the cluster has quorum) and still counts this one (true when unsure)."""
+    try:
+        peer = running_peer(spec)
+        return peer is not None and any(member.get("name") == spec.name for member in member_list(peer))
+    except ProviderError:
+        return True
 
 
 def leave(spec: EtcdMemberSpec) -> None:
@@ -159,6 +165,27 @@ def leave(spec: EtcdMemberSpec) -> None:
     for member in member_list(peer):
         if member.get("name") == spec.name:
             v3(peer, "cluster/member/remove", {"ID": member["ID"]})
+
+
+def leave_before_stopping(spec: EtcdMemberSpec) -> None:
+    """Leave the cluster, or raise while a cluster with quorum still counts this member (stopping it would
+    take a vote the cluster counts on). Members deleted side by side (a destroy) can refuse each other for a
+    moment, so a refusal is tried again for a while; once no other member runs there is no quorum to keep."""
+    deadline = time.monotonic() + LEAVE_TIMEOUT_SECONDS
+    while True:
+        try:
+            leave(spec)
+            return
+        except ProviderError as error:
+            refused = error
+        if not counted_by_a_running_peer(spec):
+            return
+        if time.monotonic() > deadline:
+            raise ProviderError(
+                f"{refused}; etcd member {spec.name} is left running: bring the members that are down back "
+                "(`pulumi up --refresh`) and try again"
+            )
+        time.sleep(1)
 
 
 def status(spec: EtcdMemberSpec) -> EtcdMemberStatus:
@@ -255,12 +282,6 @@ class EtcdMemberKind(Kind[EtcdMemberSpec, EtcdMemberStatus]):
         return status(spec)
 
     def delete(self, resource_id: str, spec: EtcdMemberSpec, recorded: EtcdMemberStatus | None = None) -> None:
-        try:
-            leave(spec)
-        except ProviderError:
-            # the others going at the same time (destroy) leave no quorum to keep; a cluster that has one and
-            # still counts this member would lose a vote it counts on if it were stopped now
-            if listed_by_a_running_peer(spec):
-                raise
+        leave_before_stopping(spec)
         stop(spec)
         process.remove_tree(Path(spec.state_dir))
