@@ -133,6 +133,9 @@ class Kind(ABC, Generic[SpecT, StatusT]):
     delete_before_replace: ClassVar[bool] = True
     #: What deleting (or replacing) an object loses that exists nowhere else; `{name}` is its resource name.
     deleting_loses: ClassVar[str | None] = None
+    #: What replacing an object loses (`{changes}`: the Replace inputs that changed; `{name}` and any other
+    #: input: its old value): such a change is refused at check unless data loss is allowed. None: nothing.
+    replacing_loses: ClassVar[str | None] = None
     #: Its inputs are a record, with nothing to change: never a diff (the engine still keeps the new inputs).
     changes_nothing: ClassVar[bool] = False
 
@@ -177,8 +180,12 @@ class Kind(ABC, Generic[SpecT, StatusT]):
         return status.drift()
 
     def data_loss(self, old_inputs: dict[str, Any], spec: SpecT) -> list[str]:
-        """What going from `old_inputs` to `spec` would destroy; refused at check unless data loss is allowed."""
-        return []
+        """What going from `old_inputs` to `spec` would destroy; refused at check unless data loss is allowed.
+        By default, what replacing the object loses (replacing_loses) when `spec` changes a Replace input."""
+        changed = self.replaced_inputs(old_inputs, spec)
+        if self.replacing_loses is None or not changed:
+            return []
+        return [self.replacing_loses.format_map({**old_inputs, "changes": ", ".join(changed)})]
 
     def unsupported(self, old_inputs: dict[str, Any], spec: SpecT) -> list[str]:
         """Changes from `old_inputs` to `spec` this kind cannot make at all: refused at check, whatever

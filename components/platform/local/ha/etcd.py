@@ -239,17 +239,12 @@ class EtcdMemberKind(Kind[EtcdMemberSpec, EtcdMemberStatus]):
         "the etcd member {name} and its data directory would be deleted (its copy of Patroni's leader lock, "
         "members and dynamic configuration)"
     )
-
-    def data_loss(self, old_inputs: dict[str, Any], spec: EtcdMemberSpec) -> list[str]:
-        changed = self.replaced_inputs(old_inputs, spec)
-        if not changed:
-            return []
-        return [
-            f"etcd member {old_inputs.get('name', spec.name)} would be replaced ({', '.join(changed)}): it is "
-            "deleted first with its data directory (its copy of Patroni's leader lock, members and dynamic "
-            "configuration); with every member replaced (as a change of thorbis:postgres.port or "
-            "thorbis:ha.etcdBasePort does) the Patroni nodes would meet an empty etcd. Keep the old value"
-        ]
+    replacing_loses = (
+        "etcd member {name} would be replaced ({changes}): it is deleted first with its data directory (its copy "
+        "of Patroni's leader lock, members and dynamic configuration); with every member replaced (as a change "
+        "of thorbis:postgres.port or thorbis:ha.etcdBasePort does) the Patroni nodes would meet an empty etcd. "
+        "Keep the old value"
+    )
 
     def unsupported(self, old_inputs: dict[str, Any], spec: EtcdMemberSpec) -> list[str]:
         before = old_inputs.get("peers")

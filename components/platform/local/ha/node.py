@@ -142,17 +142,11 @@ class PatroniNodeKind(Kind[PatroniNodeSpec, PatroniNodeStatus]):
         "the Patroni node {name} would leave the cluster, its data directory set aside (deleted when "
         "thorbis:allowDataLoss is true): its copy of the data is lost to the cluster"
     )
-
-    def data_loss(self, old_inputs: dict[str, Any], spec: PatroniNodeSpec) -> list[str]:
-        changed = self.replaced_inputs(old_inputs, spec)
-        if not changed:
-            return []
-        return [
-            f"Patroni node {old_inputs.get('name', spec.name)} would be replaced ({', '.join(changed)}): it is "
-            "deleted first, its data directory set aside, and a new node made in its place; with every node "
-            "replaced (as a change of thorbis:postgres.port or thorbis:ha.basePort does) the stack's DSN would "
-            "serve a new, empty cluster. Keep the old value"
-        ]
+    replacing_loses = (
+        "Patroni node {name} would be replaced ({changes}): it is deleted first, its data directory set aside, "
+        "and a new node made in its place; with every node replaced (as a change of thorbis:postgres.port or "
+        "thorbis:ha.basePort does) the stack's DSN would serve a new, empty cluster. Keep the old value"
+    )
 
     def create(self, spec: PatroniNodeSpec) -> tuple[str, PatroniNodeStatus]:
         write_backup_files(spec)
