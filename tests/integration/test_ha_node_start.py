@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from components.platform.local import process
-from components.platform.local.ha import patroni
+from components.platform.local.ha import cluster, patroni
+from components.platform.local.ha.patroni import Member
 from testbed.support import free_port, reachable_state_dir
-from tests.integration.conftest import SUPERUSER_PASSWORD, eventually
+from tests.integration.conftest import SUPERUSER_PASSWORD, Primary, eventually
 
 CALLER_SECRETS = {"PGPASSWORD": "caller-secret-pgpassword", "PULUMI_CONFIG": json.dumps({"x": "caller-secret"})}
 
@@ -80,3 +81,39 @@ def test_a_node_start_sets_aside_a_half_made_cluster_and_removes_an_interrupted_
     aside = list(node.base.glob("data.incomplete-*"))
     assert len(aside) == 1 and (aside[0] / "base" / "copied-so-far").read_text() == "a page\n"
     assert node.temporary.is_dir() and not list(node.temporary.iterdir())
+
+
+def test_a_setting_taken_only_at_a_restart_is_seen_waiting_for_one_even_when_pg_settings_says_not(
+    primary: Primary,
+) -> None:
+    """The rolling restart's test of a node (components/platform/local/ha/cluster.py), on a real server. Patroni
+    passes max_connections (and the like) on the command line, so pg_settings never marks a new value
+    `pending_restart`: a live value other than the declared one of a postmaster setting means a restart is due.
+    A reloadable setting not yet live is not taken yet. The password before a rotation still opens a session."""
+    live = int(primary.scalar("SHOW max_connections"))
+    member = Member(name="node-0", port=primary.port, rest_port=free_port())
+    declared = {"max_connections": str(live + 10)}
+    assert cluster.settings_applied(member, cluster_spec(member, declared), [SUPERUSER_PASSWORD]) == (True, True)
+    unreloaded = {"work_mem": "77MB"}
+    assert (
+        cluster.settings_applied(
+            member, cluster_spec(member, unreloaded), ["new-" + SUPERUSER_PASSWORD, SUPERUSER_PASSWORD]
+        )[0]
+        is False
+    )
+    current = {"max_connections": str(live)}
+    assert cluster.settings_applied(member, cluster_spec(member, current), [SUPERUSER_PASSWORD]) == (True, False)
+
+
+def cluster_spec(member: Member, settings: dict[str, str]) -> cluster.PatroniClusterSpec:
+    return cluster.PatroniClusterSpec(
+        scope="thorbis-settings",
+        etcd_ports=[free_port()],
+        members=[member],
+        superuser_password=SUPERUSER_PASSWORD,
+        synchronous=True,
+        ttl=30,
+        loop_wait=10,
+        retry_timeout=10,
+        settings=settings,
+    )
