@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from psycopg import sql
 
 from components.platform.local import process
 from components.platform.local.ha import cluster, patroni
@@ -83,26 +84,27 @@ def test_a_node_start_sets_aside_a_half_made_cluster_and_removes_an_interrupted_
     assert node.temporary.is_dir() and not list(node.temporary.iterdir())
 
 
-def test_a_setting_taken_only_at_a_restart_is_seen_waiting_for_one_even_when_pg_settings_says_not(
-    primary: Primary,
-) -> None:
-    """The rolling restart's test of a node (components/platform/local/ha/cluster.py), on a real server. Patroni
-    passes max_connections (and the like) on the command line, so pg_settings never marks a new value
-    `pending_restart`: a live value other than the declared one of a postmaster setting means a restart is due.
-    A reloadable setting not yet live is not taken yet. The password before a rotation still opens a session."""
+def test_a_node_takes_a_restart_setting_once_its_file_has_it_and_then_waits_for_a_restart(primary: Primary) -> None:
+    """The rolling restart's test of a node (components/platform/local/ha/cluster.py) on a real server: a new
+    max_connections is not taken while only declared; once the server's files have it (Patroni writes every
+    setting into postgresql.conf and reloads; here ALTER SYSTEM) it is taken and a restart is due, though the
+    live value is still the old one. The password before a rotation still opens a session."""
     live = int(primary.scalar("SHOW max_connections"))
     member = Member(name="node-0", port=primary.port, rest_port=free_port())
-    declared = {"max_connections": str(live + 10)}
-    assert cluster.settings_applied(member, cluster_spec(member, declared), [SUPERUSER_PASSWORD]) == (True, True)
-    unreloaded = {"work_mem": "77MB"}
-    assert (
-        cluster.settings_applied(
-            member, cluster_spec(member, unreloaded), ["new-" + SUPERUSER_PASSWORD, SUPERUSER_PASSWORD]
-        )[0]
-        is False
-    )
-    current = {"max_connections": str(live)}
-    assert cluster.settings_applied(member, cluster_spec(member, current), [SUPERUSER_PASSWORD]) == (True, False)
+    spec = cluster_spec(member, {"max_connections": str(live + 10)})
+    rotated = ["new-" + SUPERUSER_PASSWORD, SUPERUSER_PASSWORD]
+    assert cluster.settings_applied(member, spec, rotated) == (False, False)
+    try:
+        with primary.connect() as conn:
+            conn.execute(sql.SQL("ALTER SYSTEM SET max_connections = {}").format(sql.Literal(live + 10)))
+            conn.execute("SELECT pg_reload_conf()")
+        eventually(lambda: cluster.settings_applied(member, spec, rotated) == (True, True), 10, "the reload")
+        assert int(primary.scalar("SHOW max_connections")) == live
+    finally:
+        with primary.connect() as conn:
+            conn.execute("ALTER SYSTEM RESET max_connections")
+            conn.execute("SELECT pg_reload_conf()")
+    eventually(lambda: cluster.settings_applied(member, spec, rotated) == (False, False), 10, "the reset")
 
 
 def cluster_spec(member: Member, settings: dict[str, str]) -> cluster.PatroniClusterSpec:

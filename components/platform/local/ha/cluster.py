@@ -132,20 +132,15 @@ def connected(member: Member, passwords: list[str]) -> psycopg.Connection:
 
 
 def settings_applied(member: Member, spec: PatroniClusterSpec, passwords: list[str]) -> tuple[bool, bool]:
-    """Whether the member has taken every setting it can without a restart, and whether it waits for one.
-    A postmaster setting Patroni passes on the command line (max_connections and the like) is never
-    `pending_restart` in pg_settings: a live value other than the declared one means it waits for a restart."""
+    """Whether the member's PostgreSQL has taken every setting (live, or pending a restart), and whether
+    it waits for a restart. Patroni writes every setting into postgresql.conf, those it also passes on the
+    command line (max_connections and the like) included, so a new value of either is `pending_restart`
+    once Patroni has reloaded."""
     with connected(member, passwords) as conn:
         live = pg.live_settings(conn, spec.settings)
-        rows = conn.execute(
-            "SELECT name, pending_restart, context = 'postmaster' FROM pg_settings "
-            "WHERE name = ANY(%s) OR pending_restart",
-            (list(spec.settings),),
-        ).fetchall()
-    pending = {name for name, waiting, _ in rows if waiting}
-    at_restart = {name for name, _, postmaster in rows if postmaster}
-    differing = {name for name, value in spec.settings.items() if live[name] != value}
-    return differing <= pending | at_restart, bool(pending or differing & at_restart)
+        pending = {row[0] for row in conn.execute("SELECT name FROM pg_settings WHERE pending_restart")}
+    taken = all(live[name] == value or name in pending for name, value in spec.settings.items())
+    return taken, bool(pending)
 
 
 def waiting_for_restart(spec: PatroniClusterSpec) -> list[str]:
