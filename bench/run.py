@@ -35,6 +35,7 @@ from typing import Any
 import psycopg
 import pulumi.automation as auto
 import yaml
+from psycopg import sql
 
 from bench import connections, generate, provision, queries, report
 from components.connection import ConnectionSpec
@@ -103,11 +104,20 @@ def data_stack() -> Iterator[DataStack]:
         project = copy_project_without_tables(Path(tmp) / "project")
         backend = Path(tmp) / "backend"
         backend.mkdir()
-        with throwaway_stack(backend, "bench-data", work_dir=project) as live:
+        with throwaway_stack(backend, "bench-data", work_dir=project, before_destroy=drop_adopted_tables) as live:
             settings = {f"thorbis:postgres.settings.{name}": value for name, value in prod_postgres_settings().items()}
             values = {**settings, "thorbis:lockTimeout": LOCK_TIMEOUT}
             live.stack.set_all_config({key: auto.ConfigValue(value) for key, value in values.items()}, path=True)
             yield DataStack(live, project)
+
+
+def drop_adopted_tables(stack: auto.Stack) -> None:
+    """The before database's tables were adopted, and a destroy keeps adopted tables (and the extensions their
+    columns use): the benchmark drops them, as their owner would, before its stack's destroy."""
+    with psycopg.connect(**read_connection(stack).conninfo(), autocommit=True) as conn:
+        names = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()
+        for (name,) in names:
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(sql.Identifier("public", name)))
 
 
 def up_until_done(stack: auto.Stack, attempts: int = UP_ATTEMPTS) -> tuple[auto.UpResult, float, list[str]]:

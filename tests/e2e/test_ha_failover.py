@@ -257,12 +257,17 @@ def test_losing_two_etcd_members_stops_writes_without_a_failover_and_they_resume
 
 
 def test_a_setting_that_takes_a_restart_is_rolled_through_the_nodes_the_leader_last(ha: HaStack) -> None:
+    """shared_buffers is read from postgresql.conf; max_connections is one Patroni passes on the command
+    line, which pg_settings never shows as pending a restart."""
     reset_probe(ha)
     leader = ha.leader()
+    with psycopg.connect(**ha.admin(ha.node_ports[leader]), autocommit=True) as conn:
+        connections = int(conn.execute("SHOW max_connections").fetchone()[0]) + 10  # type: ignore[index]
     writer = Writer(application(ha))
     with running(writer):
         writer.wait_commits(COMMITS_BEFORE_FAULT)
         ha.live.stack.set_config("thorbis:postgres.sharedBuffers", auto.ConfigValue("160MB"), path=True)
+        ha.live.stack.set_config("thorbis:postgres.maxConnections", auto.ConfigValue(str(connections)), path=True)
         result = ha.live.stack.up()
         writer.wait_commits(COMMITS_AFTER_RESUME)
     updated = {op: n for op, n in (result.summary.resource_changes or {}).items() if op != "same"}
@@ -275,6 +280,7 @@ def test_a_setting_that_takes_a_restart_is_rolled_through_the_nodes_the_leader_l
     for name, port in ha.node_ports.items():
         with psycopg.connect(**ha.admin(port), autocommit=True) as conn:
             assert conn.execute("SHOW shared_buffers").fetchone() == ("160MB",), name
+            assert conn.execute("SHOW max_connections").fetchone() == (str(connections),), name
     print(
         f"\nrolling restart ({' then '.join(cluster['outputs']['restarted'])}): writes stopped for "
         f"{writer.outage_after(0):.2f} s at most"

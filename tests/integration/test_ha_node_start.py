@@ -10,11 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from psycopg import sql
 
 from components.platform.local import process
-from components.platform.local.ha import patroni
+from components.platform.local.ha import cluster, patroni
+from components.platform.local.ha.patroni import Member
 from testbed.support import free_port, reachable_state_dir
-from tests.integration.conftest import SUPERUSER_PASSWORD, eventually
+from tests.integration.conftest import SUPERUSER_PASSWORD, Primary, eventually
 
 CALLER_SECRETS = {"PGPASSWORD": "caller-secret-pgpassword", "PULUMI_CONFIG": json.dumps({"x": "caller-secret"})}
 
@@ -80,3 +82,40 @@ def test_a_node_start_sets_aside_a_half_made_cluster_and_removes_an_interrupted_
     aside = list(node.base.glob("data.incomplete-*"))
     assert len(aside) == 1 and (aside[0] / "base" / "copied-so-far").read_text() == "a page\n"
     assert node.temporary.is_dir() and not list(node.temporary.iterdir())
+
+
+def test_a_node_takes_a_restart_setting_once_its_file_has_it_and_then_waits_for_a_restart(primary: Primary) -> None:
+    """The rolling restart's test of a node (components/platform/local/ha/cluster.py) on a real server: a new
+    max_connections is not taken while only declared; once the server's files have it (Patroni writes every
+    setting into postgresql.conf and reloads; here ALTER SYSTEM) it is taken and a restart is due, though the
+    live value is still the old one. The password before a rotation still opens a session."""
+    live = int(primary.scalar("SHOW max_connections"))
+    member = Member(name="node-0", port=primary.port, rest_port=free_port())
+    spec = cluster_spec(member, {"max_connections": str(live + 10)})
+    rotated = ["new-" + SUPERUSER_PASSWORD, SUPERUSER_PASSWORD]
+    assert cluster.settings_applied(member, spec, rotated) == (False, False)
+    try:
+        with primary.connect() as conn:
+            conn.execute(sql.SQL("ALTER SYSTEM SET max_connections = {}").format(sql.Literal(live + 10)))
+            conn.execute("SELECT pg_reload_conf()")
+        eventually(lambda: cluster.settings_applied(member, spec, rotated) == (True, True), 10, "the reload")
+        assert int(primary.scalar("SHOW max_connections")) == live
+    finally:
+        with primary.connect() as conn:
+            conn.execute("ALTER SYSTEM RESET max_connections")
+            conn.execute("SELECT pg_reload_conf()")
+    eventually(lambda: cluster.settings_applied(member, spec, rotated) == (False, False), 10, "the reset")
+
+
+def cluster_spec(member: Member, settings: dict[str, str]) -> cluster.PatroniClusterSpec:
+    return cluster.PatroniClusterSpec(
+        scope="thorbis-settings",
+        etcd_ports=[free_port()],
+        members=[member],
+        superuser_password=SUPERUSER_PASSWORD,
+        synchronous=True,
+        ttl=30,
+        loop_wait=10,
+        retry_timeout=10,
+        settings=settings,
+    )

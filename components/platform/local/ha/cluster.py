@@ -10,12 +10,12 @@ whichever node holds the lock is the one restarted last.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
 import psycopg
 from pydantic import Field
 
-from components.kind import Kind, Observed, ProviderError, Replace, Secret, Spec, Status, Unreachable
+from components.kind import Expect, Kind, Observed, ProviderError, Replace, Secret, Spec, Status, Unreachable
 from components.platform.local import postgres_files as pg
 from components.platform.local import process
 from components.platform.local.ha import etcd, http, patroni
@@ -26,6 +26,10 @@ TOKEN = "thorbisdb:local:PatroniCluster"
 MAXIMUM_LAG_ON_FAILOVER = 1024 * 1024
 #: Time a restarted node may take to come back before the rolling restart stops with an error.
 RESTART_TIMEOUT_SECONDS = 300
+#: Rounds of restarts before a node still waiting for one is an error. A second round is needed when a
+#: replica restarted before the leader had to keep the leader's higher value of a setting such as
+#: max_connections (Patroni starts it with the value from pg_controldata) and waits again.
+RESTART_ROUNDS = 3
 
 
 class PatroniClusterSpec(Spec):
@@ -43,6 +47,11 @@ class PatroniClusterSpec(Spec):
 class PatroniClusterStatus(Status):
     restarted: list[str] | None = Field(
         default=None, description="The nodes the last change restarted, in their order (the leader last)."
+    )
+    waiting_for_restart: Annotated[list[str] | None, Expect([])] = Field(
+        default=None,
+        description="Nodes running with a setting of the configuration they take only at a restart (a change "
+        "whose rolling restart was interrupted, or a node that was down): `up` rolls the restart.",
     )
 
 
@@ -94,36 +103,66 @@ def answering_members(spec: PatroniClusterSpec) -> list[Member]:
     return [member for member in spec.members if patroni.running(member.rest_port)]
 
 
-def write_configuration(spec: PatroniClusterSpec) -> None:
-    """Through a running member (Patroni applies it to every node), else straight into etcd."""
+def write_configuration(spec: PatroniClusterSpec, passwords: list[str]) -> None:
+    """Through a running member (Patroni applies it to every node), else straight into etcd. `passwords`:
+    the declared superuser password first, then the one before a rotation (the nodes, updated after the
+    cluster, still have it)."""
     document = dynamic_configuration(spec)
-    auth = (patroni.REST_USER, spec.superuser_password)
     for member in answering_members(spec):
-        code, body = http.call(member.rest_port, "/config", "PUT", document, timeout=10, auth=auth)
+        for password in passwords:
+            code, body = http.call(
+                member.rest_port, "/config", "PUT", document, timeout=10, auth=(patroni.REST_USER, password)
+            )
+            if code != 401:
+                break
         if code == 200:
             return
         raise ProviderError(f"Patroni on {member.name} refused the configuration: {code} {body}")
     etcd.put(healthy_etcd(spec), config_key(spec.scope), json.dumps(document, separators=(",", ":")))
 
 
-def settings_applied(member: Member, spec: PatroniClusterSpec) -> tuple[bool, bool]:
+def connected(member: Member, passwords: list[str]) -> psycopg.Connection:
+    """A superuser session on the member with the first of `passwords` it takes."""
+    for password in passwords[:-1]:
+        try:
+            return pg.connect(member.port, password)
+        except ProviderError:
+            continue
+    return pg.connect(member.port, passwords[-1])
+
+
+def settings_applied(member: Member, spec: PatroniClusterSpec, passwords: list[str]) -> tuple[bool, bool]:
     """Whether the member's PostgreSQL has taken every setting (live, or pending a restart), and whether
-    it waits for a restart."""
-    with pg.connect(member.port, spec.superuser_password) as conn:
+    it waits for a restart. Patroni writes every setting into postgresql.conf, those it also passes on the
+    command line (max_connections and the like) included, so a new value of either is `pending_restart`
+    once Patroni has reloaded."""
+    with connected(member, passwords) as conn:
         live = pg.live_settings(conn, spec.settings)
         pending = {row[0] for row in conn.execute("SELECT name FROM pg_settings WHERE pending_restart")}
     taken = all(live[name] == value or name in pending for name, value in spec.settings.items())
     return taken, bool(pending)
 
 
-def wait_applied(member: Member, spec: PatroniClusterSpec) -> bool:
+def waiting_for_restart(spec: PatroniClusterSpec) -> list[str]:
+    """The answering members that wait for a restart now (one look, no wait)."""
+    waiting = []
+    for member in answering_members(spec):
+        try:
+            if settings_applied(member, spec, [spec.superuser_password])[1]:
+                waiting.append(member.name)
+        except (ProviderError, psycopg.Error):
+            continue  # restarting or unreachable now: its Patroni, not this read, decides
+    return waiting
+
+
+def wait_applied(member: Member, spec: PatroniClusterSpec, passwords: list[str]) -> bool:
     """Wait until Patroni's loop on the member has written and reloaded the configuration; return
     whether the member needs a restart."""
     found: dict[str, bool] = {}
 
     def taken() -> bool:
         try:
-            found["taken"], found["restart"] = settings_applied(member, spec)
+            found["taken"], found["restart"] = settings_applied(member, spec, passwords)
         except (ProviderError, psycopg.Error):
             return False
         return found["taken"]
@@ -132,9 +171,12 @@ def wait_applied(member: Member, spec: PatroniClusterSpec) -> bool:
     return found["restart"]
 
 
-def restart(member: Member, spec: PatroniClusterSpec) -> None:
-    auth = (patroni.REST_USER, spec.superuser_password)
-    code, body = http.call(member.rest_port, "/restart", "POST", {}, timeout=RESTART_TIMEOUT_SECONDS, auth=auth)
+def restart(member: Member, spec: PatroniClusterSpec, passwords: list[str]) -> None:
+    for password in passwords:
+        auth = (patroni.REST_USER, password)
+        code, body = http.call(member.rest_port, "/restart", "POST", {}, timeout=RESTART_TIMEOUT_SECONDS, auth=auth)
+        if code != 401:
+            break
     if code != 200:
         raise ProviderError(f"Patroni could not restart {member.name}: {code} {body}")
     process.wait_until(
@@ -142,16 +184,27 @@ def restart(member: Member, spec: PatroniClusterSpec) -> None:
     )
 
 
-def rolling_restart(spec: PatroniClusterSpec) -> list[str]:
-    """Restart the members that wait for one, one at a time, the leader last; return their names."""
-    members = answering_members(spec)
-    leader = patroni.leader_of(patroni.cluster_status([m.rest_port for m in members]))
-    leader_name = leader.get("name") if leader else None
-    pending = [member for member in members if wait_applied(member, spec)]
-    ordered = sorted(pending, key=lambda member: member.name == leader_name)
-    for member in ordered:
-        restart(member, spec)
-    return [member.name for member in ordered]
+def rolling_restart(spec: PatroniClusterSpec, passwords: list[str]) -> list[str]:
+    """Restart the members that wait for one, one at a time, the leader last, until none waits; return
+    their names in the order they were restarted."""
+    restarted: list[str] = []
+    for _ in range(RESTART_ROUNDS):
+        members = answering_members(spec)
+        leader = patroni.leader_of(patroni.cluster_status([m.rest_port for m in members]))
+        leader_name = leader.get("name") if leader else None
+        pending = [member for member in members if wait_applied(member, spec, passwords)]
+        if not pending:
+            return restarted
+        for member in sorted(pending, key=lambda member: member.name == leader_name):
+            restart(member, spec, passwords)
+            restarted.append(member.name)
+    still = [member.name for member in answering_members(spec) if wait_applied(member, spec, passwords)]
+    if still:
+        raise ProviderError(
+            f"after {RESTART_ROUNDS} rounds of restarts, {', '.join(still)} still run without the declared "
+            "settings: see each node's patroni.log"
+        )
+    return restarted
 
 
 class PatroniClusterKind(Kind[PatroniClusterSpec, PatroniClusterStatus]):
@@ -163,18 +216,23 @@ class PatroniClusterKind(Kind[PatroniClusterSpec, PatroniClusterStatus]):
         stored = stored_configuration(spec)  # an existing cluster of the same name is adopted
         wanted = dynamic_configuration(spec)
         if stored is None or as_inputs(stored, spec) != as_inputs(wanted, spec):
-            write_configuration(spec)
-        return spec.scope, PatroniClusterStatus(restarted=rolling_restart(spec))
+            write_configuration(spec, [spec.superuser_password])
+        restarted = rolling_restart(spec, [spec.superuser_password])
+        return spec.scope, PatroniClusterStatus(restarted=restarted, waiting_for_restart=[])
 
     def observe(
         self, resource_id: str, spec: PatroniClusterSpec, recorded: PatroniClusterStatus | None = None
     ) -> Observed[PatroniClusterStatus] | None:
         stored = stored_configuration(spec)
-        return None if stored is None else Observed(as_inputs(stored, spec), PatroniClusterStatus())
+        if stored is None:
+            return None
+        return Observed(as_inputs(stored, spec), PatroniClusterStatus(waiting_for_restart=waiting_for_restart(spec)))
 
     def update(self, resource_id: str, old: dict[str, Any], spec: PatroniClusterSpec) -> PatroniClusterStatus:
-        write_configuration(spec)  # the whole document: a setting no longer declared goes too
-        return PatroniClusterStatus(restarted=rolling_restart(spec))
+        passwords = list(dict.fromkeys([spec.superuser_password, old.get("superuserPassword") or ""]))
+        passwords = [password for password in passwords if password]
+        write_configuration(spec, passwords)  # the whole document: a setting no longer declared goes too
+        return PatroniClusterStatus(restarted=rolling_restart(spec, passwords), waiting_for_restart=[])
 
     def delete(self, resource_id: str, spec: PatroniClusterSpec, recorded: PatroniClusterStatus | None = None) -> None:
         try:
