@@ -176,7 +176,8 @@ class Kind(ABC, Generic[SpecT, StatusT]):
 
     def drifted(self, status: StatusT, spec: SpecT) -> list[str]:
         """Properties that changed behind the stack's back although the inputs did not: by default the
-        status fields that are not as Expect-ed."""
+        status fields that are not as Expect-ed. Judged from the recorded state alone (no server: it runs on
+        the provider's event loop, once per resource in every preview)."""
         return status.drift()
 
     def data_loss(self, old_inputs: dict[str, Any], spec: SpecT) -> list[str]:

@@ -16,7 +16,18 @@ fi
 export PULUMI_SKIP_UPDATE_CHECK=${PULUMI_SKIP_UPDATE_CHECK:-true}
 export PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION=${PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION:-true}
 export PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK=${PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK:-true}
-export PULUMI_HOME=${PULUMI_HOME:-$THORBIS_STATE_DIR/pulumi-home}
+if [ -z "${PULUMI_HOME:-}" ]; then
+    export PULUMI_HOME=$THORBIS_STATE_DIR/pulumi-home
+    # The engine (v3.260) records every command's verbose log (-v=9: each property of each RPC), gzip'd and
+    # encrypted, in $PULUMI_HOME/logs, with no switch to turn it off: for the whole stack, ~9 MB and half of
+    # the CLI's CPU per preview. A file where that directory would be turns it off (the CLI notes "automatic
+    # logging unavailable" at -v=1 and goes on; `-v=N --logtostderr` logs as before). A PULUMI_HOME of your
+    # own keeps it.
+    if [ ! -f "$PULUMI_HOME/logs" ]; then
+        rm -rf "$PULUMI_HOME/logs"
+        mkdir -p "$PULUMI_HOME" && : >"$PULUMI_HOME/logs"
+    fi
+fi
 export PULUMI_BACKEND_URL=${PULUMI_BACKEND_URL:-file://$THORBIS_STATE_DIR/backend}
 # The passphrase secrets provider, with a published passphrase for dev and test stacks only:
 # staging and prod stacks must be created with a passphrase (or provider) of their own.

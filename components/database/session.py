@@ -123,7 +123,7 @@ class IdleSessions:
         self.sessions: dict[str, list[psycopg.Connection]] = {}
 
     def take(self, key: str) -> psycopg.Connection | None:
-        """An idle session that still answers (the server may have restarted since), or None."""
+        """An idle session that still answers (the server may have restarted since), reset, or None."""
         while True:
             with self.lock:
                 kept = self.sessions.get(key)
@@ -131,19 +131,16 @@ class IdleSessions:
                     return None
                 conn = kept.pop()
             try:
-                conn.execute("SELECT 1")
+                # what the last work set (temporary tables, SET, prepared statements) goes, and the round trip
+                # is the check that the session still answers
+                conn.execute("DISCARD ALL")
+                yield_to_applications(conn)
                 return conn
             except psycopg.Error:
                 conn.close()
 
     def give_back(self, key: str, conn: psycopg.Connection) -> None:
         if conn.closed or conn.info.transaction_status != TransactionStatus.IDLE:
-            conn.close()
-            return
-        try:
-            conn.execute("DISCARD ALL")  # what the work set: temporary tables, SET, prepared statements
-            yield_to_applications(conn)
-        except psycopg.Error:
             conn.close()
             return
         with self.lock:

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
+from components.database.declared import read_yaml
+
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "sql" / "schema"
 
 # The 42 tables of the review's P0 `ALTER TABLE ... ENABLE ROW LEVEL SECURITY` list, exactly.
@@ -417,3 +419,9 @@ def test_query_indexes_name_their_query_and_keep_immutable_predicates(name: str)
         assert index["name"].startswith(f"{name}_") and len(index["name"]) <= MAX_IDENTIFIER
         assert re.search(rf"\bFROM {name}\b", index.get("serves", "")), f"{index['name']}: `serves` must query {name}"
         assert not NOT_IMMUTABLE.search(index.get("where") or ""), f"{index['name']}: predicate must be IMMUTABLE"
+
+
+@pytest.mark.parametrize("path", sorted(SCHEMA_DIR.parent.rglob("*.yaml")), ids=lambda path: path.name)
+def test_the_program_reads_each_data_file_as_yaml_safe_load_does(path: Path) -> None:
+    """The program reads sql/ with libyaml's parser (declared.read_yaml); the values must be safe_load's."""
+    assert read_yaml(path) == yaml.safe_load(path.read_text())

@@ -16,6 +16,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -51,6 +52,7 @@ func main() {
 			return nil
 		},
 		Options: rpcutil.TracingServerInterceptorOptions(nil),
+		Cancel:  stopOnInterrupt(),
 	})
 	if err != nil {
 		fail(fmt.Errorf("could not start the language host: %w", err))
@@ -59,6 +61,21 @@ func main() {
 	if err := <-handle.Done; err != nil {
 		fail(err)
 	}
+}
+
+// stopOnInterrupt: the engine stops a plugin with SIGINT and kills it 5 s later. Under a caller that ignores
+// SIGINT (a background job of a non-interactive shell, and all it starts) the host the CLI asks for the
+// runtime's metadata inherited the ignore, and every preview and up waited those 5 s before the program
+// started. Notify takes SIGINT back from an inherited ignore.
+func stopOnInterrupt() chan bool {
+	interrupted := make(chan os.Signal, 1)
+	signal.Notify(interrupted, os.Interrupt)
+	stop := make(chan bool)
+	go func() {
+		<-interrupted
+		close(stop)
+	}()
+	return stop
 }
 
 func fail(err error) {

@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from psycopg import sql
 from pydantic import Field
 
-from components.database.declared import SQL_DIR
+from components.database.declared import SQL_DIR, read_yaml
 from components.database.declared.model import Data
 from components.database.kinds.function import FunctionSpec
 from components.database.kinds.role import RoleSpec
@@ -104,4 +103,4 @@ class AccessModel(Data):
 
 
 def load_access(path: Path = ACCESS_FILE) -> AccessModel:
-    return AccessModel.model_validate(yaml.safe_load(path.read_text()))
+    return AccessModel.model_validate(read_yaml(path))

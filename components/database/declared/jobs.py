@@ -9,11 +9,10 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-import yaml
 from psycopg import sql
 from pydantic import BaseModel, ConfigDict, PositiveInt, model_validator
 
-from components.database.declared import SQL_DIR
+from components.database.declared import SQL_DIR, read_yaml
 
 JOBS_FILE = SQL_DIR / "jobs.yaml"
 #: `{name}` in a job's command: a parameter (camelCase, as a config key).
@@ -78,4 +77,4 @@ DERIVED = {"partitionedTables": partitioned_tables}
 
 
 def load_jobs(path: Path = JOBS_FILE) -> JobsFile:
-    return JobsFile.model_validate(yaml.safe_load(path.read_text()))
+    return JobsFile.model_validate(read_yaml(path))

@@ -9,11 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from components.database.base import bounded
-from components.database.declared import SQL_DIR
+from components.database.declared import SQL_DIR, read_yaml
 from components.database.kinds.index import IndexSpec
 from components.database.kinds.trigger import TriggerSpec
 from components.database.table_shape import CheckSpec, ColumnSpec, ForeignKeySpec, PartitionSpec, TableSpec, UniqueSpec
@@ -335,7 +334,7 @@ class SchemaModel(Data):
 def load_schema(directory: Path = SCHEMA_DIR) -> SchemaModel:
     tables: list[TableData] = []
     for path in sorted(directory.glob("*.yaml")):
-        content = yaml.safe_load(path.read_text()) or {}
+        content = read_yaml(path) or {}
         try:
             tables += SchemaModel.model_validate(content).tables
         except ValueError as error:

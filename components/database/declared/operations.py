@@ -6,10 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import Field
 
-from components.database.declared import SQL_DIR
+from components.database.declared import SQL_DIR, read_yaml
 from components.database.declared.jobs import JobData
 from components.database.declared.model import Data
 from components.database.kinds.cron_job import CronJobSpec
@@ -56,7 +55,7 @@ class MaintenanceModel(Data):
 
 
 def load_maintenance(path: Path = MAINTENANCE_FILE) -> MaintenanceModel:
-    return MaintenanceModel.model_validate(yaml.safe_load(path.read_text()))
+    return MaintenanceModel.model_validate(read_yaml(path))
 
 
 # --- jobs.yaml: pg_cron jobs (read by config, which may override their schedules and parameters) ---------
@@ -116,4 +115,4 @@ class MonitoringModel(Data):
 
 
 def load_monitoring(path: Path = MONITORING_FILE) -> MonitoringModel:
-    return MonitoringModel.model_validate(yaml.safe_load(path.read_text()))
+    return MonitoringModel.model_validate(read_yaml(path))

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 from psycopg import sql
 from pydantic import Field
 
-from components.database.declared import SQL_DIR
+from components.database.declared import SQL_DIR, read_yaml
 from components.database.declared.model import Data
 from components.database.declared.tenancy import CURRENT_COMPANY
 from components.database.kinds.grant import GrantSpec
@@ -99,4 +98,4 @@ class ReportingModel(Data):
 
 
 def load_reporting(path: Path = REPORTING_FILE) -> ReportingModel:
-    return ReportingModel.model_validate(yaml.safe_load(path.read_text()))
+    return ReportingModel.model_validate(read_yaml(path))

@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import yaml
 from psycopg import sql
 from pydantic import Field, model_validator
 
-from components.database.declared import SQL_DIR
+from components.database.declared import SQL_DIR, read_yaml
 from components.database.declared.model import TABLE_SCHEMA, TENANT_COLUMN, Data, SchemaModel
 from components.database.declared.tenancy import COMPANY_HELPER
 from components.database.kinds.function import FunctionSpec
@@ -175,7 +174,7 @@ class SearchModel(Data):
 
 
 def load_searches(schema: SchemaModel, path: Path = SEARCH_FILE) -> SearchModel:
-    return SearchModel.model_validate(yaml.safe_load(path.read_text())).check_against(schema)
+    return SearchModel.model_validate(read_yaml(path)).check_against(schema)
 
 
 def explain_matcher(
