@@ -79,8 +79,8 @@ class DatabaseUnreachable(Unreachable):
 
 @contextmanager
 def connect(target: DatabaseTarget) -> Iterator[psycopg.Connection]:
-    """A session on the target database: an idle one this process opened before, or a new one. It goes back
-    to the idle ones only when it ends clean (reset with DISCARD ALL), otherwise it is closed."""
+    """A session on the target database: an idle one this process opened before (reset with DISCARD ALL when
+    taken), or a new one. It goes back to the idle ones only when it ends clean, otherwise it is closed."""
     key = target.connection.model_dump_json()
     conn = IDLE.take(key) or opened(target.connection)
     try:
