@@ -106,6 +106,21 @@ class HaStack:
     def admin(self, port: int) -> dict[str, Any]:
         return {**self.live.admin(port), "connect_timeout": 2}
 
+    def wait_for_archiving(self, timeout: float = 120) -> None:
+        """The leader's archiver has succeeded since its last failure. A new leader's first attempts may fail
+        (the old timeline's segments), which the BackupRepository rightly shows as drift until one succeeds."""
+
+        def caught_up() -> bool:
+            try:
+                with psycopg.connect(**self.admin(self.node_ports[self.leader()]), autocommit=True) as conn:
+                    row = conn.execute("SELECT last_archived_time, last_failed_time FROM pg_stat_archiver").fetchone()
+            except (psycopg.Error, AssertionError):
+                return False
+            archived, failed = row if row else (None, None)
+            return failed is None or (archived is not None and archived > failed)
+
+        process.wait_until(caught_up, timeout, "the leader's archiver to succeed after its last failure")
+
 
 def kill_and_wait(pids: list[int]) -> None:
     """SIGKILL, then wait until each process is gone: the fault happened, whatever runs next."""

@@ -41,7 +41,7 @@ from testbed.ha import (
     running,
     whole_node,
 )
-from testbed.stacks import LiveStack, throwaway_stack
+from testbed.stacks import throwaway_stack
 from tests.e2e.rows import key_of, visible_keys
 from tests.e2e.test_tenant_isolation import SCHEMA, SYNTHESIZER, TABLES, as_company
 
@@ -66,8 +66,11 @@ def ha(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HaStack]:
             drop_probe(stack)  # the stack's roles are dropped by destroy only when nothing else names them
 
 
-def no_changes(live: LiveStack) -> None:
-    """A refresh then an update change nothing, whichever node leads; then a plain preview is empty."""
+def no_changes(ha: HaStack) -> None:
+    """Once the leader archives again, a refresh then an update change nothing, whichever node leads; then a
+    plain preview is empty."""
+    ha.wait_for_archiving()
+    live = ha.live
     result = live.stack.up(refresh=True, diff=True)
     changed = {op: count for op, count in (result.summary.resource_changes or {}).items() if op != "same"}
     what = [line.strip() for line in result.stdout.splitlines() if line.lstrip().startswith(("~", "+", "-"))]
@@ -103,7 +106,7 @@ def test_a_killed_postmaster_of_the_leader_fails_over_and_the_old_leader_rejoins
     ha.wait_for_members()
     rejoined = {m["name"]: m["role"] for m in ha.cluster()["members"]}
     assert rejoined[old_leader] in ("replica", "sync_standby"), rejoined
-    no_changes(ha.live)
+    no_changes(ha)
 
 
 def read_pool_server(ha: HaStack) -> tuple[bool, int] | None:
@@ -149,7 +152,7 @@ def test_the_read_pool_reads_from_the_replica_patroni_names_and_follows_a_failov
     ha.wait_for_members()
     after = wait_for_reads_on_a_replica(ha)
     assert after != before, "the promoted node left the read pool"
-    no_changes(ha.live)
+    no_changes(ha)
 
 
 def test_a_killed_patroni_of_the_leader_fences_its_postgres_and_writes_resume(ha: HaStack) -> None:
@@ -157,7 +160,7 @@ def test_a_killed_patroni_of_the_leader_fences_its_postgres_and_writes_resume(ha
     # still alive (ttl) or lost: either way exactly one node takes writes, and no acknowledged commit is lost.
     survive(ha, lambda node: [patroni_of(node)], "kill -9 of the leader's Patroni")
     ha.wait_for_members()
-    no_changes(ha.live)
+    no_changes(ha)
 
 
 def test_a_leader_node_lost_whole_fails_over_and_up_brings_it_back_as_a_replica(ha: HaStack) -> None:
@@ -170,7 +173,7 @@ def test_a_leader_node_lost_whole_fails_over_and_up_brings_it_back_as_a_replica(
     roles = {m["name"]: m["role"] for m in ha.cluster()["members"]}
     assert roles[new_leader] == "leader", f"`up` must not move the leadership back: {roles}"
     assert roles[old_leader] in ("replica", "sync_standby"), roles
-    no_changes(ha.live)
+    no_changes(ha)
 
 
 def archived_timeline(opened: OpenStack) -> int:
@@ -201,7 +204,7 @@ def test_wal_is_archived_and_backed_up_from_whichever_node_leads(ha: HaStack) ->
     second = take_backup(opened_stack, "incr")
     assert second.label != first.label and second.backups_kept >= 2
     print(f"\nbackups {first.label} (leader {before}) and {second.label} (leader {after}); WAL archived from both")
-    no_changes(ha.live)  # the BackupRepository's archive_ok holds (it is drift when archiving fails)
+    no_changes(ha)  # the BackupRepository's archive_ok holds (it is drift when archiving fails)
 
 
 def etcd_pid(ha: HaStack, index: int) -> int:
@@ -253,7 +256,7 @@ def test_losing_two_etcd_members_stops_writes_without_a_failover_and_they_resume
         f"\netcd quorum lost: writes stopped for {writer.outage_after(lost_quorum_at):.1f} s; {leader} -> {new_leader}"
     )
     ha.wait_for_members()
-    no_changes(ha.live)
+    no_changes(ha)
 
 
 def test_a_setting_that_takes_a_restart_is_rolled_through_the_nodes_the_leader_last(ha: HaStack) -> None:
@@ -304,7 +307,7 @@ def test_a_node_is_added_and_removed_by_a_plain_up(ha: HaStack) -> None:
     ha.wait_for_members()
     assert f"node-{NODES}" not in {m["name"] for m in ha.cluster()["members"]}, "its member key is deleted"
     assert not ha.node_dir(f"node-{NODES}").exists()
-    no_changes(ha.live)
+    no_changes(ha)
 
 
 def test_verify_reports_the_cluster(ha: HaStack) -> None:
