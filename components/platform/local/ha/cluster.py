@@ -103,18 +103,26 @@ def answering_members(spec: PatroniClusterSpec) -> list[Member]:
     return [member for member in spec.members if patroni.running(member.rest_port)]
 
 
+def authenticated_call(
+    member: Member, path: str, method: str, body: Any, timeout: float, passwords: list[str]
+) -> tuple[int, Any]:
+    """One request to the member's REST API, with the first of `passwords` it does not refuse (401)."""
+    for password in passwords:
+        code, answer = http.call(
+            member.rest_port, path, method, body, timeout=timeout, auth=(patroni.REST_USER, password)
+        )
+        if code != 401:
+            break
+    return code, answer
+
+
 def write_configuration(spec: PatroniClusterSpec, passwords: list[str]) -> None:
     """Through a running member (Patroni applies it to every node), else straight into etcd. `passwords`:
     the declared superuser password first, then the one before a rotation (the nodes, updated after the
     cluster, still have it)."""
     document = dynamic_configuration(spec)
     for member in answering_members(spec):
-        for password in passwords:
-            code, body = http.call(
-                member.rest_port, "/config", "PUT", document, timeout=10, auth=(patroni.REST_USER, password)
-            )
-            if code != 401:
-                break
+        code, body = authenticated_call(member, "/config", "PUT", document, 10, passwords)
         if code == 200:
             return
         raise ProviderError(f"Patroni on {member.name} refused the configuration: {code} {body}")
@@ -172,11 +180,7 @@ def wait_applied(member: Member, spec: PatroniClusterSpec, passwords: list[str])
 
 
 def restart(member: Member, spec: PatroniClusterSpec, passwords: list[str]) -> None:
-    for password in passwords:
-        auth = (patroni.REST_USER, password)
-        code, body = http.call(member.rest_port, "/restart", "POST", {}, timeout=RESTART_TIMEOUT_SECONDS, auth=auth)
-        if code != 401:
-            break
+    code, body = authenticated_call(member, "/restart", "POST", {}, RESTART_TIMEOUT_SECONDS, passwords)
     if code != 200:
         raise ProviderError(f"Patroni could not restart {member.name}: {code} {body}")
     process.wait_until(
@@ -188,22 +192,21 @@ def rolling_restart(spec: PatroniClusterSpec, passwords: list[str]) -> list[str]
     """Restart the members that wait for one, one at a time, the leader last, until none waits; return
     their names in the order they were restarted."""
     restarted: list[str] = []
-    for _ in range(RESTART_ROUNDS):
+    for round_ in range(RESTART_ROUNDS + 1):
         members = answering_members(spec)
-        leader = patroni.leader_of(patroni.cluster_status([m.rest_port for m in members]))
-        leader_name = leader.get("name") if leader else None
         pending = [member for member in members if wait_applied(member, spec, passwords)]
         if not pending:
             return restarted
+        if round_ == RESTART_ROUNDS:
+            raise ProviderError(
+                f"after {RESTART_ROUNDS} rounds of restarts, {', '.join(m.name for m in pending)} still run "
+                "without the declared settings: see each node's patroni.log"
+            )
+        leader = patroni.leader_of(patroni.cluster_status([m.rest_port for m in members]))
+        leader_name = leader.get("name") if leader else None
         for member in sorted(pending, key=lambda member: member.name == leader_name):
             restart(member, spec, passwords)
             restarted.append(member.name)
-    still = [member.name for member in answering_members(spec) if wait_applied(member, spec, passwords)]
-    if still:
-        raise ProviderError(
-            f"after {RESTART_ROUNDS} rounds of restarts, {', '.join(still)} still run without the declared "
-            "settings: see each node's patroni.log"
-        )
     return restarted
 
 
@@ -229,8 +232,9 @@ class PatroniClusterKind(Kind[PatroniClusterSpec, PatroniClusterStatus]):
         return Observed(as_inputs(stored, spec), PatroniClusterStatus(waiting_for_restart=waiting_for_restart(spec)))
 
     def update(self, resource_id: str, old: dict[str, Any], spec: PatroniClusterSpec) -> PatroniClusterStatus:
-        passwords = list(dict.fromkeys([spec.superuser_password, old.get("superuserPassword") or ""]))
-        passwords = [password for password in passwords if password]
+        passwords = [
+            password for password in dict.fromkeys([spec.superuser_password, old.get("superuserPassword")]) if password
+        ]
         write_configuration(spec, passwords)  # the whole document: a setting no longer declared goes too
         return PatroniClusterStatus(restarted=rolling_restart(spec, passwords), waiting_for_restart=[])
 
