@@ -19,6 +19,7 @@ import pulumi.automation as auto
 from psycopg import sql
 
 from components.platform.local import process
+from components.platform.local.backup import archive_failing
 from components.platform.local.ha import patroni
 from testbed.stacks import LiveStack, consecutive_free_ports
 from testbed.support import free_port
@@ -116,8 +117,7 @@ class HaStack:
                     row = conn.execute("SELECT last_archived_time, last_failed_time FROM pg_stat_archiver").fetchone()
             except (psycopg.Error, AssertionError):
                 return False
-            archived, failed = row if row else (None, None)
-            return failed is None or (archived is not None and archived > failed)
+            return not archive_failing(*(row or (None, None)))
 
         process.wait_until(caught_up, timeout, "the leader's archiver to succeed after its last failure")
 

@@ -73,8 +73,13 @@ def archiver_status(spec: BackupRepositorySpec) -> BackupStatus:
         ).fetchone()
         mode = conn.execute("SHOW archive_mode").fetchone()
     archived_wal, archived_at, failed_at = row if row else (None, None, None)
-    failing = failed_at is not None and (archived_at is None or failed_at > archived_at)
-    return BackupStatus(archive_ok=bool(mode and mode[0] != "off") and not failing, last_archived_wal=archived_wal)
+    on = bool(mode and mode[0] != "off")
+    return BackupStatus(archive_ok=on and not archive_failing(archived_at, failed_at), last_archived_wal=archived_wal)
+
+
+def archive_failing(archived_at: datetime | None, failed_at: datetime | None) -> bool:
+    """pg_stat_archiver's times: an attempt failed and none has succeeded since."""
+    return failed_at is not None and (archived_at is None or failed_at > archived_at)
 
 
 def backup_status(repo: Repository) -> BackupStatus:
